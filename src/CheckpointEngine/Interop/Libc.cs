@@ -1,0 +1,49 @@
+using System.Runtime.InteropServices;
+
+namespace CheckpointEngine.Interop;
+
+/// <summary>The few libc calls the host backend needs that .NET does not expose (Linux).</summary>
+internal static unsafe partial class Libc
+{
+    private const string LibName = "libc";
+
+    public const int PROT_READ = 0x1;
+    public const int PROT_WRITE = 0x2;
+    public const int MAP_PRIVATE = 0x02;
+    public const int MAP_ANONYMOUS = 0x20;
+    public const int MADV_HUGEPAGE = 14;
+    public const long TMPFS_MAGIC = 0x01021994;
+
+    public static readonly nint MAP_FAILED = -1;
+
+    [LibraryImport(LibName, SetLastError = true)]
+    public static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, nint offset);
+
+    [LibraryImport(LibName, SetLastError = true)]
+    public static partial int munmap(nint addr, nuint length);
+
+    [LibraryImport(LibName, SetLastError = true)]
+    public static partial int madvise(nint addr, nuint length, int advice);
+
+    [LibraryImport(LibName, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int statfs(string path, StatFs* buf);
+
+    /// <summary>Linux x86_64/aarch64 <c>struct statfs</c>; only <see cref="Type"/> is read.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct StatFs
+    {
+        public long Type;
+        private fixed long _rest[15];
+    }
+
+    /// <summary>True when <paramref name="path"/> lies on a tmpfs (e.g. /dev/shm): its pages are already memory.</summary>
+    public static bool IsOnTmpfs(string path)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+        StatFs s;
+        return statfs(path, &s) == 0 && s.Type == TMPFS_MAGIC;
+    }
+}

@@ -1,0 +1,228 @@
+using System.Collections.Immutable;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Interop;
+
+namespace CheckpointEngine.Memory;
+
+/// <summary>
+/// Checkpoints registered into host memory by name. A registration either completes or leaves
+/// nothing behind: on any error every buffer, mapping and file it took is released.
+/// </summary>
+public sealed class CheckpointRegistry : IDisposable
+{
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, RegisteredCheckpoint> _checkpoints = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _pending = new(StringComparer.Ordinal);
+    private bool _disposed;
+
+    public CheckpointRegistry(HostMemoryPool? pool = null) => Pool = pool ?? new HostMemoryPool();
+
+    public HostMemoryPool Pool { get; }
+
+    public IReadOnlyList<RegisteredCheckpoint> Checkpoints
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return [.. _checkpoints.Values.OrderBy(c => c.Name, StringComparer.Ordinal)];
+            }
+        }
+    }
+
+    public bool TryGet(string name, out RegisteredCheckpoint checkpoint)
+    {
+        lock (_lock)
+        {
+            return _checkpoints.TryGetValue(name, out checkpoint!);
+        }
+    }
+
+    /// <summary>Registers whole files, or every safetensors file of the given directories.</summary>
+    public RegisteredCheckpoint RegisterCheckpoint(string name, IEnumerable<string> paths, IEnumerable<NamedTensor>? namedTensors = null, RegisterOptions? options = null)
+    {
+        var list = paths.ToList();
+        var files = list.Count == 0 ? [] : Checkpoint.ResolveFiles(list).Select(f => new FileSelection(f));
+        return RegisterCheckpoint(name, files, namedTensors, options);
+    }
+
+    /// <summary>
+    /// Packs the selected tensors of files and the given in-memory tensors into host buffers (or maps
+    /// tmpfs files in place) under <paramref name="name"/>.
+    /// </summary>
+    public unsafe RegisteredCheckpoint RegisterCheckpoint(string name, IEnumerable<FileSelection> files, IEnumerable<NamedTensor>? namedTensors = null, RegisterOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        options ??= new RegisterOptions();
+        Reserve(name);
+        var opened = new List<SafeTensorsFile>();
+        var owned = new List<NativeBuffer>();
+        var pooled = new List<NativeBuffer>();
+        var mapped = new List<SafeTensorsFile>();
+        try
+        {
+            var selections = files.ToList();
+            var entries = CollectEntries(selections, namedTensors ?? [], opened);
+            var buffers = new List<MemoryBuffer>();
+            var toCopy = entries;
+            if (options.InPlace)
+            {
+                var inPlace = opened.Where((f, i) => selections[i].IsWholeFile && CanMapInPlace(f)).ToHashSet();
+                toCopy = entries.Where(e => e.File is null || !inPlace.Contains(e.File)).ToList();
+                foreach (var file in opened.Where(inPlace.Contains))
+                {
+                    buffers.Add(MapInPlace(file));
+                    mapped.Add(file);
+                }
+            }
+            var plan = BufferLayout.Pack(toCopy.Select(e => (e.Name, e.DType, e.Shape, e.ByteLength)), options.MaxBufferSize);
+            var copied = new List<MemoryBuffer>();
+            var reusesBefore = Pool.Reuses;
+            foreach (var b in plan)
+            {
+                var native = options.UsePool ? Pool.Rent(b.Size) : NativeBuffer.Allocate(b.Size);
+                (options.UsePool ? pooled : owned).Add(native);
+                copied.Add(new MemoryBuffer((nint)native.Pointer, b.Size, b.Metas, options.UsePool ? MemoryBufferKind.Pooled : MemoryBufferKind.Owned));
+            }
+            var poolReuses = (int)(Pool.Reuses - reusesBefore);
+            TensorCopier.Copy(copied, toCopy.ToDictionary(e => e.Name, StringComparer.Ordinal), options.CopyThreads);
+            buffers.InsertRange(0, copied);
+
+            foreach (var f in opened.Where(f => !mapped.Contains(f)))
+            {
+                f.Dispose();
+            }
+            var checkpoint = new RegisteredCheckpoint(name, buffers, owned, pooled, mapped, toCopy.Sum(e => e.ByteLength), poolReuses);
+            if (options.DeleteInPlaceFiles)
+            {
+                // The mapping keeps the pages alive; unlinking only frees them at unregister instead of never.
+                mapped.ForEach(f => File.Delete(f.Path));
+            }
+            Commit(name, checkpoint);
+            return checkpoint;
+        }
+        catch
+        {
+            owned.ForEach(b => b.Dispose());
+            pooled.ForEach(Pool.Return);
+            opened.ForEach(f => f.Dispose());
+            Unreserve(name);
+            throw;
+        }
+    }
+
+    /// <summary>Releases a checkpoint's memory (pooled buffers go back to the pool). False when no such checkpoint.</summary>
+    public bool UnregisterCheckpoint(string name)
+    {
+        RegisteredCheckpoint? checkpoint;
+        lock (_lock)
+        {
+            if (!_checkpoints.Remove(name, out checkpoint))
+            {
+                return false;
+            }
+        }
+        checkpoint.Release(Pool);
+        return true;
+    }
+
+    private void Reserve(string name)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_checkpoints.ContainsKey(name) || !_pending.Add(name))
+            {
+                throw new InvalidOperationException($"checkpoint '{name}' is already registered; unregister it first");
+            }
+        }
+    }
+
+    private void Unreserve(string name)
+    {
+        lock (_lock)
+        {
+            _pending.Remove(name);
+        }
+    }
+
+    private void Commit(string name, RegisteredCheckpoint checkpoint)
+    {
+        lock (_lock)
+        {
+            _pending.Remove(name);
+            _checkpoints.Add(name, checkpoint);
+        }
+    }
+
+    /// <summary>One tensor to place: from a file (positioned reads) or from caller memory.</summary>
+    internal sealed record Entry(string Name, DType DType, ImmutableArray<long> Shape, long ByteLength, SafeTensorsFile? File, TensorInfo? Tensor, NamedTensor? Named)
+    {
+        public string Origin => File?.Path ?? "the in-memory tensors";
+    }
+
+    private static List<Entry> CollectEntries(List<FileSelection> selections, IEnumerable<NamedTensor> namedTensors, List<SafeTensorsFile> opened)
+    {
+        var byName = new Dictionary<string, Entry>(StringComparer.Ordinal);
+        var entries = new List<Entry>();
+        void Add(Entry e)
+        {
+            if (!byName.TryAdd(e.Name, e))
+            {
+                throw new CheckpointFormatException(e.Origin, $"tensor is also in {byName[e.Name].Origin}", e.Name);
+            }
+            entries.Add(e);
+        }
+
+        var seenPaths = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var selection in selections)
+        {
+            if (!seenPaths.Add(Path.GetFullPath(selection.Path)))
+            {
+                throw new ArgumentException($"{selection.Path}: file is given twice", nameof(selections));
+            }
+            var file = SafeTensorsFile.Open(selection.Path);
+            opened.Add(file);
+            var tensors = selection.Tensors is null
+                ? file.Tensors
+                : selection.Tensors.Select(n => file.Header.TryGetTensor(n, out var t) ? t : throw new CheckpointFormatException(file.Path, "no such tensor in this file", n));
+            foreach (var t in tensors)
+            {
+                Add(new Entry(t.Name, t.DType, t.Shape, t.ByteLength, file, t, null));
+            }
+        }
+        foreach (var n in namedTensors)
+        {
+            Add(new Entry(n.Name, n.DType, n.Shape, n.ByteLength, null, null, n));
+        }
+        return entries;
+    }
+
+    /// <summary>A file can serve as its own buffer when its pages are memory (tmpfs) and every tensor is naturally aligned.</summary>
+    private static bool CanMapInPlace(SafeTensorsFile file) =>
+        Libc.IsOnTmpfs(file.Path) && file.Tensors.All(t => (file.DataStart + t.DataOffset) % t.DType.Alignment() == 0);
+
+    private static unsafe MemoryBuffer MapInPlace(SafeTensorsFile file)
+    {
+        var metas = file.Tensors.Select(t => new ParameterMeta(t.Name, t.DType, t.Shape, t.DataOffset, t.ByteLength)).ToList();
+        return new MemoryBuffer((nint)file.DataPointer, file.DataLength, metas, MemoryBufferKind.InPlace);
+    }
+
+    /// <summary>Unregisters everything and frees the pool.</summary>
+    public void Dispose()
+    {
+        List<RegisteredCheckpoint> all;
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            _disposed = true;
+            all = [.. _checkpoints.Values];
+            _checkpoints.Clear();
+        }
+        all.ForEach(c => c.Release(Pool));
+        Pool.Dispose();
+    }
+}

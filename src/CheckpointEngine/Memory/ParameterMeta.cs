@@ -1,0 +1,13 @@
+using System.Collections.Immutable;
+using CheckpointEngine.Checkpoints;
+
+namespace CheckpointEngine.Memory;
+
+/// <summary>
+/// Where one tensor lies in a host buffer: <see cref="Offset"/> from the buffer start, its exact
+/// <see cref="ByteLength"/>; <see cref="AlignedSize"/> is the room it takes when packed.
+/// </summary>
+public sealed record ParameterMeta(string Name, DType DType, ImmutableArray<long> Shape, long Offset, long ByteLength)
+{
+    public long AlignedSize => BufferLayout.Align(ByteLength);
+}

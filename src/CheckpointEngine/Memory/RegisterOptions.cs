@@ -1,0 +1,20 @@
+namespace CheckpointEngine.Memory;
+
+/// <summary>How <see cref="CheckpointRegistry.RegisterCheckpoint(string, IEnumerable{CheckpointEngine.Checkpoints.FileSelection}, IEnumerable{NamedTensor}?, RegisterOptions?)"/> places a checkpoint in host memory.</summary>
+public sealed record RegisterOptions
+{
+    /// <summary>Take buffers from the registry's pool and give them back on unregister (RL loops: same layout every step).</summary>
+    public bool UsePool { get; init; }
+
+    /// <summary>Use the data section of safetensors files on tmpfs (e.g. /dev/shm) as the buffer, without copying. Other files are copied.</summary>
+    public bool InPlace { get; init; }
+
+    /// <summary>With <see cref="InPlace"/>: unlink the mapped files once registered, so their memory is freed on unregister. Never the default.</summary>
+    public bool DeleteInPlaceFiles { get; init; }
+
+    /// <summary>Threads that copy tensors into buffers.</summary>
+    public int CopyThreads { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>Largest packed buffer (a single larger tensor gets a buffer of its own size).</summary>
+    public long MaxBufferSize { get; init; } = BufferLayout.DefaultMaxBufferSize;
+}

@@ -34,46 +34,62 @@ public sealed class CheckpointIndex
         {
             throw new CheckpointFormatException(path, $"index is not valid JSON: {e.Message.Split(". ")[0]}");
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CheckpointFormatException(path, $"cannot read index: {e.Message}");
+        }
         using (doc)
         {
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object)
+            try
             {
-                throw new CheckpointFormatException(path, "index is not a JSON object");
+                return Read(path, doc.RootElement);
             }
-            if (!root.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+            catch (InvalidOperationException e)
             {
-                throw new CheckpointFormatException(path, "index has no 'weight_map' object");
+                // Names and values are decoded lazily; an escape such as a lone "\uD800" fails here, not in Parse.
+                throw new CheckpointFormatException(path, $"index is not valid text: {e.Message.Split(". ")[0]}");
             }
-            var directory = System.IO.Path.GetDirectoryName(path) ?? "";
-            var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (var entry in map.EnumerateObject())
-            {
-                if (entry.Value.ValueKind != JsonValueKind.String)
-                {
-                    throw new CheckpointFormatException(path, "weight_map value is not a file name", entry.Name);
-                }
-                var file = entry.Value.GetString()!;
-                if (file.Length == 0 || System.IO.Path.IsPathRooted(file) || file.Split('/', '\\').Contains(".."))
-                {
-                    throw new CheckpointFormatException(path, $"weight_map names '{file}', which is not a file inside the checkpoint directory", entry.Name);
-                }
-                if (!weightMap.TryAdd(entry.Name, System.IO.Path.Combine(directory, file)))
-                {
-                    throw new CheckpointFormatException(path, "listed twice in weight_map", entry.Name);
-                }
-            }
-            if (weightMap.Count == 0)
-            {
-                throw new CheckpointFormatException(path, "weight_map is empty");
-            }
-            var files = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
-            var missing = files.FirstOrDefault(f => !File.Exists(f));
-            if (missing is not null)
-            {
-                throw new CheckpointFormatException(path, $"weight_map names {System.IO.Path.GetFileName(missing)}, which does not exist");
-            }
-            return new CheckpointIndex(path, weightMap, files);
         }
+    }
+
+    private static CheckpointIndex Read(string path, JsonElement root)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new CheckpointFormatException(path, "index is not a JSON object");
+        }
+        if (!root.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+        {
+            throw new CheckpointFormatException(path, "index has no 'weight_map' object");
+        }
+        var directory = System.IO.Path.GetDirectoryName(path) ?? "";
+        var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var entry in map.EnumerateObject())
+        {
+            if (entry.Value.ValueKind != JsonValueKind.String)
+            {
+                throw new CheckpointFormatException(path, "weight_map value is not a file name", entry.Name);
+            }
+            var file = entry.Value.GetString()!;
+            if (file.Length == 0 || System.IO.Path.IsPathRooted(file) || file.Split('/', '\\').Contains(".."))
+            {
+                throw new CheckpointFormatException(path, $"weight_map names '{file}', which is not a file inside the checkpoint directory", entry.Name);
+            }
+            if (!weightMap.TryAdd(entry.Name, System.IO.Path.Combine(directory, file)))
+            {
+                throw new CheckpointFormatException(path, "listed twice in weight_map", entry.Name);
+            }
+        }
+        if (weightMap.Count == 0)
+        {
+            throw new CheckpointFormatException(path, "weight_map is empty");
+        }
+        var files = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+        var missing = files.FirstOrDefault(f => !File.Exists(f));
+        if (missing is not null)
+        {
+            throw new CheckpointFormatException(path, $"weight_map names {System.IO.Path.GetFileName(missing)}, which does not exist");
+        }
+        return new CheckpointIndex(path, weightMap, files);
     }
 }

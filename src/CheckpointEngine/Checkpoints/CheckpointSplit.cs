@@ -12,7 +12,7 @@ public static class CheckpointSplit
     {
         CheckRank(rank, worldSize);
         var sized = files.Distinct(StringComparer.Ordinal).Select(f => (Item: f, Bytes: new FileInfo(f).Length));
-        return Balance(sized, worldSize)[rank].Order(StringComparer.Ordinal).Select(f => new FileSelection(f)).ToList();
+        return Balance(sized, worldSize, StringComparer.Ordinal)[rank].Order(StringComparer.Ordinal).Select(f => new FileSelection(f)).ToList();
     }
 
     /// <summary>Tensors per rank, balanced by tensor size; files are read only for the chosen tensors.</summary>
@@ -20,19 +20,29 @@ public static class CheckpointSplit
     {
         CheckRank(rank, worldSize);
         var sized = checkpoint.AllTensors().Select(e => (Item: (e.File.Path, e.Tensor.Name), Bytes: e.Tensor.ByteLength));
-        return Balance(sized, worldSize)[rank]
+        return Balance(sized, worldSize, ByPathThenName)[rank]
             .GroupBy(x => x.Path, StringComparer.Ordinal)
             .OrderBy(g => g.Key, StringComparer.Ordinal)
             .Select(g => new FileSelection(g.Key, g.Select(x => x.Name).Order(StringComparer.Ordinal).ToList()))
             .ToList();
     }
 
-    /// <summary>Longest-processing-time greedy: each item, largest first (ties by key order), goes to the least-loaded rank (ties to the lowest).</summary>
-    internal static List<T>[] Balance<T>(IEnumerable<(T Item, long Bytes)> items, int worldSize)
+    private static readonly Comparer<(string Path, string Name)> ByPathThenName = Comparer<(string Path, string Name)>.Create((a, b) =>
+    {
+        var byPath = string.CompareOrdinal(a.Path, b.Path);
+        return byPath != 0 ? byPath : string.CompareOrdinal(a.Name, b.Name);
+    });
+
+    /// <summary>
+    /// Longest-processing-time greedy: each item, largest first (ties by <paramref name="keyOrder"/>), goes to the
+    /// least-loaded rank (ties to the lowest). The key order must not depend on the culture, or ranks on
+    /// differently configured hosts could compute different splits.
+    /// </summary>
+    internal static List<T>[] Balance<T>(IEnumerable<(T Item, long Bytes)> items, int worldSize, IComparer<T> keyOrder)
     {
         var shares = Enumerable.Range(0, worldSize).Select(_ => new List<T>()).ToArray();
         var loads = new long[worldSize];
-        foreach (var (item, bytes) in items.OrderByDescending(x => x.Bytes).ThenBy(x => x.Item))
+        foreach (var (item, bytes) in items.OrderByDescending(x => x.Bytes).ThenBy(x => x.Item, keyOrder))
         {
             var target = 0;
             for (var r = 1; r < worldSize; r++)

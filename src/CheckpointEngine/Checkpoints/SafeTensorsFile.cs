@@ -137,7 +137,9 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     public void ReadInto(TensorInfo tensor, long offset, long length, byte* destination)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(offset + length, tensor.ByteLength);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(offset, tensor.ByteLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, tensor.ByteLength - offset); // Not offset + length: that can overflow.
         var position = DataStart + tensor.DataOffset + offset;
         while (length > 0)
         {

@@ -17,7 +17,8 @@ public sealed class SafeTensorsHeader
     /// <summary>Bytes before the JSON header: its length as a little-endian u64.</summary>
     public const int LengthPrefixSize = 8;
 
-    private const string MetadataKey = "__metadata__";
+    /// <summary>The header key of the free-form string map; never a tensor name.</summary>
+    internal const string MetadataKey = "__metadata__";
 
     private readonly Dictionary<string, TensorInfo> _byName;
 
@@ -89,8 +90,14 @@ public sealed class SafeTensorsHeader
         }
         catch (JsonException e)
         {
-            var at = e.BytePositionInLine is { } b ? LengthPrefixSize + (long)b : (long?)null;
+            // BytePositionInLine counts from the last newline, so it is a file offset only on the first line.
+            var at = e.LineNumber == 0 && e.BytePositionInLine is { } b ? LengthPrefixSize + (long)b : (long?)null;
             throw new CheckpointFormatException(source, $"header is not valid JSON: {FirstSentence(e.Message)}", offset: at);
+        }
+        catch (InvalidOperationException e)
+        {
+            // GetString throws this (not JsonException) for escapes that decode to invalid UTF-16, e.g. a lone "\uD800".
+            throw new CheckpointFormatException(source, $"header is not valid text: {FirstSentence(e.Message)}");
         }
         Validate(tensors, dataLength, source);
         return new SafeTensorsHeader(tensors, metadata, json.Length);
@@ -134,6 +141,11 @@ public sealed class SafeTensorsHeader
             var field = reader.GetString();
             reader.Read();
             var at = LengthPrefixSize + reader.TokenStartIndex;
+            if ((field == "dtype" && dtype is not null) || (field == "shape" && shape is not null) || (field == "data_offsets" && offsets is not null))
+            {
+                // Readers disagree on which copy wins (the reference reader rejects the file), so accept neither.
+                throw new CheckpointFormatException(source, $"'{field}' is given twice", name, at);
+            }
             switch (field)
             {
                 case "dtype":

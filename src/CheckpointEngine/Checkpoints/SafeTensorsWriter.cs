@@ -21,6 +21,10 @@ public static class SafeTensorsWriter
         {
             throw new ArgumentException($"tensor '{duplicate.Key}' is given twice", nameof(tensors));
         }
+        if (ordered.Any(t => t.Name == SafeTensorsHeader.MetadataKey))
+        {
+            throw new ArgumentException($"'{SafeTensorsHeader.MetadataKey}' is reserved for metadata and cannot name a tensor", nameof(tensors));
+        }
         var header = BuildHeader(ordered, metadata);
         using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
         Span<byte> prefix = stackalloc byte[SafeTensorsHeader.LengthPrefixSize];

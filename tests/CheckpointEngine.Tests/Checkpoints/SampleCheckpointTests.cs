@@ -1,0 +1,127 @@
+using CheckpointEngine.Checkpoints;
+
+namespace CheckpointEngine.Tests.Checkpoints;
+
+public sealed class SampleCheckpointTests : IDisposable
+{
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    private static Dictionary<string, byte[]> ReadAll(string directory) =>
+        Directory.GetFiles(directory).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes, StringComparer.Ordinal);
+
+    [Fact]
+    public void Write_SameSeed_SameBytes()
+    {
+        var a = _dir.File("a");
+        var b = _dir.File("b");
+        SampleCheckpoint.Write(a, 1 << 16, shards: 2, layers: 2, seed: 7);
+        SampleCheckpoint.Write(b, 1 << 16, shards: 2, layers: 2, seed: 7);
+        var filesA = ReadAll(a);
+        var filesB = ReadAll(b);
+        Assert.Equal(filesA.Keys.Order(StringComparer.Ordinal), filesB.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal(3, filesA.Count); // Two shards and the index.
+        foreach (var (name, bytes) in filesA)
+        {
+            Assert.True(bytes.AsSpan().SequenceEqual(filesB[name]), name);
+        }
+    }
+
+    [Fact]
+    public void Write_DifferentSeed_DifferentBytes()
+    {
+        var a = _dir.File("a");
+        var b = _dir.File("b");
+        var filesA = SampleCheckpoint.Write(a, 1 << 16, shards: 2, layers: 2, seed: 7);
+        var filesB = SampleCheckpoint.Write(b, 1 << 16, shards: 2, layers: 2, seed: 8);
+        Assert.Equal(filesA.Select(Path.GetFileName), filesB.Select(Path.GetFileName));
+        for (var i = 0; i < filesA.Count; i++)
+        {
+            Assert.False(File.ReadAllBytes(filesA[i]).AsSpan().SequenceEqual(File.ReadAllBytes(filesB[i])), filesA[i]);
+        }
+        // Same layout, different contents.
+        using var ca = Checkpoint.Open(a);
+        using var cb = Checkpoint.Open(b);
+        Assert.Equal(ca.AllTensors().Select(e => (e.Tensor.Name, e.Tensor.DType, e.Tensor.ShapeText, e.Tensor.DataOffset, e.Tensor.ByteLength)),
+            cb.AllTensors().Select(e => (e.Tensor.Name, e.Tensor.DType, e.Tensor.ShapeText, e.Tensor.DataOffset, e.Tensor.ByteLength)));
+    }
+
+    [Fact]
+    public void Write_HasTheAdvertisedTensorKinds()
+    {
+        var dir = _dir.File("s");
+        var files = SampleCheckpoint.Write(dir, 1 << 16, shards: 2, layers: 2);
+        using var ckpt = Checkpoint.Open(dir);
+        var tensors = ckpt.AllTensors().Select(e => e.Tensor).ToList();
+        var dtypes = tensors.Select(t => t.DType).ToHashSet();
+        Assert.Superset(new HashSet<DType> { DType.BF16, DType.F32, DType.F8_E4M3, DType.I64, DType.BOOL }, dtypes);
+        Assert.Contains(tensors, t => t.Shape.Length == 0);
+        Assert.Contains(tensors, t => t.Shape.Length > 0 && t.ElementCount == 0 && t.ByteLength == 0);
+        Assert.Contains(tensors, t => t.DType == DType.F8_E4M3 && t.Name.EndsWith(".weight", StringComparison.Ordinal));
+        Assert.Contains(tensors, t => t.DType == DType.F32 && t.Name.EndsWith(".weight_scale", StringComparison.Ordinal) && t.Shape.Length == 0);
+        Assert.All(ckpt.Files, f => Assert.Equal("pt", f.Header.Metadata!["format"]));
+        Assert.All(ckpt.AllTensors(), e => Assert.Equal(0, (e.File.DataStart + e.Tensor.DataOffset) % e.Tensor.DType.Alignment()));
+    }
+
+    [Fact]
+    public void Write_ReturnsShardFiles_AndAnIndexThatOpens()
+    {
+        var dir = _dir.File("s");
+        var files = SampleCheckpoint.Write(dir, 1 << 16, shards: 3, layers: 4);
+        Assert.Equal(["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"],
+            files.Select(Path.GetFileName));
+        Assert.All(files, f => Assert.True(File.Exists(f)));
+        Assert.True(File.Exists(Path.Combine(dir, Checkpoint.IndexFileName)));
+        using var ckpt = Checkpoint.Open(dir);
+        Assert.Equal(files, ckpt.Files.Select(f => f.Path));
+        Assert.True(ckpt.TryGetTensor("lm_head.weight", out var last, out _));
+        Assert.Equal(files[^1], last.Path);
+        Assert.True(ckpt.TryGetTensor("model.embed_tokens.weight", out var first, out _));
+        Assert.Equal(files[0], first.Path);
+        for (var l = 0; l < 4; l++)
+        {
+            Assert.True(ckpt.TryGetTensor($"model.layers.{l}.self_attn.q_proj.weight", out _, out _));
+        }
+    }
+
+    [Fact]
+    public void Write_SizeRoughlyFollowsTarget()
+    {
+        var small = _dir.File("small");
+        var large = _dir.File("large");
+        SampleCheckpoint.Write(small, 1 << 16, shards: 1, layers: 2);
+        SampleCheckpoint.Write(large, 4 << 20, shards: 1, layers: 2);
+        using var s = Checkpoint.Open(small);
+        using var l = Checkpoint.Open(large);
+        Assert.True(l.TotalBytes > 4 * s.TotalBytes);
+        Assert.InRange(l.TotalBytes, 2L << 20, 8L << 20);
+    }
+
+    [Fact]
+    public void Write_SingleShard_HoldsEverything()
+    {
+        var dir = _dir.File("one");
+        var files = SampleCheckpoint.Write(dir, 1 << 16, shards: 1, layers: 3);
+        var only = Assert.Single(files);
+        using var ckpt = Checkpoint.Open(dir);
+        Assert.All(ckpt.AllTensors(), e => Assert.Equal(only, e.File.Path));
+    }
+
+    [Fact]
+    public void Write_MoreShardsThanLayers_StillOpens()
+    {
+        var dir = _dir.File("many");
+        SampleCheckpoint.Write(dir, 1 << 16, shards: 4, layers: 1);
+        using var ckpt = Checkpoint.Open(dir);
+        Assert.True(ckpt.TensorCount > 0);
+    }
+
+    [Theory]
+    [InlineData(1000L, 1, 1)]
+    [InlineData(1L << 16, 0, 1)]
+    [InlineData(1L << 16, 1, 0)]
+    [InlineData(1L << 16, -1, 1)]
+    public void Write_BadArguments_Throw(long bytes, int shards, int layers) =>
+        Assert.Throws<ArgumentOutOfRangeException>(() => SampleCheckpoint.Write(_dir.File("x"), bytes, shards, layers));
+}

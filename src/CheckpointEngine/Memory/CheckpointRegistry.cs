@@ -77,14 +77,23 @@ public sealed class CheckpointRegistry : IDisposable
             }
             var plan = BufferLayout.Pack(toCopy.Select(e => (e.Name, e.DType, e.Shape, e.ByteLength)), options.MaxBufferSize);
             var copied = new List<MemoryBuffer>();
-            var reusesBefore = Pool.Reuses;
+            var poolReuses = 0; // Counted per rent: the pool's own counter also moves with concurrent registrations.
             foreach (var b in plan)
             {
-                var native = options.UsePool ? Pool.Rent(b.Size) : NativeBuffer.Allocate(b.Size);
-                (options.UsePool ? pooled : owned).Add(native);
+                NativeBuffer native;
+                if (options.UsePool)
+                {
+                    native = Pool.Rent(b.Size, out var reused);
+                    pooled.Add(native);
+                    poolReuses += reused ? 1 : 0;
+                }
+                else
+                {
+                    native = NativeBuffer.Allocate(b.Size);
+                    owned.Add(native);
+                }
                 copied.Add(new MemoryBuffer((nint)native.Pointer, b.Size, b.Metas, options.UsePool ? MemoryBufferKind.Pooled : MemoryBufferKind.Owned));
             }
-            var poolReuses = (int)(Pool.Reuses - reusesBefore);
             TensorCopier.Copy(copied, toCopy.ToDictionary(e => e.Name, StringComparer.Ordinal), options.CopyThreads);
             buffers.InsertRange(0, copied);
 
@@ -98,7 +107,11 @@ public sealed class CheckpointRegistry : IDisposable
                 // The mapping keeps the pages alive; unlinking only frees them at unregister instead of never.
                 mapped.ForEach(f => File.Delete(f.Path));
             }
-            Commit(name, checkpoint);
+            if (!TryCommit(name, checkpoint))
+            {
+                // Disposed meanwhile: nobody would ever release this checkpoint; the catch below does.
+                throw new ObjectDisposedException(nameof(CheckpointRegistry), $"the registry was disposed while checkpoint '{name}' was being registered");
+            }
             return checkpoint;
         }
         catch
@@ -146,12 +159,17 @@ public sealed class CheckpointRegistry : IDisposable
         }
     }
 
-    private void Commit(string name, RegisteredCheckpoint checkpoint)
+    private bool TryCommit(string name, RegisteredCheckpoint checkpoint)
     {
         lock (_lock)
         {
             _pending.Remove(name);
+            if (_disposed)
+            {
+                return false;
+            }
             _checkpoints.Add(name, checkpoint);
+            return true;
         }
     }
 

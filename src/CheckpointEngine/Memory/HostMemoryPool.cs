@@ -9,6 +9,7 @@ public sealed class HostMemoryPool : IDisposable
 {
     private readonly Lock _lock = new();
     private readonly List<NativeBuffer> _idle = [];
+    private readonly HashSet<NativeBuffer> _leased = [];
     private long _leasedBytes;
     private bool _disposed;
 
@@ -44,7 +45,10 @@ public sealed class HostMemoryPool : IDisposable
     /// An idle buffer of at least <paramref name="size"/> bytes (the smallest that fits, and never
     /// more than twice the size so a small checkpoint does not pin a huge buffer), or a new one.
     /// </summary>
-    public NativeBuffer Rent(long size)
+    public NativeBuffer Rent(long size) => Rent(size, out _);
+
+    /// <summary>As <see cref="Rent(long)"/>; <paramref name="reused"/> says whether an idle buffer was handed out.</summary>
+    internal NativeBuffer Rent(long size, out bool reused)
     {
         lock (_lock)
         {
@@ -64,23 +68,35 @@ public sealed class HostMemoryPool : IDisposable
                 buffer = _idle[best];
                 _idle.RemoveAt(best);
                 Reuses++;
+                reused = true;
             }
             else
             {
                 buffer = NativeBuffer.Allocate(size);
                 Allocations++;
+                reused = false;
             }
+            _leased.Add(buffer);
             _leasedBytes += buffer.Capacity;
             return buffer;
         }
     }
 
+    /// <summary>
+    /// Gives back a buffer rented from this pool. A buffer returned twice, or not rented here, is refused:
+    /// taking it in would hand the same memory to two checkpoints.
+    /// </summary>
     public void Return(NativeBuffer buffer)
     {
+        ArgumentNullException.ThrowIfNull(buffer);
         lock (_lock)
         {
+            if (!_leased.Remove(buffer))
+            {
+                throw new InvalidOperationException("buffer was not rented from this pool, or was already returned");
+            }
             _leasedBytes -= buffer.Capacity;
-            if (_disposed)
+            if (_disposed || buffer.IsDisposed)
             {
                 buffer.Dispose();
             }

@@ -48,7 +48,9 @@ public sealed unsafe class NativeBuffer : IDisposable
 
     public Span<byte> AsSpan(long offset, int length)
     {
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(offset + length, Capacity);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(offset, Capacity - length);
         return new Span<byte>(Pointer + offset, length);
     }
 

@@ -113,7 +113,8 @@ public sealed class Checkpoint : IDisposable
         {
             throw new ArgumentException("no checkpoint paths given", nameof(paths));
         }
-        return (result.Distinct(StringComparer.Ordinal).ToList(), index);
+        // The same file reached two ways (d/a and d//a, a folder and one of its files) is read once.
+        return (result.DistinctBy(Path.GetFullPath, StringComparer.Ordinal).ToList(), index);
     }
 
     private static string? FindIndex(string directory)
@@ -132,8 +133,10 @@ public sealed class Checkpoint : IDisposable
         };
     }
 
+    /// <summary>The index and the files it names must agree exactly; files given besides the indexed directory are not its business.</summary>
     private static void CheckIndex(CheckpointIndex index, Dictionary<string, (SafeTensorsFile File, TensorInfo Tensor)> tensors)
     {
+        var indexed = index.Files.Select(Path.GetFullPath).ToHashSet(StringComparer.Ordinal);
         foreach (var (name, file) in index.WeightMap)
         {
             if (!tensors.TryGetValue(name, out var entry))
@@ -145,7 +148,7 @@ public sealed class Checkpoint : IDisposable
                 throw new CheckpointFormatException(index.Path, $"weight_map says {Path.GetFileName(file)} but the tensor is in {Path.GetFileName(entry.File.Path)}", name);
             }
         }
-        foreach (var (name, entry) in tensors)
+        foreach (var (name, entry) in tensors.Where(t => indexed.Contains(Path.GetFullPath(t.Value.File.Path))))
         {
             if (!index.WeightMap.ContainsKey(name))
             {

@@ -16,13 +16,17 @@ public static class SampleCheckpoint
         ArgumentOutOfRangeException.ThrowIfLessThan(targetBytes, 1L << 16);
         ArgumentOutOfRangeException.ThrowIfLessThan(shards, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(layers, 1);
+        if (shards > layers)
+        {
+            throw new ArgumentException($"{shards} shards for {layers} layers: every shard holds at least one layer", nameof(shards));
+        }
         Directory.CreateDirectory(directory);
         // Per layer: 4 h² attention + 3 × 4h² MLP at ≤ 2 bytes; embeddings and head: 2 × 8h² at 2 bytes.
         var h = Math.Max(64, (long)Math.Sqrt(targetBytes / (layers * 32.0 + 32)) / 64 * 64);
         var perShard = Math.Max(1, (layers + shards - 1) / shards);
         var shardTensors = Enumerable.Range(0, shards).Select(_ => new List<TensorToWrite>()).ToArray();
-        var rng = seed;
-        TensorToWrite Random(string name, DType dtype, params long[] shape) => new(name, dtype, shape, Filler(++rng, dtype.ByteLength(shape)));
+        var index = 0UL;
+        TensorToWrite Random(string name, DType dtype, params long[] shape) => new(name, dtype, shape, Filler(Mix(seed, ++index), dtype.ByteLength(shape)));
 
         shardTensors[0].AddRange([
             Random("model.embed_tokens.weight", DType.BF16, 8 * h, h),
@@ -90,6 +94,15 @@ public static class SampleCheckpoint
         }
         w.WriteEndObject();
         w.WriteEndObject();
+    }
+
+    /// <summary>A stream seed per (checkpoint seed, tensor): no two seeds share streams (splitmix64 finalizer).</summary>
+    private static ulong Mix(ulong seed, ulong tensor)
+    {
+        var z = seed * 0x9E3779B97F4A7C15UL + tensor * 0xD1B54A32D192ED03UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
     }
 
     /// <summary>Streams <paramref name="length"/> pseudo-random bytes (xorshift64*, stable across .NET versions).</summary>

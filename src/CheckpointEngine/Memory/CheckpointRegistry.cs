@@ -15,7 +15,14 @@ public sealed class CheckpointRegistry : IDisposable
     private readonly HashSet<string> _pending = new(StringComparer.Ordinal);
     private bool _disposed;
 
-    public CheckpointRegistry(HostMemoryPool? pool = null) => Pool = pool ?? new HostMemoryPool();
+    private readonly bool _ownsPool;
+
+    /// <summary>A registry with its own pool, or sharing <paramref name="pool"/> (which it then does not dispose).</summary>
+    public CheckpointRegistry(HostMemoryPool? pool = null)
+    {
+        _ownsPool = pool is null;
+        Pool = pool ?? new HostMemoryPool();
+    }
 
     public HostMemoryPool Pool { get; }
 
@@ -37,6 +44,10 @@ public sealed class CheckpointRegistry : IDisposable
             return _checkpoints.TryGetValue(name, out checkpoint!);
         }
     }
+
+    /// <summary>Registers tensors handed over in memory (the trainer path).</summary>
+    public RegisteredCheckpoint RegisterCheckpoint(string name, IEnumerable<NamedTensor> namedTensors, RegisterOptions? options = null) =>
+        RegisterCheckpoint(name, Array.Empty<FileSelection>(), namedTensors, options);
 
     /// <summary>Registers whole files, or every safetensors file of the given directories.</summary>
     public RegisteredCheckpoint RegisterCheckpoint(string name, IEnumerable<string> paths, IEnumerable<NamedTensor>? namedTensors = null, RegisterOptions? options = null)
@@ -102,15 +113,16 @@ public sealed class CheckpointRegistry : IDisposable
                 f.Dispose();
             }
             var checkpoint = new RegisteredCheckpoint(name, buffers, owned, pooled, mapped, toCopy.Sum(e => e.ByteLength), poolReuses);
-            if (options.DeleteInPlaceFiles)
-            {
-                // The mapping keeps the pages alive; unlinking only frees them at unregister instead of never.
-                mapped.ForEach(f => File.Delete(f.Path));
-            }
             if (!TryCommit(name, checkpoint))
             {
                 // Disposed meanwhile: nobody would ever release this checkpoint; the catch below does.
                 throw new ObjectDisposedException(nameof(CheckpointRegistry), $"the registry was disposed while checkpoint '{name}' was being registered");
+            }
+            if (options.DeleteInPlaceFiles)
+            {
+                // Only once registered, so a failed registration never loses files. The mapping keeps the
+                // pages alive; unlinking makes unregister free them instead of leaving them on tmpfs.
+                mapped.ForEach(f => File.Delete(f.Path));
             }
             return checkpoint;
         }
@@ -241,6 +253,9 @@ public sealed class CheckpointRegistry : IDisposable
             _checkpoints.Clear();
         }
         all.ForEach(c => c.Release(Pool));
-        Pool.Dispose();
+        if (_ownsPool)
+        {
+            Pool.Dispose();
+        }
     }
 }

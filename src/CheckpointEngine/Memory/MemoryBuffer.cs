@@ -30,7 +30,14 @@ public sealed unsafe class MemoryBuffer(nint pointer, long size, IReadOnlyList<P
 
     public MemoryBufferKind Kind { get; } = kind;
 
-    public ReadOnlySpan<byte> Bytes(ParameterMeta meta) => meta.ByteLength <= int.MaxValue
-        ? new ReadOnlySpan<byte>(Pointer + meta.Offset, (int)meta.ByteLength)
-        : throw new InvalidOperationException($"tensor '{meta.Name}' is {meta.ByteLength} bytes, too large for one span");
+    public ReadOnlySpan<byte> Bytes(ParameterMeta meta)
+    {
+        if (meta.Offset < 0 || meta.ByteLength < 0 || meta.Offset > Size - meta.ByteLength)
+        {
+            throw new ArgumentOutOfRangeException(nameof(meta), $"tensor '{meta.Name}' at [{meta.Offset}, +{meta.ByteLength}) lies outside this {Size}-byte buffer");
+        }
+        return meta.ByteLength <= int.MaxValue
+            ? new ReadOnlySpan<byte>(Pointer + meta.Offset, (int)meta.ByteLength)
+            : throw new InvalidOperationException($"tensor '{meta.Name}' is {meta.ByteLength} bytes, too large for one span");
+    }
 }

@@ -15,6 +15,6 @@ public sealed record RegisterOptions
     /// <summary>Threads that copy tensors into buffers.</summary>
     public int CopyThreads { get; init; } = Environment.ProcessorCount;
 
-    /// <summary>Largest packed buffer (a single larger tensor gets a buffer of its own size).</summary>
+    /// <summary>Largest packed buffer. As in the original, a tensor larger than this raises the limit to its own aligned size for every buffer of the checkpoint.</summary>
     public long MaxBufferSize { get; init; } = BufferLayout.DefaultMaxBufferSize;
 }

@@ -286,3 +286,32 @@ public sealed class CheckpointTests : IDisposable
         Assert.All(files, f => Assert.Throws<ObjectDisposedException>(() => f.View(f.Tensors[0])));
     }
 }
+
+public sealed class CheckpointPathTests : IDisposable
+{
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public void Open_SameFileReachedTwoWays_IsReadOnce()
+    {
+        var dir = _dir.SubDirectory("plain");
+        SafeTensorsWriter.Write(Path.Combine(dir, "a.safetensors"), [TensorToWrite.FromBytes("w", DType.U8, [4], new byte[4])]);
+        using var checkpoint = Checkpoint.Open(dir, dir + "//a.safetensors", Path.Combine(dir, "a.safetensors"));
+        Assert.Single(checkpoint.Files);
+        Assert.Equal(1, checkpoint.TensorCount);
+    }
+
+    [Fact]
+    public void Open_IndexedDirectoryPlusAnotherFile_Works()
+    {
+        var dir = _dir.File("indexed");
+        SampleCheckpoint.Write(dir, 1 << 16, shards: 2, layers: 2);
+        var extra = _dir.File("extra.safetensors");
+        SafeTensorsWriter.Write(extra, [TensorToWrite.FromBytes("extra.bias", DType.F32, [2], new byte[8])]);
+        using var checkpoint = Checkpoint.Open(dir, extra);
+        Assert.Equal(3, checkpoint.Files.Count);
+        Assert.True(checkpoint.TryGetTensor("extra.bias", out _, out _));
+    }
+}

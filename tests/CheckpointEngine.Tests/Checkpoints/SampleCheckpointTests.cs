@@ -108,15 +108,6 @@ public sealed class SampleCheckpointTests : IDisposable
         Assert.All(ckpt.AllTensors(), e => Assert.Equal(only, e.File.Path));
     }
 
-    [Fact]
-    public void Write_MoreShardsThanLayers_StillOpens()
-    {
-        var dir = _dir.File("many");
-        SampleCheckpoint.Write(dir, 1 << 16, shards: 4, layers: 1);
-        using var ckpt = Checkpoint.Open(dir);
-        Assert.True(ckpt.TensorCount > 0);
-    }
-
     [Theory]
     [InlineData(1000L, 1, 1)]
     [InlineData(1L << 16, 0, 1)]
@@ -124,4 +115,29 @@ public sealed class SampleCheckpointTests : IDisposable
     [InlineData(1L << 16, -1, 1)]
     public void Write_BadArguments_Throw(long bytes, int shards, int layers) =>
         Assert.Throws<ArgumentOutOfRangeException>(() => SampleCheckpoint.Write(_dir.File("x"), bytes, shards, layers));
+}
+
+public sealed class SampleCheckpointSeedTests : IDisposable
+{
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public void Write_NeighbourSeeds_ShareNoTensorContents()
+    {
+        SampleCheckpoint.Write(_dir.File("a"), 1 << 16, shards: 1, layers: 2, seed: 1);
+        SampleCheckpoint.Write(_dir.File("b"), 1 << 16, shards: 1, layers: 2, seed: 2);
+        using var a = Checkpoint.Open(_dir.File("a"));
+        using var b = Checkpoint.Open(_dir.File("b"));
+        var contentsA = a.AllTensors().Where(e => e.Tensor.ByteLength >= 8).Select(e => Convert.ToHexString(e.File.View(e.Tensor).Span)).ToHashSet();
+        Assert.DoesNotContain(b.AllTensors().Where(e => e.Tensor.ByteLength >= 8), e => contentsA.Contains(Convert.ToHexString(e.File.View(e.Tensor).Span)));
+    }
+
+    [Fact]
+    public void Write_MoreShardsThanLayers_IsRefused()
+    {
+        var e = Assert.Throws<ArgumentException>(() => SampleCheckpoint.Write(_dir.File("x"), 1 << 16, shards: 5, layers: 4));
+        Assert.Contains("5 shards for 4 layers", e.Message);
+    }
 }

@@ -1,0 +1,37 @@
+namespace CheckpointEngine.Runtime.Collectives;
+
+/// <summary>
+/// A group of ranks and the collectives the parameter server needs. Members call collectives in the
+/// same order; each call has a deadline and fails with <see cref="CollectiveException"/> naming the
+/// rank and operation when a peer dies or stops answering. Implementations: the built-in one (store
+/// for control, shared memory and TCP for data); NCCL and UCX later.
+/// </summary>
+public interface ICommunicator : IDisposable
+{
+    string Name { get; }
+
+    /// <summary>This process's rank within the group.</summary>
+    int Rank { get; }
+
+    int Size { get; }
+
+    /// <summary>World rank of each group rank.</summary>
+    IReadOnlyList<int> Members { get; }
+
+    Task BarrierAsync(TimeSpan timeout, CancellationToken ct = default);
+
+    /// <summary>Every member's blob, indexed by group rank.</summary>
+    Task<byte[][]> AllGatherAsync(byte[] blob, TimeSpan timeout, CancellationToken ct = default);
+
+    /// <summary>Element-wise reduction of equal-length vectors over all members.</summary>
+    Task<long[]> AllReduceAsync(long[] values, ReduceOp op, TimeSpan timeout, CancellationToken ct = default);
+
+    /// <summary>
+    /// Copies <paramref name="length"/> bytes at <paramref name="buffer"/> on group rank <paramref name="root"/>
+    /// into <paramref name="buffer"/> on every other member (native memory; any size).
+    /// </summary>
+    Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default);
+
+    /// <summary>A group of some members (given as group ranks, this rank among them); only those members call it.</summary>
+    Task<ICommunicator> CreateSubGroupAsync(string name, IReadOnlyList<int> groupRanks, TimeSpan timeout, CancellationToken ct = default);
+}

@@ -1,0 +1,191 @@
+using System.Buffers.Binary;
+using System.Net.Sockets;
+
+namespace CheckpointEngine.Runtime.Collectives;
+
+/// <summary>The data plane of the built-in communicator: pipelined chunked broadcast.</summary>
+public sealed partial class ProcessGroup
+{
+    private const int PollMicroseconds = 100_000;
+    private const int SocketBufferSize = 4 << 20;
+
+    public Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (root < 0 || root >= Size)
+        {
+            throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is not a rank of group '{Name}' (size {Size})");
+        }
+        if (buffer == 0 && length > 0)
+        {
+            throw new ArgumentException("null buffer", nameof(buffer));
+        }
+        var seq = Begin();
+        if (Size == 1 || length == 0)
+        {
+            return Task.CompletedTask;
+        }
+        var wait = new WaitContext($"broadcast #{seq} from rank {Members[root]} ({length} bytes)", Name, timeout, _world, ct);
+        // Blocking copies and socket calls on a dedicated thread: a bucket broadcast is long and must not starve the pool.
+        return Task.Factory.StartNew(() => Run(buffer, length, root, seq, wait), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    private unsafe void Run(nint buffer, long length, int root, long seq, WaitContext wait)
+    {
+        var topology = _topology!;
+        var (previous, next, isLeader) = topology.Chain(root, Rank);
+        var writer = topology.Leader(root, topology.HostOf[Rank]);
+        var data = (byte*)buffer;
+        try
+        {
+            if (!isLeader)
+            {
+                for (long offset = 0; offset < length; offset += ShmRing.ChunkSize)
+                {
+                    var n = (int)Math.Min(ShmRing.ChunkSize, length - offset);
+                    _ring!.ReadChunk(data + offset, n, seq, length, wait, Members[writer]);
+                }
+                return;
+            }
+            var input = previous >= 0 ? Inbound(previous, wait) : null;
+            var output = next >= 0 ? Outbound(next, wait) : null;
+            Span<byte> header = stackalloc byte[16];
+            if (input is not null)
+            {
+                Receive(input, header, wait, previous);
+                var (theirSeq, theirLength) = (BinaryPrimitives.ReadInt64LittleEndian(header), BinaryPrimitives.ReadInt64LittleEndian(header[8..]));
+                if (theirSeq != seq || theirLength != length)
+                {
+                    throw wait.Fail($"this rank expects broadcast #{seq} of {length} bytes but rank {Members[previous]} sent #{theirSeq} of {theirLength} bytes (members disagree on the call)", Members[previous]);
+                }
+            }
+            if (output is not null)
+            {
+                BinaryPrimitives.WriteInt64LittleEndian(header, seq);
+                BinaryPrimitives.WriteInt64LittleEndian(header[8..], length);
+                Send(output, header, wait, next);
+            }
+            for (long offset = 0; offset < length; offset += ShmRing.ChunkSize)
+            {
+                var n = (int)Math.Min(ShmRing.ChunkSize, length - offset);
+                var chunk = new Span<byte>(data + offset, n);
+                if (input is not null)
+                {
+                    Receive(input, chunk, wait, previous);
+                }
+                if (output is not null)
+                {
+                    Send(output, chunk, wait, next);
+                }
+                _ring?.WriteChunk(data + offset, n, seq, length, wait);
+            }
+        }
+        catch (CollectiveException e)
+        {
+            _failure ??= e.Message;
+            throw;
+        }
+    }
+
+    private void Receive(Socket socket, Span<byte> target, in WaitContext wait, int peer)
+    {
+        while (!target.IsEmpty)
+        {
+            wait.Check(Members[peer]);
+            try
+            {
+                if (!socket.Poll(PollMicroseconds, SelectMode.SelectRead))
+                {
+                    continue;
+                }
+                var got = socket.Receive(target);
+                if (got == 0)
+                {
+                    throw wait.Fail($"rank {Members[peer]} closed its data link mid-broadcast{Cause()}", Members[peer]);
+                }
+                target = target[got..];
+            }
+            catch (SocketException e)
+            {
+                throw wait.Fail($"data link from rank {Members[peer]} failed: {e.Message}{Cause()}", Members[peer], e);
+            }
+        }
+    }
+
+    private void Send(Socket socket, ReadOnlySpan<byte> source, in WaitContext wait, int peer)
+    {
+        wait.Check(Members[peer]);
+        try
+        {
+            socket.SendTimeout = wait.RemainingMs;
+            while (!source.IsEmpty)
+            {
+                source = source[socket.Send(source)..];
+            }
+        }
+        catch (SocketException e)
+        {
+            var problem = e.SocketErrorCode == SocketError.TimedOut
+                ? $"rank {Members[peer]} did not take data within the deadline"
+                : $"data link to rank {Members[peer]} failed: {e.Message}";
+            throw wait.Fail(problem + Cause(), Members[peer], e);
+        }
+    }
+
+    /// <summary>Why the world broke, when it did: a socket error is usually the symptom of a dead rank.</summary>
+    private string Cause() => _world.BrokenReason is { } r ? $" ({r})" : "";
+
+    /// <summary>The link on which <paramref name="peer"/> sends to this rank; the peer dials it.</summary>
+    private Socket Inbound(int peer, in WaitContext wait)
+    {
+        var link = _world.InboundLink(Uid, peer).Task;
+        while (!link.Wait(PollMicroseconds / 1000))
+        {
+            wait.Check(Members[peer]);
+        }
+        return link.Result;
+    }
+
+    /// <summary>The link on which this rank sends to <paramref name="peer"/>, dialled on first use and kept for the group's life.</summary>
+    private Socket Outbound(int peer, in WaitContext wait)
+    {
+        if (_outbound.TryGetValue(peer, out var cached))
+        {
+            return cached;
+        }
+        var endpoint = _topology!.Endpoints[peer];
+        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+        {
+            NoDelay = true,
+            SendBufferSize = SocketBufferSize,
+            ReceiveBufferSize = SocketBufferSize,
+        };
+        try
+        {
+            using (var cts = new CancellationTokenSource(wait.RemainingMs))
+            {
+                socket.ConnectAsync(endpoint, cts.Token).AsTask().GetAwaiter().GetResult();
+            }
+            socket.Send(_world.Handshake(Uid, Rank));
+            var ack = new byte[1];
+            socket.ReceiveTimeout = wait.RemainingMs;
+            if (socket.Receive(ack) != 1 || ack[0] != 1)
+            {
+                throw wait.Fail($"rank {Members[peer]} refused the data link (token mismatch?)", Members[peer]);
+            }
+            socket.ReceiveTimeout = 0;
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        {
+            socket.Dispose();
+            throw wait.Fail($"cannot open a data link to rank {Members[peer]} at {endpoint}: {e.Message}{Cause()}", Members[peer], e);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+        _outbound[peer] = socket;
+        return socket;
+    }
+}

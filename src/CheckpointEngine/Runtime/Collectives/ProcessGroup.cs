@@ -1,0 +1,211 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text.Json;
+using CheckpointEngine.Runtime.Rendezvous;
+
+namespace CheckpointEngine.Runtime.Collectives;
+
+/// <summary>
+/// The built-in communicator. Control collectives (barrier, all-gather, all-reduce) go through the
+/// rendezvous store under the group's own key prefix. Broadcasts move native memory in pipelined
+/// chunks: a TCP chain across hosts (root, then one leader per host) and a shared-memory ring from
+/// each host's leader to the other ranks on that host.
+/// </summary>
+public sealed partial class ProcessGroup : ICommunicator
+{
+    private readonly World _world;
+    private readonly IStore _store;
+    private readonly ConcurrentDictionary<int, Socket> _outbound = new();
+    private Topology? _topology;
+    private ShmRing? _ring;
+    private long _seq;
+    private string? _failure;
+    private int _disposed;
+
+    private ProcessGroup(World world, string name, string uid, int[] members)
+    {
+        _world = world;
+        Name = name;
+        Uid = uid;
+        Members = members;
+        Rank = Array.IndexOf(members, world.Rank);
+        _store = world.Store.WithPrefix($"g/{uid}/");
+    }
+
+    public string Name { get; }
+
+    /// <summary>Unique among groups of this world: name, members and how many such groups came before.</summary>
+    internal string Uid { get; }
+
+    public int Rank { get; }
+
+    public int Size => Members.Count;
+
+    public IReadOnlyList<int> Members { get; }
+
+    /// <summary>Creates a group of the given world ranks; every member calls this, in the same order as its other group creations.</summary>
+    internal static async Task<ProcessGroup> CreateAsync(World world, string name, int[] members, TimeSpan timeout, CancellationToken ct)
+    {
+        if (!members.Contains(world.Rank))
+        {
+            throw new ArgumentException($"rank {world.Rank} is not a member of group '{name}'", nameof(members));
+        }
+        var key = $"{name}[{string.Join(',', members)}]";
+        var generation = world.NextGeneration(key);
+        var group = new ProcessGroup(world, name, $"{key}.{generation}", members);
+        try
+        {
+            await group.ConnectAsync(timeout, ct).ConfigureAwait(false);
+            return group;
+        }
+        catch
+        {
+            group.Dispose();
+            throw;
+        }
+    }
+
+    private sealed record MemberInfo(string HostId, string Address, int Port, int Pid, string Nonce);
+
+    /// <summary>Learns where every member lives, then sets up the shared-memory ring of this host.</summary>
+    private async Task ConnectAsync(TimeSpan timeout, CancellationToken ct)
+    {
+        var me = new MemberInfo(_world.HostId, _world.DataEndpoint.Address.ToString(), _world.DataEndpoint.Port, Environment.ProcessId,
+            Convert.ToHexString(RandomNumberGenerator.GetBytes(8)));
+        var blobs = await AllGatherAsync(JsonSerializer.SerializeToUtf8Bytes(me), timeout, ct).ConfigureAwait(false);
+        var infos = blobs.Select(b => JsonSerializer.Deserialize<MemberInfo>(b)!).ToArray();
+        _topology = new Topology(infos.Select(i => i.HostId).ToArray(), infos.Select(i => new IPEndPoint(IPAddress.Parse(i.Address), i.Port)).ToArray());
+        var local = _topology.LocalMembers(Rank);
+        if (local.Length > 1)
+        {
+            var name = $"ckpt-engine-{infos[0].Nonce}-h{_topology.HostOf[Rank]}";
+            var worldRanks = local.Select(m => Members[m]).ToArray();
+            var localIndex = Array.IndexOf(local, Rank);
+            if (localIndex == 0)
+            {
+                _ring = ShmRing.Create(name, worldRanks, 0);
+            }
+            await BarrierAsync(timeout, ct).ConfigureAwait(false);
+            _ring ??= ShmRing.Open(name, worldRanks, localIndex);
+            await BarrierAsync(timeout, ct).ConfigureAwait(false);
+            if (localIndex == 0)
+            {
+                _ring.Unlink(); // Everyone has it mapped: no name is left behind, whatever happens later.
+            }
+        }
+    }
+
+    public Task BarrierAsync(TimeSpan timeout, CancellationToken ct = default) => AllGatherCoreAsync([], timeout, "barrier", ct);
+
+    public Task<byte[][]> AllGatherAsync(byte[] blob, TimeSpan timeout, CancellationToken ct = default) => AllGatherCoreAsync(blob, timeout, "all-gather", ct);
+
+    public async Task<long[]> AllReduceAsync(long[] values, ReduceOp op, TimeSpan timeout, CancellationToken ct = default)
+    {
+        var blob = new byte[values.Length * 8];
+        for (var i = 0; i < values.Length; i++)
+        {
+            BinaryPrimitives.WriteInt64LittleEndian(blob.AsSpan(i * 8), values[i]);
+        }
+        var all = await AllGatherCoreAsync(blob, timeout, $"all-reduce ({op})", ct).ConfigureAwait(false);
+        var result = (long[])values.Clone();
+        for (var r = 0; r < all.Length; r++)
+        {
+            if (all[r].Length != blob.Length)
+            {
+                throw Failed($"all-reduce ({op})", [Members[r]], $"rank {Members[r]} passed {all[r].Length / 8} values, this rank {values.Length}");
+            }
+            for (var i = 0; i < values.Length; i++)
+            {
+                var v = BinaryPrimitives.ReadInt64LittleEndian(all[r].AsSpan(i * 8));
+                result[i] = op switch
+                {
+                    ReduceOp.Sum => r == 0 ? v : result[i] + v,
+                    ReduceOp.Min => r == 0 ? v : Math.Min(result[i], v),
+                    ReduceOp.Max => r == 0 ? v : Math.Max(result[i], v),
+                    _ => throw new ArgumentOutOfRangeException(nameof(op)),
+                };
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Each member sets its key for this call's sequence number and waits for all of them; it then drops its key of the previous call, which everyone has read by now.</summary>
+    private async Task<byte[][]> AllGatherCoreAsync(byte[] blob, TimeSpan timeout, string what, CancellationToken ct)
+    {
+        var seq = Begin();
+        var operation = $"{what} #{seq}";
+        try
+        {
+            await _store.SetAsync($"{seq}/{Rank}", blob, ct).ConfigureAwait(false);
+            var keys = Enumerable.Range(0, Size).Select(r => $"{seq}/{r}").ToList();
+            var values = await _store.WaitGetAsync(keys, timeout, ct).ConfigureAwait(false);
+            if (seq > 1)
+            {
+                await _store.DeleteAsync($"{seq - 1}/{Rank}", ct).ConfigureAwait(false);
+            }
+            return values;
+        }
+        catch (StoreTimeoutException e)
+        {
+            var late = e.MissingKeys.Select(k => Members[int.Parse(k[(k.LastIndexOf('/') + 1)..], System.Globalization.CultureInfo.InvariantCulture)]).ToList();
+            throw Failed(operation, late, $"ranks {string.Join(", ", late)} did not arrive within {timeout.TotalSeconds:F1} s", e);
+        }
+        catch (PeerDiedException e)
+        {
+            throw Failed(operation, [e.Rank], e.Message, e);
+        }
+        catch (RendezvousException e)
+        {
+            throw Failed(operation, [], e.Message, e);
+        }
+    }
+
+    public async Task<ICommunicator> CreateSubGroupAsync(string name, IReadOnlyList<int> groupRanks, TimeSpan timeout, CancellationToken ct = default)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        if (groupRanks.Distinct().Count() != groupRanks.Count || groupRanks.Any(r => r < 0 || r >= Size))
+        {
+            throw new ArgumentException($"sub-group '{name}': ranks [{string.Join(", ", groupRanks)}] must be distinct ranks of group '{Name}' (size {Size})", nameof(groupRanks));
+        }
+        if (!groupRanks.Contains(Rank))
+        {
+            throw new ArgumentException($"sub-group '{name}': this rank ({Rank}) is not among [{string.Join(", ", groupRanks)}]; only members create it", nameof(groupRanks));
+        }
+        return await CreateAsync(_world, $"{Name}/{name}", groupRanks.Select(r => Members[r]).ToArray(), timeout, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Starts a collective: numbers it, and refuses when an earlier one failed (members may disagree on numbering now).</summary>
+    private long Begin()
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        if (_failure is not null)
+        {
+            throw new CollectiveException("collective", Name, [], $"the group is unusable after an earlier failure: {_failure}");
+        }
+        return Interlocked.Increment(ref _seq);
+    }
+
+    private CollectiveException Failed(string operation, IReadOnlyList<int> ranks, string problem, Exception? inner = null)
+    {
+        _failure ??= $"{operation}: {problem}";
+        return new CollectiveException(operation, Name, ranks, problem, inner);
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        foreach (var s in _outbound.Values)
+        {
+            s.Dispose();
+        }
+        _outbound.Clear();
+        _world.ForgetLinks(Uid);
+        _ring?.Dispose();
+    }
+}

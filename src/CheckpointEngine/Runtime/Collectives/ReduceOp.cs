@@ -1,0 +1,8 @@
+namespace CheckpointEngine.Runtime.Collectives;
+
+public enum ReduceOp
+{
+    Sum,
+    Min,
+    Max,
+}

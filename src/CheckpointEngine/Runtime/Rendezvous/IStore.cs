@@ -1,0 +1,30 @@
+namespace CheckpointEngine.Runtime.Rendezvous;
+
+/// <summary>
+/// The rendezvous key-value store as ranks see it. Every call has a deadline: waits take one
+/// explicitly, other calls fail when the store does not answer within the client's request timeout.
+/// </summary>
+public interface IStore
+{
+    Task SetAsync(string key, byte[] value, CancellationToken ct = default);
+
+    /// <summary>The value, or null when the key is absent (does not wait).</summary>
+    Task<byte[]?> GetAsync(string key, CancellationToken ct = default);
+
+    /// <summary>Waits until every key exists and returns their values in order. Throws <see cref="StoreTimeoutException"/> or <see cref="PeerDiedException"/>.</summary>
+    Task<byte[][]> WaitGetAsync(IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default);
+
+    /// <summary>Atomically adds to a 64-bit counter (absent counts as 0) and returns the new value.</summary>
+    Task<long> AddAsync(string key, long delta, CancellationToken ct = default);
+
+    /// <summary>Sets <paramref name="desired"/> if the value equals <paramref name="expected"/> (null: if absent). Returns whether it swapped and the value now.</summary>
+    Task<(bool Swapped, byte[]? Current)> CompareAndSetAsync(string key, byte[]? expected, byte[] desired, CancellationToken ct = default);
+
+    Task<bool> DeleteAsync(string key, CancellationToken ct = default);
+
+    /// <summary>Deletes every key under a prefix; returns how many.</summary>
+    Task<int> DeletePrefixAsync(string prefix, CancellationToken ct = default);
+
+    /// <summary>A view in which every key is under <paramref name="prefix"/>, so repeated updates and groups never see each other's keys.</summary>
+    IStore WithPrefix(string prefix);
+}

@@ -1,0 +1,259 @@
+using System.Net;
+using System.Net.Sockets;
+using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
+
+namespace CheckpointEngine.Runtime.Rendezvous;
+
+/// <summary>
+/// A connection to the rendezvous store. Calls on one client are serialized; each has a deadline,
+/// and a connection that missed one is closed (its protocol state is unknown) so later calls fail
+/// at once instead of reading someone else's reply.
+/// </summary>
+public sealed class StoreClient : IStore, IDisposable
+{
+    private readonly Socket _socket;
+    private readonly NetworkStream _stream;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly string _where;
+    private string? _broken;
+
+    private StoreClient(Socket socket, string where)
+    {
+        _socket = socket;
+        _stream = new NetworkStream(socket, ownsSocket: true);
+        _where = where;
+    }
+
+    /// <summary>How long a call that does not wait may take before the store counts as unresponsive.</summary>
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Connects to the store, retrying while it is not up yet (rank 0 may start later), and presents
+    /// the token and this process's rank (−1 for a tool that is not a rank).
+    /// </summary>
+    public static async Task<StoreClient> ConnectAsync(string host, int port, string? token, int rank, TimeSpan connectTimeout, CancellationToken ct = default)
+    {
+        var where = $"{host}:{port} (rank 0)";
+        var deadline = DateTime.UtcNow + connectTimeout;
+        var delay = TimeSpan.FromMilliseconds(20);
+        Exception? last = null;
+        while (true)
+        {
+            ct.ThrowIfCancellationRequested();
+            var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            try
+            {
+                using var attempt = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                attempt.CancelAfter(Remaining(deadline, TimeSpan.FromSeconds(5)));
+                var addresses = IPAddress.TryParse(host, out var ip) ? [ip] : await Dns.GetHostAddressesAsync(host, attempt.Token).ConfigureAwait(false);
+                await socket.ConnectAsync(addresses, port, attempt.Token).ConfigureAwait(false);
+                var client = new StoreClient(socket, where);
+                try
+                {
+                    await client.HelloAsync(token ?? "", rank, Remaining(deadline, TimeSpan.FromSeconds(10)), ct).ConfigureAwait(false);
+                    return client;
+                }
+                catch
+                {
+                    client.Dispose();
+                    throw;
+                }
+            }
+            catch (Exception e) when (e is SocketException or OperationCanceledException or IOException && !ct.IsCancellationRequested)
+            {
+                socket.Dispose();
+                last = e;
+            }
+            if (DateTime.UtcNow >= deadline)
+            {
+                throw new RendezvousException(
+                    $"cannot reach the rendezvous store at {where} within {connectTimeout.TotalSeconds:F0} s: {last?.Message}", last);
+            }
+            await Task.Delay(delay, ct).ConfigureAwait(false);
+            delay = TimeSpan.FromMilliseconds(Math.Min(500, delay.TotalMilliseconds * 2));
+        }
+    }
+
+    private static TimeSpan Remaining(DateTime deadline, TimeSpan cap)
+    {
+        var left = deadline - DateTime.UtcNow;
+        return left < TimeSpan.FromMilliseconds(50) ? TimeSpan.FromMilliseconds(50) : left < cap ? left : cap;
+    }
+
+    private async Task HelloAsync(string token, int rank, TimeSpan timeout, CancellationToken ct)
+    {
+        var reply = await CallAsync(new Writer().Byte((byte)Op.Hello).String(token).Int32(rank), timeout, "hello", ct).ConfigureAwait(false);
+        ExpectOk(reply, "hello");
+    }
+
+    public async Task SetAsync(string key, byte[] value, CancellationToken ct = default) =>
+        ExpectOk(await CallAsync(new Writer().Byte((byte)Op.Set).String(key).Bytes(value), RequestTimeout, $"set '{key}'", ct).ConfigureAwait(false), $"set '{key}'");
+
+    public async Task<byte[]?> GetAsync(string key, CancellationToken ct = default)
+    {
+        var reply = await CallAsync(new Writer().Byte((byte)Op.Get).String(key), RequestTimeout, $"get '{key}'", ct).ConfigureAwait(false);
+        var r = new Reader(reply);
+        return (Status)r.Byte() switch
+        {
+            Status.Ok => r.Bytes(),
+            Status.NotFound => null,
+            _ => throw Unexpected(reply, $"get '{key}'"),
+        };
+    }
+
+    public async Task<byte[][]> WaitGetAsync(IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default)
+    {
+        var request = new Writer().Byte((byte)Op.WaitGet).Int32(keys.Count);
+        foreach (var k in keys)
+        {
+            request.String(k);
+        }
+        request.Int64((long)Math.Max(0, timeout.TotalMilliseconds));
+        var what = keys.Count == 1 ? $"wait for '{keys[0]}'" : $"wait for {keys.Count} keys";
+        var reply = await CallAsync(request, timeout + RequestTimeout, what, ct).ConfigureAwait(false);
+        var r = new Reader(reply);
+        switch ((Status)r.Byte())
+        {
+            case Status.Ok:
+                var values = new byte[r.Int32()][];
+                for (var i = 0; i < values.Length; i++)
+                {
+                    values[i] = r.Bytes();
+                }
+                return values;
+            case Status.Timeout:
+                var missing = new string[r.Int32()];
+                for (var i = 0; i < missing.Length; i++)
+                {
+                    missing[i] = r.String();
+                }
+                throw new StoreTimeoutException($"{what}: {missing.Length} keys still missing after {timeout.TotalSeconds:F1} s (first: '{missing.FirstOrDefault()}')", missing);
+            default:
+                throw Unexpected(reply, what);
+        }
+    }
+
+    public async Task<long> AddAsync(string key, long delta, CancellationToken ct = default)
+    {
+        var reply = await CallAsync(new Writer().Byte((byte)Op.Add).String(key).Int64(delta), RequestTimeout, $"add '{key}'", ct).ConfigureAwait(false);
+        var r = new Reader(reply);
+        return (Status)r.Byte() == Status.Ok ? r.Int64() : throw Unexpected(reply, $"add '{key}'");
+    }
+
+    public async Task<(bool Swapped, byte[]? Current)> CompareAndSetAsync(string key, byte[]? expected, byte[] desired, CancellationToken ct = default)
+    {
+        var request = new Writer().Byte((byte)Op.CompareAndSet).String(key).Byte(expected is null ? (byte)0 : (byte)1).Bytes(expected ?? []).Bytes(desired);
+        var reply = await CallAsync(request, RequestTimeout, $"compare-and-set '{key}'", ct).ConfigureAwait(false);
+        var r = new Reader(reply);
+        if ((Status)r.Byte() != Status.Ok)
+        {
+            throw Unexpected(reply, $"compare-and-set '{key}'");
+        }
+        var swapped = r.Byte() != 0;
+        var has = r.Byte() != 0;
+        var current = r.Bytes();
+        return (swapped, has ? current : null);
+    }
+
+    public async Task<bool> DeleteAsync(string key, CancellationToken ct = default)
+    {
+        var reply = await CallAsync(new Writer().Byte((byte)Op.Delete).String(key), RequestTimeout, $"delete '{key}'", ct).ConfigureAwait(false);
+        var r = new Reader(reply);
+        return (Status)r.Byte() == Status.Ok ? r.Byte() != 0 : throw Unexpected(reply, $"delete '{key}'");
+    }
+
+    public async Task<int> DeletePrefixAsync(string prefix, CancellationToken ct = default)
+    {
+        var reply = await CallAsync(new Writer().Byte((byte)Op.DeletePrefix).String(prefix), RequestTimeout, $"delete prefix '{prefix}'", ct).ConfigureAwait(false);
+        var r = new Reader(reply);
+        return (Status)r.Byte() == Status.Ok ? r.Int32() : throw Unexpected(reply, $"delete prefix '{prefix}'");
+    }
+
+    /// <summary>Long-polls for the death of any rank: returns it, or null when <paramref name="timeout"/> passes first.</summary>
+    public async Task<PeerDiedException?> WatchDeadAsync(TimeSpan timeout, CancellationToken ct = default)
+    {
+        var reply = await CallAsync(new Writer().Byte((byte)Op.WatchDead).Int64((long)timeout.TotalMilliseconds), timeout + RequestTimeout, "watch for dead ranks", ct).ConfigureAwait(false);
+        var r = new Reader(reply);
+        return (Status)r.Byte() switch
+        {
+            Status.Timeout => null,
+            Status.PeerDead => new PeerDiedException(r.Int32(), r.String()),
+            _ => throw Unexpected(reply, "watch for dead ranks"),
+        };
+    }
+
+    public IStore WithPrefix(string prefix) => new PrefixStore(this, prefix);
+
+    /// <summary>Tells the store this rank leaves on purpose (so it is not reported dead), then closes.</summary>
+    public async Task ByeAsync()
+    {
+        try
+        {
+            await CallAsync(new Writer().Byte((byte)Op.Bye), TimeSpan.FromSeconds(2), "bye", CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (RendezvousException)
+        {
+            // Leaving anyway.
+        }
+        Dispose();
+    }
+
+    private async Task<byte[]> CallAsync(Writer request, TimeSpan timeout, string what, CancellationToken ct)
+    {
+        await _gate.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            if (_broken is not null)
+            {
+                throw new RendezvousException($"{what}: the connection to the rendezvous store at {_where} is unusable ({_broken})");
+            }
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            cts.CancelAfter(timeout);
+            try
+            {
+                await _stream.WriteAsync(request.ToFrame(), cts.Token).ConfigureAwait(false);
+                return await ReadFrameAsync(_stream, cts.Token).ConfigureAwait(false)
+                    ?? throw new IOException("the store closed the connection");
+            }
+            catch (Exception e) when (e is IOException or SocketException or InvalidDataException or OperationCanceledException or ObjectDisposedException)
+            {
+                _broken = e is OperationCanceledException && !ct.IsCancellationRequested ? $"no reply within {timeout.TotalSeconds:F0} s" : e.Message;
+                _socket.Dispose();
+                if (ct.IsCancellationRequested)
+                {
+                    throw;
+                }
+                throw new RendezvousException($"{what}: rendezvous store at {_where}: {_broken}", e);
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private void ExpectOk(byte[] reply, string what)
+    {
+        if ((Status)reply[0] != Status.Ok)
+        {
+            throw Unexpected(reply, what);
+        }
+    }
+
+    private RendezvousException Unexpected(byte[] reply, string what)
+    {
+        var r = new Reader(reply);
+        return (Status)r.Byte() switch
+        {
+            Status.Error => new RendezvousException($"{what}: the rendezvous store at {_where} says: {r.String()}"),
+            Status.PeerDead => new PeerDiedException(r.Int32(), r.String()),
+            var s => new RendezvousException($"{what}: unexpected reply {s} from the rendezvous store at {_where}"),
+        };
+    }
+
+    public void Dispose()
+    {
+        _broken ??= "closed";
+        _stream.Dispose();
+    }
+}

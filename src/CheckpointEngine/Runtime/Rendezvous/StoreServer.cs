@@ -1,0 +1,396 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
+
+namespace CheckpointEngine.Runtime.Rendezvous;
+
+/// <summary>
+/// The rendezvous key-value store that rank 0 hosts. Besides keys it tracks which ranks are
+/// connected: a rank whose connection drops without saying goodbye is dead, and from then on every
+/// wait fails at once naming it, so survivors never sit out a deadline for a peer that is gone.
+/// </summary>
+public sealed class StoreServer : IDisposable
+{
+    private static readonly TimeSpan HelloTimeout = TimeSpan.FromSeconds(10);
+
+    private readonly Socket _listener;
+    private readonly byte[]? _tokenHash;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, byte[]> _data = new(StringComparer.Ordinal);
+    private readonly List<(HashSet<string> Keys, TaskCompletionSource Done)> _waiters = [];
+    private readonly HashSet<int> _members = [];
+    private readonly HashSet<Socket> _connections = [];
+    private readonly TaskCompletionSource _death = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private (int Rank, string Reason)? _dead;
+
+    private StoreServer(Socket listener, string? token)
+    {
+        _listener = listener;
+        _tokenHash = token is null ? null : SHA256.HashData(Encoding.UTF8.GetBytes(token));
+        Endpoint = (IPEndPoint)listener.LocalEndPoint!;
+        _ = AcceptLoopAsync();
+    }
+
+    /// <summary>The address the store listens on (port resolved when 0 was asked).</summary>
+    public IPEndPoint Endpoint { get; }
+
+    /// <summary>Listens on <paramref name="address"/> only (never on all interfaces unless asked with 0.0.0.0).</summary>
+    public static StoreServer Start(IPAddress address, int port, string? token)
+    {
+        var listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            listener.Bind(new IPEndPoint(address, port));
+            listener.Listen(512);
+        }
+        catch (SocketException e)
+        {
+            listener.Dispose();
+            throw new RendezvousException($"cannot listen on {address}:{port} for the rendezvous store: {e.Message}");
+        }
+        return new StoreServer(listener, token);
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception) when (_stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (SocketException)
+            {
+                continue;
+            }
+            socket.NoDelay = true;
+            lock (_lock)
+            {
+                _connections.Add(socket);
+            }
+            _ = ServeAsync(socket);
+        }
+    }
+
+    private async Task ServeAsync(Socket socket)
+    {
+        int? rank = null;
+        var graceful = false;
+        await using var stream = new NetworkStream(socket, ownsSocket: true);
+        try
+        {
+            rank = await HelloAsync(stream).ConfigureAwait(false);
+            while (!_stop.IsCancellationRequested)
+            {
+                var frame = await ReadFrameAsync(stream, _stop.Token).ConfigureAwait(false);
+                if (frame is null)
+                {
+                    break;
+                }
+                var (reply, bye) = await HandleAsync(frame).ConfigureAwait(false);
+                await stream.WriteAsync(reply.ToFrame(), _stop.Token).ConfigureAwait(false);
+                if (bye)
+                {
+                    graceful = true;
+                    break;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or SocketException or InvalidDataException or OperationCanceledException or ObjectDisposedException)
+        {
+            // A broken or misbehaving connection ends here; a member's loss is recorded below.
+        }
+        finally
+        {
+            lock (_lock)
+            {
+                _connections.Remove(socket);
+                if (rank is { } r && r >= 0)
+                {
+                    _members.Remove(r);
+                }
+            }
+            if (rank is { } r2 && r2 >= 0 && !graceful && !_stop.IsCancellationRequested)
+            {
+                MarkDead(r2, "its connection to the rendezvous store closed (process exited or was killed)");
+            }
+        }
+    }
+
+    /// <summary>The first frame must present the token and the rank (−1 for tools that are not ranks).</summary>
+    private async Task<int?> HelloAsync(NetworkStream stream)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+        timeout.CancelAfter(HelloTimeout);
+        var frame = await ReadFrameAsync(stream, timeout.Token).ConfigureAwait(false)
+            ?? throw new InvalidDataException("closed before hello");
+        var reader = new Reader(frame);
+        if ((Op)reader.Byte() != Op.Hello)
+        {
+            throw new InvalidDataException("first frame is not a hello");
+        }
+        var token = reader.String();
+        var rank = reader.Int32();
+        string? refusal = null;
+        if (_tokenHash is not null && !CryptographicOperations.FixedTimeEquals(_tokenHash, SHA256.HashData(Encoding.UTF8.GetBytes(token))))
+        {
+            refusal = "wrong token: the rendezvous store refused the connection (check CKPT_ENGINE_TOKEN)";
+        }
+        else if (rank >= 0)
+        {
+            lock (_lock)
+            {
+                if (!_members.Add(rank))
+                {
+                    refusal = $"rank {rank} is already connected to the rendezvous store (two processes with RANK={rank}?)";
+                }
+            }
+        }
+        var reply = refusal is null ? new Writer().Byte((byte)Status.Ok) : new Writer().Byte((byte)Status.Error).String(refusal);
+        await stream.WriteAsync(reply.ToFrame(), timeout.Token).ConfigureAwait(false);
+        if (refusal is not null)
+        {
+            throw new InvalidDataException(refusal);
+        }
+        return rank;
+    }
+
+    private async Task<(Writer Reply, bool Bye)> HandleAsync(byte[] frame)
+    {
+        var reader = new Reader(frame);
+        var op = (Op)reader.Byte();
+        switch (op)
+        {
+            case Op.Set:
+            {
+                var key = reader.String();
+                Put(key, reader.Bytes());
+                return (Ok(), false);
+            }
+            case Op.Get:
+            {
+                var key = reader.String();
+                lock (_lock)
+                {
+                    return (_data.TryGetValue(key, out var v) ? Ok().Bytes(v) : new Writer().Byte((byte)Status.NotFound), false);
+                }
+            }
+            case Op.WaitGet:
+            {
+                var keys = new string[reader.Int32()];
+                for (var i = 0; i < keys.Length; i++)
+                {
+                    keys[i] = reader.String();
+                }
+                var timeout = TimeSpan.FromMilliseconds(reader.Int64());
+                return (await WaitGetAsync(keys, timeout).ConfigureAwait(false), false);
+            }
+            case Op.Add:
+            {
+                var key = reader.String();
+                var delta = reader.Int64();
+                return (Add(key, delta), false);
+            }
+            case Op.CompareAndSet:
+            {
+                var key = reader.String();
+                var hasExpected = reader.Byte() != 0;
+                var expected = reader.Bytes();
+                var desired = reader.Bytes();
+                return (CompareAndSet(key, hasExpected ? expected : null, desired), false);
+            }
+            case Op.Delete:
+            {
+                var key = reader.String();
+                lock (_lock)
+                {
+                    return (Ok().Byte(_data.Remove(key) ? (byte)1 : (byte)0), false);
+                }
+            }
+            case Op.DeletePrefix:
+            {
+                var prefix = reader.String();
+                lock (_lock)
+                {
+                    var doomed = _data.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList();
+                    doomed.ForEach(k => _data.Remove(k));
+                    return (Ok().Int32(doomed.Count), false);
+                }
+            }
+            case Op.WatchDead:
+            {
+                var timeout = TimeSpan.FromMilliseconds(reader.Int64());
+                await Task.WhenAny(_death.Task, Task.Delay(timeout, _stop.Token)).ConfigureAwait(false);
+                return (DeadReply() ?? new Writer().Byte((byte)Status.Timeout), false);
+            }
+            case Op.Bye:
+                return (Ok(), true);
+            default:
+                return (new Writer().Byte((byte)Status.Error).String($"unknown op {(byte)op}"), false);
+        }
+    }
+
+    private static Writer Ok() => new Writer().Byte((byte)Status.Ok);
+
+    private Writer? DeadReply()
+    {
+        lock (_lock)
+        {
+            return _dead is { } d ? new Writer().Byte((byte)Status.PeerDead).Int32(d.Rank).String(d.Reason) : null;
+        }
+    }
+
+    private void Put(string key, byte[] value)
+    {
+        List<TaskCompletionSource> ready;
+        lock (_lock)
+        {
+            _data[key] = value;
+            ready = TakeReadyWaiters();
+        }
+        ready.ForEach(t => t.TrySetResult());
+    }
+
+    private Writer Add(string key, long delta)
+    {
+        long value;
+        List<TaskCompletionSource> ready;
+        lock (_lock)
+        {
+            if (_data.TryGetValue(key, out var old) && old.Length != 8)
+            {
+                return new Writer().Byte((byte)Status.Error).String($"key '{key}' holds {old.Length} bytes, not a counter");
+            }
+            value = (old is null ? 0 : BinaryPrimitives.ReadInt64LittleEndian(old)) + delta;
+            var bytes = new byte[8];
+            BinaryPrimitives.WriteInt64LittleEndian(bytes, value);
+            _data[key] = bytes;
+            ready = TakeReadyWaiters();
+        }
+        ready.ForEach(t => t.TrySetResult());
+        return Ok().Int64(value);
+    }
+
+    private Writer CompareAndSet(string key, byte[]? expected, byte[] desired)
+    {
+        bool swapped;
+        byte[]? current;
+        List<TaskCompletionSource> ready = [];
+        lock (_lock)
+        {
+            _data.TryGetValue(key, out current);
+            swapped = expected is null ? current is null : current is not null && current.AsSpan().SequenceEqual(expected);
+            if (swapped)
+            {
+                _data[key] = current = desired;
+                ready = TakeReadyWaiters();
+            }
+        }
+        ready.ForEach(t => t.TrySetResult());
+        return Ok().Byte(swapped ? (byte)1 : (byte)0).Byte(current is null ? (byte)0 : (byte)1).Bytes(current ?? []);
+    }
+
+    private async Task<Writer> WaitGetAsync(string[] keys, TimeSpan timeout)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        (HashSet<string>, TaskCompletionSource) waiter = (new HashSet<string>(keys, StringComparer.Ordinal), done);
+        lock (_lock)
+        {
+            if (keys.All(_data.ContainsKey))
+            {
+                return Values(keys);
+            }
+            if (_dead is null)
+            {
+                _waiters.Add(waiter);
+            }
+        }
+        try
+        {
+            if (DeadReply() is { } dead)
+            {
+                return dead;
+            }
+            await Task.WhenAny(done.Task, Task.Delay(timeout, _stop.Token)).ConfigureAwait(false);
+        }
+        finally
+        {
+            lock (_lock)
+            {
+                _waiters.Remove(waiter);
+            }
+        }
+        lock (_lock)
+        {
+            if (keys.All(_data.ContainsKey))
+            {
+                return Values(keys);
+            }
+        }
+        if (DeadReply() is { } died)
+        {
+            return died;
+        }
+        var missing = new Writer().Byte((byte)Status.Timeout);
+        lock (_lock)
+        {
+            var absent = keys.Where(k => !_data.ContainsKey(k)).ToList();
+            missing.Int32(absent.Count);
+            absent.ForEach(k => missing.String(k));
+        }
+        return missing;
+    }
+
+    private Writer Values(string[] keys)
+    {
+        var w = Ok().Int32(keys.Length);
+        foreach (var k in keys)
+        {
+            w.Bytes(_data[k]);
+        }
+        return w;
+    }
+
+    /// <summary>Waiters whose keys are all present now (call under the lock; complete them outside it).</summary>
+    private List<TaskCompletionSource> TakeReadyWaiters() =>
+        _waiters.Where(w => w.Keys.All(_data.ContainsKey)).Select(w => w.Done).ToList();
+
+    private void MarkDead(int rank, string reason)
+    {
+        List<TaskCompletionSource> waiting;
+        lock (_lock)
+        {
+            _dead ??= (rank, reason);
+            waiting = _waiters.Select(w => w.Done).ToList();
+        }
+        waiting.ForEach(t => t.TrySetResult());
+        _death.TrySetResult();
+    }
+
+    public void Dispose()
+    {
+        if (_stop.IsCancellationRequested)
+        {
+            return;
+        }
+        _stop.Cancel();
+        _listener.Dispose();
+        lock (_lock)
+        {
+            foreach (var s in _connections)
+            {
+                s.Dispose();
+            }
+            _connections.Clear();
+        }
+    }
+}

@@ -1,0 +1,292 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using CheckpointEngine.Runtime.Collectives;
+using CheckpointEngine.Runtime.Rendezvous;
+
+namespace CheckpointEngine.Runtime;
+
+/// <summary>
+/// This process's membership in a set of ranks: rank 0 hosts the rendezvous store, every rank
+/// connects to it, watches it for dead peers, and listens for data links from peers on other hosts.
+/// <see cref="Group"/> is the group of all ranks; sub-groups are made from it.
+/// </summary>
+public sealed class World : IAsyncDisposable
+{
+    public const string HostIdVariable = "CKPT_ENGINE_HOST_ID";
+    public const string AdvertiseAddressVariable = "CKPT_ENGINE_ADVERTISE_ADDR";
+
+    private static readonly TimeSpan WatchPoll = TimeSpan.FromSeconds(5);
+
+    private readonly StoreServer? _server;
+    private readonly StoreClient _client;
+    private readonly StoreClient _watcher;
+    private readonly Socket _dataListener;
+    private readonly CancellationTokenSource _broken = new();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentDictionary<(string Group, int From), TaskCompletionSource<Socket>> _inbound = new();
+    private readonly byte[] _tokenHash;
+    private readonly ConcurrentDictionary<string, int> _generations = new(StringComparer.Ordinal);
+    private ProcessGroup? _group;
+    private string? _brokenReason;
+
+    private World(RankConfig config, StoreServer? server, StoreClient client, StoreClient watcher, Socket dataListener)
+    {
+        Config = config;
+        _server = server;
+        _client = client;
+        _watcher = watcher;
+        _dataListener = dataListener;
+        _tokenHash = SHA256.HashData(Encoding.UTF8.GetBytes(config.Token ?? ""));
+        HostId = Environment.GetEnvironmentVariable(HostIdVariable) is { Length: > 0 } id ? id : DefaultHostId();
+        DataEndpoint = (IPEndPoint)dataListener.LocalEndPoint!;
+        _ = WatchAsync();
+        _ = AcceptDataLinksAsync();
+    }
+
+    public RankConfig Config { get; }
+
+    public int Rank => Config.Rank;
+
+    public int Size => Config.WorldSize;
+
+    /// <summary>The rendezvous store (shared by all groups; use <see cref="IStore.WithPrefix"/>).</summary>
+    public IStore Store => _client;
+
+    /// <summary>Where this rank's store listens (rank 0 only; its port is resolved when 0 was configured).</summary>
+    public IPEndPoint? StoreEndpoint => _server?.Endpoint;
+
+    /// <summary>The group of every rank.</summary>
+    public ICommunicator Group => _group!;
+
+    /// <summary>Ranks on the same host share this id (and so use shared memory between them).</summary>
+    public string HostId { get; }
+
+    internal IPEndPoint DataEndpoint { get; }
+
+    /// <summary>Cancelled when a rank died or the store was lost; every wait in every group watches it.</summary>
+    public CancellationToken Broken => _broken.Token;
+
+    public string? BrokenReason => _brokenReason;
+
+    public static async Task<World> JoinAsync(RankConfig config, CancellationToken ct = default)
+    {
+        StoreServer? server = null;
+        StoreClient? client = null;
+        StoreClient? watcher = null;
+        Socket? listener = null;
+        try
+        {
+            var port = config.MasterPort;
+            if (config.Rank == 0)
+            {
+                server = StoreServer.Start(await ResolveAsync(config.MasterAddr, ct).ConfigureAwait(false), config.MasterPort, config.Token);
+                port = server.Endpoint.Port;
+            }
+            client = await StoreClient.ConnectAsync(config.MasterAddr, port, config.Token, config.Rank, config.ConnectTimeout, ct).ConfigureAwait(false);
+            watcher = await StoreClient.ConnectAsync(config.MasterAddr, port, config.Token, -1, config.ConnectTimeout, ct).ConfigureAwait(false);
+            listener = ListenForData(await AdvertiseAddressAsync(config, port, ct).ConfigureAwait(false));
+            var world = new World(config with { MasterPort = port }, server, client, watcher, listener);
+            try
+            {
+                world._group = await ProcessGroup.CreateAsync(world, "world", Enumerable.Range(0, config.WorldSize).ToArray(), config.ConnectTimeout, ct).ConfigureAwait(false);
+            }
+            catch
+            {
+                await world.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+            return world;
+        }
+        catch when (client is null || watcher is null || listener is null)
+        {
+            client?.Dispose();
+            watcher?.Dispose();
+            listener?.Dispose();
+            server?.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task<IPAddress> ResolveAsync(string host, CancellationToken ct)
+    {
+        if (IPAddress.TryParse(host, out var ip))
+        {
+            return ip;
+        }
+        var all = await Dns.GetHostAddressesAsync(host, ct).ConfigureAwait(false);
+        return all.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? all.FirstOrDefault()
+            ?? throw new RendezvousException($"MASTER_ADDR {host} does not resolve");
+    }
+
+    /// <summary>The address peers reach this rank's data links on: loopback when the store is on loopback, else the interface that routes to the store.</summary>
+    private static async Task<IPAddress> AdvertiseAddressAsync(RankConfig config, int port, CancellationToken ct)
+    {
+        if (Environment.GetEnvironmentVariable(AdvertiseAddressVariable) is { Length: > 0 } given)
+        {
+            return IPAddress.TryParse(given, out var a) ? a : throw new ArgumentException($"{AdvertiseAddressVariable}={given} is not an IP address");
+        }
+        var master = await ResolveAsync(config.MasterAddr, ct).ConfigureAwait(false);
+        if (IPAddress.IsLoopback(master))
+        {
+            return master;
+        }
+        using var probe = new Socket(master.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        probe.Connect(master, port);
+        return ((IPEndPoint)probe.LocalEndPoint!).Address;
+    }
+
+    private static Socket ListenForData(IPAddress address)
+    {
+        var s = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        s.Bind(new IPEndPoint(address, 0));
+        s.Listen(256);
+        return s;
+    }
+
+    private static string DefaultHostId()
+    {
+        const string bootId = "/proc/sys/kernel/random/boot_id";
+        var boot = File.Exists(bootId) ? File.ReadAllText(bootId).Trim() : "";
+        return $"{Environment.MachineName}:{boot}";
+    }
+
+    /// <summary>Long-polls the store for dead ranks; the first death (or losing the store) breaks the world.</summary>
+    private async Task WatchAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            try
+            {
+                if (await _watcher.WatchDeadAsync(WatchPoll, _stop.Token).ConfigureAwait(false) is { } death)
+                {
+                    Break(death.Message);
+                    return;
+                }
+            }
+            catch (Exception e) when (!_stop.IsCancellationRequested)
+            {
+                Break($"lost the rendezvous store (rank 0): {e.Message}");
+                return;
+            }
+            catch (Exception)
+            {
+                return;
+            }
+        }
+    }
+
+    internal void Break(string reason)
+    {
+        Interlocked.CompareExchange(ref _brokenReason, reason, null);
+        try
+        {
+            _broken.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+    }
+
+    /// <summary>Accepts data links from peers: a handshake names the token, group and sender; the group picks the socket up.</summary>
+    private async Task AcceptDataLinksAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await _dataListener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                if (_stop.IsCancellationRequested)
+                {
+                    return;
+                }
+                continue;
+            }
+            _ = Task.Run(() => HandshakeAsync(socket));
+        }
+    }
+
+    private async Task HandshakeAsync(Socket socket)
+    {
+        try
+        {
+            socket.NoDelay = true;
+            socket.ReceiveBufferSize = 4 << 20;
+            socket.SendBufferSize = 4 << 20;
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            timeout.CancelAfter(TimeSpan.FromSeconds(10));
+            using var stream = new NetworkStream(socket, ownsSocket: false);
+            var frame = await StoreProtocol.ReadFrameAsync(stream, timeout.Token).ConfigureAwait(false) ?? throw new InvalidDataException("no handshake");
+            var (hash, group, from) = ReadHandshake(frame);
+            var ok = CryptographicOperations.FixedTimeEquals(hash, _tokenHash);
+            await stream.WriteAsync(new[] { ok ? (byte)1 : (byte)0 }, timeout.Token).ConfigureAwait(false);
+            if (!ok)
+            {
+                socket.Dispose();
+                return;
+            }
+            if (!InboundLink(group, from).TrySetResult(socket))
+            {
+                socket.Dispose(); // A second link for the same slot: keep the first.
+            }
+        }
+        catch (Exception)
+        {
+            socket.Dispose();
+        }
+    }
+
+    /// <summary>How many groups of this name and membership this rank has created, this one included.</summary>
+    internal int NextGeneration(string key) => _generations.AddOrUpdate(key, 1, (_, g) => g + 1);
+
+    internal TaskCompletionSource<Socket> InboundLink(string group, int from) =>
+        _inbound.GetOrAdd((group, from), _ => new TaskCompletionSource<Socket>(TaskCreationOptions.RunContinuationsAsynchronously));
+
+    internal void ForgetLinks(string group)
+    {
+        foreach (var key in _inbound.Keys.Where(k => k.Group == group).ToList())
+        {
+            if (_inbound.TryRemove(key, out var tcs) && tcs.Task.IsCompletedSuccessfully)
+            {
+                tcs.Task.Result.Dispose();
+            }
+            else
+            {
+                tcs?.TrySetCanceled();
+            }
+        }
+    }
+
+    internal byte[] Handshake(string group, int from) => new StoreProtocol.Writer().Bytes(_tokenHash).String(group).Int32(from).ToFrame().ToArray();
+
+    private static (byte[] Hash, string Group, int From) ReadHandshake(byte[] frame)
+    {
+        var r = new StoreProtocol.Reader(frame);
+        return (r.Bytes(), r.String(), r.Int32());
+    }
+
+    /// <summary>Leaves: closes groups, tells the store this rank leaves on purpose, stops listening; rank 0 stops the store.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_stop.IsCancellationRequested)
+        {
+            return;
+        }
+        _group?.Dispose();
+        await _client.ByeAsync().ConfigureAwait(false);
+        _stop.Cancel();
+        _watcher.Dispose();
+        _dataListener.Dispose();
+        foreach (var group in _inbound.Keys.Select(k => k.Group).Distinct().ToList())
+        {
+            ForgetLinks(group);
+        }
+        _server?.Dispose();
+    }
+}

@@ -38,23 +38,28 @@ public sealed record RankConfig
     public static RankConfig FromEnvironment(IDictionary? environment = null)
     {
         environment ??= Environment.GetEnvironmentVariables();
-        string? Get(string name) => environment[name] as string is { Length: > 0 } v ? v.Trim() : null;
-        int Int(string name, int fallback, int min, int max)
+        // Blank counts as unset (a shell's `export RANK=` must not read as an empty number).
+        string? Get(string name) => Convert.ToString(environment[name], CultureInfo.InvariantCulture)?.Trim() is { Length: > 0 } v ? v : null;
+        int Int(string name, int fallback, int min, int max, string? why = null)
         {
             var text = Get(name);
             if (text is null)
             {
                 return fallback;
             }
-            if (!int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var v) || v < min || v > max)
+            if (!int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var v))
             {
-                throw new ArgumentException($"{name}={text} is not an integer in [{min}, {max}]");
+                throw new ArgumentException($"{name}={text} is not a whole number in [{min}, {max}]");
+            }
+            if (v < min || v > max)
+            {
+                throw new ArgumentException($"{name}={text} is outside [{min}, {max}]{why}");
             }
             return v;
         }
 
         var world = Int("WORLD_SIZE", 1, 1, 1 << 20);
-        var rank = Int("RANK", 0, 0, world - 1);
+        var rank = Int("RANK", 0, 0, world - 1, $" (must be below WORLD_SIZE={world})");
         if (world > 1 && Get("MASTER_PORT") is null)
         {
             throw new ArgumentException($"MASTER_PORT is not set; WORLD_SIZE={world} needs rank 0's rendezvous port");
@@ -65,11 +70,11 @@ public sealed record RankConfig
             WorldSize = world,
             MasterAddr = Get("MASTER_ADDR") ?? "127.0.0.1",
             MasterPort = Int("MASTER_PORT", 0, world > 1 ? 1 : 0, 65535),
-            LocalWorldSize = Int("LOCAL_WORLD_SIZE", world, 1, world),
+            LocalWorldSize = Int("LOCAL_WORLD_SIZE", world, 1, world, $" (cannot exceed WORLD_SIZE={world})"),
             Token = Get(TokenVariable),
             ConnectTimeout = TimeSpan.FromSeconds(Int(ConnectTimeoutVariable, 60, 1, 86_400)),
         };
-        return config with { LocalRank = Int("LOCAL_RANK", rank % config.LocalWorldSize, 0, config.LocalWorldSize - 1) };
+        return config with { LocalRank = Int("LOCAL_RANK", rank % config.LocalWorldSize, 0, config.LocalWorldSize - 1, $" (must be below LOCAL_WORLD_SIZE={config.LocalWorldSize})") };
     }
 
     public override string ToString() => $"rank {Rank}/{WorldSize} (local {LocalRank}/{LocalWorldSize}), store {MasterAddr}:{MasterPort}";

@@ -25,6 +25,6 @@ public interface IStore
     /// <summary>Deletes every key under a prefix; returns how many.</summary>
     Task<int> DeletePrefixAsync(string prefix, CancellationToken ct = default);
 
-    /// <summary>A view in which every key is under <paramref name="prefix"/>, so repeated updates and groups never see each other's keys.</summary>
+    /// <summary>A view in which every key is under <paramref name="prefix"/> (a '/' is added unless it ends in one), so repeated updates and groups never see each other's keys.</summary>
     IStore WithPrefix(string prefix);
 }

@@ -13,8 +13,8 @@ public sealed class PeerDiedException(int rank, string reason)
 }
 
 /// <summary>A wait on the store passed its deadline; <see cref="MissingKeys"/> never appeared.</summary>
-public sealed class StoreTimeoutException(string message, IReadOnlyList<string> missingKeys)
-    : RendezvousException(message)
+public sealed class StoreTimeoutException(string message, IReadOnlyList<string> missingKeys, Exception? inner = null)
+    : RendezvousException(message, inner)
 {
     public IReadOnlyList<string> MissingKeys { get; } = missingKeys;
 }

@@ -74,6 +74,12 @@ public sealed class StoreClient : IStore, IDisposable
         }
     }
 
+    /// <summary>A wait as the store takes it: whole milliseconds in [0, int.MaxValue] (negative is no wait; beyond ~24 days is capped).</summary>
+    private static long WaitMs(TimeSpan wait) => (long)Math.Clamp(wait.TotalMilliseconds, 0, int.MaxValue);
+
+    /// <summary>How long a waiting call may take: the wait plus the request timeout, without overflowing a timer.</summary>
+    private TimeSpan ReplyTimeout(TimeSpan wait) => TimeSpan.FromMilliseconds(WaitMs(wait) + Math.Clamp((long)RequestTimeout.TotalMilliseconds, 1, int.MaxValue));
+
     private static TimeSpan Remaining(DateTime deadline, TimeSpan cap)
     {
         var left = deadline - DateTime.UtcNow;
@@ -108,21 +114,21 @@ public sealed class StoreClient : IStore, IDisposable
         {
             request.String(k);
         }
-        request.Int64((long)Math.Max(0, timeout.TotalMilliseconds));
+        request.Int64(WaitMs(timeout));
         var what = keys.Count == 1 ? $"wait for '{keys[0]}'" : $"wait for {keys.Count} keys";
-        var reply = await CallAsync(request, timeout + RequestTimeout, what, ct).ConfigureAwait(false);
+        var reply = await CallAsync(request, ReplyTimeout(timeout), what, ct).ConfigureAwait(false);
         var r = new Reader(reply);
         switch ((Status)r.Byte())
         {
             case Status.Ok:
-                var values = new byte[r.Int32()][];
+                var values = new byte[r.Count(4)][];
                 for (var i = 0; i < values.Length; i++)
                 {
                     values[i] = r.Bytes();
                 }
                 return values;
             case Status.Timeout:
-                var missing = new string[r.Int32()];
+                var missing = new string[r.Count(4)];
                 for (var i = 0; i < missing.Length; i++)
                 {
                     missing[i] = r.String();
@@ -172,7 +178,7 @@ public sealed class StoreClient : IStore, IDisposable
     /// <summary>Long-polls for the death of any rank: returns it, or null when <paramref name="timeout"/> passes first.</summary>
     public async Task<PeerDiedException?> WatchDeadAsync(TimeSpan timeout, CancellationToken ct = default)
     {
-        var reply = await CallAsync(new Writer().Byte((byte)Op.WatchDead).Int64((long)timeout.TotalMilliseconds), timeout + RequestTimeout, "watch for dead ranks", ct).ConfigureAwait(false);
+        var reply = await CallAsync(new Writer().Byte((byte)Op.WatchDead).Int64(WaitMs(timeout)), ReplyTimeout(timeout), "watch for dead ranks", ct).ConfigureAwait(false);
         var r = new Reader(reply);
         return (Status)r.Byte() switch
         {

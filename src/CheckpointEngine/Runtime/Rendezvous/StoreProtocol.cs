@@ -37,8 +37,8 @@ internal static class StoreProtocol
         PeerDead,
     }
 
-    /// <summary>Reads one frame; null on a clean end of stream before the first byte.</summary>
-    public static async Task<byte[]?> ReadFrameAsync(Stream stream, CancellationToken ct)
+    /// <summary>Reads one frame of at most <paramref name="maxLength"/> bytes; null on a clean end of stream before the first byte.</summary>
+    public static async Task<byte[]?> ReadFrameAsync(Stream stream, CancellationToken ct, int maxLength = MaxFrame)
     {
         var prefix = new byte[4];
         var got = await stream.ReadAtLeastAsync(prefix, 4, throwOnEndOfStream: false, ct).ConfigureAwait(false);
@@ -51,9 +51,9 @@ internal static class StoreProtocol
             throw new InvalidDataException("connection closed inside a frame length");
         }
         var length = BinaryPrimitives.ReadInt32LittleEndian(prefix);
-        if (length is < 1 or > MaxFrame)
+        if (length < 1 || length > maxLength)
         {
-            throw new InvalidDataException($"frame length {length} is outside [1, {MaxFrame}]");
+            throw new InvalidDataException($"frame length {length} is outside [1, {maxLength}]");
         }
         var payload = new byte[length];
         await stream.ReadExactlyAsync(payload, ct).ConfigureAwait(false);
@@ -135,6 +135,17 @@ internal static class StoreProtocol
         public byte Byte() => Take(1)[0];
 
         public int Int32() => BinaryPrimitives.ReadInt32LittleEndian(Take(4));
+
+        /// <summary>A count of the items that follow, each at least <paramref name="minBytesEach"/> bytes: checked against what is left, so a bad count never sizes an allocation.</summary>
+        public int Count(int minBytesEach)
+        {
+            var n = Int32();
+            if (n < 0 || (long)n * minBytesEach > _rest.Length)
+            {
+                throw new InvalidDataException($"count {n} does not fit the {_rest.Length} bytes left in the frame");
+            }
+            return n;
+        }
 
         public long Int64() => BinaryPrimitives.ReadInt64LittleEndian(Take(8));
 

@@ -16,6 +16,9 @@ public sealed class StoreServer : IDisposable
 {
     private static readonly TimeSpan HelloTimeout = TimeSpan.FromSeconds(10);
 
+    /// <summary>A hello is a token and a rank: an unauthenticated peer never gets a large buffer.</summary>
+    private const int MaxHelloFrame = 64 << 10;
+
     private readonly Socket _listener;
     private readonly byte[]? _tokenHash;
     private readonly CancellationTokenSource _stop = new();
@@ -105,9 +108,10 @@ public sealed class StoreServer : IDisposable
                 }
             }
         }
-        catch (Exception e) when (e is IOException or SocketException or InvalidDataException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception)
         {
-            // A broken or misbehaving connection ends here; a member's loss is recorded below.
+            // A broken or misbehaving connection ends here, whatever it sent (nothing escapes as an
+            // unobserved task exception); a member's loss is recorded below.
         }
         finally
         {
@@ -131,7 +135,7 @@ public sealed class StoreServer : IDisposable
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
         timeout.CancelAfter(HelloTimeout);
-        var frame = await ReadFrameAsync(stream, timeout.Token).ConfigureAwait(false)
+        var frame = await ReadFrameAsync(stream, timeout.Token, MaxHelloFrame).ConfigureAwait(false)
             ?? throw new InvalidDataException("closed before hello");
         var reader = new Reader(frame);
         if ((Op)reader.Byte() != Op.Hello)
@@ -156,7 +160,19 @@ public sealed class StoreServer : IDisposable
             }
         }
         var reply = refusal is null ? new Writer().Byte((byte)Status.Ok) : new Writer().Byte((byte)Status.Error).String(refusal);
-        await stream.WriteAsync(reply.ToFrame(), timeout.Token).ConfigureAwait(false);
+        try
+        {
+            await stream.WriteAsync(reply.ToFrame(), timeout.Token).ConfigureAwait(false);
+        }
+        catch when (refusal is null && rank >= 0)
+        {
+            // The rank never learned it joined: free its slot so it can connect again (it is not dead, it never arrived).
+            lock (_lock)
+            {
+                _members.Remove(rank);
+            }
+            throw;
+        }
         if (refusal is not null)
         {
             throw new InvalidDataException(refusal);
@@ -186,12 +202,12 @@ public sealed class StoreServer : IDisposable
             }
             case Op.WaitGet:
             {
-                var keys = new string[reader.Int32()];
+                var keys = new string[reader.Count(4)];
                 for (var i = 0; i < keys.Length; i++)
                 {
                     keys[i] = reader.String();
                 }
-                var timeout = TimeSpan.FromMilliseconds(reader.Int64());
+                var timeout = WaitTime(reader.Int64());
                 return (await WaitGetAsync(keys, timeout).ConfigureAwait(false), false);
             }
             case Op.Add:
@@ -228,8 +244,7 @@ public sealed class StoreServer : IDisposable
             }
             case Op.WatchDead:
             {
-                var timeout = TimeSpan.FromMilliseconds(reader.Int64());
-                await Task.WhenAny(_death.Task, Task.Delay(timeout, _stop.Token)).ConfigureAwait(false);
+                await WaitAsync(_death.Task, WaitTime(reader.Int64())).ConfigureAwait(false);
                 return (DeadReply() ?? new Writer().Byte((byte)Status.Timeout), false);
             }
             case Op.Bye:
@@ -240,6 +255,22 @@ public sealed class StoreServer : IDisposable
     }
 
     private static Writer Ok() => new Writer().Byte((byte)Status.Ok);
+
+    /// <summary>A client's wait in milliseconds, clamped to what a timer takes (a negative or huge one must not end the connection).</summary>
+    private static TimeSpan WaitTime(long ms) => TimeSpan.FromMilliseconds(Math.Clamp(ms, 0, int.MaxValue));
+
+    /// <summary>Waits for <paramref name="task"/>, the timeout or the server's stop, whichever comes first; the timer goes with it.</summary>
+    private async Task WaitAsync(Task task, TimeSpan timeout)
+    {
+        try
+        {
+            await task.WaitAsync(timeout, _stop.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is TimeoutException or OperationCanceledException)
+        {
+            // The caller looks at the state to decide what to answer.
+        }
+    }
 
     private Writer? DeadReply()
     {
@@ -320,7 +351,7 @@ public sealed class StoreServer : IDisposable
             {
                 return dead;
             }
-            await Task.WhenAny(done.Task, Task.Delay(timeout, _stop.Token)).ConfigureAwait(false);
+            await WaitAsync(done.Task, timeout).ConfigureAwait(false);
         }
         finally
         {

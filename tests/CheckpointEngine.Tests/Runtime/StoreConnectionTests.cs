@@ -1,0 +1,257 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using CheckpointEngine.Runtime.Rendezvous;
+using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
+
+namespace CheckpointEngine.Tests.Runtime;
+
+/// <summary>Who the store lets in, how it reports dead ranks, and how it survives bad peers and its own end.</summary>
+public class StoreConnectionTests
+{
+    private static readonly TimeSpan Deadline = StoreHarness.StepDeadline;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Theory]
+    [InlineData("wrong")]
+    [InlineData(null)]
+    [InlineData("")]
+    public async Task Connect_WrongToken_RefusedQuickly(string? token)
+    {
+        using var h = StoreHarness.Start("right");
+        var sw = Stopwatch.StartNew();
+        var e = await Assert.ThrowsAsync<RendezvousException>(() =>
+            StoreClient.ConnectAsync("127.0.0.1", h.Port, token, 0, TimeSpan.FromSeconds(30), Ct).WaitAsync(Deadline, Ct));
+        Assert.Contains("wrong token", e.Message, StringComparison.Ordinal);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(3), $"refused after {sw.Elapsed}");
+        // The refused rank took no slot.
+        await h.ConnectAsync(0);
+    }
+
+    [Fact]
+    public async Task Connect_RightToken_Accepted()
+    {
+        using var h = StoreHarness.Start("s3cret");
+        var c = await h.ConnectAsync(0);
+        await c.SetAsync("k", [1], Ct).WaitAsync(Deadline, Ct);
+        Assert.Equal([1], await c.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("anything")]
+    public async Task Connect_ServerWithoutToken_AcceptsAny(string? token)
+    {
+        using var h = StoreHarness.Start();
+        var c = await h.ConnectAsync(0, token, useHarnessToken: false);
+        Assert.Null(await c.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Fact]
+    public async Task Connect_SameRankTwice_SecondRefusedUntilFirstLeaves()
+    {
+        using var h = StoreHarness.Start();
+        var first = await h.ConnectAsync(1);
+        var e = await Assert.ThrowsAsync<RendezvousException>(() => h.ConnectAsync(1));
+        Assert.Contains("already connected", e.Message, StringComparison.Ordinal);
+        Assert.Contains("RANK=1", e.Message, StringComparison.Ordinal);
+        await first.ByeAsync().WaitAsync(Deadline, Ct);
+        var again = await h.ConnectAsync(1);
+        Assert.Null(await again.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Fact]
+    public async Task Connect_ManyObservers_AllAccepted()
+    {
+        using var h = StoreHarness.Start();
+        var observers = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => h.ConnectAsync(-1)));
+        await Task.WhenAll(observers.Select(o => o.AddAsync("n", 1, Ct))).WaitAsync(Deadline, Ct);
+        Assert.Equal(8, await observers[0].AddAsync("n", 0, Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Fact]
+    public async Task MemberGoneWithoutBye_PendingWaitFailsNamingIt()
+    {
+        using var h = StoreHarness.Start();
+        var observer = await h.ConnectAsync(-1);
+        var watcher = await h.ConnectAsync(-1);
+        var member = await h.ConnectAsync(3);
+        var wait = observer.WaitGetAsync(["never"], TimeSpan.FromSeconds(30), Ct);
+        var watch = watcher.WatchDeadAsync(TimeSpan.FromSeconds(30), Ct);
+        await Task.Delay(100, Ct);
+        Assert.False(wait.IsCompleted);
+        Assert.False(watch.IsCompleted);
+        var sw = Stopwatch.StartNew();
+        member.Dispose();
+        var e = await Assert.ThrowsAsync<PeerDiedException>(() => wait.WaitAsync(Deadline, Ct));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(2), $"noticed after {sw.Elapsed}");
+        Assert.Equal(3, e.Rank);
+        Assert.Contains("rank 3", e.Message, StringComparison.Ordinal);
+        var death = await watch.WaitAsync(Deadline, Ct);
+        Assert.Equal(3, death?.Rank);
+        // From then on every wait fails at once, and watching reports it at once.
+        sw.Restart();
+        Assert.Equal(3, (await Assert.ThrowsAsync<PeerDiedException>(() =>
+            observer.WaitGetAsync(["other"], TimeSpan.FromSeconds(30), Ct).WaitAsync(Deadline, Ct))).Rank);
+        Assert.Equal(3, (await watcher.WatchDeadAsync(TimeSpan.FromSeconds(30), Ct).WaitAsync(Deadline, Ct))?.Rank);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(2), $"answered after {sw.Elapsed}");
+    }
+
+    [Fact]
+    public async Task MemberSaidBye_NotReportedDead()
+    {
+        using var h = StoreHarness.Start();
+        var observer = await h.ConnectAsync(-1);
+        var member = await h.ConnectAsync(2);
+        await member.SetAsync("left", [1], Ct).WaitAsync(Deadline, Ct);
+        await member.ByeAsync().WaitAsync(Deadline, Ct);
+        Assert.Null(await observer.WatchDeadAsync(TimeSpan.FromMilliseconds(300), Ct).WaitAsync(Deadline, Ct));
+        var e = await Assert.ThrowsAsync<StoreTimeoutException>(() => observer.WaitGetAsync(["left", "x"], TimeSpan.FromMilliseconds(200), Ct).WaitAsync(Deadline, Ct));
+        Assert.Equal(["x"], e.MissingKeys);
+        // Observers come and go without being reported either.
+        (await h.ConnectAsync(-1)).Dispose();
+        Assert.Null(await observer.WatchDeadAsync(TimeSpan.FromMilliseconds(300), Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Fact]
+    public async Task Connect_NothingListening_FailsAfterTimeoutNamingHostPort()
+    {
+        var port = StoreHarness.FreePort();
+        var sw = Stopwatch.StartNew();
+        var e = await Assert.ThrowsAsync<RendezvousException>(() =>
+            StoreClient.ConnectAsync("127.0.0.1", port, null, 0, TimeSpan.FromSeconds(1), Ct).WaitAsync(Deadline, Ct));
+        Assert.InRange(sw.Elapsed, TimeSpan.FromSeconds(0.9), TimeSpan.FromSeconds(4));
+        Assert.Contains($"127.0.0.1:{port}", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Connect_BeforeServerStarts_RetriesUntilItIsUp()
+    {
+        var port = StoreHarness.FreePort();
+        var connect = StoreClient.ConnectAsync("127.0.0.1", port, "t", 0, TimeSpan.FromSeconds(4), Ct);
+        await Task.Delay(300, Ct);
+        Assert.False(connect.IsCompleted);
+        using var server = StoreServer.Start(IPAddress.Loopback, port, "t");
+        using var client = await connect.WaitAsync(Deadline, Ct);
+        await client.SetAsync("k", [1], Ct).WaitAsync(Deadline, Ct);
+        Assert.Equal([1], await client.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Fact]
+    public async Task Start_PortTaken_ThrowsNamingIt()
+    {
+        using var h = StoreHarness.Start();
+        var e = Assert.Throws<RendezvousException>(() => StoreServer.Start(IPAddress.Loopback, h.Port, null));
+        Assert.Contains($":{h.Port}", e.Message, StringComparison.Ordinal);
+        await Task.CompletedTask;
+    }
+
+    [Fact]
+    public async Task ServerDispose_PendingAndLaterCallsFailInsteadOfHanging()
+    {
+        using var h = StoreHarness.Start();
+        var waiter = await h.ConnectAsync(0);
+        var watcher = await h.ConnectAsync(-1);
+        var idle = await h.ConnectAsync(1);
+        var wait = waiter.WaitGetAsync(["never"], TimeSpan.FromSeconds(30), Ct);
+        var watch = watcher.WatchDeadAsync(TimeSpan.FromSeconds(30), Ct);
+        await Task.Delay(100, Ct);
+        h.Server.Dispose();
+        var e = await Assert.ThrowsAnyAsync<RendezvousException>(() => wait.WaitAsync(Deadline, Ct));
+        Assert.False(e is StoreTimeoutException or PeerDiedException, e.ToString());
+        await Assert.ThrowsAnyAsync<RendezvousException>(() => watch.WaitAsync(Deadline, Ct));
+        await Assert.ThrowsAnyAsync<RendezvousException>(() => idle.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
+        await Assert.ThrowsAnyAsync<RendezvousException>(() =>
+            StoreClient.ConnectAsync("127.0.0.1", h.Port, null, 5, TimeSpan.FromSeconds(1), Ct).WaitAsync(Deadline, Ct));
+    }
+
+    public static TheoryData<string, byte[]> BadOpenings => new()
+    {
+        { "text", "GET / HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray() },
+        { "huge length", [0xFF, 0xFF, 0xFF, 0x7F, 1, 2, 3] },
+        { "negative length", [0, 0, 0, 0x80] },
+        { "zero length", [0, 0, 0, 0] },
+        { "big hello", [0, 0, 0x10, 0, 1] }, // 1 MiB: within a frame's limit, far over a hello's.
+        { "not a hello", new Writer().Byte((byte)Op.Set).String("k").Bytes([1]).ToFrame().ToArray() },
+        { "short hello", new Writer().Byte((byte)Op.Hello).Int32(100).ToFrame().ToArray() },
+        { "hello without rank", new Writer().Byte((byte)Op.Hello).String("").ToFrame().ToArray() },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadOpenings))]
+    public async Task BadOpening_ConnectionDroppedAndStoreKeepsWorking(string what, byte[] bytes)
+    {
+        using var h = StoreHarness.Start();
+        var good = await h.ConnectAsync(0);
+        var raw = await h.RawAsync();
+        await raw.SendAsync(bytes, Ct).AsTask().WaitAsync(Deadline, Ct);
+        Assert.True(await ClosedByServerAsync(raw), what);
+        await good.SetAsync("k", [1], Ct).WaitAsync(Deadline, Ct);
+        Assert.Equal([1], await (await h.ConnectAsync(1)).GetAsync("k", Ct).WaitAsync(Deadline, Ct));
+        // A bad stranger is never counted as a dead rank.
+        Assert.Null(await good.WatchDeadAsync(TimeSpan.FromMilliseconds(100), Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Fact]
+    public async Task SilentConnections_DoNotBlockOthers()
+    {
+        using var h = StoreHarness.Start();
+        for (var i = 0; i < 5; i++)
+        {
+            await h.RawAsync();
+        }
+        var c = await h.ConnectAsync(0);
+        Assert.Equal(1, await c.AddAsync("n", 1, Ct).WaitAsync(Deadline, Ct));
+    }
+
+    [Fact]
+    public async Task MalformedRequestAfterHello_OnlyThatConnectionEnds()
+    {
+        using var h = StoreHarness.Start();
+        var good = await h.ConnectAsync(0);
+        var raw = await h.RawAsync();
+        using var stream = new NetworkStream(raw, ownsSocket: false);
+        Assert.Equal(new[] { (byte)Status.Ok }, await CallAsync(stream, new Writer().Byte((byte)Op.Hello).String("").Int32(-1)));
+        // An unknown op is answered with an error; the connection stays.
+        var reply = await CallAsync(stream, new Writer().Byte(200));
+        Assert.Equal((byte)Status.Error, reply[0]);
+        // A wait with a negative timeout is answered at once.
+        reply = await CallAsync(stream, new Writer().Byte((byte)Op.WaitGet).Int32(1).String("nope").Int64(-5));
+        Assert.Equal((byte)Status.Timeout, reply[0]);
+        // A key count far beyond the frame ends the connection without allocating for it.
+        await stream.WriteAsync(new Writer().Byte((byte)Op.WaitGet).Int32(int.MaxValue).Int64(10).ToFrame(), Ct).AsTask().WaitAsync(Deadline, Ct);
+        Assert.True(await ClosedByServerAsync(raw));
+        Assert.Equal(1, await good.AddAsync("n", 1, Ct).WaitAsync(Deadline, Ct));
+        Assert.Null(await good.WatchDeadAsync(TimeSpan.FromMilliseconds(100), Ct).WaitAsync(Deadline, Ct));
+    }
+
+    private static async Task<byte[]> CallAsync(NetworkStream stream, Writer request)
+    {
+        await stream.WriteAsync(request.ToFrame(), Ct).AsTask().WaitAsync(Deadline, Ct);
+        return (await ReadFrameAsync(stream, Ct).WaitAsync(Deadline, Ct))!;
+    }
+
+    /// <summary>Whether the server closes the connection (end of stream or reset) within the deadline, whatever it says first.</summary>
+    private static async Task<bool> ClosedByServerAsync(Socket socket)
+    {
+        var buffer = new byte[4096];
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        cts.CancelAfter(TimeSpan.FromSeconds(3));
+        try
+        {
+            while (await socket.ReceiveAsync(buffer, cts.Token) > 0)
+            {
+            }
+            return true;
+        }
+        catch (SocketException)
+        {
+            return true;
+        }
+        catch (OperationCanceledException) when (!Ct.IsCancellationRequested)
+        {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+using System.Net;
+using System.Net.Sockets;
+using CheckpointEngine.Runtime.Rendezvous;
+
+namespace CheckpointEngine.Tests.Runtime;
+
+/// <summary>An in-process rendezvous store on loopback and the clients of one test, all closed at the end.</summary>
+internal sealed class StoreHarness : IDisposable
+{
+    /// <summary>The most any single step of a test may take before it counts as hung.</summary>
+    public static readonly TimeSpan StepDeadline = TimeSpan.FromSeconds(5);
+
+    private readonly List<IDisposable> _owned = [];
+
+    private StoreHarness(StoreServer server, string? token)
+    {
+        Server = server;
+        Token = token;
+        _owned.Add(server);
+    }
+
+    public StoreServer Server { get; }
+
+    public string? Token { get; }
+
+    public int Port => Server.Endpoint.Port;
+
+    public static StoreHarness Start(string? token = null) => new(StoreServer.Start(IPAddress.Loopback, 0, token), token);
+
+    public async Task<StoreClient> ConnectAsync(int rank = -1, string? token = null, bool useHarnessToken = true)
+    {
+        var client = await StoreClient.ConnectAsync("127.0.0.1", Port, useHarnessToken ? token ?? Token : token, rank, TimeSpan.FromSeconds(3),
+            TestContext.Current.CancellationToken).WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+        _owned.Add(client);
+        return client;
+    }
+
+    /// <summary>A raw TCP connection to the store, for speaking the protocol badly.</summary>
+    public async Task<Socket> RawAsync()
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        _owned.Add(socket);
+        await socket.ConnectAsync(IPAddress.Loopback, Port, TestContext.Current.CancellationToken).AsTask().WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+        return socket;
+    }
+
+    /// <summary>A port nothing listens on (bound and released at once).</summary>
+    public static int FreePort()
+    {
+        using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        return ((IPEndPoint)probe.LocalEndPoint!).Port;
+    }
+
+    public void Dispose()
+    {
+        foreach (var d in Enumerable.Reverse(_owned))
+        {
+            d.Dispose();
+        }
+    }
+}

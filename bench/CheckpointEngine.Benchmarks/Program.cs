@@ -6,6 +6,8 @@ using CheckpointEngine.Benchmarks;
 return args.FirstOrDefault() switch
 {
     "registration" => RegistrationBenchmark.Run(args[1..]),
+    "broadcast" => BroadcastBenchmark.Run(args[1..]),
+    "broadcast-rank" => BroadcastBenchmark.RunRank(args[1..]),
     "micro" => Micro(args[1..]),
     _ => Usage(),
 };
@@ -19,6 +21,7 @@ static int Micro(string[] rest)
 static int Usage()
 {
     Console.Error.WriteLine("usage: CheckpointEngine.Benchmarks registration [--size-gb N] [--repeat N] [--dir DIR]");
+    Console.Error.WriteLine("       CheckpointEngine.Benchmarks broadcast [--size-gb N] [--ranks N]");
     Console.Error.WriteLine("       CheckpointEngine.Benchmarks micro [BenchmarkDotNet arguments]");
     return 2;
 }

@@ -27,7 +27,7 @@ public static unsafe class RegistrationBenchmark
             var total = files.Sum(f => new FileInfo(f).Length);
             WarmPageCache(files);
 
-            var memcpy = Best(repeat, () => MemcpyBaseline(total));
+            var memcpy = Baselines.Memcpy(total);
             using var registry = new CheckpointRegistry();
             var fresh = Best(repeat, () =>
             {
@@ -81,25 +81,6 @@ public static unsafe class RegistrationBenchmark
             {
                 Directory.Delete(root, true);
             }
-        }
-    }
-
-    private static double MemcpyBaseline(long total)
-    {
-        using var src = NativeBuffer.Allocate(total);
-        using var dst = NativeBuffer.Allocate(total);
-        Touch(src);
-        Touch(dst);
-        var sw = Stopwatch.StartNew();
-        Buffer.MemoryCopy(src.Pointer, dst.Pointer, total, total);
-        return sw.Elapsed.TotalSeconds;
-    }
-
-    private static void Touch(NativeBuffer b)
-    {
-        for (long i = 0; i < b.Capacity; i += 4096)
-        {
-            b.Pointer[i] = 1;
         }
     }
 

@@ -55,6 +55,7 @@ internal static class Scenarios
             for (var root = 0; root < g.Size; root++)
             {
                 await BroadcastAndVerify(g, size, root, timeout);
+                await BroadcastAndVerify(g, size, root, timeout, shared: true);
             }
         }
         Console.WriteLine("broadcast ok");
@@ -112,42 +113,56 @@ internal static class Scenarios
     {
         var g = world.Group;
         using var buffer = NativeBuffer.Allocate(bytes);
-        Fill(buffer, bytes, 7);
-        await g.BroadcastAsync(Ptr(buffer), bytes, 0, timeout); // Warm up: fault in pages and links.
+        Fill(buffer.Address, bytes, 7);
+        await g.BroadcastAsync(buffer.Address, bytes, 0, timeout); // Warm up: fault in pages and links.
         var best = double.MaxValue;
         for (var i = 0; i < 3; i++)
         {
             await g.BarrierAsync(timeout);
             var sw = Stopwatch.StartNew();
-            await g.BroadcastAsync(Ptr(buffer), bytes, 0, timeout);
+            await g.BroadcastAsync(buffer.Address, bytes, 0, timeout);
             await g.BarrierAsync(timeout);
             best = Math.Min(best, sw.Elapsed.TotalSeconds);
         }
         Console.WriteLine($"bench {bytes} {best:F4}");
     }
 
-    private static async Task BroadcastAndVerify(ICommunicator g, long size, int root, TimeSpan timeout)
+    private static int _segments;
+
+    /// <summary>
+    /// Broadcasts deterministic bytes from <paramref name="root"/> and checks them on every rank; with
+    /// <paramref name="shared"/> the buffers live in registered shared segments (readers copy directly).
+    /// </summary>
+    private static async Task BroadcastAndVerify(ICommunicator g, long size, int root, TimeSpan timeout, bool shared = false)
     {
-        using var buffer = NativeBuffer.Allocate(size);
+        using var segment = shared ? SharedMemorySegment.Create($"ckpt-engine-test-{Environment.ProcessId}-{++_segments}", size + 4096) : null;
+        using var native = shared ? null : NativeBuffer.Allocate(size);
+        var address = segment is not null ? segment.Address + 4096 : native!.Address; // Not at the segment's start: offsets must work.
+        if (segment is not null)
+        {
+            g.RegisterSharedMemory(segment);
+        }
         var seed = (ulong)(size * 31 + root);
         if (g.Rank == root)
         {
-            Fill(buffer, size, seed);
+            Fill(address, size, seed);
         }
-        await g.BroadcastAsync(Ptr(buffer), size, root, timeout);
+        await g.BroadcastAsync(address, size, root, timeout);
+        if (segment is not null)
+        {
+            g.UnregisterSharedMemory(segment);
+        }
         using var expected = NativeBuffer.Allocate(size);
-        Fill(expected, size, seed);
-        Check(Equal(buffer, expected, size), $"broadcast of {size} bytes from {root}");
+        Fill(expected.Address, size, seed);
+        Check(Equal(address, expected.Address, size), $"broadcast of {size} bytes from {root}{(shared ? " (shared)" : "")}");
     }
 
-    private static unsafe nint Ptr(NativeBuffer b) => (nint)b.Pointer;
+    private static unsafe bool Equal(nint a, nint b, long n) =>
+        new ReadOnlySpan<byte>((byte*)a, (int)n).SequenceEqual(new ReadOnlySpan<byte>((byte*)b, (int)n));
 
-    private static unsafe bool Equal(NativeBuffer a, NativeBuffer b, long n) =>
-        new ReadOnlySpan<byte>(a.Pointer, (int)n).SequenceEqual(new ReadOnlySpan<byte>(b.Pointer, (int)n));
-
-    private static unsafe void Fill(NativeBuffer buffer, long n, ulong seed)
+    private static unsafe void Fill(nint address, long n, ulong seed)
     {
-        var p = buffer.Pointer;
+        var p = (byte*)address;
         var s = seed * 0x9E3779B97F4A7C15UL | 1;
         long i = 0;
         for (; i + 8 <= n; i += 8)

@@ -24,6 +24,9 @@ public sealed unsafe class NativeBuffer : IDisposable
 
     public byte* Pointer => _pointer != 0 ? (byte*)_pointer : throw new ObjectDisposedException(nameof(NativeBuffer));
 
+    /// <summary>The start as an address, for code that cannot hold pointers (async methods).</summary>
+    public nint Address => (nint)Pointer;
+
     /// <summary>Usable bytes (the requested size rounded up to whole pages).</summary>
     public long Capacity { get; }
 

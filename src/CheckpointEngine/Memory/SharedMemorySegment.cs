@@ -37,11 +37,17 @@ public sealed unsafe class SharedMemorySegment : IDisposable
 
     public byte* Pointer => _pointer != null ? _pointer : throw new ObjectDisposedException(Name);
 
+    /// <summary>The start as an address, for code that cannot hold pointers (async methods).</summary>
+    public nint Address => (nint)Pointer;
+
     /// <summary>Creates a new zero-filled segment; fails if the name exists.</summary>
     public static SharedMemorySegment Create(string name, long size) => Map(name, size, FileMode.CreateNew, owner: true);
 
-    /// <summary>Maps an existing segment created by another process.</summary>
+    /// <summary>Maps an existing segment created by another process (its first <paramref name="size"/> bytes).</summary>
     public static SharedMemorySegment Open(string name, long size) => Map(name, size, FileMode.Open, owner: false);
+
+    /// <summary>Maps the whole of an existing segment.</summary>
+    public static SharedMemorySegment Open(string name) => Map(name, 0, FileMode.Open, owner: false);
 
     private static SharedMemorySegment Map(string name, long size, FileMode mode, bool owner)
     {
@@ -49,11 +55,15 @@ public sealed unsafe class SharedMemorySegment : IDisposable
         {
             throw new ArgumentException($"'{name}' is not a valid segment name", nameof(name));
         }
-        ArgumentOutOfRangeException.ThrowIfLessThan(size, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(size, owner ? 1 : 0);
         var path = System.IO.Path.Combine(Directory, name);
         using var file = new FileStream(path, mode, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
         try
         {
+            if (size == 0)
+            {
+                size = file.Length > 0 ? file.Length : throw new IOException($"shared memory segment {path} is empty");
+            }
             if (owner)
             {
                 file.SetLength(size);

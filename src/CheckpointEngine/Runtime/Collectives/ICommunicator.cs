@@ -32,6 +32,18 @@ public interface ICommunicator : IDisposable
     /// </summary>
     Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default);
 
+    /// <summary>
+    /// Declares that buffers inside <paramref name="segment"/> are shared memory that peers on this host
+    /// may map; implementations that can use it (the built-in one) then avoid a copy. Optional.
+    /// </summary>
+    void RegisterSharedMemory(CheckpointEngine.Memory.SharedMemorySegment segment)
+    {
+    }
+
+    void UnregisterSharedMemory(CheckpointEngine.Memory.SharedMemorySegment segment)
+    {
+    }
+
     /// <summary>A group of some members (given as group ranks, this rank among them); only those members call it.</summary>
     Task<ICommunicator> CreateSubGroupAsync(string name, IReadOnlyList<int> groupRanks, TimeSpan timeout, CancellationToken ct = default);
 }

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
+using CheckpointEngine.Memory;
 
 namespace CheckpointEngine.Runtime.Collectives;
 
@@ -34,21 +35,36 @@ public sealed partial class ProcessGroup
     {
         var topology = _topology!;
         var (previous, next, isLeader) = topology.Chain(root, Rank);
-        var writer = topology.Leader(root, topology.HostOf[Rank]);
+        var writer = Members[topology.Leader(root, topology.HostOf[Rank])];
         var data = (byte*)buffer;
+        var chunks = (int)((length + ShmRing.ChunkSize - 1) / ShmRing.ChunkSize);
         try
         {
             if (!isLeader)
             {
-                for (long offset = 0; offset < length; offset += ShmRing.ChunkSize)
+                var descriptor = _ring!.Await(seq, length, wait, writer);
+                if (descriptor.Mode == ShmRing.Mode.Direct)
                 {
-                    var n = (int)Math.Min(ShmRing.ChunkSize, length - offset);
-                    _ring!.ReadChunk(data + offset, n, seq, length, wait, Members[writer]);
+                    _ring.CopyDirect(data, PeerSegment(descriptor.Segment, descriptor.Offset + length, wait, writer) + descriptor.Offset, length, wait, writer);
                 }
+                else
+                {
+                    for (long offset = 0; offset < length; offset += ShmRing.ChunkSize)
+                    {
+                        _ring.ReadChunk(data + offset, (int)Math.Min(ShmRing.ChunkSize, length - offset), seq, length, wait, writer);
+                    }
+                }
+                _ring.Finish();
                 return;
             }
+            var shared = _ring is null ? null : SharedSegmentHolding(buffer, length);
+            _ring?.Begin(seq, length, shared is null ? ShmRing.Mode.Ring : ShmRing.Mode.Direct, shared?.Name, buffer - shared?.Address ?? 0, wait);
             var input = previous >= 0 ? Inbound(previous, wait) : null;
             var output = next >= 0 ? Outbound(next, wait) : null;
+            if (shared is not null && input is null)
+            {
+                _ring!.Progress(chunks); // The root has it all: local readers copy while the chain is fed.
+            }
             Span<byte> header = stackalloc byte[16];
             if (input is not null)
             {
@@ -65,8 +81,9 @@ public sealed partial class ProcessGroup
                 BinaryPrimitives.WriteInt64LittleEndian(header[8..], length);
                 Send(output, header, wait, next);
             }
-            for (long offset = 0; offset < length; offset += ShmRing.ChunkSize)
+            for (var i = 0; i < chunks && (input is not null || output is not null || shared is null && _ring is not null); i++)
             {
+                var offset = (long)i * ShmRing.ChunkSize;
                 var n = (int)Math.Min(ShmRing.ChunkSize, length - offset);
                 var chunk = new Span<byte>(data + offset, n);
                 if (input is not null)
@@ -77,13 +94,79 @@ public sealed partial class ProcessGroup
                 {
                     Send(output, chunk, wait, next);
                 }
-                _ring?.WriteChunk(data + offset, n, seq, length, wait);
+                if (shared is not null && input is not null)
+                {
+                    _ring!.Progress(i + 1);
+                }
+                else if (shared is null)
+                {
+                    _ring?.WriteChunk(data + offset, n, seq, length, wait);
+                }
             }
+            if (shared is not null)
+            {
+                _ring!.AwaitReaders(wait); // Readers copy from this buffer: it must not change before they are done.
+            }
+            _ring?.Finish();
         }
         catch (CollectiveException e)
         {
             _failure ??= e.Message;
             throw;
+        }
+    }
+
+    /// <summary>The registered segment that holds [buffer, buffer + length), if any: local readers can copy from it directly.</summary>
+    private SharedMemorySegment? SharedSegmentHolding(nint buffer, long length)
+    {
+        lock (_shared)
+        {
+            return _shared.FirstOrDefault(s => buffer >= s.Address && buffer - s.Address <= s.Size - length);
+        }
+    }
+
+    /// <summary>A writer's segment mapped here (kept for the group's life), large enough for <paramref name="needed"/> bytes.</summary>
+    private unsafe byte* PeerSegment(string name, long needed, in WaitContext wait, int writer)
+    {
+        if (!_peerSegments.TryGetValue(name, out var segment) || segment.Size < needed)
+        {
+            try
+            {
+                segment?.Dispose();
+                segment = SharedMemorySegment.Open(name);
+            }
+            catch (IOException e)
+            {
+                throw wait.Fail($"cannot map rank {writer}'s shared buffer {name}: {e.Message}", writer, e);
+            }
+            if (segment.Size < needed)
+            {
+                segment.Dispose();
+                throw wait.Fail($"rank {writer}'s shared buffer {name} is {segment.Size} bytes, the broadcast needs {needed}", writer);
+            }
+            _peerSegments[name] = segment;
+        }
+        return segment.Pointer;
+    }
+
+    /// <summary>
+    /// Tells the group that a buffer lives in a shared segment: broadcasts from it to ranks on this host
+    /// then copy straight out of it instead of through the channel (one copy per reader instead of two).
+    /// The segment must stay mapped, and keep its name, while the group uses it.
+    /// </summary>
+    public void RegisterSharedMemory(SharedMemorySegment segment)
+    {
+        lock (_shared)
+        {
+            _shared.Add(segment);
+        }
+    }
+
+    public void UnregisterSharedMemory(SharedMemorySegment segment)
+    {
+        lock (_shared)
+        {
+            _shared.Remove(segment);
         }
     }
 

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text.Json;
+using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime.Rendezvous;
 
 namespace CheckpointEngine.Runtime.Collectives;
@@ -19,6 +20,8 @@ public sealed partial class ProcessGroup : ICommunicator
     private readonly World _world;
     private readonly IStore _store;
     private readonly ConcurrentDictionary<int, Socket> _outbound = new();
+    private readonly List<SharedMemorySegment> _shared = [];
+    private readonly Dictionary<string, SharedMemorySegment> _peerSegments = new(StringComparer.Ordinal);
     private Topology? _topology;
     private ShmRing? _ring;
     private long _seq;
@@ -207,5 +210,10 @@ public sealed partial class ProcessGroup : ICommunicator
         _outbound.Clear();
         _world.ForgetLinks(Uid);
         _ring?.Dispose();
+        foreach (var s in _peerSegments.Values)
+        {
+            s.Dispose();
+        }
+        _peerSegments.Clear();
     }
 }

@@ -1,0 +1,23 @@
+namespace CheckpointEngine.Runtime.Devices;
+
+/// <summary>Device memory shared with the worker: its address here, size, and how the worker maps it.</summary>
+public abstract class DeviceBuffer : IDisposable
+{
+    public abstract nint Address { get; }
+
+    public abstract long Size { get; }
+
+    /// <summary>"shm" (host backend) or "cuda-ipc".</summary>
+    public abstract string Kind { get; }
+
+    /// <summary>What the worker needs to map it: a segment name, or an encoded IPC handle.</summary>
+    public abstract string Handle { get; }
+
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    protected abstract void Dispose(bool disposing);
+}

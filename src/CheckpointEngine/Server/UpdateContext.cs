@@ -1,0 +1,11 @@
+namespace CheckpointEngine.Server;
+
+/// <summary>
+/// What a trigger gets: the rank calling it and every rank's worker socket by device id. The trigger
+/// tells the inference engine to connect (vLLM: POST /collective_rpc "update_weights_from_ipc"); it is
+/// called on every rank, and usually only the first rank of each inference group acts.
+/// </summary>
+public sealed record UpdateContext(string Checkpoint, int Rank, IReadOnlyList<WorkerSocket> Sockets);
+
+/// <summary>Where the worker of one rank's device connects.</summary>
+public sealed record WorkerSocket(int Rank, string DeviceId, string Address);

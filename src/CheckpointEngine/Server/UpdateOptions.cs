@@ -1,0 +1,16 @@
+using CheckpointEngine.Planning;
+
+namespace CheckpointEngine.Server;
+
+/// <summary>Knobs of one update.</summary>
+public sealed record UpdateOptions
+{
+    /// <summary>Deadline of every wait in the update (a collective, the worker's reply, its connection).</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(300);
+
+    /// <summary>Share of free device memory the update may use for buckets.</summary>
+    public double MemoryFraction { get; init; } = BucketSizing.DefaultFraction;
+
+    /// <summary>Largest bucket (env <c>CKPT_ENGINE_MAX_BUCKET_SIZE_GB</c>, default 8 GiB).</summary>
+    public long MaxBucketSize { get; init; } = BucketSizing.MaxBucketSizeFromEnvironment();
+}

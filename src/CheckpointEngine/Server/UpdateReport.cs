@@ -1,0 +1,33 @@
+namespace CheckpointEngine.Server;
+
+/// <summary>What an update did on this rank, with per-bucket stage times for timelines and benchmarks.</summary>
+public sealed record UpdateReport(
+    string Checkpoint,
+    int Rank,
+    long BucketSize,
+    int Slots,
+    long BytesDelivered,
+    TimeSpan Duration,
+    IReadOnlyList<BucketTiming> Buckets)
+{
+    public TimeSpan HostToDevice => Sum(b => b.HostToDevice);
+
+    public TimeSpan Broadcast => Sum(b => b.Broadcast);
+
+    public TimeSpan Reload => Sum(b => b.Reload);
+
+    private TimeSpan Sum(Func<BucketTiming, TimeSpan> stage) => TimeSpan.FromTicks(Buckets.Sum(b => stage(b).Ticks));
+}
+
+/// <summary>One bucket's stages on this rank, as offsets from the update's start (zero-length where this rank had no part).</summary>
+public sealed record BucketTiming(int Index, int Owner, long Bytes,
+    TimeSpan HostToDeviceStart, TimeSpan HostToDeviceEnd,
+    TimeSpan BroadcastStart, TimeSpan BroadcastEnd,
+    TimeSpan ReloadStart, TimeSpan ReloadEnd)
+{
+    public TimeSpan HostToDevice => HostToDeviceEnd - HostToDeviceStart;
+
+    public TimeSpan Broadcast => BroadcastEnd - BroadcastStart;
+
+    public TimeSpan Reload => ReloadEnd - ReloadStart;
+}

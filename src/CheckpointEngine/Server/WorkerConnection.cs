@@ -1,0 +1,41 @@
+using System.Net.Sockets;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Server;
+
+/// <summary>One update's conversation with the worker: a message, then its reply, under a deadline.</summary>
+internal sealed class WorkerConnection(Socket socket, string deviceId) : IDisposable
+{
+    private readonly NetworkStream _stream = new(socket, ownsSocket: true);
+
+    /// <summary>Sends a message; returns null when the worker says ok, else its error text. Losing the worker is an error too.</summary>
+    public async Task<string?> CallAsync(WorkerMessage message, TimeSpan timeout, CancellationToken ct)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(timeout);
+        try
+        {
+            await WorkerFraming.WriteAsync(_stream, message, cts.Token).ConfigureAwait(false);
+            var reply = await WorkerFraming.ReadAsync<WorkerReply>(_stream, cts.Token).ConfigureAwait(false);
+            return reply is null
+                ? $"the worker of device '{deviceId}' closed the connection"
+                : reply.Ok ? null : reply.Error ?? "the worker failed without saying why";
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            return $"the worker of device '{deviceId}' did not answer within {timeout.TotalSeconds:F0} s";
+        }
+        catch (Exception e) when (e is IOException or SocketException or InvalidDataException)
+        {
+            return $"lost the worker of device '{deviceId}': {e.Message}";
+        }
+    }
+
+    /// <summary>Best effort: tells the worker to drop the update, without waiting long for an answer.</summary>
+    public async Task AbortAsync(string reason)
+    {
+        _ = await CallAsync(new AbortMessage(reason), TimeSpan.FromSeconds(5), CancellationToken.None).ConfigureAwait(false);
+    }
+
+    public void Dispose() => _stream.Dispose();
+}

@@ -1,0 +1,62 @@
+using CheckpointEngine.Planning;
+
+namespace CheckpointEngine.Tests.Planning;
+
+public class BucketSizingTests
+{
+    private const long GiB = 1L << 30;
+
+    [Fact]
+    public void Plan_PlentyOfMemory_ThreeBuffersCappedByMaximum()
+    {
+        var s = BucketSizing.Plan(100 * GiB, 1 << 20, 500 * GiB, maxBucketSize: 8 * GiB);
+        Assert.Equal(3, s.Slots);
+        Assert.Equal(8 * GiB, s.BucketSize);
+    }
+
+    [Fact]
+    public void Plan_LargestTensorOverAThird_FallsBackToTwoBuffers()
+    {
+        var s = BucketSizing.Plan(10 * GiB, 4 * GiB, 500 * GiB, fraction: 1.0, maxBucketSize: 8 * GiB);
+        Assert.Equal(2, s.Slots);
+        Assert.Equal(5 * GiB, s.BucketSize);
+    }
+
+    [Fact]
+    public void Plan_NeverBelowTheLargestTensor()
+    {
+        var s = BucketSizing.Plan(100 * GiB, 3 * GiB, 500 * GiB, maxBucketSize: GiB);
+        Assert.Equal(3 * GiB, s.BucketSize);
+    }
+
+    [Fact]
+    public void Plan_SmallCheckpoint_DoesNotClaimMoreThanItsLargestOwner()
+    {
+        var s = BucketSizing.Plan(100 * GiB, 1000, 10_000);
+        Assert.Equal(10_240, s.BucketSize);
+        Assert.Equal(30_720, s.DeviceBytes);
+    }
+
+    [Fact]
+    public void Plan_NotEnoughMemory_SaysHowMuchIsNeeded()
+    {
+        var e = Assert.Throws<InsufficientMemoryException>(() => BucketSizing.Plan(GiB, GiB, GiB));
+        Assert.Contains("largest tensor", e.Message);
+    }
+
+    [Theory]
+    [InlineData("0.5", 512L << 20)]
+    [InlineData("2", 2L << 30)]
+    public void MaxBucketSize_FromEnvironment(string value, long expected)
+    {
+        Environment.SetEnvironmentVariable(BucketSizing.MaxBucketSizeVariable, value);
+        try
+        {
+            Assert.Equal(expected, BucketSizing.MaxBucketSizeFromEnvironment());
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(BucketSizing.MaxBucketSizeVariable, null);
+        }
+    }
+}

@@ -1,0 +1,66 @@
+using System.Collections.Immutable;
+using System.Text;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Planning;
+
+namespace CheckpointEngine.Tests.Planning;
+
+public sealed class GlobalMetasTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("ckpt-metas-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private static GlobalMetas Sample() => new("step-7",
+    [
+        new RankMetas(0, "dev-0", "127.0.0.1:1234", [new BufferMeta(1024, 0x7f00_0000_0000, [
+            new ParameterMeta("a.weight", DType.BF16, ImmutableArray.Create(4L, 8), 0, 64),
+            new ParameterMeta("a.scale", DType.F32, ImmutableArray<long>.Empty, 256, 4),
+        ])]),
+        new RankMetas(1, "dev-1", null, []),
+    ]);
+
+    [Fact]
+    public void SaveLoad_RoundTrips()
+    {
+        var path = Path.Combine(_dir, "metas.json");
+        Sample().Save(path);
+        var loaded = GlobalMetas.Load(path);
+        Assert.Equal(Encoding.UTF8.GetString(Sample().ToJson()), Encoding.UTF8.GetString(loaded.ToJson()));
+        Assert.Equal(68, loaded.TotalBytes);
+        Assert.Equal(64, loaded.LargestTensor);
+    }
+
+    [Fact]
+    public void Validate_SameTensorOnTwoRanks_NamesBoth()
+    {
+        var m = Sample();
+        var twice = m with { Ranks = [m.Ranks[0], m.Ranks[0] with { Rank = 1 }] };
+        var e = Assert.Throws<CheckpointFormatException>(() => twice.Validate("test"));
+        Assert.Contains("rank 0 and by rank 1", e.Message);
+    }
+
+    [Theory]
+    [InlineData("{", "not valid JSON")]
+    [InlineData("[]", "'version' is missing")]
+    [InlineData("{\"version\":2,\"checkpoint\":\"x\",\"ranks\":[]}", "version 2")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"address\":0,\"tensors\":[{\"name\":\"t\",\"dtype\":\"Q9\",\"shape\":[],\"offset\":0,\"nbytes\":1}]}]}]}", "unknown dtype 'Q9'")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"address\":0,\"tensors\":[{\"name\":\"t\",\"dtype\":\"F32\",\"shape\":[4],\"offset\":0,\"nbytes\":16}]}]}]}", "does not fit")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":3,\"device_id\":\"d\",\"buffers\":[]}]}", "ranks must be listed")]
+    public void Parse_BadInput_SaysWhatAndWhere(string json, string expected)
+    {
+        var e = Assert.Throws<CheckpointFormatException>(() => GlobalMetas.Parse(Encoding.UTF8.GetBytes(json), "metas.json"));
+        Assert.Contains("metas.json", e.Message);
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void RankJson_RoundTrips()
+    {
+        var rank = Sample().Ranks[0];
+        var back = GlobalMetas.RankFromJson(GlobalMetas.RankToJson(rank), "rank 0");
+        Assert.Equal(rank.Buffers[0].Metas.Select(m => (m.Name, m.Offset, m.ByteLength)), back.Buffers[0].Metas.Select(m => (m.Name, m.Offset, m.ByteLength)));
+        Assert.Equal("127.0.0.1:1234", back.P2PAddress);
+    }
+}

@@ -8,6 +8,11 @@ using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Collectives;
 
 var scenario = args.Length > 0 ? args[0] : "";
+if (scenario == "cli")
+{
+    // The reference worker and other commands, without needing the CLI project's build.
+    return CheckpointEngine.Hosting.Cli.CkptEngineCli.Run(args[1..], Console.Out, Console.Error);
+}
 var timeout = TimeSpan.FromSeconds(double.Parse(Environment.GetEnvironmentVariable("TEST_TIMEOUT_S") ?? "30", System.Globalization.CultureInfo.InvariantCulture));
 var config = RankConfig.FromEnvironment();
 var clock = Stopwatch.StartNew();
@@ -22,6 +27,7 @@ try
         "subgroups" => Scenarios.SubGroups(world, timeout),
         "die" => Scenarios.Die(world, timeout, int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture), args[2]),
         "bench" => Scenarios.Bench(world, timeout, long.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture)),
+        "update" => UpdateScenario.Run(world, timeout, args[1..]),
         "join" => Task.CompletedTask,
         _ => throw new ArgumentException($"unknown scenario '{scenario}'"),
     });
@@ -29,7 +35,7 @@ try
     await world.DisposeAsync();
     return 0;
 }
-catch (Exception e) when (e is CollectiveException or CheckpointEngine.Runtime.Rendezvous.RendezvousException)
+catch (Exception e) when (e is CollectiveException or CheckpointEngine.Runtime.Rendezvous.RendezvousException or CheckpointEngine.Server.UpdateFailedException)
 {
     Console.WriteLine($"error {clock.Elapsed.TotalSeconds:F2} {e.GetType().Name}: {e.Message}");
     return 3;

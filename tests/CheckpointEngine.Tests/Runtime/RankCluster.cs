@@ -81,6 +81,18 @@ internal static class RankCluster
         }
     }
 
+    /// <summary>A start description for the rank program with other arguments (e.g. "cli worker ..."), output redirected.</summary>
+    public static ProcessStartInfo Start(IEnumerable<string> args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(RankProgram());
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        return psi;
+    }
+
     public static int FreePort()
     {
         using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);

@@ -18,6 +18,7 @@ public static class CkptEngineCli
         {
             InspectCommand.Create(stdout),
             SampleCommand.Create(stdout),
+            WorkerCommand.Create(stdout),
         };
         try
         {

@@ -1,0 +1,85 @@
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Hosting.Worker;
+
+/// <summary>
+/// One tensor-parallel shard of the reference worker: the weights it holds, each in its own native
+/// buffer that later updates overwrite in place while the size stays the same. The owning worker
+/// lets one update or one digest at a time touch a shard.
+/// </summary>
+internal sealed class WorkerShard(int rank, int size, string deviceId, bool shardByTp) : IDisposable
+{
+    private readonly Dictionary<string, Weight> _weights = new(StringComparer.Ordinal);
+
+    public int Rank { get; } = rank;
+
+    public string DeviceId { get; } = deviceId;
+
+    public int TensorCount => _weights.Count;
+
+    /// <summary>Copies this shard's part of every tensor of a bucket into its weights.</summary>
+    public unsafe void Load(IReadOnlyList<TensorView> tensors)
+    {
+        foreach (var view in tensors)
+        {
+            var slice = TensorParallelSlice.For(view.Info, Rank, size, shardByTp);
+            var weight = Slot(view.Info.Name, slice.ByteLength);
+            weight.DType = view.Info.DType;
+            weight.Shape = slice.Shape;
+            slice.CopyTo(view.Pointer, weight.Buffer.Pointer);
+        }
+    }
+
+    /// <summary>The dtype and shape a tensor is held with (its slice's shape), if held.</summary>
+    public (DType DType, long[] Shape)? Describe(string name) => _weights.TryGetValue(name, out var w) ? (w.DType, w.Shape) : null;
+
+    /// <summary>SHA-256 (hex) of the bytes this shard holds for each tensor, by name.</summary>
+    public unsafe SortedDictionary<string, string> Digest()
+    {
+        var digest = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, w) in _weights)
+        {
+            digest[name] = TensorHash.Sha256Hex(w.Buffer.Pointer, w.Length);
+        }
+        return digest;
+    }
+
+    /// <summary>The buffer for a tensor: the one it had when the size is unchanged, else a fresh one.</summary>
+    private Weight Slot(string name, long length)
+    {
+        if (_weights.TryGetValue(name, out var weight))
+        {
+            if (weight.Length == length)
+            {
+                return weight;
+            }
+            weight.Buffer.Dispose();
+            _weights.Remove(name);
+        }
+        weight = new Weight(NativeBuffer.Allocate(length), length);
+        _weights[name] = weight;
+        return weight;
+    }
+
+    public void Dispose()
+    {
+        foreach (var w in _weights.Values)
+        {
+            w.Buffer.Dispose();
+        }
+        _weights.Clear();
+    }
+
+    private sealed class Weight(NativeBuffer buffer, long length)
+    {
+        public NativeBuffer Buffer { get; } = buffer;
+
+        public long Length { get; } = length;
+
+        public DType DType { get; set; }
+
+        public long[] Shape { get; set; } = [];
+    }
+}

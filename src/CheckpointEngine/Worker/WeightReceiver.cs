@@ -1,0 +1,94 @@
+using System.Net.Sockets;
+
+namespace CheckpointEngine.Worker;
+
+/// <summary>
+/// The receiving side of a weight update, for inference hosts: connects to the parameter server of
+/// this device, maps the device buffer it names, hands every bucket's tensors to a handler, runs the
+/// post-load hook, and answers every message. One call receives one update.
+/// </summary>
+public static class WeightReceiver
+{
+    /// <summary>The default for how long the parameter server may stay silent (or take to start listening).</summary>
+    public static readonly TimeSpan DefaultIdleTimeout = TimeSpan.FromMinutes(2);
+
+    /// <summary>How long after a failure the receiver waits for the parameter server's abort before it gives up on it.</summary>
+    public static readonly TimeSpan AbortWait = TimeSpan.FromSeconds(30);
+
+    private static readonly TimeSpan FirstRetry = TimeSpan.FromMilliseconds(10);
+    private static readonly TimeSpan MaxRetry = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>
+    /// Receives one update from the parameter server listening at <paramref name="socketAddress"/>
+    /// (see <see cref="WorkerSockets"/>; "@name" is an abstract socket), retrying the connection until
+    /// it listens. Returns after "finish" once <paramref name="postLoad"/> has run.
+    /// </summary>
+    /// <param name="onBucket">Called once per "load", on the receiving task, with views into the buffer.</param>
+    /// <param name="postLoad">Run on "finish" (re-quantize, fuse); its failure fails the update.</param>
+    /// <param name="idleTimeout">The longest the parameter server may take to listen or to send the next message (default <see cref="DefaultIdleTimeout"/>).</param>
+    /// <exception cref="WeightUpdateAbortedException">The parameter server sent "abort".</exception>
+    /// <exception cref="WeightReceiveException">
+    /// The handler or hook failed (its message was sent back as the error), a message was bad (the
+    /// error was sent back), or the parameter server went silent or away.
+    /// </exception>
+    public static async Task<ReceiveSummary> ReceiveAsync(string socketAddress, BucketHandler onBucket,
+        Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(socketAddress);
+        ArgumentNullException.ThrowIfNull(onBucket);
+        var idle = idleTimeout ?? DefaultIdleTimeout;
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idle, TimeSpan.Zero, nameof(idleTimeout));
+        var socket = await ConnectAsync(socketAddress, idle, cancellationToken).ConfigureAwait(false);
+        using var session = new ReceiveSession(socketAddress, socket, onBucket, postLoad, idle);
+        return await session.RunAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Connects, retrying with a short backoff while nothing listens yet, until <paramref name="deadline"/> has passed.</summary>
+    internal static async Task<Socket> ConnectAsync(string address, TimeSpan deadline, CancellationToken ct)
+    {
+        var endpoint = WorkerSockets.EndPoint(address);
+        var started = TimeProvider.System.GetTimestamp();
+        var delay = FirstRetry;
+        while (true)
+        {
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            SocketException error;
+            try
+            {
+                using var attempt = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                attempt.CancelAfter(Remaining(started, deadline));
+                await socket.ConnectAsync(endpoint, attempt.Token).ConfigureAwait(false);
+                return socket;
+            }
+            catch (SocketException e)
+            {
+                socket.Dispose();
+                error = e;
+            }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                socket.Dispose();
+                throw new WeightReceiveException($"could not connect to the parameter server at {address} within {deadline.TotalSeconds:0.###} s");
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+            var left = Remaining(started, deadline);
+            if (left <= TimeSpan.Zero)
+            {
+                throw new WeightReceiveException(
+                    $"no parameter server listening at {address} within {deadline.TotalSeconds:0.###} s ({error.SocketErrorCode}: {error.Message})", error);
+            }
+            await Task.Delay(delay < left ? delay : left, ct).ConfigureAwait(false);
+            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, MaxRetry.Ticks));
+        }
+    }
+
+    private static TimeSpan Remaining(long started, TimeSpan deadline)
+    {
+        var left = deadline - TimeProvider.System.GetElapsedTime(started);
+        return left > TimeSpan.Zero ? left : TimeSpan.Zero;
+    }
+}

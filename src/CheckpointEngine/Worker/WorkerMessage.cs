@@ -1,0 +1,62 @@
+using System.Text.Json.Serialization;
+
+namespace CheckpointEngine.Worker;
+
+/// <summary>
+/// A message from the parameter server to an inference worker, one per frame (see
+/// <see cref="WorkerFraming"/>). Language-neutral JSON with a "type" field first, so any worker (the
+/// .NET library, the Python vLLM extension) can speak it with a standard library. Every message gets
+/// one <see cref="WorkerReply"/>.
+/// </summary>
+[JsonPolymorphic(TypeDiscriminatorPropertyName = "type")]
+[JsonDerivedType(typeof(AttachMessage), "attach")]
+[JsonDerivedType(typeof(LoadMessage), "load")]
+[JsonDerivedType(typeof(ReleaseMessage), "release")]
+[JsonDerivedType(typeof(FinishMessage), "finish")]
+[JsonDerivedType(typeof(AbortMessage), "abort")]
+public abstract record WorkerMessage;
+
+/// <summary>
+/// Map the device buffer the weights arrive in. <see cref="Kind"/> "shm": <see cref="Handle"/> is a
+/// segment name under /dev/shm; "cuda-ipc": a base64 CUDA IPC memory handle.
+/// </summary>
+public sealed record AttachMessage(
+    [property: JsonPropertyName("kind")] string Kind,
+    [property: JsonPropertyName("handle")] string Handle,
+    [property: JsonPropertyName("size")] long Size,
+    [property: JsonPropertyName("device_id")] string DeviceId) : WorkerMessage;
+
+/// <summary>Bucket <see cref="Bucket"/> is in the buffer: read these tensors (offsets from the buffer's start) and load what you need.</summary>
+public sealed record LoadMessage(
+    [property: JsonPropertyName("bucket")] int Bucket,
+    [property: JsonPropertyName("tensors")] IReadOnlyList<WireTensor> Tensors) : WorkerMessage;
+
+/// <summary>No more buckets: unmap the buffer.</summary>
+public sealed record ReleaseMessage : WorkerMessage;
+
+/// <summary>Every tensor is loaded: run the post-load hook (re-quantize, fuse), then the update is over.</summary>
+public sealed record FinishMessage : WorkerMessage;
+
+/// <summary>The update failed elsewhere: drop what you were doing and unmap.</summary>
+public sealed record AbortMessage([property: JsonPropertyName("reason")] string Reason) : WorkerMessage;
+
+/// <summary>One tensor in the buffer; <see cref="Sha256"/> is optional (hex of the tensor's bytes) for workers that verify.</summary>
+public sealed record WireTensor(
+    [property: JsonPropertyName("name")] string Name,
+    [property: JsonPropertyName("dtype")] string DType,
+    [property: JsonPropertyName("shape")] long[] Shape,
+    [property: JsonPropertyName("offset")] long Offset,
+    [property: JsonPropertyName("nbytes")] long NBytes,
+    [property: JsonPropertyName("sha256")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    string? Sha256 = null);
+
+/// <summary>The worker's answer: ok, or the error text the parameter server raises on every rank.</summary>
+public sealed record WorkerReply(
+    [property: JsonPropertyName("ok")] bool Ok,
+    [property: JsonPropertyName("error")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    string? Error = null)
+{
+    public static readonly WorkerReply Success = new(true);
+}

@@ -1,0 +1,30 @@
+using System.Net.Sockets;
+using System.Text.RegularExpressions;
+
+namespace CheckpointEngine.Worker;
+
+/// <summary>
+/// Where the parameter server of a device listens for that device's worker. By default an abstract
+/// Unix socket (written "@name": no file to clean up, private to the network namespace); with
+/// <c>CKPT_ENGINE_SOCKET_DIR</c> set, a socket file in that directory.
+/// </summary>
+public static partial class WorkerSockets
+{
+    public const string DirectoryVariable = "CKPT_ENGINE_SOCKET_DIR";
+
+    /// <summary>The socket address for a device id, e.g. "@ckpt-engine-host-node1-0".</summary>
+    public static string AddressFor(string deviceId)
+    {
+        var name = "ckpt-engine-" + Unsafe().Replace(deviceId, "_");
+        return Environment.GetEnvironmentVariable(DirectoryVariable) is { Length: > 0 } dir
+            ? Path.Combine(dir, name + ".sock")
+            : "@" + name;
+    }
+
+    /// <summary>An endpoint for an address: "@name" is abstract, anything else a path.</summary>
+    public static UnixDomainSocketEndPoint EndPoint(string address) =>
+        address.StartsWith('@') ? new UnixDomainSocketEndPoint("\0" + address[1..]) : new UnixDomainSocketEndPoint(address);
+
+    [GeneratedRegex("[^A-Za-z0-9._-]")]
+    private static partial Regex Unsafe();
+}

@@ -1,0 +1,68 @@
+using System.Diagnostics;
+using System.Globalization;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Hosting;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Runtime;
+using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Server;
+
+/// <summary>
+/// A parameter-server rank: registers its share of a checkpoint directory, gathers metas, and
+/// updates the reference worker(s) <c>updates</c> times, re-registering between updates like an RL
+/// loop. Arguments: DIR ENGINE_URLS TP UPDATES [kill-at-bucket R K], where ENGINE_URLS has one URL per
+/// inference group (comma-separated; group g = ranks g·TP … g·TP+TP−1).
+/// Prints "update N ok BYTES SECONDS REUSES" per update, or "update N failed MESSAGE" and goes on.
+/// </summary>
+internal static class UpdateScenario
+{
+    public static async Task Run(World world, TimeSpan timeout, string[] args)
+    {
+        var (dir, urls, tp, updates) = (args[0], args[1].Split(','), int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture));
+        var url = urls[world.Rank / tp];
+        var kill = args.Length > 6 && args[4] == "kill-at-bucket" ? (Rank: int.Parse(args[5], CultureInfo.InvariantCulture), Bucket: int.Parse(args[6], CultureInfo.InvariantCulture)) : ((int Rank, int Bucket)?)null;
+        using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank), freeMemory: 64L << 20, localRanks: world.Config.LocalWorldSize);
+        await using var ps = new ParameterServer(world, device);
+        var options = new UpdateOptions { Timeout = timeout };
+        for (var u = 1; u <= updates; u++)
+        {
+            using (var checkpoint = Checkpoint.Open(dir))
+            {
+                var share = CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size);
+                var registered = ps.RegisterCheckpoint("ckpt", share, options: new RegisterOptions { UsePool = true });
+                Console.WriteLine($"registered {u} {registered.TensorCount} {registered.PoolReuses}");
+            }
+            await ps.GatherMetasAsync("ckpt", timeout);
+            var trigger = EngineTrigger.Http(url, tp);
+            if (kill is { } k && k.Rank == world.Rank)
+            {
+                // Dies without a word once the update is under way (the test's worker is slow per bucket).
+                var inner = trigger;
+                trigger = async (context, ct) =>
+                {
+                    _ = Task.Run(async () =>
+                    {
+                        await Task.Delay(TimeSpan.FromMilliseconds(100 * (k.Bucket + 1)), CancellationToken.None);
+                        Environment.Exit(137);
+                    }, CancellationToken.None);
+                    await inner(context, ct);
+                };
+            }
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                var report = await ps.UpdateAsync("ckpt", trigger, options: options);
+                Console.WriteLine($"update {u} ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} {report.Slots}");
+            }
+            catch (UpdateFailedException e)
+            {
+                Console.WriteLine($"update {u} failed {clock.Elapsed.TotalSeconds:F3} {e.Message}");
+                if (e.InnerException is CheckpointEngine.Runtime.Collectives.CollectiveException)
+                {
+                    throw; // A dead rank: this world is over.
+                }
+            }
+            ps.UnregisterCheckpoint("ckpt");
+        }
+    }
+}

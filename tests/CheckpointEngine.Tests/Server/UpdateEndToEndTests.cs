@@ -1,0 +1,201 @@
+using System.Diagnostics;
+using System.Net.Http.Json;
+using System.Security.Cryptography;
+using System.Text.Json;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Tests.Runtime;
+
+namespace CheckpointEngine.Tests.Server;
+
+/// <summary>
+/// Whole updates with real processes: parameter-server ranks (the test rank program) and reference
+/// inference workers, bytes checked by the workers' digests against the checkpoint files.
+/// </summary>
+[Collection(nameof(MultiProcessTests))]
+public sealed class UpdateEndToEndTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("ckpt-e2e-").FullName;
+    private readonly string _id = Guid.NewGuid().ToString("N")[..8];
+    private readonly List<Process> _workers = [];
+
+    public void Dispose()
+    {
+        foreach (var w in _workers)
+        {
+            if (!w.HasExited)
+            {
+                w.Kill(entireProcessTree: true);
+                w.WaitForExit();
+            }
+            w.Dispose();
+        }
+        Directory.Delete(_dir, true);
+    }
+
+    /// <summary>Mixed dtypes, odd shapes, zero-size, scalar, one tensor over the 1 MiB bucket limit, many tiny ones; sharded in 3 files.</summary>
+    private string WriteCheckpoint(int tiny = 300, long bigBytes = 3 << 20)
+    {
+        var rng = new Random(42);
+        byte[] Bytes(long n)
+        {
+            var b = new byte[n];
+            rng.NextBytes(b);
+            return b;
+        }
+        TensorToWrite T(string name, DType dtype, params long[] shape) => TensorToWrite.FromBytes(name, dtype, shape, Bytes(dtype.ByteLength(shape)));
+        var files = new List<TensorToWrite>[]
+        {
+            [T("model.embed.weight", DType.BF16, bigBytes / 2 / 64, 64), T("model.norm.weight", DType.F32, 77), T("model.step", DType.I64)],
+            [T("layers.0.q_proj.weight", DType.BF16, 96, 40), T("layers.0.o_proj.weight", DType.F16, 40, 96), T("layers.0.up_proj.weight", DType.F8_E4M3, 128, 33),
+             T("layers.0.up_proj.weight_scale", DType.F32), T("layers.0.mask", DType.BOOL, 7, 9), T("layers.0.empty", DType.F16, 0, 13), T("layers.0.ids", DType.I64, 1001)],
+            [.. Enumerable.Range(0, tiny).Select(i => T($"tiny.{i:D4}", i % 2 == 0 ? DType.F32 : DType.BF16, 1 + i % 7))],
+        };
+        var dir = Path.Combine(_dir, "ckpt");
+        Directory.CreateDirectory(dir);
+        for (var i = 0; i < files.Length; i++)
+        {
+            SafeTensorsWriter.Write(Path.Combine(dir, $"part-{i}.safetensors"), files[i]);
+        }
+        return dir;
+    }
+
+    private static Dictionary<string, string> SourceDigests(string dir)
+    {
+        using var checkpoint = Checkpoint.Open(dir);
+        return checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)));
+    }
+
+    private string DeviceId(int rank) => $"e2e-{_id}-{rank}";
+
+    /// <summary>Starts one reference worker per inference group; returns their URLs.</summary>
+    private async Task<string[]> StartWorkers(int ranks, int tp, params string[] extra)
+    {
+        var urls = new List<string>();
+        for (var g = 0; g < ranks / tp; g++)
+        {
+            var psi = RankCluster.Start(["cli", "worker", "--listen", "127.0.0.1:0", "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                "--device-ids", string.Join(',', Enumerable.Range(g * tp, tp).Select(DeviceId)), .. extra]);
+            var p = Process.Start(psi)!;
+            _workers.Add(p);
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            while (true)
+            {
+                var line = await p.StandardOutput.ReadLineAsync(cts.Token) ?? throw new InvalidOperationException("worker exited: " + await p.StandardError.ReadToEndAsync());
+                if (line.StartsWith("listening on ", StringComparison.Ordinal))
+                {
+                    urls.Add(line["listening on ".Length..].Trim());
+                    break;
+                }
+            }
+        }
+        return [.. urls];
+    }
+
+    private async Task<RankCluster.Result[]> RunRanks(int ranks, string dir, string[] urls, int tp, int updates, params string[] extra) =>
+        await RankCluster.RunAsync(ranks, ["update", dir, string.Join(',', urls), tp.ToString(System.Globalization.CultureInfo.InvariantCulture), updates.ToString(System.Globalization.CultureInfo.InvariantCulture), .. extra],
+            r => new Dictionary<string, string>
+            {
+                ["CKPT_ENGINE_DEVICE_ID"] = DeviceId(r),
+                ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625", // 1 MiB: many buckets, one tensor over the limit.
+                ["TEST_TIMEOUT_S"] = "30",
+            });
+
+    private static async Task<Dictionary<string, Dictionary<string, string>>> WorkerDigests(string url)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        var doc = await http.GetFromJsonAsync<JsonElement>(url.TrimEnd('/') + "/v1/weights/digest");
+        return doc.GetProperty("shards").EnumerateArray().ToDictionary(
+            s => s.GetProperty("device_id").GetString()!,
+            s => s.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!));
+    }
+
+    private static async Task AssertWorkersHold(string dir, string[] urls, int ranks)
+    {
+        var expected = SourceDigests(dir);
+        var seen = 0;
+        foreach (var url in urls)
+        {
+            foreach (var (device, tensors) in await WorkerDigests(url))
+            {
+                Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+                seen++;
+            }
+        }
+        Assert.Equal(ranks, seen);
+    }
+
+    private static void AssertAllOk(RankCluster.Result[] results, int updates)
+    {
+        foreach (var r in results)
+        {
+            Assert.True(r.ExitCode == 0, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
+            for (var u = 1; u <= updates; u++)
+            {
+                Assert.StartsWith($"update {u} ok", r.Line($"update {u} "));
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(2, 2)]
+    [InlineData(4, 2)]
+    public async Task Update_EveryWorkerHoldsTheCheckpoint(int ranks, int tp)
+    {
+        var dir = WriteCheckpoint();
+        var urls = await StartWorkers(ranks, tp);
+        var results = await RunRanks(ranks, dir, urls, tp, updates: 1);
+        AssertAllOk(results, 1);
+        await AssertWorkersHold(dir, urls, ranks);
+    }
+
+    [Fact]
+    public async Task Update_Twice_ReusesBuffersAndVerifies()
+    {
+        var dir = WriteCheckpoint();
+        var urls = await StartWorkers(2, 1);
+        var results = await RunRanks(2, dir, urls, 1, updates: 2);
+        AssertAllOk(results, 2);
+        // The second registration got every buffer back from the pool.
+        Assert.All(results, r => Assert.NotEqual("0", r.Line("registered 2").Split(' ')[3]));
+        await AssertWorkersHold(dir, urls, 2);
+    }
+
+    [Fact]
+    public async Task Update_WorkerFails_EveryRankRaisesItsMessage_NextUpdateSucceeds()
+    {
+        var dir = WriteCheckpoint();
+        var urls = await StartWorkers(2, 2, "--fail-at-bucket", "1");
+        var results = await RunRanks(2, dir, urls, 2, updates: 2);
+        foreach (var r in results)
+        {
+            Assert.True(r.ExitCode == 0, r.Output);
+            var failed = r.Line("update 1 ");
+            Assert.StartsWith("update 1 failed", failed);
+            Assert.Contains("injected failure at bucket 1", failed);
+            var seconds = double.Parse(failed.Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
+            Assert.True(seconds < 20, failed);
+            Assert.StartsWith("update 2 ok", r.Line("update 2 "));
+        }
+        await AssertWorkersHold(dir, urls, 2);
+    }
+
+    [Fact]
+    public async Task Update_RankKilledMidUpdate_SurvivorsFailWithinTheDeadline()
+    {
+        var dir = WriteCheckpoint();
+        // 100 ms per bucket and about a dozen buckets: rank 1 dies 300 ms in, mid-update.
+        var urls = await StartWorkers(4, 2, "--reload-delay-ms", "100");
+        var clock = Stopwatch.StartNew();
+        var results = await RunRanks(4, dir, urls, 2, 1, "kill-at-bucket", "1", "2");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "the update hung");
+        Assert.Equal(137, results[1].ExitCode);
+        foreach (var r in results.Where(r => r.Rank != 1))
+        {
+            Assert.True(r.ExitCode == 3, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
+            Assert.Contains("rank 1", r.Line("error"));
+            var seconds = double.Parse(r.Line("update 1 failed").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
+            Assert.True(seconds < 20, r.Output);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+using System.Net.Sockets;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Tests.Worker;
+
+/// <summary>
+/// The parameter-server end of the worker protocol, in-process: a unique abstract socket to listen
+/// on and a shared-memory segment to put tensors in. Every step has a deadline; disposal closes the
+/// socket and unlinks the segment.
+/// </summary>
+internal sealed class FakeParameterServer : IDisposable
+{
+    /// <summary>The most any single step of a test may take before it counts as hung.</summary>
+    public static readonly TimeSpan StepDeadline = TimeSpan.FromSeconds(5);
+
+    private readonly Socket _listener;
+    private Socket? _connection;
+    private NetworkStream? _stream;
+    private long _next;
+
+    private FakeParameterServer(string name, long size, string deviceId, bool listen)
+    {
+        Address = "@" + name;
+        DeviceId = deviceId;
+        Segment = SharedMemorySegment.Create(name, size);
+        _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        if (listen)
+        {
+            Listen();
+        }
+    }
+
+    public string Address { get; }
+
+    public string DeviceId { get; }
+
+    public SharedMemorySegment Segment { get; }
+
+    public AttachMessage Attach => new("shm", Segment.Name, Segment.Size, DeviceId);
+
+    public static FakeParameterServer Start(long size = 1 << 16, string? deviceId = null, bool listen = true)
+    {
+        var name = "ckpt-test-" + Guid.NewGuid().ToString("N")[..16];
+        return new FakeParameterServer(name, size, deviceId ?? "test-" + name, listen);
+    }
+
+    public void Listen()
+    {
+        _listener.Bind(WorkerSockets.EndPoint(Address));
+        _listener.Listen(4);
+    }
+
+    /// <summary>Writes tensors into the segment at 256-byte aligned offsets after the previous ones.</summary>
+    public unsafe List<WireTensor> Place(IEnumerable<TestTensor> tensors, bool withSha256 = false)
+    {
+        var wire = new List<WireTensor>();
+        foreach (var t in tensors)
+        {
+            var offset = (_next + 255) / 256 * 256;
+            t.Bytes.CopyTo(new Span<byte>(Segment.Pointer + offset, t.Bytes.Length));
+            _next = offset + t.Bytes.Length;
+            wire.Add(new WireTensor(t.Name, t.DType.Name(), t.Shape, offset, t.Bytes.Length, withSha256 ? t.Sha256 : null));
+        }
+        return wire;
+    }
+
+    public async Task AcceptAsync()
+    {
+        _connection = await _listener.AcceptAsync(TestContext.Current.CancellationToken).AsTask()
+            .WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+        _stream = new NetworkStream(_connection, ownsSocket: true);
+    }
+
+    /// <summary>Sends a message and returns the worker's reply.</summary>
+    public async Task<WorkerReply> SendAsync(WorkerMessage message)
+    {
+        await SendRawAsync(WorkerFraming.Encode(message));
+        return await ReplyAsync() ?? throw new IOException($"the worker closed the connection instead of answering {message.GetType().Name}");
+    }
+
+    public async Task SendRawAsync(byte[] bytes) =>
+        await Stream.WriteAsync(bytes, TestContext.Current.CancellationToken).AsTask().WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+
+    public Task<WorkerReply?> ReplyAsync() =>
+        WorkerFraming.ReadAsync<WorkerReply>(Stream, TestContext.Current.CancellationToken).WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+
+    /// <summary>A whole update: accept, attach, one load per bucket, release, finish; every reply must be ok.</summary>
+    public async Task UpdateAsync(params IReadOnlyList<WireTensor>[] buckets)
+    {
+        await AcceptAsync();
+        AssertOk(await SendAsync(Attach));
+        for (var b = 0; b < buckets.Length; b++)
+        {
+            AssertOk(await SendAsync(new LoadMessage(b, buckets[b])));
+        }
+        AssertOk(await SendAsync(new ReleaseMessage()));
+        AssertOk(await SendAsync(new FinishMessage()));
+    }
+
+    public static void AssertOk(WorkerReply reply) => Assert.True(reply.Ok, reply.Error);
+
+    /// <summary>Drops the connection, as a parameter server that dies does.</summary>
+    public void CloseConnection()
+    {
+        _stream?.Dispose();
+        _stream = null;
+    }
+
+    /// <summary>How many mappings of the segment this process has (the server's own is one).</summary>
+    public int Mappings() => File.ReadLines("/proc/self/maps").Count(l => l.Contains(Segment.Path, StringComparison.Ordinal));
+
+    private NetworkStream Stream => _stream ?? throw new InvalidOperationException("no worker connected");
+
+    public void Dispose()
+    {
+        _stream?.Dispose();
+        _listener.Dispose();
+        Segment.Dispose();
+    }
+}

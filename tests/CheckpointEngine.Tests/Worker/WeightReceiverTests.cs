@@ -1,0 +1,383 @@
+using System.Diagnostics;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Tests.Worker;
+
+public sealed class WeightReceiverTests : IDisposable
+{
+    private static readonly TimeSpan Idle = TimeSpan.FromSeconds(5);
+
+    private readonly FakeParameterServer _ps = FakeParameterServer.Start();
+
+    public void Dispose() => _ps.Dispose();
+
+    private static readonly TestTensor[] Tensors =
+    [
+        TestTensor.Random("model.layers.0.self_attn.q_proj.weight", DType.BF16, [8, 16]),
+        TestTensor.Random("model.layers.0.input_layernorm.weight", DType.F32, [16]),
+        TestTensor.Random("model.scale", DType.F32, []),
+        TestTensor.Random("model.empty", DType.F16, [0, 4]),
+        TestTensor.Random("model.layers.0.mlp.down_proj.weight", DType.F8_E4M3, [16, 8]),
+        TestTensor.Random("model.packed", DType.F4, [6]),
+    ];
+
+    /// <summary>Runs a receiver that copies out every tensor it is handed, keyed by name.</summary>
+    private (Task<ReceiveSummary> Task, Dictionary<string, (int Bucket, TensorInfo Info, byte[] Bytes)> Got) Receive(
+        BucketHandler? handler = null, Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idle = null, string? address = null)
+    {
+        var got = new Dictionary<string, (int, TensorInfo, byte[])>();
+        handler ??= (bucket, tensors) =>
+        {
+            foreach (var t in tensors)
+            {
+                got.Add(t.Info.Name, (bucket, t.Info, t.Span.ToArray()));
+            }
+        };
+        var task = WeightReceiver.ReceiveAsync(address ?? _ps.Address, handler, postLoad, idle ?? Idle, TestContext.Current.CancellationToken);
+        return (task, got);
+    }
+
+    private static async Task<T> Fails<T>(Task task) where T : Exception =>
+        await Assert.ThrowsAsync<T>(() => task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken));
+
+    [Fact]
+    public async Task Receive_FullUpdate_HandsEveryTensorWithItsBytesAndSummarizes()
+    {
+        var hookRanAfter = -1;
+        var (task, got) = Receive(postLoad: _ => { hookRanAfter = 0; return ValueTask.CompletedTask; });
+        var bucket0 = _ps.Place(Tensors[..3]);
+        var bucket1 = _ps.Place(Tensors[3..]);
+        await _ps.UpdateAsync(bucket0, bucket1);
+        var summary = await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+
+        Assert.Equal(0, hookRanAfter);
+        Assert.Equal(new ReceiveSummary(_ps.DeviceId, 2, Tensors.Length, Tensors.Sum(t => t.Bytes.LongLength), summary.Elapsed), summary);
+        foreach (var (t, wire, bucket) in Tensors.Zip(bucket0.Concat(bucket1), Enumerable.Repeat(0, 3).Concat(Enumerable.Repeat(1, 3))))
+        {
+            var (b, info, bytes) = got[t.Name];
+            Assert.Equal(bucket, b);
+            Assert.Equal(t.DType, info.DType);
+            Assert.Equal(t.Shape, info.Shape);
+            Assert.Equal(wire.Offset, info.DataOffset);
+            Assert.Equal(t.Bytes, bytes);
+        }
+    }
+
+    [Fact]
+    public async Task Receive_Release_UnmapsBeforeFinish()
+    {
+        var before = _ps.Mappings();
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        Assert.Equal(before + 1, _ps.Mappings());
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, _ps.Place(Tensors))));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new ReleaseMessage()));
+        Assert.Equal(before, _ps.Mappings());
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new FinishMessage()));
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+    }
+
+    [Fact]
+    public async Task Receive_MatchingChecksums_Loads()
+    {
+        var (task, got) = Receive();
+        await _ps.UpdateAsync(_ps.Place(Tensors, withSha256: true));
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Equal(Tensors.Length, got.Count);
+    }
+
+    [Fact]
+    public async Task Receive_ChecksumMismatch_RepliesWhichTensorAndFails()
+    {
+        var (task, got) = Receive();
+        var wire = _ps.Place(Tensors, withSha256: true);
+        wire[1] = wire[1] with { Sha256 = new string('0', 64) };
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var reply = await _ps.SendAsync(new LoadMessage(0, wire));
+        Assert.False(reply.Ok);
+        Assert.Contains($"tensor '{Tensors[1].Name}' has sha256 {Tensors[1].Sha256}, expected {new string('0', 64)}", reply.Error, StringComparison.Ordinal);
+        Assert.Empty(got);
+
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new AbortMessage("rank 0 failed")));
+        var e = await Fails<WeightReceiveException>(task);
+        Assert.Equal(reply.Error, e.Message);
+    }
+
+    [Fact]
+    public async Task Receive_HandlerThrows_ReplyCarriesItsMessageAndReceiveFails()
+    {
+        var boom = new InvalidOperationException("no room for layer 3 on this device");
+        var (task, _) = Receive(handler: (bucket, _) =>
+        {
+            if (bucket == 1)
+            {
+                throw boom;
+            }
+        });
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, _ps.Place(Tensors[..2]))));
+        var reply = await _ps.SendAsync(new LoadMessage(1, _ps.Place(Tensors[2..])));
+        Assert.Equal(new WorkerReply(false, boom.Message), reply);
+
+        // Whatever comes next cannot succeed; the failure is repeated, not forgotten.
+        var next = await _ps.SendAsync(new ReleaseMessage());
+        Assert.False(next.Ok);
+        Assert.Contains(boom.Message, next.Error, StringComparison.Ordinal);
+
+        _ps.CloseConnection();
+        var e = await Fails<WeightReceiveException>(task);
+        Assert.Equal(boom.Message, e.Message);
+        Assert.Same(boom, e.InnerException);
+    }
+
+    [Fact]
+    public async Task Receive_PostLoadHookThrows_RepliesAndFails()
+    {
+        var (task, _) = Receive(postLoad: _ => throw new InvalidOperationException("re-quantize failed"));
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new ReleaseMessage()));
+        var reply = await _ps.SendAsync(new FinishMessage());
+        Assert.Equal(new WorkerReply(false, "post-load hook: re-quantize failed"), reply);
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new AbortMessage("worker failed")));
+        var e = await Fails<WeightReceiveException>(task);
+        Assert.Equal(reply.Error, e.Message);
+    }
+
+    public static TheoryData<WireTensor, string> BadTensors() => new()
+    {
+        { new WireTensor("w", "F32", [4], 65536 - 8, 16), "'w' (#0): bytes [65528, 65544) are outside segment" },
+        { new WireTensor("w", "F32", [4], -16, 16), "bytes [-16, 0) are outside segment" },
+        { new WireTensor("w", "F32", [4], long.MaxValue - 4, 16), "are outside segment" },
+        { new WireTensor("w", "F33", [4], 0, 16), "'w' (#0) has unknown dtype 'F33'" },
+        { new WireTensor("w", "F32", [4, 4], 0, 60), "nbytes is 60, dtype F32 and shape [4, 4] need 64" },
+        { new WireTensor("w", "F32", [-1, 4], 0, 16), "negative dimension" },
+        { new WireTensor("w", "F4", [3], 0, 2), "do not fill whole bytes" },
+        { new WireTensor("", "F32", [4], 0, 16), "tensor #0 has an empty name" },
+        { new WireTensor("w", "F32", [4], 0, 16, "xyz"), "sha256 'xyz' is not 64 hex digits" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadTensors))]
+    public async Task Receive_BadTensor_RepliesWhatIsWrongAndCallsNoHandler(WireTensor bad, string expected)
+    {
+        var called = false;
+        var (task, _) = Receive(handler: (_, _) => called = true);
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var reply = await _ps.SendAsync(new LoadMessage(4, [bad]));
+        Assert.False(reply.Ok);
+        Assert.StartsWith("load of bucket 4: ", reply.Error, StringComparison.Ordinal);
+        Assert.Contains(expected, reply.Error, StringComparison.Ordinal);
+        Assert.False(called);
+        _ps.CloseConnection();
+        Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
+    }
+
+    [Fact]
+    public async Task Receive_DuplicateNameInBucket_Rejected()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var wire = _ps.Place(Tensors[1..2]);
+        var reply = await _ps.SendAsync(new LoadMessage(0, [wire[0], wire[0]]));
+        Assert.Contains($"tensor '{Tensors[1].Name}' (#1) appears twice in the bucket", reply.Error, StringComparison.Ordinal);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    public static TheoryData<string[], string> OutOfOrder() => new()
+    {
+        { ["load"], "'load' out of order before attach: expected attach (or abort)" },
+        { ["release"], "'release' out of order before attach: expected attach (or abort)" },
+        { ["finish"], "'finish' out of order before attach: expected attach (or abort)" },
+        { ["attach", "attach"], "'attach' out of order after attach, before any bucket: expected load or release (or abort)" },
+        { ["attach", "load", "finish"], "'finish' out of order after bucket 0 (1 loaded): expected load or release (or abort)" },
+        { ["attach", "release", "load"], "'load' out of order after release, before finish: expected finish (or abort)" },
+        { ["attach", "release", "release"], "'release' out of order after release, before finish: expected finish (or abort)" },
+    };
+
+    [Theory]
+    [MemberData(nameof(OutOfOrder))]
+    public async Task Receive_OutOfOrder_RepliesWhatWasExpected(string[] sequence, string expected)
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        WorkerReply? last = null;
+        foreach (var step in sequence)
+        {
+            last = await _ps.SendAsync(step switch
+            {
+                "attach" => _ps.Attach,
+                "load" => new LoadMessage(0, _ps.Place(Tensors[..1])),
+                "release" => new ReleaseMessage(),
+                _ => new FinishMessage(),
+            });
+        }
+        Assert.Equal(new WorkerReply(false, expected), last);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_UnsupportedKind_Rejected()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        var reply = await _ps.SendAsync(_ps.Attach with { Kind = "cuda-ipc" });
+        Assert.Equal("attach: segment kind 'cuda-ipc' is not supported by this worker (it maps 'shm' segments)", reply.Error);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_MissingOrShortSegment_Rejected()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        var reply = await _ps.SendAsync(_ps.Attach with { Size = _ps.Segment.Size * 2 });
+        Assert.StartsWith($"attach: cannot map shared memory segment '{_ps.Segment.Name}' of {_ps.Segment.Size * 2} bytes", reply.Error, StringComparison.Ordinal);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+
+        using var other = FakeParameterServer.Start();
+        (task, _) = Receive(address: other.Address);
+        await other.AcceptAsync();
+        reply = await other.SendAsync(other.Attach with { Handle = "ckpt-test-no-such-segment" });
+        Assert.StartsWith("attach: cannot map shared memory segment 'ckpt-test-no-such-segment'", reply.Error, StringComparison.Ordinal);
+        other.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_Abort_RepliesOkUnmapsAndThrowsTheReason()
+    {
+        var before = _ps.Mappings();
+        var (task, got) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, _ps.Place(Tensors[..2]))));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new AbortMessage("rank 5: worker failed at bucket 0")));
+        var e = await Fails<WeightUpdateAbortedException>(task);
+        Assert.Equal("rank 5: worker failed at bucket 0", e.Reason);
+        Assert.Contains(e.Reason, e.Message, StringComparison.Ordinal);
+        Assert.Equal(before, _ps.Mappings());
+        Assert.Equal(2, got.Count);
+    }
+
+    [Fact]
+    public async Task Receive_AbortBeforeAttach_Throws()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new AbortMessage("cancelled")));
+        Assert.Equal("cancelled", (await Fails<WeightUpdateAbortedException>(task)).Reason);
+    }
+
+    [Fact]
+    public async Task Receive_ServerClosesMidUpdate_FailsFastAndUnmaps()
+    {
+        var before = _ps.Mappings();
+        var (task, _) = Receive(idle: TimeSpan.FromMinutes(5));
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, _ps.Place(Tensors[..2]))));
+        var clock = Stopwatch.StartNew();
+        _ps.CloseConnection();
+        var e = await Fails<WeightReceiveException>(task);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"took {clock.Elapsed}");
+        Assert.Equal($"the parameter server at {_ps.Address} closed the connection after bucket 0 (1 loaded)", e.Message);
+        Assert.Equal(before, _ps.Mappings());
+    }
+
+    [Fact]
+    public async Task Receive_ServerGoesSilent_FailsAtTheIdleDeadline()
+    {
+        var (task, _) = Receive(idle: TimeSpan.FromMilliseconds(300));
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var e = await Fails<WeightReceiveException>(task);
+        Assert.Equal($"no message from the parameter server at {_ps.Address} within 0.3 s after attach, before any bucket (expected load or release)", e.Message);
+    }
+
+    [Fact]
+    public async Task Receive_NothingListens_FailsAtTheDeadline()
+    {
+        using var nobody = FakeParameterServer.Start(listen: false);
+        var clock = Stopwatch.StartNew();
+        var (task, _) = Receive(idle: TimeSpan.FromMilliseconds(300), address: nobody.Address);
+        var e = await Fails<WeightReceiveException>(task);
+        Assert.StartsWith($"no parameter server listening at {nobody.Address} within 0.3 s", e.Message, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(250), $"gave up after {clock.Elapsed}");
+    }
+
+    [Fact]
+    public async Task Receive_ServerListensLate_ConnectionIsRetried()
+    {
+        using var late = FakeParameterServer.Start(listen: false);
+        var (task, got) = Receive(address: late.Address);
+        await Task.Delay(150, TestContext.Current.CancellationToken);
+        Assert.False(task.IsCompleted);
+        late.Listen();
+        await late.UpdateAsync(late.Place(Tensors[..1]));
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Single(got);
+    }
+
+    [Fact]
+    public async Task Receive_UndecodableMessage_RepliesErrorAndFails()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        await _ps.SendRawAsync(WorkerFraming.Encode(new Dictionary<string, object> { ["type"] = "reload" }));
+        var reply = await _ps.ReplyAsync();
+        Assert.NotNull(reply);
+        Assert.StartsWith("bad message before attach: frame of 17 bytes is not a valid WorkerMessage: Read unrecognized type discriminator id 'reload'", reply.Error, StringComparison.Ordinal);
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new AbortMessage("giving up")));
+        Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
+    }
+
+    [Fact]
+    public async Task Receive_BadFrameLength_SaysSoAndDropsTheConnection()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        await _ps.SendRawAsync([0xff, 0xff, 0xff, 0x7f]);
+        var reply = await _ps.ReplyAsync();
+        Assert.NotNull(reply);
+        Assert.Contains("bad frame from the parameter server", reply.Error, StringComparison.Ordinal);
+        Assert.Null(await _ps.ReplyAsync());
+        Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
+    }
+
+    [Fact]
+    public async Task Receive_Cancelled_ThrowsOperationCanceledAndUnmaps()
+    {
+        var before = _ps.Mappings();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        var task = WeightReceiver.ReceiveAsync(_ps.Address, (_, _) => { }, null, Idle, cts.Token);
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        await cts.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken));
+        Assert.Equal(before, _ps.Mappings());
+    }
+
+    [Fact]
+    public async Task Receive_LargeBucketWithChecksums_Verified()
+    {
+        using var big = FakeParameterServer.Start(size: 64 << 20);
+        var tensors = Enumerable.Range(0, 8).Select(i => TestTensor.Random($"layer.{i}.weight", DType.BF16, [1024, 2048], seed: i)).ToArray();
+        long bytes = 0;
+        var task = WeightReceiver.ReceiveAsync(big.Address, (_, views) => bytes += views.Sum(v => v.Length), null, Idle, TestContext.Current.CancellationToken);
+        await big.UpdateAsync(big.Place(tensors[..4], withSha256: true), big.Place(tensors[4..], withSha256: true));
+        var summary = await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Equal(32L << 20, summary.Bytes);
+        Assert.Equal(summary.Bytes, bytes);
+    }
+}

@@ -43,15 +43,24 @@ public sealed partial class ParameterServer : IAsyncDisposable
     public RegisteredCheckpoint RegisterCheckpoint(string name, IEnumerable<FileSelection> files, IEnumerable<NamedTensor>? tensors = null, RegisterOptions? options = null) =>
         Registry.RegisterCheckpoint(name, files, tensors, options);
 
-    /// <summary>Frees the checkpoint's host memory, forgets its metas, and releases device buffers sized for it.</summary>
+    /// <summary>
+    /// Frees the checkpoint's host memory and forgets its metas. The device buffers go too, unless
+    /// another checkpoint is still registered or this one was pooled (an RL loop that registers the
+    /// same layout again next step and should not pay for fresh device memory each time).
+    /// </summary>
     public bool UnregisterCheckpoint(string name)
     {
         lock (_lock)
         {
             _metas.Remove(name);
         }
-        ReleaseDeviceBuffer();
-        return Registry.UnregisterCheckpoint(name);
+        var pooled = Registry.TryGet(name, out var checkpoint) && checkpoint.Buffers.Any(b => b.Kind == MemoryBufferKind.Pooled);
+        var removed = Registry.UnregisterCheckpoint(name);
+        if (!pooled && Registry.Checkpoints.Count == 0)
+        {
+            ReleaseDeviceMemory();
+        }
+        return removed;
     }
 
     /// <summary>
@@ -95,7 +104,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         {
             return _deviceBuffer;
         }
-        ReleaseDeviceBuffer();
+        ReleaseDeviceMemory();
         _deviceBuffer = Device.AllocateShared(sizing.DeviceBytes);
         _sizing = sizing;
         if (_deviceBuffer is HostDeviceBuffer host)
@@ -105,7 +114,8 @@ public sealed partial class ParameterServer : IAsyncDisposable
         return _deviceBuffer;
     }
 
-    private void ReleaseDeviceBuffer()
+    /// <summary>Frees the device buffers now (the next update allocates them again).</summary>
+    public void ReleaseDeviceMemory()
     {
         if (_deviceBuffer is HostDeviceBuffer host)
         {
@@ -118,7 +128,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     public ValueTask DisposeAsync()
     {
-        ReleaseDeviceBuffer();
+        ReleaseDeviceMemory();
         _worker.Dispose();
         Registry.Dispose();
         _updating.Dispose();

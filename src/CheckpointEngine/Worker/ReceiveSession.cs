@@ -127,7 +127,7 @@ internal sealed class ReceiveSession : IDisposable
         }
         try
         {
-            _segment = SharedMemorySegment.Open(attach.Handle, attach.Size);
+            _segment = SegmentMappings.Acquire(_address, attach.Handle, attach.Size);
         }
         catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
         {
@@ -360,11 +360,8 @@ internal sealed class ReceiveSession : IDisposable
         _ => message.GetType().Name,
     };
 
-    private void Unmap()
-    {
-        _segment?.Dispose();
-        _segment = null;
-    }
+    /// <summary>Ends this update's use of the buffer; the mapping itself stays for the next update (see <see cref="SegmentMappings"/>).</summary>
+    private void Unmap() => _segment = null;
 
     public void Dispose()
     {

@@ -15,6 +15,12 @@ public static class WeightReceiver
     /// <summary>How long after a failure the receiver waits for the parameter server's abort before it gives up on it.</summary>
     public static readonly TimeSpan AbortWait = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// Unmaps the device buffers kept between updates. Receivers keep the last buffer of each device
+    /// mapped, because the next update usually sends the same one.
+    /// </summary>
+    public static void ReleaseMappings() => SegmentMappings.ReleaseAll();
+
     private static readonly TimeSpan FirstRetry = TimeSpan.FromMilliseconds(10);
     private static readonly TimeSpan MaxRetry = TimeSpan.FromMilliseconds(200);
 

@@ -30,6 +30,7 @@ public sealed class UpdateEndToEndTests : IDisposable
             w.Dispose();
         }
         Directory.Delete(_dir, true);
+        CheckpointEngine.Runtime.Devices.HostDevice.SweepDeadOwners(); // Device segments of ranks this test killed.
     }
 
     /// <summary>Mixed dtypes, odd shapes, zero-size, scalar, one tensor over the 1 MiB bucket limit, many tiny ones; sharded in 3 files.</summary>

@@ -12,7 +12,10 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
 {
     public const string MemoryVariable = "CKPT_ENGINE_HOST_DEVICE_MEMORY_GB";
 
+    private const string SegmentPrefix = "ckpt-engine-dev-";
+
     private static int _segments;
+    private static int _swept;
 
     public string Id { get; } = id;
 
@@ -20,7 +23,11 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
 
     public DeviceBuffer AllocateShared(long size)
     {
-        var name = $"ckpt-engine-dev-{Environment.ProcessId}-{Interlocked.Increment(ref _segments)}";
+        if (Interlocked.Exchange(ref _swept, 1) == 0)
+        {
+            SweepDeadOwners();
+        }
+        var name = $"{SegmentPrefix}{Environment.ProcessId}-{Interlocked.Increment(ref _segments)}";
         return new HostDeviceBuffer(SharedMemorySegment.Create(name, size));
     }
 
@@ -29,6 +36,38 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
 
     public void Dispose()
     {
+    }
+
+    /// <summary>
+    /// Removes device segments whose creating process is gone (killed before it could unlink them), so
+    /// crashed ranks do not pin memory on /dev/shm forever. The owner's pid is in the name.
+    /// </summary>
+    internal static void SweepDeadOwners()
+    {
+        if (!OperatingSystem.IsLinux() || !Directory.Exists(SharedMemorySegment.Directory))
+        {
+            return;
+        }
+        foreach (var path in Directory.EnumerateFiles(SharedMemorySegment.Directory, SegmentPrefix + "*"))
+        {
+            var rest = Path.GetFileName(path)[SegmentPrefix.Length..];
+            var dash = rest.IndexOf('-', StringComparison.Ordinal);
+            if (dash > 0 && int.TryParse(rest[..dash], NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && !Directory.Exists($"/proc/{pid}"))
+            {
+                try
+                {
+                    File.Delete(path);
+                }
+                catch (IOException)
+                {
+                    // Someone else swept it.
+                }
+                catch (UnauthorizedAccessException)
+                {
+                    // Another user's: not ours to remove.
+                }
+            }
+        }
     }
 
     private static long? FromEnvironment()

@@ -1,0 +1,57 @@
+using CheckpointEngine.Runtime.Devices;
+
+namespace CheckpointEngine.Tests.Server;
+
+public class HostDeviceTests
+{
+    [Fact]
+    public void SweepDeadOwners_RemovesSegmentsOfGoneProcessesOnly()
+    {
+        var dead = "/dev/shm/ckpt-engine-dev-2147483646-1"; // Beyond any pid_max: that process cannot exist.
+        var alive = $"/dev/shm/ckpt-engine-dev-{Environment.ProcessId}-999999";
+        File.WriteAllBytes(dead, [1]);
+        File.WriteAllBytes(alive, [1]);
+        try
+        {
+            HostDevice.SweepDeadOwners();
+            Assert.False(File.Exists(dead));
+            Assert.True(File.Exists(alive));
+        }
+        finally
+        {
+            File.Delete(dead);
+            File.Delete(alive);
+        }
+    }
+
+    [Fact]
+    public unsafe void AllocateShared_IsASegmentTheWorkerCanOpenByName()
+    {
+        using var device = new HostDevice("test-device", freeMemory: 1 << 20);
+        Assert.Equal(1 << 20, device.FreeMemory);
+        using var buffer = device.AllocateShared(8192);
+        Assert.Equal("shm", buffer.Kind);
+        using var peer = CheckpointEngine.Memory.SharedMemorySegment.Open(buffer.Handle);
+        var source = new byte[] { 1, 2, 3, 42 };
+        fixed (byte* p = source)
+        {
+            device.CopyHostToDevice((nint)p, buffer.Address + 97, source.Length);
+        }
+        Assert.Equal(42, peer.Pointer[100]); // The worker's mapping sees the copy.
+    }
+
+    [Fact]
+    public void FreeMemory_FromEnvironment_BadValueIsNamed()
+    {
+        Environment.SetEnvironmentVariable(HostDevice.MemoryVariable, "lots");
+        try
+        {
+            var e = Assert.Throws<ArgumentException>(() => new HostDevice("d").FreeMemory);
+            Assert.Contains("CKPT_ENGINE_HOST_DEVICE_MEMORY_GB=lots", e.Message);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(HostDevice.MemoryVariable, null);
+        }
+    }
+}

@@ -56,6 +56,29 @@ public static unsafe class Baselines
         });
     }
 
+    public static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    /// <summary>This benchmark program started again with other arguments (a rank), output redirected.</summary>
+    public static ProcessStartInfo Self(params string[] args)
+    {
+        var self = Environment.ProcessPath!;
+        var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true };
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet")
+        {
+            psi.ArgumentList.Add(typeof(Baselines).Assembly.Location);
+        }
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        return psi;
+    }
+
     public static void Touch(NativeBuffer b) => Touch(b.Address, b.Capacity);
 
     /// <summary>Faults every page in, so what is measured next is copying, not first-touch faults.</summary>

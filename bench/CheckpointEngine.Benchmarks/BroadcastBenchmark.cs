@@ -36,17 +36,10 @@ public static class BroadcastBenchmark
     /// <summary>Starts the rank processes; returns the slowest rank's best broadcast time.</summary>
     private static double RunRanks(int ranks, long bytes, bool sameHost)
     {
-        var port = FreePort();
+        var port = Baselines.FreePort();
         var processes = Enumerable.Range(0, ranks).Select(r =>
         {
-            var self = Environment.ProcessPath!;
-            var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true };
-            if (Path.GetFileNameWithoutExtension(self) == "dotnet")
-            {
-                psi.ArgumentList.Add(typeof(BroadcastBenchmark).Assembly.Location);
-            }
-            psi.ArgumentList.Add("broadcast-rank");
-            psi.ArgumentList.Add(bytes.ToString(CultureInfo.InvariantCulture));
+            var psi = Baselines.Self("broadcast-rank", bytes.ToString(CultureInfo.InvariantCulture));
             psi.Environment["RANK"] = r.ToString(CultureInfo.InvariantCulture);
             psi.Environment["WORLD_SIZE"] = ranks.ToString(CultureInfo.InvariantCulture);
             psi.Environment["MASTER_ADDR"] = "127.0.0.1";
@@ -91,13 +84,6 @@ public static class BroadcastBenchmark
             Console.WriteLine($"seconds {best.ToString("R", CultureInfo.InvariantCulture)}");
             return 0;
         }).GetAwaiter().GetResult();
-    }
-
-    private static int FreePort()
-    {
-        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        l.Start();
-        return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
     }
 
     private static string? Option(string[] args, string name)

@@ -8,6 +8,8 @@ return args.FirstOrDefault() switch
     "registration" => RegistrationBenchmark.Run(args[1..]),
     "broadcast" => BroadcastBenchmark.Run(args[1..]),
     "broadcast-rank" => BroadcastBenchmark.RunRank(args[1..]),
+    "update" => await UpdateBenchmark.Run(args[1..]),
+    "update-rank" => await UpdateBenchmark.RunRank(args[1..]),
     "micro" => Micro(args[1..]),
     _ => Usage(),
 };
@@ -22,6 +24,7 @@ static int Usage()
 {
     Console.Error.WriteLine("usage: CheckpointEngine.Benchmarks registration [--size-gb N] [--repeat N] [--dir DIR]");
     Console.Error.WriteLine("       CheckpointEngine.Benchmarks broadcast [--size-gb N] [--ranks N]");
+    Console.Error.WriteLine("       CheckpointEngine.Benchmarks update [--size-gb N] [--ranks N] [--bucket-mb N]");
     Console.Error.WriteLine("       CheckpointEngine.Benchmarks micro [BenchmarkDotNet arguments]");
     return 2;
 }

@@ -21,7 +21,8 @@ internal static class UpdateScenario
         var (dir, urls, tp, updates) = (args[0], args[1].Split(','), int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture));
         var url = urls[world.Rank / tp];
         var kill = args.Length > 6 && args[4] == "kill-at-bucket" ? (Rank: int.Parse(args[5], CultureInfo.InvariantCulture), Bucket: int.Parse(args[6], CultureInfo.InvariantCulture)) : ((int Rank, int Bucket)?)null;
-        using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank), freeMemory: 64L << 20, localRanks: world.Config.LocalWorldSize);
+        var deviceMemory = long.Parse(Environment.GetEnvironmentVariable("TEST_DEVICE_MEMORY_MB") ?? "64", CultureInfo.InvariantCulture) << 20;
+        using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank), freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize);
         await using var ps = new ParameterServer(world, device);
         var options = new UpdateOptions { Timeout = timeout };
         for (var u = 1; u <= updates; u++)

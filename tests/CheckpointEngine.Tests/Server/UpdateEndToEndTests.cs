@@ -93,12 +93,16 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     private async Task<RankCluster.Result[]> RunRanks(int ranks, string dir, string[] urls, int tp, int updates, params string[] extra) =>
+        await RunRanks(ranks, dir, urls, tp, updates, 64, extra);
+
+    private async Task<RankCluster.Result[]> RunRanks(int ranks, string dir, string[] urls, int tp, int updates, int deviceMemoryMb, params string[] extra) =>
         await RankCluster.RunAsync(ranks, ["update", dir, string.Join(',', urls), tp.ToString(System.Globalization.CultureInfo.InvariantCulture), updates.ToString(System.Globalization.CultureInfo.InvariantCulture), .. extra],
             r => new Dictionary<string, string>
             {
                 ["CKPT_ENGINE_DEVICE_ID"] = DeviceId(r),
                 ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625", // 1 MiB: many buckets, one tensor over the limit.
                 ["TEST_TIMEOUT_S"] = "30",
+                ["TEST_DEVICE_MEMORY_MB"] = deviceMemoryMb.ToString(System.Globalization.CultureInfo.InvariantCulture),
             });
 
     private static async Task<Dictionary<string, Dictionary<string, string>>> WorkerDigests(string url)
@@ -148,6 +152,18 @@ public sealed class UpdateEndToEndTests : IDisposable
         var results = await RunRanks(ranks, dir, urls, tp, updates: 1);
         AssertAllOk(results, 1);
         await AssertWorkersHold(dir, urls, ranks);
+    }
+
+    [Fact]
+    public async Task Update_ShortOfDeviceMemory_UsesTwoBuffersAndVerifies()
+    {
+        var dir = WriteCheckpoint();
+        var urls = await StartWorkers(2, 2);
+        // 8 MiB of device memory: the 3 MiB tensor does not fit three times, so buckets alternate between two buffers.
+        var results = await RunRanks(2, dir, urls, 2, 1, deviceMemoryMb: 8);
+        AssertAllOk(results, 1);
+        Assert.All(results, r => Assert.EndsWith(" 2", r.Line("update 1 ok")));
+        await AssertWorkersHold(dir, urls, 2);
     }
 
     [Fact]

@@ -84,18 +84,7 @@ public sealed record GlobalMetas(string Checkpoint, IReadOnlyList<RankMetas> Ran
             w.WriteStartArray("tensors");
             foreach (var m in b.Metas)
             {
-                w.WriteStartObject();
-                w.WriteString("name", m.Name);
-                w.WriteString("dtype", m.DType.Name());
-                w.WriteStartArray("shape");
-                foreach (var d in m.Shape)
-                {
-                    w.WriteNumberValue(d);
-                }
-                w.WriteEndArray();
-                w.WriteNumber("offset", m.Offset);
-                w.WriteNumber("nbytes", m.ByteLength);
-                w.WriteEndObject();
+                TensorJson.Write(w, m.Name, m.DType, m.Shape, m.Offset, m.ByteLength);
             }
             w.WriteEndArray();
             w.WriteEndObject();

@@ -49,19 +49,7 @@ internal static class InspectCommand
             {
                 foreach (var t in f.Tensors)
                 {
-                    w.WriteStartObject();
-                    w.WriteString("name", t.Name);
-                    w.WriteString("dtype", t.DType.Name());
-                    w.WriteStartArray("shape");
-                    foreach (var d in t.Shape)
-                    {
-                        w.WriteNumberValue(d);
-                    }
-                    w.WriteEndArray();
-                    w.WriteString("file", f.Path);
-                    w.WriteNumber("offset", t.DataOffset);
-                    w.WriteNumber("nbytes", t.ByteLength);
-                    w.WriteEndObject();
+                    TensorJson.Write(w, t.Name, t.DType, t.Shape, t.DataOffset, t.ByteLength, f.Path);
                 }
             }
             w.WriteEndArray();

@@ -271,7 +271,10 @@ public sealed class World : IAsyncDisposable
         return (r.Bytes(), r.String(), r.Int32());
     }
 
-    /// <summary>Leaves: closes groups, tells the store this rank leaves on purpose, stops listening; rank 0 stops the store.</summary>
+    /// <summary>
+    /// Leaves: closes groups, tells the store this rank leaves on purpose, stops listening. Rank 0 then
+    /// keeps the store up until every other rank has left (or the connect timeout passes) and stops it.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (_stop.IsCancellationRequested)
@@ -280,6 +283,10 @@ public sealed class World : IAsyncDisposable
         }
         _group?.Dispose();
         await _client.ByeAsync().ConfigureAwait(false);
+        if (_server is not null)
+        {
+            await _server.WaitForRanksToLeaveAsync(Config.ConnectTimeout).ConfigureAwait(false);
+        }
         _stop.Cancel();
         _watcher.Dispose();
         _dataListener.Dispose();

@@ -69,7 +69,7 @@ internal sealed class ReceiveSession : IDisposable
             {
                 if (message is AbortMessage)
                 {
-                    Unmap();
+                    Drop();
                     await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
                     throw _failure;
                 }
@@ -79,7 +79,7 @@ internal sealed class ReceiveSession : IDisposable
             switch (message)
             {
                 case AbortMessage abort:
-                    Unmap();
+                    Drop();
                     try
                     {
                         await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
@@ -129,7 +129,7 @@ internal sealed class ReceiveSession : IDisposable
         {
             _segment = SegmentMappings.Acquire(_address, attach.Handle, attach.Size);
         }
-        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or InvalidOperationException)
         {
             await FailAsync($"attach: cannot map shared memory segment '{attach.Handle}' of {attach.Size} bytes: {e.Message}", e, ct).ConfigureAwait(false);
             return;
@@ -280,7 +280,7 @@ internal sealed class ReceiveSession : IDisposable
     private async Task FailAsync(string error, Exception? cause, CancellationToken ct)
     {
         _failure = new WeightReceiveException(error, cause);
-        Unmap();
+        Drop();
         await ReplyAsync(new WorkerReply(false, error), ct).ConfigureAwait(false);
     }
 
@@ -361,11 +361,32 @@ internal sealed class ReceiveSession : IDisposable
     };
 
     /// <summary>Ends this update's use of the buffer; the mapping itself stays for the next update (see <see cref="SegmentMappings"/>).</summary>
-    private void Unmap() => _segment = null;
+    private void Unmap()
+    {
+        if (_segment is not null)
+        {
+            _segment = null;
+            SegmentMappings.Return(_address);
+        }
+    }
 
+    /// <summary>After a failure the buffer may be gone for good: unmap it.</summary>
+    private void Drop()
+    {
+        if (_segment is not null)
+        {
+            _segment = null;
+            SegmentMappings.Drop(_address);
+        }
+    }
+
+    /// <summary>Ends the session; a session that did not get to "release" (failure, cancellation, a vanished server) unmaps.</summary>
     public void Dispose()
     {
-        Unmap();
+        if (_phase != Phase.Released)
+        {
+            Drop();
+        }
         _stream.Dispose();
     }
 }

@@ -65,18 +65,24 @@ public sealed class WeightReceiverTests : IDisposable
     }
 
     [Fact]
-    public async Task Receive_Release_UnmapsBeforeFinish()
+    public async Task Receive_Release_KeepsTheMappingForTheNextUpdate()
     {
         var before = _ps.Mappings();
-        var (task, _) = Receive();
-        await _ps.AcceptAsync();
-        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
-        Assert.Equal(before + 1, _ps.Mappings());
-        FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, _ps.Place(Tensors))));
-        FakeParameterServer.AssertOk(await _ps.SendAsync(new ReleaseMessage()));
+        for (var update = 0; update < 2; update++)
+        {
+            var (task, _) = Receive();
+            await _ps.AcceptAsync();
+            FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+            Assert.Equal(before + 1, _ps.Mappings()); // The second update maps nothing new.
+            FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, _ps.Place(Tensors))));
+            FakeParameterServer.AssertOk(await _ps.SendAsync(new ReleaseMessage()));
+            FakeParameterServer.AssertOk(await _ps.SendAsync(new FinishMessage()));
+            await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+            Assert.Equal(before + 1, _ps.Mappings());
+            _ps.CloseConnection();
+        }
+        WeightReceiver.ReleaseMappings();
         Assert.Equal(before, _ps.Mappings());
-        FakeParameterServer.AssertOk(await _ps.SendAsync(new FinishMessage()));
-        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
     }
 
     [Fact]

@@ -407,6 +407,31 @@ public sealed class StoreServer : IDisposable
         _death.TrySetResult();
     }
 
+    /// <summary>Connected ranks (not tools); a rank leaves by saying goodbye or by dying.</summary>
+    public int ConnectedRanks
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _members.Count;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits until no rank is connected, or the deadline passes: rank 0 leaving must not pull the store
+    /// from under ranks that are still finishing their last collectives.
+    /// </summary>
+    public async Task WaitForRanksToLeaveAsync(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (ConnectedRanks > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20).ConfigureAwait(false);
+        }
+    }
+
     public void Dispose()
     {
         if (_stop.IsCancellationRequested)

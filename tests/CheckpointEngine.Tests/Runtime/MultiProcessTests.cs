@@ -51,7 +51,7 @@ public sealed class MultiProcessTests
         foreach (var r in results.Where(r => r.Rank != victim))
         {
             Assert.True(r.ExitCode == 3, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
-            Assert.Contains($"rank {victim}", r.Line("error"));
+            Assert.True(r.Line("error").Contains($"rank {victim}", StringComparison.Ordinal), $"rank {r.Rank}:\n{r.Output}");
             // Far inside the 60 s deadline: the store reported the death.
             var seconds = double.Parse(r.Line("failed-after").Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
             Assert.True(seconds < 20, $"rank {r.Rank} took {seconds} s to notice:\n{r.Output}");

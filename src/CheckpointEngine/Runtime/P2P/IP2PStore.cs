@@ -1,0 +1,26 @@
+namespace CheckpointEngine.Runtime.P2P;
+
+/// <summary>
+/// One-sided reads of other ranks' registered host memory, for P2P updates: an owner registers its
+/// buffers under names and publishes <see cref="Address"/>; a reader fetches byte ranges into its own
+/// memory without the owner's update path doing anything. Built-in: <see cref="TcpP2PStore"/>; UCX (RDMA) later.
+/// </summary>
+public interface IP2PStore : IDisposable
+{
+    /// <summary>Where readers reach this rank's buffers.</summary>
+    string Address { get; }
+
+    void Register(string name, nint address, long length);
+
+    void Unregister(string name);
+
+    /// <summary>Reads every range from the store at <paramref name="owner"/>, in one batch, into local memory.</summary>
+    /// <exception cref="P2PException">The owner refused, vanished or did not answer within <paramref name="timeout"/>.</exception>
+    Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default);
+}
+
+/// <summary>Copy <see cref="Length"/> bytes at <see cref="Offset"/> of the owner's buffer <see cref="Buffer"/> to <see cref="Destination"/>.</summary>
+public readonly record struct P2PRead(string Buffer, long Offset, long Length, nint Destination);
+
+/// <summary>A P2P read failed; the message names the owner and why.</summary>
+public sealed class P2PException(string message, Exception? inner = null) : Exception(message, inner);

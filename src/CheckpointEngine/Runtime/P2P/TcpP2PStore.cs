@@ -1,0 +1,324 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using CheckpointEngine.Runtime.Rendezvous;
+
+namespace CheckpointEngine.Runtime.P2P;
+
+/// <summary>
+/// P2P reads over TCP. Each rank serves its registered buffers from threads of its own (the update
+/// path never takes part): a request lists (buffer, offset, length) ranges, the reply is a status
+/// byte and then the raw bytes of every range in order, sent straight from the registered memory.
+/// Readers keep one connection per owner. Every connection presents the shared token.
+/// </summary>
+public sealed unsafe class TcpP2PStore : IP2PStore
+{
+    private const int PollMicroseconds = 100_000;
+    private const int SocketBuffer = 4 << 20;
+
+    private readonly Socket _listener;
+    private readonly byte[] _tokenHash;
+    private readonly ReaderWriterLockSlim _buffersLock = new();
+    private readonly Dictionary<string, (nint Address, long Length)> _buffers = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, SemaphoreSlim> _connectionLocks = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Socket> _connections = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<Socket, byte> _serving = new();
+    private volatile bool _disposed;
+
+    public TcpP2PStore(IPAddress address, string? token)
+    {
+        _tokenHash = SHA256.HashData(Encoding.UTF8.GetBytes(token ?? ""));
+        _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        _listener.Bind(new IPEndPoint(address, 0));
+        _listener.Listen(64);
+        var ep = (IPEndPoint)_listener.LocalEndPoint!;
+        Address = $"{ep.Address}:{ep.Port}";
+        new Thread(AcceptLoop) { IsBackground = true, Name = "p2p-accept" }.Start();
+    }
+
+    public string Address { get; }
+
+    public void Register(string name, nint address, long length)
+    {
+        _buffersLock.EnterWriteLock();
+        try
+        {
+            if (!_buffers.TryAdd(name, (address, length)))
+            {
+                throw new InvalidOperationException($"P2P buffer '{name}' is already registered");
+            }
+        }
+        finally
+        {
+            _buffersLock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Removes a buffer; waits for reads of registered memory in flight to finish first.</summary>
+    public void Unregister(string name)
+    {
+        _buffersLock.EnterWriteLock();
+        try
+        {
+            _buffers.Remove(name);
+        }
+        finally
+        {
+            _buffersLock.ExitWriteLock();
+        }
+    }
+
+    private void AcceptLoop()
+    {
+        while (!_disposed)
+        {
+            Socket socket;
+            try
+            {
+                socket = _listener.Accept();
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                if (_disposed)
+                {
+                    return;
+                }
+                continue;
+            }
+            _serving[socket] = 0;
+            new Thread(() => Serve(socket)) { IsBackground = true, Name = "p2p-serve" }.Start();
+        }
+    }
+
+    /// <summary>Serves one reader: handshake, then requests until it hangs up.</summary>
+    private void Serve(Socket socket)
+    {
+        using var stream = new NetworkStream(socket, ownsSocket: true);
+        try
+        {
+            socket.NoDelay = true;
+            socket.SendBufferSize = SocketBuffer;
+            stream.ReadTimeout = 10_000;
+            var hello = Frame(stream) ?? throw new InvalidDataException("closed before the handshake");
+            var ok = CryptographicOperations.FixedTimeEquals(new StoreProtocol.Reader(hello).Bytes(), _tokenHash);
+            stream.WriteByte(ok ? (byte)1 : (byte)0);
+            if (!ok)
+            {
+                return;
+            }
+            stream.ReadTimeout = Timeout.Infinite;
+            while (!_disposed && Frame(stream) is { } request)
+            {
+                Answer(socket, request);
+            }
+        }
+        catch (Exception e) when (e is IOException or SocketException or InvalidDataException or ObjectDisposedException)
+        {
+            // The reader left or misbehaved; it gets an error on its side.
+        }
+        finally
+        {
+            _serving.TryRemove(socket, out _);
+        }
+    }
+
+    private static byte[]? Frame(NetworkStream stream) => StoreProtocol.ReadFrameAsync(stream, CancellationToken.None).GetAwaiter().GetResult();
+
+    private void Answer(Socket socket, byte[] request)
+    {
+        var reader = new StoreProtocol.Reader(request);
+        var count = reader.Count(8);
+        var ranges = new (string Name, long Offset, long Length)[count];
+        for (var i = 0; i < count; i++)
+        {
+            ranges[i] = (reader.String(), reader.Int64(), reader.Int64());
+        }
+        _buffersLock.EnterReadLock(); // Unregister waits until these bytes are sent.
+        try
+        {
+            foreach (var (name, offset, length) in ranges)
+            {
+                var problem = !_buffers.TryGetValue(name, out var b) ? $"no buffer '{name}' is registered here"
+                    : offset < 0 || length < 0 || offset > b.Length - length ? $"range [{offset}, +{length}) is outside buffer '{name}' ({b.Length} bytes)"
+                    : null;
+                if (problem is not null)
+                {
+                    socket.Send([1]);
+                    socket.Send(new StoreProtocol.Writer().String(problem).ToFrame().Span);
+                    return;
+                }
+            }
+            socket.Send([0]);
+            foreach (var (name, offset, length) in ranges)
+            {
+                var source = (byte*)_buffers[name].Address + offset;
+                for (long sent = 0; sent < length;)
+                {
+                    sent += socket.Send(new ReadOnlySpan<byte>(source + sent, (int)Math.Min(length - sent, 1 << 30)));
+                }
+            }
+        }
+        finally
+        {
+            _buffersLock.ExitReadLock();
+        }
+    }
+
+    public Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default) =>
+        Task.Factory.StartNew(() => Read(owner, reads, timeout, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    private void Read(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        var gate = _connectionLocks.GetOrAdd(owner, _ => new SemaphoreSlim(1, 1));
+        if (!gate.Wait(timeout, ct))
+        {
+            throw new P2PException($"P2P read from {owner}: another read from it did not finish within {timeout.TotalSeconds:F0} s");
+        }
+        try
+        {
+            var socket = _connections.TryGetValue(owner, out var s) ? s : Connect(owner, deadline);
+            try
+            {
+                var request = new StoreProtocol.Writer().Int32(reads.Count);
+                foreach (var r in reads)
+                {
+                    request.String(r.Buffer).Int64(r.Offset).Int64(r.Length);
+                }
+                socket.SendTimeout = Remaining(deadline);
+                socket.Send(request.ToFrame().Span);
+                var status = new byte[1];
+                Receive(socket, status, deadline, owner, ct);
+                if (status[0] != 0)
+                {
+                    var error = ReceiveFrame(socket, deadline, owner, ct);
+                    throw new P2PException($"P2P read from {owner} refused: {new StoreProtocol.Reader(error).String()}");
+                }
+                foreach (var r in reads)
+                {
+                    for (long got = 0; got < r.Length;)
+                    {
+                        var n = (int)Math.Min(r.Length - got, 1 << 30);
+                        Receive(socket, new Span<byte>((byte*)r.Destination + got, n), deadline, owner, ct);
+                        got += n;
+                    }
+                }
+            }
+            catch (Exception e)
+            {
+                // Whatever went wrong, the connection's state is unknown now: never reuse it.
+                if (_connections.TryRemove(owner, out var broken))
+                {
+                    broken.Dispose();
+                }
+                if (e is P2PException or OperationCanceledException)
+                {
+                    throw;
+                }
+                throw new P2PException($"P2P read from {owner} failed: {e.Message}", e);
+            }
+        }
+        finally
+        {
+            gate.Release();
+        }
+    }
+
+    private Socket Connect(string owner, DateTime deadline)
+    {
+        var colon = owner.LastIndexOf(':');
+        if (colon <= 0 || !IPAddress.TryParse(owner[..colon], out var ip) || !int.TryParse(owner[(colon + 1)..], out var port))
+        {
+            throw new P2PException($"'{owner}' is not a P2P address (IP:port)");
+        }
+        var socket = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = SocketBuffer };
+        try
+        {
+            using (var cts = new CancellationTokenSource(Remaining(deadline)))
+            {
+                socket.ConnectAsync(ip, port, cts.Token).AsTask().GetAwaiter().GetResult();
+            }
+            socket.Send(new StoreProtocol.Writer().Bytes(_tokenHash).ToFrame().Span);
+            var ack = new byte[1];
+            Receive(socket, ack, deadline, owner, CancellationToken.None);
+            if (ack[0] != 1)
+            {
+                throw new P2PException($"P2P owner {owner} refused the connection: wrong token (check CKPT_ENGINE_TOKEN)");
+            }
+            _connections[owner] = socket;
+            return socket;
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        {
+            socket.Dispose();
+            throw new P2PException($"cannot connect to P2P owner {owner}: {e.Message}", e);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static byte[] ReceiveFrame(Socket socket, DateTime deadline, string owner, CancellationToken ct)
+    {
+        var prefix = new byte[4];
+        Receive(socket, prefix, deadline, owner, ct);
+        var length = BitConverter.ToInt32(prefix);
+        if (length is < 1 or > 1 << 20)
+        {
+            throw new P2PException($"P2P owner {owner} sent a malformed reply (length {length})");
+        }
+        var payload = new byte[length];
+        Receive(socket, payload, deadline, owner, ct);
+        return payload;
+    }
+
+    /// <summary>Fills <paramref name="target"/>, polling so that the deadline and cancellation are seen while waiting.</summary>
+    private static void Receive(Socket socket, Span<byte> target, DateTime deadline, string owner, CancellationToken ct)
+    {
+        while (!target.IsEmpty)
+        {
+            ct.ThrowIfCancellationRequested();
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new P2PException($"P2P owner {owner} did not send its data within the deadline");
+            }
+            if (!socket.Poll(PollMicroseconds, SelectMode.SelectRead))
+            {
+                continue;
+            }
+            var n = socket.Receive(target);
+            if (n == 0)
+            {
+                throw new P2PException($"P2P owner {owner} closed the connection mid-read (did it exit?)");
+            }
+            target = target[n..];
+        }
+    }
+
+    private static int Remaining(DateTime deadline) => (int)Math.Clamp((deadline - DateTime.UtcNow).TotalMilliseconds, 1, int.MaxValue);
+
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+        _disposed = true;
+        _listener.Dispose();
+        foreach (var s in _connections.Values)
+        {
+            s.Dispose();
+        }
+        foreach (var s in _serving.Keys)
+        {
+            s.Dispose();
+        }
+        _buffersLock.EnterWriteLock(); // No read of registered memory is in flight past this point.
+        _buffers.Clear();
+        _buffersLock.ExitWriteLock();
+    }
+}

@@ -75,6 +75,7 @@ public sealed record GlobalMetas(string Checkpoint, IReadOnlyList<RankMetas> Ran
         w.WriteNumber("rank", r.Rank);
         w.WriteString("device_id", r.DeviceId);
         w.WriteString("p2p_address", r.P2PAddress);
+        w.WriteString("net_device", r.NetDevice);
         w.WriteStartArray("buffers");
         foreach (var b in r.Buffers)
         {
@@ -188,6 +189,7 @@ public sealed record GlobalMetas(string Checkpoint, IReadOnlyList<RankMetas> Ran
             buffers.Add(new BufferMeta(size, get(b, "address", JsonValueKind.Number, bwhere).GetInt64(), metas));
         }
         var p2p = r.TryGetProperty("p2p_address", out var p) && p.ValueKind == JsonValueKind.String ? p.GetString() : null;
-        return new RankMetas(get(r, "rank", JsonValueKind.Number, where).GetInt32(), get(r, "device_id", JsonValueKind.String, where).GetString()!, p2p, buffers);
+        var net = r.TryGetProperty("net_device", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString() : null;
+        return new RankMetas(get(r, "rank", JsonValueKind.Number, where).GetInt32(), get(r, "device_id", JsonValueKind.String, where).GetString()!, p2p, buffers, net);
     }
 }

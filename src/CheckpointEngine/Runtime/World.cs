@@ -66,6 +66,9 @@ public sealed class World : IAsyncDisposable
 
     internal IPEndPoint DataEndpoint { get; }
 
+    /// <summary>The address peers reach this rank on (data links, P2P reads).</summary>
+    public IPAddress AdvertiseAddress => DataEndpoint.Address;
+
     /// <summary>Cancelled when a rank died or the store was lost; every wait in every group watches it.</summary>
     public CancellationToken Broken => _broken.Token;
 

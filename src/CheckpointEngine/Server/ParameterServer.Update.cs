@@ -4,30 +4,48 @@ using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
 using CheckpointEngine.Runtime.Collectives;
+using CheckpointEngine.Runtime.P2P;
 using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Server;
 
-/// <summary>The update: every registered byte goes host → device → every rank → worker, bucket by bucket.</summary>
+/// <summary>The update: every registered byte goes to a device buffer, to every rank, and into every worker, bucket by bucket.</summary>
 public sealed partial class ParameterServer
 {
     /// <summary>
-    /// Pushes checkpoint <paramref name="name"/> into every rank's worker. Every rank calls this.
-    /// Buckets rotate through three device buffers (two when memory is short), so the owner's copy of
-    /// bucket k+1 to its device, the broadcast of bucket k and the workers' reload of bucket k−1 overlap.
-    /// After each bucket the ranks agree whether every worker succeeded; if one failed, all ranks abort
-    /// their workers and raise its message. A dead rank or a missed deadline fails the update on every
-    /// survivor; the next update starts clean.
+    /// One bucket of an update: who stages it into its device buffer (the broadcast root, as a rank of
+    /// the update's group) and how (a copy from host memory, or a P2P read from the owner).
     /// </summary>
-    /// <param name="trigger">Tells the inference engine to connect its workers (called on every rank, see <see cref="UpdateContext"/>); null when workers connect on their own.</param>
-    /// <param name="ranks">null: broadcast to every rank. A subset (P2P) is not available yet.</param>
+    private sealed record Step(H2DBucket Bucket, int Stager, Func<nint, Task> Stage);
+
+    /// <summary>
+    /// Pushes checkpoint <paramref name="name"/> into the workers. Buckets rotate through three device
+    /// buffers (two when memory is short), so staging bucket k+1, broadcasting bucket k and the workers'
+    /// reload of bucket k−1 overlap. After each bucket the ranks agree whether every worker succeeded; if
+    /// one failed, all abort their workers and raise its message. A dead rank or a missed deadline fails
+    /// the update on every survivor; the next update starts clean.
+    /// </summary>
+    /// <param name="trigger">Tells the inference engine to connect its workers (called on every taking part rank, see <see cref="UpdateContext"/>); null when workers connect on their own.</param>
+    /// <param name="ranks">
+    /// null: broadcast mode, every rank of the world takes part and owners stage their own buckets.
+    /// A list: P2P mode, only these ranks take part (the others return at once); their receivers read
+    /// the buckets from the owners' registered host memory (owners named by the metas, possibly in
+    /// another world that keeps serving) and broadcast them among the listed ranks.
+    /// </param>
     public async Task<UpdateReport> UpdateAsync(string name, Func<UpdateContext, CancellationToken, Task>? trigger,
         IReadOnlyList<int>? ranks = null, UpdateOptions? options = null, CancellationToken ct = default)
     {
         options ??= new UpdateOptions();
-        if (ranks is not null && !ranks.Order().SequenceEqual(Enumerable.Range(0, World.Size)))
+        if (ranks is not null)
         {
-            throw new NotSupportedException("updating a subset of ranks (P2P mode) is not available yet; pass ranks: null");
+            if (ranks.Count == 0 || ranks.Distinct().Count() != ranks.Count || ranks.Any(r => r < 0 || r >= World.Size))
+            {
+                throw new ArgumentException($"ranks [{string.Join(", ", ranks)}] must be distinct ranks of this world (size {World.Size})", nameof(ranks));
+            }
+            if (!ranks.Contains(Rank))
+            {
+                return new UpdateReport(name, Rank, 0, 0, 0, TimeSpan.Zero, []);
+            }
         }
         if (!await _updating.WaitAsync(0, ct).ConfigureAwait(false))
         {
@@ -35,7 +53,16 @@ public sealed partial class ParameterServer
         }
         try
         {
-            return await RunUpdateAsync(name, trigger, options, ct).ConfigureAwait(false);
+            if (ranks is null)
+            {
+                return await BroadcastUpdateAsync(name, trigger, options, ct).ConfigureAwait(false);
+            }
+            using var group = await World.Group.CreateSubGroupAsync("p2p", [.. ranks.Order()], options.Timeout, ct).ConfigureAwait(false);
+            return await P2PUpdateAsync(name, group, trigger, options, ct).ConfigureAwait(false);
+        }
+        catch (CollectiveException e)
+        {
+            throw new UpdateFailedException($"update of '{name}' failed on rank {Rank}: {e.Message}", e);
         }
         finally
         {
@@ -43,34 +70,79 @@ public sealed partial class ParameterServer
         }
     }
 
-    private async Task<UpdateReport> RunUpdateAsync(string name, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
+    private async Task<UpdateReport> BroadcastUpdateAsync(string name, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
     {
-        var clock = Stopwatch.StartNew();
-        var group = World.Group;
-        var timeout = options.Timeout;
-        var metas = GetMetas(name) ?? await GatherMetasAsync(name, timeout, ct).ConfigureAwait(false);
+        var metas = GetMetas(name) ?? await GatherMetasAsync(name, options.Timeout, ct).ConfigureAwait(false);
         Registry.TryGet(name, out var local);
         if (metas.Ranks.Count != World.Size)
         {
-            throw new UpdateFailedException($"metas of '{name}' are for {metas.Ranks.Count} ranks; this world has {World.Size}");
+            throw new UpdateFailedException($"metas of '{name}' are for {metas.Ranks.Count} ranks; this world has {World.Size} (to update from other instances, use P2P mode)");
         }
         if ((local?.TensorCount ?? 0) != metas.Ranks[Rank].Buffers.Sum(b => b.Metas.Count))
         {
             throw new UpdateFailedException($"rank {Rank} holds a different share of '{name}' than its gathered metas say: gather metas again after registering");
         }
+        // Owners copy their own buckets from host memory to their device buffer; they are the broadcast roots.
+        List<Step> Plan(BucketSizing sizing, IReadOnlyList<string> _) =>
+            BucketPlanner.Interleave(metas.Ranks.Select(r => BucketPlanner.Cut(r, sizing.BucketSize)))
+                .Select(b => new Step(b, b.Owner, slot => Task.Run(() =>
+                {
+                    foreach (var r in b.Ranges)
+                    {
+                        Device.CopyHostToDevice(local!.Buffers[r.Buffer].Address + (nint)r.Offset, slot + (nint)r.BucketOffset, r.Length);
+                    }
+                }, ct)))
+                .ToList();
+        return await RunAsync(name, World.Group, metas, Plan, agreeOnStaging: false, trigger, options, ct).ConfigureAwait(false);
+    }
 
-        // Bucket size from the smallest free device memory over all ranks.
+    private async Task<UpdateReport> P2PUpdateAsync(string name, ICommunicator group, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
+    {
+        var metas = GetMetas(name) ?? throw new UpdateFailedException(
+            $"a P2P update of '{name}' needs the owners' metas: gather them on the owners and load them here (GlobalMetas.Load, then SetMetas)");
+        var unreachable = metas.Ranks.Where(r => r.Buffers.Count > 0 && r.P2PAddress is null).Select(r => r.Rank).ToList();
+        if (unreachable.Count > 0)
+        {
+            throw new UpdateFailedException($"metas of '{name}' give no P2P address for owner ranks {string.Join(", ", unreachable)}");
+        }
+        // Receivers (the lowest rank of each network device among the listed ranks) read buckets from the
+        // owners, spread over the owners' devices, and broadcast them to the other listed ranks.
+        List<Step> Plan(BucketSizing sizing, IReadOnlyList<string> netDevices)
+        {
+            var buckets = metas.Ranks.SelectMany(r => BucketPlanner.Cut(r, sizing.BucketSize)).Select(b => (b.Owner, b)).ToList();
+            string OwnerDevice(int owner) => metas.Ranks[owner].NetDevice ?? metas.Ranks[owner].P2PAddress!;
+            var receivers = ReceiverAssignment.GroupByDevice(Enumerable.Range(0, group.Size), r => netDevices[r]);
+            return ReceiverAssignment.Assign(buckets, OwnerDevice, receivers)
+                .Select(a => new Step(a.Bucket, a.Receiver, slot => _p2p.ReadAsync(metas.Ranks[a.Bucket.Owner].P2PAddress!,
+                    a.Bucket.Ranges.Select(r => new P2PRead(P2PName(name, r.Buffer), r.Offset, r.Length, slot + (nint)r.BucketOffset)).ToList(),
+                    options.Timeout, ct)))
+                .ToList();
+        }
+        return await RunAsync(name, group, metas, Plan, agreeOnStaging: true, trigger, options, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Sizes, plans and runs an update among the members of <paramref name="group"/>.</summary>
+    private async Task<UpdateReport> RunAsync(string name, ICommunicator group, GlobalMetas metas, Func<BucketSizing, IReadOnlyList<string>, List<Step>> plan,
+        bool agreeOnStaging, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
+    {
+        var clock = Stopwatch.StartNew();
+        var timeout = options.Timeout;
+
+        // Bucket size from the smallest free device memory over the members.
         var free = (await group.AllReduceAsync([Device.FreeMemory], ReduceOp.Min, timeout, ct).ConfigureAwait(false))[0];
         var sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize);
-        var schedule = BucketPlanner.Interleave(metas.Ranks.Select(r => BucketPlanner.Cut(r, sizing.BucketSize)));
-        var device = DeviceBufferFor(sizing);
+        var device = DeviceBufferFor(sizing, group);
 
-        // Every rank learns every worker's socket; the trigger tells the engine; our worker connects.
-        var sockets = (await group.AllGatherAsync(Encoding.UTF8.GetBytes($"{Device.Id}\n{WorkerAddress}"), timeout, ct).ConfigureAwait(false))
-            .Select((b, r) => Encoding.UTF8.GetString(b).Split('\n') is [var id, var address] ? new WorkerSocket(r, id, address) : throw new UpdateFailedException($"rank {r} sent a malformed worker address"))
+        // Every member learns every worker's socket and network device; the trigger tells the engine; our worker connects.
+        var members = (await group.AllGatherAsync(Encoding.UTF8.GetBytes($"{Device.Id}\n{WorkerAddress}\n{NetDevice}"), timeout, ct).ConfigureAwait(false))
+            .Select((b, r) => Encoding.UTF8.GetString(b).Split('\n') is [var id, var address, var nic]
+                ? (Socket: new WorkerSocket(group.Members[r], id, address), Nic: nic)
+                : throw new UpdateFailedException($"rank {group.Members[r]} sent a malformed worker address"))
             .ToList();
+        var steps = plan(sizing, members.Select(m => m.Nic).ToList());
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        var triggered = trigger is null ? Task.CompletedTask : Task.Run(() => trigger(new UpdateContext(name, Rank, sockets), triggerCts.Token), triggerCts.Token);
+        var context = new UpdateContext(name, Rank, members.Select(m => m.Socket).ToList());
+        var triggered = trigger is null ? Task.CompletedTask : Task.Run(() => trigger(context, triggerCts.Token), triggerCts.Token);
         WorkerConnection? worker = null;
         try
         {
@@ -84,14 +156,14 @@ public sealed partial class ParameterServer
             {
                 failure = e.Message;
             }
-            await AgreeAsync(failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
+            await AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
 
-            var timings = await PumpAsync(schedule, sizing, device.Address, local, worker!, options, clock, ct).ConfigureAwait(false);
+            var timings = await PumpAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, timeout, clock, ct).ConfigureAwait(false);
 
-            await AgreeAsync(await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
-            await AgreeAsync(await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
+            await AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
+            await AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
-            var delivered = schedule.Sum(b => b.Items.Sum(i => i.ByteLength));
+            var delivered = steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings);
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
@@ -110,61 +182,68 @@ public sealed partial class ParameterServer
     }
 
     /// <summary>The bucket loop; returns per-bucket stage times.</summary>
-    private async Task<List<BucketTiming>> PumpAsync(IReadOnlyList<H2DBucket> schedule, BucketSizing sizing, nint device,
-        RegisteredCheckpoint? local, WorkerConnection worker, UpdateOptions options, Stopwatch clock, CancellationToken ct)
+    private static async Task<List<BucketTiming>> PumpAsync(ICommunicator group, List<Step> steps, BucketSizing sizing, nint device,
+        WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, CancellationToken ct)
     {
-        var group = World.Group;
-        var timeout = options.Timeout;
-        var times = schedule.Select(_ => new TimeSpan[6]).ToArray();
+        var times = steps.Select(_ => new TimeSpan[6]).ToArray();
         nint Slot(int k) => device + (nint)(k % sizing.Slots * sizing.BucketSize);
 
-        Task HostToDevice(int k)
+        async Task<string?> Stage(int k)
         {
-            if (k >= schedule.Count || schedule[k].Owner != Rank)
+            if (k >= steps.Count || steps[k].Stager != group.Rank)
             {
-                return Task.CompletedTask;
+                return null;
             }
-            return Task.Run(() =>
+            times[k][0] = clock.Elapsed;
+            try
             {
-                times[k][0] = clock.Elapsed;
-                foreach (var r in schedule[k].Ranges)
-                {
-                    Device.CopyHostToDevice(local!.Buffers[r.Buffer].Address + (nint)r.Offset, Slot(k) + (nint)r.BucketOffset, r.Length);
-                }
+                await steps[k].Stage(Slot(k)).ConfigureAwait(false);
+                return null;
+            }
+            catch (P2PException e)
+            {
+                return e.Message;
+            }
+            finally
+            {
                 times[k][1] = clock.Elapsed;
-            }, ct);
+            }
         }
 
-        var staged = HostToDevice(0);
+        var staged = Stage(0);
         Task<string?>? reload = null;
-        for (var k = 0; k < schedule.Count; k++)
+        for (var k = 0; k < steps.Count; k++)
         {
-            var bucket = schedule[k];
-            await staged.ConfigureAwait(false);
+            var failure = await staged.ConfigureAwait(false);
+            if (agreeOnStaging)
+            {
+                // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
+                await AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
+            }
             times[k][2] = clock.Elapsed;
-            var broadcast = group.BroadcastAsync(Slot(k), bucket.Size, bucket.Owner, timeout, ct);
+            var broadcast = group.BroadcastAsync(Slot(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct);
             // With three buffers the next bucket's slot is free already (its last reload was agreed on): stage it now.
-            staged = sizing.Slots == 3 ? HostToDevice(k + 1) : Task.CompletedTask;
+            staged = sizing.Slots == 3 ? Stage(k + 1) : Task.FromResult<string?>(null);
             await broadcast.ConfigureAwait(false);
             times[k][3] = clock.Elapsed;
             if (reload is not null)
             {
-                await AgreeAsync(await reload.ConfigureAwait(false), $"reloading bucket {k - 1}", timeout, ct).ConfigureAwait(false);
+                await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {k - 1}", timeout, ct).ConfigureAwait(false);
                 times[k - 1][5] = clock.Elapsed;
             }
             if (sizing.Slots == 2)
             {
-                staged = HostToDevice(k + 1); // Its slot held bucket k−1, whose reload is agreed on just now.
+                staged = Stage(k + 1); // Its slot held bucket k−1, whose reload is agreed on just now.
             }
             times[k][4] = clock.Elapsed;
-            reload = worker.CallAsync(new LoadMessage(k, Wire(bucket, Slot(k) - device)), timeout, ct);
+            reload = worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Slot(k) - device)), timeout, ct);
         }
         if (reload is not null)
         {
-            await AgreeAsync(await reload.ConfigureAwait(false), $"reloading bucket {schedule.Count - 1}", timeout, ct).ConfigureAwait(false);
+            await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {steps.Count - 1}", timeout, ct).ConfigureAwait(false);
             times[^1][5] = clock.Elapsed;
         }
-        return schedule.Select((b, k) => new BucketTiming(k, b.Owner, b.Size, times[k][0], times[k][1], times[k][2], times[k][3], times[k][4], times[k][5])).ToList();
+        return steps.Select((s, k) => new BucketTiming(k, s.Bucket.Owner, s.Bucket.Size, times[k][0], times[k][1], times[k][2], times[k][3], times[k][4], times[k][5])).ToList();
     }
 
     /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer.</summary>
@@ -172,17 +251,17 @@ public sealed partial class ParameterServer
         bucket.Items.Select(m => new WireTensor(m.Name, m.DType.Name(), [.. m.Shape], slotOffset + m.Offset, m.ByteLength)).ToList();
 
     /// <summary>
-    /// All ranks share whether their worker succeeded at a step; if any failed, every rank raises the
-    /// first failing worker's message (so all ranks report the same cause).
+    /// The members share whether a step succeeded on them; if any failed, every member raises the first
+    /// failure's message (so all ranks report the same cause).
     /// </summary>
-    private async Task AgreeAsync(string? failure, string step, TimeSpan timeout, CancellationToken ct)
+    private static async Task AgreeAsync(ICommunicator group, string? failure, string step, TimeSpan timeout, CancellationToken ct)
     {
-        var all = await World.Group.AllGatherAsync(Encoding.UTF8.GetBytes(failure ?? ""), timeout, ct).ConfigureAwait(false);
+        var all = await group.AllGatherAsync(Encoding.UTF8.GetBytes(failure ?? ""), timeout, ct).ConfigureAwait(false);
         for (var r = 0; r < all.Length; r++)
         {
             if (all[r].Length > 0)
             {
-                throw new UpdateFailedException($"worker of rank {r} failed at {step}: {Encoding.UTF8.GetString(all[r])}");
+                throw new UpdateFailedException($"rank {group.Members[r]} failed at {step}: {Encoding.UTF8.GetString(all[r])}");
             }
         }
     }

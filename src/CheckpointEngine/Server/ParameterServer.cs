@@ -2,7 +2,9 @@ using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
 using CheckpointEngine.Runtime;
+using CheckpointEngine.Runtime.Collectives;
 using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Runtime.P2P;
 
 namespace CheckpointEngine.Server;
 
@@ -15,17 +17,23 @@ public sealed partial class ParameterServer : IAsyncDisposable
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<string, GlobalMetas> _metas = new(StringComparer.Ordinal);
+    public const string NetDeviceVariable = "CKPT_ENGINE_NET_DEVICE";
+
     private readonly WorkerLink _worker;
+    private readonly IP2PStore _p2p;
     private readonly SemaphoreSlim _updating = new(1, 1);
     private DeviceBuffer? _deviceBuffer;
     private BucketSizing? _sizing;
 
-    public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null)
+    /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>
+    public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null, IP2PStore? p2p = null)
     {
         World = world;
         Device = device;
         Registry = registry ?? new CheckpointRegistry();
         _worker = new WorkerLink(device.Id);
+        _p2p = p2p ?? new TcpP2PStore(world.AdvertiseAddress, world.Config.Token);
+        NetDevice = Environment.GetEnvironmentVariable(NetDeviceVariable) is { Length: > 0 } nic ? nic : world.HostId;
     }
 
     public World World { get; }
@@ -36,12 +44,47 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     public int Rank => World.Rank;
 
+    /// <summary>The network device P2P reads of this rank go through (<c>CKPT_ENGINE_NET_DEVICE</c>; default: one per host).</summary>
+    public string NetDevice { get; }
+
+    /// <summary>Where other instances read this rank's registered buffers (P2P).</summary>
+    public string P2PAddress => _p2p.Address;
+
     /// <summary>Where this rank's worker connects.</summary>
     public string WorkerAddress => _worker.Address;
 
-    /// <summary>Registers this rank's share of a checkpoint (files, selected tensors, in-memory tensors) into host memory.</summary>
-    public RegisteredCheckpoint RegisterCheckpoint(string name, IEnumerable<FileSelection> files, IEnumerable<NamedTensor>? tensors = null, RegisterOptions? options = null) =>
-        Registry.RegisterCheckpoint(name, files, tensors, options);
+    /// <summary>
+    /// Registers this rank's share of a checkpoint (files, selected tensors, in-memory tensors) into host
+    /// memory, and offers its buffers for P2P reads as "name/index".
+    /// </summary>
+    public RegisteredCheckpoint RegisterCheckpoint(string name, IEnumerable<FileSelection> files, IEnumerable<NamedTensor>? tensors = null, RegisterOptions? options = null)
+    {
+        var checkpoint = Registry.RegisterCheckpoint(name, files, tensors, options);
+        try
+        {
+            for (var i = 0; i < checkpoint.Buffers.Count; i++)
+            {
+                _p2p.Register(P2PName(name, i), checkpoint.Buffers[i].Address, checkpoint.Buffers[i].Size);
+            }
+        }
+        catch
+        {
+            Unpublish(name, checkpoint);
+            Registry.UnregisterCheckpoint(name);
+            throw;
+        }
+        return checkpoint;
+    }
+
+    internal static string P2PName(string checkpoint, int buffer) => $"{checkpoint}/{buffer}";
+
+    private void Unpublish(string name, RegisteredCheckpoint checkpoint)
+    {
+        for (var i = 0; i < checkpoint.Buffers.Count; i++)
+        {
+            _p2p.Unregister(P2PName(name, i)); // Waits for P2P reads in flight before the memory goes.
+        }
+    }
 
     /// <summary>
     /// Frees the checkpoint's host memory and forgets its metas. The device buffers go too, unless
@@ -54,7 +97,12 @@ public sealed partial class ParameterServer : IAsyncDisposable
         {
             _metas.Remove(name);
         }
-        var pooled = Registry.TryGet(name, out var checkpoint) && checkpoint.Buffers.Any(b => b.Kind == MemoryBufferKind.Pooled);
+        var found = Registry.TryGet(name, out var checkpoint);
+        if (found)
+        {
+            Unpublish(name, checkpoint);
+        }
+        var pooled = found && checkpoint.Buffers.Any(b => b.Kind == MemoryBufferKind.Pooled);
         var removed = Registry.UnregisterCheckpoint(name);
         if (!pooled && Registry.Checkpoints.Count == 0)
         {
@@ -69,10 +117,11 @@ public sealed partial class ParameterServer : IAsyncDisposable
     /// </summary>
     public async Task<GlobalMetas> GatherMetasAsync(string name, TimeSpan? timeout = null, CancellationToken ct = default)
     {
-        var local = new RankMetas(Rank, Device.Id, null,
+        var local = new RankMetas(Rank, Device.Id, P2PAddress,
             Registry.TryGet(name, out var checkpoint)
                 ? checkpoint.Buffers.Select(b => new BufferMeta(b.Size, b.Address, b.Metas)).ToList()
-                : []);
+                : [],
+            NetDevice);
         var blobs = await World.Group.AllGatherAsync(GlobalMetas.RankToJson(local), timeout ?? TimeSpan.FromSeconds(300), ct).ConfigureAwait(false);
         var metas = new GlobalMetas(name, blobs.Select((b, r) => GlobalMetas.RankFromJson(b, $"metas from rank {r}")).ToList());
         metas.Validate($"checkpoint '{name}'");
@@ -97,19 +146,21 @@ public sealed partial class ParameterServer : IAsyncDisposable
         }
     }
 
-    /// <summary>The device buffer for a bucket layout: kept across updates while the layout is the same (first touches are expensive).</summary>
-    private DeviceBuffer DeviceBufferFor(BucketSizing sizing)
+    /// <summary>
+    /// The device buffer for a bucket layout: kept across updates while the layout is the same (first
+    /// touches are expensive), and announced to the update's group as shared memory its members may read.
+    /// </summary>
+    private DeviceBuffer DeviceBufferFor(BucketSizing sizing, ICommunicator group)
     {
-        if (_deviceBuffer is not null && _sizing == sizing)
+        if (_deviceBuffer is null || _sizing != sizing)
         {
-            return _deviceBuffer;
+            ReleaseDeviceMemory();
+            _deviceBuffer = Device.AllocateShared(sizing.DeviceBytes);
+            _sizing = sizing;
         }
-        ReleaseDeviceMemory();
-        _deviceBuffer = Device.AllocateShared(sizing.DeviceBytes);
-        _sizing = sizing;
         if (_deviceBuffer is HostDeviceBuffer host)
         {
-            World.Group.RegisterSharedMemory(host.Segment);
+            group.RegisterSharedMemory(host.Segment);
         }
         return _deviceBuffer;
     }
@@ -130,6 +181,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
     {
         ReleaseDeviceMemory();
         _worker.Dispose();
+        _p2p.Dispose();
         Registry.Dispose();
         _updating.Dispose();
         return ValueTask.CompletedTask;

@@ -158,7 +158,10 @@ public sealed partial class ProcessGroup
     {
         lock (_shared)
         {
-            _shared.Add(segment);
+            if (!_shared.Contains(segment))
+            {
+                _shared.Add(segment);
+            }
         }
     }
 

@@ -28,6 +28,8 @@ try
         "die" => Scenarios.Die(world, timeout, int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture), args[2]),
         "bench" => Scenarios.Bench(world, timeout, long.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture)),
         "update" => UpdateScenario.Run(world, timeout, args[1..]),
+        "p2p-owner" => P2PScenario.Owner(world, timeout, args[1..]),
+        "p2p-join" => P2PScenario.Join(world, timeout, args[1..]),
         "join" => Task.CompletedTask,
         _ => throw new ArgumentException($"unknown scenario '{scenario}'"),
     });

@@ -20,8 +20,9 @@ internal static class RankCluster
     /// <param name="env">Per-rank extra variables (may return null).</param>
     /// <param name="waitFor">Ranks expected to exit by themselves (default all); the rest are killed once these have.</param>
     /// <param name="deadline">Past it, every rank still running is killed and reported with exit code −1.</param>
+    /// <param name="killWhen">When this task completes, every rank is killed at once (as a machine failure would).</param>
     public static async Task<Result[]> RunAsync(int ranks, string[] args, Func<int, IDictionary<string, string>?>? env = null,
-        Func<int, bool>? waitFor = null, TimeSpan? deadline = null)
+        Func<int, bool>? waitFor = null, TimeSpan? deadline = null, Task? killWhen = null)
     {
         var port = FreePort();
         var processes = new List<Process>();
@@ -45,6 +46,7 @@ internal static class RankCluster
                 processes.Add(Process.Start(psi)!);
             }
             var outputs = processes.Select(p => (Out: p.StandardOutput.ReadToEndAsync(), Err: p.StandardError.ReadToEndAsync())).ToList();
+            _ = killWhen?.ContinueWith(_ => KillAll(processes), TaskScheduler.Default);
             using (var cts = new CancellationTokenSource(deadline ?? TimeSpan.FromSeconds(90)))
             {
                 try
@@ -74,10 +76,13 @@ internal static class RankCluster
 
     private static void KillAll(List<Process> processes)
     {
-        foreach (var p in processes.Where(p => !p.HasExited))
+        lock (processes)
         {
-            p.Kill(entireProcessTree: true);
-            p.WaitForExit();
+            foreach (var p in processes.Where(p => !p.HasExited))
+            {
+                p.Kill(entireProcessTree: true);
+                p.WaitForExit();
+            }
         }
     }
 

@@ -69,13 +69,15 @@ public sealed class UpdateEndToEndTests : IDisposable
     private string DeviceId(int rank) => $"e2e-{_id}-{rank}";
 
     /// <summary>Starts one reference worker per inference group; returns their URLs.</summary>
-    private async Task<string[]> StartWorkers(int ranks, int tp, params string[] extra)
+    private Task<string[]> StartWorkers(int ranks, int tp, params string[] extra) => StartWorkers(DeviceId, ranks, tp, extra);
+
+    private async Task<string[]> StartWorkers(Func<int, string> deviceId, int ranks, int tp, params string[] extra)
     {
         var urls = new List<string>();
         for (var g = 0; g < ranks / tp; g++)
         {
             var psi = RankCluster.Start(["cli", "worker", "--listen", "127.0.0.1:0", "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                "--device-ids", string.Join(',', Enumerable.Range(g * tp, tp).Select(DeviceId)), .. extra]);
+                "--device-ids", string.Join(',', Enumerable.Range(g * tp, tp).Select(deviceId)), .. extra]);
             var p = Process.Start(psi)!;
             _workers.Add(p);
             using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
@@ -120,13 +122,26 @@ public sealed class UpdateEndToEndTests : IDisposable
         var seen = 0;
         foreach (var url in urls)
         {
-            foreach (var (device, tensors) in await WorkerDigests(url))
+            foreach (var (_, tensors) in await WorkerDigests(url))
             {
                 Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
                 seen++;
             }
         }
         Assert.Equal(ranks, seen);
+    }
+
+    /// <summary>Buckets each shard of these workers has loaded so far.</summary>
+    private static async Task<long[]> BucketsLoaded(string[] urls)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        var counts = new List<long>();
+        foreach (var url in urls)
+        {
+            var doc = await http.GetFromJsonAsync<JsonElement>(url.TrimEnd('/') + "/v1/weights/digest");
+            counts.AddRange(doc.GetProperty("shards").EnumerateArray().Select(s => s.GetProperty("buckets_loaded").GetInt64()));
+        }
+        return [.. counts];
     }
 
     private static void AssertAllOk(RankCluster.Result[] results, int updates)
@@ -213,6 +228,85 @@ public sealed class UpdateEndToEndTests : IDisposable
             Assert.Contains("rank 1", r.Line("error"));
             var seconds = double.Parse(r.Line("update 1 failed").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
             Assert.True(seconds < 20, r.Output);
+        }
+    }
+
+    private static Task<RankCluster.Result[]> RunWorld(int ranks, string[] args, Func<int, string> deviceId, Task? killWhen = null, string maxBucketGb = "0.0009765625") =>
+        RankCluster.RunAsync(ranks, args, r => new Dictionary<string, string>
+        {
+            ["CKPT_ENGINE_DEVICE_ID"] = deviceId(r),
+            ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = maxBucketGb,
+            ["TEST_TIMEOUT_S"] = "30",
+        }, killWhen: killWhen);
+
+    private string JoinerId(int rank) => $"e2e-{_id}-j{rank}";
+
+    /// <summary>Four owners register, broadcast to their workers, save metas and keep serving; two new ranks (their own world) join by P2P.</summary>
+    [Fact]
+    public async Task Join_NewRanksPullFromOwners_OwnersUndisturbed()
+    {
+        var dir = WriteCheckpoint();
+        var metas = Path.Combine(_dir, "metas.json");
+        var ownerUrls = await StartWorkers(4, 2);
+        var joinerUrls = await StartWorkers(JoinerId, 2, 2);
+        var owners = RunWorld(4, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId);
+        await WaitForFile(metas, owners);
+        var ownersBefore = await BucketsLoaded(ownerUrls);
+
+        var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId);
+        File.WriteAllText(metas + ".done", "");
+        var ownerResults = await owners;
+
+        foreach (var r in joiners)
+        {
+            Assert.True(r.ExitCode == 0 && r.Line("update 1 ").StartsWith("update 1 ok", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
+        }
+        Assert.All(ownerResults, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
+        await AssertWorkersHold(dir, joinerUrls, 2);
+        await AssertWorkersHold(dir, ownerUrls, 4);
+        Assert.Equal(ownersBefore, await BucketsLoaded(ownerUrls)); // Owners' workers received nothing during the join.
+    }
+
+    [Fact]
+    public async Task Join_OwnerDiesDuringTheReads_JoinersFailNamingIt()
+    {
+        // 64 KiB buckets over ~0.5 MiB and a worker that takes 300 ms per bucket: the join lasts seconds.
+        var dir = WriteCheckpoint(tiny: 2000, bigBytes: 32 << 10);
+        var metas = Path.Combine(_dir, "metas.json");
+        var ownerUrls = await StartWorkers(2, 2);
+        var joinerUrls = await StartWorkers(JoinerId, 2, 2, "--reload-delay-ms", "300");
+        var killOwners = new TaskCompletionSource();
+        var owners = RunWorld(2, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId, killOwners.Task, SmallBuckets);
+        await WaitForFile(metas, owners);
+        var joiners = RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId, maxBucketGb: SmallBuckets);
+        await Task.Delay(TimeSpan.FromSeconds(1.2), TestContext.Current.CancellationToken);
+        killOwners.SetResult(); // Every owner process, mid-update.
+        await owners;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var results = await joiners;
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(40), "the joiners hung");
+        foreach (var r in results)
+        {
+            var line = r.Line("update 1 ");
+            Assert.True(line.StartsWith("update 1 failed", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
+            Assert.Contains("P2P owner", line);
+        }
+    }
+
+    private const string SmallBuckets = "0.00006103515625"; // 64 KiB
+
+    private static async Task WaitForFile(string path, Task running)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!File.Exists(path))
+        {
+            if (running.IsCompleted)
+            {
+                var results = await (Task<RankCluster.Result[]>)running;
+                Assert.Fail("the owners stopped early:\n" + string.Join("\n", results.Select(r => r.Output)));
+            }
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "the owners never saved their metas");
+            await Task.Delay(50, TestContext.Current.CancellationToken);
         }
     }
 }

@@ -158,10 +158,10 @@ public sealed partial class ReferenceWorker
                 $"an update has been running for over {DigestWait.TotalSeconds:0} s; ask again when it has finished").ConfigureAwait(false);
             return;
         }
-        List<(string DeviceId, SortedDictionary<string, string> Tensors)> digests;
+        List<(string DeviceId, long Buckets, SortedDictionary<string, string> Tensors)> digests;
         try
         {
-            digests = [.. _shards.Select(s => (s.DeviceId, s.Digest()))];
+            digests = [.. _shards.Select(s => (s.DeviceId, s.BucketsLoaded, s.Digest()))];
         }
         finally
         {
@@ -171,10 +171,11 @@ public sealed partial class ReferenceWorker
         {
             w.WriteStartObject();
             w.WriteStartArray("shards");
-            foreach (var (deviceId, tensors) in digests)
+            foreach (var (deviceId, buckets, tensors) in digests)
             {
                 w.WriteStartObject();
                 w.WriteString("device_id", deviceId);
+                w.WriteNumber("buckets_loaded", buckets);
                 w.WriteStartObject("tensors");
                 foreach (var (name, hex) in tensors)
                 {

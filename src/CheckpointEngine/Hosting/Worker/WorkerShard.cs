@@ -19,9 +19,15 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
 
     public int TensorCount => _weights.Count;
 
+    private long _bucketsLoaded;
+
+    /// <summary>Buckets this shard has loaded since it started (what tests check to see a shard was left alone).</summary>
+    public long BucketsLoaded => Interlocked.Read(ref _bucketsLoaded);
+
     /// <summary>Copies this shard's part of every tensor of a bucket into its weights.</summary>
     public unsafe void Load(IReadOnlyList<TensorView> tensors)
     {
+        Interlocked.Increment(ref _bucketsLoaded);
         foreach (var view in tensors)
         {
             var slice = TensorParallelSlice.For(view.Info, Rank, size, shardByTp);

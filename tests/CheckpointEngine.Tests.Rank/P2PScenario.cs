@@ -1,0 +1,65 @@
+using System.Diagnostics;
+using System.Globalization;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Hosting;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Planning;
+using CheckpointEngine.Runtime;
+using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Server;
+
+/// <summary>
+/// Elastic join. "p2p-owner DIR URLS TP METAS": register a share, gather metas, broadcast-update the own
+/// workers, save the metas (rank 0), then keep serving P2P reads until METAS.done appears.
+/// "p2p-join URLS TP METAS": register nothing, load the metas, and P2P-update the own workers from the owners.
+/// </summary>
+internal static class P2PScenario
+{
+    public static async Task Owner(World world, TimeSpan timeout, string[] args)
+    {
+        var (dir, urls, tp, metasPath) = (args[0], args[1].Split(','), int.Parse(args[2], CultureInfo.InvariantCulture), args[3]);
+        await using var ps = await Start(world);
+        using (var checkpoint = Checkpoint.Open(dir))
+        {
+            ps.RegisterCheckpoint("ckpt", CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size));
+        }
+        var metas = await ps.GatherMetasAsync("ckpt", timeout);
+        var report = await ps.UpdateAsync("ckpt", EngineTrigger.Http(urls[world.Rank / tp], tp), options: new UpdateOptions { Timeout = timeout });
+        Console.WriteLine($"update 1 ok {report.BytesDelivered}");
+        if (world.Rank == 0)
+        {
+            metas.Save(metasPath);
+        }
+        Console.WriteLine("serving");
+        var clock = Stopwatch.StartNew();
+        while (!File.Exists(metasPath + ".done") && clock.Elapsed < TimeSpan.FromSeconds(120))
+        {
+            await Task.Delay(50);
+        }
+        await world.Group.BarrierAsync(timeout);
+    }
+
+    public static async Task Join(World world, TimeSpan timeout, string[] args)
+    {
+        var (urls, tp, metasPath) = (args[0].Split(','), int.Parse(args[1], CultureInfo.InvariantCulture), args[2]);
+        await using var ps = await Start(world);
+        ps.SetMetas(GlobalMetas.Load(metasPath));
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            var report = await ps.UpdateAsync("ckpt", EngineTrigger.Http(urls[world.Rank / tp], tp), ranks: [.. Enumerable.Range(0, world.Size)],
+                options: new UpdateOptions { Timeout = timeout });
+            Console.WriteLine($"update 1 ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count}");
+        }
+        catch (UpdateFailedException e)
+        {
+            Console.WriteLine($"update 1 failed {clock.Elapsed.TotalSeconds:F3} {e.Message}");
+        }
+    }
+
+    private static Task<ParameterServer> Start(World world)
+    {
+        var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank), freeMemory: 64L << 20);
+        return Task.FromResult(new ParameterServer(world, device));
+    }
+}

@@ -1,4 +1,6 @@
+using System.Collections.Concurrent;
 using System.Net.Http.Json;
+using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using CheckpointEngine.Server;
 
@@ -11,21 +13,33 @@ namespace CheckpointEngine.Hosting;
 /// </summary>
 public static class EngineTrigger
 {
-    private static readonly HttpClient Client = new() { Timeout = Timeout.InfiniteTimeSpan };
+    private static readonly HttpClient Tcp = new() { Timeout = Timeout.InfiniteTimeSpan };
+    private static readonly ConcurrentDictionary<string, HttpClient> OverUnixSockets = new(StringComparer.Ordinal);
 
     /// <param name="engineUrl">The engine's base URL, or a full URL ending in /collective_rpc.</param>
     /// <param name="inferenceGroupSize">Consecutive ranks that form one engine (its tensor-parallel size).</param>
-    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, int inferenceGroupSize)
+    /// <param name="uds">The engine's HTTP server on a Unix socket instead of TCP (the URL's host is then ignored).</param>
+    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, int inferenceGroupSize, string? uds = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(inferenceGroupSize, 1);
+        return Post(engineUrl, uds, context => context.Sockets.Where(s => s.Rank / inferenceGroupSize == context.Rank / inferenceGroupSize).ToList());
+    }
+
+    /// <summary>One engine served by exactly <paramref name="groupRanks"/> (all taking part ranks when empty), as the original's HTTP API has it.</summary>
+    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, IReadOnlyList<int> groupRanks, string? uds = null) =>
+        Post(engineUrl, uds, context => context.Sockets.Where(s => groupRanks.Count == 0 || groupRanks.Contains(s.Rank)).ToList());
+
+    private static Func<UpdateContext, CancellationToken, Task> Post(string engineUrl, string? uds, Func<UpdateContext, List<WorkerSocket>> groupOf)
+    {
         var url = engineUrl.TrimEnd('/').EndsWith("/collective_rpc", StringComparison.Ordinal) ? engineUrl : engineUrl.TrimEnd('/') + "/collective_rpc";
+        var client = uds is null ? Tcp : OverUnixSockets.GetOrAdd(uds, UnixSocketClient);
         return async (context, ct) =>
         {
-            if (context.Rank % inferenceGroupSize != 0)
+            var group = groupOf(context);
+            if (group.Count == 0 || group.Min(s => s.Rank) != context.Rank)
             {
                 return; // The first rank of the group speaks for it.
             }
-            var group = context.Sockets.Where(s => s.Rank / inferenceGroupSize == context.Rank / inferenceGroupSize);
             var sockets = new JsonObject();
             foreach (var s in group)
             {
@@ -37,7 +51,7 @@ public static class EngineTrigger
                 ["args"] = new JsonArray(sockets),
                 ["kwargs"] = new JsonObject(),
             };
-            using var response = await Client.PostAsJsonAsync(url, body, ct).ConfigureAwait(false);
+            using var response = await client.PostAsJsonAsync(url, body, ct).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
                 var text = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
@@ -45,4 +59,24 @@ public static class EngineTrigger
             }
         };
     }
+
+    /// <summary>An HTTP client whose every connection goes to the Unix socket at <paramref name="path"/>.</summary>
+    public static HttpClient UnixSocketClient(string path) => new(new SocketsHttpHandler
+    {
+        ConnectCallback = async (_, ct) =>
+        {
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), ct).ConfigureAwait(false);
+                return new NetworkStream(socket, ownsSocket: true);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+        },
+    })
+    { Timeout = Timeout.InfiniteTimeSpan };
 }

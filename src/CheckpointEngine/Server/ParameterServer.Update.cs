@@ -158,7 +158,11 @@ public sealed partial class ParameterServer
             }
             await AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
 
-            var timings = await PumpAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, timeout, clock, ct).ConfigureAwait(false);
+            var mode = agreeOnStaging ? "p2p" : "broadcast";
+            var total = steps.Sum(s => s.Bucket.Size);
+            _progress = new UpdateProgress(name, mode, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
+            var timings = await PumpAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, timeout, clock,
+                done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
             await AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
             await AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
@@ -177,13 +181,14 @@ public sealed partial class ParameterServer
         }
         finally
         {
+            _progress = null;
             worker?.Dispose();
         }
     }
 
-    /// <summary>The bucket loop; returns per-bucket stage times.</summary>
+    /// <summary>The bucket loop; returns per-bucket stage times. <paramref name="reloaded"/> hears how many buckets are in the workers.</summary>
     private static async Task<List<BucketTiming>> PumpAsync(ICommunicator group, List<Step> steps, BucketSizing sizing, nint device,
-        WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, CancellationToken ct)
+        WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new TimeSpan[6]).ToArray();
         nint Slot(int k) => device + (nint)(k % sizing.Slots * sizing.BucketSize);
@@ -230,6 +235,7 @@ public sealed partial class ParameterServer
             {
                 await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {k - 1}", timeout, ct).ConfigureAwait(false);
                 times[k - 1][5] = clock.Elapsed;
+                reloaded(k);
             }
             if (sizing.Slots == 2)
             {
@@ -242,6 +248,7 @@ public sealed partial class ParameterServer
         {
             await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {steps.Count - 1}", timeout, ct).ConfigureAwait(false);
             times[^1][5] = clock.Elapsed;
+            reloaded(steps.Count);
         }
         return steps.Select((s, k) => new BucketTiming(k, s.Bucket.Owner, s.Bucket.Size, times[k][0], times[k][1], times[k][2], times[k][3], times[k][4], times[k][5])).ToList();
     }

@@ -23,6 +23,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private readonly IP2PStore _p2p;
     private readonly SemaphoreSlim _updating = new(1, 1);
     private DeviceBuffer? _deviceBuffer;
+    private volatile UpdateProgress? _progress;
     private BucketSizing? _sizing;
 
     /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>
@@ -49,6 +50,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     /// <summary>Where other instances read this rank's registered buffers (P2P).</summary>
     public string P2PAddress => _p2p.Address;
+
+    /// <summary>The update running on this rank now, or null.</summary>
+    public UpdateProgress? Progress => _progress;
 
     /// <summary>Where this rank's worker connects.</summary>
     public string WorkerAddress => _worker.Address;

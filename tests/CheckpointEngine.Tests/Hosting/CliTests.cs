@@ -120,7 +120,7 @@ public sealed class CliTests : IDisposable
     public async Task Script_InspectJsonAndBadInput()
     {
         var dir = Sample();
-        var ok = await RunScript("inspect", dir, "--json");
+        var ok = await CkptEngineScript.RunAsync("inspect", dir, "--json");
         Assert.True(ok.Code == 0, ok.Err);
         using (var doc = JsonDocument.Parse(ok.Out))
         {
@@ -128,44 +128,8 @@ public sealed class CliTests : IDisposable
         }
         var bad = Path.Combine(_dir, "empty.safetensors");
         File.WriteAllBytes(bad, []);
-        var failed = await RunScript("inspect", bad);
+        var failed = await CkptEngineScript.RunAsync("inspect", bad);
         Assert.Equal(CkptEngineCli.BadInput, failed.Code);
         Assert.Contains("file is empty", failed.Err);
-    }
-
-    private static async Task<(int Code, string Out, string Err)> RunScript(params string[] args)
-    {
-        var psi = new ProcessStartInfo(Path.Combine(RepoRoot(), "ckpt-engine"))
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        args.ToList().ForEach(psi.ArgumentList.Add);
-        using var p = Process.Start(psi)!;
-        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(3)); // The first call may build the CLI.
-        var stdout = p.StandardOutput.ReadToEndAsync(cts.Token);
-        var stderr = p.StandardError.ReadToEndAsync(cts.Token);
-        try
-        {
-            await p.WaitForExitAsync(cts.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            p.Kill(entireProcessTree: true);
-            throw;
-        }
-        return (p.ExitCode, await stdout, await stderr);
-    }
-
-    private static string RepoRoot()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-        {
-            if (File.Exists(Path.Combine(d.FullName, "ckpt-engine")) && File.Exists(Path.Combine(d.FullName, "CheckpointEngine.slnx")))
-            {
-                return d.FullName;
-            }
-        }
-        throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
     }
 }

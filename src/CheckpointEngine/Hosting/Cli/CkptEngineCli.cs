@@ -9,22 +9,28 @@ namespace CheckpointEngine.Hosting.Cli;
 /// </summary>
 public static class CkptEngineCli
 {
-    /// <summary>Exit code for bad input (a malformed file, a missing path).</summary>
+    /// <summary>Exit code for bad input (a malformed file, a missing path) and for failures reported as one line (a failed update, an unreachable peer).</summary>
     public const int BadInput = 1;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var root = new RootCommand("CheckpointEngine for .NET: fast weight updates for LLM inference engines.")
         {
+            DemoCommand.Create(stdout, stderr),
             InspectCommand.Create(stdout),
+            LaunchCommand.Create(stdout, stderr),
             SampleCommand.Create(stdout),
+            UpdateCommand.Create(stdout),
             WorkerCommand.Create(stdout),
+            ServeCommand.Create(stdout),
         };
         try
         {
             return root.Parse(args).Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
         }
-        catch (Exception e) when (e is CheckpointFormatException or IOException or UnauthorizedAccessException or ArgumentException)
+        catch (Exception e) when (e is CheckpointFormatException or IOException or UnauthorizedAccessException or ArgumentException
+            or Server.UpdateFailedException or Runtime.Collectives.CollectiveException or Runtime.Rendezvous.RendezvousException
+            or Runtime.P2P.P2PException or HttpRequestException or InsufficientMemoryException)
         {
             stderr.WriteLine($"error: {e.Message}");
             return BadInput;

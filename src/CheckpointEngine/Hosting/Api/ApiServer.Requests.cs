@@ -1,0 +1,208 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+
+namespace CheckpointEngine.Hosting.Api;
+
+// Request bodies: read, checked field by field, every problem a 400 that names the field.
+public sealed partial class ApiServer
+{
+    private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...]}";
+    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null}";
+    private const string GatherExample = "{\"timeout\": 300} (or no body)";
+    private const double DefaultTimeoutSeconds = 300;
+    private const double MaxTimeoutSeconds = 7 * 24 * 3600;
+
+    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds);
+
+    /// <summary>The body as JSON; null when it is empty and <paramref name="required"/> is false.</summary>
+    private static async Task<JsonElement?> ReadJsonAsync(HttpContext http, bool required, string example)
+    {
+        using var buffer = new MemoryStream();
+        await http.Request.Body.CopyToAsync(buffer, http.RequestAborted).ConfigureAwait(false); // Bounded by MaxRequestBodySize (413 past it).
+        if (buffer.Length == 0)
+        {
+            return required ? throw Bad($"the request body is empty: expected {example}") : null;
+        }
+        try
+        {
+            using var doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length), new JsonDocumentOptions { MaxDepth = 16 });
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw Bad($"the request body must be a JSON object like {example}, not {Kind(doc.RootElement)}");
+            }
+            return doc.RootElement.Clone();
+        }
+        catch (JsonException e)
+        {
+            var where = e.LineNumber is { } line ? $" (line {line + 1}, byte {e.BytePositionInLine + 1})" : "";
+            throw Bad($"the request body is not valid JSON: {FirstSentence(e.Message)}{where}");
+        }
+    }
+
+    private static List<string> ParseFiles(JsonElement root)
+    {
+        OnlyFields(root, RegisterExample, "files");
+        if (!root.TryGetProperty("files", out var files) || files.ValueKind == JsonValueKind.Null)
+        {
+            throw Bad($"\"files\" is missing: expected {RegisterExample}");
+        }
+        if (files.ValueKind != JsonValueKind.Array)
+        {
+            throw Bad($"\"files\" must be a list of paths, not {Kind(files)}");
+        }
+        if (files.GetArrayLength() == 0)
+        {
+            throw Bad("\"files\" is empty: name at least one .safetensors file");
+        }
+        var paths = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var f in files.EnumerateArray())
+        {
+            var where = $"files[{paths.Count}]";
+            if (f.ValueKind != JsonValueKind.String || f.GetString() is not { Length: > 0 } path)
+            {
+                throw Bad($"{where} must be a non-empty path, not {Kind(f)}");
+            }
+            string full;
+            try
+            {
+                full = Path.GetFullPath(path);
+            }
+            catch (ArgumentException)
+            {
+                throw Bad($"{where}: '{path}' is not a valid path");
+            }
+            if (!seen.Add(full))
+            {
+                throw Bad($"{where}: {path} is listed twice");
+            }
+            paths.Add(full);
+        }
+        return paths;
+    }
+
+    /// <summary>Files must exist and be files; their contents are checked by the registration itself.</summary>
+    private static void CheckFilesExist(List<string> files)
+    {
+        for (var i = 0; i < files.Count; i++)
+        {
+            if (Directory.Exists(files[i]))
+            {
+                throw Bad($"files[{i}]: {files[i]} is a directory; list its .safetensors files");
+            }
+            if (!File.Exists(files[i]))
+            {
+                throw Bad($"files[{i}]: {files[i]} does not exist");
+            }
+        }
+    }
+
+    private static TimeSpan ParseGather(JsonElement? body)
+    {
+        if (body is not { } root)
+        {
+            return TimeSpan.FromSeconds(DefaultTimeoutSeconds);
+        }
+        OnlyFields(root, GatherExample, "timeout");
+        return Timeout(root);
+    }
+
+    private UpdateRequest ParseUpdate(JsonElement root)
+    {
+        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds");
+        string? url = null;
+        if (root.TryGetProperty("update_url", out var u) && u.ValueKind != JsonValueKind.Null)
+        {
+            if (u.ValueKind != JsonValueKind.String || !Uri.TryCreate(u.GetString(), UriKind.Absolute, out var parsed) || parsed.Scheme is not ("http" or "https"))
+            {
+                throw Bad($"\"update_url\" must be the inference engine's http(s) URL, e.g. http://engine:8000, not {u.GetRawText()}");
+            }
+            url = u.GetString();
+        }
+        string? uds = null;
+        if (root.TryGetProperty("uds", out var s) && s.ValueKind != JsonValueKind.Null)
+        {
+            if (s.ValueKind != JsonValueKind.String || s.GetString() is not { Length: > 0 } path)
+            {
+                throw Bad($"\"uds\" must be the path of the engine's Unix socket or null, not {s.GetRawText()}");
+            }
+            uds = path;
+        }
+        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds);
+    }
+
+    /// <summary>A list of distinct ranks of this world; absent or null is empty.</summary>
+    private List<int> Ranks(JsonElement root, string field)
+    {
+        var ranks = new List<int>();
+        if (!root.TryGetProperty(field, out var list) || list.ValueKind == JsonValueKind.Null)
+        {
+            return ranks;
+        }
+        if (list.ValueKind != JsonValueKind.Array)
+        {
+            throw Bad($"\"{field}\" must be a list of ranks, not {Kind(list)}");
+        }
+        var size = ParameterServer.World.Size;
+        foreach (var r in list.EnumerateArray())
+        {
+            if (r.ValueKind != JsonValueKind.Number || !r.TryGetInt32(out var rank))
+            {
+                throw Bad($"{field}[{ranks.Count}] must be a whole number, not {r.GetRawText()}");
+            }
+            if (rank < 0 || rank >= size)
+            {
+                throw Bad($"{field}[{ranks.Count}]: {rank} is not a rank of this world (ranks 0..{size - 1})");
+            }
+            if (ranks.Contains(rank))
+            {
+                throw Bad($"{field}[{ranks.Count}]: rank {rank} is listed twice");
+            }
+            ranks.Add(rank);
+        }
+        return ranks;
+    }
+
+    private static TimeSpan Timeout(JsonElement root)
+    {
+        if (!root.TryGetProperty("timeout", out var t) || t.ValueKind == JsonValueKind.Null)
+        {
+            return TimeSpan.FromSeconds(DefaultTimeoutSeconds);
+        }
+        if (t.ValueKind != JsonValueKind.Number || !t.TryGetDouble(out var seconds) || !(seconds > 0) || seconds > MaxTimeoutSeconds)
+        {
+            throw Bad($"\"timeout\" must be a positive number of seconds (at most {MaxTimeoutSeconds:0}), not {t.GetRawText()}");
+        }
+        return TimeSpan.FromSeconds(seconds);
+    }
+
+    /// <summary>Unknown fields are refused: a misspelt "rank" must not silently turn a P2P update into a broadcast.</summary>
+    private static void OnlyFields(JsonElement root, string example, params string[] known)
+    {
+        foreach (var p in root.EnumerateObject())
+        {
+            if (!known.Contains(p.Name, StringComparer.Ordinal))
+            {
+                throw Bad($"unknown field \"{p.Name}\": expected {example}");
+            }
+        }
+    }
+
+    private static ApiError Bad(string message) => new(StatusCodes.Status400BadRequest, message);
+
+    private static string Kind(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "a list",
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        _ => "null",
+    };
+
+    private static string FirstSentence(string message)
+    {
+        var cut = message.IndexOf(". ", StringComparison.Ordinal);
+        return (cut >= 0 ? message[..cut] : message).TrimEnd('.');
+    }
+}

@@ -1,0 +1,204 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Hosting.Launch;
+using CheckpointEngine.Hosting.Worker;
+using CheckpointEngine.Runtime.Devices;
+
+namespace CheckpointEngine.Hosting.Cli;
+
+/// <summary>
+/// <c>ckpt-engine demo</c>: the whole system on one machine. Writes a deterministic synthetic
+/// checkpoint, starts the reference inference worker and N parameter-server ranks (real processes,
+/// through the launcher), runs the update(s), checks every worker's bytes against the source, and
+/// prints what happened. Exit code 0 only if every update succeeded and every worker verified.
+/// </summary>
+internal static class DemoCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var ranks = new Option<int>("--ranks") { Description = "parameter-server ranks (one worker shard each)", DefaultValueFactory = _ => 2 };
+        var size = new Option<string>("--size") { Description = "checkpoint size, e.g. 64MiB or 1GiB", DefaultValueFactory = _ => "64MiB" };
+        var method = new Option<string>("--method") { Description = "broadcast, p2p, or all", DefaultValueFactory = _ => "all" };
+        method.AcceptOnlyFromAmong("broadcast", "p2p", "all");
+        var json = new Option<bool>("--json") { Description = "print one JSON object per method instead of a summary" };
+        ranks.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--ranks must be between 1 and 64"); });
+        size.Validators.Add(r =>
+        {
+            if (!TryParseSize(r.GetValueOrDefault<string>() ?? "", out var bytes) || bytes < (1L << 20))
+            {
+                r.AddError($"--size '{r.GetValueOrDefault<string>()}' is not a size of at least 1MiB (e.g. 64MiB, 1GiB)");
+            }
+        });
+        var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
+        {
+            ranks, size, method, json,
+        };
+        command.SetAction(async (result, ct) =>
+        {
+            _ = TryParseSize(result.GetValue(size)!, out var bytes);
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(method)!, result.GetValue(json), stdout, stderr, ct).ConfigureAwait(false);
+        });
+        return command;
+    }
+
+    private static async Task<int> RunAsync(int ranks, long bytes, string method, bool json, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    {
+        var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
+        var log = json ? TextWriter.Null : stdout;
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            var dir = Path.Combine(root, "checkpoint");
+            var layers = Math.Max(ranks, 4);
+            SampleCheckpoint.Write(dir, bytes, shards: Math.Min(ranks * 2, layers), layers: layers);
+            var source = SourceDigests(dir, out var total);
+            log.WriteLine($"wrote a {InspectCommand.Bytes(total)} checkpoint ({source.Count} tensors) in {clock.Elapsed.TotalSeconds:F1} s");
+
+            var ids = Enumerable.Range(0, ranks).Select(r => $"demo-{Environment.ProcessId}-{r}").ToList();
+            await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
+            log.WriteLine($"reference worker with {ranks} shards at {worker.Address}; starting {ranks} ranks ({method})");
+
+            var output = new StringWriter();
+            var errors = new StringWriter();
+            var options = new LaunchOptions
+            {
+                NProc = ranks,
+                Command = Launcher.SelfCommand("update", "--checkpoint-path", dir, "--endpoint", worker.Address.ToString(),
+                    "--inference-parallel-size", ranks.ToString(CultureInfo.InvariantCulture), "--update-method", method, "--timeout", "120"),
+                RankEnvironment = r => new Dictionary<string, string?> { [DeviceIds.Variable] = ids[r] },
+            };
+            var exit = await Launcher.RunAsync(options, json ? output : new TeeWriter(output, log), json ? errors : new TeeWriter(errors, stderr), ct).ConfigureAwait(false);
+            var results = Results(output.ToString());
+            var verified = exit == 0 && await VerifyAsync(worker.Address, source, ranks, ct).ConfigureAwait(false);
+            foreach (var (m, r) in results)
+            {
+                var gbps = r.Bytes / Math.Max(r.Seconds, 1e-9) / 1e9;
+                if (json)
+                {
+                    stdout.WriteLine(JsonSerializer.Serialize(new { method = m, ranks, bytes = r.Bytes, seconds = Math.Round(r.Seconds, 6), gbps = Math.Round(gbps, 3), verified }));
+                }
+                else
+                {
+                    stdout.WriteLine($"{m,-9}: {InspectCommand.Bytes(r.Bytes)} to each of {ranks} workers in {r.Seconds:F3} s ({gbps:F2} GB/s per worker); " +
+                        $"stage sums: stage {r.Stage:F3} s, broadcast {r.Broadcast:F3} s, reload {r.Reload:F3} s");
+                }
+            }
+            if (!json)
+            {
+                stdout.WriteLine(verified
+                    ? $"verified: every worker holds all {source.Count} tensors bit-exact ({clock.Elapsed.TotalSeconds:F1} s in all)"
+                    : $"NOT verified: {(exit != 0 ? $"a rank failed (exit {exit})" : "a worker's bytes differ from the checkpoint")}");
+            }
+            if (json && results.Count == 0)
+            {
+                stdout.WriteLine(JsonSerializer.Serialize(new { method, ranks, bytes = 0, seconds = 0.0, gbps = 0.0, verified = false }));
+                stderr.Write(errors.ToString());
+            }
+            return verified && results.Count > 0 ? 0 : 1;
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    private sealed record Result(long Bytes, double Seconds, double Stage, double Broadcast, double Reload);
+
+    /// <summary>The slowest rank's figures per method, from the "result ..." lines the update command prints.</summary>
+    private static List<(string Method, Result Result)> Results(string output)
+    {
+        var byMethod = new Dictionary<string, Result>(StringComparer.Ordinal);
+        var order = new List<string>();
+        foreach (var line in output.Split('\n'))
+        {
+            var at = line.IndexOf("result method=", StringComparison.Ordinal);
+            if (at < 0)
+            {
+                continue;
+            }
+            var fields = line[(at + "result ".Length)..].Split(' ', StringSplitOptions.RemoveEmptyEntries)
+                .Select(f => f.Split('=', 2)).Where(f => f.Length == 2).ToDictionary(f => f[0], f => f[1], StringComparer.Ordinal);
+            double D(string k) => double.Parse(fields[k], CultureInfo.InvariantCulture);
+            var r = new Result(long.Parse(fields["bytes"], CultureInfo.InvariantCulture), D("seconds"), D("stage"), D("broadcast"), D("reload"));
+            var m = fields["method"];
+            if (!byMethod.TryGetValue(m, out var seen))
+            {
+                order.Add(m);
+                byMethod[m] = r;
+            }
+            else if (r.Seconds > seen.Seconds)
+            {
+                byMethod[m] = r;
+            }
+        }
+        return order.Select(m => (m, byMethod[m])).ToList();
+    }
+
+    private static Dictionary<string, string> SourceDigests(string dir, out long total)
+    {
+        using var checkpoint = Checkpoint.Open(dir);
+        total = checkpoint.TotalBytes;
+        return checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)), StringComparer.Ordinal);
+    }
+
+    /// <summary>Every shard of the worker must hold exactly the checkpoint's tensors, byte for byte.</summary>
+    private static async Task<bool> VerifyAsync(Uri worker, Dictionary<string, string> source, int shards, CancellationToken ct)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
+        using var doc = JsonDocument.Parse(await http.GetStringAsync(new Uri(worker, "/v1/weights/digest"), ct).ConfigureAwait(false));
+        var seen = 0;
+        foreach (var shard in doc.RootElement.GetProperty("shards").EnumerateArray())
+        {
+            var tensors = shard.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString(), StringComparer.Ordinal);
+            if (tensors.Count != source.Count || source.Any(kv => !tensors.TryGetValue(kv.Key, out var h) || h != kv.Value))
+            {
+                return false;
+            }
+            seen++;
+        }
+        return seen == shards;
+    }
+
+    private sealed class TeeWriter(TextWriter a, TextWriter b) : TextWriter
+    {
+        public override System.Text.Encoding Encoding => a.Encoding;
+
+        public override void Write(char value)
+        {
+            lock (this)
+            {
+                a.Write(value);
+                b.Write(value);
+            }
+        }
+
+        public override void WriteLine(string? value)
+        {
+            lock (this)
+            {
+                a.WriteLine(value);
+                b.WriteLine(value);
+            }
+        }
+    }
+
+    /// <summary>Sizes like 64MiB, 1GiB, 512MB, 1048576.</summary>
+    internal static bool TryParseSize(string text, out long bytes)
+    {
+        bytes = 0;
+        var t = text.Trim();
+        var units = new (string Suffix, long Factor)[] { ("GiB", 1L << 30), ("MiB", 1L << 20), ("KiB", 1L << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1000), ("B", 1) };
+        var unit = units.FirstOrDefault(u => t.EndsWith(u.Suffix, StringComparison.OrdinalIgnoreCase));
+        var number = unit.Suffix is null ? t : t[..^unit.Suffix.Length];
+        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out var n) || n <= 0)
+        {
+            return false;
+        }
+        bytes = (long)(n * (unit.Suffix is null ? 1 : unit.Factor));
+        return true;
+    }
+}

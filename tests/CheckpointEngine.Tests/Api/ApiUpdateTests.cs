@@ -1,0 +1,112 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using CheckpointEngine.Hosting.Worker;
+
+namespace CheckpointEngine.Tests.Api;
+
+/// <summary>Updates through the API: into a reference worker, bit for bit; and what the API does while one runs.</summary>
+public sealed class ApiUpdateTests
+{
+    private static async Task<Dictionary<string, string>> WorkerDigestAsync(ReferenceWorker worker)
+    {
+        using var http = new HttpClient { BaseAddress = worker.Address, Timeout = TimeSpan.FromSeconds(30) };
+        var doc = await http.GetFromJsonAsync<JsonElement>("/v1/weights/digest", TestContext.Current.CancellationToken);
+        var shard = Assert.Single(doc.GetProperty("shards").EnumerateArray());
+        return shard.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!);
+    }
+
+    [Fact]
+    public async Task Update_IntoReferenceWorker_HoldsEveryTensorBitForBit_AndMetricsShowIt()
+    {
+        await using var h = await ApiHarness.StartAsync();
+        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions
+        {
+            DeviceIds = [h.Device.Id],
+            IdleTimeout = TimeSpan.FromSeconds(30),
+        }, cancellationToken: TestContext.Current.CancellationToken);
+        var (files, tensors) = h.WriteModel();
+        var bytes = tensors.Sum(t => t.Bytes.LongLength);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/gather-metas")).Status);
+
+        var (status, report) = await h.PostAsync("/v1/checkpoints/step-1/update", JsonSerializer.Serialize(new
+        {
+            ranks = Array.Empty<int>(),
+            update_url = worker.Address.ToString(),
+            inference_group_ranks = Array.Empty<int>(),
+            timeout = 30,
+            uds = (string?)null,
+        }));
+        Assert.True(status == HttpStatusCode.OK, report.ToString());
+        Assert.Equal(("step-1", 0, "broadcast", bytes), (report.GetProperty("checkpoint").GetString(), report.GetProperty("rank").GetInt32(),
+            report.GetProperty("mode").GetString(), report.GetProperty("bytes").GetInt64()));
+        var buckets = report.GetProperty("buckets").GetInt32();
+        Assert.True(buckets >= 1);
+        Assert.True(report.GetProperty("seconds").GetDouble() > 0);
+        Assert.All(new[] { "h2d_seconds", "broadcast_seconds", "reload_seconds" }, s => Assert.True(report.GetProperty("stages").GetProperty(s).GetDouble() >= 0));
+
+        Assert.Equal(tensors.ToDictionary(t => t.Name, t => t.Sha256).OrderBy(kv => kv.Key, StringComparer.Ordinal),
+            (await WorkerDigestAsync(worker)).OrderBy(kv => kv.Key, StringComparer.Ordinal));
+
+        var metrics = await h.MetricsAsync();
+        Assert.Contains("ckpt_engine_updates_total{rank=\"0\"} 1\n", metrics, StringComparison.Ordinal);
+        Assert.Contains("ckpt_engine_update_failures_total{rank=\"0\"} 0\n", metrics, StringComparison.Ordinal);
+        Assert.Contains($"ckpt_engine_update_bytes_total{{rank=\"0\"}} {bytes}\n", metrics, StringComparison.Ordinal);
+        Assert.Contains($"ckpt_engine_update_buckets_total{{rank=\"0\"}} {buckets}\n", metrics, StringComparison.Ordinal);
+        Assert.Contains("ckpt_engine_update_duration_seconds_count{rank=\"0\"} 1\n", metrics, StringComparison.Ordinal);
+        Assert.Contains("ckpt_engine_update_duration_seconds_bucket{rank=\"0\",le=\"+Inf\"} 1\n", metrics, StringComparison.Ordinal);
+        Assert.Contains($"ckpt_engine_registered_bytes{{rank=\"0\"}} {bytes}\n", metrics, StringComparison.Ordinal);
+        Assert.Contains("# TYPE ckpt_engine_update_duration_seconds histogram\n", metrics, StringComparison.Ordinal);
+
+        // A new step: unregister, register other weights under the same name, update again.
+        Assert.Equal(HttpStatusCode.OK, (await h.SendAsync(HttpMethod.Delete, "/v1/checkpoints/step-1")).Status);
+        var (files2, tensors2) = h.WriteModel(seed: 2);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files2))).Status);
+        (status, report) = await h.PostAsync("/v1/checkpoints/step-1/update", $"{{\"update_url\": \"{worker.Address}\", \"timeout\": 30}}");
+        Assert.True(status == HttpStatusCode.OK, report.ToString());
+        Assert.Equal(tensors2.ToDictionary(t => t.Name, t => t.Sha256).OrderBy(kv => kv.Key, StringComparer.Ordinal),
+            (await WorkerDigestAsync(worker)).OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        Assert.Contains("ckpt_engine_updates_total{rank=\"0\"} 2\n", await h.MetricsAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task WhileUpdateRuns_OtherCollectivesAndDeleteGet409_ThenEngineFailureIs500WithItsMessage()
+    {
+        await using var h = await ApiHarness.StartAsync();
+        using var engine = new BlockingEngine("engine says no");
+        var (files, _) = h.WriteModel();
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files))).Status);
+
+        var running = h.PostAsync("/v1/checkpoints/step-1/update", $"{{\"update_url\": \"{engine.Url}\", \"timeout\": 30}}");
+        await engine.Requested.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken); // The update is inside its trigger now.
+
+        foreach (var (method, path, body) in new[]
+        {
+            (HttpMethod.Post, "/v1/checkpoints/step-1/update", "{}"),
+            (HttpMethod.Post, "/v1/checkpoints/step-1/gather-metas", null),
+            (HttpMethod.Delete, "/v1/checkpoints/step-1", null),
+        })
+        {
+            var (status, json) = await h.SendAsync(method, path, body);
+            Assert.True(status == HttpStatusCode.Conflict, $"{method} {path}: {(int)status} {json}");
+            Assert.Contains("rank 0 is busy with an update of 'step-1'", json.GetProperty("error").GetString(), StringComparison.Ordinal);
+        }
+        var (_, state) = await h.GetAsync("/v1/status");
+        Assert.Equal("an update of 'step-1'", state.GetProperty("busy").GetString());
+        Assert.Contains("ckpt_engine_update_in_progress{rank=\"0\"} 1\n", await h.MetricsAsync(), StringComparison.Ordinal);
+        Assert.Equal(HttpStatusCode.OK, (await h.GetAsync("/v1/healthz")).Status);
+
+        engine.Release();
+        var (failed, error) = await running.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+        Assert.Equal(HttpStatusCode.InternalServerError, failed);
+        Assert.Contains("engine says no", error.GetProperty("error").GetString(), StringComparison.Ordinal);
+        var metrics = await h.MetricsAsync();
+        Assert.Contains("ckpt_engine_update_failures_total{rank=\"0\"} 1\n", metrics, StringComparison.Ordinal);
+        Assert.Contains("ckpt_engine_update_in_progress{rank=\"0\"} 0\n", metrics, StringComparison.Ordinal);
+
+        // The rank is free again.
+        Assert.Equal(JsonValueKind.Null, (await h.GetAsync("/v1/status")).Body.GetProperty("busy").ValueKind);
+        Assert.Equal(HttpStatusCode.OK, (await h.SendAsync(HttpMethod.Delete, "/v1/checkpoints/step-1")).Status);
+    }
+}

@@ -1,0 +1,131 @@
+using System.Diagnostics;
+using System.Text.Json;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Tests.Runtime;
+
+namespace CheckpointEngine.Tests.Hosting;
+
+/// <summary>The product commands end to end, through <c>./ckpt-engine</c>: demo, launch + update, and a P2P join with saved metas.</summary>
+[Collection(nameof(MultiProcessTests))]
+public sealed class DemoAndUpdateTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("ckpt-demo-").FullName;
+    private readonly List<Process> _workers = [];
+
+    public void Dispose()
+    {
+        foreach (var w in _workers.Where(w => !w.HasExited))
+        {
+            w.Kill(entireProcessTree: true);
+            w.WaitForExit();
+        }
+        _workers.ForEach(w => w.Dispose());
+        Directory.Delete(_dir, true);
+    }
+
+    [Fact]
+    public async Task Demo_Json_EveryMethodVerified()
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("demo", "--ranks", "2", "--size", "8MiB", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(["broadcast", "p2p"], lines.Select(l => l.GetProperty("method").GetString()));
+        Assert.All(lines, l =>
+        {
+            Assert.True(l.GetProperty("verified").GetBoolean());
+            Assert.Equal(2, l.GetProperty("ranks").GetInt32());
+            Assert.True(l.GetProperty("bytes").GetInt64() > 4 << 20);
+            Assert.True(l.GetProperty("gbps").GetDouble() > 0);
+        });
+    }
+
+    [Fact]
+    public async Task Demo_Summary_SaysVerified()
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("demo", "--ranks", "1", "--size", "4MiB", "--method", "broadcast");
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("verified: every worker holds all", stdout);
+    }
+
+    [Fact]
+    public async Task Update_BadFlags_AreUsageErrors()
+    {
+        var (code, _, stderr) = await CkptEngineScript.RunAsync("update", "--endpoint", "http://127.0.0.1:1");
+        Assert.NotEqual(0, code);
+        Assert.Contains("exactly one of --checkpoint-path", stderr);
+        (code, _, stderr) = await CkptEngineScript.RunAsync("update", "--endpoint", "http://x", "--load-metas-file", "m.json", "--update-method", "broadcast");
+        Assert.NotEqual(0, code);
+        Assert.Contains("must be p2p", stderr);
+    }
+
+    /// <summary>The original's flow: owners launch update with --save-metas-file and keep serving; new ranks launch update with --load-metas-file.</summary>
+    [Fact]
+    public async Task LaunchUpdate_OwnersThenJoiners_BothWorkersVerified()
+    {
+        var ckpt = Path.Combine(_dir, "ckpt");
+        SampleCheckpoint.Write(ckpt, 2 << 20, shards: 2, layers: 2);
+        var metas = Path.Combine(_dir, "metas.json");
+        var ownersWorker = await StartWorker("own");
+        var joinersWorker = await StartWorker("join");
+
+        var owners = CkptEngineScript.RunAsync(Devices("own"), null, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", ckpt, "--endpoint", ownersWorker,
+            "--inference-parallel-size", "2", "--update-method", "all", "--save-metas-file", metas, "--sleep-time", "8", "--timeout", "60");
+        var clock = Stopwatch.StartNew();
+        while (!File.Exists(metas) && clock.Elapsed < TimeSpan.FromSeconds(60) && !owners.IsCompleted)
+        {
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
+        Assert.True(File.Exists(metas), owners.IsCompleted ? (await owners).Err + (await owners).Out : "no metas saved");
+        var joiners = await CkptEngineScript.RunAsync(Devices("join"), null, "launch", "--nproc", "2", "--", "update", "--load-metas-file", metas, "--checkpoint-name", "checkpoint",
+            "--endpoint", joinersWorker, "--inference-parallel-size", "2", "--update-method", "p2p", "--timeout", "60");
+        Assert.True(joiners.Code == 0, joiners.Err + joiners.Out);
+        Assert.Contains("[rank 1] result method=p2p", joiners.Out);
+        var ownerResult = await owners;
+        Assert.True(ownerResult.Code == 0, ownerResult.Err + ownerResult.Out);
+        Assert.Contains("[rank 0] result method=broadcast", ownerResult.Out);
+        Assert.Contains("[rank 0] result method=p2p", ownerResult.Out);
+        await AssertHolds(ckpt, joinersWorker);
+        await AssertHolds(ckpt, ownersWorker);
+    }
+
+    /// <summary>Each launch's ranks get their own device ids ("{local_rank}" is filled in per rank).</summary>
+    private string Tag(string tag) => $"{tag}-{Path.GetFileName(_dir)}";
+
+    /// <summary>A launch makes up a token unless one is set; instances that join a fleet must share the fleet's.</summary>
+    private Dictionary<string, string> Devices(string tag) => new()
+    {
+        ["CKPT_ENGINE_DEVICE_ID"] = Tag(tag) + "-{local_rank}",
+        ["CKPT_ENGINE_TOKEN"] = "fleet-secret",
+    };
+
+    private async Task<string> StartWorker(string tag)
+    {
+        var psi = RankCluster.Start(["cli", "worker", "--listen", "127.0.0.1:0", "--tp", "2", "--device-ids", $"{Tag(tag)}-0,{Tag(tag)}-1"]);
+        var p = Process.Start(psi)!;
+        _workers.Add(p);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        while (true)
+        {
+            var line = await p.StandardOutput.ReadLineAsync(cts.Token) ?? throw new InvalidOperationException("worker exited");
+            if (line.StartsWith("listening on ", StringComparison.Ordinal))
+            {
+                return line["listening on ".Length..].Trim();
+            }
+        }
+    }
+
+    private static async Task AssertHolds(string dir, string url)
+    {
+        using var checkpoint = Checkpoint.Open(dir);
+        var expected = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(e.File.View(e.Tensor).Span)));
+        using var http = new HttpClient();
+        using var doc = JsonDocument.Parse(await http.GetStringAsync(url.TrimEnd('/') + "/v1/weights/digest"));
+        var shards = doc.RootElement.GetProperty("shards").EnumerateArray().ToList();
+        Assert.Equal(2, shards.Count);
+        foreach (var shard in shards)
+        {
+            var tensors = shard.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!);
+            Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        }
+    }
+}

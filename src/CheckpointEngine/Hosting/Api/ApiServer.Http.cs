@@ -381,22 +381,7 @@ public sealed partial class ApiServer
         }).ConfigureAwait(false);
     }
 
-    private static Task ErrorAsync(HttpContext http, int status, string error) => WriteJsonAsync(http, status, w =>
-    {
-        w.WriteStartObject();
-        w.WriteString("error", error);
-        w.WriteEndObject();
-    });
+    private static Task ErrorAsync(HttpContext http, int status, string error) => HttpJson.ErrorAsync(http, status, error);
 
-    private static async Task WriteJsonAsync(HttpContext http, int status, Action<Utf8JsonWriter> write)
-    {
-        var buffer = new ArrayBufferWriter<byte>();
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
-        {
-            write(w);
-        }
-        http.Response.StatusCode = status;
-        http.Response.ContentType = "application/json";
-        await http.Response.Body.WriteAsync(buffer.WrittenMemory, http.RequestAborted).ConfigureAwait(false);
-    }
+    private static Task WriteJsonAsync(HttpContext http, int status, Action<Utf8JsonWriter> write) => HttpJson.WriteAsync(http, status, write);
 }

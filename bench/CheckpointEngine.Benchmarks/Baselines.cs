@@ -5,56 +5,17 @@ using CheckpointEngine.Memory;
 
 namespace CheckpointEngine.Benchmarks;
 
-/// <summary>The machine's limits, measured in the same run as what is compared to them.</summary>
+/// <summary>
+/// The machine's limits, measured in the same run as what is compared to them (the measurements live
+/// in the library, <see cref="Hosting.Bench.Baselines"/>, shared with <c>ckpt-engine bench</c>), and process helpers.
+/// </summary>
 public static unsafe class Baselines
 {
     /// <summary>Seconds for one thread to copy <paramref name="bytes"/> between two already-touched buffers (best of three).</summary>
-    public static double Memcpy(long bytes)
-    {
-        using var src = NativeBuffer.Allocate(bytes);
-        using var dst = NativeBuffer.Allocate(bytes);
-        Touch(src);
-        Touch(dst);
-        return Enumerable.Range(0, 3).Min(_ =>
-        {
-            var sw = Stopwatch.StartNew();
-            Buffer.MemoryCopy(src.Pointer, dst.Pointer, bytes, bytes);
-            return sw.Elapsed.TotalSeconds;
-        });
-    }
+    public static double Memcpy(long bytes) => Hosting.Bench.Baselines.Memcpy(bytes);
 
     /// <summary>Seconds to push <paramref name="bytes"/> through one loopback TCP connection between two threads, in 4 MiB writes (best of three).</summary>
-    public static double RawSocket(long bytes)
-    {
-        using var src = NativeBuffer.Allocate(bytes);
-        using var dst = NativeBuffer.Allocate(bytes);
-        Touch(src);
-        Touch(dst);
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(1);
-        using var sender = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { SendBufferSize = 4 << 20 };
-        sender.Connect(listener.LocalEndPoint!);
-        using var receiver = listener.Accept();
-        receiver.ReceiveBufferSize = 4 << 20;
-        return Enumerable.Range(0, 3).Min(_ =>
-        {
-            var sw = Stopwatch.StartNew();
-            var receive = Task.Factory.StartNew(() =>
-            {
-                for (long got = 0; got < bytes;)
-                {
-                    got += receiver.Receive(new Span<byte>(dst.Pointer + got, (int)Math.Min(4 << 20, bytes - got)));
-                }
-            }, TaskCreationOptions.LongRunning);
-            for (long sent = 0; sent < bytes;)
-            {
-                sent += sender.Send(new ReadOnlySpan<byte>(src.Pointer + sent, (int)Math.Min(4 << 20, bytes - sent)));
-            }
-            receive.Wait();
-            return sw.Elapsed.TotalSeconds;
-        });
-    }
+    public static double RawSocket(long bytes) => Hosting.Bench.Baselines.RawTcp(bytes);
 
     public static int FreePort()
     {
@@ -82,11 +43,5 @@ public static unsafe class Baselines
     public static void Touch(NativeBuffer b) => Touch(b.Address, b.Capacity);
 
     /// <summary>Faults every page in, so what is measured next is copying, not first-touch faults.</summary>
-    public static void Touch(nint address, long length)
-    {
-        for (long i = 0; i < length; i += 4096)
-        {
-            ((byte*)address)[i] = 1;
-        }
-    }
+    public static void Touch(nint address, long length) => Hosting.Bench.Baselines.Touch(address, length);
 }

@@ -215,6 +215,19 @@ public sealed partial class ParameterServer
             }
         }
 
+        // The reload ends when the worker answers (not when the ranks agree on it, which waits for the next broadcast).
+        async Task<string?> Reload(int k)
+        {
+            try
+            {
+                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Slot(k) - device)), timeout, ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                times[k][5] = clock.Elapsed;
+            }
+        }
+
         var staged = Stage(0);
         Task<string?>? reload = null;
         for (var k = 0; k < steps.Count; k++)
@@ -234,7 +247,6 @@ public sealed partial class ParameterServer
             if (reload is not null)
             {
                 await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {k - 1}", timeout, ct).ConfigureAwait(false);
-                times[k - 1][5] = clock.Elapsed;
                 reloaded(k);
             }
             if (sizing.Slots == 2)
@@ -242,12 +254,11 @@ public sealed partial class ParameterServer
                 staged = Stage(k + 1); // Its slot held bucket k−1, whose reload is agreed on just now.
             }
             times[k][4] = clock.Elapsed;
-            reload = worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Slot(k) - device)), timeout, ct);
+            reload = Reload(k);
         }
         if (reload is not null)
         {
             await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {steps.Count - 1}", timeout, ct).ConfigureAwait(false);
-            times[^1][5] = clock.Elapsed;
             reloaded(steps.Count);
         }
         return steps.Select((s, k) => new BucketTiming(k, s.Bucket.Owner, s.Bucket.Size, times[k][0], times[k][1], times[k][2], times[k][3], times[k][4], times[k][5])).ToList();

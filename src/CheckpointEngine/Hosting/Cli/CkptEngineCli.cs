@@ -17,12 +17,14 @@ public static class CkptEngineCli
         var root = new RootCommand("CheckpointEngine for .NET: fast weight updates for LLM inference engines.")
         {
             DemoCommand.Create(stdout, stderr),
+            BenchCommand.Create(stdout, stderr),
             InspectCommand.Create(stdout),
             LaunchCommand.Create(stdout, stderr),
             SampleCommand.Create(stdout),
             UpdateCommand.Create(stdout),
             WorkerCommand.Create(stdout),
             ServeCommand.Create(stdout),
+            TraceCommand.Create(stdout, stderr),
         };
         try
         {

@@ -14,7 +14,8 @@ namespace CheckpointEngine.Hosting.Cli;
 /// <c>ckpt-engine demo</c>: the whole system on one machine. Writes a deterministic synthetic
 /// checkpoint, starts the reference inference worker and N parameter-server ranks (real processes,
 /// through the launcher), runs the update(s), checks every worker's bytes against the source, and
-/// prints what happened. Exit code 0 only if every update succeeded and every worker verified.
+/// prints what happened. Exit code 0 only if every update succeeded and every worker verified. With
+/// <c>--trace</c> the ranks' update commands write the trace (see <see cref="UpdateCommand"/>).
 /// </summary>
 internal static class DemoCommand
 {
@@ -25,6 +26,8 @@ internal static class DemoCommand
         var method = new Option<string>("--method") { Description = "broadcast, p2p, or all", DefaultValueFactory = _ => "all" };
         method.AcceptOnlyFromAmong("broadcast", "p2p", "all");
         var json = new Option<bool>("--json") { Description = "print one JSON object per method instead of a summary" };
+        var trace = new Option<string?>("--trace") { Description = "write the update's per-bucket stage times as Chrome/Perfetto trace JSON (with --method all: FILE.broadcast.json and FILE.p2p.json)" };
+        trace.Validators.Add(UpdateCommand.ValidateTracePath);
         ranks.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--ranks must be between 1 and 64"); });
         size.Validators.Add(r =>
         {
@@ -35,17 +38,18 @@ internal static class DemoCommand
         });
         var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
         {
-            ranks, size, method, json,
+            ranks, size, method, json, trace,
         };
         command.SetAction(async (result, ct) =>
         {
             _ = TryParseSize(result.GetValue(size)!, out var bytes);
-            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(method)!, result.GetValue(json), stdout, stderr, ct).ConfigureAwait(false);
+            var tracePath = result.GetValue(trace) is { } t ? Path.GetFullPath(t) : null;
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(method)!, result.GetValue(json), tracePath, stdout, stderr, ct).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(int ranks, long bytes, string method, bool json, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    private static async Task<int> RunAsync(int ranks, long bytes, string method, bool json, string? trace, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
         var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
         var log = json ? TextWriter.Null : stdout;
@@ -67,8 +71,9 @@ internal static class DemoCommand
             var options = new LaunchOptions
             {
                 NProc = ranks,
-                Command = Launcher.SelfCommand("update", "--checkpoint-path", dir, "--endpoint", worker.Address.ToString(),
-                    "--inference-parallel-size", ranks.ToString(CultureInfo.InvariantCulture), "--update-method", method, "--timeout", "120"),
+                Command = Launcher.SelfCommand(["update", "--checkpoint-path", dir, "--endpoint", worker.Address.ToString(),
+                    "--inference-parallel-size", ranks.ToString(CultureInfo.InvariantCulture), "--update-method", method, "--timeout", "120",
+                    .. trace is null ? [] : new[] { "--trace", trace }]),
                 RankEnvironment = r => new Dictionary<string, string?> { [DeviceIds.Variable] = ids[r] },
             };
             var exit = await Launcher.RunAsync(options, json ? output : new TeeWriter(output, log), json ? errors : new TeeWriter(errors, stderr), ct).ConfigureAwait(false);
@@ -79,12 +84,16 @@ internal static class DemoCommand
                 var gbps = r.Bytes / Math.Max(r.Seconds, 1e-9) / 1e9;
                 if (json)
                 {
-                    stdout.WriteLine(JsonSerializer.Serialize(new { method = m, ranks, bytes = r.Bytes, seconds = Math.Round(r.Seconds, 6), gbps = Math.Round(gbps, 3), verified }));
+                    stdout.WriteLine(JsonSerializer.Serialize(new
+                    {
+                        method = m, ranks, bytes = r.Bytes, seconds = Math.Round(r.Seconds, 6), gbps = Math.Round(gbps, 3),
+                        efficiency = Math.Round(r.Efficiency, 3), verified,
+                    }));
                 }
                 else
                 {
                     stdout.WriteLine($"{m,-9}: {InspectCommand.Bytes(r.Bytes)} to each of {ranks} workers in {r.Seconds:F3} s ({gbps:F2} GB/s per worker); " +
-                        $"stage sums: stage {r.Stage:F3} s, broadcast {r.Broadcast:F3} s, reload {r.Reload:F3} s");
+                        $"stage sums: stage {r.Stage:F3} s, broadcast {r.Broadcast:F3} s, reload {r.Reload:F3} s; pipeline efficiency {r.Efficiency:F2}");
                 }
             }
             if (!json)
@@ -106,7 +115,8 @@ internal static class DemoCommand
         }
     }
 
-    private sealed record Result(long Bytes, double Seconds, double Stage, double Broadcast, double Reload);
+    /// <param name="Efficiency">The same on every rank (the ranks share their timings); 0 from an update command that does not print it.</param>
+    private sealed record Result(long Bytes, double Seconds, double Stage, double Broadcast, double Reload, double Efficiency);
 
     /// <summary>The slowest rank's figures per method, from the "result ..." lines the update command prints.</summary>
     private static List<(string Method, Result Result)> Results(string output)
@@ -123,7 +133,8 @@ internal static class DemoCommand
             var fields = line[(at + "result ".Length)..].Split(' ', StringSplitOptions.RemoveEmptyEntries)
                 .Select(f => f.Split('=', 2)).Where(f => f.Length == 2).ToDictionary(f => f[0], f => f[1], StringComparer.Ordinal);
             double D(string k) => double.Parse(fields[k], CultureInfo.InvariantCulture);
-            var r = new Result(long.Parse(fields["bytes"], CultureInfo.InvariantCulture), D("seconds"), D("stage"), D("broadcast"), D("reload"));
+            var r = new Result(long.Parse(fields["bytes"], CultureInfo.InvariantCulture), D("seconds"), D("stage"), D("broadcast"), D("reload"),
+                fields.ContainsKey("efficiency") ? D("efficiency") : 0);
             var m = fields["method"];
             if (!byMethod.TryGetValue(m, out var seen))
             {

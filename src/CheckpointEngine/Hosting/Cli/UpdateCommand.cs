@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Hosting.Tracing;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
 using CheckpointEngine.Runtime;
@@ -15,6 +16,8 @@ namespace CheckpointEngine.Hosting.Cli;
 /// (usually through <c>launch</c>): register this rank's share, wait for the engine, gather metas,
 /// update, print how long each phase took. With <c>--load-metas-file</c> the ranks join a running fleet
 /// instead: they register nothing and pull the weights over P2P from the owners named in the file.
+/// After each update the ranks share their bucket timings: every rank prints the pipeline efficiency,
+/// and with <c>--trace</c> rank 0 writes them all as one trace-event file.
 /// </summary>
 internal static class UpdateCommand
 {
@@ -31,12 +34,14 @@ internal static class UpdateCommand
         var uds = new Option<string?>("--uds") { Description = "reach the engine's HTTP server on this Unix socket" };
         var sleep = new Option<double>("--sleep-time") { Description = "seconds to keep serving (P2P reads) after the update", DefaultValueFactory = _ => 0 };
         var timeout = new Option<double>("--timeout") { Description = "deadline in seconds for each wait of the update", DefaultValueFactory = _ => 300 };
+        var trace = new Option<string?>("--trace") { Description = "rank 0 writes every rank's per-bucket stage times here as Chrome/Perfetto trace JSON (with --update-method all: FILE.broadcast.json and FILE.p2p.json)" };
         groupSize.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--inference-parallel-size must be at least 1"); });
         sleep.Validators.Add(r => { if (r.GetValueOrDefault<double>() < 0) r.AddError("--sleep-time must not be negative"); });
         timeout.Validators.Add(r => { if (!(r.GetValueOrDefault<double>() > 0)) r.AddError("--timeout must be a positive number of seconds"); });
+        trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, uds, sleep, timeout,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, uds, sleep, timeout, trace,
         };
         command.Validators.Add(r =>
         {
@@ -52,7 +57,7 @@ internal static class UpdateCommand
         });
         command.SetAction(async (result, ct) =>
         {
-            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)));
+            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(loadMetas) is null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -60,7 +65,17 @@ internal static class UpdateCommand
         return command;
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout)
+    /// <summary>The trace is written after the update: a folder that is not there is a usage error up front, not a failure at the end.</summary>
+    internal static void ValidateTracePath(System.CommandLine.Parsing.OptionResult r)
+    {
+        var path = r.GetValueOrDefault<string?>();
+        if (path is not null && Path.GetDirectoryName(Path.GetFullPath(path)) is { } dir && !Directory.Exists(dir))
+        {
+            r.AddError($"--trace {path}: directory {dir} does not exist");
+        }
+    }
+
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas,
             string? uds, TimeSpan sleep, CancellationToken ct)
@@ -95,11 +110,20 @@ internal static class UpdateCommand
             Phase("wait for the engine", clock);
             var trigger = EngineTrigger.Http(endpoint, groupSize, uds);
             var options = new UpdateOptions { Timeout = timeout };
-            foreach (var m in method == "all" ? ["broadcast", "p2p"] : new[] { method })
+            var methods = method == "all" ? ["broadcast", "p2p"] : new[] { method };
+            foreach (var m in methods)
             {
-                var update = ps.UpdateAsync(name, trigger, m == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct);
+                var update = Finished(ps.UpdateAsync(name, trigger, m == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct));
                 await ShowProgressAsync(ps, update).ConfigureAwait(false);
-                Report(m, await update.ConfigureAwait(false));
+                var (report, finished) = await update.ConfigureAwait(false);
+                var trace = await GatherTraceAsync(world, m, report, finished, ct).ConfigureAwait(false);
+                Report(m, report, trace.Efficiency());
+                if (tracePath is not null && world.Rank == 0)
+                {
+                    var file = methods.Length > 1 ? UpdateTrace.PathFor(tracePath, m) : tracePath;
+                    ChromeTraceWriter.WriteFile(trace, file);
+                    stdout.WriteLine($"wrote trace {file} ({trace.Ranks.Count} ranks, {trace.Ranks.Sum(r => r.Buckets.Count)} bucket timings)");
+                }
                 clock.Restart();
             }
             if (sleep > TimeSpan.Zero)
@@ -109,6 +133,20 @@ internal static class UpdateCommand
             }
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Owners leave together: nobody is mid-read.
             return 0;
+        }
+
+        /// <summary>The report and the wall-clock time the update returned, which lines this rank up with the others in a trace.</summary>
+        private static async Task<(UpdateReport Report, DateTimeOffset Finished)> Finished(Task<UpdateReport> update)
+        {
+            var report = await update.ConfigureAwait(false);
+            return (report, DateTimeOffset.UtcNow);
+        }
+
+        /// <summary>Every rank's bucket timings of this update (small JSON blobs, one all-gather).</summary>
+        private async Task<UpdateTrace> GatherTraceAsync(World world, string method, UpdateReport report, DateTimeOffset finished, CancellationToken ct)
+        {
+            var blobs = await world.Group.AllGatherAsync(RankTimeline.From(report, finished).ToJson(), timeout, ct).ConfigureAwait(false);
+            return new UpdateTrace(name, method, blobs.Select((b, r) => RankTimeline.FromJson(b, world.Group.Members[r])).ToList());
         }
 
         /// <summary>
@@ -148,13 +186,14 @@ internal static class UpdateCommand
         }
 
         /// <summary>A human line and a machine line (the demo reads the latter).</summary>
-        private void Report(string method, UpdateReport r)
+        private void Report(string method, UpdateReport r, PipelineEfficiency efficiency)
         {
             var gbps = r.BytesDelivered / Math.Max(r.Duration.TotalSeconds, 1e-9) / 1e9;
             stdout.WriteLine($"update ({method}): {Cli.InspectCommand.Bytes(r.BytesDelivered)} in {r.Duration.TotalSeconds:F3} s ({gbps:F2} GB/s), " +
                 $"{r.Buckets.Count} buckets of up to {Cli.InspectCommand.Bytes(r.BucketSize)} in {r.Slots} buffers; stage sums: stage {r.HostToDevice.TotalSeconds:F3} s, broadcast {r.Broadcast.TotalSeconds:F3} s, reload {r.Reload.TotalSeconds:F3} s");
+            stdout.WriteLine($"update ({method}): {efficiency.Describe(method)}");
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6}"));
+                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} efficiency={efficiency.Value:F6}"));
         }
 
         /// <summary>Polls the engine's /health until it answers 200 (the original's example does the same).</summary>

@@ -99,18 +99,19 @@ public static partial class Launcher
     {
         var cancelled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var registration = ct.Register(() => cancelled.TrySetResult());
-        var running = ranks.ToDictionary(r => (Task)r.Exited);
+        // A list, not a dictionary keyed by task: completed tasks of equal results may be one shared instance.
+        var running = new List<RankProcess>(ranks);
         while (running.Count > 0)
         {
-            var done = await Task.WhenAny(running.Keys.Append(cancelled.Task)).ConfigureAwait(false);
+            var done = await Task.WhenAny(running.Select(r => (Task)r.Exited).Append(cancelled.Task)).ConfigureAwait(false);
             // A Ctrl-C reaches the ranks too; their exits then are the interruption, not a failure.
             if (done == cancelled.Task || ct.IsCancellationRequested)
             {
                 sink.Error($"launch: interrupted; stopping {Describe(ranks.Where(r => !r.HasExited))}");
                 throw new OperationCanceledException(ct);
             }
-            var rank = running[done];
-            running.Remove(done);
+            var rank = running.First(r => r.Exited.IsCompleted);
+            running.Remove(rank);
             var code = await rank.Exited.ConfigureAwait(false);
             if (code != 0)
             {
@@ -123,7 +124,7 @@ public static partial class Launcher
                 {
                     // Held open by a process it left behind; report now.
                 }
-                var others = running.Values.Where(r => !r.HasExited).ToList();
+                var others = running.Where(r => !r.HasExited).ToList();
                 sink.Error($"launch: rank {rank.Rank} (pid {rank.Pid}) exited with code {code}{(others.Count > 0 ? $"; stopping {Describe(others)}" : "")}");
                 return code;
             }

@@ -1,0 +1,45 @@
+using System.Globalization;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Runtime;
+using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Server;
+
+namespace CheckpointEngine.Hosting.Bench;
+
+/// <summary>
+/// One rank of a bench configuration (the hidden <c>bench rank</c> command): the flow of <c>update</c>
+/// (join, register this rank's share with pooled buffers, gather metas, update through the engine's
+/// HTTP trigger), but <c>updates</c> times in one process. <c>update</c> does one update per launch,
+/// and the first update of a process pays for JIT and first-touch of its buffers (ten times the
+/// steady state on a small machine), which is not what the RL loop's repeated updates see.
+/// Prints <c>update</c>'s machine line per update, with <c>update=K</c> added.
+/// </summary>
+internal static class BenchRank
+{
+    public const string CheckpointName = "checkpoint";
+
+    public static async Task<int> RunAsync(string path, string endpoint, int groupSize, string method, int updates, TimeSpan timeout, TextWriter stdout, CancellationToken ct)
+    {
+        await using var world = await World.JoinAsync(RankConfig.FromEnvironment(), ct).ConfigureAwait(false);
+        using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank, world.Rank), localRanks: world.Config.LocalWorldSize);
+        await using var ps = new ParameterServer(world, device);
+        using (var checkpoint = Checkpoint.Open(path))
+        {
+            ps.RegisterCheckpoint(CheckpointName, CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size), options: new RegisterOptions { UsePool = true });
+        }
+        await ps.GatherMetasAsync(CheckpointName, timeout, ct).ConfigureAwait(false);
+        var trigger = EngineTrigger.Http(endpoint, groupSize);
+        var options = new UpdateOptions { Timeout = timeout };
+        for (var k = 0; k < updates; k++)
+        {
+            await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Every update starts with every rank ready.
+            var r = await ps.UpdateAsync(CheckpointName, trigger, method == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct).ConfigureAwait(false);
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}"));
+            stdout.Flush();
+        }
+        await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Owners leave together: nobody is mid-read.
+        return 0;
+    }
+}

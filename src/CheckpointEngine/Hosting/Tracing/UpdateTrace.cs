@@ -1,0 +1,74 @@
+namespace CheckpointEngine.Hosting.Tracing;
+
+/// <summary>
+/// Every rank's bucket timings of one update, lined up on one clock: the spans of a timeline and the
+/// pipeline efficiency. Ranks are aligned by the wall clock their updates started at (exact on one
+/// host, as good as the hosts' clock sync across hosts); the origin is the earliest start.
+/// </summary>
+internal sealed record UpdateTrace(string Checkpoint, string Method, IReadOnlyList<RankTimeline> Ranks)
+{
+    public IReadOnlyList<TraceSpan> Spans()
+    {
+        var spans = new List<TraceSpan>();
+        if (Ranks.Count == 0)
+        {
+            return spans;
+        }
+        var origin = Ranks.Min(r => r.Started);
+        foreach (var r in Ranks.OrderBy(r => r.Rank))
+        {
+            var shift = (r.Started - origin).TotalMicroseconds;
+            spans.Add(new TraceSpan(r.Rank, TraceTrack.Update, -1, -1, r.Buckets.Sum(b => b.Bytes), shift, r.Duration.TotalMicroseconds));
+            foreach (var b in r.Buckets)
+            {
+                void Add(TraceTrack track, TimeSpan start, TimeSpan end) =>
+                    spans.Add(new TraceSpan(r.Rank, track, b.Index, b.Owner, b.Bytes, shift + start.TotalMicroseconds, (end - start).TotalMicroseconds));
+
+                // Offsets are zero where this rank had no part (it did not stage this bucket).
+                var staged = b.HostToDeviceEnd > TimeSpan.Zero;
+                if (staged)
+                {
+                    Add(TraceTrack.Stage, b.HostToDeviceStart, b.HostToDeviceEnd);
+                }
+                if (staged && b.BroadcastStart > b.HostToDeviceEnd)
+                {
+                    Add(TraceTrack.WaitForBroadcast, b.HostToDeviceEnd, b.BroadcastStart);
+                }
+                Add(TraceTrack.Broadcast, b.BroadcastStart, b.BroadcastEnd);
+                if (b.ReloadStart > b.BroadcastEnd)
+                {
+                    Add(TraceTrack.WaitForReload, b.BroadcastEnd, b.ReloadStart);
+                }
+                Add(TraceTrack.Reload, b.ReloadStart, b.ReloadEnd);
+            }
+        }
+        return spans;
+    }
+
+    /// <summary>
+    /// The busiest stage's time (summed over buckets, on the rank where that sum is largest) over the
+    /// pipeline's wall time (first staging to last reload, over all ranks). 1.0: the stages overlap
+    /// perfectly and the update takes exactly as long as its slowest stage; 0.33 with three equal
+    /// stages that do not overlap at all. Setup (sizing, attaching the worker) is not counted.
+    /// </summary>
+    public PipelineEfficiency Efficiency()
+    {
+        var stages = Spans().Where(s => s.Track.IsStage()).ToList();
+        if (stages.Count == 0)
+        {
+            return new PipelineEfficiency(0, 0, TraceTrack.Stage, 0, 0);
+        }
+        var pipeline = stages.Max(s => s.EndUs) - stages.Min(s => s.StartUs);
+        var busiest = stages.GroupBy(s => (s.Rank, s.Track))
+            .Select(g => (g.Key.Rank, g.Key.Track, Us: g.Sum(s => s.DurationUs)))
+            .OrderByDescending(x => x.Us).ThenBy(x => x.Rank).ThenBy(x => x.Track).First();
+        return new PipelineEfficiency(busiest.Us > 0 ? pipeline / busiest.Us : 0, busiest.Rank, busiest.Track, busiest.Us, pipeline);
+    }
+
+    /// <summary>Where the trace of <paramref name="method"/> goes when one run writes several: the method before the extension (trace.json → trace.p2p.json).</summary>
+    public static string PathFor(string path, string method)
+    {
+        var ext = Path.GetExtension(path);
+        return ext.Length == 0 ? $"{path}.{method}" : $"{path[..^ext.Length]}.{method}{ext}";
+    }
+}

@@ -1,0 +1,32 @@
+using System.Text.Json;
+using CheckpointEngine.Hosting.Bench;
+using CheckpointEngine.Tests.Hosting;
+using CheckpointEngine.Tests.Runtime;
+
+namespace CheckpointEngine.Tests.Bench;
+
+/// <summary><c>ckpt-engine bench</c> end to end through the script, at the smallest size.</summary>
+[Collection(nameof(MultiProcessTests))]
+public sealed class BenchCommandTests
+{
+    [Fact]
+    public async Task Bench_Json_ConfigurationAndBaselines()
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "1", "--size", "4MiB", "--method", "broadcast", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        var config = Assert.Single(doc.RootElement.GetProperty("configurations").EnumerateArray());
+        Assert.Equal("broadcast", config.GetProperty("method").GetString());
+        Assert.Equal(1, config.GetProperty("ranks").GetInt32());
+        Assert.Equal(4L << 20, config.GetProperty("size").GetInt64());
+        Assert.Equal(1, config.GetProperty("repeats").GetInt32());
+        Assert.True(config.GetProperty("bytes").GetInt64() > 0);
+        Assert.True(config.GetProperty("gbps_per_worker").GetDouble() > 0);
+        Assert.True(config.GetProperty("ratio_to_baseline").GetDouble() > 0);
+        var baselines = doc.RootElement.GetProperty("baselines");
+        foreach (var key in new[] { Baseline.Memcpy, Baseline.MemcpyAllThreads, Baseline.SharedMemory, Baseline.Tcp })
+        {
+            Assert.True(baselines.GetProperty(key).GetProperty("gbps").GetDouble() > 0, key);
+        }
+    }
+}

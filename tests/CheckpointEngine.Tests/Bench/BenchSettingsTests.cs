@@ -1,0 +1,89 @@
+using CheckpointEngine.Hosting.Bench;
+using CheckpointEngine.Hosting.Cli;
+
+namespace CheckpointEngine.Tests.Bench;
+
+/// <summary>The list flags of <c>bench</c> and their errors; validation fails before anything is launched.</summary>
+public sealed class BenchSettingsTests
+{
+    [Fact]
+    public void ParseRanks_List_InOrder()
+    {
+        Assert.True(BenchSettings.TryParseRanks("1, 2,4", out var ranks, out _));
+        Assert.Equal([1, 2, 4], ranks);
+    }
+
+    [Theory]
+    [InlineData("0", "'0' is not a rank count in [1, 64]")]
+    [InlineData("1,65", "'65' is not a rank count")]
+    [InlineData("1,x", "'x' is not a rank count")]
+    [InlineData("1,,2", "'' is not a rank count")]
+    [InlineData("2,2", "'2,2' lists a value twice")]
+    [InlineData("", "give at least one value")]
+    public void ParseRanks_Bad_SaysWhich(string text, string error)
+    {
+        Assert.False(BenchSettings.TryParseRanks(text, out _, out var message));
+        Assert.StartsWith("--ranks: ", message);
+        Assert.Contains(error, message);
+    }
+
+    [Fact]
+    public void ParseSizes_Units()
+    {
+        Assert.True(BenchSettings.TryParseSizes("256MiB,2GiB,1.5GiB,8MB", out var sizes, out _));
+        Assert.Equal([256L << 20, 2L << 30, 3L << 29, 8_000_000], sizes);
+    }
+
+    [Theory]
+    [InlineData("512KiB", "'512KiB' is not a size of at least 1MiB")]
+    [InlineData("256MiB,big", "'big' is not a size")]
+    [InlineData("-1GiB", "'-1GiB' is not a size")]
+    [InlineData("1GiB,1024MiB", "lists a value twice")]
+    public void ParseSizes_Bad_SaysWhich(string text, string error)
+    {
+        Assert.False(BenchSettings.TryParseSizes(text, out _, out var message));
+        Assert.StartsWith("--size: ", message);
+        Assert.Contains(error, message);
+    }
+
+    [Fact]
+    public void ParseMethods_KnownOnly()
+    {
+        Assert.True(BenchSettings.TryParseMethods("p2p,broadcast", out var methods, out _));
+        Assert.Equal(["p2p", "broadcast"], methods);
+        Assert.False(BenchSettings.TryParseMethods("broadcast,nccl", out _, out var message));
+        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p", message);
+    }
+
+    [Theory]
+    [InlineData(256L << 20, "256MiB")]
+    [InlineData(2L << 30, "2GiB")]
+    [InlineData(3L << 29, "1.5GiB")]
+    [InlineData(4L << 20, "4MiB")]
+    [InlineData(1000, "1000B")]
+    public void SizeLabel_AsAskedFor(long bytes, string label)
+    {
+        Assert.Equal(label, BenchSettings.SizeLabel(bytes));
+        if (bytes >= BenchSettings.MinSize)
+        {
+            Assert.True(BenchSettings.TryParseSizes(label, out var back, out _));
+            Assert.Equal(bytes, back[0]);
+        }
+    }
+
+    [Theory]
+    [InlineData("--ranks 1,0", "--ranks: '0' is not a rank count in [1, 64]")]
+    [InlineData("--size 256MiB,10KB", "--size: '10KB' is not a size of at least 1MiB")]
+    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p")]
+    [InlineData("--bucket-size 0", "--bucket-size: '0' is not a size of at least 1MiB")]
+    [InlineData("--repeat 0", "--repeat must be in [1, 100]")]
+    [InlineData("--out /nonexistent-ckpt-dir/bench.md", "--out /nonexistent-ckpt-dir/bench.md: directory /nonexistent-ckpt-dir does not exist")]
+    public void Cli_BadFlag_IsUsageError(string flags, string error)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var code = CkptEngineCli.Run(["bench", .. flags.Split(' ')], stdout, stderr);
+        Assert.NotEqual(0, code);
+        Assert.Contains(error, stderr.ToString());
+    }
+}

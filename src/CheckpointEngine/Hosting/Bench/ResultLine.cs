@@ -7,7 +7,8 @@ namespace CheckpointEngine.Hosting.Bench;
 /// buckets=B stage=… broadcast=… reload=…</c>), read by key so that fields added later are ignored.
 /// </summary>
 /// <param name="Update">Which update of its process (<c>bench rank</c> adds <c>update=K</c>); 0 when absent.</param>
-internal sealed record ResultLine(int Rank, string Method, long Bytes, double Seconds, int Buckets, double Stage, double Broadcast, double Reload, int Update = 0)
+/// <param name="Efficiency">Pipeline efficiency (wall ÷ busiest stage); 0 when absent.</param>
+internal sealed record ResultLine(int Rank, string Method, long Bytes, double Seconds, int Buckets, double Stage, double Broadcast, double Reload, int Update = 0, double Efficiency = 0)
 {
     private const string Marker = "result method=";
 
@@ -42,7 +43,8 @@ internal sealed record ResultLine(int Rank, string Method, long Bytes, double Se
             return false;
         }
         int I(string key) => fields.TryGetValue(key, out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
-        result = new ResultLine(rank, method, bytes, D("seconds"), I("buckets"), D("stage"), D("broadcast"), D("reload"), I("update"));
+        result = new ResultLine(rank, method, bytes, D("seconds"), I("buckets"), D("stage"), D("broadcast"), D("reload"), I("update"),
+            double.IsNaN(D("efficiency")) ? 0 : D("efficiency"));
         return true;
     }
 

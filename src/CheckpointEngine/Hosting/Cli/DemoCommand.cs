@@ -115,39 +115,12 @@ internal static class DemoCommand
         }
     }
 
-    /// <param name="Efficiency">The same on every rank (the ranks share their timings); 0 from an update command that does not print it.</param>
-    private sealed record Result(long Bytes, double Seconds, double Stage, double Broadcast, double Reload, double Efficiency);
-
-    /// <summary>The slowest rank's figures per method, from the "result ..." lines the update command prints.</summary>
-    private static List<(string Method, Result Result)> Results(string output)
-    {
-        var byMethod = new Dictionary<string, Result>(StringComparer.Ordinal);
-        var order = new List<string>();
-        foreach (var line in output.Split('\n'))
-        {
-            var at = line.IndexOf("result method=", StringComparison.Ordinal);
-            if (at < 0)
-            {
-                continue;
-            }
-            var fields = line[(at + "result ".Length)..].Split(' ', StringSplitOptions.RemoveEmptyEntries)
-                .Select(f => f.Split('=', 2)).Where(f => f.Length == 2).ToDictionary(f => f[0], f => f[1], StringComparer.Ordinal);
-            double D(string k) => double.Parse(fields[k], CultureInfo.InvariantCulture);
-            var r = new Result(long.Parse(fields["bytes"], CultureInfo.InvariantCulture), D("seconds"), D("stage"), D("broadcast"), D("reload"),
-                fields.ContainsKey("efficiency") ? D("efficiency") : 0);
-            var m = fields["method"];
-            if (!byMethod.TryGetValue(m, out var seen))
-            {
-                order.Add(m);
-                byMethod[m] = r;
-            }
-            else if (r.Seconds > seen.Seconds)
-            {
-                byMethod[m] = r;
-            }
-        }
-        return order.Select(m => (m, byMethod[m])).ToList();
-    }
+    /// <summary>The slowest rank's figures per method, in order, from the "result ..." lines the update command prints.</summary>
+    private static List<(string Method, Bench.ResultLine Result)> Results(string output) =>
+        Bench.ResultLine.ParseAll(output)
+            .GroupBy(r => r.Method, StringComparer.Ordinal)
+            .Select(g => (g.Key, g.MaxBy(r => r.Seconds)!))
+            .ToList();
 
     private static Dictionary<string, string> SourceDigests(string dir, out long total)
     {

@@ -12,8 +12,15 @@ public sealed class BenchCommandTests
     [Fact]
     public async Task Bench_Json_ConfigurationAndBaselines()
     {
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "1", "--size", "4MiB", "--method", "broadcast", "--repeat", "1", "--json");
+        var traces = Directory.CreateTempSubdirectory("ckpt-bench-trace-").FullName;
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "1", "--size", "4MiB", "--method", "broadcast", "--repeat", "1", "--json", "--trace", traces);
         Assert.True(code == 0, stderr + stdout);
+        // The configuration's last update, as a trace.
+        using (var trace = JsonDocument.Parse(File.ReadAllText(Path.Combine(traces, "trace-broadcast-1r-4MiB.json"))))
+        {
+            Assert.True(trace.RootElement.GetProperty("traceEvents").GetArrayLength() > 0);
+        }
+        Directory.Delete(traces, true);
         using var doc = JsonDocument.Parse(stdout);
         var config = Assert.Single(doc.RootElement.GetProperty("configurations").EnumerateArray());
         Assert.Equal("broadcast", config.GetProperty("method").GetString());

@@ -8,8 +8,8 @@ public sealed class ResultLineTests
     [Fact]
     public void Parse_LauncherPrefix_UnknownKeysIgnored()
     {
-        Assert.True(ResultLine.TryParse("[rank 3] result method=p2p bytes=1024 seconds=0.500000 buckets=2 stage=0.1 broadcast=0.2 efficiency=0.87 reload=0.3 update=2\r", out var r));
-        Assert.Equal(new ResultLine(3, "p2p", 1024, 0.5, 2, 0.1, 0.2, 0.3, 2), r);
+        Assert.True(ResultLine.TryParse("[rank 3] result method=p2p bytes=1024 seconds=0.500000 buckets=2 stage=0.1 broadcast=0.2 efficiency=1.87 future=x reload=0.3 update=2\r", out var r));
+        Assert.Equal(new ResultLine(3, "p2p", 1024, 0.5, 2, 0.1, 0.2, 0.3, 2, 1.87), r);
     }
 
     [Fact]

@@ -19,7 +19,9 @@ internal static class BenchRank
 {
     public const string CheckpointName = "checkpoint";
 
-    public static async Task<int> RunAsync(string path, string endpoint, int groupSize, string method, int updates, TimeSpan timeout, TextWriter stdout, CancellationToken ct)
+    /// <param name="tracePath">Rank 0 writes the last update's trace (every rank's bucket timings) here.</param>
+    public static async Task<int> RunAsync(string path, string endpoint, int groupSize, string method, int updates, TimeSpan timeout, string? tracePath,
+        TextWriter stdout, CancellationToken ct)
     {
         await using var world = await World.JoinAsync(RankConfig.FromEnvironment(), ct).ConfigureAwait(false);
         using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank, world.Rank), localRanks: world.Config.LocalWorldSize);
@@ -38,6 +40,15 @@ internal static class BenchRank
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}"));
             stdout.Flush();
+            if (tracePath is not null && k == updates - 1)
+            {
+                var trace = await Tracing.UpdateTrace.GatherAsync(world.Group, CheckpointName, method, r, DateTimeOffset.UtcNow, timeout, ct).ConfigureAwait(false);
+                if (world.Rank == 0)
+                {
+                    Tracing.ChromeTraceWriter.WriteFile(trace, tracePath);
+                    stdout.WriteLine($"wrote trace {tracePath}");
+                }
+            }
         }
         await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Owners leave together: nobody is mid-read.
         return 0;

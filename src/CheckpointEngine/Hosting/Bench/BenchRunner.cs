@@ -51,7 +51,7 @@ internal static class BenchRunner
                         var ids = Enumerable.Range(0, ranks).Select(r => $"bench-{Environment.ProcessId}-{r}").ToList();
                         await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
                         hostPeakReset &= PeakMemory.ResetSelf();
-                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize);
+                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory);
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
                     }
                 }
@@ -82,9 +82,21 @@ internal static class BenchRunner
     }
 
     /// <summary>One (method, ranks, size) against a running worker.</summary>
-    private sealed record Configuration(string Method, int Ranks, long Size, string Dir, Uri Worker, IReadOnlyList<string> Ids, long? BucketSize)
+    private sealed record Configuration(string Method, int Ranks, long Size, string Dir, Uri Worker, IReadOnlyList<string> Ids, long? BucketSize, string? TraceDirectory)
     {
         private string Name => $"{Method}, {Ranks} rank{(Ranks == 1 ? "" : "s")}, {BenchSettings.SizeLabel(Size)}";
+
+        private List<string> RankArguments(int updates, TimeSpan timeout)
+        {
+            List<string> args = ["bench", BenchCommand.RankCommand, "--checkpoint-path", Dir, "--endpoint", Worker.ToString(),
+                "--inference-parallel-size", Ranks.ToString(CultureInfo.InvariantCulture), "--update-method", Method,
+                "--updates", updates.ToString(CultureInfo.InvariantCulture), "--timeout", timeout.TotalSeconds.ToString("F0", CultureInfo.InvariantCulture)];
+            if (TraceDirectory is not null)
+            {
+                args.AddRange(["--trace", Path.Combine(TraceDirectory, $"trace-{Method}-{Ranks}r-{BenchSettings.SizeLabel(Size)}.json")]);
+            }
+            return args;
+        }
 
         public async Task<ConfigurationResult> MeasureAsync(long bytes, int repeat, TextWriter progress, CancellationToken ct)
         {
@@ -94,9 +106,7 @@ internal static class BenchRunner
             var options = new LaunchOptions
             {
                 NProc = Ranks,
-                Command = Launcher.SelfCommand("bench", BenchCommand.RankCommand, "--checkpoint-path", Dir, "--endpoint", Worker.ToString(),
-                    "--inference-parallel-size", Ranks.ToString(CultureInfo.InvariantCulture), "--update-method", Method,
-                    "--updates", updates.ToString(CultureInfo.InvariantCulture), "--timeout", timeout.TotalSeconds.ToString("F0", CultureInfo.InvariantCulture)),
+                Command = Launcher.SelfCommand(RankArguments(updates, timeout)),
                 Environment = BucketSize is { } b
                     ? new Dictionary<string, string?> { [BucketSizing.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture) }
                     : null,

@@ -7,7 +7,8 @@ namespace CheckpointEngine.Hosting.Bench;
 /// What <c>ckpt-engine bench</c> measures: every combination of ranks × size × method, each launched
 /// <see cref="Repeat"/> + 1 times (the first is a warm-up). The list parsers report the bad element.
 /// </summary>
-internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat)
+/// <param name="TraceDirectory">Where each configuration's last update is written as a trace (trace-METHOD-Nr-SIZE.json), or null.</param>
+internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat, string? TraceDirectory = null)
 {
     public const int MaxRanks = 64;
     public const int MaxRepeat = 100;

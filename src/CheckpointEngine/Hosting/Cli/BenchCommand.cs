@@ -22,6 +22,8 @@ internal static class BenchCommand
         var repeat = new Option<int>("--repeat") { Description = "measured updates per configuration, after one warm-up update in the same rank processes", DefaultValueFactory = _ => 3 };
         var json = new Option<bool>("--json") { Description = "print one JSON document instead of the table" };
         var output = new Option<string?>("--out") { Description = "also write a markdown report (machine, date, tables) to this file" };
+        var trace = new Option<string?>("--trace") { Description = "write each configuration's last update as a Chrome/Perfetto trace into this directory (trace-METHOD-Nr-SIZE.json)" };
+        trace.Validators.Add(r => { if (r.GetValueOrDefault<string?>() is { } d && !Directory.Exists(d)) r.AddError($"--trace {d}: directory does not exist"); });
         ranks.Validators.Add(r => { if (!BenchSettings.TryParseRanks(r.GetValueOrDefault<string>() ?? "", out _, out var e)) r.AddError(e); });
         size.Validators.Add(r => { if (!BenchSettings.TryParseSizes(r.GetValueOrDefault<string>() ?? "", out _, out var e)) r.AddError(e); });
         method.Validators.Add(r => { if (!BenchSettings.TryParseMethods(r.GetValueOrDefault<string>() ?? "", out _, out var e)) r.AddError(e); });
@@ -43,7 +45,7 @@ internal static class BenchCommand
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > BenchSettings.MaxRepeat) r.AddError($"--repeat must be in [1, {BenchSettings.MaxRepeat}]"); });
         var command = new Command("bench", "Benchmark end-to-end updates on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
         {
-            ranks, size, method, bucket, repeat, json, output, Rank(stdout), ShmReader(stdout),
+            ranks, size, method, bucket, repeat, json, output, trace, Rank(stdout), ShmReader(stdout),
         };
         command.SetAction(async (result, ct) =>
         {
@@ -51,7 +53,7 @@ internal static class BenchCommand
             _ = BenchSettings.TryParseSizes(result.GetValue(size)!, out var s, out _);
             _ = BenchSettings.TryParseMethods(result.GetValue(method)!, out var m, out _);
             long? b = result.GetValue(bucket) is { } text && DemoCommand.TryParseSize(text, out var n) ? n : null;
-            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat)), stderr, ct).ConfigureAwait(false);
+            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace)), stderr, ct).ConfigureAwait(false);
             if (result.GetValue(json))
             {
                 stdout.WriteLine(report.ToJson());
@@ -80,15 +82,16 @@ internal static class BenchCommand
         method.AcceptOnlyFromAmong(BenchSettings.KnownMethods);
         var updates = new Option<int>("--updates") { DefaultValueFactory = _ => 1 };
         var timeout = new Option<double>("--timeout") { DefaultValueFactory = _ => 300 };
+        var trace = new Option<string?>("--trace");
         updates.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--updates must be at least 1"); });
         timeout.Validators.Add(r => { if (!(r.GetValueOrDefault<double>() > 0)) r.AddError("--timeout must be a positive number of seconds"); });
         var command = new Command(RankCommand) { Hidden = true };
-        foreach (var o in new Option[] { path, endpoint, groupSize, method, updates, timeout })
+        foreach (var o in new Option[] { path, endpoint, groupSize, method, updates, timeout, trace })
         {
             command.Options.Add(o);
         }
         command.SetAction((result, ct) => BenchRank.RunAsync(result.GetValue(path)!, result.GetValue(endpoint)!, result.GetValue(groupSize),
-            result.GetValue(method)!, result.GetValue(updates), TimeSpan.FromSeconds(result.GetValue(timeout)), stdout, ct));
+            result.GetValue(method)!, result.GetValue(updates), TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), stdout, ct));
         return command;
     }
 

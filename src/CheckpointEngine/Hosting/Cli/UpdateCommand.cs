@@ -143,11 +143,8 @@ internal static class UpdateCommand
         }
 
         /// <summary>Every rank's bucket timings of this update (small JSON blobs, one all-gather).</summary>
-        private async Task<UpdateTrace> GatherTraceAsync(World world, string method, UpdateReport report, DateTimeOffset finished, CancellationToken ct)
-        {
-            var blobs = await world.Group.AllGatherAsync(RankTimeline.From(report, finished).ToJson(), timeout, ct).ConfigureAwait(false);
-            return new UpdateTrace(name, method, blobs.Select((b, r) => RankTimeline.FromJson(b, world.Group.Members[r])).ToList());
-        }
+        private Task<UpdateTrace> GatherTraceAsync(World world, string method, UpdateReport report, DateTimeOffset finished, CancellationToken ct) =>
+            UpdateTrace.GatherAsync(world.Group, name, method, report, finished, timeout, ct);
 
         /// <summary>
         /// While an update runs longer than a second, shows its progress: rewritten in place on an

@@ -65,6 +65,14 @@ internal sealed record UpdateTrace(string Checkpoint, string Method, IReadOnlyLi
         return new PipelineEfficiency(busiest.Us > 0 ? pipeline / busiest.Us : 0, busiest.Rank, busiest.Track, busiest.Us, pipeline);
     }
 
+    /// <summary>Every member's bucket timings of an update, by one all-gather of small JSON blobs (a collective: every member calls it).</summary>
+    public static async Task<UpdateTrace> GatherAsync(Runtime.Collectives.ICommunicator group, string checkpoint, string method, Server.UpdateReport report,
+        DateTimeOffset finished, TimeSpan timeout, CancellationToken ct)
+    {
+        var blobs = await group.AllGatherAsync(RankTimeline.From(report, finished).ToJson(), timeout, ct).ConfigureAwait(false);
+        return new UpdateTrace(checkpoint, method, blobs.Select((b, r) => RankTimeline.FromJson(b, group.Members[r])).ToList());
+    }
+
     /// <summary>Where the trace of <paramref name="method"/> goes when one run writes several: the method before the extension (trace.json → trace.p2p.json).</summary>
     public static string PathFor(string path, string method)
     {

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using CheckpointEngine.Hosting.Api;
 using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Devices;
@@ -62,20 +61,13 @@ internal static class ServeCommand
                 }
             }
             // Our own handlers: a synchronous Invoke does not turn SIGTERM into cancellation by itself.
-            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
-            void Stop(PosixSignalContext signal)
-            {
-                signal.Cancel = true;
-                stop.Cancel();
-            }
+            using var stop = new StopSignal(ct);
             World world;
             try
             {
                 world = await World.JoinAsync(config, stop.Token).ConfigureAwait(false);
             }
-            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            catch (OperationCanceledException) when (stop.Token.IsCancellationRequested)
             {
                 stdout.WriteLine("stopped");
                 return 0;
@@ -103,14 +95,7 @@ internal static class ServeCommand
                     {
                         stdout.WriteLine($"serving rank {world.Rank} on {api.Address}");
                         stdout.Flush();
-                        try
-                        {
-                            await Task.Delay(Timeout.Infinite, stop.Token).ConfigureAwait(false);
-                        }
-                        catch (OperationCanceledException)
-                        {
-                            // Ctrl-C or SIGTERM: stop the API, then the parameter server, then leave the world.
-                        }
+                        await stop.WaitAsync().ConfigureAwait(false); // Until Ctrl-C or SIGTERM; then everything is disposed in order.
                     }
                 }
             }

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using CheckpointEngine.Hosting.Worker;
 
 namespace CheckpointEngine.Hosting.Cli;
@@ -65,27 +64,13 @@ internal static class WorkerCommand
                 IdleTimeout = TimeSpan.FromSeconds(result.GetValue(idle)),
             };
             // Our own handlers: a synchronous Invoke does not turn SIGTERM into cancellation by itself.
-            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
-            void Stop(PosixSignalContext signal)
-            {
-                signal.Cancel = true;
-                stop.Cancel();
-            }
+            using var stop = new StopSignal(ct);
             var worker = await ReferenceWorker.StartAsync(options, stdout, stop.Token).ConfigureAwait(false);
             await using (worker.ConfigureAwait(false))
             {
                 stdout.WriteLine($"listening on {worker.Address.GetLeftPart(UriPartial.Authority)}");
                 stdout.Flush();
-                try
-                {
-                    await Task.Delay(Timeout.Infinite, stop.Token).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
-                    // Ctrl-C or SIGTERM: stop cleanly below.
-                }
+                await stop.WaitAsync().ConfigureAwait(false); // Until Ctrl-C or SIGTERM; then everything is disposed in order.
             }
             stdout.WriteLine("stopped");
             return 0;

@@ -40,6 +40,11 @@ try
 catch (Exception e) when (e is CollectiveException or CheckpointEngine.Runtime.Rendezvous.RendezvousException or CheckpointEngine.Server.UpdateFailedException)
 {
     Console.WriteLine($"error {clock.Elapsed.TotalSeconds:F2} {e.GetType().Name}: {e.Message}");
+    Console.Out.Flush();
+    if (world is not null)
+    {
+        await world.DisposeAsync(); // As the product does: rank 0 keeps the store up until the others have their answer too.
+    }
     return 3;
 }
 

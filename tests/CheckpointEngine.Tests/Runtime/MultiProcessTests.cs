@@ -61,7 +61,8 @@ public sealed class MultiProcessTests
     [Fact]
     public async Task HungRank_OthersFailAtTheDeadlineNamingIt()
     {
-        var results = await RankCluster.RunAsync(3, ["die", "1", "hang"], _ => Env(("TEST_TIMEOUT_S", "2")), waitFor: r => r != 1);
+        // The survivors leave at once; rank 0 would keep the store up for the hung rank for the connect timeout.
+        var results = await RankCluster.RunAsync(3, ["die", "1", "hang"], _ => Env(("TEST_TIMEOUT_S", "2"), ("CKPT_ENGINE_CONNECT_TIMEOUT_S", "10")), waitFor: r => r != 1);
         foreach (var r in results.Where(r => r.Rank != 1))
         {
             Assert.Equal(3, r.ExitCode);

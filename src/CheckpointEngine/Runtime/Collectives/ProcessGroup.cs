@@ -162,7 +162,8 @@ public sealed partial class ProcessGroup : ICommunicator
         }
         catch (RendezvousException e)
         {
-            throw Failed(operation, [], e.Message, e);
+            // A broken store connection is often the echo of a death the watcher already heard of: say so.
+            throw Failed(operation, [], _world.BrokenReason is { } cause ? $"{e.Message} ({cause})" : e.Message, e);
         }
     }
 

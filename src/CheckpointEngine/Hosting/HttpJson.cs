@@ -8,6 +8,17 @@ namespace CheckpointEngine.Hosting;
 /// <summary>JSON responses of the HTTP servers (the API and the reference worker): bodies written whole, errors as <c>{"error": "..."}</c>.</summary>
 internal static class HttpJson
 {
+    /// <summary>What a JSON value is, for error messages ("expected a list, not a string").</summary>
+    public static string Kind(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "a list",
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        _ => "null",
+    };
+
     public static Task ErrorAsync(HttpContext http, int status, string error) => WriteAsync(http, status, w =>
     {
         w.WriteStartObject();

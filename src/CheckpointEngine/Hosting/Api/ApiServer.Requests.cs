@@ -190,15 +190,7 @@ public sealed partial class ApiServer
 
     private static ApiError Bad(string message) => new(StatusCodes.Status400BadRequest, message);
 
-    private static string Kind(JsonElement e) => e.ValueKind switch
-    {
-        JsonValueKind.Object => "an object",
-        JsonValueKind.Array => "a list",
-        JsonValueKind.String => "a string",
-        JsonValueKind.Number => "a number",
-        JsonValueKind.True or JsonValueKind.False => "a boolean",
-        _ => "null",
-    };
+    private static string Kind(JsonElement e) => HttpJson.Kind(e);
 
     private static string FirstSentence(string message)
     {

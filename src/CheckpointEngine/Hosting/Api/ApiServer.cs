@@ -145,18 +145,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         return ip;
     }
 
-    private void Log(string line)
-    {
-        if (_log is null)
-        {
-            return;
-        }
-        lock (_log)
-        {
-            _log.WriteLine(line);
-            _log.Flush();
-        }
-    }
+    private void Log(string line) => KestrelApps.Log(_log, line);
 
     /// <summary>
     /// Stops: cancels a running update or gather (it fails on this rank, and so on every rank), lets
@@ -169,18 +158,7 @@ public sealed partial class ApiServer : IAsyncDisposable
             return;
         }
         await _stopping.CancelAsync().ConfigureAwait(false);
-        using (var deadline = new CancellationTokenSource(StopWait))
-        {
-            try
-            {
-                await _app.StopAsync(deadline.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                // Requests still running past the deadline are cut off by disposal below.
-            }
-        }
-        await _app.DisposeAsync().ConfigureAwait(false);
+        await KestrelApps.StopAsync(_app, StopWait).ConfigureAwait(false);
         if (await _busy.WaitAsync(StopWait).ConfigureAwait(false))
         {
             _busy.Dispose();

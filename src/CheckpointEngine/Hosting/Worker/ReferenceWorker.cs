@@ -139,18 +139,7 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
             ?? throw new ArgumentException($"host '{host}' has no addresses");
     }
 
-    private void Log(string line)
-    {
-        if (_log is null)
-        {
-            return;
-        }
-        lock (_log)
-        {
-            _log.WriteLine(line);
-            _log.Flush();
-        }
-    }
+    private void Log(string line) => KestrelApps.Log(_log, line);
 
     /// <summary>
     /// Stops: cancels a running update (its shards fail with "the worker is stopping"), lets requests
@@ -163,18 +152,7 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
             return;
         }
         await _stopping.CancelAsync().ConfigureAwait(false);
-        using (var deadline = new CancellationTokenSource(StopWait))
-        {
-            try
-            {
-                await _app.StopAsync(deadline.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                // Requests still running past the deadline are cut off by disposal below.
-            }
-        }
-        await _app.DisposeAsync().ConfigureAwait(false);
+        await KestrelApps.StopAsync(_app, StopWait).ConfigureAwait(false);
         if (await _gate.WaitAsync(StopWait).ConfigureAwait(false))
         {
             foreach (var shard in _shards)

@@ -130,7 +130,38 @@ public sealed partial class ParameterServer : IAsyncDisposable
         var metas = new GlobalMetas(name, blobs.Select((b, r) => GlobalMetas.RankFromJson(b, $"metas from rank {r}")).ToList());
         metas.Validate($"checkpoint '{name}'");
         SetMetas(metas);
+        if (Rank == 0)
+        {
+            // Published for instances that join later without a metas file (see FetchMetasAsync).
+            await World.Store.SetAsync(MetasKey(name), metas.ToJson(), ct).ConfigureAwait(false);
+        }
         return metas;
+    }
+
+    private static string MetasKey(string checkpoint) => $"metas/{checkpoint}";
+
+    /// <summary>
+    /// Reads the metas a running fleet published in its rendezvous store (its rank 0 does so on every
+    /// gather), for a new instance joining over P2P without a metas file. Connects as a tool, not a rank.
+    /// </summary>
+    /// <param name="store">The fleet's <c>MASTER_ADDR:MASTER_PORT</c>.</param>
+    public static async Task<GlobalMetas> FetchMetasAsync(string store, string name, string? token, TimeSpan timeout, CancellationToken ct = default)
+    {
+        var colon = store.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(store[(colon + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 1 or > 65535)
+        {
+            throw new ArgumentException($"'{store}' is not a store address (HOST:PORT)", nameof(store));
+        }
+        var client = await Runtime.Rendezvous.StoreClient.ConnectAsync(store[..colon], port, token, -1, timeout, ct).ConfigureAwait(false);
+        try
+        {
+            var json = (await client.WaitGetAsync([MetasKey(name)], timeout, ct).ConfigureAwait(false))[0];
+            return GlobalMetas.Parse(json, $"metas of '{name}' from the store at {store}");
+        }
+        finally
+        {
+            await client.ByeAsync().ConfigureAwait(false);
+        }
     }
 
     public GlobalMetas? GetMetas(string name)

@@ -88,6 +88,28 @@ public sealed class DemoAndUpdateTests : IDisposable
         await AssertHolds(ckpt, ownersWorker);
     }
 
+    /// <summary>Without a metas file: the joiners fetch the metas the fleet's rank 0 published in its rendezvous store.</summary>
+    [Fact]
+    public async Task LaunchUpdate_JoinersFetchMetasFromTheFleetsStore()
+    {
+        var ckpt = Path.Combine(_dir, "ckpt");
+        SampleCheckpoint.Write(ckpt, 2 << 20, shards: 2, layers: 2);
+        var ownersWorker = await StartWorker("own");
+        var joinersWorker = await StartWorker("join");
+        var port = RankCluster.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var owners = CkptEngineScript.RunAsync(Devices("own"), null, "launch", "--nproc", "2", "--master-port", port, "--", "update", "--checkpoint-path", ckpt,
+            "--endpoint", ownersWorker, "--inference-parallel-size", "2", "--sleep-time", "8", "--timeout", "60");
+        // Started together: the joiners wait for the store and for the metas to appear in it.
+        var joiners = await CkptEngineScript.RunAsync(Devices("join"), null, "launch", "--nproc", "2", "--", "update", "--metas-from", $"127.0.0.1:{port}",
+            "--endpoint", joinersWorker, "--inference-parallel-size", "2", "--timeout", "60");
+        Assert.True(joiners.Code == 0, joiners.Err + joiners.Out);
+        Assert.Contains($"[rank 0] fetch metas from 127.0.0.1:{port}", joiners.Out);
+        Assert.Contains("[rank 1] result method=p2p", joiners.Out);
+        var ownerResult = await owners;
+        Assert.True(ownerResult.Code == 0, ownerResult.Err + ownerResult.Out);
+        await AssertHolds(ckpt, joinersWorker);
+    }
+
     /// <summary>Each launch's ranks get their own device ids ("{local_rank}" is filled in per rank).</summary>
     private string Tag(string tag) => $"{tag}-{Path.GetFileName(_dir)}";
 

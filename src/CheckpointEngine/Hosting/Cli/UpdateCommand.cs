@@ -31,6 +31,7 @@ internal static class UpdateCommand
         var name = new Option<string>("--checkpoint-name") { Description = "name to register the checkpoint under", DefaultValueFactory = _ => "checkpoint" };
         var saveMetas = new Option<string?>("--save-metas-file") { Description = "rank 0 saves the gathered metas here (for instances that join later)" };
         var loadMetas = new Option<string?>("--load-metas-file") { Description = "join: take the owners' metas from this file and update over P2P" };
+        var metasFrom = new Option<string?>("--metas-from") { Description = "join: fetch the owners' metas from the fleet's rendezvous store (its MASTER_ADDR:MASTER_PORT) and update over P2P" };
         var uds = new Option<string?>("--uds") { Description = "reach the engine's HTTP server on this Unix socket" };
         var sleep = new Option<double>("--sleep-time") { Description = "seconds to keep serving (P2P reads) after the update", DefaultValueFactory = _ => 0 };
         var timeout = new Option<double>("--timeout") { Description = "deadline in seconds for each wait of the update", DefaultValueFactory = _ => 300 };
@@ -41,25 +42,25 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, uds, sleep, timeout, trace,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, trace,
         };
         command.Validators.Add(r =>
         {
-            var joining = r.GetValue(loadMetas) is not null;
-            if (joining == (r.GetValue(path) is not null))
+            var sources = new[] { r.GetValue(path), r.GetValue(loadMetas), r.GetValue(metasFrom) }.Count(v => v is not null);
+            if (sources != 1)
             {
-                r.AddError("give exactly one of --checkpoint-path (own a share) and --load-metas-file (join over P2P)");
+                r.AddError("give exactly one of --checkpoint-path (own a share), --load-metas-file or --metas-from (join over P2P)");
             }
-            if (joining && r.GetResult(method) is not null && r.GetValue(method) != "p2p")
+            if (r.GetValue(path) is null && r.GetResult(method) is not null && r.GetValue(method) != "p2p")
             {
-                r.AddError("with --load-metas-file the update is P2P: --update-method must be p2p");
+                r.AddError("with --load-metas-file or --metas-from the update is P2P: --update-method must be p2p");
             }
         });
         command.SetAction(async (result, ct) =>
         {
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
-                result.GetValue(loadMetas) is null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas),
+                result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
         });
         return command;
@@ -77,7 +78,7 @@ internal static class UpdateCommand
 
     private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath)
     {
-        public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas,
+        public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
         {
             var clock = Stopwatch.StartNew();
@@ -89,6 +90,11 @@ internal static class UpdateCommand
             {
                 ps.SetMetas(GlobalMetas.Load(loadMetas) is var m && m.Checkpoint == name ? m : throw new ArgumentException($"{loadMetas} holds metas of '{m.Checkpoint}', not '{name}' (see --checkpoint-name)"));
                 Phase("load metas", clock);
+            }
+            else if (metasFrom is not null)
+            {
+                ps.SetMetas(await ParameterServer.FetchMetasAsync(metasFrom, name, world.Config.Token, timeout, ct).ConfigureAwait(false));
+                Phase($"fetch metas from {metasFrom}", clock);
             }
             else
             {

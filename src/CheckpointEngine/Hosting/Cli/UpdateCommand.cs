@@ -35,6 +35,8 @@ internal static class UpdateCommand
         var uds = new Option<string?>("--uds") { Description = "reach the engine's HTTP server on this Unix socket" };
         var sleep = new Option<double>("--sleep-time") { Description = "seconds to keep serving (P2P reads) after the update", DefaultValueFactory = _ => 0 };
         var timeout = new Option<double>("--timeout") { Description = "deadline in seconds for each wait of the update", DefaultValueFactory = _ => 300 };
+        var repeat = new Option<int>("--repeat") { Description = "updates per method (the first pays for first touches; later ones show the steady state)", DefaultValueFactory = _ => 1 };
+        repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 100) r.AddError("--repeat must be in [1, 100]"); });
         var trace = new Option<string?>("--trace") { Description = "rank 0 writes every rank's per-bucket stage times here as Chrome/Perfetto trace JSON (with --update-method all: FILE.broadcast.json and FILE.p2p.json)" };
         groupSize.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--inference-parallel-size must be at least 1"); });
         sleep.Validators.Add(r => { if (r.GetValueOrDefault<double>() < 0) r.AddError("--sleep-time must not be negative"); });
@@ -42,7 +44,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, trace,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace,
         };
         command.Validators.Add(r =>
         {
@@ -58,7 +60,7 @@ internal static class UpdateCommand
         });
         command.SetAction(async (result, ct) =>
         {
-            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace));
+            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -76,7 +78,7 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat = 1)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
@@ -119,12 +121,16 @@ internal static class UpdateCommand
             var methods = method == "all" ? ["broadcast", "p2p"] : new[] { method };
             foreach (var m in methods)
             {
-                var update = Finished(ps.UpdateAsync(name, trigger, m == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct));
-                await ShowProgressAsync(ps, update).ConfigureAwait(false);
-                var (report, finished) = await update.ConfigureAwait(false);
-                var trace = await GatherTraceAsync(world, m, report, finished, ct).ConfigureAwait(false);
-                Report(m, report, trace.Efficiency());
-                if (tracePath is not null && world.Rank == 0)
+                UpdateTrace? trace = null;
+                for (var k = 0; k < repeat; k++)
+                {
+                    var update = Finished(ps.UpdateAsync(name, trigger, m == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct));
+                    await ShowProgressAsync(ps, update).ConfigureAwait(false);
+                    var (report, finished) = await update.ConfigureAwait(false);
+                    trace = await GatherTraceAsync(world, m, report, finished, ct).ConfigureAwait(false);
+                    Report(m, report, trace.Efficiency(), k);
+                }
+                if (tracePath is not null && world.Rank == 0 && trace is not null)
                 {
                     var file = methods.Length > 1 ? UpdateTrace.PathFor(tracePath, m) : tracePath;
                     ChromeTraceWriter.WriteFile(trace, file);
@@ -189,14 +195,15 @@ internal static class UpdateCommand
         }
 
         /// <summary>A human line and a machine line (the demo reads the latter).</summary>
-        private void Report(string method, UpdateReport r, PipelineEfficiency efficiency)
+        /// <param name="k">Which update of this method (the machine line carries it as <c>update=K</c>).</param>
+        private void Report(string method, UpdateReport r, PipelineEfficiency efficiency, int k)
         {
             var gbps = r.BytesDelivered / Math.Max(r.Duration.TotalSeconds, 1e-9) / 1e9;
             stdout.WriteLine($"update ({method}): {Cli.InspectCommand.Bytes(r.BytesDelivered)} in {r.Duration.TotalSeconds:F3} s ({gbps:F2} GB/s), " +
                 $"{r.Buckets.Count} buckets of up to {Cli.InspectCommand.Bytes(r.BucketSize)} in {r.Slots} buffers; stage sums: stage {r.HostToDevice.TotalSeconds:F3} s, broadcast {r.Broadcast.TotalSeconds:F3} s, reload {r.Reload.TotalSeconds:F3} s");
             stdout.WriteLine($"update ({method}): {efficiency.Describe(method)}");
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} efficiency={efficiency.Value:F6}"));
+                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} efficiency={efficiency.Value:F6} update={k}"));
         }
 
         /// <summary>Polls the engine's /health until it answers 200 (the original's example does the same).</summary>

@@ -17,6 +17,13 @@ public static unsafe class Baselines
     /// <summary>Seconds to push <paramref name="bytes"/> through one loopback TCP connection between two threads, in 4 MiB writes (best of three).</summary>
     public static double RawSocket(long bytes) => Hosting.Bench.Baselines.RawTcp(bytes);
 
+    /// <summary>The value after <paramref name="name"/> on the command line, or null.</summary>
+    public static string? Option(string[] args, string name)
+    {
+        var i = Array.IndexOf(args, name);
+        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+    }
+
     public static int FreePort()
     {
         using var l = new TcpListener(IPAddress.Loopback, 0);

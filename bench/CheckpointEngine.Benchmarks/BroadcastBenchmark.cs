@@ -14,8 +14,8 @@ public static class BroadcastBenchmark
 {
     public static int Run(string[] args)
     {
-        var sizeGb = double.Parse(Option(args, "--size-gb") ?? "1", CultureInfo.InvariantCulture);
-        var ranks = int.Parse(Option(args, "--ranks") ?? "4", CultureInfo.InvariantCulture);
+        var sizeGb = double.Parse(Baselines.Option(args, "--size-gb") ?? "1", CultureInfo.InvariantCulture);
+        var ranks = int.Parse(Baselines.Option(args, "--ranks") ?? "4", CultureInfo.InvariantCulture);
         var bytes = (long)(sizeGb * (1L << 30));
 
         var memcpy = Baselines.Memcpy(bytes);
@@ -84,11 +84,5 @@ public static class BroadcastBenchmark
             Console.WriteLine($"seconds {best.ToString("R", CultureInfo.InvariantCulture)}");
             return 0;
         }).GetAwaiter().GetResult();
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        var i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

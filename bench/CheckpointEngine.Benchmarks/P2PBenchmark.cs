@@ -21,8 +21,8 @@ public static class P2PBenchmark
 {
     public static async Task<int> Run(string[] args)
     {
-        var sizeGb = double.Parse(Option(args, "--size-gb") ?? "2", CultureInfo.InvariantCulture);
-        var bucketMb = int.Parse(Option(args, "--bucket-mb") ?? "256", CultureInfo.InvariantCulture);
+        var sizeGb = double.Parse(Baselines.Option(args, "--size-gb") ?? "2", CultureInfo.InvariantCulture);
+        var bucketMb = int.Parse(Baselines.Option(args, "--bucket-mb") ?? "256", CultureInfo.InvariantCulture);
         var root = Path.Combine(Path.GetTempPath(), $"ckpt-bench-p2p-{Environment.ProcessId}");
         try
         {
@@ -132,11 +132,5 @@ public static class P2PBenchmark
             }
         }
         return 0;
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        var i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

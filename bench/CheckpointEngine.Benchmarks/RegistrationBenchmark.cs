@@ -14,9 +14,9 @@ public static unsafe class RegistrationBenchmark
 {
     public static int Run(string[] args)
     {
-        var sizeGb = double.Parse(Option(args, "--size-gb") ?? "2", System.Globalization.CultureInfo.InvariantCulture);
-        var repeat = int.Parse(Option(args, "--repeat") ?? "3", System.Globalization.CultureInfo.InvariantCulture);
-        var root = Option(args, "--dir") ?? Path.Combine(Path.GetTempPath(), $"ckpt-bench-{Environment.ProcessId}");
+        var sizeGb = double.Parse(Baselines.Option(args, "--size-gb") ?? "2", System.Globalization.CultureInfo.InvariantCulture);
+        var repeat = int.Parse(Baselines.Option(args, "--repeat") ?? "3", System.Globalization.CultureInfo.InvariantCulture);
+        var root = Baselines.Option(args, "--dir") ?? Path.Combine(Path.GetTempPath(), $"ckpt-bench-{Environment.ProcessId}");
         var bytes = (long)(sizeGb * (1L << 30));
         var disk = Path.Combine(root, "disk");
         var shm = Path.Combine("/dev/shm", $"ckpt-bench-{Environment.ProcessId}");
@@ -77,7 +77,7 @@ public static unsafe class RegistrationBenchmark
             {
                 Directory.Delete(shm, true);
             }
-            if (Option(args, "--dir") is null && Directory.Exists(root))
+            if (Baselines.Option(args, "--dir") is null && Directory.Exists(root))
             {
                 Directory.Delete(root, true);
             }
@@ -97,10 +97,4 @@ public static unsafe class RegistrationBenchmark
     }
 
     private static double Best(int repeat, Func<double> run) => Enumerable.Range(0, repeat).Select(_ => run()).Min();
-
-    private static string? Option(string[] args, string name)
-    {
-        var i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-    }
 }

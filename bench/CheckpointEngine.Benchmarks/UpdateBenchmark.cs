@@ -20,9 +20,9 @@ public static class UpdateBenchmark
 {
     public static async Task<int> Run(string[] args)
     {
-        var sizeGb = double.Parse(Option(args, "--size-gb") ?? "2", CultureInfo.InvariantCulture);
-        var ranks = int.Parse(Option(args, "--ranks") ?? "2", CultureInfo.InvariantCulture);
-        var bucketMb = int.Parse(Option(args, "--bucket-mb") ?? "256", CultureInfo.InvariantCulture);
+        var sizeGb = double.Parse(Baselines.Option(args, "--size-gb") ?? "2", CultureInfo.InvariantCulture);
+        var ranks = int.Parse(Baselines.Option(args, "--ranks") ?? "2", CultureInfo.InvariantCulture);
+        var bucketMb = int.Parse(Baselines.Option(args, "--bucket-mb") ?? "256", CultureInfo.InvariantCulture);
         var root = Path.Combine(Path.GetTempPath(), $"ckpt-bench-update-{Environment.ProcessId}");
         try
         {
@@ -107,11 +107,5 @@ public static class UpdateBenchmark
             }
         }
         return 0;
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        var i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

@@ -4,6 +4,7 @@ using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
 using CheckpointEngine.Runtime.Collectives;
+using CheckpointEngine.Runtime.Devices;
 using CheckpointEngine.Runtime.P2P;
 using CheckpointEngine.Worker;
 
@@ -57,7 +58,7 @@ public sealed partial class ParameterServer
             {
                 return await BroadcastUpdateAsync(name, trigger, options, ct).ConfigureAwait(false);
             }
-            using var group = await World.Group.CreateSubGroupAsync("p2p", [.. ranks.Order()], options.Timeout, ct).ConfigureAwait(false);
+            using var group = await Group.CreateSubGroupAsync("p2p", [.. ranks.Order()], options.Timeout, ct).ConfigureAwait(false);
             return await P2PUpdateAsync(name, group, trigger, options, ct).ConfigureAwait(false);
         }
         catch (CollectiveException e)
@@ -85,15 +86,10 @@ public sealed partial class ParameterServer
         // Owners copy their own buckets from host memory to their device buffer; they are the broadcast roots.
         List<Step> Plan(BucketSizing sizing, IReadOnlyList<string> _) =>
             BucketPlanner.Interleave(metas.Ranks.Select(r => BucketPlanner.Cut(r, sizing.BucketSize)))
-                .Select(b => new Step(b, b.Owner, slot => Task.Run(() =>
-                {
-                    foreach (var r in b.Ranges)
-                    {
-                        Device.CopyHostToDevice(local!.Buffers[r.Buffer].Address + (nint)r.Offset, slot + (nint)r.BucketOffset, r.Length);
-                    }
-                }, ct)))
+                .Select(b => new Step(b, b.Owner, slot => Task.Run(() => Device.CopyHostToDevice(
+                    b.Ranges.Select(r => new HostCopy(local!.Buffers[r.Buffer].Address + (nint)r.Offset, slot + (nint)r.BucketOffset, r.Length)).ToArray()), ct)))
                 .ToList();
-        return await RunAsync(name, World.Group, metas, Plan, agreeOnStaging: false, trigger, options, ct).ConfigureAwait(false);
+        return await RunAsync(name, Group, metas, Plan, agreeOnStaging: false, trigger, options, ct).ConfigureAwait(false);
     }
 
     private async Task<UpdateReport> P2PUpdateAsync(string name, ICommunicator group, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
@@ -112,10 +108,21 @@ public sealed partial class ParameterServer
             var buckets = metas.Ranks.SelectMany(r => BucketPlanner.Cut(r, sizing.BucketSize)).Select(b => (b.Owner, b)).ToList();
             string OwnerDevice(int owner) => metas.Ranks[owner].NetDevice ?? metas.Ranks[owner].P2PAddress!;
             var receivers = ReceiverAssignment.GroupByDevice(Enumerable.Range(0, group.Size), r => netDevices[r]);
+            // A device this process cannot address (a GPU) gets the bytes through a page-locked host bucket.
+            var staging = Device.HostAccessible ? null : StagingFor(sizing);
+            async Task Read(H2DBucket bucket, nint slot)
+            {
+                var target = staging?.Address ?? slot;
+                await _p2p.ReadAsync(metas.Ranks[bucket.Owner].P2PAddress!,
+                    bucket.Ranges.Select(r => new P2PRead(P2PName(name, r.Buffer), r.Offset, r.Length, target + (nint)r.BucketOffset)).ToList(),
+                    options.Timeout, ct).ConfigureAwait(false);
+                if (staging is not null)
+                {
+                    await Task.Run(() => Device.CopyHostToDevice([new HostCopy(staging.Address, slot, bucket.Size)]), ct).ConfigureAwait(false);
+                }
+            }
             return ReceiverAssignment.Assign(buckets, OwnerDevice, receivers)
-                .Select(a => new Step(a.Bucket, a.Receiver, slot => _p2p.ReadAsync(metas.Ranks[a.Bucket.Owner].P2PAddress!,
-                    a.Bucket.Ranges.Select(r => new P2PRead(P2PName(name, r.Buffer), r.Offset, r.Length, slot + (nint)r.BucketOffset)).ToList(),
-                    options.Timeout, ct)))
+                .Select(a => new Step(a.Bucket, a.Receiver, slot => Read(a.Bucket, slot)))
                 .ToList();
         }
         return await RunAsync(name, group, metas, Plan, agreeOnStaging: true, trigger, options, ct).ConfigureAwait(false);

@@ -23,14 +23,17 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private readonly IP2PStore _p2p;
     private readonly SemaphoreSlim _updating = new(1, 1);
     private DeviceBuffer? _deviceBuffer;
+    private NativeBuffer? _staging;
     private volatile UpdateProgress? _progress;
     private BucketSizing? _sizing;
 
     /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>
-    public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null, IP2PStore? p2p = null)
+    /// <param name="group">The communicator that broadcasts device memory (NCCL for a GPU); default: the world's built-in group.</param>
+    public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null, IP2PStore? p2p = null, ICommunicator? group = null)
     {
         World = world;
         Device = device;
+        Group = group ?? world.Group;
         Registry = registry ?? new CheckpointRegistry();
         _worker = new WorkerLink(device.Id);
         _p2p = p2p ?? new TcpP2PStore(world.AdvertiseAddress, world.Config.Token);
@@ -40,6 +43,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
     public World World { get; }
 
     public IDevice Device { get; }
+
+    /// <summary>All ranks of the world, for the update's collectives on device memory.</summary>
+    public ICommunicator Group { get; }
 
     public CheckpointRegistry Registry { get; }
 
@@ -69,6 +75,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
             for (var i = 0; i < checkpoint.Buffers.Count; i++)
             {
                 _p2p.Register(P2PName(name, i), checkpoint.Buffers[i].Address, checkpoint.Buffers[i].Size);
+                Device.RegisterHostMemory(checkpoint.Buffers[i].Address, checkpoint.Buffers[i].Size); // Page-locked on a GPU: async, full-speed copies.
             }
         }
         catch
@@ -87,6 +94,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         for (var i = 0; i < checkpoint.Buffers.Count; i++)
         {
             _p2p.Unregister(P2PName(name, i)); // Waits for P2P reads in flight before the memory goes.
+            Device.UnregisterHostMemory(checkpoint.Buffers[i].Address);
         }
     }
 
@@ -200,16 +208,41 @@ public sealed partial class ParameterServer : IAsyncDisposable
         return _deviceBuffer;
     }
 
+    /// <summary>
+    /// Host memory a P2P read lands in before its copy to a device this process cannot address (a GPU):
+    /// one bucket, page-locked, kept with the device buffers.
+    /// </summary>
+    private NativeBuffer StagingFor(BucketSizing sizing)
+    {
+        if (_staging is null || _staging.Capacity < sizing.BucketSize)
+        {
+            if (_staging is not null)
+            {
+                Device.UnregisterHostMemory(_staging.Address);
+                _staging.Dispose();
+            }
+            _staging = NativeBuffer.Allocate(sizing.BucketSize);
+            Device.RegisterHostMemory(_staging.Address, _staging.Capacity);
+        }
+        return _staging;
+    }
+
     /// <summary>Frees the device buffers now (the next update allocates them again).</summary>
     public void ReleaseDeviceMemory()
     {
         if (_deviceBuffer is HostDeviceBuffer host)
         {
-            World.Group.UnregisterSharedMemory(host.Segment);
+            Group.UnregisterSharedMemory(host.Segment);
         }
         _deviceBuffer?.Dispose();
         _deviceBuffer = null;
         _sizing = null;
+        if (_staging is not null)
+        {
+            Device.UnregisterHostMemory(_staging.Address);
+            _staging.Dispose();
+            _staging = null;
+        }
     }
 
     public ValueTask DisposeAsync()

@@ -27,6 +27,7 @@ internal sealed class ReceiveSession : IDisposable
 
     private Phase _phase;
     private SharedMemorySegment? _segment;
+    private CudaIpcMapping? _cudaBuffer;
     private string _deviceId = "";
     private int _buckets;
     private int _tensors;
@@ -115,9 +116,9 @@ internal sealed class ReceiveSession : IDisposable
 
     private async Task AttachAsync(AttachMessage attach, CancellationToken ct)
     {
-        if (attach.Kind != "shm")
+        if (attach.Kind is not ("shm" or "cuda-ipc"))
         {
-            await FailAsync($"attach: segment kind '{attach.Kind}' is not supported by this worker (it maps 'shm' segments)", null, ct).ConfigureAwait(false);
+            await FailAsync($"attach: segment kind '{attach.Kind}' is not supported by this worker (it maps 'shm' and 'cuda-ipc')", null, ct).ConfigureAwait(false);
             return;
         }
         if (attach.Size <= 0)
@@ -127,11 +128,20 @@ internal sealed class ReceiveSession : IDisposable
         }
         try
         {
-            _segment = SegmentMappings.Acquire(_address, attach.Handle, attach.Size);
+            if (attach.Kind == "shm")
+            {
+                _segment = SegmentMappings.Acquire(_address, attach.Handle, attach.Size);
+            }
+            else
+            {
+                _cudaBuffer = new CudaIpcMapping(attach.DeviceId, attach.Handle, attach.Size);
+            }
         }
-        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or InvalidOperationException)
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or InvalidOperationException
+            or Interop.BackendUnavailableException or Interop.Cuda.CudaException)
         {
-            await FailAsync($"attach: cannot map shared memory segment '{attach.Handle}' of {attach.Size} bytes: {e.Message}", e, ct).ConfigureAwait(false);
+            var what = attach.Kind == "shm" ? $"shared memory segment '{attach.Handle}'" : $"the CUDA IPC buffer of device {attach.DeviceId}";
+            await FailAsync($"attach: cannot map {what} of {attach.Size} bytes: {e.Message}", e, ct).ConfigureAwait(false);
             return;
         }
         _deviceId = attach.DeviceId;
@@ -192,7 +202,10 @@ internal sealed class ReceiveSession : IDisposable
     private unsafe bool TryViews(LoadMessage load, out TensorView[] views, out string error)
     {
         views = [];
-        var segment = _segment!;
+        var onDevice = _segment is null;
+        var name = _segment?.Name ?? _cudaBuffer!.Name;
+        var size = _segment?.Size ?? _cudaBuffer!.Size;
+        var pointer = onDevice ? _cudaBuffer!.Pointer : _segment!.Pointer;
         var at = $"load of bucket {load.Bucket}";
         if (load.Bucket < 0)
         {
@@ -235,9 +248,9 @@ internal sealed class ReceiveSession : IDisposable
                 error = $"{what}: nbytes is {t.NBytes}, dtype {dtype.Name()} and shape [{string.Join(", ", t.Shape)}] need {expected}";
                 return false;
             }
-            if (t.Offset < 0 || t.Offset > segment.Size - t.NBytes)
+            if (t.Offset < 0 || t.Offset > size - t.NBytes)
             {
-                error = $"{what}: bytes [{t.Offset}, {t.Offset + t.NBytes}) are outside segment '{segment.Name}' of {segment.Size} bytes";
+                error = $"{what}: bytes [{t.Offset}, {t.Offset + t.NBytes}) are outside segment '{name}' of {size} bytes";
                 return false;
             }
             if (t.Sha256 is { } sum && (sum.Length != 64 || !sum.All(char.IsAsciiHexDigit)))
@@ -245,7 +258,7 @@ internal sealed class ReceiveSession : IDisposable
                 error = $"{what}: sha256 '{sum}' is not 64 hex digits";
                 return false;
             }
-            result[i] = new TensorView(new TensorInfo(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes), segment.Pointer + t.Offset);
+            result[i] = new TensorView(new TensorInfo(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes), pointer + t.Offset, onDevice);
         }
         views = result;
         error = "";
@@ -265,7 +278,7 @@ internal sealed class ReceiveSession : IDisposable
         {
             if (load.Tensors[i].Sha256 is { } expected)
             {
-                var actual = TensorHash.Sha256Hex(views[i].Pointer, views[i].Length);
+                var actual = TensorHash.Sha256Hex(views[i]);
                 if (!actual.Equals(expected, StringComparison.OrdinalIgnoreCase))
                 {
                     mismatch[i] = $"load of bucket {load.Bucket}: tensor '{views[i].Info.Name}' has sha256 {actual}, expected {expected.ToLowerInvariant()}";
@@ -363,6 +376,7 @@ internal sealed class ReceiveSession : IDisposable
     /// <summary>Ends this update's use of the buffer; the mapping itself stays for the next update (see <see cref="SegmentMappings"/>).</summary>
     private void Unmap()
     {
+        CloseCuda();
         if (_segment is not null)
         {
             _segment = null;
@@ -370,9 +384,17 @@ internal sealed class ReceiveSession : IDisposable
         }
     }
 
+    /// <summary>A CUDA IPC mapping is closed at every release: the parameter server may free the memory once the update ends.</summary>
+    private void CloseCuda()
+    {
+        _cudaBuffer?.Dispose();
+        _cudaBuffer = null;
+    }
+
     /// <summary>After a failure the buffer may be gone for good: unmap it.</summary>
     private void Drop()
     {
+        CloseCuda();
         if (_segment is not null)
         {
             _segment = null;

@@ -23,5 +23,17 @@ public static unsafe class TensorHash
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
+    /// <summary>Hashes a tensor's bytes wherever they are (GPU memory is copied to the host first).</summary>
+    public static string Sha256Hex(Checkpoints.TensorView view)
+    {
+        if (!view.OnDevice)
+        {
+            return Sha256Hex(view.Pointer, view.Length);
+        }
+        using var host = Memory.NativeBuffer.Allocate(Math.Max(1, view.Length));
+        view.CopyTo(host.Pointer);
+        return Sha256Hex(host.Pointer, view.Length);
+    }
+
     public static string Sha256Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));
 }

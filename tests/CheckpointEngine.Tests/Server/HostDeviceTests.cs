@@ -35,7 +35,7 @@ public class HostDeviceTests
         var source = new byte[] { 1, 2, 3, 42 };
         fixed (byte* p = source)
         {
-            device.CopyHostToDevice((nint)p, buffer.Address + 97, source.Length);
+            device.CopyHostToDevice([new HostCopy((nint)p, buffer.Address + 97, source.Length)]);
         }
         Assert.Equal(42, peer.Pointer[100]); // The worker's mapping sees the copy.
     }

@@ -25,6 +25,28 @@ public static unsafe class Baselines
         return Best(() => Buffer.MemoryCopy(src.Pointer, dst.Pointer, bytes, bytes));
     }
 
+    /// <summary>Seconds for one <c>cuMemcpyHtoD</c> of <paramref name="bytes"/> from page-locked host memory to CUDA device 0 (best of three).</summary>
+    public static double PinnedHostToDevice(long bytes)
+    {
+        using var device = new Runtime.Devices.CudaDevice(0);
+        var cuda = Interop.Cuda.CudaDriver.Instance;
+        using var src = Touched(bytes);
+        device.RegisterHostMemory(src.Address, src.Capacity);
+        using var dst = device.AllocateShared(bytes);
+        try
+        {
+            return Best(() =>
+            {
+                cuda.SetCurrent(device.Context);
+                cuda.CopyHostToDevice((ulong)dst.Address, src.Address, bytes);
+            });
+        }
+        finally
+        {
+            device.UnregisterHostMemory(src.Address);
+        }
+    }
+
     /// <summary>Seconds for <paramref name="threads"/> threads (default: one per processor) to copy <paramref name="bytes"/>, each its own slice.</summary>
     public static double MemcpyParallel(long bytes, int threads = 0)
     {

@@ -24,8 +24,8 @@ internal static class BenchRank
         TextWriter stdout, CancellationToken ct)
     {
         await using var world = await World.JoinAsync(RankConfig.FromEnvironment(), ct).ConfigureAwait(false);
-        using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank, world.Rank), localRanks: world.Config.LocalWorldSize);
-        await using var ps = new ParameterServer(world, device);
+        using var backend = await Backend.CreateAsync(world, Backend.Choose(null), timeout, ct: ct).ConfigureAwait(false); // The runner sets the backend's variable.
+        await using var ps = new ParameterServer(world, backend.Device, group: backend.Group);
         using (var checkpoint = Checkpoint.Open(path))
         {
             ps.RegisterCheckpoint(CheckpointName, CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size), options: new RegisterOptions { UsePool = true });

@@ -48,10 +48,10 @@ internal static class BenchRunner
                     foreach (var method in settings.Methods)
                     {
                         // A fresh worker per configuration: none inherits another's warm shard memory.
-                        var ids = Enumerable.Range(0, ranks).Select(r => $"bench-{Environment.ProcessId}-{r}").ToList();
+                        var ids = Cli.DeviceOption.WorkerIds(settings.Device, ranks, "bench");
                         await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
                         hostPeakReset &= PeakMemory.ResetSelf();
-                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory);
+                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device);
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
                     }
                 }
@@ -82,7 +82,8 @@ internal static class BenchRunner
     }
 
     /// <summary>One (method, ranks, size) against a running worker.</summary>
-    private sealed record Configuration(string Method, int Ranks, long Size, string Dir, Uri Worker, IReadOnlyList<string> Ids, long? BucketSize, string? TraceDirectory)
+    private sealed record Configuration(string Method, int Ranks, long Size, string Dir, Uri Worker, IReadOnlyList<string> Ids, long? BucketSize, string? TraceDirectory,
+        Runtime.DeviceKind Device)
     {
         private string Name => $"{Method}, {Ranks} rank{(Ranks == 1 ? "" : "s")}, {BenchSettings.SizeLabel(Size)}";
 
@@ -108,8 +109,8 @@ internal static class BenchRunner
                 NProc = Ranks,
                 Command = Launcher.SelfCommand(RankArguments(updates, timeout)),
                 Environment = BucketSize is { } b
-                    ? new Dictionary<string, string?> { [BucketSizing.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture) }
-                    : null,
+                    ? new Dictionary<string, string?>([Cli.DeviceOption.RankVariable(Device)]) { [BucketSizing.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture) }
+                    : new Dictionary<string, string?>([Cli.DeviceOption.RankVariable(Device)]),
                 RankEnvironment = r => new Dictionary<string, string?> { [DeviceIds.Variable] = Ids[r] },
             };
             progress.WriteLine($"bench: {Name}: {Ranks} rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");

@@ -8,7 +8,8 @@ namespace CheckpointEngine.Hosting.Bench;
 /// <see cref="Repeat"/> + 1 times (the first is a warm-up). The list parsers report the bad element.
 /// </summary>
 /// <param name="TraceDirectory">Where each configuration's last update is written as a trace (trace-METHOD-Nr-SIZE.json), or null.</param>
-internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat, string? TraceDirectory = null)
+internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat, string? TraceDirectory = null,
+    Runtime.DeviceKind Device = Runtime.DeviceKind.Host)
 {
     public const int MaxRanks = 64;
     public const int MaxRepeat = 100;

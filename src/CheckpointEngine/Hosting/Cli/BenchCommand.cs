@@ -42,10 +42,11 @@ internal static class BenchCommand
                 r.AddError($"--out {file}: directory {dir} does not exist");
             }
         });
+        var device = DeviceOption.Create();
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > BenchSettings.MaxRepeat) r.AddError($"--repeat must be in [1, {BenchSettings.MaxRepeat}]"); });
         var command = new Command("bench", "Benchmark end-to-end updates on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
         {
-            ranks, size, method, bucket, repeat, json, output, trace, Rank(stdout), ShmReader(stdout),
+            ranks, size, method, bucket, repeat, json, output, trace, device, Rank(stdout), ShmReader(stdout), CudaCopy(stdout),
         };
         command.SetAction(async (result, ct) =>
         {
@@ -53,7 +54,7 @@ internal static class BenchCommand
             _ = BenchSettings.TryParseSizes(result.GetValue(size)!, out var s, out _);
             _ = BenchSettings.TryParseMethods(result.GetValue(method)!, out var m, out _);
             long? b = result.GetValue(bucket) is { } text && DemoCommand.TryParseSize(text, out var n) ? n : null;
-            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace)), stderr, ct).ConfigureAwait(false);
+            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), Runtime.Backend.Choose(result.GetValue(device))), stderr, ct).ConfigureAwait(false);
             if (result.GetValue(json))
             {
                 stdout.WriteLine(report.ToJson());
@@ -92,6 +93,28 @@ internal static class BenchCommand
         }
         command.SetAction((result, ct) => BenchRank.RunAsync(result.GetValue(path)!, result.GetValue(endpoint)!, result.GetValue(groupSize),
             result.GetValue(method)!, result.GetValue(updates), TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), stdout, ct));
+        return command;
+    }
+
+    /// <summary>
+    /// The GPU baseline (hidden; the GPU check runs it): seconds for one plain <c>cuMemcpyHtoD</c> of BYTES from
+    /// page-locked host memory to device 0, best of three, printed as "seconds=S gbps=G".
+    /// </summary>
+    private static Command CudaCopy(TextWriter stdout)
+    {
+        var bytes = new Argument<string>("bytes") { Description = "size, e.g. 4GiB" };
+        var command = new Command("cuda-h2d-baseline") { Hidden = true };
+        command.Arguments.Add(bytes);
+        command.SetAction(result =>
+        {
+            if (!DemoCommand.TryParseSize(result.GetValue(bytes)!, out var n) || n < 1)
+            {
+                throw new ArgumentException($"'{result.GetValue(bytes)}' is not a size (e.g. 4GiB)");
+            }
+            var seconds = Baselines.PinnedHostToDevice(n);
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"seconds={seconds:R} gbps={n / seconds / 1e9:F3}"));
+            return 0;
+        });
         return command;
     }
 

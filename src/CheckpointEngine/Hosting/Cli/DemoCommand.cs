@@ -6,6 +6,7 @@ using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Hosting.Launch;
 using CheckpointEngine.Hosting.Worker;
+using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Devices;
 
 namespace CheckpointEngine.Hosting.Cli;
@@ -28,6 +29,7 @@ internal static class DemoCommand
         var json = new Option<bool>("--json") { Description = "print one JSON object per method instead of a summary" };
         var trace = new Option<string?>("--trace") { Description = "write the update's per-bucket stage times as Chrome/Perfetto trace JSON (with --method all: FILE.broadcast.json and FILE.p2p.json)" };
         trace.Validators.Add(UpdateCommand.ValidateTracePath);
+        var device = DeviceOption.Create();
         ranks.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--ranks must be between 1 and 64"); });
         size.Validators.Add(r =>
         {
@@ -38,18 +40,18 @@ internal static class DemoCommand
         });
         var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
         {
-            ranks, size, method, json, trace,
+            ranks, size, method, json, trace, device,
         };
         command.SetAction(async (result, ct) =>
         {
             _ = TryParseSize(result.GetValue(size)!, out var bytes);
             var tracePath = result.GetValue(trace) is { } t ? Path.GetFullPath(t) : null;
-            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(method)!, result.GetValue(json), tracePath, stdout, stderr, ct).ConfigureAwait(false);
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(method)!, result.GetValue(json), tracePath, Backend.Choose(result.GetValue(device)), stdout, stderr, ct).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(int ranks, long bytes, string method, bool json, string? trace, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    private static async Task<int> RunAsync(int ranks, long bytes, string method, bool json, string? trace, DeviceKind kind, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
         var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
         var log = json ? TextWriter.Null : stdout;
@@ -62,7 +64,7 @@ internal static class DemoCommand
             var source = SourceDigests(dir, out var total);
             log.WriteLine($"wrote a {InspectCommand.Bytes(total)} checkpoint ({source.Count} tensors) in {clock.Elapsed.TotalSeconds:F1} s");
 
-            var ids = Enumerable.Range(0, ranks).Select(r => $"demo-{Environment.ProcessId}-{r}").ToList();
+            var ids = DeviceOption.WorkerIds(kind, ranks, "demo");
             await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
             log.WriteLine($"reference worker with {ranks} shards at {worker.Address}; starting {ranks} ranks ({method})");
 
@@ -74,6 +76,7 @@ internal static class DemoCommand
                 Command = Launcher.SelfCommand(["update", "--checkpoint-path", dir, "--endpoint", worker.Address.ToString(),
                     "--inference-parallel-size", ranks.ToString(CultureInfo.InvariantCulture), "--update-method", method, "--timeout", "120", "--repeat", "2",
                     .. trace is null ? [] : new[] { "--trace", trace }]),
+                Environment = new Dictionary<string, string?>([DeviceOption.RankVariable(kind)]),
                 RankEnvironment = r => new Dictionary<string, string?> { [DeviceIds.Variable] = ids[r] },
             };
             var exit = await Launcher.RunAsync(options, json ? output : new TeeWriter(output, log), json ? errors : new TeeWriter(errors, stderr), ct).ConfigureAwait(false);

@@ -20,6 +20,7 @@ internal static class ServeCommand
         var uds = new Option<string?>("--uds") { Description = "Unix socket to serve HTTP on (created owner-only, 0600); {rank} in it becomes the rank" };
         var listen = new Option<string?>("--listen") { Description = "HOST:PORT to serve HTTP on (loopback only unless --allow-remote; port 0 picks a free one)" };
         var allowRemote = new Option<bool>("--allow-remote") { Description = "allow --listen on a non-loopback address (set CKPT_ENGINE_TOKEN too)" };
+        var device = DeviceOption.Create();
         listen.Validators.Add(r =>
         {
             if (!WorkerCommand.TryParseListen(r.GetValueOrDefault<string?>(), out _, out _, out var why))
@@ -30,7 +31,7 @@ internal static class ServeCommand
         uds.Validators.Add(r => { if (string.IsNullOrWhiteSpace(r.GetValueOrDefault<string?>())) r.AddError("--uds: the socket path is empty"); });
         var command = new Command("serve", "Run one parameter-server rank (torchrun env: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) with the HTTP API.")
         {
-            uds, listen, allowRemote,
+            uds, listen, allowRemote, device,
         };
         command.Validators.Add(r =>
         {
@@ -47,6 +48,7 @@ internal static class ServeCommand
         command.SetAction(async (result, ct) =>
         {
             var config = RankConfig.FromEnvironment();
+            var kind = Backend.Choose(result.GetValue(device));
             // "{rank}" in the path gives each rank of a launch its own socket.
             var socket = result.GetValue(uds)?.Replace("{rank}", config.Rank.ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal);
             var options = new ApiOptions { UnixSocket = socket, AllowRemote = result.GetValue(allowRemote), Token = config.Token };
@@ -78,11 +80,11 @@ internal static class ServeCommand
             }
             await using (world.ConfigureAwait(false))
             {
-                using var device = new HostDevice(DeviceIds.ForRank(config.LocalRank), localRanks: config.LocalWorldSize);
+                using var backend = await Backend.CreateAsync(world, kind, TimeSpan.FromSeconds(300), ct: stop.Token).ConfigureAwait(false);
                 ParameterServer ps;
                 try
                 {
-                    ps = new ParameterServer(world, device);
+                    ps = new ParameterServer(world, backend.Device, group: backend.Group);
                 }
                 catch (InvalidOperationException e)
                 {

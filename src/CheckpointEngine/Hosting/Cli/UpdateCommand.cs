@@ -37,6 +37,7 @@ internal static class UpdateCommand
         var timeout = new Option<double>("--timeout") { Description = "deadline in seconds for each wait of the update", DefaultValueFactory = _ => 300 };
         var repeat = new Option<int>("--repeat") { Description = "updates per method (the first pays for first touches; later ones show the steady state)", DefaultValueFactory = _ => 1 };
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 100) r.AddError("--repeat must be in [1, 100]"); });
+        var device = DeviceOption.Create();
         var trace = new Option<string?>("--trace") { Description = "rank 0 writes every rank's per-bucket stage times here as Chrome/Perfetto trace JSON (with --update-method all: FILE.broadcast.json and FILE.p2p.json)" };
         groupSize.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--inference-parallel-size must be at least 1"); });
         sleep.Validators.Add(r => { if (r.GetValueOrDefault<double>() < 0) r.AddError("--sleep-time must not be negative"); });
@@ -44,7 +45,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace, device,
         };
         command.Validators.Add(r =>
         {
@@ -60,7 +61,7 @@ internal static class UpdateCommand
         });
         command.SetAction(async (result, ct) =>
         {
-            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat));
+            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), Backend.Choose(result.GetValue(device)));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -78,16 +79,16 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat = 1)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, DeviceKind kind)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
         {
             var clock = Stopwatch.StartNew();
             await using var world = await World.JoinAsync(RankConfig.FromEnvironment(), ct).ConfigureAwait(false);
-            using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank, world.Rank), localRanks: world.Config.LocalWorldSize);
-            await using var ps = new ParameterServer(world, device);
-            Phase("join", clock);
+            using var backend = await Backend.CreateAsync(world, kind, timeout, ct: ct).ConfigureAwait(false);
+            await using var ps = new ParameterServer(world, backend.Device, group: backend.Group);
+            Phase($"join ({kind.ToString().ToLowerInvariant()} device {backend.Device.Id})", clock);
             if (loadMetas is not null)
             {
                 ps.SetMetas(GlobalMetas.Load(loadMetas) is var m && m.Checkpoint == name ? m : throw new ArgumentException($"{loadMetas} holds metas of '{m.Checkpoint}', not '{name}' (see --checkpoint-name)"));

@@ -34,7 +34,17 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
             var weight = Slot(view.Info.Name, slice.ByteLength);
             weight.DType = view.Info.DType;
             weight.Shape = slice.Shape;
-            slice.CopyTo(view.Pointer, weight.Buffer.Pointer);
+            if (view.OnDevice)
+            {
+                // GPU memory: bring the whole tensor to the host, then take this shard's part.
+                using var host = NativeBuffer.Allocate(Math.Max(1, view.Length));
+                view.CopyTo(host.Pointer);
+                slice.CopyTo(host.Pointer, weight.Buffer.Pointer);
+            }
+            else
+            {
+                slice.CopyTo(view.Pointer, weight.Buffer.Pointer);
+            }
         }
     }
 

@@ -31,8 +31,15 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
         return new HostDeviceBuffer(SharedMemorySegment.Create(name, size));
     }
 
-    public unsafe void CopyHostToDevice(nint source, nint destination, long length) =>
-        Buffer.MemoryCopy((void*)source, (void*)destination, length, length);
+    public bool HostAccessible => true;
+
+    public unsafe void CopyHostToDevice(ReadOnlySpan<HostCopy> copies)
+    {
+        foreach (var c in copies)
+        {
+            Buffer.MemoryCopy((void*)c.Source, (void*)c.Destination, c.Length, c.Length);
+        }
+    }
 
     public void Dispose()
     {

@@ -1,0 +1,98 @@
+using CheckpointEngine.Interop;
+using CheckpointEngine.Interop.Cuda;
+using CheckpointEngine.Runtime.Collectives;
+using CheckpointEngine.Runtime.Devices;
+
+namespace CheckpointEngine.Runtime;
+
+/// <summary>Which accelerator backend a rank uses.</summary>
+public enum DeviceKind
+{
+    /// <summary>Shared memory and the built-in transports: runs anywhere.</summary>
+    Host,
+
+    /// <summary>A GPU through the CUDA driver API, broadcasts through NCCL.</summary>
+    Cuda,
+}
+
+/// <summary>
+/// A rank's device and the communicator that broadcasts its memory: the host device with the world's
+/// built-in group, or a CUDA device (ordinal = local rank, as torchrun assigns GPUs) with an NCCL
+/// communicator over the world's ranks.
+/// </summary>
+public sealed class Backend : IDisposable
+{
+    /// <summary>Chooses the backend when no --device option is given: "host", "cuda" or "auto".</summary>
+    public const string Variable = "CKPT_ENGINE_DEVICE";
+
+    private readonly bool _ownsGroup;
+
+    private Backend(DeviceKind kind, IDevice device, ICommunicator group, bool ownsGroup)
+    {
+        Kind = kind;
+        Device = device;
+        Group = group;
+        _ownsGroup = ownsGroup;
+    }
+
+    public DeviceKind Kind { get; }
+
+    public IDevice Device { get; }
+
+    public ICommunicator Group { get; }
+
+    /// <summary>
+    /// The backend to use: <paramref name="option"/> (host|cuda|auto) if given, else <see cref="Variable"/>,
+    /// else auto: CUDA when a GPU is present (<paramref name="hasGpu"/>), else host.
+    /// </summary>
+    /// <exception cref="ArgumentException">An unknown name, naming where it came from.</exception>
+    public static DeviceKind Choose(string? option, Func<bool>? hasGpu = null)
+    {
+        var (text, source) = !string.IsNullOrWhiteSpace(option)
+            ? (option, "--device")
+            : (Environment.GetEnvironmentVariable(Variable), Variable);
+        switch (text?.Trim().ToLowerInvariant())
+        {
+            case null or "" or "auto":
+                return (hasGpu ?? CudaDriver.HasDevice)() ? DeviceKind.Cuda : DeviceKind.Host;
+            case "host":
+                return DeviceKind.Host;
+            case "cuda" or "gpu":
+                return DeviceKind.Cuda;
+            default:
+                throw new ArgumentException($"{source}={text} is not a device backend: use host, cuda or auto");
+        }
+    }
+
+    /// <summary>Creates this rank's backend; every rank of the world calls it (NCCL's set-up is collective).</summary>
+    /// <param name="hostMemory">Free memory the host device reports (default: from the machine, see <see cref="HostDevice"/>).</param>
+    /// <exception cref="BackendUnavailableException">CUDA was chosen and the driver or NCCL is missing (the message lists the paths tried).</exception>
+    public static async Task<Backend> CreateAsync(World world, DeviceKind kind, TimeSpan timeout, long? hostMemory = null, CancellationToken ct = default)
+    {
+        if (kind == DeviceKind.Host)
+        {
+            var host = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank, world.Rank), hostMemory, world.Config.LocalWorldSize);
+            return new Backend(kind, host, world.Group, ownsGroup: false);
+        }
+        var device = new CudaDevice(world.Config.LocalRank);
+        try
+        {
+            var nccl = await NcclCommunicator.CreateAsync(world.Group, world, device, timeout, ownsControl: false, ct).ConfigureAwait(false);
+            return new Backend(kind, device, nccl, ownsGroup: true);
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_ownsGroup)
+        {
+            Group.Dispose();
+        }
+        Device.Dispose();
+    }
+}

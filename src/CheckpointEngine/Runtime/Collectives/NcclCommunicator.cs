@@ -1,0 +1,263 @@
+using System.Diagnostics;
+using CheckpointEngine.Interop.Cuda;
+using CheckpointEngine.Interop.Nccl;
+using CheckpointEngine.Runtime.Devices;
+
+namespace CheckpointEngine.Runtime.Collectives;
+
+/// <summary>
+/// Collectives for GPU memory: broadcast and all-reduce through NCCL on the communicator's own CUDA
+/// stream, control collectives (barrier, all-gather) through the built-in group it wraps. NCCL runs
+/// non-blocking and every wait polls with the call's deadline, the world's broken flag and the
+/// cancellation: a dead or silent peer aborts the NCCL communicator (its kernels stop) and fails the
+/// call naming the operation, instead of hanging a GPU stream forever.
+/// </summary>
+public sealed class NcclCommunicator : ICommunicator
+{
+    private readonly ICommunicator _control;
+    private readonly bool _ownsControl;
+    private readonly World _world;
+    private readonly CudaDevice _device;
+    private readonly Nccl _nccl;
+    private readonly CudaDriver _cuda;
+    private readonly nint _comm;
+    private readonly nint _stream;
+    private readonly nint _done;
+    private readonly SemaphoreSlim _one = new(1, 1);
+    private ulong _scratch;
+    private long _scratchSize;
+    private string? _failure;
+    private int _disposed;
+
+    private NcclCommunicator(ICommunicator control, bool ownsControl, World world, CudaDevice device, Nccl nccl, nint comm, nint stream, nint done)
+    {
+        _control = control;
+        _ownsControl = ownsControl;
+        _world = world;
+        _device = device;
+        _nccl = nccl;
+        _cuda = CudaDriver.Instance;
+        _comm = comm;
+        _stream = stream;
+        _done = done;
+    }
+
+    public string Name => _control.Name;
+
+    public int Rank => _control.Rank;
+
+    public int Size => _control.Size;
+
+    public IReadOnlyList<int> Members => _control.Members;
+
+    /// <summary>
+    /// Creates the NCCL communicator of <paramref name="control"/>'s members on <paramref name="device"/>:
+    /// group rank 0 makes the unique id and the members share it through <paramref name="control"/>. Every
+    /// member calls this. The new communicator owns <paramref name="control"/> when <paramref name="ownsControl"/>.
+    /// </summary>
+    /// <exception cref="Interop.BackendUnavailableException">No NCCL on this machine.</exception>
+    public static async Task<NcclCommunicator> CreateAsync(ICommunicator control, World world, CudaDevice device, TimeSpan timeout,
+        bool ownsControl = false, CancellationToken ct = default)
+    {
+        var nccl = Nccl.Instance;
+        var cuda = CudaDriver.Instance;
+        var mine = control.Rank == 0 ? nccl.UniqueId().ToArray() : [];
+        var ids = await control.AllGatherAsync(mine, timeout, ct).ConfigureAwait(false);
+        var id = NcclUniqueId.From(ids[0]);
+        var operation = $"NCCL init (rank {control.Rank} of {control.Size}, NCCL {nccl.Version})";
+        cuda.SetCurrent(device.Context);
+        var stream = cuda.CreateStream();
+        var done = cuda.CreateEvent();
+        var comm = nint.Zero;
+        try
+        {
+            comm = nccl.StartInit(control.Size, id, control.Rank);
+            await PollAsync(() => StateDone(nccl, comm), operation, control.Name, world, timeout, ct).ConfigureAwait(false);
+            return new NcclCommunicator(control, ownsControl, world, device, nccl, comm, stream, done);
+        }
+        catch
+        {
+            if (comm != 0)
+            {
+                nccl.Abort(comm);
+            }
+            cuda.DestroyEvent(done);
+            cuda.DestroyStream(stream);
+            if (ownsControl)
+            {
+                control.Dispose();
+            }
+            throw;
+        }
+    }
+
+    private static bool StateDone(Nccl nccl, nint comm) => nccl.AsyncError(comm) != Nccl.InProgress;
+
+    public Task BarrierAsync(TimeSpan timeout, CancellationToken ct = default) => _control.BarrierAsync(timeout, ct);
+
+    public Task<byte[][]> AllGatherAsync(byte[] blob, TimeSpan timeout, CancellationToken ct = default) => _control.AllGatherAsync(blob, timeout, ct);
+
+    /// <summary>Broadcasts device memory from group rank <paramref name="root"/>; returns when the bytes are in this rank's buffer.</summary>
+    public Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (root < 0 || root >= Size)
+        {
+            throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is not a rank of group '{Name}' (size {Size})");
+        }
+        return RunAsync($"broadcast of {length} bytes from rank {Members[root]}", timeout,
+            () => _nccl.Broadcast(buffer, length, root, _comm, _stream), ct);
+    }
+
+    /// <summary>All-reduce of 64-bit integers through a small device buffer.</summary>
+    public async Task<long[]> AllReduceAsync(long[] values, ReduceOp op, TimeSpan timeout, CancellationToken ct = default)
+    {
+        var bytes = values.Length * 8L;
+        if (_scratchSize < bytes)
+        {
+            _cuda.SetCurrent(_device.Context);
+            if (_scratch != 0)
+            {
+                _cuda.Free(_scratch);
+            }
+            _scratchSize = Math.Max(bytes, 4096);
+            _scratch = _cuda.Allocate(_scratchSize);
+        }
+        var result = new long[values.Length];
+        var nop = op switch
+        {
+            ReduceOp.Sum => Nccl.Sum,
+            ReduceOp.Min => Nccl.Min,
+            ReduceOp.Max => Nccl.Max,
+            _ => throw new ArgumentOutOfRangeException(nameof(op)),
+        };
+        var scratch = _scratch;
+        await RunAsync($"all-reduce ({op})", timeout, () =>
+        {
+            unsafe
+            {
+                fixed (long* p = values)
+                {
+                    _cuda.CopyHostToDevice(scratch, (nint)p, bytes);
+                }
+            }
+            return _nccl.AllReduce((nint)scratch, values.Length, Nccl.Int64, nop, _comm, _stream);
+        }, ct).ConfigureAwait(false);
+        unsafe
+        {
+            fixed (long* p = result)
+            {
+                _cuda.CopyDeviceToHost((nint)p, scratch, bytes);
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Queues one NCCL operation on the stream and waits, with the deadline, until it has run.</summary>
+    private async Task RunAsync(string operation, TimeSpan timeout, Func<int> enqueue, CancellationToken ct)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        if (_failure is not null)
+        {
+            throw new CollectiveException(operation, Name, [], $"the group is unusable after an earlier failure: {_failure}");
+        }
+        if (!await _one.WaitAsync(timeout, ct).ConfigureAwait(false))
+        {
+            throw new CollectiveException(operation, Name, [], $"an earlier collective of this group still runs after {timeout.TotalSeconds:F1} s");
+        }
+        try
+        {
+            _cuda.SetCurrent(_device.Context);
+            if (enqueue() == Nccl.InProgress)
+            {
+                await PollAsync(() => StateDone(_nccl, _comm), operation, Name, _world, timeout, ct).ConfigureAwait(false);
+            }
+            _cuda.Record(_done, _stream);
+            await PollAsync(() => Finished(), operation, Name, _world, timeout, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is CollectiveException or NcclException or CudaException or OperationCanceledException)
+        {
+            // The peers may be gone or wedged: stop our kernels so the stream and the buffers are free again.
+            _failure ??= $"{operation}: {e.Message}";
+            _nccl.Abort(_comm);
+            throw e as CollectiveException ?? new CollectiveException(operation, Name, [], e.Message, e);
+        }
+        finally
+        {
+            _one.Release();
+        }
+    }
+
+    private bool Finished()
+    {
+        _cuda.SetCurrent(_device.Context);
+        if (_nccl.AsyncError(_comm) is var state && state != Nccl.Success && state != Nccl.InProgress)
+        {
+            _nccl.Check(state, "NCCL operation", _comm);
+        }
+        return _cuda.IsDone(_done);
+    }
+
+    /// <summary>Polls <paramref name="done"/> (spinning briefly, then every millisecond) until it holds, the deadline passes, the world breaks or the caller cancels.</summary>
+    private static async Task PollAsync(Func<bool> done, string operation, string group, World world, TimeSpan timeout, CancellationToken ct)
+    {
+        var started = Stopwatch.GetTimestamp();
+        for (var spins = 0; !done(); spins++)
+        {
+            ct.ThrowIfCancellationRequested();
+            if (world.Broken.IsCancellationRequested)
+            {
+                throw new CollectiveException(operation, group, [], world.BrokenReason ?? "the world is broken");
+            }
+            if (Stopwatch.GetElapsedTime(started) > timeout)
+            {
+                throw new CollectiveException(operation, group, [], $"did not complete within the {timeout.TotalSeconds:F1} s deadline (a peer is missing or stuck)");
+            }
+            if (spins < 64)
+            {
+                Thread.Yield();
+            }
+            else
+            {
+                await Task.Delay(1, ct).ConfigureAwait(false);
+            }
+        }
+    }
+
+    public async Task<ICommunicator> CreateSubGroupAsync(string name, IReadOnlyList<int> groupRanks, TimeSpan timeout, CancellationToken ct = default)
+    {
+        var control = await _control.CreateSubGroupAsync(name, groupRanks, timeout, ct).ConfigureAwait(false);
+        return await CreateAsync(control, _world, _device, timeout, ownsControl: true, ct).ConfigureAwait(false);
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        _cuda.SetCurrent(_device.Context);
+        if (_failure is null)
+        {
+            try
+            {
+                _nccl.Destroy(_comm);
+            }
+            catch (NcclException)
+            {
+                _nccl.Abort(_comm);
+            }
+        }
+        if (_scratch != 0)
+        {
+            _cuda.Free(_scratch);
+        }
+        _cuda.DestroyEvent(_done);
+        _cuda.DestroyStream(_stream);
+        if (_ownsControl)
+        {
+            _control.Dispose();
+        }
+        _one.Dispose();
+    }
+}

@@ -235,8 +235,33 @@ public sealed class WeightReceiverTests : IDisposable
     {
         var (task, _) = Receive();
         await _ps.AcceptAsync();
-        var reply = await _ps.SendAsync(_ps.Attach with { Kind = "cuda-ipc" });
-        Assert.Equal("attach: segment kind 'cuda-ipc' is not supported by this worker (it maps 'shm' segments)", reply.Error);
+        var reply = await _ps.SendAsync(_ps.Attach with { Kind = "rdma" });
+        Assert.Equal("attach: segment kind 'rdma' is not supported by this worker (it maps 'shm' and 'cuda-ipc')", reply.Error);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_CudaIpcWithBadHandle_RejectedNamingTheHandle()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        var reply = await _ps.SendAsync(_ps.Attach with { Kind = "cuda-ipc", Handle = "not-a-handle" });
+        Assert.StartsWith($"attach: cannot map the CUDA IPC buffer of device {_ps.DeviceId} of {_ps.Segment.Size} bytes: 'not-a-handle' is not a base64 CUDA IPC handle of 64 bytes",
+            reply.Error, StringComparison.Ordinal);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_CudaIpcWithoutThatDevice_RejectedWithTheReason()
+    {
+        // A well-formed handle for a device this process does not have: no driver here, or no GPU with that id.
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        var reply = await _ps.SendAsync(_ps.Attach with { Kind = "cuda-ipc", Handle = Convert.ToBase64String(new byte[64]) });
+        Assert.StartsWith($"attach: cannot map the CUDA IPC buffer of device {_ps.DeviceId}", reply.Error, StringComparison.Ordinal);
+        Assert.True(reply.Error!.Contains("libcuda.so.1", StringComparison.Ordinal) || reply.Error.Contains($"no CUDA device {_ps.DeviceId}", StringComparison.Ordinal), reply.Error);
         _ps.CloseConnection();
         await Fails<WeightReceiveException>(task);
     }

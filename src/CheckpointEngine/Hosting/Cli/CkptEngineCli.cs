@@ -32,7 +32,8 @@ public static class CkptEngineCli
         }
         catch (Exception e) when (e is CheckpointFormatException or IOException or UnauthorizedAccessException or ArgumentException
             or Server.UpdateFailedException or Runtime.Collectives.CollectiveException or Runtime.Rendezvous.RendezvousException
-            or Runtime.P2P.P2PException or HttpRequestException or InsufficientMemoryException)
+            or Runtime.P2P.P2PException or HttpRequestException or InsufficientMemoryException
+            or Interop.BackendUnavailableException or Interop.Cuda.CudaException or Interop.Nccl.NcclException)
         {
             stderr.WriteLine($"error: {e.Message}");
             return BadInput;

@@ -19,6 +19,35 @@ internal static unsafe partial class Libc
     [LibraryImport(LibName, SetLastError = true)]
     public static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, nint offset);
 
+    [LibraryImport(LibName, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint dlopen(string path, int flags);
+
+    [LibraryImport(LibName)]
+    private static partial nint dlerror();
+
+    [LibraryImport(LibName)]
+    private static partial int dlclose(nint handle);
+
+    /// <summary>The dynamic loader's reason why <paramref name="path"/> does not load (e.g. "No such file or directory").</summary>
+    public static string LoadError(string path)
+    {
+        try
+        {
+            _ = dlerror(); // Binds dlerror now and clears any earlier error, so the text read below is this dlopen's.
+            var handle = dlopen(path, 2); // RTLD_NOW
+            if (handle != 0)
+            {
+                _ = dlclose(handle);
+                return "loads now";
+            }
+            return Marshal.PtrToStringUTF8(dlerror()) ?? "cannot be loaded";
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return "cannot be loaded"; // A C library without dlopen (glibc before 2.34 keeps it in libdl).
+        }
+    }
+
     [LibraryImport(LibName, SetLastError = true)]
     public static partial int munmap(nint addr, nuint length);
 

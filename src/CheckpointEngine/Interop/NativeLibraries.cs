@@ -21,18 +21,11 @@ internal static class NativeLibraries
         var tried = new List<string>();
         foreach (var path in candidates)
         {
-            try
+            if (NativeLibrary.TryLoad(path, out var handle))
             {
-                return NativeLibrary.Load(path);
+                return handle;
             }
-            catch (DllNotFoundException e)
-            {
-                tried.Add($"{path} ({FirstLine(e.Message)})");
-            }
-            catch (BadImageFormatException e)
-            {
-                tried.Add($"{path} (not a loadable library: {FirstLine(e.Message)})");
-            }
+            tried.Add($"{path} ({Libc.LoadError(path)})");
         }
         throw new BackendUnavailableException(
             $"{what} is not available on this machine: tried {string.Join("; ", tried)}. Set {variable} to its path, or choose the host backend (--device host)");
@@ -70,11 +63,5 @@ internal static class NativeLibraries
                 yield return path;
             }
         }
-    }
-
-    private static string FirstLine(string message)
-    {
-        var cut = message.IndexOfAny(['\n', '\r']);
-        return (cut >= 0 ? message[..cut] : message).Trim();
     }
 }

@@ -91,6 +91,7 @@ internal static class DemoCommand
                     {
                         method = m, ranks, bytes = r.Bytes, seconds = Math.Round(r.Seconds, 6), gbps = Math.Round(gbps, 3),
                         efficiency = Math.Round(r.Efficiency, 3), first_seconds = Math.Round(first, 6), verified,
+                        stage_seconds = Math.Round(r.Stage, 6), broadcast_seconds = Math.Round(r.Broadcast, 6), reload_seconds = Math.Round(r.Reload, 6),
                     }));
                 }
                 else

@@ -49,6 +49,7 @@ public sealed unsafe class CudaDriver
     public const uint StreamNonBlocking = 1;
     public const uint EventDisableTiming = 2;
     public const uint MemHostRegisterPortable = 1;
+    public const uint MemHostRegisterReadOnly = 8;
     public const uint IpcMemLazyEnablePeerAccess = 1;
 
     /// <summary>Where the driver is looked for when <see cref="LibraryVariable"/> is not set.</summary>
@@ -225,10 +226,18 @@ public sealed unsafe class CudaDriver
 
     public void Free(ulong pointer) => Check(_memFree(pointer), "cuMemFree");
 
-    /// <summary>Page-locks host memory for fast, asynchronous copies. Returns false when it was registered already (not an error).</summary>
+    /// <summary>
+    /// Page-locks host memory for fast, asynchronous copies (read-only mappings, such as checkpoint files
+    /// used in place, are locked read-only). Returns false when it was registered already (not an error).
+    /// </summary>
     public bool HostRegister(nint pointer, long bytes)
     {
         var code = _memHostRegister(pointer, (nuint)bytes, MemHostRegisterPortable);
+        if (code is not (Success or ErrorHostMemoryAlreadyRegistered))
+        {
+            var readOnly = _memHostRegister(pointer, (nuint)bytes, MemHostRegisterPortable | MemHostRegisterReadOnly);
+            code = readOnly is Success or ErrorHostMemoryAlreadyRegistered ? readOnly : code;
+        }
         if (code == ErrorHostMemoryAlreadyRegistered)
         {
             return false;

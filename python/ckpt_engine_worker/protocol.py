@@ -113,7 +113,7 @@ def connect(address, timeout):
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.connect(endpoint(address))
             return sock
-        except (FileNotFoundError, ConnectionRefusedError) as e:
+        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as e:
             sock.close()
             error = e
         except socket.timeout:

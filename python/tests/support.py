@@ -2,6 +2,7 @@
 /dev/shm segment, and helpers to make tensors of every dtype this torch has."""
 
 import itertools
+import json
 import mmap
 import os
 import socket
@@ -74,7 +75,7 @@ class FakeServer:
     def call(self, message, timeout=10):
         protocol.send(self.conn, message, timeout)
         frame = protocol.read_frame(self.conn, timeout)
-        return None if frame is None else __import__("json").loads(frame)
+        return None if frame is None else json.loads(frame)
 
     def attach(self):
         return self.call({"type": "attach", "kind": "shm", "handle": self.segment, "size": self.size, "device_id": "dev-0"})

@@ -1,0 +1,304 @@
+"""The receiving side of a weight update: connect to this device's parameter server, map the buffer
+it attaches, hand every bucket's tensors (views, no copies) to the engine's loader, run the post-load
+hook, and answer every message. One call receives one update.
+
+The buffer is unmapped at every release (and on abort or failure): on GPUs the parameter server may
+free its memory only after every importer closed the IPC handle, and a host segment left mapped would
+keep a stale buffer's memory alive in the engine. Re-mapping a host segment is cheap because its
+pages are populated in one call.
+"""
+
+import socket
+import time
+import traceback
+
+from . import dtypes
+from .protocol import PeerClosed, ProtocolError, connect, decode, read_frame, send
+from .segments import open_segment
+
+DEFAULT_IDLE_TIMEOUT = 120.0
+"""How long the parameter server may take to listen, or stay silent between messages (seconds)."""
+
+ABORT_WAIT = 30.0
+"""How long after a failure the receiver waits for the parameter server's abort."""
+
+
+class WeightReceiveError(RuntimeError):
+    """The update failed here: the loader or hook raised (its text went back to the parameter
+    server), a message was bad, or the parameter server went silent or away."""
+
+
+class WeightUpdateAborted(WeightReceiveError):
+    """The parameter server aborted the update (the failure was elsewhere); the text is its reason."""
+
+
+class ReceiveSummary:
+    """What one update delivered to this device."""
+
+    def __init__(self, device_id, buckets, tensors, nbytes, seconds):
+        self.device_id = device_id
+        self.buckets = buckets
+        self.tensors = tensors
+        self.bytes = nbytes
+        self.seconds = seconds
+
+    def as_dict(self):
+        return {"device_id": self.device_id, "buckets": self.buckets, "tensors": self.tensors,
+                "bytes": self.bytes, "seconds": round(self.seconds, 6)}
+
+    def __repr__(self):
+        return "ReceiveSummary(%r)" % (self.as_dict(),)
+
+
+def receive_update(socket_address, load, finish=None, device=None, idle_timeout=None):
+    """Receives one update from the parameter server listening at `socket_address` ("@name" is an
+    abstract socket, see protocol.address_for), retrying the connection until it listens.
+
+    load(weights): called once per bucket with a list of (name, torch.Tensor) views into the shared
+        buffer; it must copy what it keeps (the buffer is reused for the next bucket).
+    finish(): the post-load hook, run on "finish" after the buffer was released.
+    device: the CUDA device to open a "cuda-ipc" buffer on (default: the current one).
+    Returns a ReceiveSummary after "finish"; raises WeightUpdateAborted or WeightReceiveError.
+    """
+    if not socket_address:
+        raise ValueError("socket_address is empty")
+    idle = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else float(idle_timeout)
+    if idle <= 0:
+        raise ValueError("idle_timeout must be positive, got %r" % (idle_timeout,))
+    try:
+        sock = connect(socket_address, idle)
+    except PeerClosed as e:
+        raise WeightReceiveError(str(e)) from None
+    with sock:
+        return _Session(socket_address, sock, load, finish, device, idle).run()
+
+
+def describe(error):
+    """An exception as the one line the parameter server shows: type, message, and where it was raised."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = " (at %s:%d in %s)" % (frames[-1].filename, frames[-1].lineno, frames[-1].name) if frames else ""
+    return "%s: %s%s" % (type(error).__name__, error, where)
+
+
+class _Session:
+    """One update on one connection: the protocol's state machine (attach, load*, release, finish;
+    abort at any point), message validation, and the buffer while attached."""
+
+    def __init__(self, address, sock, load, finish, device, idle):
+        self.address = address
+        self.sock = sock
+        self.load = load
+        self.finish = finish
+        self.device = device
+        self.idle = idle
+        self.started = time.monotonic()
+        self.phase = "connected"
+        self.segment = None
+        self.device_id = ""
+        self.buckets = self.tensors = self.bytes = 0
+        self.last_bucket = -1
+        self.failure = None
+
+    def run(self):
+        try:
+            while True:
+                message = self._next()
+                if message is None:
+                    continue
+                kind = message["type"]
+                if self.failure is not None:
+                    if kind == "abort":
+                        self._release()
+                        self._reply(True)
+                        raise WeightReceiveError(self.failure)
+                    self._reply(False, "%s after a failure: %s" % (kind, self.failure))
+                    continue
+                if kind == "abort":
+                    self._release()
+                    try:
+                        self._reply(True)
+                    except WeightReceiveError:
+                        pass  # A server that aborts and leaves at once: the abort is still the news.
+                    raise WeightUpdateAborted(str(message.get("reason") or "the parameter server aborted the update"))
+                if kind == "attach" and self.phase == "connected":
+                    self._attach(message)
+                elif kind == "load" and self.phase == "attached":
+                    self._load(message)
+                elif kind == "release" and self.phase == "attached":
+                    self._end_of_buckets()
+                elif kind == "finish" and self.phase == "released":
+                    if self._finish():
+                        return ReceiveSummary(self.device_id, self.buckets, self.tensors, self.bytes,
+                                              time.monotonic() - self.started)
+                else:
+                    self._fail("'%s' out of order %s: expected %s (or abort)" % (kind, self._where(), self._expected()))
+        finally:
+            self._release()
+
+    # --- messages -------------------------------------------------------------------------------
+
+    def _attach(self, message):
+        kind, handle, size = message.get("kind"), message.get("handle"), message.get("size")
+        if not isinstance(handle, str) or type(size) is not int or size <= 0:
+            self._fail("attach: needs a string handle and a positive integer size, got handle %r, size %r" % (handle, size))
+            return
+        try:
+            self.segment = open_segment(kind, handle, size, self.device)
+        except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
+            error = "attach: cannot map %s segment '%s' of %d bytes: %s" % (kind, handle if kind == "shm" else "(handle)", size, describe(e))
+        else:
+            error = None
+        if error:
+            self._fail(error)
+            return
+        self.device_id = str(message.get("device_id") or "")
+        self.phase = "attached"
+        self._reply(True)
+
+    def _load(self, message):
+        bucket = message.get("bucket")
+        weights, nbytes, error = self._views(message)
+        if error is None:
+            try:
+                self.load(weights)
+                self.segment.synchronize()
+            except Exception as e:  # noqa: BLE001 - the loader's failure goes back as text
+                error = "load of bucket %s: %s" % (bucket, describe(e))
+        count = len(weights)
+        # Drop every view (and, above, any traceback that held them) before the buffer may be unmapped.
+        del weights
+        if error is not None:
+            self._fail(error)
+            return
+        self.buckets += 1
+        self.tensors += count
+        self.bytes += nbytes
+        self.last_bucket = bucket
+        self._reply(True)
+
+    def _end_of_buckets(self):
+        name = self.segment.name
+        kept = self.segment.release()
+        self.segment = None
+        if kept:
+            self._fail("release: %d reference(s) to tensors in segment %s outlived the loader; the loader must copy "
+                       "what it keeps (the buffer is reused), it is unmapped when they are freed" % (kept, name))
+            return
+        self.phase = "released"
+        self._reply(True)
+
+    def _finish(self):
+        if self.finish is not None:
+            try:
+                self.finish()
+            except Exception as e:  # noqa: BLE001 - the hook's failure goes back as text
+                error = "post-load hook: %s" % describe(e)
+            else:
+                error = None
+            if error is not None:
+                self._fail(error)
+                return False
+        self._reply(True)
+        return True
+
+    def _views(self, message):
+        """Checks every tensor against the buffer and the dtype rules, then views it. Returns
+        (weights, total bytes, error or None)."""
+        bucket, tensors = message.get("bucket"), message.get("tensors")
+        at = "load of bucket %s" % (bucket,)
+        if type(bucket) is not int or bucket < 0:
+            return [], 0, "%s: bucket index must be a non-negative integer" % at
+        if not isinstance(tensors, list):
+            return [], 0, "%s: 'tensors' must be a list" % at
+        weights, names, total = [], set(), 0
+        size = self.segment.size
+        for i, t in enumerate(tensors):
+            if not isinstance(t, dict):
+                return [], 0, "%s: tensor #%d is not an object" % (at, i)
+            name, dtype, shape, offset, nbytes = (t.get(k) for k in ("name", "dtype", "shape", "offset", "nbytes"))
+            if not isinstance(name, str) or not name:
+                return [], 0, "%s: tensor #%d has no name" % (at, i)
+            what = "%s: tensor '%s' (#%d)" % (at, name, i)
+            if name in names:
+                return [], 0, "%s appears twice in the bucket" % what
+            names.add(name)
+            try:
+                expected = dtypes.byte_length(dtype, shape)
+            except ValueError as e:
+                return [], 0, "%s: %s" % (what, e)
+            if nbytes != expected or type(nbytes) is not int:
+                return [], 0, "%s: nbytes is %r, dtype %s and shape %s need %d" % (what, nbytes, dtype, shape, expected)
+            if type(offset) is not int or offset < 0 or offset > size - nbytes:
+                return [], 0, "%s: bytes [%r, %r) are outside segment %s of %d bytes" % (
+                    what, offset, offset + nbytes if type(offset) is int else None, self.segment.name, size)
+            checksum = t.get("sha256")
+            if checksum is not None:
+                actual = self.segment.sha256(offset, nbytes)
+                if actual != str(checksum).lower():
+                    return [], 0, "%s has sha256 %s, expected %s" % (what, actual, str(checksum).lower())
+            try:
+                weights.append((name, self.segment.view(dtype, shape, offset, nbytes)))
+            except (ValueError, RuntimeError) as e:
+                return [], 0, "%s: %s" % (what, e)
+            total += nbytes
+        return weights, total, None
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _fail(self, error):
+        """Replies with the error and remembers it: the update now ends in failure once the
+        parameter server aborts or leaves."""
+        self.failure = error
+        self._release()
+        self._reply(False, error)
+
+    def _release(self):
+        if self.segment is not None:
+            segment, self.segment = self.segment, None
+            segment.release()
+
+    def _next(self):
+        """The next message, or None after replying to a bad one; raises when the server is gone."""
+        wait = self.idle if self.failure is None else min(self.idle, ABORT_WAIT)
+        try:
+            frame = read_frame(self.sock, wait)
+        except socket.timeout:
+            raise WeightReceiveError(self.failure or "no message from the parameter server at %s within %g s %s (expected %s)" % (
+                self.address, wait, self._where(), self._expected())) from None
+        except ProtocolError as e:
+            error = self.failure or "bad frame from the parameter server at %s %s: %s" % (self.address, self._where(), e)
+            try:
+                self._reply(False, error)
+            except WeightReceiveError:
+                pass  # It is gone as well.
+            raise WeightReceiveError(error) from None
+        except OSError as e:
+            raise WeightReceiveError(self.failure or "lost the parameter server at %s %s: %s" % (self.address, self._where(), e)) from None
+        if frame is None:
+            raise WeightReceiveError(self.failure or "the parameter server at %s closed the connection %s" % (self.address, self._where()))
+        try:
+            return decode(frame)
+        except ProtocolError as e:
+            error = "bad message %s: %s" % (self._where(), e)
+        if self.failure is None:
+            self._fail(error)
+        else:
+            self._reply(False, error)
+        return None
+
+    def _reply(self, ok, error=None):
+        try:
+            send(self.sock, {"ok": True} if ok else {"ok": False, "error": error}, self.idle)
+        except OSError as e:
+            raise WeightReceiveError(self.failure or "lost the parameter server at %s while replying %s: %s" % (
+                self.address, self._where(), e)) from None
+
+    def _where(self):
+        if self.phase == "connected":
+            return "before attach"
+        if self.phase == "attached":
+            return "after attach, before any bucket" if self.last_bucket < 0 else "after bucket %d (%d loaded)" % (self.last_bucket, self.buckets)
+        return "after release, before finish"
+
+    def _expected(self):
+        return {"connected": "attach", "attached": "load or release"}.get(self.phase, "finish")

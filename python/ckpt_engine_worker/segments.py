@@ -1,0 +1,149 @@
+"""The device buffer a parameter server attaches: a shared-memory segment ("shm", host backend) or
+CUDA device memory ("cuda-ipc"). Both are seen as ONE flat uint8 tensor over the whole buffer, and
+every weight is a view of it (slice, then dtype, then shape), so the host and CUDA paths share all
+code but the opening and closing of the memory.
+"""
+
+import base64
+import ctypes
+import gc
+import hashlib
+import mmap
+import os
+import sys
+
+import torch
+
+from . import dtypes
+
+SHM_DIRECTORY = "/dev/shm"
+
+
+class Segment:
+    """A mapped device buffer. `open_owner()` makes the object whose memory it is (an mmap, or an
+    IpcMapping) and `make_whole(owner)` the flat uint8 tensor over it; torch's storage holds a
+    reference to the owner, which is how `release` knows whether any view outlived the update."""
+
+    def __init__(self, kind, name, size, open_owner, make_whole, close, synchronize=None):
+        self.kind = kind
+        self.name = name
+        self.size = size
+        self._close = close
+        self._synchronize = synchronize
+        owner = open_owner()
+        try:
+            self._owner = owner
+            # Referrers now: `owner`, self._owner and getrefcount's argument, as in `release`.
+            self._baseline = sys.getrefcount(owner)
+            self._whole = make_whole(owner)
+        except BaseException:
+            self._whole = self._owner = None
+            close(owner)
+            raise
+        if self._whole.dtype != torch.uint8 or tuple(self._whole.shape) != (size,):
+            raise RuntimeError("segment %s: expected a flat uint8 tensor of %d bytes, got %s %s" % (
+                name, size, self._whole.dtype, tuple(self._whole.shape)))
+        self._sizes = {}
+
+    @property
+    def device(self):
+        return self._whole.device
+
+    def view(self, dtype_name, shape, offset, nbytes):
+        """The tensor of `nbytes` bytes at `offset` as `dtype_name` and `shape`, without a copy.
+        Raises UnsupportedDType for a dtype this torch lacks, ValueError for a misaligned offset."""
+        dtype = dtypes.torch_dtype(dtype_name)
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        item = self._sizes.get(dtype)
+        if item is None:
+            item = self._sizes[dtype] = torch.empty(0, dtype=dtype).element_size()
+        if offset % item:
+            raise ValueError("offset %d is not a multiple of the %d-byte size of %s" % (offset, item, dtype_name))
+        flat = self._whole[offset:offset + nbytes]
+        return (flat.view(dtype) if dtype != torch.uint8 else flat).view(shape)
+
+    def sha256(self, offset, nbytes):
+        """Hex SHA-256 of a byte range (a copy to the host first when the buffer is on a GPU)."""
+        if isinstance(self._owner, mmap.mmap):
+            return hashlib.sha256(memoryview(self._owner)[offset:offset + nbytes]).hexdigest()
+        return tensor_sha256(self._whole[offset:offset + nbytes])
+
+    def synchronize(self):
+        """Waits for work that reads the buffer (copies queued on a GPU stream) to finish, so the
+        parameter server may overwrite it once we reply."""
+        if self._synchronize is not None and self._whole is not None:
+            self._synchronize()
+
+    def release(self):
+        """Unmaps the buffer now if nothing views it; else leaves that to the last view's finalizer.
+        Returns the number of references that outlived the update (0 when all is well)."""
+        if self._whole is None:
+            return 0
+        self._whole = None
+        owner = self._owner
+        extra = sys.getrefcount(owner) - self._baseline
+        if extra > 0:
+            gc.collect()
+            extra = sys.getrefcount(owner) - self._baseline
+        self._owner = None
+        if extra <= 0:
+            self._close(owner)
+        return max(0, extra)
+
+    @property
+    def released(self):
+        return self._whole is None
+
+
+def tensor_sha256(tensor):
+    """Hex SHA-256 of a tensor's bytes in memory order (copied to a contiguous host tensor first if
+    it is not one already; no Python bytes object is made)."""
+    t = tensor.detach()
+    if t.device.type != "cpu" or not t.is_contiguous():
+        t = t.contiguous().cpu()
+    n = t.numel() * t.element_size()
+    if n == 0:
+        return hashlib.sha256(b"").hexdigest()
+    return hashlib.sha256((ctypes.c_ubyte * n).from_address(t.data_ptr())).hexdigest()
+
+
+def open_shm(name, size):
+    """Maps the first `size` bytes of /dev/shm/<name> read-write, pages populated up front."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError("'%s' is not a valid shared memory segment name" % name)
+    path = os.path.join(SHM_DIRECTORY, name)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        length = os.fstat(fd).st_size
+        if length < size:
+            raise ValueError("shared memory segment %s is %d bytes, expected at least %d" % (path, length, size))
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return Segment("shm", name, size, lambda: mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE),
+                       lambda m: torch.frombuffer(m, dtype=torch.uint8), lambda m: m.close())
+    finally:
+        os.close(fd)
+
+
+def open_cuda_ipc(handle, size, device=None):
+    """Opens a CUDA IPC handle (base64 of the 64-byte CUipcMemHandle) on `device` (default: the
+    current CUDA device) and views its `size` bytes."""
+    from .cuda import IpcMapping
+
+    raw = base64.b64decode(handle, validate=True)
+    index = torch.device(device).index if device is not None else None
+    if index is None:
+        index = torch.cuda.current_device()
+    target = torch.device("cuda", index)
+    return Segment("cuda-ipc", "cuda-ipc handle on cuda:%d" % index, size, lambda: IpcMapping(raw, size, index),
+                   lambda m: torch.as_tensor(m, device=target), lambda m: m.close(),
+                   lambda: torch.cuda.synchronize(target))
+
+
+def open_segment(kind, handle, size, device=None):
+    """Maps the buffer an attach message names."""
+    if kind == "shm":
+        return open_shm(handle, size)
+    if kind == "cuda-ipc":
+        return open_cuda_ipc(handle, size, device)
+    raise ValueError("segment kind '%s' is not supported (this worker maps 'shm' and 'cuda-ipc')" % kind)

@@ -1,0 +1,127 @@
+"""Test doubles: a parameter server that speaks the worker protocol over a real socket and a real
+/dev/shm segment, and helpers to make tensors of every dtype this torch has."""
+
+import itertools
+import json
+import mmap
+import os
+import socket
+import threading
+
+import torch
+
+from ckpt_engine_worker import dtypes, protocol
+from ckpt_engine_worker.segments import tensor_sha256
+
+_names = itertools.count()
+
+
+def unique(prefix):
+    return "%s-%d-%d" % (prefix, os.getpid(), next(_names))
+
+
+def sample_tensors():
+    """Small tensors of every supported dtype, with a scalar and a zero-size one."""
+    g = torch.Generator().manual_seed(7)
+    out = {}
+    for name in dtypes.supported_names():
+        dtype = dtypes.torch_dtype(name)
+        raw = torch.randint(0, 256, (3 * 5 * dtypes.item_size(name),), dtype=torch.uint8, generator=g)
+        if dtype == torch.bool:
+            raw = raw % 2
+        out["w.%s" % name.lower()] = raw.view(dtype).view(3, 5)
+    out["w.scalar"] = torch.tensor(3.5, dtype=torch.bfloat16)
+    out["w.empty"] = torch.empty(0, 4, dtype=torch.float16)
+    return out
+
+
+def shm_mappings(name, pid="self"):
+    """How many mappings of /dev/shm/<name> a process has (unlinked ones count too)."""
+    path = "/dev/shm/" + name
+    with open("/proc/%s/maps" % pid) as maps:
+        fields = (line.split(None, 5) for line in maps)
+        return sum(1 for f in fields if len(f) == 6 and f[5].rstrip("\n").replace(" (deleted)", "") == path)
+
+
+class FakeServer:
+    """The parameter server's side: listens on an abstract socket, owns a shm segment, packs tensors
+    into it and sends messages; `call` returns the worker's reply."""
+
+    def __init__(self, size=1 << 16, listen=True):
+        self.address = "@" + unique("ckpt-test")
+        self.segment = unique("ckpt-test-seg")
+        self.size = size
+        path = "/dev/shm/" + self.segment
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.memory = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.listener = None
+        self.conn = None
+        if listen:
+            self.listen()
+
+    def listen(self):
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(protocol.endpoint(self.address))
+        self.listener.listen(1)
+
+    def accept(self, timeout=10):
+        self.listener.settimeout(timeout)
+        self.conn, _ = self.listener.accept()
+
+    def call(self, message, timeout=10):
+        protocol.send(self.conn, message, timeout)
+        frame = protocol.read_frame(self.conn, timeout)
+        return None if frame is None else json.loads(frame)
+
+    def attach(self):
+        return self.call({"type": "attach", "kind": "shm", "handle": self.segment, "size": self.size, "device_id": "dev-0"})
+
+    def pack(self, tensors, start=0, checksums=False):
+        """Writes tensors at 256-byte aligned offsets from `start`; returns their wire descriptions."""
+        wire, offset = [], start
+        for name, t in tensors.items():
+            n = t.numel() * t.element_size()
+            if n:
+                flat = t.contiguous().reshape(-1).view(torch.uint8)
+                torch.frombuffer(self.memory, dtype=torch.uint8)[offset:offset + n].copy_(flat)
+            entry = {"name": name, "dtype": dtypes.wire_name(t.dtype), "shape": list(t.shape), "offset": offset, "nbytes": n}
+            if checksums:
+                entry["sha256"] = tensor_sha256(t)
+            wire.append(entry)
+            offset += (n + 255) // 256 * 256
+        return wire
+
+    def close(self):
+        for s in (self.conn, self.listener):
+            if s is not None:
+                s.close()
+        self.memory.close()
+        try:
+            os.unlink("/dev/shm/" + self.segment)
+        except FileNotFoundError:
+            pass
+
+
+class Worker(threading.Thread):
+    """Runs receive_update on a thread; `result` or `error` once joined."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result = self.error = None
+
+    def run(self):
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            self.error = e
+
+    def outcome(self, timeout=10):
+        self.join(timeout)
+        if self.is_alive():
+            raise AssertionError("the receiver did not end within %g s" % timeout)
+        return self.result, self.error

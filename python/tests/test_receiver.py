@@ -1,0 +1,187 @@
+import time
+import unittest
+
+import torch
+
+from ckpt_engine_worker import receive_update, state_dict_loader, WeightReceiveError, WeightUpdateAborted
+from ckpt_engine_worker.segments import tensor_sha256
+from support import FakeServer, Worker, sample_tensors, shm_mappings
+
+
+class ReceiverTests(unittest.TestCase):
+    """receive_update against a parameter server double speaking the protocol over a real socket."""
+
+    def setUp(self):
+        self.server = FakeServer()
+        self.addCleanup(self.server.close)
+        self.loaded = {}
+        self.finished = 0
+
+    def copy(self, weights):
+        for name, t in weights:
+            self.loaded[name] = t.clone()
+
+    def finish(self):
+        self.finished += 1
+
+    def start(self, load=None, finish=None, idle=5):
+        worker = Worker(lambda: receive_update(self.server.address, load or self.copy, finish or self.finish, idle_timeout=idle))
+        worker.start()
+        self.server.accept()
+        return worker
+
+    def test_Update_DeliversEveryTensorBitExact_AndUnmaps(self):
+        tensors = sample_tensors()
+        worker = self.start()
+        self.assertEqual(self.server.attach(), {"ok": True})
+        self.assertEqual(shm_mappings(self.server.segment), 2)
+        names = list(tensors)
+        half = len(names) // 2
+        first = self.server.pack({n: tensors[n] for n in names[:half]}, checksums=True)
+        self.assertEqual(self.server.call({"type": "load", "bucket": 0, "tensors": first}), {"ok": True})
+        second = self.server.pack({n: tensors[n] for n in names[half:]}, start=32768)
+        self.assertEqual(self.server.call({"type": "load", "bucket": 1, "tensors": second}), {"ok": True})
+        self.assertEqual(self.server.call({"type": "release"}), {"ok": True})
+        self.assertEqual(shm_mappings(self.server.segment), 1)
+        self.assertEqual(self.finished, 0)
+        self.assertEqual(self.server.call({"type": "finish"}), {"ok": True})
+        summary, error = worker.outcome()
+        self.assertIsNone(error)
+        self.assertEqual((summary.buckets, summary.tensors, summary.device_id), (2, len(tensors), "dev-0"))
+        self.assertEqual(self.finished, 1)
+        self.assertEqual({n: tensor_sha256(t) for n, t in self.loaded.items()}, {n: tensor_sha256(t) for n, t in tensors.items()})
+        self.assertEqual({n: (t.dtype, t.shape) for n, t in self.loaded.items()}, {n: (t.dtype, t.shape) for n, t in tensors.items()})
+
+    def test_LoaderRaises_ErrorTextGoesBack_MappingReleased_AbortEndsIt(self):
+        def load(weights):
+            raise RuntimeError("no room for %s" % weights[0][0])
+
+        worker = self.start(load=load)
+        self.server.attach()
+        wire = self.server.pack({"a.weight": torch.ones(4)})
+        reply = self.server.call({"type": "load", "bucket": 0, "tensors": wire})
+        self.assertFalse(reply["ok"])
+        self.assertIn("load of bucket 0: RuntimeError: no room for a.weight (at ", reply["error"])
+        self.assertEqual(shm_mappings(self.server.segment), 1)
+        later = self.server.call({"type": "release"})
+        self.assertEqual((later["ok"], later["error"].startswith("release after a failure: load of bucket 0")), (False, True))
+        self.assertEqual(self.server.call({"type": "abort", "reason": "rank 1 failed"}), {"ok": True})
+        _, error = worker.outcome()
+        self.assertIsInstance(error, WeightReceiveError)
+        self.assertNotIsInstance(error, WeightUpdateAborted)
+        self.assertIn("no room for a.weight", str(error))
+
+    def test_Abort_RaisesWithTheReason_AndUnmaps(self):
+        worker = self.start()
+        self.server.attach()
+        self.assertEqual(self.server.call({"type": "abort", "reason": "rank 3 died"}), {"ok": True})
+        _, error = worker.outcome()
+        self.assertIsInstance(error, WeightUpdateAborted)
+        self.assertEqual(str(error), "rank 3 died")
+        self.assertEqual(shm_mappings(self.server.segment), 1)
+
+    def test_LoaderKeepsViews_ReleaseFails(self):
+        kept = []
+        worker = self.start(load=kept.extend)
+        self.server.attach()
+        self.server.call({"type": "load", "bucket": 0, "tensors": self.server.pack({"x": torch.zeros(2)})})
+        reply = self.server.call({"type": "release"})
+        self.assertFalse(reply["ok"])
+        self.assertIn("1 reference(s) to tensors in segment %s outlived the loader" % self.server.segment, reply["error"])
+        self.server.call({"type": "abort", "reason": "x"})
+        self.assertIsInstance(worker.outcome()[1], WeightReceiveError)
+        kept.clear()
+        self.assertEqual(shm_mappings(self.server.segment), 1)
+
+    def test_BadTensors_AreRejectedByName(self):
+        cases = [
+            ({"name": "t", "dtype": "F32", "shape": [2], "offset": 65536, "nbytes": 8}, "tensor 't' (#0): bytes [65536, 65544) are outside segment"),
+            ({"name": "t", "dtype": "F32", "shape": [2], "offset": 0, "nbytes": 9}, "tensor 't' (#0): nbytes is 9, dtype F32 and shape [2] need 8"),
+            ({"name": "t", "dtype": "Q3", "shape": [2], "offset": 0, "nbytes": 8}, "tensor 't' (#0): unknown dtype 'Q3'"),
+            ({"name": "t", "dtype": "F4", "shape": [2], "offset": 0, "nbytes": 1}, "tensor 't' (#0): dtype F4 is not supported by torch"),
+            ({"name": "t", "dtype": "F32", "shape": [1], "offset": 0, "nbytes": 4, "sha256": "00" * 32}, "tensor 't' (#0) has sha256 df3f6198"),
+            ({"dtype": "F32", "shape": [1], "offset": 0, "nbytes": 4}, "tensor #0 has no name"),
+        ]
+        if not hasattr(torch, "float8_e4m3fn"):
+            cases.append(({"name": "t", "dtype": "F8_E4M3", "shape": [2], "offset": 0, "nbytes": 2}, "tensor 't' (#0): dtype F8_E4M3 is not supported by torch"))
+        for tensor, expected in cases:
+            with self.subTest(expected):
+                server = FakeServer()
+                try:
+                    worker = Worker(lambda: receive_update(server.address, self.copy, idle_timeout=5))
+                    worker.start()
+                    server.accept()
+                    server.attach()
+                    reply = server.call({"type": "load", "bucket": 4, "tensors": [tensor]})
+                    self.assertFalse(reply["ok"])
+                    self.assertIn("load of bucket 4: " + expected, reply["error"])
+                    server.conn.close()
+                    self.assertIsInstance(worker.outcome()[1], WeightReceiveError)
+                finally:
+                    server.close()
+
+    def test_OutOfOrder_IsAnError(self):
+        worker = self.start()
+        reply = self.server.call({"type": "load", "bucket": 0, "tensors": []})
+        self.assertEqual(reply, {"ok": False, "error": "'load' out of order before attach: expected attach (or abort)"})
+        self.server.conn.close()
+        _, error = worker.outcome()
+        self.assertIn("out of order", str(error))
+
+    def test_ServerGoesSilent_IdleTimeoutNamesTheStep(self):
+        worker = self.start(idle=0.3)
+        self.server.attach()
+        _, error = worker.outcome()
+        self.assertRegex(str(error), r"no message from the parameter server at @ckpt-test-\S+ within 0.3 s after attach, before any bucket \(expected load or release\)")
+        self.assertEqual(shm_mappings(self.server.segment), 1)
+
+    def test_Connect_WaitsForTheServerToListen(self):
+        late = FakeServer(listen=False)
+        self.addCleanup(late.close)
+        worker = Worker(lambda: receive_update(late.address, self.copy, idle_timeout=5))
+        worker.start()
+        time.sleep(0.3)
+        late.listen()
+        late.accept()
+        late.attach()
+        late.call({"type": "release"})
+        late.call({"type": "finish"})
+        summary, error = worker.outcome()
+        self.assertIsNone(error)
+        self.assertEqual(summary.buckets, 0)
+
+    def test_Connect_NobodyListens_FailsAtTheDeadline(self):
+        started = time.monotonic()
+        with self.assertRaisesRegex(WeightReceiveError, "no parameter server listening at @nobody-here within 0.3 s"):
+            receive_update("@nobody-here", self.copy, idle_timeout=0.3)
+        self.assertLess(time.monotonic() - started, 3)
+
+    def test_FinishHookRaises_IsReported(self):
+        def finish():
+            raise ValueError("repack failed")
+
+        worker = self.start(finish=finish)
+        self.server.attach()
+        self.server.call({"type": "release"})
+        reply = self.server.call({"type": "finish"})
+        self.assertIn("post-load hook: ValueError: repack failed", reply["error"])
+        self.server.conn.close()
+        self.assertIn("repack failed", str(worker.outcome()[1]))
+
+
+class StateDictLoaderTests(unittest.TestCase):
+    def test_CopiesInPlace_AndNamesMismatches(self):
+        model = torch.nn.Linear(2, 3)
+        weight = model.weight
+        load = state_dict_loader(model)
+        load([("weight", torch.full((3, 2), 2.0)), ("bias", torch.zeros(3))])
+        self.assertIs(model.weight, weight)
+        self.assertEqual(weight.sum().item(), 12.0)
+        with self.assertRaisesRegex(KeyError, "tensor 'nope' is not in the model"):
+            load([("nope", torch.zeros(1))])
+        with self.assertRaisesRegex(ValueError, r"tensor 'bias' is torch.float64 \(3,\), the model has torch.float32 \(3,\)"):
+            load([("bias", torch.zeros(3, dtype=torch.float64))])
+
+
+if __name__ == "__main__":
+    unittest.main()

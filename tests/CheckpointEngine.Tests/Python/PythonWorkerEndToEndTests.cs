@@ -1,0 +1,144 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Tests.Hosting;
+using CheckpointEngine.Tests.Runtime;
+
+namespace CheckpointEngine.Tests.Python;
+
+/// <summary>
+/// The C# parameter server (2 ranks through <c>./ckpt-engine launch ... update</c>) against a Python
+/// engine process (python/tests/e2e_worker.py: two devices, like a tensor-parallel-2 vLLM, each a small
+/// transformer-like torch model loading through the package's vLLM extension).
+/// </summary>
+[Collection(nameof(MultiProcessTests))]
+public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture<PythonTorch>, IDisposable
+{
+    private const string SegmentPrefix = "/dev/shm/ckpt-engine-dev-";
+
+    private readonly string _dir = Directory.CreateTempSubdirectory("ckpt-py-e2e-").FullName;
+    private Process? _engine;
+
+    private string CheckpointDir => Path.Combine(_dir, "ckpt");
+
+    /// <summary>Device ids of this test run only, "{local_rank}" filled in per rank (and per worker by the extension).</summary>
+    private Dictionary<string, string> Devices => new() { [DeviceIds.Variable] = $"py-{Path.GetFileName(_dir)}-{{local_rank}}" };
+
+    public void Dispose()
+    {
+        if (_engine is { HasExited: false })
+        {
+            _engine.Kill(entireProcessTree: true);
+            _engine.WaitForExit();
+        }
+        _engine?.Dispose();
+        HostDevice.SweepDeadOwners(); // Segments of ranks the launcher had to kill.
+        Directory.Delete(_dir, true);
+    }
+
+    [Fact]
+    public async Task Update_TwoRanks_ModelStateDictEqualsCheckpointBitExact()
+    {
+        var url = await StartEngineAsync();
+        using var checkpoint = Checkpoint.Open(CheckpointDir);
+        var expected = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)));
+        var tensors = checkpoint.AllTensors().Select(e => e.Tensor).ToList();
+        Assert.Superset(new HashSet<DType> { DType.BF16, DType.F16, DType.F32, DType.F64, DType.I8, DType.I16, DType.I32, DType.I64, DType.U8, DType.BOOL },
+            tensors.Select(t => t.DType).ToHashSet());
+        Assert.Contains(tensors, t => t.Shape.Length == 0);
+        Assert.Contains(tensors, t => t.ByteLength == 0);
+        foreach (var shard in await DigestsAsync(url))
+        {
+            Assert.All(tensors.Where(t => t.ByteLength > 0), t => Assert.NotEqual(expected[t.Name], shard[t.Name])); // The update has something to do.
+        }
+
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(Devices, null, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", CheckpointDir,
+            "--endpoint", url, "--inference-parallel-size", "2", "--timeout", "60", "--repeat", "2");
+
+        Assert.True(code == 0, $"update exited {code} (torch {torch.TorchVersion}):\n{stderr}{stdout}\n{EngineLog()}");
+        Assert.Contains("[rank 1] result method=broadcast", stdout);
+        var shards = await DigestsAsync(url);
+        Assert.Equal(2, shards.Count);
+        foreach (var shard in shards)
+        {
+            Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), shard.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        }
+        Assert.Empty(SegmentMappings());
+    }
+
+    [Fact]
+    public async Task Update_LoaderRaises_RanksFailWithThePythonError_AndTheMappingIsReleased()
+    {
+        var url = await StartEngineAsync("--fail-on", "layers.1.o_proj.weight");
+
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(Devices, null, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", CheckpointDir,
+            "--endpoint", url, "--inference-parallel-size", "2", "--timeout", "60");
+
+        Assert.True(code != 0, $"update succeeded though the loader raises:\n{stdout}");
+        var output = stderr + stdout;
+        Assert.Contains("RuntimeError: refusing tensor layers.1.o_proj.weight: injected loader failure", output);
+        Assert.Contains("[rank 0] error:", output);
+        Assert.Empty(SegmentMappings());
+        using var http = new HttpClient();
+        Assert.True((await http.GetAsync(url + "/health", TestContext.Current.CancellationToken)).IsSuccessStatusCode, "the engine survives a failed update");
+    }
+
+    /// <summary>Starts the Python engine, which writes the source checkpoint first; returns its URL.</summary>
+    private async Task<string> StartEngineAsync(params string[] extra)
+    {
+        var psi = new ProcessStartInfo(PythonTorch.Python) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in (string[])[Path.Combine(PythonTorch.PackageRoot, "tests", "e2e_worker.py"), "--devices", "2", "--checkpoint-out", CheckpointDir, .. extra])
+        {
+            psi.ArgumentList.Add(a);
+        }
+        foreach (var (k, v) in Devices)
+        {
+            psi.Environment[k] = v;
+        }
+        psi.Environment["PYTHONDONTWRITEBYTECODE"] = "1";
+        _engine = Process.Start(psi)!;
+        _engine.ErrorDataReceived += (_, e) => { lock (_log) { _log.Add(e.Data ?? ""); } };
+        _engine.BeginErrorReadLine();
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(90)); // Importing torch takes a while on a busy machine.
+        try
+        {
+            while (await _engine.StandardOutput.ReadLineAsync(cts.Token) is { } line)
+            {
+                if (line.StartsWith("listening on ", StringComparison.Ordinal))
+                {
+                    return line["listening on ".Length..].Trim();
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            throw new TimeoutException($"the Python engine did not start within 90 s:\n{EngineLog()}");
+        }
+        throw new InvalidOperationException($"the Python engine exited ({(_engine.WaitForExit(5000) ? _engine.ExitCode : -1)}):\n{EngineLog()}");
+    }
+
+    private readonly List<string> _log = [];
+
+    private string EngineLog()
+    {
+        lock (_log)
+        {
+            return string.Join('\n', _log.TakeLast(60));
+        }
+    }
+
+    private static async Task<List<Dictionary<string, string>>> DigestsAsync(string url)
+    {
+        using var http = new HttpClient();
+        using var doc = JsonDocument.Parse(await http.GetStringAsync(url + "/v1/weights/digest", TestContext.Current.CancellationToken));
+        return doc.RootElement.GetProperty("shards").EnumerateArray()
+            .Select(s => s.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!))
+            .ToList();
+    }
+
+    /// <summary>The engine process's mappings of device segments (there should be none between updates).</summary>
+    private List<string> SegmentMappings() =>
+        File.ReadAllLines($"/proc/{_engine!.Id}/maps").Where(l => l.Contains(SegmentPrefix, StringComparison.Ordinal)).ToList();
+}

@@ -25,21 +25,26 @@ if [ -z "${CKPT_ENGINE_NCCL_LIBRARY:-}" ]; then
   nccl="$("$py" -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null || true)"
   [ -f "$nccl" ] && export CKPT_ENGINE_NCCL_LIBRARY="$nccl" && say "NCCL: $nccl"
 fi
-if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
-  say "dry run: stopping before the steps that need a GPU"
-  exit 0
-fi
-command -v nvidia-smi >/dev/null && nvidia-smi -L
-
 say "1/3 GPU unit tests"
 if "$app/CheckpointEngine.Tests" -trait "Category=GPU" -noColor >"$work/tests.log" 2>&1; then
-  say "GPU unit tests passed: $(grep -E 'Total:|Finished' "$work/tests.log" | tail -1)"
+  summary="$(grep -E 'Total:' "$work/tests.log" | tail -1 | sed 's/^ *//')"
+  say "GPU unit tests: $summary"
+  if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ] && ! grep -q "Skipped: 0," <<<"$summary"; then
+    failed=1; say "FAIL: GPU tests skipped on a GPU machine:"; grep -B1 -A2 "\[SKIP\]" "$work/tests.log" | head -20
+  fi
 else
   failed=1; say "FAIL: GPU unit tests"; tail -40 "$work/tests.log"
 fi
 
+if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
+  [ -x "$here/python/tests/gpu_check_worker.sh" ] && say "the Python half is in the payload" || { failed=1; say "FAIL: no Python half in the payload"; }
+  say "dry run: stopping before the steps that need a GPU (the GPU unit tests above skip without one)"
+  exit "$failed"
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+
 say "2/3 broadcast update of a $size checkpoint to the .NET worker"
-if "$app/ckpt-engine" demo --device cuda --ranks 1 --size "$size" --method broadcast --json >"$work/demo.json" 2>"$work/demo.err"; then
+if CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" "$app/ckpt-engine" demo --device cuda --ranks 1 --size "$size" --method broadcast --json >"$work/demo.json" 2>"$work/demo.err"; then
   say ".NET worker: $(cat "$work/demo.json")"
 else
   failed=1; say "FAIL: .NET worker update"; tail -30 "$work/demo.err"; cat "$work/demo.json"

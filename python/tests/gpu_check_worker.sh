@@ -18,5 +18,5 @@ for _ in $(seq 1 600); do
 done
 url="$(grep -o 'http://[0-9.:]*' "$work/python-worker.out" | head -1)"
 [ -n "$url" ] || { echo "the Python worker did not start within 120 s"; cat "$work/python-worker.err"; exit 1; }
-"$bin" launch --nproc 1 -- update --device cuda --checkpoint-path "$ckpt" --endpoint "$url" --repeat 2 --timeout 300
+CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" "$bin" launch --nproc 1 -- update --device cuda --checkpoint-path "$ckpt" --endpoint "$url" --repeat 2 --timeout 300
 "$py" "$here/gpu_check_worker.py" verify "$ckpt" "$url"

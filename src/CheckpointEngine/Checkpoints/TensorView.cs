@@ -4,7 +4,7 @@ namespace CheckpointEngine.Checkpoints;
 /// A tensor's bytes where they lie (a mapped file or a host buffer), without a copy. Valid only
 /// while the owner of the memory is alive.
 /// </summary>
-public readonly unsafe struct TensorView(TensorInfo info, byte* pointer, bool onDevice = false)
+public readonly unsafe struct TensorView(TensorInfo info, byte* pointer, nint deviceContext = 0)
 {
     public TensorInfo Info { get; } = info;
 
@@ -14,16 +14,21 @@ public readonly unsafe struct TensorView(TensorInfo info, byte* pointer, bool on
 
     /// <summary>
     /// The bytes are in GPU memory (a worker's CUDA IPC mapping): <see cref="Pointer"/> is a device
-    /// pointer for CUDA calls and kernels, not for the CPU; copy out with <see cref="CopyTo"/>.
+    /// pointer for CUDA calls and kernels in <see cref="DeviceContext"/>, not for the CPU; copy out with <see cref="CopyTo"/>.
     /// </summary>
-    public bool OnDevice { get; } = onDevice;
+    public bool OnDevice => DeviceContext != 0;
+
+    /// <summary>The CUDA context the device pointer belongs to (the device's primary context), or 0 for host memory.</summary>
+    public nint DeviceContext { get; } = deviceContext;
 
     /// <summary>Copies the tensor's bytes to host memory at <paramref name="destination"/> (a device-to-host copy when <see cref="OnDevice"/>).</summary>
     public void CopyTo(byte* destination)
     {
         if (OnDevice)
         {
-            Interop.Cuda.CudaDriver.Instance.CopyDeviceToHost((nint)destination, (ulong)Pointer, Length);
+            var cuda = Interop.Cuda.CudaDriver.Instance;
+            cuda.SetCurrent(DeviceContext); // Contexts are per thread; handlers run on any pool thread.
+            cuda.CopyDeviceToHost((nint)destination, (ulong)Pointer, Length);
         }
         else
         {

@@ -56,6 +56,9 @@ internal sealed class CudaIpcMapping : IDisposable
 
     public unsafe byte* Pointer => (byte*)_pointer;
 
+    /// <summary>The device's primary context, which the pointer belongs to.</summary>
+    public nint Context => _context;
+
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0)

@@ -158,6 +158,10 @@ internal sealed class ReceiveSession : IDisposable
         }
         try
         {
+            if (_cudaBuffer is not null)
+            {
+                Interop.Cuda.CudaDriver.Instance.SetCurrent(_cudaBuffer.Context); // The handler may launch work on the device.
+            }
             _onBucket(load.Bucket, views);
         }
         catch (Exception e)
@@ -202,10 +206,10 @@ internal sealed class ReceiveSession : IDisposable
     private unsafe bool TryViews(LoadMessage load, out TensorView[] views, out string error)
     {
         views = [];
-        var onDevice = _segment is null;
+        var context = _segment is null ? _cudaBuffer!.Context : 0;
         var name = _segment?.Name ?? _cudaBuffer!.Name;
         var size = _segment?.Size ?? _cudaBuffer!.Size;
-        var pointer = onDevice ? _cudaBuffer!.Pointer : _segment!.Pointer;
+        var pointer = _segment is null ? _cudaBuffer!.Pointer : _segment.Pointer;
         var at = $"load of bucket {load.Bucket}";
         if (load.Bucket < 0)
         {
@@ -258,7 +262,7 @@ internal sealed class ReceiveSession : IDisposable
                 error = $"{what}: sha256 '{sum}' is not 64 hex digits";
                 return false;
             }
-            result[i] = new TensorView(new TensorInfo(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes), pointer + t.Offset, onDevice);
+            result[i] = new TensorView(new TensorInfo(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes), pointer + t.Offset, context);
         }
         views = result;
         error = "";

@@ -12,17 +12,17 @@ public sealed class InteropTests
     {
         Assert.Equal(64, Marshal.SizeOf<CuIpcMemHandle>());
         Assert.Equal(128, Marshal.SizeOf<NcclUniqueId>());
-        // ncclConfig_t as of NCCL 2.14: size_t size; unsigned magic, version; int blocking, cgaClusterSize, minCTAs, maxCTAs; const char* netName.
-        Assert.Equal(40, Marshal.SizeOf<NcclConfig>());
+        // ncclConfig_t as of NCCL 2.14: size_t size; unsigned magic, version; int blocking; then tail padding.
+        Assert.Equal(24, Marshal.SizeOf<NcclConfig>());
         Assert.Equal(8, (int)Marshal.OffsetOf<NcclConfig>(nameof(NcclConfig.MagicValue)));
         Assert.Equal(12, (int)Marshal.OffsetOf<NcclConfig>(nameof(NcclConfig.Version)));
         Assert.Equal(16, (int)Marshal.OffsetOf<NcclConfig>(nameof(NcclConfig.Blocking)));
-        Assert.Equal(32, (int)Marshal.OffsetOf<NcclConfig>(nameof(NcclConfig.NetName)));
         var config = NcclConfig.NonBlocking();
-        Assert.Equal(40u, (uint)config.StructSize);
+        Assert.Equal(24u, (uint)config.StructSize);
         Assert.Equal(0xcafebeefu, config.MagicValue);
+        Assert.Equal(21400u, config.Version);
         Assert.Equal(0, config.Blocking);
-        Assert.Equal(int.MinValue, config.MinCtas);
+        Assert.Equal(int.MinValue, config.TailPadding);
     }
 
     [Fact]

@@ -31,36 +31,32 @@ public unsafe struct NcclUniqueId
 }
 
 /// <summary>
-/// <c>ncclConfig_t</c> as NCCL 2.14 defined it (the first version with a config). NCCL reads a config by
-/// its size and version fields, so newer libraries accept this prefix; the fields we do not set stay
-/// "undefined" (NCCL's default).
+/// <c>ncclConfig_t</c> as NCCL 2.14 defined it (the first version with a config: size, magic, version,
+/// blocking; 24 bytes with its tail padding). NCCL reads a config by its version field, so newer
+/// libraries take this one as it is and use their defaults for every later field. The padding is
+/// set to "undefined" too, since later versions put cgaClusterSize there.
 /// </summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct NcclConfig
 {
     public const uint Magic = 0xcafebeef;
+    public const uint Version214 = 21400;
     public const int Undefined = int.MinValue;
 
     public nuint StructSize;
     public uint MagicValue;
     public uint Version;
     public int Blocking;
-    public int CgaClusterSize;
-    public int MinCtas;
-    public int MaxCtas;
-    public nint NetName;
+    public int TailPadding;
 
     /// <summary>A non-blocking communicator: init and collectives return at once, and we poll with a deadline.</summary>
     public static NcclConfig NonBlocking() => new()
     {
         StructSize = (nuint)Marshal.SizeOf<NcclConfig>(),
         MagicValue = Magic,
-        Version = 21400,
+        Version = Version214,
         Blocking = 0,
-        CgaClusterSize = Undefined,
-        MinCtas = Undefined,
-        MaxCtas = Undefined,
-        NetName = 0,
+        TailPadding = Undefined,
     };
 }
 

@@ -61,37 +61,58 @@ public sealed class NcclCommunicator : ICommunicator
     {
         var nccl = Nccl.Instance;
         var cuda = CudaDriver.Instance;
-        var mine = control.Rank == 0 ? nccl.UniqueId().ToArray() : [];
-        var ids = await control.AllGatherAsync(mine, timeout, ct).ConfigureAwait(false);
-        var id = NcclUniqueId.From(ids[0]);
         var operation = $"NCCL init (rank {control.Rank} of {control.Size}, NCCL {nccl.Version})";
-        cuda.SetCurrent(device.Context);
-        var stream = cuda.CreateStream();
-        var done = cuda.CreateEvent();
-        var comm = nint.Zero;
+        nint stream = 0, done = 0, comm = 0;
         try
         {
+            var mine = control.Rank == 0 ? nccl.UniqueId().ToArray() : [];
+            var ids = await control.AllGatherAsync(mine, timeout, ct).ConfigureAwait(false);
+            var id = NcclUniqueId.From(ids[0]);
+            cuda.SetCurrent(device.Context);
+            stream = cuda.CreateStream();
+            done = cuda.CreateEvent();
             comm = nccl.StartInit(control.Size, id, control.Rank);
             await PollAsync(() => StateDone(nccl, comm), operation, control.Name, world, timeout, ct).ConfigureAwait(false);
             return new NcclCommunicator(control, ownsControl, world, device, nccl, comm, stream, done);
         }
-        catch
+        catch (Exception e)
         {
             if (comm != 0)
             {
                 nccl.Abort(comm);
             }
-            cuda.DestroyEvent(done);
-            cuda.DestroyStream(stream);
+            cuda.SetCurrent(device.Context);
+            if (done != 0)
+            {
+                cuda.DestroyEvent(done);
+            }
+            if (stream != 0)
+            {
+                cuda.DestroyStream(stream);
+            }
             if (ownsControl)
             {
                 control.Dispose();
+            }
+            if (e is NcclException or CudaException)
+            {
+                throw new CollectiveException(operation, control.Name, [], e.Message, e);
             }
             throw;
         }
     }
 
-    private static bool StateDone(Nccl nccl, nint comm) => nccl.AsyncError(comm) != Nccl.InProgress;
+    /// <summary>True once the communicator's pending call has finished; throws <see cref="NcclException"/> if it failed.</summary>
+    private static bool StateDone(Nccl nccl, nint comm)
+    {
+        var state = nccl.AsyncError(comm);
+        if (state == Nccl.InProgress)
+        {
+            return false;
+        }
+        nccl.Check(state, "NCCL (asynchronous error)", comm);
+        return true;
+    }
 
     public Task BarrierAsync(TimeSpan timeout, CancellationToken ct = default) => _control.BarrierAsync(timeout, ct);
 

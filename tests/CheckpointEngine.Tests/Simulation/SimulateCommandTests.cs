@@ -1,6 +1,7 @@
 using System.Text.Json;
 using CheckpointEngine.Hosting.Cli;
 using CheckpointEngine.Hosting.Tracing;
+using CheckpointEngine.Tests.Hosting;
 
 namespace CheckpointEngine.Tests.Simulation;
 
@@ -10,13 +11,7 @@ public sealed class SimulateCommandTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var code = CkptEngineCli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Err) Run(params string[] args) => InProcessCli.Run(args);
 
     [Fact]
     public void Json_ReportsTimeBoundAndPlan()

@@ -79,7 +79,7 @@ public static class SampleCheckpoint
         return files;
     }
 
-    private static void WriteIndex(string path, SortedDictionary<string, string> weightMap, long totalSize)
+    internal static void WriteIndex(string path, SortedDictionary<string, string> weightMap, long totalSize)
     {
         using var stream = File.Create(path);
         using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
@@ -97,7 +97,7 @@ public static class SampleCheckpoint
     }
 
     /// <summary>A stream seed per (checkpoint seed, tensor): no two seeds share streams (splitmix64 finalizer).</summary>
-    private static ulong Mix(ulong seed, ulong tensor)
+    internal static ulong Mix(ulong seed, ulong tensor)
     {
         var z = seed * 0x9E3779B97F4A7C15UL + tensor * 0xD1B54A32D192ED03UL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
@@ -106,7 +106,7 @@ public static class SampleCheckpoint
     }
 
     /// <summary>Streams <paramref name="length"/> pseudo-random bytes (xorshift64*, stable across .NET versions).</summary>
-    private static Action<Stream> Filler(ulong seed, long length) => stream =>
+    internal static Action<Stream> Filler(ulong seed, long length) => stream =>
     {
         var state = seed * 0x9E3779B97F4A7C15UL | 1;
         var chunk = new byte[Math.Min(length, 1 << 20)];

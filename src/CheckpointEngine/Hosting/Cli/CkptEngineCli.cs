@@ -21,6 +21,7 @@ public static class CkptEngineCli
             InspectCommand.Create(stdout),
             LaunchCommand.Create(stdout, stderr),
             SampleCommand.Create(stdout),
+            SimulateCommand.Create(stdout, stderr),
             UpdateCommand.Create(stdout),
             WorkerCommand.Create(stdout),
             ServeCommand.Create(stdout),

@@ -1,0 +1,10 @@
+namespace CheckpointEngine.Simulation.Calibration;
+
+/// <summary>One published row with the simulated original (fitted or predicted) and our designs on the same cluster.</summary>
+public sealed record ReproducedRow(PublishedRow Row, SimulationResult Original, SimulationResult Ours, SimulationResult StagedAhead, SimulationResult ShardAware)
+{
+    public double Predicted => Original.Seconds;
+
+    /// <summary>Relative error of the simulated original against the published time: +0.10 is 10% slow.</summary>
+    public double Error => Original.Seconds / Row.Seconds - 1;
+}

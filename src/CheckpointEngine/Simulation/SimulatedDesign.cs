@@ -1,0 +1,30 @@
+namespace CheckpointEngine.Simulation;
+
+/// <summary>Whose schedule the simulation runs.</summary>
+public enum SimulatedDesign
+{
+    /// <summary>
+    /// MoonshotAI's checkpoint-engine as its public code does it: tensors split over ranks in equal counts in
+    /// index order; per step every owner copies its next bucket to a staging buffer (all at once, not overlapped
+    /// with broadcasts); then owner by owner a device copy into one of two broadcast buffers, the broadcast, a
+    /// wait for the worker's previous reload, an all-reduce; the worker reloads a bucket while the next is broadcast.
+    /// </summary>
+    Original,
+
+    /// <summary>
+    /// Our ParameterServer: tensors balanced by bytes (CheckpointSplit), buckets sized by BucketSizing, cut and
+    /// interleaved by BucketPlanner (P2P: dealt by ReceiverAssignment), three rotating device buffers so that
+    /// staging bucket k+1, broadcasting bucket k and reloading bucket k−1 overlap, one agreement per bucket.
+    /// </summary>
+    Ours,
+
+    /// <summary>
+    /// What-if: ours with one staging buffer per rank beside two rotating broadcast buffers (the same device memory as
+    /// three slots), so that every owner copies its next bucket as soon as its previous one has been broadcast, all
+    /// owners at once, instead of one bucket ahead for the whole group.
+    /// </summary>
+    StagedAhead,
+
+    /// <summary>What-if: staged ahead, and each tensor-parallel rank reloads only its slice of split tensors.</summary>
+    ShardAware,
+}

@@ -1,0 +1,65 @@
+using System.Text.Json;
+using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Hosting.Tracing;
+using CheckpointEngine.Tests.Hosting;
+
+namespace CheckpointEngine.Tests.Simulation;
+
+public sealed class SimulateCommandTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("ckpt-sim-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static (int Code, string Out, string Err) Run(params string[] args) => InProcessCli.Run(args);
+
+    [Fact]
+    public void Json_ReportsTimeBoundAndPlan()
+    {
+        var (code, stdout, stderr) = Run("simulate", "--model", "glm-4.5-air", "--cluster", "h800", "--gpus", "8", "--tp", "8", "--design", "staged-ahead", "--json");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var root = doc.RootElement;
+        Assert.True(root.GetProperty("simulation").GetBoolean());
+        Assert.Equal("staged-ahead", root.GetProperty("design").GetString());
+        Assert.True(root.GetProperty("seconds").GetDouble() > 0);
+        Assert.Equal(3, root.GetProperty("slots").GetInt32());
+        Assert.Contains(root.GetProperty("bound").GetString(), new[] { "staging", "link", "reload", "latency" });
+    }
+
+    [Fact]
+    public void Trace_WritesATimelineTheRendererReads()
+    {
+        var path = Path.Combine(_dir, "sim.json");
+        var (code, _, stderr) = Run("simulate", "--model", "deepseek-v3.1", "--cluster", "h20", "--gpus", "32", "--tp", "16", "--method", "p2p", "--design", "original", "--trace", path);
+        Assert.True(code == 0, stderr);
+        var timeline = ChromeTraceReader.Read(path);
+        Assert.Equal(2, timeline.Rows.Select(r => r.Pid).Distinct().Count()); // The two nodes of the receiving instance.
+        Assert.Contains(timeline.Rows, r => r.Track == "p2p read" && r.Bars.Count > 0);
+        Assert.Contains(timeline.Rows, r => r.Track == "reload" && r.Bars.Count > 0);
+    }
+
+    [Fact]
+    public void Checkpoint_CanBeGivenAsADirectory()
+    {
+        var dir = Path.Combine(_dir, "ckpt");
+        Assert.Equal(0, Run("sample", dir, "--model", "qwen3-235b-a22b", "--size-mb", "4", "--shards", "2").Code);
+        var (code, stdout, stderr) = Run("simulate", "--model", dir, "--cluster", "h200", "--gpus", "8", "--tp", "8", "--free-memory", "64MiB");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("simulated update", stdout, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("--model", "nope")]
+    [InlineData("--model", "kimi-k2", "--cluster", "tpu")]
+    [InlineData("--model", "kimi-k2", "--design", "fast")]
+    [InlineData("--model", "kimi-k2", "--gpus", "24", "--tp", "16")]
+    [InlineData("--model", "kimi-k2", "--nics", "3")]
+    public void BadInput_IsOneLineNamingTheOption(params string[] args)
+    {
+        var (code, _, stderr) = Run(["simulate", .. args]);
+        Assert.Equal(CkptEngineCli.BadInput, code);
+        Assert.StartsWith("error: ", stderr, StringComparison.Ordinal);
+        Assert.Single(stderr.Trim().Split('\n'));
+    }
+}

@@ -1,0 +1,78 @@
+using CheckpointEngine.Simulation;
+using CheckpointEngine.Simulation.Clusters;
+using CheckpointEngine.Simulation.Models;
+
+namespace CheckpointEngine.Tests.Simulation;
+
+public sealed class UpdateSimulatorTests
+{
+    private static readonly ModelInventory Small = InventoryBuilder.Build("small", PresetSample.Fit(ModelPresets.DeepSeekV31, 512L << 20, layers: 6, experts: 16));
+    private static readonly CostParameters Costs = new(0.7, 1e-4, 80e9, 0.8, 0.2);
+    private static readonly long Free = (long)(Small.LargestTensor * 3.6 / 0.9);
+
+    private static SimulationResult Run(SimulatedDesign design, SimulatedMethod method = SimulatedMethod.Broadcast, int gpus = 16, long? free = null, CostParameters? costs = null) =>
+        UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, 8, method, design, free ?? Free)), costs ?? Costs);
+
+    [Theory]
+    [InlineData(SimulatedDesign.Original, SimulatedMethod.Broadcast)]
+    [InlineData(SimulatedDesign.Ours, SimulatedMethod.Broadcast)]
+    [InlineData(SimulatedDesign.StagedAhead, SimulatedMethod.P2P)]
+    [InlineData(SimulatedDesign.ShardAware, SimulatedMethod.Broadcast)]
+    public void Stages_RespectTheirDependencies(SimulatedDesign design, SimulatedMethod method)
+    {
+        var r = Run(design, method);
+        var previousReload = 0.0;
+        foreach (var b in r.Buckets)
+        {
+            Assert.True(b.StageEnd >= b.StageStart && b.BroadcastStart >= b.StageEnd - 1e-12, $"bucket {b.Bucket.Index}: broadcast before it is staged");
+            Assert.True(b.ReloadStart >= b.BroadcastEnd && b.ReloadStart >= previousReload, $"bucket {b.Bucket.Index}: reload too early");
+            previousReload = b.ReloadEnd;
+        }
+        Assert.True(r.Seconds >= r.Buckets[^1].ReloadEnd);
+        Assert.Equal(r.Seconds, r.CriticalPath.Staging + r.CriticalPath.Link + r.CriticalPath.Reload + r.CriticalPath.Latency, 9);
+    }
+
+    [Fact]
+    public void Ours_OverlapsStagingWithBroadcastAndReload_TheOriginalDoesNot()
+    {
+        // With staging the slowest stage, ours hides the broadcasts and reloads behind it; the original adds its staging steps to them.
+        var slowCopies = Costs with { ReloadBandwidth = 1e12, FinishOverhead = 1e-6 };
+        var cluster = ClusterPresets.H20 with { HostToDevice = 5e9 };
+        SimulationResult Sim(SimulatedDesign d) => UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, cluster, 1, 1, SimulatedMethod.Broadcast, d, Free)), slowCopies);
+        var ours = Sim(SimulatedDesign.Ours);
+        Assert.Equal(CostCategory.Staging, ours.Bound);
+        Assert.True(ours.Seconds < ours.StagingBusy + 0.05 + ours.Plan.Buckets.Count * 1e-3);
+        var original = Sim(SimulatedDesign.Original);
+        Assert.True(original.Seconds > ours.Seconds);
+    }
+
+    [Fact]
+    public void StagedAhead_CopiesOnEveryOwnerAtOnce_NeverSlowerThanOurs()
+    {
+        var ours = Run(SimulatedDesign.Ours);
+        var ahead = Run(SimulatedDesign.StagedAhead);
+        Assert.True(ahead.Seconds <= ours.Seconds + 1e-9);
+        var concurrent = ahead.Buckets.Count(b => b.StageStart < ahead.Buckets[0].StageEnd);
+        Assert.True(concurrent > 1, "owners should stage their first buckets together");
+    }
+
+    [Fact]
+    public void ShardAware_ReloadsLess()
+    {
+        var bytesOnly = Costs with { CallLatency = 1e-9 };
+        var ahead = Run(SimulatedDesign.StagedAhead, costs: bytesOnly);
+        var shard = Run(SimulatedDesign.ShardAware, costs: bytesOnly);
+        Assert.True(shard.ReloadBusy < ahead.ReloadBusy / 4);
+        Assert.Equal(ahead.BroadcastBusy, shard.BroadcastBusy, 9); // The root still sends every byte.
+    }
+
+    [Fact]
+    public void TwoThousandGpus_Simulate()
+    {
+        var plan = SimulationPlan.Build(new Scenario(ModelPresets.KimiK2.Inventory, ClusterPresets.H20, 2048, 16, Design: SimulatedDesign.Ours));
+        var r = UpdateSimulator.Run(plan, CostParameters.Calibrated);
+        Assert.Equal(ModelPresets.KimiK2.Inventory.Tensors.Count, plan.Buckets.Sum(b => b.Tensors));
+        Assert.Equal(256, plan.GroupNodes);
+        Assert.True(r.Seconds > 0 && double.IsFinite(r.Seconds));
+    }
+}

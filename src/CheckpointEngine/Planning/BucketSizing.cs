@@ -1,9 +1,14 @@
 namespace CheckpointEngine.Planning;
 
 /// <summary>
-/// How big a bucket is and how many device buffers rotate. Three buffers let the copy of bucket k+1
-/// to the device, the broadcast of bucket k and the worker's reload of bucket k−1 run at once; when
-/// memory is short, two (the copy to the device then waits for the reload).
+/// How big a bucket is and how many device buffers it gets, split into two kinds. Broadcast buffers
+/// (<see cref="BroadcastSlots"/>) rotate over the buckets a rank receives; staging buffers
+/// (<see cref="StagingSlots"/>) hold the buckets this rank sends, copied to the device ahead of their
+/// turn, so every owner's host-to-device copies run at once instead of one bucket at a time. Four
+/// buffers (two of each) let staging, the broadcast of bucket k and the reload of bucket k−1 overlap;
+/// with less memory, three (one staging buffer: a rank that sends two buckets in a row stages the
+/// second after the first is reloaded), then two (one of each: the broadcast also waits for the
+/// previous reload).
 /// </summary>
 public sealed record BucketSizing(long BucketSize, int Slots)
 {
@@ -12,6 +17,18 @@ public sealed record BucketSizing(long BucketSize, int Slots)
     public const string MaxBucketSizeVariable = "CKPT_ENGINE_MAX_BUCKET_SIZE_GB";
 
     public long DeviceBytes => BucketSize * Slots;
+
+    /// <summary>Buffers a received bucket lands in, in turn: two, or one when only two buffers fit.</summary>
+    public int BroadcastSlots => Slots >= 3 ? 2 : 1;
+
+    /// <summary>Buffers this rank's own buckets are staged in ahead of their broadcast.</summary>
+    public int StagingSlots => Slots - BroadcastSlots;
+
+    /// <summary>Offset of broadcast buffer <paramref name="i"/> in the device memory.</summary>
+    public long BroadcastOffset(int i) => i % BroadcastSlots * BucketSize;
+
+    /// <summary>Offset of staging buffer <paramref name="i"/> in the device memory (after the broadcast buffers).</summary>
+    public long StagingOffset(int i) => (BroadcastSlots + i % StagingSlots) * BucketSize;
 
     /// <summary>
     /// Sizes buckets from the smallest free device memory over the ranks. Never below the largest
@@ -31,7 +48,7 @@ public sealed record BucketSizing(long BucketSize, int Slots)
             throw new InsufficientMemoryException(
                 $"not enough device memory: the largest tensor ({largestTensor} bytes) needs two buffers of {largest} bytes, but only {usable} of {freeBytes} free bytes are usable (fraction {fraction})");
         }
-        var slots = largest * 3 <= usable ? 3 : 2;
+        var slots = largest * 4 <= usable ? 4 : largest * 3 <= usable ? 3 : 2;
         var size = Math.Min(usable / slots, Math.Min(Math.Max(maxBucketSize, 1), Align(Math.Max(largestOwnerBytes, 1))));
         size = Math.Max(largest, size / 256 * 256);
         return new BucketSizing(size, slots);

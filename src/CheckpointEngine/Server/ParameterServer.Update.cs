@@ -20,9 +20,10 @@ public sealed partial class ParameterServer
     private sealed record Step(H2DBucket Bucket, int Stager, Func<nint, Task> Stage);
 
     /// <summary>
-    /// Pushes checkpoint <paramref name="name"/> into the workers. Buckets rotate through three device
-    /// buffers (two when memory is short), so staging bucket k+1, broadcasting bucket k and the workers'
-    /// reload of bucket k−1 overlap. After each bucket the ranks agree whether every worker succeeded; if
+    /// Pushes checkpoint <paramref name="name"/> into the workers. Every rank stages the buckets it sends
+    /// into its own staging buffers ahead of their turn (all ranks copy at once), bucket k is broadcast
+    /// from its stager into the others' broadcast buffers while the workers reload bucket k−1 (see
+    /// <see cref="BucketSizing"/> for the buffers). After each bucket the ranks agree whether every worker succeeded; if
     /// one failed, all abort their workers and raise its message. A dead rank or a missed deadline fails
     /// the update on every survivor; the next update starts clean.
     /// </summary>
@@ -193,23 +194,43 @@ public sealed partial class ParameterServer
         }
     }
 
-    /// <summary>The bucket loop; returns per-bucket stage times. <paramref name="reloaded"/> hears how many buckets are in the workers.</summary>
+    /// <summary>
+    /// The bucket loop; returns per-bucket stage times. <paramref name="reloaded"/> hears how many buckets are in the workers.
+    /// Each rank stages the buckets it sends into its staging buffers ahead of their turn (all stagers copy at
+    /// once), as soon as the reload of the bucket a staging buffer held before is agreed on. Bucket k is
+    /// broadcast from its stager's staging buffer into the others' broadcast buffer k mod B; every worker
+    /// reloads it from where it lies on its rank, while bucket k+1 is broadcast.
+    /// </summary>
     private static async Task<List<BucketTiming>> PumpAsync(ICommunicator group, List<Step> steps, BucketSizing sizing, nint device,
         WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new TimeSpan[6]).ToArray();
-        nint Slot(int k) => device + (nint)(k % sizing.Slots * sizing.BucketSize);
+        var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
+        var ordinal = new Dictionary<int, int>(own.Select((k, j) => KeyValuePair.Create(k, j)));
+        // Where bucket k lies on this rank: its staging buffer if this rank sends it, else a broadcast buffer.
+        nint Where(int k) => device + (nint)(ordinal.TryGetValue(k, out var j) ? sizing.StagingOffset(j) : sizing.BroadcastOffset(k));
 
-        async Task<string?> Stage(int k)
+        // A staging buffer is free again once the reload of the bucket it held is agreed on.
+        var freed = own.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var staged = new Dictionary<int, Task<string?>>();
+        Task previous = Task.CompletedTask;
+        for (var j = 0; j < own.Count; j++)
         {
-            if (k >= steps.Count || steps[k].Stager != group.Rank)
-            {
-                return null;
-            }
+            var (k, before, slotFree) = (own[j], previous, j >= sizing.StagingSlots ? freed[j - sizing.StagingSlots].Task : Task.CompletedTask);
+            var task = StageAsync(k, before, slotFree);
+            staged[k] = task;
+            previous = task;
+        }
+
+        async Task<string?> StageAsync(int k, Task before, Task slotFree)
+        {
+            await before.ConfigureAwait(false); // One staging copy at a time per rank, in schedule order.
+            await slotFree.WaitAsync(stop.Token).ConfigureAwait(false);
             times[k][0] = clock.Elapsed;
             try
             {
-                await steps[k].Stage(Slot(k)).ConfigureAwait(false);
+                await steps[k].Stage(Where(k)).ConfigureAwait(false);
                 return null;
             }
             catch (P2PException e)
@@ -227,7 +248,7 @@ public sealed partial class ParameterServer
         {
             try
             {
-                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Slot(k) - device)), timeout, ct).ConfigureAwait(false);
+                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Where(k) - device)), timeout, ct).ConfigureAwait(false);
             }
             finally
             {
@@ -235,38 +256,55 @@ public sealed partial class ParameterServer
             }
         }
 
-        var staged = Stage(0);
-        Task<string?>? reload = null;
-        for (var k = 0; k < steps.Count; k++)
+        async Task AgreeReloadAsync(Task<string?> reload, int k)
         {
-            var failure = await staged.ConfigureAwait(false);
-            if (agreeOnStaging)
+            await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {k}", timeout, ct).ConfigureAwait(false);
+            if (ordinal.TryGetValue(k, out var j))
             {
-                // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
-                await AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
+                freed[j].TrySetResult();
             }
-            times[k][2] = clock.Elapsed;
-            var broadcast = group.BroadcastAsync(Slot(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct);
-            // With three buffers the next bucket's slot is free already (its last reload was agreed on): stage it now.
-            staged = sizing.Slots == 3 ? Stage(k + 1) : Task.FromResult<string?>(null);
-            await broadcast.ConfigureAwait(false);
-            times[k][3] = clock.Elapsed;
+            reloaded(k + 1);
+        }
+
+        try
+        {
+            Task<string?>? reload = null;
+            for (var k = 0; k < steps.Count; k++)
+            {
+                // The previous reload must be agreed on first when its buffer is needed now: the only broadcast
+                // buffer, or the only staging buffer of a stager that sends two buckets in a row. Every rank
+                // decides this from the plan alone, so all call their collectives in the same order.
+                if (reload is not null && (sizing.BroadcastSlots == 1 || sizing.StagingSlots == 1 && steps[k - 1].Stager == steps[k].Stager))
+                {
+                    await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
+                    reload = null;
+                }
+                var failure = staged.TryGetValue(k, out var stage) ? await stage.ConfigureAwait(false) : null;
+                if (agreeOnStaging)
+                {
+                    // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
+                    await AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
+                }
+                times[k][2] = clock.Elapsed;
+                await group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct).ConfigureAwait(false);
+                times[k][3] = clock.Elapsed;
+                if (reload is not null)
+                {
+                    await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
+                }
+                times[k][4] = clock.Elapsed;
+                reload = Reload(k);
+            }
             if (reload is not null)
             {
-                await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {k - 1}", timeout, ct).ConfigureAwait(false);
-                reloaded(k);
+                await AgreeReloadAsync(reload, steps.Count - 1).ConfigureAwait(false);
             }
-            if (sizing.Slots == 2)
-            {
-                staged = Stage(k + 1); // Its slot held bucket k−1, whose reload is agreed on just now.
-            }
-            times[k][4] = clock.Elapsed;
-            reload = Reload(k);
         }
-        if (reload is not null)
+        finally
         {
-            await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {steps.Count - 1}", timeout, ct).ConfigureAwait(false);
-            reloaded(steps.Count);
+            // A failed update leaves staging copies waiting for buffers that will not be freed: stop them.
+            await stop.CancelAsync().ConfigureAwait(false);
+            await Task.WhenAll(staged.Values).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
         }
         return steps.Select((s, k) => new BucketTiming(k, s.Bucket.Owner, s.Bucket.Size, times[k][0], times[k][1], times[k][2], times[k][3], times[k][4], times[k][5])).ToList();
     }

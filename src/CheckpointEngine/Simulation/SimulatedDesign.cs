@@ -13,18 +13,12 @@ public enum SimulatedDesign
 
     /// <summary>
     /// Our ParameterServer: tensors balanced by bytes (CheckpointSplit), buckets sized by BucketSizing, cut and
-    /// interleaved by BucketPlanner (P2P: dealt by ReceiverAssignment), three rotating device buffers so that
-    /// staging bucket k+1, broadcasting bucket k and reloading bucket k−1 overlap, one agreement per bucket.
+    /// interleaved by BucketPlanner (P2P: dealt by ReceiverAssignment); every stager copies its own buckets into
+    /// its staging buffers ahead of their turn, all stagers at once, while the broadcast buffers rotate; the
+    /// reload of bucket k−1 overlaps the broadcast of bucket k; one agreement per bucket.
     /// </summary>
     Ours,
 
-    /// <summary>
-    /// What-if: ours with one staging buffer per rank beside two rotating broadcast buffers (the same device memory as
-    /// three slots), so that every owner copies its next bucket as soon as its previous one has been broadcast, all
-    /// owners at once, instead of one bucket ahead for the whole group.
-    /// </summary>
-    StagedAhead,
-
-    /// <summary>What-if: staged ahead, and each tensor-parallel rank reloads only its slice of split tensors.</summary>
+    /// <summary>What-if: ours, and each tensor-parallel rank reloads only its slice of split tensors.</summary>
     ShardAware,
 }

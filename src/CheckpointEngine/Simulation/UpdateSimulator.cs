@@ -26,92 +26,92 @@ public static class UpdateSimulator
     private static Cost Reload(SimulationPlan plan, CostModel costs, PlannedBucket b) =>
         costs.Reload(plan.Scenario.Design == SimulatedDesign.ShardAware ? b.ShardBytes : b.Bytes);
 
-    /// <summary>Our ParameterServer's bucket loop (PumpAsync), bucket by bucket.</summary>
+    /// <summary>
+    /// Our ParameterServer's bucket loop (PumpAsync), bucket by bucket: every stager copies its own buckets into
+    /// its staging buffers ahead of their turn (one copy at a time per stager, all stagers at once), as soon as the
+    /// reload of the bucket a staging buffer held before is agreed on; bucket k is broadcast once staged, and its
+    /// reload runs while bucket k+1 is broadcast.
+    /// </summary>
     private static SimulationResult RunOurs(SimulationPlan plan, CostModel costs)
     {
         var buckets = plan.Buckets;
         var n = buckets.Count;
-        var ranks = plan.GroupRanks;
-        var agree = costs.Agreement(ranks);
+        var agree = costs.Agreement(plan.GroupRanks);
         var p2p = plan.Scenario.Method == SimulatedMethod.P2P;
+        var broadcastSlots = plan.Slots >= 3 ? 2 : 1;
+        var stagingSlots = plan.Slots - broadcastSlots;
         var timeline = new SimulatedBucket[n];
-        var stageStart = new PathCost[n];
-        var stageEnd = new PathCost[n];
         var engineFree = new Dictionary<int, PathCost>();
         var staging = new Dictionary<int, double>();
-        // Staged ahead: each rank's staging buffer takes its next bucket once the previous one has left it (been broadcast).
-        var ahead = plan.Scenario.Design is SimulatedDesign.StagedAhead or SimulatedDesign.ShardAware && plan.Slots >= 3;
-        var nextOfStager = new int[n];
-        var lastOfStager = new Dictionary<int, int>();
-        for (var k = n - 1; k >= 0; k--)
+        var owned = new Dictionary<int, List<int>>(); // Each stager's buckets, in schedule order.
+        var ordinal = new int[n];
+        for (var k = 0; k < n; k++)
         {
-            nextOfStager[k] = lastOfStager.GetValueOrDefault(buckets[k].Stager, -1);
-            lastOfStager[buckets[k].Stager] = k;
+            var list = owned.TryGetValue(buckets[k].Stager, out var l) ? l : owned[buckets[k].Stager] = [];
+            ordinal[k] = list.Count;
+            list.Add(k);
         }
-
-        void StageAt(int k, PathCost at)
-        {
-            var b = buckets[k];
-            var start = PathCost.Max(at, engineFree.GetValueOrDefault(b.Stager));
-            var cost = Stage(plan, costs, b);
-            stageStart[k] = start;
-            stageEnd[k] = engineFree[b.Stager] = start.Add(cost);
-            staging[b.Stager] = staging.GetValueOrDefault(b.Stager) + cost.Seconds;
-        }
+        var freed = new PathCost[n]; // When the reload of bucket k was agreed on: its staging buffer is free again.
 
         // Setup: the all-reduce that sizes buckets, the all-gather of worker addresses, attaching the worker and agreeing on it.
         var loop = PathCost.Zero.Add(agree).Add(agree).Add(costs.Reload(0)).Add(agree);
-        if (ahead)
-        {
-            foreach (var first in lastOfStager.Values)
-            {
-                StageAt(first, loop);
-            }
-        }
-        else if (n > 0)
-        {
-            StageAt(0, loop);
-        }
+        var setup = loop;
         PathCost reloadEnd = default;
+        var reloadPending = false;
         double broadcastBusy = 0, reloadBusy = 0;
+
+        void AgreeOnReload(int k)
+        {
+            loop = PathCost.Max(loop, reloadEnd).Add(agree);
+            freed[k] = loop;
+            reloadPending = false;
+        }
+
         for (var k = 0; k < n; k++)
         {
             var b = buckets[k];
-            var t = PathCost.Max(loop, stageEnd[k]);
+            if (reloadPending && (broadcastSlots == 1 || stagingSlots == 1 && buckets[k - 1].Stager == b.Stager))
+            {
+                AgreeOnReload(k - 1); // Its buffer is the one needed now.
+            }
+            // The stager copied this bucket as soon as its engine and its staging buffer were free.
+            var j = ordinal[k];
+            var from = PathCost.Max(setup, engineFree.GetValueOrDefault(b.Stager));
+            if (j >= stagingSlots)
+            {
+                from = PathCost.Max(from, freed[owned[b.Stager][j - stagingSlots]]);
+            }
+            var cost = Stage(plan, costs, b);
+            var stageEnd = engineFree[b.Stager] = from.Add(cost);
+            staging[b.Stager] = staging.GetValueOrDefault(b.Stager) + cost.Seconds;
+
+            var t = PathCost.Max(loop, stageEnd);
             if (p2p)
             {
                 t = t.Add(agree); // A read can fail: the ranks agree before anyone waits on its broadcast.
             }
             var broadcastStart = t;
-            if (!ahead && plan.Slots >= 3 && k + 1 < n)
-            {
-                StageAt(k + 1, broadcastStart);
-            }
             var broadcast = Broadcast(plan, costs, b);
             broadcastBusy += broadcast.Seconds;
-            var broadcastEnd = broadcastStart.Add(broadcast);
-            if (ahead && nextOfStager[k] >= 0)
+            loop = broadcastStart.Add(broadcast);
+            var broadcastEnd = loop;
+            if (reloadPending)
             {
-                StageAt(nextOfStager[k], broadcastEnd);
-            }
-            t = broadcastEnd;
-            if (k > 0)
-            {
-                t = PathCost.Max(t, reloadEnd).Add(agree);
-            }
-            if (plan.Slots < 3 && k + 1 < n)
-            {
-                StageAt(k + 1, t); // Its slot held bucket k−1, whose reload is agreed on just now.
+                AgreeOnReload(k - 1);
             }
             var reload = Reload(plan, costs, b);
             reloadBusy += reload.Seconds;
-            var reloadStart = t;
-            reloadEnd = t.Add(reload);
-            loop = t;
-            timeline[k] = new SimulatedBucket(b, stageStart[k].Time, stageEnd[k].Time, broadcastStart.Time, broadcastEnd.Time, reloadStart.Time, reloadEnd.Time);
+            var reloadStart = loop;
+            reloadEnd = loop.Add(reload);
+            reloadPending = true;
+            timeline[k] = new SimulatedBucket(b, from.Time, stageEnd.Time, broadcastStart.Time, broadcastEnd.Time, reloadStart.Time, reloadEnd.Time);
         }
-        // The last reload, then releasing the buffer and the post-load hook, each agreed on.
-        var end = (n > 0 ? PathCost.Max(loop, reloadEnd).Add(agree) : loop).Add(costs.Reload(0)).Add(agree).Add(costs.Finish()).Add(agree);
+        if (reloadPending)
+        {
+            AgreeOnReload(n - 1);
+        }
+        // Releasing the buffer and the post-load hook, each agreed on.
+        var end = loop.Add(costs.Reload(0)).Add(agree).Add(costs.Finish()).Add(agree);
         return new SimulationResult(plan, costs, end, staging.Values.DefaultIfEmpty(0).Max(), broadcastBusy, reloadBusy, timeline);
     }
 

@@ -7,11 +7,25 @@ public class BucketSizingTests
     private const long GiB = 1L << 30;
 
     [Fact]
-    public void Plan_PlentyOfMemory_ThreeBuffersCappedByMaximum()
+    public void Plan_PlentyOfMemory_TwoBroadcastAndTwoStagingBuffersCappedByMaximum()
     {
         var s = BucketSizing.Plan(100 * GiB, 1 << 20, 500 * GiB, maxBucketSize: 8 * GiB);
-        Assert.Equal(3, s.Slots);
+        Assert.Equal(4, s.Slots);
         Assert.Equal(8 * GiB, s.BucketSize);
+        Assert.Equal((2, 2), (s.BroadcastSlots, s.StagingSlots));
+        // Broadcast buffers first, then staging buffers; indices wrap around their own kind.
+        Assert.Equal([0, 8 * GiB, 0], new[] { s.BroadcastOffset(0), s.BroadcastOffset(1), s.BroadcastOffset(2) });
+        Assert.Equal([16 * GiB, 24 * GiB, 16 * GiB], new[] { s.StagingOffset(0), s.StagingOffset(1), s.StagingOffset(2) });
+    }
+
+    [Fact]
+    public void Plan_LargestTensorOverAQuarter_ThreeBuffersWithOneForStaging()
+    {
+        var s = BucketSizing.Plan(10 * GiB, 3 * GiB, 500 * GiB, fraction: 1.0, maxBucketSize: 8 * GiB);
+        Assert.Equal(3, s.Slots);
+        Assert.Equal((2, 1), (s.BroadcastSlots, s.StagingSlots));
+        Assert.Equal(10 * GiB / 3 / 256 * 256, s.BucketSize);
+        Assert.Equal(2 * s.BucketSize, s.StagingOffset(5));
     }
 
     [Fact]
@@ -19,6 +33,7 @@ public class BucketSizingTests
     {
         var s = BucketSizing.Plan(10 * GiB, 4 * GiB, 500 * GiB, fraction: 1.0, maxBucketSize: 8 * GiB);
         Assert.Equal(2, s.Slots);
+        Assert.Equal((1, 1), (s.BroadcastSlots, s.StagingSlots));
         Assert.Equal(5 * GiB, s.BucketSize);
     }
 
@@ -34,7 +49,7 @@ public class BucketSizingTests
     {
         var s = BucketSizing.Plan(100 * GiB, 1000, 10_000);
         Assert.Equal(10_240, s.BucketSize);
-        Assert.Equal(30_720, s.DeviceBytes);
+        Assert.Equal(40_960, s.DeviceBytes);
     }
 
     [Fact]

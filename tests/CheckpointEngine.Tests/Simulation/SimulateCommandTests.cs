@@ -16,14 +16,14 @@ public sealed class SimulateCommandTests : IDisposable
     [Fact]
     public void Json_ReportsTimeBoundAndPlan()
     {
-        var (code, stdout, stderr) = Run("simulate", "--model", "glm-4.5-air", "--cluster", "h800", "--gpus", "8", "--tp", "8", "--design", "staged-ahead", "--json");
+        var (code, stdout, stderr) = Run("simulate", "--model", "glm-4.5-air", "--cluster", "h800", "--gpus", "8", "--tp", "8", "--design", "shard-aware", "--json");
         Assert.True(code == 0, stderr);
         using var doc = JsonDocument.Parse(stdout);
         var root = doc.RootElement;
         Assert.True(root.GetProperty("simulation").GetBoolean());
-        Assert.Equal("staged-ahead", root.GetProperty("design").GetString());
+        Assert.Equal("shard-aware", root.GetProperty("design").GetString());
         Assert.True(root.GetProperty("seconds").GetDouble() > 0);
-        Assert.Equal(3, root.GetProperty("slots").GetInt32());
+        Assert.Equal(4, root.GetProperty("slots").GetInt32()); // Two broadcast and two staging buffers.
         Assert.Contains(root.GetProperty("bound").GetString(), new[] { "staging", "link", "reload", "latency" });
     }
 

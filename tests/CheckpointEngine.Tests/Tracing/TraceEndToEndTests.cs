@@ -46,6 +46,19 @@ public sealed class TraceEndToEndTests : IDisposable
                 }
             }
             AssertNoOverlapOnATrack(events);
+
+            // Staged ahead: every owner copies its first bucket to its device before the first broadcast starts, not one bucket at a time.
+            var stages = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("args").TryGetProperty("stage", out _))
+                .Select(e => (Rank: e.GetProperty("pid").GetInt32(), Stage: e.GetProperty("args").GetProperty("stage").GetString(),
+                    Bucket: e.GetProperty("args").GetProperty("bucket").GetInt32(), Owner: e.GetProperty("args").GetProperty("owner").GetInt32(),
+                    Start: e.GetProperty("ts").GetDouble()))
+                .ToList();
+            var firstBroadcast = stages.Where(x => x.Stage == "broadcast" && x.Bucket == 0).Min(x => x.Start);
+            foreach (var owner in new[] { 0, 1 })
+            {
+                var first = stages.Where(x => x.Stage == "h2d" && x.Rank == owner && x.Owner == owner).MinBy(x => x.Bucket);
+                Assert.True(first.Start <= firstBroadcast, $"rank {owner} staged its first bucket ({first.Bucket}) at {first.Start} µs, after the first broadcast began at {firstBroadcast} µs");
+            }
         }
 
         (code, stdout, stderr) = await CkptEngineScript.RunAsync("trace", "render", json, "--out", svg);

@@ -26,7 +26,7 @@ internal static class SimulateCommand
         var gpus = new Option<int>("--gpus") { Description = "GPUs in the cluster (one rank each)", DefaultValueFactory = _ => 16 };
         var tp = new Option<int>("--tp") { Description = "tensor-parallel size of one inference instance", DefaultValueFactory = _ => 16 };
         var method = new Option<string>("--method") { Description = "broadcast (every rank) or p2p (the first instance reads from all owners)", DefaultValueFactory = _ => "broadcast" };
-        var design = new Option<string>("--design") { Description = "original (MoonshotAI's schedule), ours (as built), staged-ahead or shard-aware (what-ifs)", DefaultValueFactory = _ => "ours" };
+        var design = new Option<string>("--design") { Description = "original (MoonshotAI's schedule), ours (as built) or shard-aware (what-if)", DefaultValueFactory = _ => "ours" };
         var json = new Option<bool>("--json") { Description = "print one JSON document" };
         var trace = new Option<string?>("--trace") { Description = $"write the simulated timeline as a Chrome/Perfetto trace (a process per node, named by its first rank; at most {MaxTraceNodes} nodes)" };
         var reproduce = new Option<bool>("--reproduce") { Description = "fit the cost model on the original's 8/16-GPU rows, predict its 256-GPU rows, and print every row with ours and shard-aware" };
@@ -199,7 +199,6 @@ internal static class SimulateCommand
                 w.WriteNumber("original_s", Math.Round(row.Predicted, 3));
                 w.WriteNumber("error", Math.Round(row.Error, 4));
                 w.WriteNumber("ours_s", Math.Round(row.Ours.Seconds, 3));
-                w.WriteNumber("staged_ahead_s", Math.Round(row.StagedAhead.Seconds, 3));
                 w.WriteNumber("shard_aware_s", Math.Round(row.ShardAware.Seconds, 3));
                 w.WriteString("ours_bound", Kebab(row.Ours.Bound.ToString()));
                 w.WriteEndObject();

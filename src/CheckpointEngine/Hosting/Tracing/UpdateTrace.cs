@@ -19,6 +19,7 @@ internal sealed record UpdateTrace(string Checkpoint, string Method, IReadOnlyLi
         {
             var shift = (r.Started - origin).TotalMicroseconds;
             spans.Add(new TraceSpan(r.Rank, TraceTrack.Update, -1, -1, r.Buckets.Sum(b => b.Bytes), shift, r.Duration.TotalMicroseconds));
+            var waitedUntil = TimeSpan.Zero;
             foreach (var b in r.Buckets)
             {
                 void Add(TraceTrack track, TimeSpan start, TimeSpan end) =>
@@ -30,9 +31,12 @@ internal sealed record UpdateTrace(string Checkpoint, string Method, IReadOnlyLi
                 {
                     Add(TraceTrack.Stage, b.HostToDeviceStart, b.HostToDeviceEnd);
                 }
-                if (staged && b.BroadcastStart > b.HostToDeviceEnd)
+                // Buckets staged ahead wait side by side; the track shows each from the previous one's broadcast on.
+                var waitFrom = b.HostToDeviceEnd > waitedUntil ? b.HostToDeviceEnd : waitedUntil;
+                if (staged && b.BroadcastStart > waitFrom)
                 {
-                    Add(TraceTrack.WaitForBroadcast, b.HostToDeviceEnd, b.BroadcastStart);
+                    Add(TraceTrack.WaitForBroadcast, waitFrom, b.BroadcastStart);
+                    waitedUntil = b.BroadcastStart;
                 }
                 Add(TraceTrack.Broadcast, b.BroadcastStart, b.BroadcastEnd);
                 if (b.ReloadStart > b.BroadcastEnd)

@@ -1,7 +1,7 @@
 namespace CheckpointEngine.Simulation.Calibration;
 
 /// <summary>One published row with the simulated original (fitted or predicted) and our designs on the same cluster.</summary>
-public sealed record ReproducedRow(PublishedRow Row, SimulationResult Original, SimulationResult Ours, SimulationResult StagedAhead, SimulationResult ShardAware)
+public sealed record ReproducedRow(PublishedRow Row, SimulationResult Original, SimulationResult Ours, SimulationResult ShardAware)
 {
     public double Predicted => Original.Seconds;
 

@@ -25,7 +25,6 @@ public sealed record Reproduction(CostParameters Fitted, IReadOnlyList<Reproduce
         return new Reproduction(fitted, [.. rows.Select(r => new ReproducedRow(r,
             UpdateSimulator.Run(PlanOf(r, SimulatedDesign.Original), fitted),
             UpdateSimulator.Run(PlanOf(r, SimulatedDesign.Ours), fitted),
-            UpdateSimulator.Run(PlanOf(r, SimulatedDesign.StagedAhead), fitted),
             UpdateSimulator.Run(PlanOf(r, SimulatedDesign.ShardAware), fitted)))]);
     }
 
@@ -36,12 +35,12 @@ public sealed record Reproduction(CostParameters Fitted, IReadOnlyList<Reproduce
         var inv = CultureInfo.InvariantCulture;
         s.AppendLine(inv, $"Fitted on the 8- and 16-GPU rows: {Fitted}.");
         s.AppendLine();
-        s.AppendLine("| Model | GPUs | Method | Bucket | Published | Simulated original | Error | Ours | Ours bound by | Staged ahead | Shard-aware | Shard-aware bound by |");
-        s.AppendLine("| :-- | :-- | :-- | --: | --: | --: | --: | --: | :-- | --: | --: | :-- |");
+        s.AppendLine("| Model | GPUs | Method | Bucket | Published | Simulated original | Error | Ours | Ours bound by | Shard-aware | Shard-aware bound by |");
+        s.AppendLine("| :-- | :-- | :-- | --: | --: | --: | --: | --: | :-- | --: | :-- |");
         foreach (var r in Rows)
         {
             var p = r.Row;
-            s.AppendLine(inv, $"| {p.Model.Description} | {p.Gpus}×{p.Cluster.Name.ToUpperInvariant()} TP{p.TensorParallel} | {(p.Method == SimulatedMethod.P2P ? "P2P" : "broadcast")} | {p.BucketGiB:F2} GiB | {p.Seconds:F2} s | {r.Predicted:F2} s | {r.Error * 100:+0.0;-0.0}%{(p.HeldOut ? " (held out)" : "")} | {r.Ours.Seconds:F2} s | {r.Ours.DescribeBound()} | {r.StagedAhead.Seconds:F2} s | {r.ShardAware.Seconds:F2} s | {r.ShardAware.DescribeBound()} |");
+            s.AppendLine(inv, $"| {p.Model.Description} | {p.Gpus}×{p.Cluster.Name.ToUpperInvariant()} TP{p.TensorParallel} | {(p.Method == SimulatedMethod.P2P ? "P2P" : "broadcast")} | {p.BucketGiB:F2} GiB | {p.Seconds:F2} s | {r.Predicted:F2} s | {r.Error * 100:+0.0;-0.0}%{(p.HeldOut ? " (held out)" : "")} | {r.Ours.Seconds:F2} s | {r.Ours.DescribeBound()} | {r.ShardAware.Seconds:F2} s | {r.ShardAware.DescribeBound()} |");
         }
         return s.ToString();
     }

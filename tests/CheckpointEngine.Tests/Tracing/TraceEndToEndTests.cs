@@ -48,7 +48,7 @@ public sealed class TraceEndToEndTests : IDisposable
             AssertNoOverlapOnATrack(events);
 
             // Staged ahead: every owner copies its first bucket to its device before the first broadcast starts, not one bucket at a time.
-            var stages = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("args").TryGetProperty("stage", out _))
+            var stages = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("args").TryGetProperty("bucket", out _))
                 .Select(e => (Rank: e.GetProperty("pid").GetInt32(), Stage: e.GetProperty("args").GetProperty("stage").GetString(),
                     Bucket: e.GetProperty("args").GetProperty("bucket").GetInt32(), Owner: e.GetProperty("args").GetProperty("owner").GetInt32(),
                     Start: e.GetProperty("ts").GetDouble()))

@@ -48,6 +48,19 @@ public sealed class DemoAndUpdateTests : IDisposable
     }
 
     [Fact]
+    public async Task Demo_ModelPreset_RealisticTensorMixVerified()
+    {
+        // Kimi-K2's names, FP8 weights with F32 block scales, BF16 norms and embeddings, narrowed to 8 MiB.
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("demo", "--ranks", "2", "--size", "8MiB", "--method", "broadcast", "--model", "kimi-k2");
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Matches(@"checkpoint shaped like kimi-k2 \(\d+ tensors\)", stdout);
+        Assert.Contains("verified: every worker holds all", stdout);
+        (code, _, stderr) = await CkptEngineScript.RunAsync("demo", "--model", "gpt-5");
+        Assert.Equal(1, code);
+        Assert.Contains("--model gpt-5: unknown preset; presets: ", stderr);
+    }
+
+    [Fact]
     public async Task Update_BadFlags_AreUsageErrors()
     {
         var (code, _, stderr) = await CkptEngineScript.RunAsync("update", "--endpoint", "http://127.0.0.1:1");

@@ -28,6 +28,8 @@ internal sealed partial record BenchReport
             Array(w, "methods", Settings.Methods, (w, m) => w.WriteStringValue(m));
             Number(w, "bucket_size", Settings.BucketSize);
             w.WriteNumber("repeat", Settings.Repeat);
+            w.WriteString("model", Settings.Model);
+            w.WriteString("device", Settings.Device == Runtime.DeviceKind.Cuda ? "cuda" : "host");
             w.WriteEndObject();
 
             w.WriteStartObject("baselines");

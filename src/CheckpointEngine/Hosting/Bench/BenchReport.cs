@@ -25,6 +25,8 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         "--method " + string.Join(',', Settings.Methods),
         Settings.BucketSize is { } b ? "--bucket-size " + BenchSettings.SizeLabel(b) : null,
         "--repeat " + Settings.Repeat.ToString(Invariant),
+        Settings.Model is { } m ? "--model " + m : null,
+        Settings.Device == Runtime.DeviceKind.Cuda ? "--device cuda" : null,
     }.Where(s => s is not null));
 
     public string MachineLine =>

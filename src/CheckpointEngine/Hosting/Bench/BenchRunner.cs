@@ -36,7 +36,7 @@ internal static class BenchRunner
                 var dir = Path.Combine(root, BenchSettings.SizeLabel(size));
                 var clock = Stopwatch.StartNew();
                 // Fixed shape for every rank count, so rows for 1 and 4 ranks move the same tensors.
-                SampleCheckpoint.Write(dir, size, shards: 4, layers: 16);
+                Cli.ModelOption.Write(settings.Model, dir, size, shards: 4, layers: 16);
                 long bytes;
                 using (var checkpoint = Checkpoint.Open(dir))
                 {

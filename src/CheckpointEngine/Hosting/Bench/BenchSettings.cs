@@ -9,7 +9,7 @@ namespace CheckpointEngine.Hosting.Bench;
 /// </summary>
 /// <param name="TraceDirectory">Where each configuration's last update is written as a trace (trace-METHOD-Nr-SIZE.json), or null.</param>
 internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat, string? TraceDirectory = null,
-    Runtime.DeviceKind Device = Runtime.DeviceKind.Host)
+    Runtime.DeviceKind Device = Runtime.DeviceKind.Host, string? Model = null)
 {
     public const int MaxRanks = 64;
     public const int MaxRepeat = 100;

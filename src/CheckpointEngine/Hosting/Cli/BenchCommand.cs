@@ -43,10 +43,11 @@ internal static class BenchCommand
             }
         });
         var device = DeviceOption.Create();
+        var model = ModelOption.Create();
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > BenchSettings.MaxRepeat) r.AddError($"--repeat must be in [1, {BenchSettings.MaxRepeat}]"); });
         var command = new Command("bench", "Benchmark end-to-end updates on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
         {
-            ranks, size, method, bucket, repeat, json, output, trace, device, Rank(stdout), ShmReader(stdout), CudaCopy(stdout),
+            ranks, size, method, bucket, repeat, json, output, trace, device, model, Rank(stdout), ShmReader(stdout), CudaCopy(stdout),
         };
         command.SetAction(async (result, ct) =>
         {
@@ -54,7 +55,7 @@ internal static class BenchCommand
             _ = BenchSettings.TryParseSizes(result.GetValue(size)!, out var s, out _);
             _ = BenchSettings.TryParseMethods(result.GetValue(method)!, out var m, out _);
             long? b = result.GetValue(bucket) is { } text && DemoCommand.TryParseSize(text, out var n) ? n : null;
-            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), Runtime.Backend.Choose(result.GetValue(device))), stderr, ct).ConfigureAwait(false);
+            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), Runtime.Backend.Choose(result.GetValue(device)), result.GetValue(model)), stderr, ct).ConfigureAwait(false);
             if (result.GetValue(json))
             {
                 stdout.WriteLine(report.ToJson());

@@ -30,6 +30,7 @@ internal static class DemoCommand
         var trace = new Option<string?>("--trace") { Description = "write the update's per-bucket stage times as Chrome/Perfetto trace JSON (with --method all: FILE.broadcast.json and FILE.p2p.json)" };
         trace.Validators.Add(UpdateCommand.ValidateTracePath);
         var device = DeviceOption.Create();
+        var model = ModelOption.Create();
         ranks.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--ranks must be between 1 and 64"); });
         size.Validators.Add(r =>
         {
@@ -40,18 +41,18 @@ internal static class DemoCommand
         });
         var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
         {
-            ranks, size, method, json, trace, device,
+            ranks, size, method, json, trace, device, model,
         };
         command.SetAction(async (result, ct) =>
         {
             _ = TryParseSize(result.GetValue(size)!, out var bytes);
             var tracePath = result.GetValue(trace) is { } t ? Path.GetFullPath(t) : null;
-            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(method)!, result.GetValue(json), tracePath, Backend.Choose(result.GetValue(device)), stdout, stderr, ct).ConfigureAwait(false);
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, Backend.Choose(result.GetValue(device)), stdout, stderr, ct).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(int ranks, long bytes, string method, bool json, string? trace, DeviceKind kind, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
         var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
         var log = json ? TextWriter.Null : stdout;
@@ -60,9 +61,9 @@ internal static class DemoCommand
             var clock = Stopwatch.StartNew();
             var dir = Path.Combine(root, "checkpoint");
             var layers = Math.Max(ranks, 4);
-            SampleCheckpoint.Write(dir, bytes, shards: Math.Min(ranks * 2, layers), layers: layers);
+            ModelOption.Write(model, dir, bytes, shards: Math.Min(ranks * 2, layers), layers: layers);
             var source = SourceDigests(dir, out var total);
-            log.WriteLine($"wrote a {InspectCommand.Bytes(total)} checkpoint ({source.Count} tensors) in {clock.Elapsed.TotalSeconds:F1} s");
+            log.WriteLine($"wrote a {InspectCommand.Bytes(total)} checkpoint{(model is null ? "" : $" shaped like {model}")} ({source.Count} tensors) in {clock.Elapsed.TotalSeconds:F1} s");
 
             var ids = DeviceOption.WorkerIds(kind, ranks, "demo");
             await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);

@@ -13,8 +13,7 @@ internal static class SampleCommand
         var shards = new Option<int>("--shards") { Description = "number of safetensors files", DefaultValueFactory = _ => 4 };
         var layers = new Option<int>("--layers") { Description = "transformer layers", DefaultValueFactory = _ => 4 };
         var seed = new Option<ulong>("--seed") { Description = "seed of the deterministic contents", DefaultValueFactory = _ => 1 };
-        var model = new Option<string?>("--model") { Description = $"shape it like a model preset ({string.Join(", ", Simulation.Models.ModelPresets.All.Select(p => p.Name))}): its names and dtypes, its first layers and experts, narrowed to the size" };
-        model.Validators.Add(r => { if (r.GetValueOrDefault<string?>() is { } m && Simulation.Models.ModelPresets.Find(m) is null) r.AddError($"--model {m}: unknown preset; presets: {string.Join(", ", Simulation.Models.ModelPresets.All.Select(p => p.Name))}"); });
+        var model = ModelOption.Create();
         size.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--size-mb must be at least 1"); });
         shards.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--shards must be at least 1"); });
         layers.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--layers must be at least 1"); });
@@ -23,9 +22,7 @@ internal static class SampleCommand
         {
             var path = result.GetValue(dir)!;
             var target = (long)result.GetValue(size) << 20;
-            var files = result.GetValue(model) is { } m
-                ? Simulation.Models.PresetSample.Write(path, Simulation.Models.ModelPresets.Find(m)!, target, result.GetValue(shards), result.GetValue(layers), result.GetValue(seed))
-                : SampleCheckpoint.Write(path, target, result.GetValue(shards), result.GetValue(layers), result.GetValue(seed));
+            var files = ModelOption.Write(result.GetValue(model), path, target, result.GetValue(shards), result.GetValue(layers), result.GetValue(seed));
             var bytes = files.Sum(f => new FileInfo(f).Length);
             stdout.WriteLine($"wrote {files.Count} files ({InspectCommand.Bytes(bytes)}) and {Checkpoint.IndexFileName} to {path}");
             return 0;

@@ -1,0 +1,184 @@
+// A stand-in for the CUDA driver (libcuda.so.1) for tests on machines without a GPU: "device memory"
+// is POSIX shared memory, so IPC handles work across processes; copies are memcpy. It checks what a
+// real driver would refuse and a CPU test could otherwise miss: a call without a current context,
+// copies of unknown device memory, registering host memory twice. Not a simulator of timing.
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+typedef int CUresult;
+typedef uint64_t CUdeviceptr;
+typedef struct { char reserved[64]; } CUipcMemHandle;
+typedef struct { unsigned char bytes[16]; } CUuuid;
+
+enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, INVALID_CONTEXT = 201,
+       ALREADY_REGISTERED = 712, NOT_REGISTERED = 713 };
+
+struct block { uint64_t ptr; size_t size; char name[40]; int owned; struct block *next; };
+static struct block *blocks;
+static struct host { void *ptr; struct host *next; } *hosts;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread void *current;
+static int counter;
+
+static int env_int(const char *name, int fallback) { const char *v = getenv(name); return v && *v ? atoi(v) : fallback; }
+static int devices(void) { return env_int("FAKE_CUDA_DEVICES", 1); }
+
+static struct block *find(uint64_t p, size_t n) {
+    for (struct block *b = blocks; b; b = b->next)
+        if (p >= b->ptr && p + n <= b->ptr + b->size) return b;
+    return NULL;
+}
+
+CUresult cuInit(unsigned flags) { return flags == 0 ? OK : INVALID_VALUE; }
+CUresult cuDeviceGetCount(int *n) { *n = devices(); return OK; }
+CUresult cuDeviceGet(int *d, int ordinal) { if (ordinal < 0 || ordinal >= devices()) return INVALID_DEVICE; *d = ordinal; return OK; }
+CUresult cuDeviceGetUuid_v2(CUuuid *u, int d) {
+    if (d < 0 || d >= devices()) return INVALID_DEVICE;
+    for (int i = 0; i < 16; i++) u->bytes[i] = (unsigned char)(0x10 * d + i);
+    return OK;
+}
+CUresult cuDeviceGetUuid(CUuuid *u, int d) { return cuDeviceGetUuid_v2(u, d); }
+CUresult cuDevicePrimaryCtxRetain(void **ctx, int d) { if (d < 0 || d >= devices()) return INVALID_DEVICE; *ctx = (void *)(intptr_t)(0x1000 + d); return OK; }
+CUresult cuDevicePrimaryCtxRelease_v2(int d) { return d >= 0 && d < devices() ? OK : INVALID_DEVICE; }
+CUresult cuCtxSetCurrent(void *ctx) { current = ctx; return OK; }
+CUresult cuMemGetInfo_v2(size_t *free_, size_t *total) {
+    if (!current) return INVALID_CONTEXT;
+    *total = (size_t)env_int("FAKE_CUDA_MEMORY_MB", 1024) << 20; *free_ = *total; return OK;
+}
+
+CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
+    if (!current) return INVALID_CONTEXT;
+    struct block *b = calloc(1, sizeof *b);
+    pthread_mutex_lock(&lock);
+    snprintf(b->name, sizeof b->name, "/fakecuda-%d-%d", getpid(), ++counter);
+    pthread_mutex_unlock(&lock);
+    int fd = shm_open(b->name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 || ftruncate(fd, (off_t)n) != 0) { if (fd >= 0) close(fd); free(b); return OUT_OF_MEMORY; }
+    void *m = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) { shm_unlink(b->name); free(b); return OUT_OF_MEMORY; }
+    b->ptr = (uint64_t)(uintptr_t)m; b->size = n; b->owned = 1;
+    pthread_mutex_lock(&lock); b->next = blocks; blocks = b; pthread_mutex_unlock(&lock);
+    *p = b->ptr;
+    return OK;
+}
+
+static CUresult release(uint64_t p, int owned) {
+    pthread_mutex_lock(&lock);
+    for (struct block **at = &blocks; *at; at = &(*at)->next) {
+        struct block *b = *at;
+        if (b->ptr == p && b->owned == owned) {
+            *at = b->next;
+            pthread_mutex_unlock(&lock);
+            munmap((void *)(uintptr_t)b->ptr, b->size);
+            if (owned) shm_unlink(b->name);
+            free(b);
+            return OK;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return INVALID_VALUE;
+}
+
+CUresult cuMemFree_v2(CUdeviceptr p) { return current ? release(p, 1) : INVALID_CONTEXT; }
+
+CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned flags) {
+    (void)n; (void)flags;
+    if (!current) return INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    for (struct host *h = hosts; h; h = h->next)
+        if (h->ptr == p) { pthread_mutex_unlock(&lock); return ALREADY_REGISTERED; }
+    struct host *h = malloc(sizeof *h); h->ptr = p; h->next = hosts; hosts = h;
+    pthread_mutex_unlock(&lock);
+    return OK;
+}
+
+CUresult cuMemHostUnregister(void *p) {
+    if (!current) return INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    for (struct host **at = &hosts; *at; at = &(*at)->next)
+        if ((*at)->ptr == p) { struct host *h = *at; *at = h->next; free(h); pthread_mutex_unlock(&lock); return OK; }
+    pthread_mutex_unlock(&lock);
+    return NOT_REGISTERED;
+}
+
+static CUresult copy(void *dst, const void *src, size_t n, uint64_t device, size_t span) {
+    if (!current) return INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    int known = find(device, span) != NULL;
+    pthread_mutex_unlock(&lock);
+    if (!known) return INVALID_VALUE;
+    memcpy(dst, src, n);
+    return OK;
+}
+
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { return copy((void *)(uintptr_t)d, s, n, d, n); }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *s, size_t n, void *stream) { (void)stream; return cuMemcpyHtoD_v2(d, s, n); }
+CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { return copy(d, (const void *)(uintptr_t)s, n, s, n); }
+
+CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; if (!current) return INVALID_CONTEXT; *s = malloc(1); return OK; }
+CUresult cuStreamDestroy_v2(void *s) { free(s); return OK; }
+CUresult cuStreamSynchronize(void *s) { (void)s; return OK; }
+CUresult cuEventCreate(void **e, unsigned flags) { (void)flags; if (!current) return INVALID_CONTEXT; *e = malloc(1); return OK; }
+CUresult cuEventDestroy_v2(void *e) { free(e); return OK; }
+CUresult cuEventRecord(void *e, void *s) { (void)e; (void)s; return current ? OK : INVALID_CONTEXT; }
+CUresult cuEventQuery(void *e) { (void)e; return OK; }
+CUresult cuEventSynchronize(void *e) { (void)e; return OK; }
+
+CUresult cuIpcGetMemHandle(CUipcMemHandle *h, CUdeviceptr p) {
+    if (!current) return INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    struct block *b = find(p, 1);
+    pthread_mutex_unlock(&lock);
+    if (!b || b->ptr != p || !b->owned) return INVALID_VALUE;
+    memset(h, 0, sizeof *h);
+    memcpy(h->reserved, b->name, strlen(b->name));
+    memcpy(h->reserved + 56, &b->size, sizeof b->size);
+    return OK;
+}
+
+CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned flags) {
+    if (!current) return INVALID_CONTEXT;
+    if (flags != 1) return INVALID_VALUE;
+    struct block *b = calloc(1, sizeof *b);
+    memcpy(b->name, h.reserved, 39);
+    memcpy(&b->size, h.reserved + 56, sizeof b->size);
+    int fd = shm_open(b->name, O_RDWR, 0);
+    if (fd < 0) { free(b); return INVALID_VALUE; }
+    void *m = mmap(NULL, b->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) { free(b); return OUT_OF_MEMORY; }
+    b->ptr = (uint64_t)(uintptr_t)m;
+    pthread_mutex_lock(&lock); b->next = blocks; blocks = b; pthread_mutex_unlock(&lock);
+    *p = b->ptr;
+    return OK;
+}
+CUresult cuIpcOpenMemHandle(CUdeviceptr *p, CUipcMemHandle h, unsigned flags) { return cuIpcOpenMemHandle_v2(p, h, flags); }
+CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return current ? release(p, 0) : INVALID_CONTEXT; }
+
+static const char *names[][2] = {
+    {"CUDA_SUCCESS", "no error"}, {"CUDA_ERROR_INVALID_VALUE", "invalid argument"}, {"CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+};
+CUresult cuGetErrorName(CUresult e, const char **s) {
+    switch (e) {
+    case 0: case 1: case 2: *s = names[e][0]; return OK;
+    case INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; return OK;
+    case INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; return OK;
+    case ALREADY_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"; return OK;
+    case NOT_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED"; return OK;
+    default: *s = NULL; return INVALID_VALUE;
+    }
+}
+CUresult cuGetErrorString(CUresult e, const char **s) {
+    if (e >= 0 && e <= 2) { *s = names[e][1]; return OK; }
+    if (e == INVALID_CONTEXT) { *s = "invalid device context"; return OK; }
+    const char *n; if (cuGetErrorName(e, &n) != OK) { *s = NULL; return INVALID_VALUE; }
+    *s = n; return OK;
+}

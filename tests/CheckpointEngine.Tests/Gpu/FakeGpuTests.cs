@@ -1,0 +1,95 @@
+using System.Diagnostics;
+using System.Text.Json;
+using CheckpointEngine.Tests.Hosting;
+using CheckpointEngine.Tests.Runtime;
+
+namespace CheckpointEngine.Tests.Gpu;
+
+/// <summary>
+/// The CUDA backend end to end without a GPU: the rank processes load stand-ins for the CUDA driver and NCCL
+/// (Fake/*.c, built here with the C compiler) through <c>CKPT_ENGINE_CUDA_LIBRARY</c> and <c>CKPT_ENGINE_NCCL_LIBRARY</c>.
+/// Device memory is shared memory, so everything but the GPU runs for real: the driver calls and their
+/// signatures, contexts per thread, page-locking, the IPC handles a worker in another process opens, NCCL's
+/// unique id through the store and its non-blocking init, broadcasts and all-reduces between processes.
+/// Timing and hardware faults are left to the GPU check.
+/// </summary>
+[Collection(nameof(MultiProcessTests))]
+public sealed class FakeGpuTests
+{
+    private static readonly Lazy<(string Cuda, string Nccl)> Libraries = new(Build);
+
+    private static (string Cuda, string Nccl) Build()
+    {
+        var source = Path.Combine(CkptEngineScript.RepoRoot(), "tests", "CheckpointEngine.Tests", "Gpu", "Fake");
+        var output = Directory.CreateTempSubdirectory("ckpt-fake-gpu-").FullName;
+        string Compile(string name)
+        {
+            var library = Path.Combine(output, $"lib{name}.so");
+            var psi = new ProcessStartInfo("gcc") { RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (var a in new[] { "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", library, Path.Combine(source, name + ".c") })
+            {
+                psi.ArgumentList.Add(a);
+            }
+            using var gcc = Process.Start(psi) ?? throw new InvalidOperationException("gcc did not start");
+            var errors = gcc.StandardError.ReadToEnd();
+            if (!gcc.WaitForExit(60_000) || gcc.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"gcc could not build {name}.c: {errors}");
+            }
+            return library;
+        }
+        return (Compile("fake_cuda"), Compile("fake_nccl"));
+    }
+
+    private static Dictionary<string, string> Environment(int devices) => new()
+    {
+        ["CKPT_ENGINE_CUDA_LIBRARY"] = Libraries.Value.Cuda,
+        ["CKPT_ENGINE_NCCL_LIBRARY"] = Libraries.Value.Nccl,
+        ["FAKE_CUDA_DEVICES"] = devices.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["FAKE_NCCL_TIMEOUT_S"] = "60",
+    };
+
+    private static string[] Leftovers() => [.. Directory.EnumerateFiles("/dev/shm", "fake*").Select(Path.GetFileName)!];
+
+    [Fact]
+    public async Task Demo_OnCudaDevices_BroadcastAndP2PVerified_NoMemoryLeftBehind()
+    {
+        var before = Leftovers();
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(Environment(2), null,
+            "demo", "--device", "cuda", "--ranks", "2", "--size", "8MiB", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(["broadcast", "p2p"], lines.Select(l => l.GetProperty("method").GetString()));
+        Assert.All(lines, l => Assert.True(l.GetProperty("verified").GetBoolean()));
+        Assert.Empty(Leftovers().Except(before));
+    }
+
+    [Fact]
+    public async Task Demo_MoreRanksThanGpus_FailsNamingTheCount()
+    {
+        var (code, _, stderr) = await CkptEngineScript.RunAsync(Environment(1), null, "demo", "--device", "cuda", "--ranks", "2", "--size", "4MiB");
+        Assert.Equal(1, code);
+        Assert.Contains("error: 2 ranks need 2 GPUs with --device cuda; this machine shows 1", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task GpuTraitTests_PassOnTheStandIns()
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { typeof(FakeGpuTests).Assembly.Location, "-trait", "Category=GPU", "-noColor" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        foreach (var (k, v) in Environment(1))
+        {
+            psi.Environment[k] = v;
+        }
+        using var p = Process.Start(psi)!;
+        var output = p.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var errors = p.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        await p.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromMinutes(2), TestContext.Current.CancellationToken);
+        var text = await output + await errors;
+        Assert.True(p.ExitCode == 0, text);
+        Assert.Contains("Total: 2, Errors: 0, Failed: 0, Skipped: 0", text, StringComparison.Ordinal);
+    }
+}

@@ -24,6 +24,8 @@ public sealed class CudaDeviceTests
         new Random(7).NextBytes(new Span<byte>(host.Pointer, size));
         device.RegisterHostMemory(host.Address, host.Capacity);
         device.RegisterHostMemory(host.Address, host.Capacity); // Twice: counted, not "already registered".
+        CudaDriver.Instance.SetCurrent(device.Context);
+        Assert.False(CudaDriver.Instance.HostRegister(host.Address, host.Capacity)); // Locked already (by anyone): not an error.
         using var buffer = device.AllocateShared(size + 4096);
         Assert.Equal("cuda-ipc", buffer.Kind);
         Assert.Equal(64, Convert.FromBase64String(buffer.Handle).Length);

@@ -17,8 +17,8 @@ public enum DeviceKind
 
 /// <summary>
 /// A rank's device and the communicator that broadcasts its memory: the host device with the world's
-/// built-in group, or a CUDA device (ordinal = local rank, as torchrun assigns GPUs) with an NCCL
-/// communicator over the world's ranks.
+/// built-in group, or a CUDA device (see <see cref="CudaOrdinal"/>) with an NCCL communicator over the
+/// world's ranks.
 /// </summary>
 public sealed class Backend : IDisposable
 {
@@ -74,7 +74,7 @@ public sealed class Backend : IDisposable
             var host = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank, world.Rank), hostMemory, world.Config.LocalWorldSize);
             return new Backend(kind, host, world.Group, ownsGroup: false);
         }
-        var device = new CudaDevice(world.Config.LocalRank);
+        var device = new CudaDevice(CudaOrdinal(world.Config.LocalRank, CudaDriver.Instance.DeviceCount()));
         try
         {
             var nccl = await NcclCommunicator.CreateAsync(world.Group, world, device, timeout, ownsControl: false, ct).ConfigureAwait(false);
@@ -86,6 +86,12 @@ public sealed class Backend : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// The CUDA device of a local rank: the one with its number, as torchrun assigns GPUs; or the only
+    /// visible one, when the launcher gives each process its own GPU through CUDA_VISIBLE_DEVICES.
+    /// </summary>
+    public static int CudaOrdinal(int localRank, int visibleDevices) => visibleDevices == 1 ? 0 : localRank;
 
     public void Dispose()
     {

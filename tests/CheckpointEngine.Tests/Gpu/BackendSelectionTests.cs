@@ -42,6 +42,14 @@ public sealed class BackendSelectionTests
         Assert.Equal($"{Backend.Variable}=rocm is not a device backend: use host, cuda or auto", e.Message);
     }
 
+    [Theory]
+    [InlineData(0, 8, 0)]
+    [InlineData(5, 8, 5)]
+    [InlineData(5, 1, 0)] // One GPU visible per process (CUDA_VISIBLE_DEVICES set by the launcher).
+    [InlineData(9, 8, 9)] // More ranks than GPUs: CudaDevice refuses ordinal 9 and names the count.
+    public void CudaOrdinal_IsTheLocalRankUnlessOneGpuIsVisible(int localRank, int visible, int expected) =>
+        Assert.Equal(expected, Backend.CudaOrdinal(localRank, visible));
+
     [Fact]
     public void Load_NoCandidateLoads_ListsEveryPathAndTheWayOut()
     {

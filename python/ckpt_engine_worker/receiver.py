@@ -13,6 +13,7 @@ import time
 import traceback
 
 from . import dtypes
+from .cuda import device_uuid
 from .protocol import PeerClosed, ProtocolError, connect, decode, read_frame, send
 from .segments import open_segment
 
@@ -142,6 +143,11 @@ class _Session:
         if not isinstance(handle, str) or type(size) is not int or size <= 0:
             self._fail("attach: needs a string handle and a positive integer size, got handle %r, size %r" % (handle, size))
             return
+        device_id = str(message.get("device_id") or "")
+        mismatch = self._other_gpu(kind, device_id)
+        if mismatch:
+            self._fail(mismatch)
+            return
         try:
             self.segment = open_segment(kind, handle, size, self.device)
         except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
@@ -151,9 +157,27 @@ class _Session:
         if error:
             self._fail(error)
             return
-        self.device_id = str(message.get("device_id") or "")
+        self.device_id = device_id
         self.phase = "attached"
         self._reply(True)
+
+    def _other_gpu(self, kind, device_id):
+        """The error when a CUDA buffer belongs to another GPU than this worker's (its parameter server
+        answered on the wrong socket), else None. Ids that are not GPU UUIDs are not checked."""
+        if kind != "cuda-ipc" or not device_id.startswith(("GPU-", "MIG-")):
+            return None
+        import torch
+
+        index = torch.device(self.device).index if self.device is not None else None
+        if index is None:
+            index = torch.cuda.current_device()
+        try:
+            mine = device_uuid(index)
+        except Exception as e:  # noqa: BLE001 - reported as text
+            return "attach: cannot read the UUID of cuda:%d to check the buffer's device %s: %s" % (index, device_id, describe(e))
+        if mine.lower() != device_id.lower():
+            return "attach: the buffer is on device %s, but this worker is on cuda:%d (%s)" % (device_id, index, mine)
+        return None
 
     def _load(self, message):
         bucket = message.get("bucket")

@@ -1,9 +1,11 @@
 import time
 import unittest
+from unittest import mock
 
 import torch
 
 from ckpt_engine_worker import receive_update, state_dict_loader, WeightReceiveError, WeightUpdateAborted
+from ckpt_engine_worker import receiver
 from ckpt_engine_worker.segments import tensor_sha256
 from support import FakeServer, Worker, sample_tensors, shm_mappings
 
@@ -70,6 +72,20 @@ class ReceiverTests(unittest.TestCase):
         self.assertIsInstance(error, WeightReceiveError)
         self.assertNotIsInstance(error, WeightUpdateAborted)
         self.assertIn("no room for a.weight", str(error))
+
+    def test_CudaBufferOfAnotherGpu_IsRefusedBeforeOpening(self):
+        # The attach names the buffer's GPU; a worker on another GPU says so instead of opening a foreign handle.
+        with mock.patch.object(receiver, "device_uuid", lambda index: "GPU-%08d-0000-0000-0000-000000000000" % index):
+            worker = Worker(lambda: receive_update(self.server.address, self.copy, self.finish, device=torch.device("cuda", 1), idle_timeout=5))
+            worker.start()
+            self.server.accept()
+            reply = self.server.call({"type": "attach", "kind": "cuda-ipc", "handle": "AAAA", "size": 64,
+                                      "device_id": "GPU-00000000-0000-0000-0000-000000000000"})
+        self.assertEqual(reply, {"ok": False, "error": "attach: the buffer is on device GPU-00000000-0000-0000-0000-000000000000, "
+                                                       "but this worker is on cuda:1 (GPU-00000001-0000-0000-0000-000000000000)"})
+        self.server.call({"type": "abort", "reason": "wrong device"})
+        _, error = worker.outcome()
+        self.assertIsInstance(error, WeightReceiveError)
 
     def test_Abort_RaisesWithTheReason_AndUnmaps(self):
         worker = self.start()

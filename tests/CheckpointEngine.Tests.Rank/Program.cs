@@ -30,6 +30,7 @@ try
         "update" => UpdateScenario.Run(world, timeout, args[1..]),
         "p2p-owner" => P2PScenario.Owner(world, timeout, args[1..]),
         "p2p-join" => P2PScenario.Join(world, timeout, args[1..]),
+        "nccl" => NcclScenario.Run(world, timeout, args[1]),
         "join" => Task.CompletedTask,
         _ => throw new ArgumentException($"unknown scenario '{scenario}'"),
     });

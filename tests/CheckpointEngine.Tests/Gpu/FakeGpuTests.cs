@@ -14,8 +14,19 @@ namespace CheckpointEngine.Tests.Gpu;
 /// Timing and hardware faults are left to the GPU check.
 /// </summary>
 [Collection(nameof(MultiProcessTests))]
-public sealed class FakeGpuTests
+public sealed class FakeGpuTests : IDisposable
 {
+    private readonly HashSet<string> _before = [.. Leftovers()];
+
+    /// <summary>A real driver frees a killed process's memory; the stand-ins' shared memory is removed here.</summary>
+    public void Dispose()
+    {
+        foreach (var name in Leftovers().Where(n => !_before.Contains(n)))
+        {
+            File.Delete(Path.Combine("/dev/shm", name));
+        }
+    }
+
     private static readonly Lazy<(string Cuda, string Nccl)> Libraries = new(Build);
 
     private static (string Cuda, string Nccl) Build()
@@ -49,19 +60,18 @@ public sealed class FakeGpuTests
         ["FAKE_NCCL_TIMEOUT_S"] = "60",
     };
 
-    private static string[] Leftovers() => [.. Directory.EnumerateFiles("/dev/shm", "fake*").Select(Path.GetFileName)!];
+    private static string[] Leftovers() => [.. Directory.EnumerateFiles("/dev/shm", "fake*").Select(f => Path.GetFileName(f))];
 
     [Fact]
     public async Task Demo_OnCudaDevices_BroadcastAndP2PVerified_NoMemoryLeftBehind()
     {
-        var before = Leftovers();
         var (code, stdout, stderr) = await CkptEngineScript.RunAsync(Environment(2), null,
             "demo", "--device", "cuda", "--ranks", "2", "--size", "8MiB", "--json");
         Assert.True(code == 0, stderr + stdout);
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
         Assert.Equal(["broadcast", "p2p"], lines.Select(l => l.GetProperty("method").GetString()));
         Assert.All(lines, l => Assert.True(l.GetProperty("verified").GetBoolean()));
-        Assert.Empty(Leftovers().Except(before));
+        Assert.Empty(Leftovers().Except(_before)); // Every allocation, IPC mapping and collective cleaned up after itself.
     }
 
     [Fact]
@@ -70,6 +80,34 @@ public sealed class FakeGpuTests
         var (code, _, stderr) = await CkptEngineScript.RunAsync(Environment(1), null, "demo", "--device", "cuda", "--ranks", "2", "--size", "4MiB");
         Assert.Equal(1, code);
         Assert.Contains("error: 2 ranks need 2 GPUs with --device cuda; this machine shows 1", stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("hang")]
+    [InlineData("die")]
+    public async Task NcclPeerStopsTakingPart_TheOtherRankFailsInsteadOfHanging(string mode)
+    {
+        // Rank 0 waits in an NCCL broadcast from rank 1, which hangs or dies after a first good broadcast. The
+        // stand-in NCCL would wait 120 s: the communicator's own deadline (3 s) or the store's news of the death
+        // must end it first, abort the NCCL communicator and fail the call.
+        var env = Environment(2);
+        env["FAKE_NCCL_TIMEOUT_S"] = "120";
+        env["TEST_TIMEOUT_S"] = mode == "hang" ? "3" : "60";
+        env["CKPT_ENGINE_CONNECT_TIMEOUT_S"] = "10";
+        var results = await RankCluster.RunAsync(2, ["nccl", mode], r => new Dictionary<string, string>(env) { ["LOCAL_RANK"] = r.ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            waitFor: r => r == 0 || mode == "die", deadline: TimeSpan.FromSeconds(90));
+        var survivor = results[0];
+        Assert.Equal("broadcast equal", survivor.Line("broadcast"));
+        Assert.True(survivor.ExitCode == 3, survivor.Output);
+        var error = survivor.Line("error");
+        Assert.Contains("broadcast of 1048576 bytes from rank 1", error, StringComparison.Ordinal);
+        Assert.Contains(mode == "hang" ? "did not complete within the 3.0 s deadline" : "rank 1", error, StringComparison.Ordinal);
+        var seconds = double.Parse(survivor.Line("failed-after").Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(seconds, mode == "hang" ? 2.9 : 0, 20);
+        if (mode == "die")
+        {
+            Assert.Equal(137, results[1].ExitCode);
+        }
     }
 
     [Fact]

@@ -12,13 +12,17 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "fake_gpu.h"
+
 typedef int CUresult;
 typedef uint64_t CUdeviceptr;
 typedef struct { char reserved[64]; } CUipcMemHandle;
 typedef struct { unsigned char bytes[16]; } CUuuid;
 
 enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, INVALID_CONTEXT = 201,
-       ALREADY_REGISTERED = 712, NOT_REGISTERED = 713 };
+       NOT_READY = 600, ALREADY_REGISTERED = 712, NOT_REGISTERED = 713 };
+
+struct event { struct fake_stream *stream; int64_t target; };
 
 struct block { uint64_t ptr; size_t size; char name[40]; int owned; struct block *next; };
 static struct block *blocks;
@@ -123,14 +127,25 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { return copy((
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *s, size_t n, void *stream) { (void)stream; return cuMemcpyHtoD_v2(d, s, n); }
 CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { return copy(d, (const void *)(uintptr_t)s, n, s, n); }
 
-CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; if (!current) return INVALID_CONTEXT; *s = malloc(1); return OK; }
+CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; if (!current) return INVALID_CONTEXT; *s = calloc(1, sizeof(struct fake_stream)); return OK; }
 CUresult cuStreamDestroy_v2(void *s) { free(s); return OK; }
-CUresult cuStreamSynchronize(void *s) { (void)s; return OK; }
-CUresult cuEventCreate(void **e, unsigned flags) { (void)flags; if (!current) return INVALID_CONTEXT; *e = malloc(1); return OK; }
+static int stream_done(struct fake_stream *s, int64_t target) { return !s || __atomic_load_n(&s->completed, __ATOMIC_ACQUIRE) >= target; }
+CUresult cuStreamSynchronize(void *p) {
+    struct fake_stream *s = p;
+    while (!stream_done(s, __atomic_load_n(&s->submitted, __ATOMIC_ACQUIRE))) usleep(50);
+    return OK;
+}
+CUresult cuEventCreate(void **e, unsigned flags) { (void)flags; if (!current) return INVALID_CONTEXT; *e = calloc(1, sizeof(struct event)); return OK; }
 CUresult cuEventDestroy_v2(void *e) { free(e); return OK; }
-CUresult cuEventRecord(void *e, void *s) { (void)e; (void)s; return current ? OK : INVALID_CONTEXT; }
-CUresult cuEventQuery(void *e) { (void)e; return OK; }
-CUresult cuEventSynchronize(void *e) { (void)e; return OK; }
+CUresult cuEventRecord(void *p, void *s) {
+    if (!current) return INVALID_CONTEXT;
+    struct event *e = p;
+    e->stream = s;
+    e->target = s ? __atomic_load_n(&e->stream->submitted, __ATOMIC_ACQUIRE) : 0;
+    return OK;
+}
+CUresult cuEventQuery(void *p) { struct event *e = p; return stream_done(e->stream, e->target) ? OK : NOT_READY; }
+CUresult cuEventSynchronize(void *p) { struct event *e = p; while (!stream_done(e->stream, e->target)) usleep(50); return OK; }
 
 CUresult cuIpcGetMemHandle(CUipcMemHandle *h, CUdeviceptr p) {
     if (!current) return INVALID_CONTEXT;
@@ -171,6 +186,7 @@ CUresult cuGetErrorName(CUresult e, const char **s) {
     case 0: case 1: case 2: *s = names[e][0]; return OK;
     case INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; return OK;
     case INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; return OK;
+    case NOT_READY: *s = "CUDA_ERROR_NOT_READY"; return OK;
     case ALREADY_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"; return OK;
     case NOT_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED"; return OK;
     default: *s = NULL; return INVALID_VALUE;

@@ -1,9 +1,12 @@
 // A stand-in for NCCL (libnccl.so.2) for tests without GPUs: ranks in different processes meet in
-// POSIX shared memory, one file per collective call; the calls run synchronously on the caller's
-// thread. Like NCCL it refuses a config without its magic and 2.14 version, and a non-blocking
-// communicator stays "in progress" until every rank has joined. Works with fake_cuda's memory.
+// POSIX shared memory, one file per collective call. Like NCCL it refuses a config without its magic
+// and 2.14 version, keeps a non-blocking communicator "in progress" until every rank has joined, runs
+// each collective asynchronously on the given stream (an event recorded after it is ready when it is
+// done), reports a failure through ncclCommGetAsyncError, and stops a collective stuck on a missing
+// peer when the communicator is aborted. Works with fake_cuda's memory and streams.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,13 +15,22 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fake_gpu.h"
+
 typedef struct { char internal[128]; } ncclUniqueId;
 typedef struct { size_t size; unsigned magic, version; int blocking; } ncclConfig;
-enum { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, IN_PROGRESS = 7 };
+enum { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, REMOTE_ERROR = 6, IN_PROGRESS = 7 };
 enum { INT64 = 4, UINT8 = 1, SUM = 0, MAX = 2, MIN = 3 };
 
-struct comm { int rank, size, state; long seq; char name[100]; int64_t *init; char error[160]; };
+struct comm {
+    int rank, size, state, aborted, running;
+    long seq;
+    char name[100], error[200];
+    int64_t *init;
+    pthread_t thread;
+};
 struct header { int64_t arrived, ready, done; int64_t pad[5]; };
+struct op { struct comm *c; struct fake_stream *stream; int broadcast, root, type, reduce; const void *send; void *recv; size_t count; long seq; };
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 static double timeout_s(void) { const char *v = getenv("FAKE_NCCL_TIMEOUT_S"); return v && *v ? atof(v) : 60; }
@@ -32,14 +44,17 @@ static void *open_shared(const char *name, size_t n) {
     return m == MAP_FAILED ? NULL : m;
 }
 
+static int fail(struct comm *c, int code, const char *what) {
+    snprintf(c->error, sizeof c->error, "fake nccl: rank %d: %s", c->rank, what);
+    __atomic_store_n(&c->state, code, __ATOMIC_RELEASE);
+    return code;
+}
+
 static int wait_for(int64_t *value, int64_t target, struct comm *c, const char *what) {
     double until = now() + timeout_s();
     while (__atomic_load_n(value, __ATOMIC_ACQUIRE) < target) {
-        if (now() > until) {
-            snprintf(c->error, sizeof c->error, "fake nccl: rank %d timed out waiting for peers in %s", c->rank, what);
-            c->state = SYSTEM_ERROR;
-            return SYSTEM_ERROR;
-        }
+        if (__atomic_load_n(&c->aborted, __ATOMIC_ACQUIRE)) return fail(c, SYSTEM_ERROR, "aborted while waiting for peers");
+        if (now() > until) return fail(c, REMOTE_ERROR, what);
         usleep(50);
     }
     return SUCCESS;
@@ -65,76 +80,107 @@ int ncclCommInitRankConfig(struct comm **out, int size, ncclUniqueId id, int ran
     if (!c->init) { free(c); return SYSTEM_ERROR; }
     __atomic_add_fetch(c->init, 1, __ATOMIC_ACQ_REL);
     c->state = config->blocking == 0 ? IN_PROGRESS : SUCCESS;
-    if (c->state == SUCCESS && wait_for(c->init, size, c, "init") != SUCCESS) return SYSTEM_ERROR;
+    if (c->state == SUCCESS && wait_for(c->init, size, c, "timed out in init") != SUCCESS) return SYSTEM_ERROR;
     *out = c;
     return c->state;
 }
 
 int ncclCommGetAsyncError(struct comm *c, int *state) {
-    if (c->state == IN_PROGRESS && __atomic_load_n(c->init, __ATOMIC_ACQUIRE) >= c->size) c->state = SUCCESS;
-    *state = c->state;
+    if (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) == IN_PROGRESS && __atomic_load_n(c->init, __ATOMIC_ACQUIRE) >= c->size) c->state = SUCCESS;
+    *state = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
     return SUCCESS;
 }
 
-static int finish(struct comm *c, void *m, size_t n, char *name, int64_t *done) {
-    if (__atomic_add_fetch(done, 1, __ATOMIC_ACQ_REL) == c->size) shm_unlink(name);
-    munmap(m, n);
-    return SUCCESS;
+static void run(struct op *o) {
+    struct comm *c = o->c;
+    char name[160]; snprintf(name, sizeof name, "%s-%ld", c->name, o->seq);
+    size_t width = o->broadcast ? o->count : (size_t)c->size * o->count * 8;
+    size_t n = sizeof(struct header) + width;
+    struct header *h = open_shared(name, n);
+    if (!h) { fail(c, SYSTEM_ERROR, "no shared memory"); return; }
+    char *data = (char *)(h + 1);
+    if (o->broadcast) {
+        if (c->rank == o->root) {
+            memcpy(data, o->send, o->count);
+            if (o->send != o->recv) memmove(o->recv, o->send, o->count);
+            __atomic_store_n(&h->ready, 1, __ATOMIC_RELEASE);
+            if (wait_for(&h->done, c->size - 1, c, "timed out waiting for receivers of a broadcast") != SUCCESS) { munmap(h, n); return; }
+            shm_unlink(name);
+        } else {
+            if (wait_for(&h->ready, 1, c, "timed out waiting for the root of a broadcast") != SUCCESS) { munmap(h, n); return; }
+            memcpy(o->recv, data, o->count);
+            __atomic_add_fetch(&h->done, 1, __ATOMIC_ACQ_REL);
+        }
+    } else {
+        int64_t *slots = (int64_t *)data;
+        memcpy(slots + (size_t)c->rank * o->count, o->send, o->count * 8);
+        __atomic_add_fetch(&h->arrived, 1, __ATOMIC_ACQ_REL);
+        if (wait_for(&h->arrived, c->size, c, "timed out waiting for peers of an all-reduce") != SUCCESS) { munmap(h, n); return; }
+        int64_t *out = o->recv;
+        for (size_t i = 0; i < o->count; i++) {
+            int64_t v = slots[i];
+            for (int r = 1; r < c->size; r++) {
+                int64_t x = slots[(size_t)r * o->count + i];
+                v = o->reduce == SUM ? v + x : o->reduce == MIN ? (x < v ? x : v) : (x > v ? x : v);
+            }
+            out[i] = v;
+        }
+        if (__atomic_add_fetch(&h->done, 1, __ATOMIC_ACQ_REL) == c->size) shm_unlink(name);
+    }
+    munmap(h, n);
+}
+
+static void *worker(void *p) {
+    struct op *o = p;
+    run(o);
+    __atomic_add_fetch(&o->stream->completed, 1, __ATOMIC_ACQ_REL);
+    free(o);
+    return NULL;
+}
+
+static int enqueue(struct op *o) {
+    struct comm *c = o->c;
+    int state = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
+    if (state != SUCCESS) { free(o); return state == IN_PROGRESS ? INVALID_ARGUMENT : state; }
+    if (c->running) pthread_join(c->thread, NULL);  // One collective at a time, in order, as on one stream.
+    o->seq = ++c->seq;
+    if (c->size == 1) {
+        if (o->send != o->recv) memmove(o->recv, o->send, o->broadcast ? o->count : o->count * 8);
+        free(o);
+        return SUCCESS;
+    }
+    __atomic_add_fetch(&o->stream->submitted, 1, __ATOMIC_ACQ_REL);
+    c->running = pthread_create(&c->thread, NULL, worker, o) == 0;
+    return c->running ? SUCCESS : SYSTEM_ERROR;
+}
+
+static struct op *make(struct comm *c, void *stream, const void *send, void *recv, size_t count) {
+    struct op *o = calloc(1, sizeof *o);
+    o->c = c; o->stream = stream; o->send = send; o->recv = recv; o->count = count;
+    return o;
 }
 
 int ncclBroadcast(const void *send, void *recv, size_t count, int type, int root, struct comm *c, void *stream) {
-    (void)stream;
-    if (type != UINT8 || root < 0 || root >= c->size) return INVALID_ARGUMENT;
-    if (c->state != SUCCESS) return c->state == IN_PROGRESS ? INVALID_ARGUMENT : c->state;
-    long seq = ++c->seq;
-    if (c->size == 1) { if (send != recv) memmove(recv, send, count); return SUCCESS; }
-    char name[160]; snprintf(name, sizeof name, "%s-%ld", c->name, seq);
-    size_t n = sizeof(struct header) + count;
-    struct header *h = open_shared(name, n);
-    if (!h) return SYSTEM_ERROR;
-    char *data = (char *)(h + 1);
-    if (c->rank == root) {
-        memcpy(data, send, count);
-        if (send != recv) memmove(recv, send, count);
-        __atomic_store_n(&h->ready, 1, __ATOMIC_RELEASE);
-    } else {
-        if (wait_for(&h->ready, 1, c, "broadcast") != SUCCESS) { munmap(h, n); return SYSTEM_ERROR; }
-        memcpy(recv, data, count);
-    }
-    return finish(c, h, n, name, &h->done);
+    if (type != UINT8 || root < 0 || root >= c->size || !stream) return INVALID_ARGUMENT;
+    struct op *o = make(c, stream, send, recv, count);
+    o->broadcast = 1; o->root = root;
+    return enqueue(o);
 }
 
 int ncclAllReduce(const void *send, void *recv, size_t count, int type, int op, struct comm *c, void *stream) {
-    (void)stream;
-    if (type != INT64 || (op != SUM && op != MIN && op != MAX)) return INVALID_ARGUMENT;
-    if (c->state != SUCCESS) return c->state == IN_PROGRESS ? INVALID_ARGUMENT : c->state;
-    long seq = ++c->seq;
-    char name[160]; snprintf(name, sizeof name, "%s-%ld", c->name, seq);
-    size_t n = sizeof(struct header) + (size_t)c->size * count * 8;
-    struct header *h = open_shared(name, n);
-    if (!h) return SYSTEM_ERROR;
-    int64_t *slots = (int64_t *)(h + 1);
-    memcpy(slots + (size_t)c->rank * count, send, count * 8);
-    __atomic_add_fetch(&h->arrived, 1, __ATOMIC_ACQ_REL);
-    if (wait_for(&h->arrived, c->size, c, "all-reduce") != SUCCESS) { munmap(h, n); return SYSTEM_ERROR; }
-    int64_t *out = recv;
-    for (size_t i = 0; i < count; i++) {
-        int64_t v = slots[i];
-        for (int r = 1; r < c->size; r++) {
-            int64_t x = slots[(size_t)r * count + i];
-            v = op == SUM ? v + x : op == MIN ? (x < v ? x : v) : (x > v ? x : v);
-        }
-        out[i] = v;
-    }
-    return finish(c, h, n, name, &h->done);
+    if (type != INT64 || (op != SUM && op != MIN && op != MAX) || !stream) return INVALID_ARGUMENT;
+    struct op *o = make(c, stream, send, recv, count);
+    o->reduce = op;
+    return enqueue(o);
 }
 
 static int close_comm(struct comm *c) {
+    if (c->running) pthread_join(c->thread, NULL);
     char init[160]; snprintf(init, sizeof init, "%s-init", c->name);
     shm_unlink(init);
     munmap(c->init, sizeof(struct header));
     free(c);
     return SUCCESS;
 }
-int ncclCommAbort(struct comm *c) { return close_comm(c); }
+int ncclCommAbort(struct comm *c) { __atomic_store_n(&c->aborted, 1, __ATOMIC_RELEASE); return close_comm(c); }
 int ncclCommDestroy(struct comm *c) { return close_comm(c); }

@@ -164,6 +164,7 @@ public sealed class NcclCommunicator : ICommunicator
             }
             return _nccl.AllReduce((nint)scratch, values.Length, Nccl.Int64, nop, _comm, _stream);
         }, ct).ConfigureAwait(false);
+        _cuda.SetCurrent(_device.Context);
         unsafe
         {
             fixed (long* p = result)
@@ -193,6 +194,7 @@ public sealed class NcclCommunicator : ICommunicator
             {
                 await PollAsync(() => StateDone(_nccl, _comm), operation, Name, _world, timeout, ct).ConfigureAwait(false);
             }
+            _cuda.SetCurrent(_device.Context); // The poll may have moved this call to another thread: contexts are per thread.
             _cuda.Record(_done, _stream);
             await PollAsync(() => Finished(), operation, Name, _world, timeout, ct).ConfigureAwait(false);
         }

@@ -24,6 +24,7 @@ enum { INT64 = 4, UINT8 = 1, SUM = 0, MAX = 2, MIN = 3 };
 
 struct comm {
     int rank, size, state, aborted, running;
+    double enqueuing_until; // Like a non-blocking NCCL call: "in progress" for a moment after it returns.
     long seq;
     char name[100], error[200];
     int64_t *init;
@@ -88,6 +89,7 @@ int ncclCommInitRankConfig(struct comm **out, int size, ncclUniqueId id, int ran
 int ncclCommGetAsyncError(struct comm *c, int *state) {
     if (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) == IN_PROGRESS && __atomic_load_n(c->init, __ATOMIC_ACQUIRE) >= c->size) c->state = SUCCESS;
     *state = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
+    if (*state == SUCCESS && now() < c->enqueuing_until) *state = IN_PROGRESS;
     return SUCCESS;
 }
 
@@ -151,7 +153,9 @@ static int enqueue(struct op *o) {
     }
     __atomic_add_fetch(&o->stream->submitted, 1, __ATOMIC_ACQ_REL);
     c->running = pthread_create(&c->thread, NULL, worker, o) == 0;
-    return c->running ? SUCCESS : SYSTEM_ERROR;
+    if (!c->running) return SYSTEM_ERROR;
+    c->enqueuing_until = now() + 0.002; // Long enough that a caller polling for it sleeps (and may resume on another thread).
+    return IN_PROGRESS;
 }
 
 static struct op *make(struct comm *c, void *stream, const void *send, void *recv, size_t count) {

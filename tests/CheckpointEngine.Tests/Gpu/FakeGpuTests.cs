@@ -41,7 +41,16 @@ public sealed class FakeGpuTests : IDisposable
             {
                 psi.ArgumentList.Add(a);
             }
-            using var gcc = Process.Start(psi) ?? throw new InvalidOperationException("gcc did not start");
+            Process? started;
+            try
+            {
+                started = Process.Start(psi);
+            }
+            catch (System.ComponentModel.Win32Exception e)
+            {
+                throw new InvalidOperationException("the CUDA backend's CPU tests build stand-ins for the driver and NCCL with gcc, which is not installed (apt-get install gcc libc6-dev; .ci/run does it)", e);
+            }
+            using var gcc = started ?? throw new InvalidOperationException("gcc did not start");
             var errors = gcc.StandardError.ReadToEnd();
             if (!gcc.WaitForExit(60_000) || gcc.ExitCode != 0)
             {

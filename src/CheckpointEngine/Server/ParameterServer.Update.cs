@@ -233,9 +233,9 @@ public sealed partial class ParameterServer
                 await steps[k].Stage(Where(k)).ConfigureAwait(false);
                 return null;
             }
-            catch (P2PException e)
+            catch (Exception e) when (e is not OperationCanceledException)
             {
-                return e.Message;
+                return e.Message; // A failed read or copy: reported at the bucket's turn (P2P: agreed on, so no one waits for its broadcast).
             }
             finally
             {
@@ -256,9 +256,14 @@ public sealed partial class ParameterServer
             }
         }
 
+        // A bucket this rank could not copy to its device is still broadcast (its buffer holds stale bytes), so that
+        // nobody waits for it; the failure is then reported in the next agreement, and every rank raises it.
+        string? stagingFailure = null;
+
         async Task AgreeReloadAsync(Task<string?> reload, int k)
         {
-            await AgreeAsync(group, await reload.ConfigureAwait(false), $"reloading bucket {k}", timeout, ct).ConfigureAwait(false);
+            var failure = await reload.ConfigureAwait(false) ?? stagingFailure;
+            await AgreeAsync(group, failure, $"reloading bucket {k}", timeout, ct).ConfigureAwait(false);
             if (ordinal.TryGetValue(k, out var j))
             {
                 freed[j].TrySetResult();
@@ -284,6 +289,10 @@ public sealed partial class ParameterServer
                 {
                     // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
                     await AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
+                }
+                else if (failure is not null)
+                {
+                    stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
                 }
                 times[k][2] = clock.Elapsed;
                 await group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct).ConfigureAwait(false);

@@ -84,6 +84,20 @@ public sealed class FakeGpuTests : IDisposable
     }
 
     [Fact]
+    public async Task Demo_DeviceCopyFails_EveryRankFailsWithTheCudaErrorAtOnce()
+    {
+        // Every host-to-device copy faults: the owner still broadcasts (stale bytes) so that nobody waits for it, and
+        // reports the fault in the next agreement; the others raise it too instead of waiting for their deadline.
+        var env = Environment(2);
+        env["FAKE_CUDA_FAIL_HTOD_AFTER"] = "0";
+        var clock = Stopwatch.StartNew();
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(env, null, "demo", "--device", "cuda", "--ranks", "2", "--size", "8MiB", "--method", "broadcast");
+        Assert.Equal(1, code);
+        Assert.Contains("copying bucket 0 to its device failed: cuMemcpyHtoDAsync failed: CUDA_ERROR_ILLEGAL_ADDRESS (700)", stdout + stderr, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"took {clock.Elapsed}: a rank waited for its deadline");
+    }
+
+    [Fact]
     public async Task Demo_MoreRanksThanGpus_FailsNamingTheCount()
     {
         var (code, _, stderr) = await CkptEngineScript.RunAsync(Environment(1), null, "demo", "--device", "cuda", "--ranks", "2", "--size", "4MiB");

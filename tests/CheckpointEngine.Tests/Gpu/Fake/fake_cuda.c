@@ -20,7 +20,7 @@ typedef struct { char reserved[64]; } CUipcMemHandle;
 typedef struct { unsigned char bytes[16]; } CUuuid;
 
 enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, INVALID_CONTEXT = 201,
-       NOT_READY = 600, ALREADY_REGISTERED = 712, NOT_REGISTERED = 713 };
+       NOT_READY = 600, ILLEGAL_ADDRESS = 700, ALREADY_REGISTERED = 712, NOT_REGISTERED = 713 };
 
 struct event { struct fake_stream *stream; int64_t target; };
 
@@ -124,7 +124,14 @@ static CUresult copy(void *dst, const void *src, size_t n, uint64_t device, size
 }
 
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { return copy((void *)(uintptr_t)d, s, n, d, n); }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *s, size_t n, void *stream) { (void)stream; return cuMemcpyHtoD_v2(d, s, n); }
+// FAKE_CUDA_FAIL_HTOD_AFTER=N: the asynchronous host-to-device copies after the first N fail (a device fault).
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *s, size_t n, void *stream) {
+    (void)stream;
+    static int copies;
+    int limit = env_int("FAKE_CUDA_FAIL_HTOD_AFTER", -1);
+    if (limit >= 0 && __atomic_fetch_add(&copies, 1, __ATOMIC_ACQ_REL) >= limit) return ILLEGAL_ADDRESS;
+    return cuMemcpyHtoD_v2(d, s, n);
+}
 CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { return copy(d, (const void *)(uintptr_t)s, n, s, n); }
 
 CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; if (!current) return INVALID_CONTEXT; *s = calloc(1, sizeof(struct fake_stream)); return OK; }
@@ -187,6 +194,7 @@ CUresult cuGetErrorName(CUresult e, const char **s) {
     case INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; return OK;
     case INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; return OK;
     case NOT_READY: *s = "CUDA_ERROR_NOT_READY"; return OK;
+    case ILLEGAL_ADDRESS: *s = "CUDA_ERROR_ILLEGAL_ADDRESS"; return OK;
     case ALREADY_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"; return OK;
     case NOT_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED"; return OK;
     default: *s = NULL; return INVALID_VALUE;

@@ -29,8 +29,26 @@ public sealed class FakeGpuTests : IDisposable
 
     private static readonly Lazy<(string Cuda, string Nccl)> Libraries = new(Build);
 
+    private static async Task<(bool, string)> CompilerWorks()
+    {
+        var probe = Path.Combine(Path.GetTempPath(), $"ckpt-cc-probe-{System.Environment.ProcessId}.c");
+        await File.WriteAllTextAsync(probe, "#include <pthread.h>\n#include <stdio.h>\nint main(void) { return 0; }\n");
+        try
+        {
+            return File.Exists("/usr/bin/gcc")
+                ? await Python.PythonTorch.RunAsync("gcc", ["-fsyntax-only", probe], TimeSpan.FromMinutes(1)) is var (code, output) && code == 0 ? (true, "gcc") : (false, output.Trim())
+                : (false, "no /usr/bin/gcc");
+        }
+        finally
+        {
+            File.Delete(probe);
+        }
+    }
+
     private static (string Cuda, string Nccl) Build()
     {
+        DebianPackages.EnsureAsync(CompilerWorks, "the CUDA backend's CPU tests build stand-ins for the driver and NCCL with gcc", "gcc", "libc6-dev")
+            .GetAwaiter().GetResult();
         var source = Path.Combine(CkptEngineScript.RepoRoot(), "tests", "CheckpointEngine.Tests", "Gpu", "Fake");
         var output = Directory.CreateTempSubdirectory("ckpt-fake-gpu-").FullName;
         string Compile(string name)

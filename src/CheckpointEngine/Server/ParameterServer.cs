@@ -216,11 +216,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
     {
         if (_staging is null || _staging.Capacity < sizing.BucketSize)
         {
-            if (_staging is not null)
-            {
-                Device.UnregisterHostMemory(_staging.Address);
-                _staging.Dispose();
-            }
+            DropStaging();
             _staging = NativeBuffer.Allocate(sizing.BucketSize);
             Device.RegisterHostMemory(_staging.Address, _staging.Capacity);
         }
@@ -237,6 +233,11 @@ public sealed partial class ParameterServer : IAsyncDisposable
         _deviceBuffer?.Dispose();
         _deviceBuffer = null;
         _sizing = null;
+        DropStaging();
+    }
+
+    private void DropStaging()
+    {
         if (_staging is not null)
         {
             Device.UnregisterHostMemory(_staging.Address);

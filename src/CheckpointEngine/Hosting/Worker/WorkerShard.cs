@@ -13,6 +13,9 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
 {
     private readonly Dictionary<string, Weight> _weights = new(StringComparer.Ordinal);
 
+    /// <summary>Host memory a tensor in GPU memory is copied to before this shard takes its part; grown as needed, reused.</summary>
+    private NativeBuffer? _fromDevice;
+
     public int Rank { get; } = rank;
 
     public string DeviceId { get; } = deviceId;
@@ -37,9 +40,13 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
             if (view.OnDevice)
             {
                 // GPU memory: bring the whole tensor to the host, then take this shard's part.
-                using var host = NativeBuffer.Allocate(Math.Max(1, view.Length));
-                view.CopyTo(host.Pointer);
-                slice.CopyTo(host.Pointer, weight.Buffer.Pointer);
+                if (_fromDevice is null || _fromDevice.Capacity < view.Length)
+                {
+                    _fromDevice?.Dispose();
+                    _fromDevice = NativeBuffer.Allocate(view.Length);
+                }
+                view.CopyTo(_fromDevice.Pointer);
+                slice.CopyTo(_fromDevice.Pointer, weight.Buffer.Pointer);
             }
             else
             {
@@ -86,6 +93,8 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
             w.Buffer.Dispose();
         }
         _weights.Clear();
+        _fromDevice?.Dispose();
+        _fromDevice = null;
     }
 
     private sealed class Weight(NativeBuffer buffer, long length)

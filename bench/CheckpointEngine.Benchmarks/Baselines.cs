@@ -7,15 +7,15 @@ namespace CheckpointEngine.Benchmarks;
 
 /// <summary>
 /// The machine's limits, measured in the same run as what is compared to them (the measurements live
-/// in the library, <see cref="Hosting.Bench.Baselines"/>, shared with <c>ckpt-engine bench</c>), and process helpers.
+/// in the library, <see cref="Cli.Bench.Baselines"/>, shared with <c>ckpt-engine bench</c>), and process helpers.
 /// </summary>
 public static unsafe class Baselines
 {
     /// <summary>Seconds for one thread to copy <paramref name="bytes"/> between two already-touched buffers (best of three).</summary>
-    public static double Memcpy(long bytes) => Hosting.Bench.Baselines.Memcpy(bytes);
+    public static double Memcpy(long bytes) => Cli.Bench.Baselines.Memcpy(bytes);
 
     /// <summary>Seconds to push <paramref name="bytes"/> through one loopback TCP connection between two threads, in 4 MiB writes (best of three).</summary>
-    public static double RawSocket(long bytes) => Hosting.Bench.Baselines.RawTcp(bytes);
+    public static double RawSocket(long bytes) => Cli.Bench.Baselines.RawTcp(bytes);
 
     /// <summary>The value after <paramref name="name"/> on the command line, or null.</summary>
     public static string? Option(string[] args, string name)
@@ -50,5 +50,5 @@ public static unsafe class Baselines
     public static void Touch(NativeBuffer b) => Touch(b.Address, b.Capacity);
 
     /// <summary>Faults every page in, so what is measured next is copying, not first-touch faults.</summary>
-    public static void Touch(nint address, long length) => Hosting.Bench.Baselines.Touch(address, length);
+    public static void Touch(nint address, long length) => Cli.Bench.Baselines.Touch(address, length);
 }

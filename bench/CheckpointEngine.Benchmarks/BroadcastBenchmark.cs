@@ -44,7 +44,7 @@ public static class BroadcastBenchmark
             psi.Environment["WORLD_SIZE"] = ranks.ToString(CultureInfo.InvariantCulture);
             psi.Environment["MASTER_ADDR"] = "127.0.0.1";
             psi.Environment["MASTER_PORT"] = port.ToString(CultureInfo.InvariantCulture);
-            psi.Environment[World.HostIdVariable] = sameHost ? "bench" : $"bench-host-{r}";
+            psi.Environment[RankConfig.HostIdVariable] = sameHost ? "bench" : $"bench-host-{r}";
             return Process.Start(psi)!;
         }).ToList();
         var times = processes.Select(p =>

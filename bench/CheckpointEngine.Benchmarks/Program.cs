@@ -8,11 +8,6 @@ return args.FirstOrDefault() switch
     "registration" => RegistrationBenchmark.Run(args[1..]),
     "broadcast" => BroadcastBenchmark.Run(args[1..]),
     "broadcast-rank" => BroadcastBenchmark.RunRank(args[1..]),
-    "update" => await UpdateBenchmark.Run(args[1..]),
-    "update-rank" => await UpdateBenchmark.RunRank(args[1..]),
-    "p2p" => await P2PBenchmark.Run(args[1..]),
-    "p2p-owner" => await P2PBenchmark.RunOwner(args[1..]),
-    "p2p-join" => await P2PBenchmark.RunJoiner(args[1..]),
     "micro" => Micro(args[1..]),
     _ => Usage(),
 };
@@ -27,8 +22,6 @@ static int Usage()
 {
     Console.Error.WriteLine("usage: CheckpointEngine.Benchmarks registration [--size-gb N] [--repeat N] [--dir DIR]");
     Console.Error.WriteLine("       CheckpointEngine.Benchmarks broadcast [--size-gb N] [--ranks N]");
-    Console.Error.WriteLine("       CheckpointEngine.Benchmarks update [--size-gb N] [--ranks N] [--bucket-mb N]");
-    Console.Error.WriteLine("       CheckpointEngine.Benchmarks p2p [--size-gb N] [--bucket-mb N]");
     Console.Error.WriteLine("       CheckpointEngine.Benchmarks micro [BenchmarkDotNet arguments]");
     return 2;
 }

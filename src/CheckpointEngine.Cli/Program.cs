@@ -1,2 +1,2 @@
 // The ckpt-engine executable: a thin shell over the library's command-line host.
-return CheckpointEngine.Hosting.Cli.CkptEngineCli.Run(args, Console.Out, Console.Error);
+return CheckpointEngine.Cli.Commands.CkptEngineCli.Run(args, Console.Out, Console.Error);

@@ -1,3 +1,4 @@
+using CheckpointEngine.Worker;
 using System.Diagnostics;
 using System.Globalization;
 using CheckpointEngine.Checkpoints;
@@ -59,7 +60,7 @@ internal static class P2PScenario
 
     private static Task<ParameterServer> Start(World world)
     {
-        var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank), freeMemory: 64L << 20);
+        var device = new HostDevice(world.Config.HostDeviceId, freeMemory: 64L << 20);
         return Task.FromResult(new ParameterServer(world, device));
     }
 }

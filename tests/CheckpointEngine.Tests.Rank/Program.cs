@@ -11,7 +11,7 @@ var scenario = args.Length > 0 ? args[0] : "";
 if (scenario == "cli")
 {
     // The reference worker and other commands, without needing the CLI project's build.
-    return CheckpointEngine.Hosting.Cli.CkptEngineCli.Run(args[1..], Console.Out, Console.Error);
+    return CheckpointEngine.Cli.Commands.CkptEngineCli.Run(args[1..], Console.Out, Console.Error);
 }
 var timeout = TimeSpan.FromSeconds(double.Parse(Environment.GetEnvironmentVariable("TEST_TIMEOUT_S") ?? "30", System.Globalization.CultureInfo.InvariantCulture));
 var config = RankConfig.FromEnvironment();

@@ -1,3 +1,4 @@
+using CheckpointEngine.Worker;
 using System.Diagnostics;
 using System.Globalization;
 using CheckpointEngine.Checkpoints;
@@ -22,7 +23,7 @@ internal static class UpdateScenario
         var url = urls[world.Rank / tp];
         var kill = args.Length > 6 && args[4] == "kill-at-bucket" ? (Rank: int.Parse(args[5], CultureInfo.InvariantCulture), Bucket: int.Parse(args[6], CultureInfo.InvariantCulture)) : ((int Rank, int Bucket)?)null;
         var deviceMemory = long.Parse(Environment.GetEnvironmentVariable("TEST_DEVICE_MEMORY_MB") ?? "64", CultureInfo.InvariantCulture) << 20;
-        using var device = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank), freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize);
+        using var device = new HostDevice(world.Config.HostDeviceId, freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize);
         await using var ps = new ParameterServer(world, device);
         var options = new UpdateOptions { Timeout = timeout };
         for (var u = 1; u <= updates; u++)

@@ -4,7 +4,7 @@ namespace CheckpointEngine.Checkpoints;
 /// A checkpoint file or index is malformed. The message names the file, what is wrong and, where
 /// there is one, the tensor and byte offset, so the user can act without a stack trace.
 /// </summary>
-public sealed class CheckpointFormatException : Exception
+public sealed class CheckpointFormatException : CheckpointEngineException
 {
     public CheckpointFormatException(string source, string problem, string? tensor = null, long? offset = null)
         : base(Format(source, problem, tensor, offset))

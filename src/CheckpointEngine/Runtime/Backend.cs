@@ -1,3 +1,4 @@
+using CheckpointEngine.Worker;
 using CheckpointEngine.Interop;
 using CheckpointEngine.Interop.Cuda;
 using CheckpointEngine.Runtime.Collectives;
@@ -22,9 +23,6 @@ public enum DeviceKind
 /// </summary>
 public sealed class Backend : IDisposable
 {
-    /// <summary>Chooses the backend when no --device option is given: "host", "cuda" or "auto".</summary>
-    public const string Variable = "CKPT_ENGINE_DEVICE";
-
     private readonly bool _ownsGroup;
 
     private Backend(DeviceKind kind, IDevice device, ICommunicator group, bool ownsGroup)
@@ -42,15 +40,15 @@ public sealed class Backend : IDisposable
     public ICommunicator Group { get; }
 
     /// <summary>
-    /// The backend to use: <paramref name="option"/> (host|cuda|auto) if given, else <see cref="Variable"/>,
-    /// else auto: CUDA when a GPU is present (<paramref name="hasGpu"/>), else host.
+    /// The backend to use: <paramref name="option"/> (host|cuda|auto) if given, else <paramref name="configured"/>
+    /// (<see cref="RankConfig.Device"/>), else auto: CUDA when a GPU is present (<paramref name="hasGpu"/>), else host.
     /// </summary>
     /// <exception cref="ArgumentException">An unknown name, naming where it came from.</exception>
-    public static DeviceKind Choose(string? option, Func<bool>? hasGpu = null)
+    public static DeviceKind Choose(string? option, string? configured, Func<bool>? hasGpu = null)
     {
         var (text, source) = !string.IsNullOrWhiteSpace(option)
             ? (option, "--device")
-            : (Environment.GetEnvironmentVariable(Variable), Variable);
+            : (configured, RankConfig.DeviceVariable);
         switch (text?.Trim().ToLowerInvariant())
         {
             case null or "" or "auto":
@@ -65,13 +63,12 @@ public sealed class Backend : IDisposable
     }
 
     /// <summary>Creates this rank's backend; every rank of the world calls it (NCCL's set-up is collective).</summary>
-    /// <param name="hostMemory">Free memory the host device reports (default: from the machine, see <see cref="HostDevice"/>).</param>
     /// <exception cref="BackendUnavailableException">CUDA was chosen and the driver or NCCL is missing (the message lists the paths tried).</exception>
-    public static async Task<Backend> CreateAsync(World world, DeviceKind kind, TimeSpan timeout, long? hostMemory = null, CancellationToken ct = default)
+    public static async Task<Backend> CreateAsync(World world, DeviceKind kind, TimeSpan timeout, CancellationToken ct = default)
     {
         if (kind == DeviceKind.Host)
         {
-            var host = new HostDevice(DeviceIds.ForRank(world.Config.LocalRank, world.Rank), hostMemory, world.Config.LocalWorldSize);
+            var host = new HostDevice(world.Config.HostDeviceId, world.Config.HostDeviceMemory, world.Config.LocalWorldSize);
             return new Backend(kind, host, world.Group, ownsGroup: false);
         }
         var device = new CudaDevice(CudaOrdinal(world.Config.LocalRank, CudaDriver.Instance.DeviceCount()));

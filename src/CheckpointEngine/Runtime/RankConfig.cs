@@ -1,17 +1,30 @@
 using System.Collections;
 using System.Globalization;
+using System.Net;
+using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Runtime;
 
 /// <summary>
-/// Who this process is among the parameter-server ranks, in torchrun's convention: <c>RANK</c>,
-/// <c>WORLD_SIZE</c>, <c>MASTER_ADDR</c>, <c>MASTER_PORT</c>, optionally <c>LOCAL_RANK</c> and
-/// <c>LOCAL_WORLD_SIZE</c>, plus <c>CKPT_ENGINE_TOKEN</c>, a shared secret every connection presents.
+/// Everything a rank process takes from its environment, read once at the composition root (see
+/// <see cref="FromEnvironment"/>): who it is among the parameter-server ranks in torchrun's convention
+/// (<c>RANK</c>, <c>WORLD_SIZE</c>, <c>MASTER_ADDR</c>, <c>MASTER_PORT</c>, optionally <c>LOCAL_RANK</c>
+/// and <c>LOCAL_WORLD_SIZE</c>), the shared secret every connection presents (<c>CKPT_ENGINE_TOKEN</c>),
+/// and the <c>CKPT_ENGINE_*</c> settings of its device, network and buckets. Nothing below the root
+/// reads the environment.
 /// </summary>
 public sealed record RankConfig
 {
     public const string TokenVariable = "CKPT_ENGINE_TOKEN";
     public const string ConnectTimeoutVariable = "CKPT_ENGINE_CONNECT_TIMEOUT_S";
+    public const string HostIdVariable = "CKPT_ENGINE_HOST_ID";
+    public const string AdvertiseAddressVariable = "CKPT_ENGINE_ADVERTISE_ADDR";
+    public const string NetDeviceVariable = "CKPT_ENGINE_NET_DEVICE";
+    public const string DeviceIdVariable = "CKPT_ENGINE_DEVICE_ID";
+    public const string SocketDirectoryVariable = "CKPT_ENGINE_SOCKET_DIR";
+    public const string MaxBucketSizeVariable = "CKPT_ENGINE_MAX_BUCKET_SIZE_GB";
+    public const string HostDeviceMemoryVariable = "CKPT_ENGINE_HOST_DEVICE_MEMORY_GB";
+    public const string DeviceVariable = "CKPT_ENGINE_DEVICE";
 
     public int Rank { get; init; }
 
@@ -73,9 +86,52 @@ public sealed record RankConfig
             LocalWorldSize = Int("LOCAL_WORLD_SIZE", world, 1, world, $" (cannot exceed WORLD_SIZE={world})"),
             Token = Get(TokenVariable),
             ConnectTimeout = TimeSpan.FromSeconds(Int(ConnectTimeoutVariable, 60, 1, 86_400)),
+            HostId = Get(HostIdVariable),
+            AdvertiseAddress = Get(AdvertiseAddressVariable) is { } advertise
+                ? IPAddress.TryParse(advertise, out var address) ? address : throw new ArgumentException($"{AdvertiseAddressVariable}={advertise} is not an IP address")
+                : null,
+            NetDevice = Get(NetDeviceVariable),
+            SocketDirectory = Get(SocketDirectoryVariable),
+            MaxBucketSize = GiB(MaxBucketSizeVariable) ?? Planning.BucketSizing.DefaultMaxBucketSize,
+            HostDeviceMemory = GiB(HostDeviceMemoryVariable),
+            Device = Get(DeviceVariable),
         };
-        return config with { LocalRank = Int("LOCAL_RANK", rank % config.LocalWorldSize, 0, config.LocalWorldSize - 1, $" (must be below LOCAL_WORLD_SIZE={config.LocalWorldSize})") };
+        config = config with { LocalRank = Int("LOCAL_RANK", rank % config.LocalWorldSize, 0, config.LocalWorldSize - 1, $" (must be below LOCAL_WORLD_SIZE={config.LocalWorldSize})") };
+        return config with { DeviceId = Get(DeviceIdVariable) is { } id ? DeviceIds.Fill(id, config.LocalRank, config.Rank) : null };
+
+        long? GiB(string name) => Get(name) is not { } text
+            ? null
+            : double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var gb) && gb > 0 && double.IsFinite(gb) && gb < 1L << 33
+                ? (long)(gb * (1L << 30))
+                : throw new ArgumentException($"{name}={text} is not a positive number of GiB");
     }
+
+    /// <summary>Ranks with the same id share a host, and so shared memory (<c>CKPT_ENGINE_HOST_ID</c>; default: the machine's boot id and name).</summary>
+    public string? HostId { get; init; }
+
+    /// <summary>The address peers reach this rank on (<c>CKPT_ENGINE_ADVERTISE_ADDR</c>; default: the interface that routes to the store).</summary>
+    public IPAddress? AdvertiseAddress { get; init; }
+
+    /// <summary>The network device this rank's P2P reads go through (<c>CKPT_ENGINE_NET_DEVICE</c>; default: one per host).</summary>
+    public string? NetDevice { get; init; }
+
+    /// <summary>This rank's device id as the worker knows it (<c>CKPT_ENGINE_DEVICE_ID</c>, <c>{local_rank}</c> and <c>{rank}</c> filled in); null: the backend's own.</summary>
+    public string? DeviceId { get; init; }
+
+    /// <summary>Where worker sockets are made as files (<c>CKPT_ENGINE_SOCKET_DIR</c>); null: abstract sockets.</summary>
+    public string? SocketDirectory { get; init; }
+
+    /// <summary>Largest bucket of an update (<c>CKPT_ENGINE_MAX_BUCKET_SIZE_GB</c>, GiB, fractions allowed; default 8 GiB).</summary>
+    public long MaxBucketSize { get; init; } = Planning.BucketSizing.DefaultMaxBucketSize;
+
+    /// <summary>Memory the host backend's device reports free (<c>CKPT_ENGINE_HOST_DEVICE_MEMORY_GB</c>); null: half the available memory over the local ranks.</summary>
+    public long? HostDeviceMemory { get; init; }
+
+    /// <summary>The backend when no --device option is given (<c>CKPT_ENGINE_DEVICE</c>: host, cuda or auto).</summary>
+    public string? Device { get; init; }
+
+    /// <summary>The device id of this rank on the host backend: <see cref="DeviceId"/>, else the default for its local rank.</summary>
+    public string HostDeviceId => DeviceId ?? DeviceIds.Host(LocalRank);
 
     public override string ToString() => $"rank {Rank}/{WorldSize} (local {LocalRank}/{LocalWorldSize}), store {MasterAddr}:{MasterPort}";
 }

@@ -15,9 +15,6 @@ namespace CheckpointEngine.Runtime;
 /// </summary>
 public sealed class World : IAsyncDisposable
 {
-    public const string HostIdVariable = "CKPT_ENGINE_HOST_ID";
-    public const string AdvertiseAddressVariable = "CKPT_ENGINE_ADVERTISE_ADDR";
-
     private static readonly TimeSpan WatchPoll = TimeSpan.FromSeconds(5);
 
     private readonly StoreServer? _server;
@@ -40,7 +37,7 @@ public sealed class World : IAsyncDisposable
         _watcher = watcher;
         _dataListener = dataListener;
         _tokenHash = SHA256.HashData(Encoding.UTF8.GetBytes(config.Token ?? ""));
-        HostId = Environment.GetEnvironmentVariable(HostIdVariable) is { Length: > 0 } id ? id : DefaultHostId();
+        HostId = config.HostId ?? DefaultHostId();
         DataEndpoint = (IPEndPoint)dataListener.LocalEndPoint!;
         _ = WatchAsync();
         _ = AcceptDataLinksAsync();
@@ -127,9 +124,9 @@ public sealed class World : IAsyncDisposable
     /// <summary>The address peers reach this rank's data links on: loopback when the store is on loopback, else the interface that routes to the store.</summary>
     private static async Task<IPAddress> AdvertiseAddressAsync(RankConfig config, int port, CancellationToken ct)
     {
-        if (Environment.GetEnvironmentVariable(AdvertiseAddressVariable) is { Length: > 0 } given)
+        if (config.AdvertiseAddress is { } given)
         {
-            return IPAddress.TryParse(given, out var a) ? a : throw new ArgumentException($"{AdvertiseAddressVariable}={given} is not an IP address");
+            return given;
         }
         var master = await ResolveAsync(config.MasterAddr, ct).ConfigureAwait(false);
         if (IPAddress.IsLoopback(master))

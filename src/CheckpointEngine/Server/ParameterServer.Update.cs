@@ -49,10 +49,9 @@ public sealed partial class ParameterServer
                 return new UpdateReport(name, Rank, 0, 0, 0, TimeSpan.Zero, []);
             }
         }
-        if (!await _updating.WaitAsync(0, ct).ConfigureAwait(false))
-        {
-            throw new InvalidOperationException($"rank {Rank} is already running an update");
-        }
+        using var _ = _gate.Enter($"an update of '{name}'");
+        using var closing = CancellationTokenSource.CreateLinkedTokenSource(ct, _closing.Token);
+        ct = closing.Token;
         try
         {
             if (ranks is null)
@@ -66,15 +65,11 @@ public sealed partial class ParameterServer
         {
             throw new UpdateFailedException($"update of '{name}' failed on rank {Rank}: {e.Message}", e);
         }
-        finally
-        {
-            _updating.Release();
-        }
     }
 
     private async Task<UpdateReport> BroadcastUpdateAsync(string name, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
     {
-        var metas = GetMetas(name) ?? await GatherMetasAsync(name, options.Timeout, ct).ConfigureAwait(false);
+        var metas = GetMetas(name) ?? await GatherAsync(name, options.Timeout, ct).ConfigureAwait(false);
         Registry.TryGet(name, out var local);
         if (metas.Ranks.Count != World.Size)
         {
@@ -138,7 +133,7 @@ public sealed partial class ParameterServer
 
         // Bucket size from the smallest free device memory over the members.
         var free = (await group.AllReduceAsync([Device.FreeMemory], ReduceOp.Min, timeout, ct).ConfigureAwait(false))[0];
-        var sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize);
+        var sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize ?? World.Config.MaxBucketSize);
         var device = DeviceBufferFor(sizing, group);
 
         // Every member learns every worker's socket and network device; the trigger tells the engine; our worker connects.

@@ -17,11 +17,12 @@ public sealed partial class ParameterServer : IAsyncDisposable
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<string, GlobalMetas> _metas = new(StringComparer.Ordinal);
-    public const string NetDeviceVariable = "CKPT_ENGINE_NET_DEVICE";
 
     private readonly WorkerLink _worker;
     private readonly IP2PStore _p2p;
-    private readonly SemaphoreSlim _updating = new(1, 1);
+    private readonly OperationGate _gate;
+    private readonly CancellationTokenSource _closing = new();
+    private int _disposed;
     private DeviceBuffer? _deviceBuffer;
     private NativeBuffer? _staging;
     private volatile UpdateProgress? _progress;
@@ -35,9 +36,10 @@ public sealed partial class ParameterServer : IAsyncDisposable
         Device = device;
         Group = group ?? world.Group;
         Registry = registry ?? new CheckpointRegistry();
-        _worker = new WorkerLink(device.Id);
+        _gate = new OperationGate(world.Rank);
+        _worker = new WorkerLink(device.Id, world.Config.SocketDirectory);
         _p2p = p2p ?? new TcpP2PStore(world.AdvertiseAddress, world.Config.Token);
-        NetDevice = Environment.GetEnvironmentVariable(NetDeviceVariable) is { Length: > 0 } nic ? nic : world.HostId;
+        NetDevice = world.Config.NetDevice ?? world.HostId;
     }
 
     public World World { get; }
@@ -59,6 +61,12 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     /// <summary>The update running on this rank now, or null.</summary>
     public UpdateProgress? Progress => _progress;
+
+    /// <summary>The operation running on this rank now ("an update of 'x'"), or null.</summary>
+    public string? RunningOperation => _gate.Running;
+
+    /// <summary>How long <see cref="DisposeAsync"/> waits for a running operation after cancelling it.</summary>
+    public static readonly TimeSpan CloseWait = TimeSpan.FromSeconds(10);
 
     /// <summary>Where this rank's worker connects.</summary>
     public string WorkerAddress => _worker.Address;
@@ -103,8 +111,10 @@ public sealed partial class ParameterServer : IAsyncDisposable
     /// another checkpoint is still registered or this one was pooled (an RL loop that registers the
     /// same layout again next step and should not pay for fresh device memory each time).
     /// </summary>
+    /// <exception cref="ServerBusyException">An update or gather runs: its memory is in use.</exception>
     public bool UnregisterCheckpoint(string name)
     {
+        using var _ = _gate.Enter($"unregistering '{name}'");
         lock (_lock)
         {
             _metas.Remove(name);
@@ -127,7 +137,15 @@ public sealed partial class ParameterServer : IAsyncDisposable
     /// All ranks exchange what they hold of <paramref name="name"/> (a rank may hold nothing). Every rank
     /// calls this; afterwards every rank knows every tensor's owner, offset and size.
     /// </summary>
+    /// <exception cref="ServerBusyException">Another operation runs on this rank.</exception>
     public async Task<GlobalMetas> GatherMetasAsync(string name, TimeSpan? timeout = null, CancellationToken ct = default)
+    {
+        using var _ = _gate.Enter($"gathering the metas of '{name}'");
+        using var closing = CancellationTokenSource.CreateLinkedTokenSource(ct, _closing.Token);
+        return await GatherAsync(name, timeout, closing.Token).ConfigureAwait(false);
+    }
+
+    private async Task<GlobalMetas> GatherAsync(string name, TimeSpan? timeout, CancellationToken ct)
     {
         var local = new RankMetas(Rank, Device.Id, P2PAddress,
             Registry.TryGet(name, out var checkpoint)
@@ -246,13 +264,27 @@ public sealed partial class ParameterServer : IAsyncDisposable
         }
     }
 
-    public ValueTask DisposeAsync()
+    /// <summary>
+    /// Cancels a running operation (it fails on this rank, and so on every rank) and waits up to
+    /// <see cref="CloseWait"/> for it to end before freeing memory; if it does not end, its memory is
+    /// left to the process's exit rather than freed under it. Idempotent.
+    /// </summary>
+    public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        await _closing.CancelAsync().ConfigureAwait(false);
+        if (!await _gate.CloseAsync(CloseWait).ConfigureAwait(false))
+        {
+            return;
+        }
         ReleaseDeviceMemory();
         _worker.Dispose();
         _p2p.Dispose();
         Registry.Dispose();
-        _updating.Dispose();
-        return ValueTask.CompletedTask;
+        _gate.Dispose();
+        _closing.Dispose();
     }
 }

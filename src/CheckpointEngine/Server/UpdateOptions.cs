@@ -11,6 +11,6 @@ public sealed record UpdateOptions
     /// <summary>Share of free device memory the update may use for buckets.</summary>
     public double MemoryFraction { get; init; } = BucketSizing.DefaultFraction;
 
-    /// <summary>Largest bucket (env <c>CKPT_ENGINE_MAX_BUCKET_SIZE_GB</c>, default 8 GiB).</summary>
-    public long MaxBucketSize { get; init; } = BucketSizing.MaxBucketSizeFromEnvironment();
+    /// <summary>Largest bucket; null: the rank's configured maximum (<see cref="Runtime.RankConfig.MaxBucketSize"/>).</summary>
+    public long? MaxBucketSize { get; init; }
 }

@@ -11,9 +11,9 @@ internal sealed class WorkerLink : IDisposable
 {
     private readonly Socket _listener;
 
-    public WorkerLink(string deviceId)
+    public WorkerLink(string deviceId, string? socketDirectory)
     {
-        Address = WorkerSockets.AddressFor(deviceId);
+        Address = WorkerSockets.AddressFor(deviceId, socketDirectory);
         DeviceId = deviceId;
         _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
@@ -28,7 +28,7 @@ internal sealed class WorkerLink : IDisposable
         catch (SocketException e)
         {
             _listener.Dispose();
-            throw new InvalidOperationException(
+            throw new CheckpointEngineException(
                 $"cannot listen for the worker of device '{deviceId}' on {Address}: {e.Message} (another parameter server for this device?)", e);
         }
     }

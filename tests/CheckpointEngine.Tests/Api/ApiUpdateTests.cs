@@ -1,7 +1,7 @@
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
-using CheckpointEngine.Hosting.Worker;
+using CheckpointEngine.ReferenceEngine;
 
 namespace CheckpointEngine.Tests.Api;
 

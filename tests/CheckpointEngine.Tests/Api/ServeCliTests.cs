@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using CheckpointEngine.Hosting;
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Commands;
 using CheckpointEngine.Tests.Checkpoints;
 using CheckpointEngine.Tests.Runtime;
 

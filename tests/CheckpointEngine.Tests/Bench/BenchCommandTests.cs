@@ -1,5 +1,5 @@
 using System.Text.Json;
-using CheckpointEngine.Hosting.Bench;
+using CheckpointEngine.Cli.Bench;
 using CheckpointEngine.Tests.Hosting;
 using CheckpointEngine.Tests.Runtime;
 

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using CheckpointEngine.Hosting.Bench;
+using CheckpointEngine.Cli.Bench;
 
 namespace CheckpointEngine.Tests.Bench;
 

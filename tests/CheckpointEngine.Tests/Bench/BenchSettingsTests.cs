@@ -1,5 +1,5 @@
-using CheckpointEngine.Hosting.Bench;
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Bench;
+using CheckpointEngine.Cli.Commands;
 
 namespace CheckpointEngine.Tests.Bench;
 

@@ -1,4 +1,4 @@
-using CheckpointEngine.Hosting.Bench;
+using CheckpointEngine.Cli.Bench;
 
 namespace CheckpointEngine.Tests.Bench;
 

@@ -16,8 +16,7 @@ public sealed class BackendSelectionTests
     [InlineData("auto", false, DeviceKind.Host)]
     public void Choose_Option_WinsOverEverything(string option, bool gpu, DeviceKind expected)
     {
-        using var _ = new ScopedVariable(Backend.Variable, option == "host" ? "cuda" : "host");
-        Assert.Equal(expected, Backend.Choose(option, () => gpu));
+        Assert.Equal(expected, Backend.Choose(option, option == "host" ? "cuda" : "host", () => gpu));
     }
 
     [Theory]
@@ -28,18 +27,17 @@ public sealed class BackendSelectionTests
     [InlineData(" auto ", true, DeviceKind.Cuda)]
     public void Choose_NoOption_TakesTheVariableThenThePresenceOfAGpu(string? variable, bool gpu, DeviceKind expected)
     {
-        using var _ = new ScopedVariable(Backend.Variable, variable);
-        Assert.Equal(expected, Backend.Choose(null, () => gpu));
+        var config = RankConfig.FromEnvironment(new Dictionary<string, string?> { [RankConfig.DeviceVariable] = variable });
+        Assert.Equal(expected, Backend.Choose(null, config.Device, () => gpu));
     }
 
     [Fact]
     public void Choose_UnknownName_NamesWhereItCameFrom()
     {
-        var e = Assert.Throws<ArgumentException>(() => Backend.Choose("tpu", () => false));
+        var e = Assert.Throws<ArgumentException>(() => Backend.Choose("tpu", "host", () => false));
         Assert.Equal("--device=tpu is not a device backend: use host, cuda or auto", e.Message);
-        using var _ = new ScopedVariable(Backend.Variable, "rocm");
-        e = Assert.Throws<ArgumentException>(() => Backend.Choose(null, () => false));
-        Assert.Equal($"{Backend.Variable}=rocm is not a device backend: use host, cuda or auto", e.Message);
+        e = Assert.Throws<ArgumentException>(() => Backend.Choose(null, "rocm", () => false));
+        Assert.Equal($"{RankConfig.DeviceVariable}=rocm is not a device backend: use host, cuda or auto", e.Message);
     }
 
     [Theory]

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Commands;
 
 namespace CheckpointEngine.Tests.Hosting;
 

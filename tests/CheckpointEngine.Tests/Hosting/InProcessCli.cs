@@ -1,4 +1,4 @@
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Commands;
 
 namespace CheckpointEngine.Tests.Hosting;
 

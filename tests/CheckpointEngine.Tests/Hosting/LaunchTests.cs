@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Commands;
 using CheckpointEngine.Hosting.Launch;
 
 namespace CheckpointEngine.Tests.Hosting;

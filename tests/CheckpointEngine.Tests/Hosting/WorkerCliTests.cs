@@ -1,6 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Commands;
 
 namespace CheckpointEngine.Tests.Hosting;
 

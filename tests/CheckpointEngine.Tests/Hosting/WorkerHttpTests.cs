@@ -3,7 +3,7 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
-using CheckpointEngine.Hosting.Worker;
+using CheckpointEngine.ReferenceEngine;
 using CheckpointEngine.Tests.Worker;
 using CheckpointEngine.Worker;
 

@@ -55,23 +55,17 @@ public class BucketSizingTests
     [Fact]
     public void Plan_NotEnoughMemory_SaysHowMuchIsNeeded()
     {
-        var e = Assert.Throws<InsufficientMemoryException>(() => BucketSizing.Plan(GiB, GiB, GiB));
+        var e = Assert.Throws<CheckpointEngineException>(() => BucketSizing.Plan(GiB, GiB, GiB));
         Assert.Contains("largest tensor", e.Message);
     }
 
     [Theory]
     [InlineData("0.5", 512L << 20)]
     [InlineData("2", 2L << 30)]
-    public void MaxBucketSize_FromEnvironment(string value, long expected)
-    {
-        Environment.SetEnvironmentVariable(BucketSizing.MaxBucketSizeVariable, value);
-        try
-        {
-            Assert.Equal(expected, BucketSizing.MaxBucketSizeFromEnvironment());
-        }
-        finally
-        {
-            Environment.SetEnvironmentVariable(BucketSizing.MaxBucketSizeVariable, null);
-        }
-    }
+    public void MaxBucketSize_FromEnvironment(string value, long expected) =>
+        Assert.Equal(expected, CheckpointEngine.Runtime.RankConfig.FromEnvironment(new Dictionary<string, string> { [CheckpointEngine.Runtime.RankConfig.MaxBucketSizeVariable] = value }).MaxBucketSize);
+
+    [Fact]
+    public void MaxBucketSize_Unset_IsTheDefault() =>
+        Assert.Equal(BucketSizing.DefaultMaxBucketSize, CheckpointEngine.Runtime.RankConfig.FromEnvironment(new Dictionary<string, string>()).MaxBucketSize);
 }

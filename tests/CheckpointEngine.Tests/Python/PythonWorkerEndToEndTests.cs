@@ -1,3 +1,4 @@
+using CheckpointEngine.Worker;
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text.Json;
@@ -24,7 +25,7 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
     private string CheckpointDir => Path.Combine(_dir, "ckpt");
 
     /// <summary>Device ids of this test run only, "{local_rank}" filled in per rank (and per worker by the extension).</summary>
-    private Dictionary<string, string> Devices => new() { [DeviceIds.Variable] = $"py-{Path.GetFileName(_dir)}-{{local_rank}}" };
+    private Dictionary<string, string> Devices => new() { [CheckpointEngine.Runtime.RankConfig.DeviceIdVariable] = $"py-{Path.GetFileName(_dir)}-{{local_rank}}" };
 
     public void Dispose()
     {

@@ -1,3 +1,4 @@
+using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Devices;
 
 namespace CheckpointEngine.Tests.Server;
@@ -43,15 +44,8 @@ public class HostDeviceTests
     [Fact]
     public void FreeMemory_FromEnvironment_BadValueIsNamed()
     {
-        Environment.SetEnvironmentVariable(HostDevice.MemoryVariable, "lots");
-        try
-        {
-            var e = Assert.Throws<ArgumentException>(() => new HostDevice("d").FreeMemory);
-            Assert.Contains("CKPT_ENGINE_HOST_DEVICE_MEMORY_GB=lots", e.Message);
-        }
-        finally
-        {
-            Environment.SetEnvironmentVariable(HostDevice.MemoryVariable, null);
-        }
+        var e = Assert.Throws<ArgumentException>(() => RankConfig.FromEnvironment(new Dictionary<string, string> { [RankConfig.HostDeviceMemoryVariable] = "lots" }));
+        Assert.Contains("CKPT_ENGINE_HOST_DEVICE_MEMORY_GB=lots", e.Message);
+        Assert.Equal(3L << 30, RankConfig.FromEnvironment(new Dictionary<string, string> { [RankConfig.HostDeviceMemoryVariable] = "3" }).HostDeviceMemory);
     }
 }

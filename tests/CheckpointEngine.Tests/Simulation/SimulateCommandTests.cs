@@ -1,5 +1,5 @@
 using System.Text.Json;
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Commands;
 using CheckpointEngine.Hosting.Tracing;
 using CheckpointEngine.Tests.Hosting;
 

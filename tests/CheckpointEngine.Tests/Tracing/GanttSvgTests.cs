@@ -1,5 +1,5 @@
 using System.Xml.Linq;
-using CheckpointEngine.Hosting.Cli;
+using CheckpointEngine.Cli.Commands;
 using CheckpointEngine.Hosting.Tracing;
 
 namespace CheckpointEngine.Tests.Tracing;

@@ -24,7 +24,7 @@ public sealed class TraceEndToEndTests : IDisposable
         Assert.Contains($"[rank 0] wrote trace {json}", stdout);
         Assert.Matches(@"broadcast: .*; pipeline efficiency \d+\.\d\d", stdout);
         // Every rank prints the same efficiency (they share their timings) in its machine line.
-        var lines = CheckpointEngine.Hosting.Bench.ResultLine.ParseAll(stdout).Where(r => r.Method == "broadcast").ToList();
+        var lines = CheckpointEngine.Cli.Bench.ResultLine.ParseAll(stdout).Where(r => r.Method == "broadcast").ToList();
         var efficiencies = lines.Where(r => r.Update == lines.Max(x => x.Update)).Select(r => r.Efficiency).ToList(); // The traced (last) update.
         Assert.Equal(2, efficiencies.Count);
         Assert.Single(efficiencies.Distinct());

@@ -31,7 +31,7 @@ public sealed class WeightReceiverTests : IDisposable
         {
             foreach (var t in tensors)
             {
-                got.Add(t.Info.Name, (bucket, t.Info, t.Span.ToArray()));
+                got.Add(t.Name, (bucket, new TensorInfo(t.Name, t.DType, t.Shape, t.Offset, t.Length), t.Span.ToArray()));
             }
         };
         var task = WeightReceiver.ReceiveAsync(address ?? _ps.Address, handler, postLoad, idle ?? Idle, TestContext.Current.CancellationToken);

@@ -61,7 +61,7 @@ public struct NcclConfig
 }
 
 /// <summary>An NCCL call failed: the call, NCCL's result name and its last error text.</summary>
-public sealed class NcclException(string call, int code, string message) : Exception($"{call} failed: {Nccl.ResultName(code)} ({code}): {message}")
+public sealed class NcclException(string call, int code, string message) : CheckpointEngineException($"{call} failed: {Nccl.ResultName(code)} ({code}): {message}")
 {
     public string Call { get; } = call;
 

@@ -5,7 +5,7 @@ namespace CheckpointEngine.Runtime.Collectives;
 /// names the operation, the group and the ranks involved (world ranks).
 /// </summary>
 public sealed class CollectiveException(string operation, string group, IReadOnlyList<int> ranks, string problem, Exception? inner = null)
-    : Exception($"{operation} in group '{group}': {problem}", inner)
+    : CheckpointEngineException($"{operation} in group '{group}': {problem}", inner)
 {
     public string Operation { get; } = operation;
 

@@ -16,7 +16,7 @@ public sealed class CudaDevice : IDevice
     private readonly nint _copied;
     private readonly Lock _lock = new();
     private readonly Dictionary<nint, long> _registered = [];
-    private bool _disposed;
+    private int _disposed;
 
     /// <param name="ordinal">The CUDA device ordinal (within CUDA_VISIBLE_DEVICES): the local rank, as torchrun assigns GPUs.</param>
     /// <exception cref="Interop.BackendUnavailableException">No CUDA driver.</exception>
@@ -113,11 +113,10 @@ public sealed class CudaDevice : IDevice
 
     public void Dispose()
     {
-        if (_disposed)
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
             return;
         }
-        _disposed = true;
         _cuda.SetCurrent(Context);
         lock (_registered)
         {

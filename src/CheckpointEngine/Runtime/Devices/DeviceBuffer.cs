@@ -13,8 +13,15 @@ public abstract class DeviceBuffer : IDisposable
     /// <summary>What the worker needs to map it: a segment name, or an encoded IPC handle.</summary>
     public abstract string Handle { get; }
 
+    private int _disposed;
+
+    /// <summary>Frees the memory once; later calls do nothing (owners dispose on several paths).</summary>
     public void Dispose()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
         Dispose(true);
         GC.SuppressFinalize(this);
     }

@@ -5,13 +5,11 @@ namespace CheckpointEngine.Runtime.Devices;
 
 /// <summary>
 /// The host backend's "device": memory is shared-memory segments the colocated worker maps, and a
-/// copy to the device is a memcpy. Free memory is <c>CKPT_ENGINE_HOST_DEVICE_MEMORY_GB</c> if set,
-/// else a share of the machine's available memory split over the local ranks.
+/// copy to the device is a memcpy. Free memory is <paramref name="freeMemory"/> if given (configured:
+/// <see cref="RankConfig.HostDeviceMemory"/>), else a share of the machine's available memory split over the local ranks.
 /// </summary>
 public sealed class HostDevice(string id, long? freeMemory = null, int localRanks = 1) : IDevice
 {
-    public const string MemoryVariable = "CKPT_ENGINE_HOST_DEVICE_MEMORY_GB";
-
     private const string SegmentPrefix = "ckpt-engine-dev-";
 
     private static int _segments;
@@ -19,7 +17,7 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
 
     public string Id { get; } = id;
 
-    public long FreeMemory => freeMemory ?? FromEnvironment() ?? AvailableMemory() / 2 / Math.Max(1, localRanks);
+    public long FreeMemory => freeMemory ?? AvailableMemory() / 2 / Math.Max(1, localRanks);
 
     public DeviceBuffer AllocateShared(long size)
     {
@@ -77,17 +75,6 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
         }
     }
 
-    private static long? FromEnvironment()
-    {
-        var text = Environment.GetEnvironmentVariable(MemoryVariable);
-        if (string.IsNullOrWhiteSpace(text))
-        {
-            return null;
-        }
-        return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var gb) && gb > 0
-            ? (long)(gb * (1L << 30))
-            : throw new ArgumentException($"{MemoryVariable}={text} is not a positive number of GiB");
-    }
 
     /// <summary>MemAvailable from /proc/meminfo (what can be used without swapping), or 4 GiB where there is none.</summary>
     private static long AvailableMemory()

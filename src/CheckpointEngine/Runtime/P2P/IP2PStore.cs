@@ -23,4 +23,4 @@ public interface IP2PStore : IDisposable
 public readonly record struct P2PRead(string Buffer, long Offset, long Length, nint Destination);
 
 /// <summary>A P2P read failed; the message names the owner and why.</summary>
-public sealed class P2PException(string message, Exception? inner = null) : Exception(message, inner);
+public sealed class P2PException(string message, Exception? inner = null) : CheckpointEngineException(message, inner);

@@ -1,7 +1,7 @@
 namespace CheckpointEngine.Runtime.Rendezvous;
 
 /// <summary>The rendezvous store could not be reached, refused us, or a wait on it failed.</summary>
-public class RendezvousException(string message, Exception? inner = null) : Exception(message, inner);
+public class RendezvousException(string message, Exception? inner = null) : CheckpointEngineException(message, inner);
 
 /// <summary>A wait on the store ended because a rank's connection dropped: that rank is gone.</summary>
 public sealed class PeerDiedException(int rank, string reason)

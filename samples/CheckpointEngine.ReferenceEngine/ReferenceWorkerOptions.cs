@@ -1,0 +1,31 @@
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.ReferenceEngine;
+
+/// <summary>How a <see cref="ReferenceWorker"/> listens and what it simulates.</summary>
+public sealed record ReferenceWorkerOptions
+{
+    /// <summary>IP address or host name to listen on ("localhost" is 127.0.0.1).</summary>
+    public string Host { get; init; } = "127.0.0.1";
+
+    /// <summary>TCP port; 0 picks a free one (see <see cref="ReferenceWorker.Address"/>).</summary>
+    public int Port { get; init; }
+
+    /// <summary>Tensor-parallel shards, one per device.</summary>
+    public int TensorParallel { get; init; } = 1;
+
+    /// <summary>Device id of each shard; by default <c>DeviceIds.Host(i)</c>.</summary>
+    public IReadOnlyList<string>? DeviceIds { get; init; }
+
+    /// <summary>Shard i keeps only its tensor-parallel slice of projection weights (otherwise every shard keeps everything).</summary>
+    public bool ShardByTp { get; init; }
+
+    /// <summary>The first update to reach this bucket fails there (fault injection); later ones succeed.</summary>
+    public int? FailAtBucket { get; init; }
+
+    /// <summary>Extra time each bucket's reload takes (simulates a slow engine: for fault tests and timelines).</summary>
+    public TimeSpan ReloadDelay { get; init; }
+
+    /// <summary>How long a shard waits for the parameter server's next message.</summary>
+    public TimeSpan IdleTimeout { get; init; } = WeightReceiver.DefaultIdleTimeout;
+}

@@ -1,0 +1,109 @@
+using CheckpointEngine.Memory;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.ReferenceEngine;
+
+/// <summary>
+/// One tensor-parallel shard of the reference worker: the weights it holds, each in its own native
+/// buffer that later updates overwrite in place while the size stays the same. The owning worker
+/// lets one update or one digest at a time touch a shard.
+/// </summary>
+internal sealed class WorkerShard(int rank, int size, string deviceId, bool shardByTp) : IDisposable
+{
+    private readonly Dictionary<string, Weight> _weights = new(StringComparer.Ordinal);
+
+    /// <summary>Host memory a tensor in GPU memory is copied to before this shard takes its part; grown as needed, reused.</summary>
+    private NativeBuffer? _fromDevice;
+
+    public int Rank { get; } = rank;
+
+    public string DeviceId { get; } = deviceId;
+
+    public int TensorCount => _weights.Count;
+
+    private long _bucketsLoaded;
+
+    /// <summary>Buckets this shard has loaded since it started (what tests check to see a shard was left alone).</summary>
+    public long BucketsLoaded => Interlocked.Read(ref _bucketsLoaded);
+
+    /// <summary>Copies this shard's part of every tensor of a bucket into its weights.</summary>
+    public unsafe void Load(IReadOnlyList<ReceivedTensor> tensors)
+    {
+        Interlocked.Increment(ref _bucketsLoaded);
+        foreach (var view in tensors)
+        {
+            var slice = TensorParallelSlice.For(view, Rank, size, shardByTp);
+            var weight = Slot(view.Name, slice.ByteLength);
+            weight.DType = view.DType;
+            weight.Shape = slice.Shape;
+            if (view.OnDevice)
+            {
+                // GPU memory: bring the whole tensor to the host, then take this shard's part.
+                if (_fromDevice is null || _fromDevice.Capacity < view.Length)
+                {
+                    _fromDevice?.Dispose();
+                    _fromDevice = NativeBuffer.Allocate(view.Length);
+                }
+                view.CopyTo(_fromDevice.Pointer);
+                slice.CopyTo(_fromDevice.Pointer, weight.Buffer.Pointer);
+            }
+            else
+            {
+                slice.CopyTo(view.Pointer, weight.Buffer.Pointer);
+            }
+        }
+    }
+
+    /// <summary>The dtype and shape a tensor is held with (its slice's shape), if held.</summary>
+    public (DType DType, long[] Shape)? Describe(string name) => _weights.TryGetValue(name, out var w) ? (w.DType, w.Shape) : null;
+
+    /// <summary>SHA-256 (hex) of the bytes this shard holds for each tensor, by name.</summary>
+    public unsafe SortedDictionary<string, string> Digest()
+    {
+        var digest = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, w) in _weights)
+        {
+            digest[name] = TensorHash.Sha256Hex(w.Buffer.Pointer, w.Length);
+        }
+        return digest;
+    }
+
+    /// <summary>The buffer for a tensor: the one it had when the size is unchanged, else a fresh one.</summary>
+    private Weight Slot(string name, long length)
+    {
+        if (_weights.TryGetValue(name, out var weight))
+        {
+            if (weight.Length == length)
+            {
+                return weight;
+            }
+            weight.Buffer.Dispose();
+            _weights.Remove(name);
+        }
+        weight = new Weight(NativeBuffer.Allocate(length), length);
+        _weights[name] = weight;
+        return weight;
+    }
+
+    public void Dispose()
+    {
+        foreach (var w in _weights.Values)
+        {
+            w.Buffer.Dispose();
+        }
+        _weights.Clear();
+        _fromDevice?.Dispose();
+        _fromDevice = null;
+    }
+
+    private sealed class Weight(NativeBuffer buffer, long length)
+    {
+        public NativeBuffer Buffer { get; } = buffer;
+
+        public long Length { get; } = length;
+
+        public DType DType { get; set; }
+
+        public long[] Shape { get; set; } = [];
+    }
+}

@@ -1,0 +1,55 @@
+using System.Globalization;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Runtime;
+using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Server;
+
+namespace CheckpointEngine.Cli.Bench;
+
+/// <summary>
+/// One rank of a bench configuration (the hidden <c>bench rank</c> command): the flow of <c>update</c>
+/// (join, register this rank's share with pooled buffers, gather metas, update through the engine's
+/// HTTP trigger), but <c>updates</c> times in one process. <c>update</c> does one update per launch,
+/// and the first update of a process pays for JIT and first-touch of its buffers (ten times the
+/// steady state on a small machine), which is not what the RL loop's repeated updates see.
+/// Prints <c>update</c>'s machine line per update, with <c>update=K</c> added.
+/// </summary>
+internal static class BenchRank
+{
+    public const string CheckpointName = "checkpoint";
+
+    /// <param name="tracePath">Rank 0 writes the last update's trace (every rank's bucket timings) here.</param>
+    public static async Task<int> RunAsync(string path, string endpoint, int groupSize, string method, int updates, TimeSpan timeout, string? tracePath,
+        TextWriter stdout, CancellationToken ct)
+    {
+        await using var rank = await RankHost.StartAsync(RankConfig.FromEnvironment(), timeout: timeout, ct: ct).ConfigureAwait(false); // The runner sets the backend's variable.
+        var (world, ps) = (rank.World, rank.Server);
+        using (var checkpoint = Checkpoint.Open(path))
+        {
+            ps.RegisterCheckpoint(CheckpointName, CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size), options: new RegisterOptions { UsePool = true });
+        }
+        await ps.GatherMetasAsync(CheckpointName, timeout, ct).ConfigureAwait(false);
+        var trigger = Hosting.EngineTrigger.Http(endpoint, groupSize);
+        var options = new UpdateOptions { Timeout = timeout };
+        for (var k = 0; k < updates; k++)
+        {
+            await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Every update starts with every rank ready.
+            var r = await ps.UpdateAsync(CheckpointName, trigger, method == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct).ConfigureAwait(false);
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}"));
+            stdout.Flush();
+            if (tracePath is not null && k == updates - 1)
+            {
+                var trace = await Hosting.Tracing.UpdateTrace.GatherAsync(world.Group, CheckpointName, method, r, DateTimeOffset.UtcNow, timeout, ct).ConfigureAwait(false);
+                if (world.Rank == 0)
+                {
+                    Hosting.Tracing.ChromeTraceWriter.WriteFile(trace, tracePath);
+                    stdout.WriteLine($"wrote trace {tracePath}");
+                }
+            }
+        }
+        await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Owners leave together: nobody is mid-read.
+        return 0;
+    }
+}

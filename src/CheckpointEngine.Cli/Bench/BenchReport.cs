@@ -1,0 +1,158 @@
+using CheckpointEngine.Hosting;
+using System.Globalization;
+using CheckpointEngine.Cli.Commands;
+
+namespace CheckpointEngine.Cli.Bench;
+
+/// <summary>
+/// What one <c>ckpt-engine bench</c> run measured, and its three renderings: a table for the terminal
+/// (here), markdown for the README (BenchReport.Markdown.cs) and one JSON document (BenchReport.Json.cs).
+/// </summary>
+/// <param name="RankPeaksSampled">Whether each rank process's VmHWM could be sampled (else only this process's is known).</param>
+/// <param name="HostPeakPerConfiguration">Whether this process's VmHWM was reset before each configuration (else it is the run's peak so far).</param>
+internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset Date, BenchSettings Settings, IReadOnlyList<Baseline> Baselines,
+    IReadOnlyList<ConfigurationResult> Configurations, bool RankPeaksSampled, bool HostPeakPerConfiguration)
+{
+    private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
+
+    public Baseline? BaselineFor(string method) => Baselines.FirstOrDefault(b => b.Key == Baseline.For(method));
+
+    /// <summary>The command line that repeats this run.</summary>
+    public string CommandLine => string.Join(' ', new[]
+    {
+        "./ckpt-engine bench",
+        "--ranks " + string.Join(',', Settings.Ranks),
+        "--size " + string.Join(',', Settings.Sizes.Select(BenchSettings.SizeLabel)),
+        "--method " + string.Join(',', Settings.Methods),
+        Settings.BucketSize is { } b ? "--bucket-size " + BenchSettings.SizeLabel(b) : null,
+        "--repeat " + Settings.Repeat.ToString(Invariant),
+        Settings.Model is { } m ? "--model " + m : null,
+        Settings.Device == Runtime.DeviceKind.Cuda ? "--device cuda" : null,
+    }.Where(s => s is not null));
+
+    public string MachineLine =>
+        $"{Machine.Cores} cores ({Machine.Cpu}), {ByteSize.Format(Machine.MemoryBytes)} memory, {Machine.Os} ({Machine.Kernel}), {Machine.Dotnet}";
+
+    public string DateText => Date.UtcDateTime.ToString("yyyy-MM-dd HH:mm 'UTC'", Invariant);
+
+    /// <summary>The human report: machine, baselines, one row per configuration, seconds per GiB.</summary>
+    public void WriteText(TextWriter w)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        w.WriteLine(CommandLine);
+        w.WriteLine($"machine: {MachineLine}; {DateText}");
+        w.WriteLine();
+        w.Write(BaselineTable().Text());
+        foreach (var note in BaselineNotes)
+        {
+            w.WriteLine(note);
+        }
+        w.WriteLine();
+        w.WriteLine($"updates: median of {Settings.Repeat} after a warm-up update in the same rank processes (the warm-up is 'first s'); GB/s per worker = bytes each worker received / update seconds; stage sums are the largest over the ranks and overlap");
+        w.Write(ConfigurationTable(markdown: false).Text());
+        w.WriteLine(PeakNote);
+        w.WriteLine();
+        w.WriteLine("seconds per GiB (median update seconds / GiB per worker):");
+        w.Write(ScalingTable().Text());
+    }
+
+    private string PeakNote => RankPeaksSampled
+        ? $"peak RSS: VmHWM of each rank process (sampled every {BenchRunner.SampleInterval.TotalMilliseconds:F0} ms), and of the bench process, which hosts the reference worker{(HostPeakPerConfiguration ? " (reset per configuration)" : " (peak of the run so far)")}"
+        : "peak RSS: rank processes could not be sampled; only the bench process's VmHWM (it hosts the reference worker) is shown";
+
+    private Table BaselineTable()
+    {
+        var t = new Table([$"baseline ({ByteSize.Format(Baselines.Count > 0 ? Baselines[0].Bytes : 0)}, best of 3)", "seconds", "GB/s"], [false, true, true]);
+        foreach (var b in Baselines)
+        {
+            t.Add(b.Label, F(b.Seconds, 4), F(b.Gbps, 2));
+        }
+        return t;
+    }
+
+    private IEnumerable<string> BaselineNotes => Baselines.Where(b => b.Note is not null).Select(b => $"{b.Label}: {b.Note}");
+
+    private Table ConfigurationTable(bool markdown)
+    {
+        var t = new Table(["method", "ranks", "size", "per worker", "seconds (min–max)", "GB/s per worker", "vs baseline", "first s", "buckets",
+            "stage s", "broadcast s", "reload s", "peak RSS per rank", "bench process"],
+            [false, true, false, true, true, true, false, true, true, true, true, true, true, true]);
+        foreach (var c in Ordered)
+        {
+            var s = c.Seconds;
+            var baseline = BaselineFor(c.Method);
+            var ratio = baseline is null ? "" : $"{F(c.GbpsPerWorker / baseline.Gbps, 2)}× {(baseline.Key == Baseline.Tcp ? "TCP" : "memcpy")}";
+            t.Add(c.Method, c.Ranks.ToString(Invariant), BenchSettings.SizeLabel(c.Size), ByteSize.Format(c.Bytes),
+                $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio, F(c.First?.Seconds ?? double.NaN, 3), c.Buckets.ToString(Invariant),
+                F(c.Stage, 3), F(c.Broadcast, 3), F(c.Reload, 3), RankPeakText(c, markdown), c.HostPeak is { } h ? ByteSize.Format(h) : "–");
+        }
+        return t;
+    }
+
+    private static string RankPeakText(ConfigurationResult c, bool markdown)
+    {
+        if (c.RankPeaks.Count == 0)
+        {
+            return "–";
+        }
+        var peaks = c.RankPeaks.OrderBy(p => p.Key).Select(p => p.Value).ToList();
+        return peaks.Count <= 4
+            ? string.Join(markdown ? " / " : "/", peaks.Select(p => MiB(p))) + " MiB"
+            : $"max {MiB(peaks.Max())} MiB";
+    }
+
+    /// <summary>Median seconds per GiB: a row per (method, size), a column per rank count.</summary>
+    private Table ScalingTable()
+    {
+        var ranks = Settings.Ranks.Order().ToList();
+        var t = new Table(["method", "size", .. ranks.Select(r => r == 1 ? "1 rank" : $"{r} ranks")], [false, false, .. ranks.Select(_ => true)]);
+        foreach (var method in Settings.Methods)
+        {
+            foreach (var size in Settings.Sizes.Order())
+            {
+                var cells = ranks.Select(r => Configurations.FirstOrDefault(c => c.Method == method && c.Size == size && c.Ranks == r) is { } c ? F(c.SecondsPerGiB, 3) : "–");
+                t.Add([method, BenchSettings.SizeLabel(size), .. cells]);
+            }
+        }
+        return t;
+    }
+
+    private IEnumerable<ConfigurationResult> Ordered => Configurations
+        .OrderBy(c => Settings.Methods.ToList().IndexOf(c.Method)).ThenBy(c => c.Size).ThenBy(c => c.Ranks);
+
+    private static string F(double v, int digits) => double.IsNaN(v) ? "–" : v.ToString("F" + digits.ToString(Invariant), Invariant);
+
+    private static string MiB(long bytes) => (bytes / (double)(1L << 20)).ToString("F0", Invariant);
+
+    /// <summary>Rows of cells, rendered padded for a terminal or as a markdown table.</summary>
+    private sealed class Table(string[] header, bool[] rightAligned)
+    {
+        private readonly List<string[]> _rows = [];
+
+        public void Add(params string[] cells) => _rows.Add(cells);
+
+        public string Text()
+        {
+            var widths = header.Select((h, i) => _rows.Select(r => r[i].Length).Append(h.Length).Max()).ToArray();
+            var sb = new System.Text.StringBuilder();
+            foreach (var row in _rows.Prepend(header))
+            {
+                var cells = row.Select((c, i) => rightAligned[i] ? c.PadLeft(widths[i]) : c.PadRight(widths[i]));
+                sb.Append(string.Join("  ", cells).TrimEnd()).Append('\n');
+            }
+            return sb.ToString();
+        }
+
+        public string Markdown()
+        {
+            var sb = new System.Text.StringBuilder();
+            sb.Append("| ").AppendJoin(" | ", header).Append(" |\n");
+            sb.Append('|').AppendJoin('|', rightAligned.Select(r => r ? "---:" : "---")).Append("|\n");
+            foreach (var row in _rows)
+            {
+                sb.Append("| ").AppendJoin(" | ", row.Select(c => c.Replace("|", "\\|", StringComparison.Ordinal))).Append(" |\n");
+            }
+            return sb.ToString();
+        }
+    }
+}

@@ -1,0 +1,165 @@
+using CheckpointEngine.Runtime;
+using CheckpointEngine.Worker;
+using CheckpointEngine.Hosting;
+using System.Diagnostics;
+using System.Globalization;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Cli.Commands;
+using CheckpointEngine.Hosting.Launch;
+using CheckpointEngine.ReferenceEngine;
+using CheckpointEngine.Planning;
+using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Server;
+
+namespace CheckpointEngine.Cli.Bench;
+
+/// <summary>
+/// Runs <c>ckpt-engine bench</c>: the baselines first (on a quiet machine), then per size a synthetic
+/// checkpoint and per (ranks, method) a fresh in-process reference worker and one launch of N ranks
+/// as real processes through <see cref="Launcher"/>, like <c>demo</c>. Each rank (<see cref="BenchRank"/>)
+/// updates <c>repeat</c> + 1 times; the first update is the warm-up (reported apart as what a one-shot
+/// <c>update</c> sees), the others are the samples.
+/// </summary>
+internal static class BenchRunner
+{
+    /// <summary>How often rank processes' peak memory is read.</summary>
+    public static readonly TimeSpan SampleInterval = TimeSpan.FromMilliseconds(50);
+
+    public static async Task<BenchReport> RunAsync(BenchSettings settings, TextWriter progress, CancellationToken ct = default)
+    {
+        var date = DateTimeOffset.UtcNow;
+        var baselines = MeasureBaselines(Math.Clamp(settings.Sizes.Max(), 64L << 20, 1L << 30), progress);
+        var results = new List<ConfigurationResult>();
+        var hostPeakReset = true;
+        var root = Directory.CreateTempSubdirectory("ckpt-engine-bench-").FullName;
+        try
+        {
+            foreach (var size in settings.Sizes)
+            {
+                var dir = Path.Combine(root, BenchSettings.SizeLabel(size));
+                var clock = Stopwatch.StartNew();
+                // Fixed shape for every rank count, so rows for 1 and 4 ranks move the same tensors.
+                Commands.ModelOption.Write(settings.Model, dir, size, shards: 4, layers: 16);
+                long bytes;
+                using (var checkpoint = Checkpoint.Open(dir))
+                {
+                    bytes = checkpoint.TotalBytes;
+                }
+                progress.WriteLine($"bench: wrote a {ByteSize.Format(bytes)} checkpoint for --size {BenchSettings.SizeLabel(size)} in {clock.Elapsed.TotalSeconds:F1} s");
+                foreach (var ranks in settings.Ranks)
+                {
+                    foreach (var method in settings.Methods)
+                    {
+                        // A fresh worker per configuration: none inherits another's warm shard memory.
+                        var ids = Commands.DeviceOption.WorkerIds(settings.Device, ranks, "bench");
+                        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
+                        hostPeakReset &= PeakMemory.ResetSelf();
+                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device);
+                        results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
+                    }
+                }
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+        var sampled = results.Any(r => r.RankPeaks.Count > 0);
+        return new BenchReport(MachineInfo.Current(), date, settings, baselines, results, sampled, hostPeakReset);
+    }
+
+    private static List<Baseline> MeasureBaselines(long bytes, TextWriter progress)
+    {
+        progress.WriteLine($"bench: measuring baselines over {ByteSize.Format(bytes)}");
+        var threads = Environment.ProcessorCount;
+        var (write, copyOut) = Baselines.SharedMemory(bytes, Baselines.SelfReader(), TimeSpan.FromSeconds(120));
+        return
+        [
+            new Baseline(Baseline.Memcpy, "memcpy, 1 thread", bytes, Baselines.Memcpy(bytes)),
+            new Baseline(Baseline.MemcpyAllThreads, $"memcpy, {threads} threads", bytes, Baselines.MemcpyParallel(bytes, threads)),
+            new Baseline(Baseline.SharedMemory, "shared memory, 2 processes", bytes, copyOut,
+                $"copy-out of a /dev/shm segment another process wrote in {write.ToString("F4", CultureInfo.InvariantCulture)} s"),
+            new Baseline(Baseline.Tcp, "TCP loopback, 1 connection", bytes, Baselines.RawTcp(bytes)),
+        ];
+    }
+
+    /// <summary>One (method, ranks, size) against a running worker.</summary>
+    private sealed record Configuration(string Method, int Ranks, long Size, string Dir, Uri Worker, IReadOnlyList<string> Ids, long? BucketSize, string? TraceDirectory,
+        Runtime.DeviceKind Device)
+    {
+        private string Name => $"{Method}, {Ranks} rank{(Ranks == 1 ? "" : "s")}, {BenchSettings.SizeLabel(Size)}";
+
+        private List<string> RankArguments(int updates, TimeSpan timeout)
+        {
+            List<string> args = ["bench", BenchCommand.RankCommand, "--checkpoint-path", Dir, "--endpoint", Worker.ToString(),
+                "--inference-parallel-size", Ranks.ToString(CultureInfo.InvariantCulture), "--update-method", Method,
+                "--updates", updates.ToString(CultureInfo.InvariantCulture), "--timeout", timeout.TotalSeconds.ToString("F0", CultureInfo.InvariantCulture)];
+            if (TraceDirectory is not null)
+            {
+                args.AddRange(["--trace", Path.Combine(TraceDirectory, $"trace-{Method}-{Ranks}r-{BenchSettings.SizeLabel(Size)}.json")]);
+            }
+            return args;
+        }
+
+        public async Task<ConfigurationResult> MeasureAsync(long bytes, int repeat, TextWriter progress, CancellationToken ct)
+        {
+            // Generous: a slow machine must not fail the benchmark, a hung rank must not hang it.
+            var timeout = TimeSpan.FromSeconds(60 + 60 * (double)bytes * Ranks / (1L << 30));
+            var updates = repeat + 1;
+            var options = new LaunchOptions
+            {
+                NProc = Ranks,
+                Command = Launcher.SelfCommand(RankArguments(updates, timeout)),
+                Environment = BucketSize is { } b
+                    ? new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]) { [RankConfig.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture) }
+                    : new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]),
+                RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = Ids[r] },
+            };
+            progress.WriteLine($"bench: {Name}: {Ranks} rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");
+            var output = new StringWriter();
+            var errors = new StringWriter();
+            var limit = timeout * (updates + 1);
+            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            deadline.CancelAfter(limit);
+            var sampler = PeakMemory.Supported ? PeakMemory.SampleChildren(Ranks, SampleInterval) : null;
+            int exit;
+            IReadOnlyDictionary<int, long> peaks = new Dictionary<int, long>();
+            try
+            {
+                exit = await Launcher.RunAsync(options, output, errors, deadline.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                throw Failed($"did not finish within {limit.TotalSeconds:F0} s", output, errors);
+            }
+            finally
+            {
+                if (sampler is not null)
+                {
+                    peaks = await sampler.StopAsync().ConfigureAwait(false);
+                    await sampler.DisposeAsync().ConfigureAwait(false);
+                }
+            }
+            // Per update, the slowest rank (the update is over when its last rank is), with each stage's
+            // largest sum over the ranks (in P2P the slowest rank may have staged nothing).
+            var slowest = ResultLine.ParseAll(output.ToString()).Where(l => l.Method == Method)
+                .GroupBy(l => l.Update).Where(g => g.Count() == Ranks).OrderBy(g => g.Key)
+                .Select(g => g.MaxBy(l => l.Seconds)! with { Stage = g.Max(l => l.Stage), Broadcast = g.Max(l => l.Broadcast), Reload = g.Max(l => l.Reload) })
+                .ToList();
+            if (exit != 0 || slowest.Count != updates)
+            {
+                throw Failed(exit != 0 ? $"failed (exit {exit})" : $"reported {slowest.Count} of {updates} updates from every rank", output, errors);
+            }
+            progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
+            return new ConfigurationResult(Method, Ranks, Size, slowest[0].Bytes, slowest[0], slowest[1..], peaks, PeakMemory.Self());
+        }
+
+        private UpdateFailedException Failed(string what, StringWriter output, StringWriter errors)
+        {
+            var tail = (errors.ToString() + output.ToString()).Split('\n', StringSplitOptions.RemoveEmptyEntries).TakeLast(20);
+            return new UpdateFailedException($"bench {Name}: the launch {what}; its last lines:\n  {string.Join("\n  ", tail)}");
+        }
+    }
+}

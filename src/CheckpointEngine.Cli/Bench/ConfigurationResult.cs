@@ -1,0 +1,25 @@
+namespace CheckpointEngine.Cli.Bench;
+
+/// <summary>
+/// One configuration's updates, each as its slowest rank's result line (the update is over when its
+/// last rank is) with each stage's largest sum over the ranks: the warm-up (<see cref="First"/>, the first in fresh rank processes) and the measured
+/// <see cref="Samples"/>; and the peak memory seen of each rank process and of this process.
+/// </summary>
+internal sealed record ConfigurationResult(string Method, int Ranks, long Size, long Bytes, ResultLine? First, IReadOnlyList<ResultLine> Samples,
+    IReadOnlyDictionary<int, long> RankPeaks, long? HostPeak)
+{
+    public Spread Seconds => Spread.Of(Samples.Select(s => s.Seconds));
+
+    /// <summary>Bytes each worker received over the median update time.</summary>
+    public double GbpsPerWorker => Bytes / Math.Max(Seconds.Median, 1e-12) / 1e9;
+
+    public double SecondsPerGiB => Seconds.Median / (Bytes / (double)(1L << 30));
+
+    public double Stage => Spread.Of(Samples.Select(s => s.Stage)).Median;
+
+    public double Broadcast => Spread.Of(Samples.Select(s => s.Broadcast)).Median;
+
+    public double Reload => Spread.Of(Samples.Select(s => s.Reload)).Median;
+
+    public int Buckets => Samples.Count == 0 ? 0 : Samples.Max(s => s.Buckets);
+}

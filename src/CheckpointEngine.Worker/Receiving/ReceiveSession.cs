@@ -1,0 +1,417 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using CheckpointEngine.Memory;
+
+namespace CheckpointEngine.Worker;
+
+/// <summary>
+/// One update on one connection: the protocol's state machine (attach, load×N, release, finish; abort
+/// at any point), message validation, and the mapping of the device buffer while attached.
+/// </summary>
+internal sealed class ReceiveSession : IDisposable
+{
+    private enum Phase
+    {
+        Connected,
+        Attached,
+        Released,
+    }
+
+    private readonly string _address;
+    private readonly NetworkStream _stream;
+    private readonly BucketHandler _onBucket;
+    private readonly Func<CancellationToken, ValueTask>? _postLoad;
+    private readonly TimeSpan _idle;
+    private readonly long _started = Stopwatch.GetTimestamp();
+
+    private Phase _phase;
+    private SharedMemorySegment? _segment;
+    private CudaIpcMapping? _cudaBuffer;
+    private string _deviceId = "";
+    private int _buckets;
+    private int _tensors;
+    private long _bytes;
+    private int _lastBucket = -1;
+
+    /// <summary>Set once a reply said "not ok": from then on the update can only end in failure.</summary>
+    private WeightReceiveException? _failure;
+
+    public ReceiveSession(string address, Socket socket, BucketHandler onBucket, Func<CancellationToken, ValueTask>? postLoad, TimeSpan idle)
+    {
+        _address = address;
+        _stream = new NetworkStream(socket, ownsSocket: true);
+        _onBucket = onBucket;
+        _postLoad = postLoad;
+        _idle = idle;
+    }
+
+    public async Task<ReceiveSummary> RunAsync(CancellationToken ct)
+    {
+        while (true)
+        {
+            var wait = _failure is null ? _idle : (_idle < WeightReceiver.AbortWait ? _idle : WeightReceiver.AbortWait);
+            var frame = await ReadFrameAsync(wait, ct).ConfigureAwait(false);
+            if (frame is null)
+            {
+                throw _failure ?? new WeightReceiveException($"the parameter server at {_address} closed the connection {Where()}");
+            }
+            WorkerMessage message;
+            try
+            {
+                message = WorkerFraming.Decode<WorkerMessage>(frame);
+            }
+            catch (InvalidDataException e)
+            {
+                await FailAsync($"bad message {Where()}: {e.Message}", e, ct).ConfigureAwait(false);
+                continue;
+            }
+            if (_failure is not null)
+            {
+                if (message is AbortMessage)
+                {
+                    Drop();
+                    await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
+                    throw _failure;
+                }
+                await ReplyAsync(new WorkerReply(false, $"{Name(message)} after a failure: {_failure.Message}"), ct).ConfigureAwait(false);
+                continue;
+            }
+            switch (message)
+            {
+                case AbortMessage abort:
+                    Drop();
+                    try
+                    {
+                        await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
+                    }
+                    catch (WeightReceiveException)
+                    {
+                        // A server that aborts and leaves at once: the abort is still the news.
+                    }
+                    throw new WeightUpdateAbortedException(abort.Reason);
+                case AttachMessage attach when _phase == Phase.Connected:
+                    await AttachAsync(attach, ct).ConfigureAwait(false);
+                    break;
+                case LoadMessage load when _phase == Phase.Attached:
+                    await LoadAsync(load, ct).ConfigureAwait(false);
+                    break;
+                case ReleaseMessage when _phase == Phase.Attached:
+                    Unmap();
+                    _phase = Phase.Released;
+                    await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
+                    break;
+                case FinishMessage when _phase == Phase.Released:
+                    if (await FinishAsync(ct).ConfigureAwait(false))
+                    {
+                        return new ReceiveSummary(_deviceId, _buckets, _tensors, _bytes, Stopwatch.GetElapsedTime(_started));
+                    }
+                    break;
+                default:
+                    await FailAsync($"'{Name(message)}' out of order {Where()}: expected {Expected()} (or abort)", null, ct).ConfigureAwait(false);
+                    break;
+            }
+        }
+    }
+
+    private async Task AttachAsync(AttachMessage attach, CancellationToken ct)
+    {
+        if (attach.Kind is not ("shm" or "cuda-ipc"))
+        {
+            await FailAsync($"attach: segment kind '{attach.Kind}' is not supported by this worker (it maps 'shm' and 'cuda-ipc')", null, ct).ConfigureAwait(false);
+            return;
+        }
+        if (attach.Size <= 0)
+        {
+            await FailAsync($"attach: segment '{attach.Handle}' has size {attach.Size}; it must be positive", null, ct).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            if (attach.Kind == "shm")
+            {
+                _segment = SegmentMappings.Acquire(_address, attach.Handle, attach.Size);
+            }
+            else
+            {
+                _cudaBuffer = new CudaIpcMapping(attach.DeviceId, attach.Handle, attach.Size);
+            }
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or InvalidOperationException
+            or Interop.BackendUnavailableException or Interop.Cuda.CudaException)
+        {
+            var what = attach.Kind == "shm" ? $"shared memory segment '{attach.Handle}'" : $"the CUDA IPC buffer of device {attach.DeviceId}";
+            await FailAsync($"attach: cannot map {what} of {attach.Size} bytes: {e.Message}", e, ct).ConfigureAwait(false);
+            return;
+        }
+        _deviceId = attach.DeviceId;
+        _phase = Phase.Attached;
+        await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
+    }
+
+    private async Task LoadAsync(LoadMessage load, CancellationToken ct)
+    {
+        if (!TryViews(load, out var views, out var error) || !TryVerify(load, views, out error))
+        {
+            await FailAsync(error, null, ct).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            if (_cudaBuffer is not null)
+            {
+                Interop.Cuda.CudaDriver.Instance.SetCurrent(_cudaBuffer.Context); // The handler may launch work on the device.
+            }
+            _onBucket(load.Bucket, views);
+        }
+        catch (Exception e)
+        {
+            await FailAsync(e.Message, e, ct).ConfigureAwait(false);
+            return;
+        }
+        _buckets++;
+        _tensors += views.Length;
+        foreach (var v in views)
+        {
+            _bytes += v.Length;
+        }
+        _lastBucket = load.Bucket;
+        await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
+    }
+
+    /// <returns>True when the hook ran and the update is complete.</returns>
+    private async Task<bool> FinishAsync(CancellationToken ct)
+    {
+        if (_postLoad is not null)
+        {
+            try
+            {
+                await _postLoad(ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                throw;
+            }
+            catch (Exception e)
+            {
+                await FailAsync($"post-load hook: {e.Message}", e, ct).ConfigureAwait(false);
+                return false;
+            }
+        }
+        await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>Checks every tensor against the segment and the dtype rules, then makes its view.</summary>
+    private unsafe bool TryViews(LoadMessage load, out ReceivedTensor[] views, out string error)
+    {
+        views = [];
+        var context = _segment is null ? _cudaBuffer!.Context : 0;
+        var name = _segment?.Name ?? _cudaBuffer!.Name;
+        var size = _segment?.Size ?? _cudaBuffer!.Size;
+        var pointer = _segment is null ? _cudaBuffer!.Pointer : _segment.Pointer;
+        var at = $"load of bucket {load.Bucket}";
+        if (load.Bucket < 0)
+        {
+            error = $"{at}: bucket index must not be negative";
+            return false;
+        }
+        var result = new ReceivedTensor[load.Tensors.Count];
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        for (var i = 0; i < result.Length; i++)
+        {
+            var t = load.Tensors[i];
+            if (t is null)
+            {
+                error = $"{at}: tensor #{i} is null";
+                return false;
+            }
+            var what = $"{at}: tensor '{t.Name}' (#{i})";
+            if (t.Name.Length == 0)
+            {
+                error = $"{at}: tensor #{i} has an empty name";
+                return false;
+            }
+            if (!names.Add(t.Name))
+            {
+                error = $"{what} appears twice in the bucket";
+                return false;
+            }
+            if (!DTypes.TryParse(t.DType, out var dtype))
+            {
+                error = $"{what} has unknown dtype '{t.DType}'";
+                return false;
+            }
+            if (!dtype.TryByteLength(t.Shape, out var expected, out var why))
+            {
+                error = $"{what}: {why}";
+                return false;
+            }
+            if (t.NBytes != expected)
+            {
+                error = $"{what}: nbytes is {t.NBytes}, dtype {dtype.Name()} and shape [{string.Join(", ", t.Shape)}] need {expected}";
+                return false;
+            }
+            if (t.Offset < 0 || t.Offset > size - t.NBytes)
+            {
+                error = $"{what}: bytes [{t.Offset}, {t.Offset + t.NBytes}) are outside segment '{name}' of {size} bytes";
+                return false;
+            }
+            if (t.Sha256 is { } sum && (sum.Length != 64 || !sum.All(char.IsAsciiHexDigit)))
+            {
+                error = $"{what}: sha256 '{sum}' is not 64 hex digits";
+                return false;
+            }
+            result[i] = new ReceivedTensor(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes, pointer + t.Offset, context);
+        }
+        views = result;
+        error = "";
+        return true;
+    }
+
+    /// <summary>Checks the tensors that carry a sha256, in parallel (hashing runs at a few GB/s per core).</summary>
+    private static unsafe bool TryVerify(LoadMessage load, ReceivedTensor[] views, out string error)
+    {
+        if (!load.Tensors.Any(t => t.Sha256 is not null))
+        {
+            error = "";
+            return true;
+        }
+        var mismatch = new string?[views.Length];
+        Parallel.For(0, views.Length, i =>
+        {
+            if (load.Tensors[i].Sha256 is { } expected)
+            {
+                var actual = TensorHash.Sha256Hex(views[i]);
+                if (!actual.Equals(expected, StringComparison.OrdinalIgnoreCase))
+                {
+                    mismatch[i] = $"load of bucket {load.Bucket}: tensor '{views[i].Name}' has sha256 {actual}, expected {expected.ToLowerInvariant()}";
+                }
+            }
+        });
+        error = mismatch.FirstOrDefault(m => m is not null) ?? "";
+        return error.Length == 0;
+    }
+
+    /// <summary>Replies with the error and remembers it: the update now ends in failure, once the parameter server aborts or leaves.</summary>
+    private async Task FailAsync(string error, Exception? cause, CancellationToken ct)
+    {
+        _failure = new WeightReceiveException(error, cause);
+        Drop();
+        await ReplyAsync(new WorkerReply(false, error), ct).ConfigureAwait(false);
+    }
+
+    private async Task<byte[]?> ReadFrameAsync(TimeSpan wait, CancellationToken ct)
+    {
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(wait);
+        try
+        {
+            return await WorkerFraming.ReadFrameAsync(_stream, deadline.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw _failure ?? new WeightReceiveException(
+                $"no message from the parameter server at {_address} within {wait.TotalSeconds:0.###} s {Where()} (expected {Expected()})");
+        }
+        catch (InvalidDataException e)
+        {
+            // The stream is out of step: say why (best effort), then drop the connection.
+            var error = _failure ?? new WeightReceiveException($"bad frame from the parameter server at {_address} {Where()}: {e.Message}", e);
+            try
+            {
+                await ReplyAsync(new WorkerReply(false, error.Message), ct).ConfigureAwait(false);
+            }
+            catch (WeightReceiveException)
+            {
+                // It is gone as well.
+            }
+            throw error;
+        }
+        catch (Exception e) when (e is IOException or SocketException)
+        {
+            throw _failure ?? new WeightReceiveException($"lost the parameter server at {_address} {Where()}: {e.Message}", e);
+        }
+    }
+
+    private async Task ReplyAsync(WorkerReply reply, CancellationToken ct)
+    {
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(_idle);
+        try
+        {
+            await WorkerFraming.WriteAsync(_stream, reply, deadline.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw _failure ?? new WeightReceiveException($"the parameter server at {_address} did not take a reply within {_idle.TotalSeconds:0.###} s {Where()}");
+        }
+        catch (Exception e) when (e is IOException or SocketException)
+        {
+            throw _failure ?? new WeightReceiveException($"lost the parameter server at {_address} while replying {Where()}: {e.Message}", e);
+        }
+    }
+
+    private string Where() => _phase switch
+    {
+        Phase.Connected => "before attach",
+        Phase.Attached when _lastBucket < 0 => "after attach, before any bucket",
+        Phase.Attached => $"after bucket {_lastBucket} ({_buckets} loaded)",
+        _ => "after release, before finish",
+    };
+
+    private string Expected() => _phase switch
+    {
+        Phase.Connected => "attach",
+        Phase.Attached => "load or release",
+        _ => "finish",
+    };
+
+    private static string Name(WorkerMessage message) => message switch
+    {
+        AttachMessage => "attach",
+        LoadMessage => "load",
+        ReleaseMessage => "release",
+        FinishMessage => "finish",
+        AbortMessage => "abort",
+        _ => message.GetType().Name,
+    };
+
+    /// <summary>Ends this update's use of the buffer; the mapping itself stays for the next update (see <see cref="SegmentMappings"/>).</summary>
+    private void Unmap()
+    {
+        CloseCuda();
+        if (_segment is not null)
+        {
+            _segment = null;
+            SegmentMappings.Return(_address);
+        }
+    }
+
+    /// <summary>A CUDA IPC mapping is closed at every release: the parameter server may free the memory once the update ends.</summary>
+    private void CloseCuda()
+    {
+        _cudaBuffer?.Dispose();
+        _cudaBuffer = null;
+    }
+
+    /// <summary>After a failure the buffer may be gone for good: unmap it.</summary>
+    private void Drop()
+    {
+        CloseCuda();
+        if (_segment is not null)
+        {
+            _segment = null;
+            SegmentMappings.Drop(_address);
+        }
+    }
+
+    /// <summary>Ends the session; a session that did not get to "release" (failure, cancellation, a vanished server) unmaps.</summary>
+    public void Dispose()
+    {
+        if (_phase != Phase.Released)
+        {
+            Drop();
+        }
+        _stream.Dispose();
+    }
+}

@@ -25,7 +25,7 @@ internal static class P2PScenario
             ps.RegisterCheckpoint("ckpt", CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size));
         }
         var metas = await ps.GatherMetasAsync("ckpt", timeout);
-        var report = await ps.UpdateAsync("ckpt", EngineTrigger.Http(urls[world.Rank / tp], tp), options: new UpdateOptions { Timeout = timeout });
+        var report = await ps.UpdateAsync("ckpt", UpdateMode.Broadcast, EngineTrigger.Http(urls[world.Rank / tp], tp), new UpdateOptions { Timeout = timeout });
         Console.WriteLine($"update 1 ok {report.BytesDelivered}");
         if (world.Rank == 0)
         {
@@ -48,7 +48,7 @@ internal static class P2PScenario
         var clock = Stopwatch.StartNew();
         try
         {
-            var report = await ps.UpdateAsync("ckpt", EngineTrigger.Http(urls[world.Rank / tp], tp), ranks: [.. Enumerable.Range(0, world.Size)],
+            var report = await ps.UpdateAsync("ckpt", UpdateMode.P2P(Enumerable.Range(0, world.Size)), EngineTrigger.Http(urls[world.Rank / tp], tp),
                 options: new UpdateOptions { Timeout = timeout });
             Console.WriteLine($"update 1 ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count}");
         }

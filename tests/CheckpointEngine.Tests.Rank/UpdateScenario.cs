@@ -53,7 +53,7 @@ internal static class UpdateScenario
             var clock = Stopwatch.StartNew();
             try
             {
-                var report = await ps.UpdateAsync("ckpt", trigger, options: options);
+                var report = await ps.UpdateAsync("ckpt", UpdateMode.Broadcast, trigger, options);
                 Console.WriteLine($"update {u} ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} {report.Slots}");
             }
             catch (UpdateFailedException e)

@@ -35,7 +35,7 @@ internal static class BenchRank
         for (var k = 0; k < updates; k++)
         {
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Every update starts with every rank ready.
-            var r = await ps.UpdateAsync(CheckpointName, trigger, method == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct).ConfigureAwait(false);
+            var r = await ps.UpdateAsync(CheckpointName, method == "p2p" ? UpdateMode.P2P(Enumerable.Range(0, world.Size)) : UpdateMode.Broadcast, trigger, options, ct).ConfigureAwait(false);
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}"));
             stdout.Flush();

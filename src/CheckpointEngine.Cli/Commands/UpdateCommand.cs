@@ -125,7 +125,7 @@ internal static class UpdateCommand
                 UpdateTrace? trace = null;
                 for (var k = 0; k < repeat; k++)
                 {
-                    var update = Finished(ps.UpdateAsync(name, trigger, m == "p2p" ? [.. Enumerable.Range(0, world.Size)] : null, options, ct));
+                    var update = Finished(ps.UpdateAsync(name, m == "p2p" ? UpdateMode.P2P(Enumerable.Range(0, world.Size)) : UpdateMode.Broadcast, trigger, options, ct));
                     await ShowProgressAsync(ps, update).ConfigureAwait(false);
                     var (report, finished) = await update.ConfigureAwait(false);
                     trace = await GatherTraceAsync(world, m, report, finished, ct).ConfigureAwait(false);

@@ -41,7 +41,7 @@ public sealed partial class ApiServer
         _app.MapGet("/metrics", (RequestDelegate)(http =>
         {
             http.Response.ContentType = ApiMetrics.ContentType;
-            return http.Response.WriteAsync(_metrics.Write(ParameterServer, ParameterServer.Progress is not null), http.RequestAborted);
+            return http.Response.WriteAsync(_metrics.Write(ParameterServer, ParameterServer.IsUpdating), http.RequestAborted);
         }));
     }
 
@@ -256,8 +256,8 @@ public sealed partial class ApiServer
     {
         var name = CheckpointName(http);
         var request = ParseUpdate((await ReadJsonAsync(http, required: true, UpdateExample).ConfigureAwait(false))!.Value);
-        var ranks = request.Ranks.Count == 0 ? null : request.Ranks;
-        var takesPart = ranks is null || ranks.Contains(Rank);
+        var mode = request.Ranks.Count == 0 ? UpdateMode.Broadcast : UpdateMode.P2P(request.Ranks);
+        var takesPart = mode.Includes(Rank);
         if (takesPart && !ParameterServer.Registry.TryGet(name, out _) && ParameterServer.GetMetas(name)?.AllTensors.Any() != true)
         {
             throw new ApiError(StatusCodes.Status404NotFound,
@@ -267,7 +267,7 @@ public sealed partial class ApiServer
         UpdateReport report;
         try
         {
-            report = await ParameterServer.UpdateAsync(name, trigger, ranks, new UpdateOptions { Timeout = request.Timeout }, _stopping.Token).ConfigureAwait(false);
+            report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout }, _stopping.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException or OperationCanceledException)
         {
@@ -279,7 +279,7 @@ public sealed partial class ApiServer
             _metrics.RecordUpdate(report);
             Log($"updated '{name}': {report.BytesDelivered} bytes in {report.Buckets.Count} bucket(s), {report.Duration.TotalSeconds:0.000} s");
         }
-        await WriteJsonAsync(http, StatusCodes.Status200OK, w => WriteReport(w, report, ranks is null ? "broadcast" : "p2p", takesPart)).ConfigureAwait(false);
+        await WriteJsonAsync(http, StatusCodes.Status200OK, w => WriteReport(w, report, mode.Name, takesPart)).ConfigureAwait(false);
     }
 
     private static void WriteReport(Utf8JsonWriter w, UpdateReport report, string mode, bool tookPart)

@@ -19,6 +19,25 @@ public sealed partial class ParameterServer
     /// </summary>
     private sealed record Step(H2DBucket Bucket, int Stager, Func<nint, Task> Stage);
 
+    /// <summary>When each stage of one bucket started and ended on this rank (offsets from the update's start), set as the loop runs.</summary>
+    private sealed class BucketStamps
+    {
+        public TimeSpan StageStart { get; set; }
+
+        public TimeSpan StageEnd { get; set; }
+
+        public TimeSpan BroadcastStart { get; set; }
+
+        public TimeSpan BroadcastEnd { get; set; }
+
+        public TimeSpan ReloadStart { get; set; }
+
+        public TimeSpan ReloadEnd { get; set; }
+
+        public BucketTiming Timing(int index, H2DBucket bucket) =>
+            new(index, bucket.Owner, bucket.Size, StageStart, StageEnd, BroadcastStart, BroadcastEnd, ReloadStart, ReloadEnd);
+    }
+
     /// <summary>
     /// Pushes checkpoint <paramref name="name"/> into the workers. Every rank stages the buckets it sends
     /// into its own staging buffers ahead of their turn (all ranks copy at once), bucket k is broadcast
@@ -27,43 +46,47 @@ public sealed partial class ParameterServer
     /// one failed, all abort their workers and raise its message. A dead rank or a missed deadline fails
     /// the update on every survivor; the next update starts clean.
     /// </summary>
-    /// <param name="trigger">Tells the inference engine to connect its workers (called on every taking part rank, see <see cref="UpdateContext"/>); null when workers connect on their own.</param>
-    /// <param name="ranks">
-    /// null: broadcast mode, every rank of the world takes part and owners stage their own buckets.
-    /// A list: P2P mode, only these ranks take part (the others return at once); their receivers read
-    /// the buckets from the owners' registered host memory (owners named by the metas, possibly in
+    /// <param name="mode">
+    /// <see cref="UpdateMode.Broadcast"/>: every rank of the world takes part and owners stage their own buckets.
+    /// <see cref="UpdateMode.P2P"/>: only the listed ranks take part (the others return at once); their receivers
+    /// read the buckets from the owners' registered host memory (owners named by the metas, possibly in
     /// another world that keeps serving) and broadcast them among the listed ranks.
     /// </param>
-    public async Task<UpdateReport> UpdateAsync(string name, Func<UpdateContext, CancellationToken, Task>? trigger,
-        IReadOnlyList<int>? ranks = null, UpdateOptions? options = null, CancellationToken ct = default)
+    /// <param name="trigger">Tells the inference engine to connect its workers (called on every taking part rank, see <see cref="UpdateContext"/>); null when workers connect on their own.</param>
+    /// <exception cref="ServerBusyException">Another operation runs on this rank.</exception>
+    /// <exception cref="UpdateFailedException">The update failed on some rank; every rank that took part raises the same cause.</exception>
+    public async Task<UpdateReport> UpdateAsync(string name, UpdateMode mode, Func<UpdateContext, CancellationToken, Task>? trigger,
+        UpdateOptions? options = null, CancellationToken ct = default)
     {
         options ??= new UpdateOptions();
-        if (ranks is not null)
+        if (mode.Method == UpdateMethod.P2P && (mode.Ranks.IsEmpty || mode.Ranks.Distinct().Count() != mode.Ranks.Length || mode.Ranks.Any(r => r < 0 || r >= World.Size)))
         {
-            if (ranks.Count == 0 || ranks.Distinct().Count() != ranks.Count || ranks.Any(r => r < 0 || r >= World.Size))
-            {
-                throw new ArgumentException($"ranks [{string.Join(", ", ranks)}] must be distinct ranks of this world (size {World.Size})", nameof(ranks));
-            }
-            if (!ranks.Contains(Rank))
-            {
-                return new UpdateReport(name, Rank, 0, 0, 0, TimeSpan.Zero, []);
-            }
+            throw new ArgumentException($"ranks [{string.Join(", ", mode.Ranks)}] must be distinct ranks of this world (size {World.Size})", nameof(mode));
+        }
+        if (!mode.Includes(Rank))
+        {
+            return new UpdateReport(name, Rank, 0, 0, 0, TimeSpan.Zero, []);
         }
         using var _ = _gate.Enter($"an update of '{name}'");
         using var closing = CancellationTokenSource.CreateLinkedTokenSource(ct, _closing.Token);
         ct = closing.Token;
+        _updating = true;
         try
         {
-            if (ranks is null)
+            if (mode.Method == UpdateMethod.Broadcast)
             {
                 return await BroadcastUpdateAsync(name, trigger, options, ct).ConfigureAwait(false);
             }
-            using var group = await Group.CreateSubGroupAsync("p2p", [.. ranks.Order()], options.Timeout, ct).ConfigureAwait(false);
+            using var group = await Group.CreateSubGroupAsync("p2p", [.. mode.Ranks], options.Timeout, ct).ConfigureAwait(false);
             return await P2PUpdateAsync(name, group, trigger, options, ct).ConfigureAwait(false);
         }
         catch (CollectiveException e)
         {
             throw new UpdateFailedException($"update of '{name}' failed on rank {Rank}: {e.Message}", e);
+        }
+        finally
+        {
+            _updating = false;
         }
     }
 
@@ -85,7 +108,7 @@ public sealed partial class ParameterServer
                 .Select(b => new Step(b, b.Owner, slot => Task.Run(() => Device.CopyHostToDevice(
                     b.Ranges.Select(r => new HostCopy(local!.Buffers[r.Buffer].Address + (nint)r.Offset, slot + (nint)r.BucketOffset, r.Length)).ToArray()), ct)))
                 .ToList();
-        return await RunAsync(name, Group, metas, Plan, agreeOnStaging: false, trigger, options, ct).ConfigureAwait(false);
+        return await RunAsync(name, UpdateMode.Broadcast, Group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
     }
 
     private async Task<UpdateReport> P2PUpdateAsync(string name, ICommunicator group, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
@@ -121,13 +144,15 @@ public sealed partial class ParameterServer
                 .Select(a => new Step(a.Bucket, a.Receiver, slot => Read(a.Bucket, slot)))
                 .ToList();
         }
-        return await RunAsync(name, group, metas, Plan, agreeOnStaging: true, trigger, options, ct).ConfigureAwait(false);
+        return await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
     }
 
     /// <summary>Sizes, plans and runs an update among the members of <paramref name="group"/>.</summary>
-    private async Task<UpdateReport> RunAsync(string name, ICommunicator group, GlobalMetas metas, Func<BucketSizing, IReadOnlyList<string>, List<Step>> plan,
-        bool agreeOnStaging, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
+    private async Task<UpdateReport> RunAsync(string name, UpdateMode mode, ICommunicator group, GlobalMetas metas, Func<BucketSizing, IReadOnlyList<string>, List<Step>> plan,
+        Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
     {
+        // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
+        var agreeOnStaging = mode.Method == UpdateMethod.P2P;
         var clock = Stopwatch.StartNew();
         var timeout = options.Timeout;
 
@@ -137,12 +162,10 @@ public sealed partial class ParameterServer
         var device = DeviceBufferFor(sizing, group);
 
         // Every member learns every worker's socket and network device; the trigger tells the engine; our worker connects.
-        var members = (await group.AllGatherAsync(Encoding.UTF8.GetBytes($"{Device.Id}\n{WorkerAddress}\n{NetDevice}"), timeout, ct).ConfigureAwait(false))
-            .Select((b, r) => Encoding.UTF8.GetString(b).Split('\n') is [var id, var address, var nic]
-                ? (Socket: new WorkerSocket(group.Members[r], id, address), Nic: nic)
-                : throw new UpdateFailedException($"rank {group.Members[r]} sent a malformed worker address"))
+        var members = (await group.AllGatherAsync(new UpdateMember(Rank, Device.Id, WorkerAddress, NetDevice).ToBytes(), timeout, ct).ConfigureAwait(false))
+            .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
-        var steps = plan(sizing, members.Select(m => m.Nic).ToList());
+        var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var context = new UpdateContext(name, Rank, members.Select(m => m.Socket).ToList());
         var triggered = trigger is null ? Task.CompletedTask : Task.Run(() => trigger(context, triggerCts.Token), triggerCts.Token);
@@ -161,9 +184,8 @@ public sealed partial class ParameterServer
             }
             await AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
 
-            var mode = agreeOnStaging ? "p2p" : "broadcast";
             var total = steps.Sum(s => s.Bucket.Size);
-            _progress = new UpdateProgress(name, mode, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
+            _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
             var timings = await PumpAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
@@ -199,7 +221,7 @@ public sealed partial class ParameterServer
     private static async Task<List<BucketTiming>> PumpAsync(ICommunicator group, List<Step> steps, BucketSizing sizing, nint device,
         WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
-        var times = steps.Select(_ => new TimeSpan[6]).ToArray();
+        var times = steps.Select(_ => new BucketStamps()).ToArray();
         var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
         var ordinal = new Dictionary<int, int>(own.Select((k, j) => KeyValuePair.Create(k, j)));
         // Where bucket k lies on this rank: its staging buffer if this rank sends it, else a broadcast buffer.
@@ -222,7 +244,7 @@ public sealed partial class ParameterServer
         {
             await before.ConfigureAwait(false); // One staging copy at a time per rank, in schedule order.
             await slotFree.WaitAsync(stop.Token).ConfigureAwait(false);
-            times[k][0] = clock.Elapsed;
+            times[k].StageStart = clock.Elapsed;
             try
             {
                 await steps[k].Stage(Where(k)).ConfigureAwait(false);
@@ -234,7 +256,7 @@ public sealed partial class ParameterServer
             }
             finally
             {
-                times[k][1] = clock.Elapsed;
+                times[k].StageEnd = clock.Elapsed;
             }
         }
 
@@ -247,7 +269,7 @@ public sealed partial class ParameterServer
             }
             finally
             {
-                times[k][5] = clock.Elapsed;
+                times[k].ReloadEnd = clock.Elapsed;
             }
         }
 
@@ -289,14 +311,14 @@ public sealed partial class ParameterServer
                 {
                     stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
                 }
-                times[k][2] = clock.Elapsed;
+                times[k].BroadcastStart = clock.Elapsed;
                 await group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct).ConfigureAwait(false);
-                times[k][3] = clock.Elapsed;
+                times[k].BroadcastEnd = clock.Elapsed;
                 if (reload is not null)
                 {
                     await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
                 }
-                times[k][4] = clock.Elapsed;
+                times[k].ReloadStart = clock.Elapsed;
                 reload = Reload(k);
             }
             if (reload is not null)
@@ -310,7 +332,7 @@ public sealed partial class ParameterServer
             await stop.CancelAsync().ConfigureAwait(false);
             await Task.WhenAll(staged.Values).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
         }
-        return steps.Select((s, k) => new BucketTiming(k, s.Bucket.Owner, s.Bucket.Size, times[k][0], times[k][1], times[k][2], times[k][3], times[k][4], times[k][5])).ToList();
+        return steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList();
     }
 
     /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer.</summary>

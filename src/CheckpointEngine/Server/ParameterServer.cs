@@ -23,6 +23,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private readonly OperationGate _gate;
     private readonly CancellationTokenSource _closing = new();
     private int _disposed;
+    private volatile bool _updating;
     private DeviceBuffer? _deviceBuffer;
     private NativeBuffer? _staging;
     private volatile UpdateProgress? _progress;
@@ -61,6 +62,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     /// <summary>The update running on this rank now, or null.</summary>
     public UpdateProgress? Progress => _progress;
+
+    /// <summary>An update runs on this rank now (from the moment it takes the rank, before its buckets are known).</summary>
+    public bool IsUpdating => _updating;
 
     /// <summary>The operation running on this rank now ("an update of 'x'"), or null.</summary>
     public string? RunningOperation => _gate.Running;
@@ -128,7 +132,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         var removed = Registry.UnregisterCheckpoint(name);
         if (!pooled && Registry.Checkpoints.Count == 0)
         {
-            ReleaseDeviceMemory();
+            DropDeviceMemory();
         }
         return removed;
     }
@@ -215,14 +219,11 @@ public sealed partial class ParameterServer : IAsyncDisposable
     {
         if (_deviceBuffer is null || _sizing != sizing)
         {
-            ReleaseDeviceMemory();
+            DropDeviceMemory();
             _deviceBuffer = Device.AllocateShared(sizing.DeviceBytes);
             _sizing = sizing;
         }
-        if (_deviceBuffer is HostDeviceBuffer host)
-        {
-            group.RegisterSharedMemory(host.Segment);
-        }
+        group.Share(_deviceBuffer);
         return _deviceBuffer;
     }
 
@@ -242,11 +243,18 @@ public sealed partial class ParameterServer : IAsyncDisposable
     }
 
     /// <summary>Frees the device buffers now (the next update allocates them again).</summary>
+    /// <exception cref="ServerBusyException">An update runs on them.</exception>
     public void ReleaseDeviceMemory()
     {
-        if (_deviceBuffer is HostDeviceBuffer host)
+        using var _ = _gate.Enter("releasing the device memory");
+        DropDeviceMemory();
+    }
+
+    private void DropDeviceMemory()
+    {
+        if (_deviceBuffer is not null)
         {
-            Group.UnregisterSharedMemory(host.Segment);
+            Group.Unshare(_deviceBuffer);
         }
         _deviceBuffer?.Dispose();
         _deviceBuffer = null;
@@ -280,7 +288,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         {
             return;
         }
-        ReleaseDeviceMemory();
+        DropDeviceMemory();
         _worker.Dispose();
         _p2p.Dispose();
         Registry.Dispose();

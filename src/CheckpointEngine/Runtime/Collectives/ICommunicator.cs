@@ -44,6 +44,23 @@ public interface ICommunicator : IDisposable
     {
     }
 
+    /// <summary>Offers an update's device buffer to the group: shared memory where the device has it (the host backend), nothing otherwise.</summary>
+    void Share(Devices.DeviceBuffer buffer)
+    {
+        if (buffer.SharedSegment is { } segment)
+        {
+            RegisterSharedMemory(segment);
+        }
+    }
+
+    void Unshare(Devices.DeviceBuffer buffer)
+    {
+        if (buffer.SharedSegment is { } segment)
+        {
+            UnregisterSharedMemory(segment);
+        }
+    }
+
     /// <summary>A group of some members (given as group ranks, this rank among them); only those members call it.</summary>
     Task<ICommunicator> CreateSubGroupAsync(string name, IReadOnlyList<int> groupRanks, TimeSpan timeout, CancellationToken ct = default);
 }

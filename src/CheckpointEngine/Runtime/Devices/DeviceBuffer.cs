@@ -13,6 +13,9 @@ public abstract class DeviceBuffer : IDisposable
     /// <summary>What the worker needs to map it: a segment name, or an encoded IPC handle.</summary>
     public abstract string Handle { get; }
 
+    /// <summary>The shared-memory segment holding the buffer, which peers on this host may map (host backend); null otherwise.</summary>
+    public virtual Memory.SharedMemorySegment? SharedSegment => null;
+
     private int _disposed;
 
     /// <summary>Frees the memory once; later calls do nothing (owners dispose on several paths).</summary>

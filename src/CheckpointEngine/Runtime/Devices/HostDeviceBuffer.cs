@@ -15,5 +15,7 @@ public sealed class HostDeviceBuffer(SharedMemorySegment segment) : DeviceBuffer
 
     public override string Handle => Segment.Name;
 
+    public override SharedMemorySegment SharedSegment => Segment;
+
     protected override void Dispose(bool disposing) => Segment.Dispose();
 }

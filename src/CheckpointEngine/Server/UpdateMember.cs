@@ -1,0 +1,28 @@
+using System.Text.Json;
+
+namespace CheckpointEngine.Server;
+
+/// <summary>What every member of an update tells the others: its worker's socket and the network device its P2P reads go through.</summary>
+internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string NetDevice)
+{
+    public WorkerSocket Socket => new(Rank, DeviceId, WorkerAddress);
+
+    public byte[] ToBytes() => JsonSerializer.SerializeToUtf8Bytes(this);
+
+    /// <summary>A member's announcement, checked: it must come from <paramref name="rank"/> and name everything.</summary>
+    public static UpdateMember Parse(byte[] bytes, int rank)
+    {
+        UpdateMember? member;
+        try
+        {
+            member = JsonSerializer.Deserialize<UpdateMember>(bytes);
+        }
+        catch (JsonException e)
+        {
+            throw new UpdateFailedException($"rank {rank} sent a malformed worker announcement: {e.Message}", e);
+        }
+        return member is { DeviceId.Length: > 0, WorkerAddress.Length: > 0, NetDevice.Length: > 0 } && member.Rank == rank
+            ? member
+            : throw new UpdateFailedException($"rank {rank} sent an incomplete worker announcement (rank {member?.Rank}, device '{member?.DeviceId}', socket '{member?.WorkerAddress}', net device '{member?.NetDevice}')");
+    }
+}

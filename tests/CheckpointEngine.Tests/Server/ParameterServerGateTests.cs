@@ -1,6 +1,5 @@
 using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime;
-using CheckpointEngine.Runtime.Devices;
 using CheckpointEngine.Server;
 
 namespace CheckpointEngine.Tests.Server;
@@ -14,26 +13,18 @@ public sealed class ParameterServerGateTests
         public readonly TaskCompletionSource Entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        private Rank(World world, HostDevice device, ParameterServer server)
-        {
-            World = world;
-            Device = device;
-            Server = server;
-        }
+        private Rank(RankHost host) => Host = host;
 
-        public World World { get; }
+        public RankHost Host { get; }
 
-        public HostDevice Device { get; }
-
-        public ParameterServer Server { get; }
+        public ParameterServer Server => Host.Server;
 
         public static async Task<Rank> StartAsync()
         {
-            var world = await World.JoinAsync(new RankConfig(), TestContext.Current.CancellationToken);
-            var device = new HostDevice($"gate-test-{Guid.NewGuid():N}", freeMemory: 16 << 20);
-            var server = new ParameterServer(world, device);
-            server.RegisterCheckpoint("step-1", [], [new NamedTensor("w", DType.U8, [64], new byte[64])]);
-            return new Rank(world, device, server);
+            var config = new RankConfig { DeviceId = $"gate-test-{Guid.NewGuid():N}", HostDeviceMemory = 16 << 20 };
+            var host = await RankHost.StartAsync(config, device: "host", ct: TestContext.Current.CancellationToken);
+            host.Server.RegisterCheckpoint("step-1", [], [new NamedTensor("w", DType.U8, [64], new byte[64])]);
+            return new Rank(host);
         }
 
         /// <summary>An update whose trigger waits for <see cref="Release"/> (or cancellation), then reports the engine failed.</summary>
@@ -47,9 +38,7 @@ public sealed class ParameterServerGateTests
         public async ValueTask DisposeAsync()
         {
             Release.TrySetResult();
-            await Server.DisposeAsync();
-            Device.Dispose();
-            await World.DisposeAsync();
+            await Host.DisposeAsync();
         }
     }
 

@@ -14,31 +14,6 @@ namespace CheckpointEngine.Server;
 public sealed partial class ParameterServer
 {
     /// <summary>
-    /// One bucket of an update: who stages it into its device buffer (the broadcast root, as a rank of
-    /// the update's group) and how (a copy from host memory, or a P2P read from the owner).
-    /// </summary>
-    private sealed record Step(H2DBucket Bucket, int Stager, Func<nint, Task> Stage);
-
-    /// <summary>When each stage of one bucket started and ended on this rank (offsets from the update's start), set as the loop runs.</summary>
-    private sealed class BucketStamps
-    {
-        public TimeSpan StageStart { get; set; }
-
-        public TimeSpan StageEnd { get; set; }
-
-        public TimeSpan BroadcastStart { get; set; }
-
-        public TimeSpan BroadcastEnd { get; set; }
-
-        public TimeSpan ReloadStart { get; set; }
-
-        public TimeSpan ReloadEnd { get; set; }
-
-        public BucketTiming Timing(int index, H2DBucket bucket) =>
-            new(index, bucket.Owner, bucket.Size, StageStart, StageEnd, BroadcastStart, BroadcastEnd, ReloadStart, ReloadEnd);
-    }
-
-    /// <summary>
     /// Pushes checkpoint <paramref name="name"/> into the workers. Every rank stages the buckets it sends
     /// into its own staging buffers ahead of their turn (all ranks copy at once), bucket k is broadcast
     /// from its stager into the others' broadcast buffers while the workers reload bucket k−1 (see
@@ -103,9 +78,9 @@ public sealed partial class ParameterServer
             throw new UpdateFailedException($"rank {Rank} holds a different share of '{name}' than its gathered metas say: gather metas again after registering");
         }
         // Owners copy their own buckets from host memory to their device buffer; they are the broadcast roots.
-        List<Step> Plan(BucketSizing sizing, IReadOnlyList<string> _) =>
+        List<BucketStep> Plan(BucketSizing sizing, IReadOnlyList<string> _) =>
             BucketPlanner.Interleave(metas.Ranks.Select(r => BucketPlanner.Cut(r, sizing.BucketSize)))
-                .Select(b => new Step(b, b.Owner, slot => Task.Run(() => Device.CopyHostToDevice(
+                .Select(b => new BucketStep(b, b.Owner, slot => Task.Run(() => Device.CopyHostToDevice(
                     b.Ranges.Select(r => new HostCopy(local!.Buffers[r.Buffer].Address + (nint)r.Offset, slot + (nint)r.BucketOffset, r.Length)).ToArray()), ct)))
                 .ToList();
         return await RunAsync(name, UpdateMode.Broadcast, Group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
@@ -122,7 +97,7 @@ public sealed partial class ParameterServer
         }
         // Receivers (the lowest rank of each network device among the listed ranks) read buckets from the
         // owners, spread over the owners' devices, and broadcast them to the other listed ranks.
-        List<Step> Plan(BucketSizing sizing, IReadOnlyList<string> netDevices)
+        List<BucketStep> Plan(BucketSizing sizing, IReadOnlyList<string> netDevices)
         {
             var buckets = metas.Ranks.SelectMany(r => BucketPlanner.Cut(r, sizing.BucketSize)).Select(b => (b.Owner, b)).ToList();
             string OwnerDevice(int owner) => metas.Ranks[owner].NetDevice ?? metas.Ranks[owner].P2PAddress!;
@@ -141,14 +116,14 @@ public sealed partial class ParameterServer
                 }
             }
             return ReceiverAssignment.Assign(buckets, OwnerDevice, receivers)
-                .Select(a => new Step(a.Bucket, a.Receiver, slot => Read(a.Bucket, slot)))
+                .Select(a => new BucketStep(a.Bucket, a.Receiver, slot => Read(a.Bucket, slot)))
                 .ToList();
         }
         return await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
     }
 
     /// <summary>Sizes, plans and runs an update among the members of <paramref name="group"/>.</summary>
-    private async Task<UpdateReport> RunAsync(string name, UpdateMode mode, ICommunicator group, GlobalMetas metas, Func<BucketSizing, IReadOnlyList<string>, List<Step>> plan,
+    private async Task<UpdateReport> RunAsync(string name, UpdateMode mode, ICommunicator group, GlobalMetas metas, Func<BucketSizing, IReadOnlyList<string>, List<BucketStep>> plan,
         Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
     {
         // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
@@ -182,15 +157,15 @@ public sealed partial class ParameterServer
             {
                 failure = e.Message;
             }
-            await AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
+            await Agreement.AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
 
             var total = steps.Sum(s => s.Bucket.Size);
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
-            var timings = await PumpAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, timeout, clock,
+            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
-            await AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
-            await AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
+            await Agreement.AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
+            await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings);
@@ -208,150 +183,6 @@ public sealed partial class ParameterServer
         {
             _progress = null;
             worker?.Dispose();
-        }
-    }
-
-    /// <summary>
-    /// The bucket loop; returns per-bucket stage times. <paramref name="reloaded"/> hears how many buckets are in the workers.
-    /// Each rank stages the buckets it sends into its staging buffers ahead of their turn (all stagers copy at
-    /// once), as soon as the reload of the bucket a staging buffer held before is agreed on. Bucket k is
-    /// broadcast from its stager's staging buffer into the others' broadcast buffer k mod B; every worker
-    /// reloads it from where it lies on its rank, while bucket k+1 is broadcast.
-    /// </summary>
-    private static async Task<List<BucketTiming>> PumpAsync(ICommunicator group, List<Step> steps, BucketSizing sizing, nint device,
-        WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
-    {
-        var times = steps.Select(_ => new BucketStamps()).ToArray();
-        var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
-        var ordinal = new Dictionary<int, int>(own.Select((k, j) => KeyValuePair.Create(k, j)));
-        // Where bucket k lies on this rank: its staging buffer if this rank sends it, else a broadcast buffer.
-        nint Where(int k) => device + (nint)(ordinal.TryGetValue(k, out var j) ? sizing.StagingOffset(j) : sizing.BroadcastOffset(k));
-
-        // A staging buffer is free again once the reload of the bucket it held is agreed on.
-        var freed = own.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        var staged = new Dictionary<int, Task<string?>>();
-        Task previous = Task.CompletedTask;
-        for (var j = 0; j < own.Count; j++)
-        {
-            var (k, before, slotFree) = (own[j], previous, j >= sizing.StagingSlots ? freed[j - sizing.StagingSlots].Task : Task.CompletedTask);
-            var task = StageAsync(k, before, slotFree);
-            staged[k] = task;
-            previous = task;
-        }
-
-        async Task<string?> StageAsync(int k, Task before, Task slotFree)
-        {
-            await before.ConfigureAwait(false); // One staging copy at a time per rank, in schedule order.
-            await slotFree.WaitAsync(stop.Token).ConfigureAwait(false);
-            times[k].StageStart = clock.Elapsed;
-            try
-            {
-                await steps[k].Stage(Where(k)).ConfigureAwait(false);
-                return null;
-            }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
-                return e.Message; // A failed read or copy: reported at the bucket's turn (P2P: agreed on, so no one waits for its broadcast).
-            }
-            finally
-            {
-                times[k].StageEnd = clock.Elapsed;
-            }
-        }
-
-        // The reload ends when the worker answers (not when the ranks agree on it, which waits for the next broadcast).
-        async Task<string?> Reload(int k)
-        {
-            try
-            {
-                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Where(k) - device)), timeout, ct).ConfigureAwait(false);
-            }
-            finally
-            {
-                times[k].ReloadEnd = clock.Elapsed;
-            }
-        }
-
-        // A bucket this rank could not copy to its device is still broadcast (its buffer holds stale bytes), so that
-        // nobody waits for it; the failure is then reported in the next agreement, and every rank raises it.
-        string? stagingFailure = null;
-
-        async Task AgreeReloadAsync(Task<string?> reload, int k)
-        {
-            var failure = await reload.ConfigureAwait(false) ?? stagingFailure;
-            await AgreeAsync(group, failure, $"reloading bucket {k}", timeout, ct).ConfigureAwait(false);
-            if (ordinal.TryGetValue(k, out var j))
-            {
-                freed[j].TrySetResult();
-            }
-            reloaded(k + 1);
-        }
-
-        try
-        {
-            Task<string?>? reload = null;
-            for (var k = 0; k < steps.Count; k++)
-            {
-                // The previous reload must be agreed on first when its buffer is needed now: the only broadcast
-                // buffer, or the only staging buffer of a stager that sends two buckets in a row. Every rank
-                // decides this from the plan alone, so all call their collectives in the same order.
-                if (reload is not null && (sizing.BroadcastSlots == 1 || sizing.StagingSlots == 1 && steps[k - 1].Stager == steps[k].Stager))
-                {
-                    await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
-                    reload = null;
-                }
-                var failure = staged.TryGetValue(k, out var stage) ? await stage.ConfigureAwait(false) : null;
-                if (agreeOnStaging)
-                {
-                    // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
-                    await AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
-                }
-                else if (failure is not null)
-                {
-                    stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
-                }
-                times[k].BroadcastStart = clock.Elapsed;
-                await group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct).ConfigureAwait(false);
-                times[k].BroadcastEnd = clock.Elapsed;
-                if (reload is not null)
-                {
-                    await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
-                }
-                times[k].ReloadStart = clock.Elapsed;
-                reload = Reload(k);
-            }
-            if (reload is not null)
-            {
-                await AgreeReloadAsync(reload, steps.Count - 1).ConfigureAwait(false);
-            }
-        }
-        finally
-        {
-            // A failed update leaves staging copies waiting for buffers that will not be freed: stop them.
-            await stop.CancelAsync().ConfigureAwait(false);
-            await Task.WhenAll(staged.Values).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
-        }
-        return steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList();
-    }
-
-    /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer.</summary>
-    private static List<WireTensor> Wire(H2DBucket bucket, nint slotOffset) =>
-        bucket.Items.Select(m => new WireTensor(m.Name, m.DType.Name(), [.. m.Shape], slotOffset + m.Offset, m.ByteLength)).ToList();
-
-    /// <summary>
-    /// The members share whether a step succeeded on them; if any failed, every member raises the first
-    /// failure's message (so all ranks report the same cause).
-    /// </summary>
-    private static async Task AgreeAsync(ICommunicator group, string? failure, string step, TimeSpan timeout, CancellationToken ct)
-    {
-        var all = await group.AllGatherAsync(Encoding.UTF8.GetBytes(failure ?? ""), timeout, ct).ConfigureAwait(false);
-        for (var r = 0; r < all.Length; r++)
-        {
-            if (all[r].Length > 0)
-            {
-                throw new UpdateFailedException($"rank {group.Members[r]} failed at {step}: {Encoding.UTF8.GetString(all[r])}");
-            }
         }
     }
 

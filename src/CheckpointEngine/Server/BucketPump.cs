@@ -1,0 +1,160 @@
+using System.Diagnostics;
+using CheckpointEngine.Planning;
+using CheckpointEngine.Runtime.Collectives;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Server;
+
+/// <summary>
+/// The bucket loop of an update, the same on every member: staging ahead, the broadcast of each bucket
+/// from its stager, the workers' reloads, and the agreement after each (see <see cref="RunAsync"/>).
+/// </summary>
+internal static class BucketPump
+{
+    /// <summary>When each stage of one bucket started and ended on this rank (offsets from the update's start), set as the loop runs.</summary>
+    private sealed class BucketStamps
+    {
+        public TimeSpan StageStart { get; set; }
+
+        public TimeSpan StageEnd { get; set; }
+
+        public TimeSpan BroadcastStart { get; set; }
+
+        public TimeSpan BroadcastEnd { get; set; }
+
+        public TimeSpan ReloadStart { get; set; }
+
+        public TimeSpan ReloadEnd { get; set; }
+
+        public BucketTiming Timing(int index, H2DBucket bucket) =>
+            new(index, bucket.Owner, bucket.Size, StageStart, StageEnd, BroadcastStart, BroadcastEnd, ReloadStart, ReloadEnd);
+    }
+
+    /// <summary>
+    /// The bucket loop; returns per-bucket stage times. <paramref name="reloaded"/> hears how many buckets are in the workers.
+    /// Each rank stages the buckets it sends into its staging buffers ahead of their turn (all stagers copy at
+    /// once), as soon as the reload of the bucket a staging buffer held before is agreed on. Bucket k is
+    /// broadcast from its stager's staging buffer into the others' broadcast buffer k mod B; every worker
+    /// reloads it from where it lies on its rank, while bucket k+1 is broadcast.
+    /// </summary>
+    public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
+        WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+    {
+        var times = steps.Select(_ => new BucketStamps()).ToArray();
+        var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
+        var ordinal = new Dictionary<int, int>(own.Select((k, j) => KeyValuePair.Create(k, j)));
+        // Where bucket k lies on this rank: its staging buffer if this rank sends it, else a broadcast buffer.
+        nint Where(int k) => device + (nint)(ordinal.TryGetValue(k, out var j) ? sizing.StagingOffset(j) : sizing.BroadcastOffset(k));
+
+        // A staging buffer is free again once the reload of the bucket it held is agreed on.
+        var freed = own.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var staged = new Dictionary<int, Task<string?>>();
+        Task previous = Task.CompletedTask;
+        for (var j = 0; j < own.Count; j++)
+        {
+            var (k, before, slotFree) = (own[j], previous, j >= sizing.StagingSlots ? freed[j - sizing.StagingSlots].Task : Task.CompletedTask);
+            var task = StageAsync(k, before, slotFree);
+            staged[k] = task;
+            previous = task;
+        }
+
+        async Task<string?> StageAsync(int k, Task before, Task slotFree)
+        {
+            await before.ConfigureAwait(false); // One staging copy at a time per rank, in schedule order.
+            await slotFree.WaitAsync(stop.Token).ConfigureAwait(false);
+            times[k].StageStart = clock.Elapsed;
+            try
+            {
+                await steps[k].Stage(Where(k)).ConfigureAwait(false);
+                return null;
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                return e.Message; // A failed read or copy: reported at the bucket's turn (P2P: agreed on, so no one waits for its broadcast).
+            }
+            finally
+            {
+                times[k].StageEnd = clock.Elapsed;
+            }
+        }
+
+        // The reload ends when the worker answers (not when the ranks agree on it, which waits for the next broadcast).
+        async Task<string?> Reload(int k)
+        {
+            try
+            {
+                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Where(k) - device)), timeout, ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                times[k].ReloadEnd = clock.Elapsed;
+            }
+        }
+
+        // A bucket this rank could not copy to its device is still broadcast (its buffer holds stale bytes), so that
+        // nobody waits for it; the failure is then reported in the next agreement, and every rank raises it.
+        string? stagingFailure = null;
+
+        async Task AgreeReloadAsync(Task<string?> reload, int k)
+        {
+            var failure = await reload.ConfigureAwait(false) ?? stagingFailure;
+            await Agreement.AgreeAsync(group, failure, $"reloading bucket {k}", timeout, ct).ConfigureAwait(false);
+            if (ordinal.TryGetValue(k, out var j))
+            {
+                freed[j].TrySetResult();
+            }
+            reloaded(k + 1);
+        }
+
+        try
+        {
+            Task<string?>? reload = null;
+            for (var k = 0; k < steps.Count; k++)
+            {
+                // The previous reload must be agreed on first when its buffer is needed now: the only broadcast
+                // buffer, or the only staging buffer of a stager that sends two buckets in a row. Every rank
+                // decides this from the plan alone, so all call their collectives in the same order.
+                if (reload is not null && (sizing.BroadcastSlots == 1 || sizing.StagingSlots == 1 && steps[k - 1].Stager == steps[k].Stager))
+                {
+                    await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
+                    reload = null;
+                }
+                var failure = staged.TryGetValue(k, out var stage) ? await stage.ConfigureAwait(false) : null;
+                if (agreeOnStaging)
+                {
+                    // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
+                    await Agreement.AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
+                }
+                else if (failure is not null)
+                {
+                    stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
+                }
+                times[k].BroadcastStart = clock.Elapsed;
+                await group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct).ConfigureAwait(false);
+                times[k].BroadcastEnd = clock.Elapsed;
+                if (reload is not null)
+                {
+                    await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
+                }
+                times[k].ReloadStart = clock.Elapsed;
+                reload = Reload(k);
+            }
+            if (reload is not null)
+            {
+                await AgreeReloadAsync(reload, steps.Count - 1).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            // A failed update leaves staging copies waiting for buffers that will not be freed: stop them.
+            await stop.CancelAsync().ConfigureAwait(false);
+            await Task.WhenAll(staged.Values).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+        }
+        return steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList();
+    }
+
+    /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer.</summary>
+    private static List<WireTensor> Wire(H2DBucket bucket, nint slotOffset) =>
+        bucket.Items.Select(m => new WireTensor(m.Name, m.DType.Name(), [.. m.Shape], slotOffset + m.Offset, m.ByteLength)).ToList();
+}

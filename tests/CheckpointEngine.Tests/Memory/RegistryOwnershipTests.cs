@@ -5,17 +5,54 @@ namespace CheckpointEngine.Tests.Memory;
 
 public sealed class RegistryOwnershipTests
 {
+    private static readonly RegisterOptions Pooled = new() { UsePool = true };
+
+    private static NamedTensor[] Step(byte fill) => [new NamedTensor("t", DType.U8, [8], Enumerable.Repeat(fill, 8).ToArray())];
+
     [Fact]
-    public void Dispose_SharedPool_StaysUsable()
+    public void UnregisterCheckpoint_Pooled_PoolKeepsTheBufferForTheSameLayout_DisposeEmptiesTheOwnPool()
+    {
+        using var registry = new CheckpointRegistry();
+        var pool = registry.Pool;
+        var first = registry.RegisterCheckpoint("a", Step(1), Pooled);
+        var buffer = Assert.Single(first.Buffers);
+        Assert.Equal(MemoryBufferKind.Pooled, buffer.Kind);
+        Assert.Equal((1, 0, NativeBuffer.Alignment, 0L), (pool.Allocations, first.PoolReuses, pool.LeasedBytes, pool.IdleBytes));
+
+        Assert.True(registry.UnregisterCheckpoint("a"));
+        Assert.True(first.IsReleased);
+        Assert.Equal((0L, NativeBuffer.Alignment), (pool.LeasedBytes, pool.IdleBytes));
+
+        var second = registry.RegisterCheckpoint("a", Step(2), Pooled);
+        var again = Assert.Single(second.Buffers);
+        Assert.Equal(buffer.Address, again.Address);
+        Assert.Equal((1, 1L, 1L), (second.PoolReuses, pool.Reuses, pool.Allocations));
+        Assert.Equal((NativeBuffer.Alignment, 0L), (pool.LeasedBytes, pool.IdleBytes));
+        Assert.Equal(Enumerable.Repeat((byte)2, 8), again.Bytes(again.Metas[0]).ToArray());
+
+        registry.Dispose(); // Idempotent: the using's call does nothing more.
+        Assert.True(second.IsReleased);
+        Assert.Equal((0L, 0L), (pool.LeasedBytes, pool.IdleBytes)); // The registry's own pool went with it.
+        Assert.Throws<ObjectDisposedException>(() => pool.Rent(16));
+    }
+
+    [Fact]
+    public void Dispose_SharedPool_GetsTheBuffersBackAndStaysUsable()
     {
         using var pool = new HostMemoryPool();
+        nint address;
         using (var registry = new CheckpointRegistry(pool))
         {
-            registry.RegisterCheckpoint("a", [new NamedTensor("t", DType.U8, [8], new byte[8])], new RegisterOptions { UsePool = true });
+            address = Assert.Single(registry.RegisterCheckpoint("a", Step(1), Pooled).Buffers).Address;
+            Assert.Equal(NativeBuffer.Alignment, pool.LeasedBytes);
         }
-        Assert.True(pool.IdleBytes > 0); // The registry gave its buffers back and left the pool alone.
-        using var other = pool.Rent(16);
-        pool.Return(other);
+        Assert.Equal((0L, NativeBuffer.Alignment), (pool.LeasedBytes, pool.IdleBytes)); // Given back, not freed.
+
+        var rented = pool.Rent(16, out var reused);
+        Assert.True(reused);
+        Assert.Equal(address, rented.Address);
+        pool.Return(rented); // The pool owns it again and frees it when disposed.
+        Assert.Equal(NativeBuffer.Alignment, pool.IdleBytes);
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Worker;
 
@@ -399,16 +400,43 @@ public sealed class WeightReceiverTests : IDisposable
         Assert.Equal(before, _ps.Mappings());
     }
 
+    private static readonly TestTensor[] Large =
+        [.. Enumerable.Range(0, 8).Select(i => TestTensor.Random($"layer.{i}.weight", DType.BF16, [1024, 2048], seed: i))];
+
     [Fact]
     public async Task Receive_LargeBucketWithChecksums_Verified()
     {
         using var big = FakeParameterServer.Start(size: 64 << 20);
-        var tensors = Enumerable.Range(0, 8).Select(i => TestTensor.Random($"layer.{i}.weight", DType.BF16, [1024, 2048], seed: i)).ToArray();
-        long bytes = 0;
-        var task = WeightReceiver.ReceiveAsync(big.Address, (_, views) => bytes += views.Sum(v => v.Length), null, Idle, TestContext.Current.CancellationToken);
-        await big.UpdateAsync(big.Place(tensors[..4], withSha256: true), big.Place(tensors[4..], withSha256: true));
+        var digests = new Dictionary<string, string>();
+        var task = WeightReceiver.ReceiveAsync(big.Address, (_, views) =>
+        {
+            foreach (var v in views)
+            {
+                digests.Add(v.Name, Convert.ToHexStringLower(SHA256.HashData(v.Span))); // Hashed here, independently of the receiver's check.
+            }
+        }, null, Idle, TestContext.Current.CancellationToken);
+        await big.UpdateAsync(big.Place(Large[..4], withSha256: true), big.Place(Large[4..], withSha256: true));
         var summary = await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
         Assert.Equal(32L << 20, summary.Bytes);
-        Assert.Equal(summary.Bytes, bytes);
+        Assert.Equal(Large.ToDictionary(t => t.Name, t => Convert.ToHexStringLower(SHA256.HashData(t.Bytes))), digests);
+    }
+
+    [Fact]
+    public async Task Receive_LargeBucketOneChecksumWrong_FailsNamingTheTensorAndBothDigests()
+    {
+        using var big = FakeParameterServer.Start(size: 64 << 20);
+        var task = WeightReceiver.ReceiveAsync(big.Address, (_, _) => { }, null, Idle, TestContext.Current.CancellationToken);
+        var bucket1 = big.Place(Large[4..], withSha256: true);
+        var wrong = Large[0].Sha256; // A real digest, of another tensor.
+        bucket1[2] = bucket1[2] with { Sha256 = wrong };
+        await big.AcceptAsync();
+        FakeParameterServer.AssertOk(await big.SendAsync(big.Attach));
+        FakeParameterServer.AssertOk(await big.SendAsync(new LoadMessage(0, big.Place(Large[..4], withSha256: true))));
+        var reply = await big.SendAsync(new LoadMessage(1, bucket1));
+        Assert.False(reply.Ok);
+        Assert.Contains($"load of bucket 1: tensor '{Large[6].Name}' has sha256 {Large[6].Sha256}, expected {wrong}", reply.Error, StringComparison.Ordinal);
+
+        FakeParameterServer.AssertOk(await big.SendAsync(new AbortMessage("rank 0 failed")));
+        Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
     }
 }

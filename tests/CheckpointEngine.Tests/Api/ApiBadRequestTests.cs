@@ -19,7 +19,7 @@ public sealed class ApiBadRequestFixture : IAsyncLifetime
         Harness.Temp.WriteText("notes.txt", "not a safetensors file, just words");
         Harness.Temp.Write("truncated.safetensors", RawSafeTensors.Build("{" + RawSafeTensors.Entry("w", "F32", "4", 0, 16) + "}", dataBytes: 8));
         Harness.Temp.SubDirectory("folder");
-        var (status, body) = await Harness.PostAsync("/v1/checkpoints/known/files", ApiHarness.FilesBody(good));
+        var (status, body) = await Harness.PostAsync("/v1/checkpoints/known/files", RegisterBody.Files(good));
         Assert.True(status == HttpStatusCode.OK, body.ToString());
     }
 
@@ -106,7 +106,7 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
     {
         var h = fixture.Harness;
         var expected = Assert.Throws<CheckpointFormatException>(() => SafeTensorsFile.Open(Path.Combine(fixture.Dir, "truncated.safetensors"))).Message;
-        var (status, json) = await h.SendAsync(HttpMethod.Post, Files, ApiHarness.FilesBody(Path.Combine(fixture.Dir, "truncated.safetensors")));
+        var (status, json) = await h.SendAsync(HttpMethod.Post, Files, RegisterBody.Files(Path.Combine(fixture.Dir, "truncated.safetensors")));
         Assert.Equal(HttpStatusCode.BadRequest, status);
         Assert.Equal(expected, json.GetProperty("error").GetString());
     }

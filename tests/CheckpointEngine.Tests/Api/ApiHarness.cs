@@ -113,6 +113,4 @@ internal sealed class ApiHarness : IAsyncDisposable
         ];
         return ([WriteFile($"model-{seed}-a.safetensors", a), WriteFile($"model-{seed}-b.safetensors", b)], [.. a, .. b]);
     }
-
-    public static string FilesBody(params string[] files) => JsonSerializer.Serialize(new { files });
 }

@@ -17,7 +17,7 @@ public sealed class ApiServerTests
         var (files, tensors) = h.WriteModel();
         var bytes = tensors.Sum(t => t.Bytes.LongLength);
 
-        var (status, body) = await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files));
+        var (status, body) = await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files));
         Assert.True(status == HttpStatusCode.OK, body.ToString());
         Assert.Equal(("step-1", tensors.Length, bytes, 2), (body.GetProperty("name").GetString(), body.GetProperty("tensors").GetInt32(),
             body.GetProperty("bytes").GetInt64(), body.GetProperty("files").GetInt32()));
@@ -43,7 +43,7 @@ public sealed class ApiServerTests
         Assert.Equal(HttpStatusCode.NotFound, status);
 
         // The name is free again, and the files are untouched.
-        (status, body) = await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files));
+        (status, body) = await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files));
         Assert.True(status == HttpStatusCode.OK, body.ToString());
     }
 

@@ -27,7 +27,7 @@ public sealed class ApiUpdateTests
         }, cancellationToken: TestContext.Current.CancellationToken);
         var (files, tensors) = h.WriteModel();
         var bytes = tensors.Sum(t => t.Bytes.LongLength);
-        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files))).Status);
         Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/gather-metas")).Status);
 
         var (status, report) = await h.PostAsync("/v1/checkpoints/step-1/update", JsonSerializer.Serialize(new
@@ -69,7 +69,7 @@ public sealed class ApiUpdateTests
         // A new step: unregister, register other weights under the same name, update again.
         Assert.Equal(HttpStatusCode.OK, (await h.SendAsync(HttpMethod.Delete, "/v1/checkpoints/step-1")).Status);
         var (files2, tensors2) = h.WriteModel(seed: 2);
-        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files2))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files2))).Status);
         (status, report) = await h.PostAsync("/v1/checkpoints/step-1/update", $"{{\"update_url\": \"{worker.Address}\", \"timeout\": 30}}");
         Assert.True(status == HttpStatusCode.OK, report.ToString());
         Assert.Equal(tensors2.ToDictionary(t => t.Name, t => t.Sha256).OrderBy(kv => kv.Key, StringComparer.Ordinal),
@@ -83,7 +83,7 @@ public sealed class ApiUpdateTests
         await using var h = await ApiHarness.StartAsync();
         using var engine = new BlockingEngine("engine says no");
         var (files, _) = h.WriteModel();
-        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", ApiHarness.FilesBody(files))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files))).Status);
 
         var running = h.PostAsync("/v1/checkpoints/step-1/update", $"{{\"update_url\": \"{engine.Url}\", \"timeout\": 30}}");
         await engine.Requested.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken); // The update is inside its trigger now.

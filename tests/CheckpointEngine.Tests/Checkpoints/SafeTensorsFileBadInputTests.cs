@@ -1,6 +1,6 @@
 using System.Text;
 using CheckpointEngine.Checkpoints;
-using static CheckpointEngine.Tests.Checkpoints.RawSafeTensors;
+using static CheckpointEngine.Tests.Support.RawSafeTensors;
 
 namespace CheckpointEngine.Tests.Checkpoints;
 

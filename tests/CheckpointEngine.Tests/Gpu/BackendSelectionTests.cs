@@ -70,7 +70,7 @@ public sealed class BackendSelectionTests
     [Fact]
     public void NcclPaths_IncludeThePythonWheelWhereOneIsInstalled()
     {
-        using var temp = new Checkpoints.TempDirectory();
+        using var temp = new TempDirectory();
         var lib = Path.Combine(temp.Path, "lib");
         var wheel = Path.Combine(lib, "python3.11", "site-packages", "nvidia", "nccl", "lib");
         Directory.CreateDirectory(wheel);
@@ -84,13 +84,13 @@ public sealed class BackendSelectionTests
     [Fact]
     public async Task Update_CudaWithoutTheDriver_FailsWithOneLineListingThePathsTried()
     {
-        using var temp = new Checkpoints.TempDirectory();
+        using var temp = new TempDirectory();
         var env = new Dictionary<string, string>
         {
             ["CKPT_ENGINE_CUDA_LIBRARY"] = "/nonexistent/libcuda.so.1",
             ["WORLD_SIZE"] = "1", ["RANK"] = "0", ["MASTER_ADDR"] = "127.0.0.1", ["MASTER_PORT"] = "0",
         };
-        var (code, stdout, stderr) = await Hosting.CkptEngineScript.RunAsync(env, null,
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(env, null,
             "update", "--device", "cuda", "--checkpoint-path", temp.Path, "--endpoint", "http://127.0.0.1:9", "--timeout", "10");
         Assert.True(code == 1, $"exit {code}\n{stdout}\n{stderr}");
         Assert.StartsWith("error: The CUDA driver (libcuda.so.1) is not available on this machine: tried /nonexistent/libcuda.so.1 (", stderr, StringComparison.Ordinal);

@@ -11,8 +11,8 @@ public sealed class InPlaceTests : IDisposable
 {
     private static readonly RegisterOptions InPlace = new() { InPlace = true, MaxBufferSize = 4096, CopyThreads = 4 };
 
-    private readonly TempDir _shm = TempDir.InShm();
-    private readonly TempDir _disk = TempDir.OnDisk();
+    private readonly TempDirectory _shm = TempDirectory.InShm();
+    private readonly TempDirectory _disk = TempDirectory.OnDisk();
     private readonly List<TensorSpec> _mixed = MemoryTestData.Mixed("model.", seed: 1);
     private readonly List<TensorSpec> _tiny = MemoryTestData.Tiny("tiny.", 50, seed: 2);
 

@@ -4,44 +4,6 @@ using CheckpointEngine.Memory;
 
 namespace CheckpointEngine.Tests.Memory;
 
-/// <summary>A fresh directory, removed with everything in it on dispose.</summary>
-public sealed class TempDir : IDisposable
-{
-    private static readonly Lazy<string> DiskRoot = new(FindDiskRoot);
-
-    public TempDir(string root)
-    {
-        Path = System.IO.Path.Combine(root, "ckpt-engine-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(Path);
-    }
-
-    public string Path { get; }
-
-    /// <summary>A directory whose files are not on tmpfs, so registration must copy them.</summary>
-    public static TempDir OnDisk() => new(DiskRoot.Value);
-
-    /// <summary>A directory on tmpfs (/dev/shm), whose files can serve as buffers in place.</summary>
-    public static TempDir InShm() => new("/dev/shm");
-
-    public string File(string name) => System.IO.Path.Combine(Path, name);
-
-    public void Dispose()
-    {
-        if (Directory.Exists(Path))
-        {
-            Directory.Delete(Path, recursive: true);
-        }
-    }
-
-    private static string FindDiskRoot()
-    {
-        // The test binaries live under the repository's artifacts/, which is on a real disk here.
-        string[] candidates = [System.IO.Path.GetTempPath(), "/var/tmp", AppContext.BaseDirectory];
-        return candidates.FirstOrDefault(d => Directory.Exists(d) && !Libc.IsOnTmpfs(d))
-            ?? throw new InvalidOperationException("no directory outside tmpfs for the copy tests");
-    }
-}
-
 /// <summary>A tensor with known bytes, to write to a file or hand over in memory.</summary>
 public sealed record TensorSpec(string Name, DType DType, long[] Shape, byte[] Data)
 {

@@ -8,7 +8,7 @@ public sealed class PoolReuseTests : IDisposable
 {
     private static readonly RegisterOptions Pooled = new() { UsePool = true, MaxBufferSize = 8 << 10, CopyThreads = 4 };
 
-    private readonly TempDir _dir = TempDir.OnDisk();
+    private readonly TempDirectory _dir = TempDirectory.OnDisk();
 
     public void Dispose() => _dir.Dispose();
 

@@ -8,7 +8,7 @@ public sealed class RegistrationErrorTests : IDisposable
 {
     private static readonly RegisterOptions Pooled = new() { UsePool = true, MaxBufferSize = 4096, CopyThreads = 4 };
 
-    private readonly TempDir _dir = TempDir.OnDisk();
+    private readonly TempDirectory _dir = TempDirectory.OnDisk();
     private readonly List<TensorSpec> _first = MemoryTestData.Mixed("first.", seed: 1);
     private readonly List<TensorSpec> _second = MemoryTestData.Tiny("second.", 40, seed: 2);
     private readonly string _firstPath;

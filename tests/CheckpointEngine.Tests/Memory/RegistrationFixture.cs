@@ -10,7 +10,7 @@ public sealed class RegistrationFixture : IDisposable
 {
     public const long BigBytes = 40L << 20;
 
-    private readonly TempDir _dir = TempDir.OnDisk();
+    private readonly TempDirectory _dir = TempDirectory.OnDisk();
 
     public RegistrationFixture()
     {

@@ -58,7 +58,7 @@ public sealed class RegistryOwnershipTests
     [Fact]
     public void RegisterCheckpoint_FailsAfterMappingInPlace_KeepsTheFile()
     {
-        using var shm = TempDir.InShm();
+        using var shm = TempDirectory.InShm();
         var good = shm.File("good.safetensors");
         MemoryTestData.Write(good, MemoryTestData.Mixed("g.", 1));
         var bad = shm.File("bad.safetensors");

@@ -130,7 +130,7 @@ public class StoreConnectionTests
     [Fact]
     public async Task Connect_NothingListening_FailsAfterTimeoutNamingHostPort()
     {
-        var port = StoreHarness.FreePort();
+        var port = TestPorts.Free();
         var sw = Stopwatch.StartNew();
         var e = await Assert.ThrowsAsync<RendezvousException>(() =>
             StoreClient.ConnectAsync("127.0.0.1", port, null, 0, TimeSpan.FromSeconds(1), Ct).WaitAsync(Deadline, Ct));
@@ -141,7 +141,7 @@ public class StoreConnectionTests
     [Fact]
     public async Task Connect_BeforeServerStarts_RetriesUntilItIsUp()
     {
-        var port = StoreHarness.FreePort();
+        var port = TestPorts.Free();
         var connect = StoreClient.ConnectAsync("127.0.0.1", port, "t", 0, TimeSpan.FromSeconds(4), Ct);
         await Task.Delay(300, Ct);
         Assert.False(connect.IsCompleted);

@@ -44,14 +44,6 @@ internal sealed class StoreHarness : IDisposable
         return socket;
     }
 
-    /// <summary>A port nothing listens on (bound and released at once).</summary>
-    public static int FreePort()
-    {
-        using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)probe.LocalEndPoint!).Port;
-    }
-
     public void Dispose()
     {
         foreach (var d in Enumerable.Reverse(_owned))

@@ -1,7 +1,6 @@
 using System.Text.Json;
 using CheckpointEngine.Cli.Commands;
 using CheckpointEngine.Hosting.Tracing;
-using CheckpointEngine.Tests.Hosting;
 
 namespace CheckpointEngine.Tests.Simulation;
 

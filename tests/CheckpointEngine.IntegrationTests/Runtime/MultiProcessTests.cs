@@ -1,4 +1,4 @@
-namespace CheckpointEngine.Tests.Runtime;
+namespace CheckpointEngine.IntegrationTests.Runtime;
 
 /// <summary>Real rank processes on loopback. One at a time: each run takes every core.</summary>
 [Collection(nameof(MultiProcessTests))]

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 
-namespace CheckpointEngine.Tests.Runtime;
+namespace CheckpointEngine.IntegrationTests.Runtime;
 
 /// <summary>
 /// Starts rank processes (the CheckpointEngine.Tests.Rank program) on loopback with torchrun-style
@@ -24,7 +24,7 @@ internal static class RankCluster
     public static async Task<Result[]> RunAsync(int ranks, string[] args, Func<int, IDictionary<string, string>?>? env = null,
         Func<int, bool>? waitFor = null, TimeSpan? deadline = null, Task? killWhen = null)
     {
-        var port = FreePort();
+        var port = TestPorts.Free();
         var processes = new List<Process>();
         try
         {
@@ -96,13 +96,6 @@ internal static class RankCluster
             psi.ArgumentList.Add(a);
         }
         return psi;
-    }
-
-    public static int FreePort()
-    {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)s.LocalEndPoint!).Port;
     }
 
     private static string RankProgram()

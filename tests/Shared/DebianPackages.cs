@@ -1,4 +1,4 @@
-namespace CheckpointEngine.Tests.Hosting;
+namespace CheckpointEngine.Tests.Support;
 
 /// <summary>
 /// What some tests need from the machine (torch for /usr/bin/python3, a C compiler). Tests do not

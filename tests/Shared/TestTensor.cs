@@ -1,7 +1,7 @@
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Worker;
 
-namespace CheckpointEngine.Tests.Worker;
+namespace CheckpointEngine.Tests.Support;
 
 /// <summary>A tensor a test sends: deterministic bytes for its dtype and shape.</summary>
 internal sealed record TestTensor(string Name, DType DType, long[] Shape, byte[] Bytes)

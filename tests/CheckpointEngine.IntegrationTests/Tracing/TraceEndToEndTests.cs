@@ -1,10 +1,9 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Xml.Linq;
-using CheckpointEngine.Tests.Hosting;
-using CheckpointEngine.Tests.Runtime;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Tracing;
+namespace CheckpointEngine.IntegrationTests.Tracing;
 
 /// <summary><c>demo --trace</c> then <c>trace render</c> through <c>./ckpt-engine</c>, as users run them.</summary>
 [Collection(nameof(MultiProcessTests))]

@@ -3,7 +3,7 @@ using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Cli.Commands;
 
-namespace CheckpointEngine.Tests.Hosting;
+namespace CheckpointEngine.IntegrationTests.Hosting;
 
 public sealed class CliTests : IDisposable
 {
@@ -120,7 +120,7 @@ public sealed class CliTests : IDisposable
     public async Task Script_InspectJsonAndBadInput()
     {
         var dir = Sample();
-        var ok = await CkptEngineScript.RunAsync("inspect", dir, "--json");
+        var ok = await CkptEngineScript.RunRepositoryScriptAsync("inspect", dir, "--json");
         Assert.True(ok.Code == 0, ok.Err);
         using (var doc = JsonDocument.Parse(ok.Out))
         {
@@ -128,7 +128,7 @@ public sealed class CliTests : IDisposable
         }
         var bad = Path.Combine(_dir, "empty.safetensors");
         File.WriteAllBytes(bad, []);
-        var failed = await CkptEngineScript.RunAsync("inspect", bad);
+        var failed = await CkptEngineScript.RunRepositoryScriptAsync("inspect", bad);
         Assert.Equal(CkptEngineCli.BadInput, failed.Code);
         Assert.Contains("file is empty", failed.Err);
     }

@@ -4,7 +4,7 @@ using System.Text.RegularExpressions;
 using CheckpointEngine.Cli.Commands;
 using CheckpointEngine.Hosting.Launch;
 
-namespace CheckpointEngine.Tests.Hosting;
+namespace CheckpointEngine.IntegrationTests.Hosting;
 
 /// <summary>
 /// <c>ckpt-engine launch</c> and <see cref="Launcher"/>: ranks get torchrun's variables, their output comes

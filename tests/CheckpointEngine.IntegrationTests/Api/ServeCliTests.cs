@@ -3,10 +3,9 @@ using System.Net;
 using System.Net.Http.Headers;
 using CheckpointEngine.Hosting;
 using CheckpointEngine.Cli.Commands;
-using CheckpointEngine.Tests.Checkpoints;
-using CheckpointEngine.Tests.Runtime;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Api;
+namespace CheckpointEngine.IntegrationTests.Api;
 
 /// <summary>The <c>serve</c> command: its flag checks in-process, and a real process that serves until SIGTERM.</summary>
 public sealed class ServeCliTests

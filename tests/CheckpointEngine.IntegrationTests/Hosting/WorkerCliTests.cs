@@ -2,7 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using CheckpointEngine.Cli.Commands;
 
-namespace CheckpointEngine.Tests.Hosting;
+namespace CheckpointEngine.IntegrationTests.Hosting;
 
 /// <summary>The <c>worker</c> command's flag checks (the running worker is covered by <see cref="WorkerHttpTests"/>).</summary>
 public class WorkerCliTests

@@ -1,9 +1,8 @@
 using System.Text.Json;
 using CheckpointEngine.Cli.Bench;
-using CheckpointEngine.Tests.Hosting;
-using CheckpointEngine.Tests.Runtime;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Bench;
+namespace CheckpointEngine.IntegrationTests.Bench;
 
 /// <summary><c>ckpt-engine bench</c> end to end through the script, at the smallest size.</summary>
 [Collection(nameof(MultiProcessTests))]

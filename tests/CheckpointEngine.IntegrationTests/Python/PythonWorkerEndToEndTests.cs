@@ -4,10 +4,9 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Runtime.Devices;
-using CheckpointEngine.Tests.Hosting;
-using CheckpointEngine.Tests.Runtime;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Python;
+namespace CheckpointEngine.IntegrationTests.Python;
 
 /// <summary>
 /// The C# parameter server (2 ranks through <c>./ckpt-engine launch ... update</c>) against a Python

@@ -1,9 +1,9 @@
 using System.Diagnostics;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
-using CheckpointEngine.Tests.Runtime;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Hosting;
+namespace CheckpointEngine.IntegrationTests.Hosting;
 
 /// <summary>The product commands end to end, through <c>./ckpt-engine</c>: demo, launch + update, and a P2P join with saved metas.</summary>
 [Collection(nameof(MultiProcessTests))]
@@ -109,7 +109,7 @@ public sealed class DemoAndUpdateTests : IDisposable
         SampleCheckpoint.Write(ckpt, 2 << 20, shards: 2, layers: 2);
         var ownersWorker = await StartWorker("own");
         var joinersWorker = await StartWorker("join");
-        var port = RankCluster.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var port = TestPorts.Free().ToString(System.Globalization.CultureInfo.InvariantCulture);
         var owners = CkptEngineScript.RunAsync(Devices("own"), null, "launch", "--nproc", "2", "--master-port", port, "--", "update", "--checkpoint-path", ckpt,
             "--endpoint", ownersWorker, "--inference-parallel-size", "2", "--sleep-time", "8", "--timeout", "60");
         // Started together: the joiners wait for the store and for the metas to appear in it.

@@ -1,16 +1,30 @@
 using System.Diagnostics;
 
-namespace CheckpointEngine.Tests.Hosting;
+namespace CheckpointEngine.Tests.Support;
 
-/// <summary>Runs <c>./ckpt-engine</c> at the repository root as users do (it builds the CLI on first use).</summary>
+/// <summary>
+/// Runs the ckpt-engine CLI as a process: the build the test project references (no build inside a
+/// test), or with <see cref="RunRepositoryScriptAsync"/> the <c>./ckpt-engine</c> script users run.
+/// </summary>
 internal static class CkptEngineScript
 {
+    /// <summary>The CLI built with the tests (a project reference copies it beside them).</summary>
+    public static string BuiltCli => Path.Combine(AppContext.BaseDirectory, "ckpt-engine.dll");
+
     public static Task<(int Code, string Out, string Err)> RunAsync(Func<Process, Task>? whileRunning, params string[] args) =>
         RunAsync(null, whileRunning, args);
 
-    public static async Task<(int Code, string Out, string Err)> RunAsync(IDictionary<string, string>? environment, Func<Process, Task>? whileRunning, params string[] args)
+    public static Task<(int Code, string Out, string Err)> RunAsync(IDictionary<string, string>? environment, Func<Process, Task>? whileRunning, params string[] args) =>
+        RunAsync("dotnet", [BuiltCli, .. args], environment, whileRunning, TimeSpan.FromMinutes(3));
+
+    /// <summary>Through <c>./ckpt-engine</c> at the repository root, which builds the CLI when a source is newer.</summary>
+    public static Task<(int Code, string Out, string Err)> RunRepositoryScriptAsync(params string[] args) =>
+        RunAsync(Path.Combine(RepoRoot(), "ckpt-engine"), args, null, null, TimeSpan.FromMinutes(5));
+
+    private static async Task<(int Code, string Out, string Err)> RunAsync(string program, string[] args, IDictionary<string, string>? environment,
+        Func<Process, Task>? whileRunning, TimeSpan deadline)
     {
-        var psi = new ProcessStartInfo(Path.Combine(RepoRoot(), "ckpt-engine"))
+        var psi = new ProcessStartInfo(program)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -21,7 +35,7 @@ internal static class CkptEngineScript
         }
         args.ToList().ForEach(psi.ArgumentList.Add);
         using var p = Process.Start(psi)!;
-        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(3)); // The first call may build the CLI.
+        using var cts = new CancellationTokenSource(deadline);
         var stdout = p.StandardOutput.ReadToEndAsync(cts.Token);
         var stderr = p.StandardError.ReadToEndAsync(cts.Token);
         try

@@ -1,6 +1,6 @@
 using CheckpointEngine.Cli.Commands;
 
-namespace CheckpointEngine.Tests.Hosting;
+namespace CheckpointEngine.Tests.Support;
 
 /// <summary>Runs <c>ckpt-engine</c> in this process with its own writers: exit code, stdout, stderr.</summary>
 public static class InProcessCli

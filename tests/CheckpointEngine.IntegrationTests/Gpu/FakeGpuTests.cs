@@ -1,9 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
-using CheckpointEngine.Tests.Hosting;
-using CheckpointEngine.Tests.Runtime;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Gpu;
+namespace CheckpointEngine.IntegrationTests.Gpu;
 
 /// <summary>
 /// The CUDA backend end to end without a GPU: the rank processes load stand-ins for the CUDA driver and NCCL
@@ -36,7 +35,7 @@ public sealed class FakeGpuTests : IDisposable
         try
         {
             return File.Exists("/usr/bin/gcc")
-                ? await Python.PythonTorch.RunAsync("gcc", ["-fsyntax-only", probe], TimeSpan.FromMinutes(1)) is var (code, output) && code == 0 ? (true, "gcc") : (false, output.Trim())
+                ? await TestProcess.RunAsync("gcc", ["-fsyntax-only", probe], TimeSpan.FromMinutes(1)) is var (code, output) && code == 0 ? (true, "gcc") : (false, output.Trim())
                 : (false, "no /usr/bin/gcc");
         }
         finally
@@ -49,7 +48,7 @@ public sealed class FakeGpuTests : IDisposable
     {
         DebianPackages.EnsureAsync(CompilerWorks, "the CUDA backend's CPU tests build stand-ins for the driver and NCCL with gcc", "gcc", "libc6-dev")
             .GetAwaiter().GetResult();
-        var source = Path.Combine(CkptEngineScript.RepoRoot(), "tests", "CheckpointEngine.Tests", "Gpu", "Fake");
+        var source = Path.Combine(CkptEngineScript.RepoRoot(), "tests", "CheckpointEngine.IntegrationTests", "Gpu", "Fake");
         var output = Directory.CreateTempSubdirectory("ckpt-fake-gpu-").FullName;
         string Compile(string name)
         {
@@ -155,7 +154,10 @@ public sealed class FakeGpuTests : IDisposable
     public async Task GpuTraitTests_PassOnTheStandIns()
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { typeof(FakeGpuTests).Assembly.Location, "-trait", "Category=GPU", "-noColor" })
+        // The GPU-trait tests live in the unit-test project (built before this one); run them against the stand-ins.
+        var unitTests = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "CheckpointEngine.Tests", Path.GetFileName(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)), "CheckpointEngine.Tests.dll"));
+        Assert.True(File.Exists(unitTests), $"the unit-test project's build is missing: {unitTests}");
+        foreach (var a in new[] { unitTests, "-trait", "Category=GPU", "-noColor" })
         {
             psi.ArgumentList.Add(a);
         }

@@ -7,11 +7,9 @@ using System.Text;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Hosting;
-using CheckpointEngine.Tests.Checkpoints;
-using CheckpointEngine.Tests.Runtime;
-using CheckpointEngine.Tests.Worker;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Api;
+namespace CheckpointEngine.IntegrationTests.Api;
 
 /// <summary>Two <c>serve</c> rank processes and a reference worker process, driven only through the HTTP API, as a client of the original would.</summary>
 [Collection(nameof(MultiProcessTests))]
@@ -85,7 +83,7 @@ public sealed class ServeEndToEndTests : IDisposable
 
         var (_, listening) = await StartAsync(["worker", "--listen", "127.0.0.1:0", "--tp", "2", "--device-ids", $"api-e2e-{_id}-0,api-e2e-{_id}-1"], "listening on ", []);
         var workerUrl = listening["listening on ".Length..].Trim();
-        var port = RankCluster.FreePort().ToString(CultureInfo.InvariantCulture);
+        var port = TestPorts.Free().ToString(CultureInfo.InvariantCulture);
         var ranks = await Task.WhenAll(Enumerable.Range(0, 2).Select(r => StartAsync(["serve", "--uds", _temp.File("rank-{rank}.sock")], "serving rank ", new()
         {
             ["RANK"] = r.ToString(CultureInfo.InvariantCulture),
@@ -106,8 +104,8 @@ public sealed class ServeEndToEndTests : IDisposable
         }).ToArray();
         try
         {
-            await OkAsync(clients[0], "/v1/checkpoints/step/files", ApiHarness.FilesBody(files[0], files[1]));
-            await OkAsync(clients[1], "/v1/checkpoints/step/files", ApiHarness.FilesBody(files[2], files[3]));
+            await OkAsync(clients[0], "/v1/checkpoints/step/files", RegisterBody.Files(files[0], files[1]));
+            await OkAsync(clients[1], "/v1/checkpoints/step/files", RegisterBody.Files(files[2], files[3]));
             var gathered = await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/gather-metas")));
             Assert.All(gathered, g => Assert.Equal(tensors.Length, g.GetProperty("tensors").GetInt32()));
 

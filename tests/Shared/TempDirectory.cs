@@ -1,15 +1,32 @@
 using System.Buffers.Binary;
 using System.Text;
 
-namespace CheckpointEngine.Tests.Checkpoints;
+namespace CheckpointEngine.Tests.Support;
 
 /// <summary>A unique directory under the system temp folder, deleted on dispose.</summary>
 public sealed class TempDirectory : IDisposable
 {
-    public TempDirectory()
+    private static readonly Lazy<string> DiskRoot = new(FindDiskRoot);
+
+    /// <param name="root">Where to make it (default: the system temp folder).</param>
+    public TempDirectory(string? root = null)
     {
-        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "ckpt-tests-" + Guid.NewGuid().ToString("N"));
+        Path = System.IO.Path.Combine(root ?? System.IO.Path.GetTempPath(), "ckpt-tests-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(Path);
+    }
+
+    /// <summary>A directory whose files are not on tmpfs, so registration must copy them.</summary>
+    public static TempDirectory OnDisk() => new(DiskRoot.Value);
+
+    /// <summary>A directory on tmpfs (/dev/shm), whose files can serve as buffers in place.</summary>
+    public static TempDirectory InShm() => new("/dev/shm");
+
+    private static string FindDiskRoot()
+    {
+        // The test binaries live under the repository's artifacts/, which is on a real disk here.
+        string[] candidates = [System.IO.Path.GetTempPath(), "/var/tmp", AppContext.BaseDirectory];
+        return candidates.FirstOrDefault(d => Directory.Exists(d) && !CheckpointEngine.Interop.Libc.IsOnTmpfs(d))
+            ?? throw new InvalidOperationException("no directory outside tmpfs for the copy tests");
     }
 
     public string Path { get; }

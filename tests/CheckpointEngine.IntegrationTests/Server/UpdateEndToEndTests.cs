@@ -3,9 +3,9 @@ using System.Net.Http.Json;
 using System.Security.Cryptography;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
-using CheckpointEngine.Tests.Runtime;
+using CheckpointEngine.IntegrationTests.Runtime;
 
-namespace CheckpointEngine.Tests.Server;
+namespace CheckpointEngine.IntegrationTests.Server;
 
 /// <summary>
 /// Whole updates with real processes: parameter-server ranks (the test rank program) and reference

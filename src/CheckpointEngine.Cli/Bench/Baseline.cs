@@ -10,6 +10,10 @@ internal sealed record Baseline(string Key, string Label, long Bytes, double Sec
 
     public double Gbps => Bytes / Math.Max(Seconds, 1e-12) / 1e9;
 
-    /// <summary>What a method is compared with: a broadcast on one host is copying (memcpy), a P2P update is TCP.</summary>
-    public static string For(string method) => method == "p2p" ? Tcp : Memcpy;
+    /// <summary>
+    /// What a method (and case) is compared with: a broadcast on one host, a registration and the shared-memory
+    /// collective are copying (memcpy); a P2P update and the collective's TCP chain are TCP.
+    /// </summary>
+    public static string For(string method, string? @case = null) =>
+        method == "p2p" || (method == BenchSettings.Collective && @case == CollectiveBench.TcpChain) ? Tcp : Memcpy;
 }

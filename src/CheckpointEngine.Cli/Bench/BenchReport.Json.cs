@@ -2,7 +2,7 @@ using System.Text.Json;
 
 namespace CheckpointEngine.Cli.Bench;
 
-/// <summary>The report as one JSON document (snake_case, bytes and seconds as numbers; null where not measured).</summary>
+/// <summary>The report as one JSON document (snake_case, bytes and seconds as numbers; null where not measured, or not a case of its method).</summary>
 internal sealed partial record BenchReport
 {
     public string ToJson()
@@ -66,9 +66,10 @@ internal sealed partial record BenchReport
 
     private void WriteConfiguration(Utf8JsonWriter w, ConfigurationResult c)
     {
-        var baseline = BaselineFor(c.Method);
+        var baseline = BaselineFor(c);
         w.WriteStartObject();
         w.WriteString("method", c.Method);
+        w.WriteString("case", c.Case);
         w.WriteNumber("ranks", c.Ranks);
         w.WriteNumber("size", c.Size);
         w.WriteNumber("bytes", c.Bytes);

@@ -14,10 +14,17 @@ internal sealed partial record BenchReport
         {
             sb.Append(char.ToUpperInvariant(note[0])).Append(note[1..]).Append(".\n\n");
         }
-        sb.Append("**Updates**: the median (min–max) of ").Append(Settings.Repeat).Append(Settings.Repeat == 1 ? " update" : " updates")
-            .Append(" after a warm-up update in the same rank processes; *first s* is that warm-up, the first update of fresh processes (what a one-shot `update` sees). ")
-            .Append("GB/s per worker is the bytes each worker received over the update's seconds; ")
-            .Append("broadcast is compared with single-thread memcpy, P2P with one loopback TCP connection; stage sums are the largest over the ranks and overlap.\n\n");
+        if (HasUpdates)
+        {
+            sb.Append("**Updates**: the median (min–max) of ").Append(Settings.Repeat).Append(Settings.Repeat == 1 ? " update" : " updates")
+                .Append(" after a warm-up update in the same rank processes; *first s* is that warm-up, the first update of fresh processes (what a one-shot `update` sees). ")
+                .Append("GB/s per worker is the bytes each worker received over the update's seconds; ")
+                .Append("broadcast is compared with single-thread memcpy, P2P with one loopback TCP connection; stage sums are the largest over the ranks and overlap.\n\n");
+        }
+        foreach (var note in MethodNotes)
+        {
+            sb.Append(char.ToUpperInvariant(note[0])).Append(note[1..]).Append(".\n\n");
+        }
         sb.Append(ConfigurationTable(markdown: true).Markdown()).Append('\n');
         sb.Append(char.ToUpperInvariant(PeakNote[0])).Append(PeakNote[1..]).Append(".\n\n");
         sb.Append("**Seconds per GiB** (median update seconds over GiB per worker), by size and ranks:\n\n").Append(ScalingTable().Markdown());

@@ -15,7 +15,10 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
 {
     private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
 
-    public Baseline? BaselineFor(string method) => Baselines.FirstOrDefault(b => b.Key == Baseline.For(method));
+    /// <summary>The cases of a method in the order they are measured (null: a method with one row).</summary>
+    private static readonly string?[] Cases = [null, RegistrationBench.Fresh, RegistrationBench.Pooled, RegistrationBench.InPlace, CollectiveBench.SharedMemory, CollectiveBench.TcpChain];
+
+    public Baseline? BaselineFor(ConfigurationResult c) => Baselines.FirstOrDefault(b => b.Key == Baseline.For(c.Method, c.Case));
 
     /// <summary>The command line that repeats this run.</summary>
     public string CommandLine => string.Join(' ', new[]
@@ -48,7 +51,14 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
             w.WriteLine(note);
         }
         w.WriteLine();
-        w.WriteLine($"updates: median of {Settings.Repeat} after a warm-up update in the same rank processes (the warm-up is 'first s'); GB/s per worker = bytes each worker received / update seconds; stage sums are the largest over the ranks and overlap");
+        if (HasUpdates)
+        {
+            w.WriteLine($"updates: median of {Settings.Repeat} after a warm-up update in the same rank processes (the warm-up is 'first s'); GB/s per worker = bytes each worker received / update seconds; stage sums are the largest over the ranks and overlap");
+        }
+        foreach (var note in MethodNotes)
+        {
+            w.WriteLine(note);
+        }
         w.Write(ConfigurationTable(markdown: false).Text());
         w.WriteLine(PeakNote);
         w.WriteLine();
@@ -56,9 +66,19 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         w.Write(ScalingTable().Text());
     }
 
+    /// <summary>Whether the run has whole updates (broadcast, p2p), not only registration and the collective.</summary>
+    private bool HasUpdates => Settings.Methods.Any(m => BenchSettings.UpdateMethods.Contains(m, StringComparer.Ordinal));
+
     private string PeakNote => RankPeaksSampled
-        ? $"peak RSS: VmHWM of each rank process (sampled every {BenchRunner.SampleInterval.TotalMilliseconds:F0} ms), and of the bench process, which hosts the reference worker{(HostPeakPerConfiguration ? " (reset per configuration)" : " (peak of the run so far)")}"
-        : "peak RSS: rank processes could not be sampled; only the bench process's VmHWM (it hosts the reference worker) is shown";
+        ? $"peak RSS: VmHWM of each rank process (sampled every {BenchRunner.SampleInterval.TotalMilliseconds:F0} ms), and of the bench process, which {BenchProcessRole}{(HostPeakPerConfiguration ? " (reset per configuration)" : " (peak of the run so far)")}"
+        : $"peak RSS: rank processes could not be sampled; only the bench process's VmHWM (it {BenchProcessRole}) is shown";
+
+    private string BenchProcessRole => (HasUpdates, Settings.Methods.Contains(BenchSettings.Registration)) switch
+    {
+        (true, true) => "hosts the reference worker and does the registrations",
+        (false, true) => "does the registrations",
+        _ => "hosts the reference worker",
+    };
 
     private Table BaselineTable()
     {
@@ -72,6 +92,27 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
 
     private IEnumerable<string> BaselineNotes => Baselines.Where(b => b.Note is not null).Select(b => $"{b.Label}: {b.Note}");
 
+    /// <summary>What the rows of the methods that are not whole updates measure, for those in this run.</summary>
+    private IEnumerable<string> MethodNotes
+    {
+        get
+        {
+            var repeats = $"the median (min–max) of {Settings.Repeat} after a warm-up one ('first s')";
+            if (Settings.Methods.Contains(BenchSettings.Registration))
+            {
+                yield return $"registration: the checkpoint registered into host memory by the bench process from a warm page cache with {Environment.ProcessorCount} copy threads, once per size, {repeats}: "
+                    + $"{RegistrationBench.Fresh} buffers (page faults included), {RegistrationBench.Pooled} buffers (the RL loop) and {RegistrationBench.InPlace} (a tmpfs copy mapped, nothing copied); "
+                    + "per worker is the tensor bytes; compared with single-thread memcpy";
+            }
+            if (Settings.Methods.Contains(BenchSettings.Collective))
+            {
+                yield return "collective: a raw broadcast of one --size buffer (a /dev/shm segment, as the host backend's device buffers are) from rank 0 to the other rank processes, "
+                    + $"{repeats}, each timed from a barrier to the slowest receiver; {CollectiveBench.SharedMemory}: all ranks on one host, receivers copy out of rank 0's buffer, compared with single-thread memcpy; "
+                    + $"{CollectiveBench.TcpChain}: each rank posing as its own host, the bytes relayed rank to rank over loopback, compared with one loopback TCP connection";
+            }
+        }
+    }
+
     private Table ConfigurationTable(bool markdown)
     {
         var t = new Table(["method", "ranks", "size", "per worker", "seconds (min–max)", "GB/s per worker", "vs baseline", "first s", "buckets",
@@ -80,10 +121,10 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         foreach (var c in Ordered)
         {
             var s = c.Seconds;
-            var baseline = BaselineFor(c.Method);
+            var baseline = BaselineFor(c);
             var ratio = baseline is null ? "" : $"{F(c.GbpsPerWorker / baseline.Gbps, 2)}× {(baseline.Key == Baseline.Tcp ? "TCP" : "memcpy")}";
-            t.Add(c.Method, c.Ranks.ToString(Invariant), BenchSettings.SizeLabel(c.Size), ByteSize.Format(c.Bytes),
-                $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio, F(c.First?.Seconds ?? double.NaN, 3), c.Buckets.ToString(Invariant),
+            t.Add(c.Label, c.Ranks.ToString(Invariant), BenchSettings.SizeLabel(c.Size), ByteSize.Format(c.Bytes),
+                $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio, F(c.First?.Seconds ?? double.NaN, 3), c.Buckets > 0 ? c.Buckets.ToString(Invariant) : "–",
                 F(c.Stage, 3), F(c.Broadcast, 3), F(c.Reload, 3), RankPeakText(c, markdown), c.HostPeak is { } h ? ByteSize.Format(h) : "–");
         }
         return t;
@@ -101,24 +142,34 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
             : $"max {MiB(peaks.Max())} MiB";
     }
 
-    /// <summary>Median seconds per GiB: a row per (method, size), a column per rank count.</summary>
+    /// <summary>
+    /// Median seconds per GiB: a row per (method and case, size), a column per rank count (registration, which
+    /// runs in the bench process, counts as 1 rank).
+    /// </summary>
     private Table ScalingTable()
     {
-        var ranks = Settings.Ranks.Order().ToList();
+        var ranks = Settings.Ranks.Concat(Configurations.Select(c => c.Ranks)).Distinct().Order().ToList();
         var t = new Table(["method", "size", .. ranks.Select(r => r == 1 ? "1 rank" : $"{r} ranks")], [false, false, .. ranks.Select(_ => true)]);
-        foreach (var method in Settings.Methods)
+        var rows = Configurations.Select(c => (c.Method, c.Case, c.Label)).Distinct()
+            .OrderBy(m => MethodIndex(m.Method)).ThenBy(m => CaseIndex(m.Case));
+        foreach (var (method, @case, label) in rows)
         {
             foreach (var size in Settings.Sizes.Order())
             {
-                var cells = ranks.Select(r => Configurations.FirstOrDefault(c => c.Method == method && c.Size == size && c.Ranks == r) is { } c ? F(c.SecondsPerGiB, 3) : "–");
-                t.Add([method, BenchSettings.SizeLabel(size), .. cells]);
+                var cells = ranks.Select(r => Configurations.FirstOrDefault(c => c.Method == method && c.Case == @case && c.Size == size && c.Ranks == r) is { } c ? F(c.SecondsPerGiB, 3) : "–");
+                t.Add([label, BenchSettings.SizeLabel(size), .. cells]);
             }
         }
         return t;
     }
 
+    /// <summary>In the order of --method, then size and ranks; a method's cases in the order they are measured.</summary>
     private IEnumerable<ConfigurationResult> Ordered => Configurations
-        .OrderBy(c => Settings.Methods.ToList().IndexOf(c.Method)).ThenBy(c => c.Size).ThenBy(c => c.Ranks);
+        .OrderBy(c => MethodIndex(c.Method)).ThenBy(c => c.Size).ThenBy(c => c.Ranks).ThenBy(c => CaseIndex(c.Case));
+
+    private int MethodIndex(string method) => Settings.Methods.ToList().IndexOf(method);
+
+    private static int CaseIndex(string? @case) => System.Array.IndexOf(Cases, @case);
 
     private static string F(double v, int digits) => double.IsNaN(v) ? "–" : v.ToString("F" + digits.ToString(Invariant), Invariant);
 

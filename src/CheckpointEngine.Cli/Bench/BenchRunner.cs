@@ -9,7 +9,6 @@ using CheckpointEngine.Hosting.Launch;
 using CheckpointEngine.ReferenceEngine;
 using CheckpointEngine.Planning;
 using CheckpointEngine.Runtime.Devices;
-using CheckpointEngine.Server;
 
 namespace CheckpointEngine.Cli.Bench;
 
@@ -18,7 +17,8 @@ namespace CheckpointEngine.Cli.Bench;
 /// checkpoint and per (ranks, method) a fresh in-process reference worker and one launch of N ranks
 /// as real processes through <see cref="Launcher"/>, like <c>demo</c>. Each rank (<see cref="BenchRank"/>)
 /// updates <c>repeat</c> + 1 times; the first update is the warm-up (reported apart as what a one-shot
-/// <c>update</c> sees), the others are the samples.
+/// <c>update</c> sees), the others are the samples. <c>registration</c> runs once per size in this process
+/// (<see cref="RegistrationBench"/>); <c>collective</c> launches ranks the same way (<see cref="CollectiveBench"/>).
 /// </summary>
 internal static class BenchRunner
 {
@@ -37,19 +37,42 @@ internal static class BenchRunner
             foreach (var size in settings.Sizes)
             {
                 var dir = Path.Combine(root, BenchSettings.SizeLabel(size));
-                var clock = Stopwatch.StartNew();
-                // Fixed shape for every rank count, so rows for 1 and 4 ranks move the same tensors.
-                Commands.ModelOption.Write(settings.Model, dir, size, shards: 4, layers: 16);
-                long bytes;
-                using (var checkpoint = Checkpoint.Open(dir))
+                long bytes = 0;
+                if (settings.Methods.Any(BenchSettings.NeedsCheckpoint))
                 {
-                    bytes = checkpoint.TotalBytes;
+                    var clock = Stopwatch.StartNew();
+                    // Fixed shape for every rank count, so rows for 1 and 4 ranks move the same tensors.
+                    Commands.ModelOption.Write(settings.Model, dir, size, shards: 4, layers: 16);
+                    using (var checkpoint = Checkpoint.Open(dir))
+                    {
+                        bytes = checkpoint.TotalBytes;
+                    }
+                    progress.WriteLine($"bench: wrote a {ByteSize.Format(bytes)} checkpoint for --size {BenchSettings.SizeLabel(size)} in {clock.Elapsed.TotalSeconds:F1} s");
                 }
-                progress.WriteLine($"bench: wrote a {ByteSize.Format(bytes)} checkpoint for --size {BenchSettings.SizeLabel(size)} in {clock.Elapsed.TotalSeconds:F1} s");
+                if (settings.Methods.Contains(BenchSettings.Registration))
+                {
+                    hostPeakReset &= PeakMemory.ResetSelf();
+                    results.AddRange(RegistrationBench.Measure(dir, size, settings.Repeat, progress, ct));
+                }
                 foreach (var ranks in settings.Ranks)
                 {
                     foreach (var method in settings.Methods)
                     {
+                        if (method == BenchSettings.Registration)
+                        {
+                            continue; // Once per size, above: it does not depend on ranks.
+                        }
+                        if (method == BenchSettings.Collective)
+                        {
+                            if (ranks < 2)
+                            {
+                                progress.WriteLine($"bench: {BenchSettings.Collective}, 1 rank: skipped (a broadcast needs receivers)");
+                                continue;
+                            }
+                            hostPeakReset &= PeakMemory.ResetSelf();
+                            results.AddRange(await CollectiveBench.MeasureAsync(ranks, size, settings.Repeat, progress, ct).ConfigureAwait(false));
+                            continue;
+                        }
                         // A fresh worker per configuration: none inherits another's warm shard memory.
                         var ids = Commands.DeviceOption.WorkerIds(settings.Device, ranks, "bench");
                         await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
@@ -58,7 +81,10 @@ internal static class BenchRunner
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
                     }
                 }
-                Directory.Delete(dir, recursive: true);
+                if (Directory.Exists(dir))
+                {
+                    Directory.Delete(dir, recursive: true);
+                }
             }
         }
         finally
@@ -94,7 +120,7 @@ internal static class BenchRunner
         {
             List<string> args = ["bench", BenchCommand.RankCommand, "--checkpoint-path", Dir, "--endpoint", Worker.ToString(),
                 "--inference-parallel-size", Ranks.ToString(CultureInfo.InvariantCulture), "--update-method", Method,
-                "--updates", updates.ToString(CultureInfo.InvariantCulture), "--timeout", timeout.TotalSeconds.ToString("F0", CultureInfo.InvariantCulture)];
+                "--updates", updates.ToString(CultureInfo.InvariantCulture), "--timeout", RankLaunch.Seconds(timeout)];
             if (TraceDirectory is not null)
             {
                 args.AddRange(["--trace", Path.Combine(TraceDirectory, $"trace-{Method}-{Ranks}r-{BenchSettings.SizeLabel(Size)}.json")]);
@@ -104,8 +130,7 @@ internal static class BenchRunner
 
         public async Task<ConfigurationResult> MeasureAsync(long bytes, int repeat, TextWriter progress, CancellationToken ct)
         {
-            // Generous: a slow machine must not fail the benchmark, a hung rank must not hang it.
-            var timeout = TimeSpan.FromSeconds(60 + 60 * (double)bytes * Ranks / (1L << 30));
+            var timeout = RankLaunch.Timeout(bytes, Ranks);
             var updates = repeat + 1;
             var options = new LaunchOptions
             {
@@ -117,49 +142,10 @@ internal static class BenchRunner
                 RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = Ids[r] },
             };
             progress.WriteLine($"bench: {Name}: {Ranks} rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");
-            var output = new StringWriter();
-            var errors = new StringWriter();
-            var limit = timeout * (updates + 1);
-            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            deadline.CancelAfter(limit);
-            var sampler = PeakMemory.Supported ? PeakMemory.SampleChildren(Ranks, SampleInterval) : null;
-            int exit;
-            IReadOnlyDictionary<int, long> peaks = new Dictionary<int, long>();
-            try
-            {
-                exit = await Launcher.RunAsync(options, output, errors, deadline.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-            {
-                throw Failed($"did not finish within {limit.TotalSeconds:F0} s", output, errors);
-            }
-            finally
-            {
-                if (sampler is not null)
-                {
-                    peaks = await sampler.StopAsync().ConfigureAwait(false);
-                    await sampler.DisposeAsync().ConfigureAwait(false);
-                }
-            }
-            // Per update, the slowest rank (the update is over when its last rank is), with each stage's
-            // largest sum over the ranks (in P2P the slowest rank may have staged nothing).
-            var slowest = ResultLine.ParseAll(output.ToString()).Where(l => l.Method == Method)
-                .GroupBy(l => l.Update).Where(g => g.Count() == Ranks).OrderBy(g => g.Key)
-                .Select(g => g.MaxBy(l => l.Seconds)! with { Stage = g.Max(l => l.Stage), Broadcast = g.Max(l => l.Broadcast), Reload = g.Max(l => l.Reload) })
-                .ToList();
-            if (exit != 0 || slowest.Count != updates)
-            {
-                throw Failed(exit != 0 ? $"failed (exit {exit})" : $"reported {slowest.Count} of {updates} updates from every rank", output, errors);
-            }
+            var (slowest, peaks) = await RankLaunch.RunAsync(Name, Method, options, updates, timeout * (updates + 1), ct).ConfigureAwait(false);
             progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
-            return new ConfigurationResult(Method, Ranks, Size, slowest[0].Bytes, slowest[0], slowest[1..], peaks, PeakMemory.Self());
-        }
-
-        private UpdateFailedException Failed(string what, StringWriter output, StringWriter errors)
-        {
-            var tail = (errors.ToString() + output.ToString()).Split('\n', StringSplitOptions.RemoveEmptyEntries).TakeLast(20);
-            return new UpdateFailedException($"bench {Name}: the launch {what}; its last lines:\n  {string.Join("\n  ", tail)}");
+            return new ConfigurationResult(Method, Ranks, Size, slowest[0].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self());
         }
     }
 }

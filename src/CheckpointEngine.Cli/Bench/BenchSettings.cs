@@ -5,8 +5,10 @@ using CheckpointEngine.Cli.Commands;
 namespace CheckpointEngine.Cli.Bench;
 
 /// <summary>
-/// What <c>ckpt-engine bench</c> measures: every combination of ranks × size × method, each launched
-/// <see cref="Repeat"/> + 1 times (the first is a warm-up). The list parsers report the bad element.
+/// What <c>ckpt-engine bench</c> measures: every combination of ranks × size × method, each measured
+/// <see cref="Repeat"/> + 1 times (the first is a warm-up). The methods are whole updates (broadcast, p2p),
+/// registration into host memory (once per size: it runs in the bench process) and a raw collective
+/// broadcast (rank counts of 2 and more). The list parsers report the bad element.
 /// </summary>
 /// <param name="TraceDirectory">Where each configuration's last update is written as a trace (trace-METHOD-Nr-SIZE.json), or null.</param>
 internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat, string? TraceDirectory = null,
@@ -15,7 +17,16 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     public const int MaxRanks = 64;
     public const int MaxRepeat = 100;
     public const long MinSize = 1L << 20;
-    public static readonly string[] KnownMethods = ["broadcast", "p2p"];
+    public const string Registration = "registration";
+    public const string Collective = "collective";
+
+    /// <summary>The methods that are whole updates, as <c>update --update-method</c> names them.</summary>
+    public static readonly string[] UpdateMethods = ["broadcast", "p2p"];
+
+    public static readonly string[] KnownMethods = [.. UpdateMethods, Registration, Collective];
+
+    /// <summary>Whether a method reads the synthetic checkpoint (the collective broadcasts a bare buffer).</summary>
+    public static bool NeedsCheckpoint(string method) => method != Collective;
 
     /// <summary>Ranks like "1,2,4": each in [1, <see cref="MaxRanks"/>], no repeats.</summary>
     public static bool TryParseRanks(string text, out IReadOnlyList<int> ranks, out string error)
@@ -51,7 +62,7 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
         return Check("--size", text, list, out error);
     }
 
-    /// <summary>Methods like "broadcast,p2p".</summary>
+    /// <summary>Methods like "broadcast,p2p,registration,collective".</summary>
     public static bool TryParseMethods(string text, out IReadOnlyList<string> methods, out string error)
     {
         var list = new List<string>();
@@ -66,6 +77,20 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
             list.Add(item);
         }
         return Check("--method", text, list, out error);
+    }
+
+    /// <summary>The flags together: a collective broadcast needs receivers, so at least one rank count of 2 or more.</summary>
+    public static bool TryCheck(IReadOnlyList<int> ranks, IReadOnlyList<string> methods, out string error)
+    {
+        ArgumentNullException.ThrowIfNull(ranks);
+        ArgumentNullException.ThrowIfNull(methods);
+        error = "";
+        if (methods.Contains(Collective, StringComparer.Ordinal) && !ranks.Any(r => r >= 2))
+        {
+            error = $"--method {Collective} broadcasts from rank 0 to the others: give --ranks with a count of at least 2 (got --ranks {string.Join(',', ranks)})";
+            return false;
+        }
+        return true;
     }
 
     /// <summary>A size as it was asked for: 256MiB, 2GiB, 1.5GiB; plain bytes otherwise.</summary>

@@ -4,10 +4,15 @@ namespace CheckpointEngine.Cli.Bench;
 /// One configuration's updates, each as its slowest rank's result line (the update is over when its
 /// last rank is) with each stage's largest sum over the ranks: the warm-up (<see cref="First"/>, the first in fresh rank processes) and the measured
 /// <see cref="Samples"/>; and the peak memory seen of each rank process and of this process.
+/// A method measured in several ways has a row per <see cref="Case"/> (registration: fresh, pooled, in place;
+/// collective: shared-memory ring, TCP chain); their lines carry only bytes and seconds.
 /// </summary>
 internal sealed record ConfigurationResult(string Method, int Ranks, long Size, long Bytes, ResultLine? First, IReadOnlyList<ResultLine> Samples,
-    IReadOnlyDictionary<int, long> RankPeaks, long? HostPeak)
+    IReadOnlyDictionary<int, long> RankPeaks, long? HostPeak, string? Case = null)
 {
+    /// <summary>The row's name: the method, and its case in parentheses.</summary>
+    public string Label => Case is null ? Method : $"{Method} ({Case})";
+
     public Spread Seconds => Spread.Of(Samples.Select(s => s.Seconds));
 
     /// <summary>Bytes each worker received over the median update time.</summary>

@@ -7,21 +7,25 @@ using CheckpointEngine.Cli.Bench;
 namespace CheckpointEngine.Cli.Commands;
 
 /// <summary>
-/// <c>ckpt-engine bench</c>: end-to-end updates for every ranks × size × method, against baselines
-/// measured in the same run; a table, one JSON document, or a markdown report (see <see cref="BenchRunner"/>).
+/// <c>ckpt-engine bench</c>: end-to-end updates, registrations and raw collective broadcasts for every
+/// ranks × size × method, against baselines measured in the same run; a table, one JSON document, or a
+/// markdown report (see <see cref="BenchRunner"/>).
 /// </summary>
 internal static class BenchCommand
 {
     /// <summary>The hidden subcommand each rank process runs (see <see cref="BenchRank"/>).</summary>
     public const string RankCommand = "rank";
 
+    /// <summary>The hidden subcommand each rank of <c>--method collective</c> runs (see <see cref="CollectiveRank"/>).</summary>
+    public const string CollectiveRankCommand = "collective-rank";
+
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var ranks = new Option<string>("--ranks") { Description = "rank counts, comma-separated (each with a reference worker of as many shards)", DefaultValueFactory = _ => "1,2" };
         var size = new Option<string>("--size") { Description = "checkpoint sizes, comma-separated, e.g. 256MiB,2GiB", DefaultValueFactory = _ => "256MiB,1GiB" };
-        var method = new Option<string>("--method") { Description = "update methods, comma-separated: broadcast, p2p", DefaultValueFactory = _ => "broadcast,p2p" };
+        var method = new Option<string>("--method") { Description = "what to measure, comma-separated: broadcast, p2p (whole updates), registration (into host memory), collective (a raw broadcast between rank processes)", DefaultValueFactory = _ => "broadcast,p2p" };
         var bucket = new Option<string?>("--bucket-size") { Description = $"largest bucket, e.g. 256MiB (default: as update sizes it; {RankConfig.MaxBucketSizeVariable} applies)" };
-        var repeat = new Option<int>("--repeat") { Description = "measured updates per configuration, after one warm-up update in the same rank processes", DefaultValueFactory = _ => 3 };
+        var repeat = new Option<int>("--repeat") { Description = "measured updates (registrations, broadcasts) per configuration, after one warm-up in the same processes", DefaultValueFactory = _ => 3 };
         var json = new Option<bool>("--json") { Description = "print one JSON document instead of the table" };
         var output = new Option<string?>("--out") { Description = "also write a markdown report (machine, date, tables) to this file" };
         var trace = new Option<string?>("--trace") { Description = "write each configuration's last update as a Chrome/Perfetto trace into this directory (trace-METHOD-Nr-SIZE.json)" };
@@ -47,10 +51,18 @@ internal static class BenchCommand
         var device = DeviceOption.Create();
         var model = ModelOption.Create();
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > BenchSettings.MaxRepeat) r.AddError($"--repeat must be in [1, {BenchSettings.MaxRepeat}]"); });
-        var command = new Command("bench", "Benchmark end-to-end updates on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
+        var command = new Command("bench", "Benchmark updates, registration and collectives on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
         {
-            ranks, size, method, bucket, repeat, json, output, trace, device, model, Rank(stdout), ShmReader(stdout), CudaCopy(stdout),
+            ranks, size, method, bucket, repeat, json, output, trace, device, model, Rank(stdout), CollectiveRank(stdout), ShmReader(stdout), CudaCopy(stdout),
         };
+        command.Validators.Add(r =>
+        {
+            if (BenchSettings.TryParseRanks(r.GetValue(ranks) ?? "", out var rs, out _) && BenchSettings.TryParseMethods(r.GetValue(method) ?? "", out var ms, out _)
+                && !BenchSettings.TryCheck(rs, ms, out var error))
+            {
+                r.AddError(error);
+            }
+        });
         command.SetAction(async (result, ct) =>
         {
             _ = BenchSettings.TryParseRanks(result.GetValue(ranks)!, out var r, out _);
@@ -83,7 +95,7 @@ internal static class BenchCommand
         var endpoint = new Option<string>("--endpoint") { Required = true };
         var groupSize = new Option<int>("--inference-parallel-size") { DefaultValueFactory = _ => 1 };
         var method = new Option<string>("--update-method") { DefaultValueFactory = _ => "broadcast" };
-        method.AcceptOnlyFromAmong(BenchSettings.KnownMethods);
+        method.AcceptOnlyFromAmong(BenchSettings.UpdateMethods);
         var updates = new Option<int>("--updates") { DefaultValueFactory = _ => 1 };
         var timeout = new Option<double>("--timeout") { DefaultValueFactory = _ => 300 };
         var trace = new Option<string?>("--trace");
@@ -96,6 +108,24 @@ internal static class BenchCommand
         }
         command.SetAction((result, ct) => BenchRank.RunAsync(result.GetValue(path)!, result.GetValue(endpoint)!, result.GetValue(groupSize),
             result.GetValue(method)!, result.GetValue(updates), TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), stdout, ct));
+        return command;
+    }
+
+    /// <summary>One rank of <c>--method collective</c> (hidden; the runner launches it): BROADCASTS timed broadcasts of BYTES from rank 0.</summary>
+    private static Command CollectiveRank(TextWriter stdout)
+    {
+        var bytes = new Option<long>("--bytes") { Required = true };
+        var broadcasts = new Option<int>("--broadcasts") { DefaultValueFactory = _ => 1 };
+        var timeout = new Option<double>("--timeout") { DefaultValueFactory = _ => 300 };
+        bytes.Validators.Add(r => { if (r.GetValueOrDefault<long>() < 1) r.AddError("--bytes must be at least 1"); });
+        broadcasts.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--broadcasts must be at least 1"); });
+        timeout.Validators.Add(r => { if (!(r.GetValueOrDefault<double>() > 0)) r.AddError("--timeout must be a positive number of seconds"); });
+        var command = new Command(CollectiveRankCommand) { Hidden = true };
+        foreach (var o in new Option[] { bytes, broadcasts, timeout })
+        {
+            command.Options.Add(o);
+        }
+        command.SetAction((result, ct) => Bench.CollectiveRank.RunAsync(result.GetValue(bytes), result.GetValue(broadcasts), TimeSpan.FromSeconds(result.GetValue(timeout)), stdout, ct));
         return command;
     }
 

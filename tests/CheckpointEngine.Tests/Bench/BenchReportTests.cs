@@ -110,6 +110,85 @@ public sealed class BenchReportTests
         Assert.Contains(lines, l => l.StartsWith("peak RSS: rank processes could not be sampled", StringComparison.Ordinal));
     }
 
+    /// <summary>Registration (three cases, once per size, 1 rank) and the collective (two cases, 2 ranks) at 1 GiB, at the given GB/s.</summary>
+    private static BenchReport CaseReport()
+    {
+        var settings = new BenchSettings([2], [GiB], ["registration", "collective"], null, 2);
+        ConfigurationResult Row(string method, string @case, int ranks, double gbps)
+        {
+            var s = GiB / (gbps * 1e9);
+            var peaks = ranks == 1 ? new Dictionary<int, long>() : Enumerable.Range(0, ranks).ToDictionary(r => r, r => 1100 * MiB);
+            return new ConfigurationResult(method, ranks, GiB, GiB, Bare(Line(method, 2 * s, GiB)), [Bare(Line(method, s, GiB, 1)), Bare(Line(method, s, GiB, 2))],
+                peaks, 700 * MiB, @case);
+        }
+        static ResultLine Bare(ResultLine l) => l with { Buckets = 0, Stage = double.NaN, Broadcast = double.NaN, Reload = double.NaN }; // Only bytes and seconds.
+        var baseline = Report();
+        return baseline with
+        {
+            Settings = settings,
+            Configurations =
+            [
+                Row("collective", CollectiveBench.TcpChain, 2, 2),
+                Row("collective", CollectiveBench.SharedMemory, 2, 5),
+                Row("registration", RegistrationBench.InPlace, 1, 40),
+                Row("registration", RegistrationBench.Pooled, 1, 8),
+                Row("registration", RegistrationBench.Fresh, 1, 4),
+            ],
+        };
+    }
+
+    [Fact]
+    public void Markdown_CaseRows_InMethodOrder_WithTheirBaselines()
+    {
+        var md = CaseReport().ToMarkdown();
+        var rows = md.Split('\n').Where(l => l.StartsWith("| registration (", StringComparison.Ordinal) || l.StartsWith("| collective (", StringComparison.Ordinal)).ToList();
+        Assert.Equal(5 + 5, rows.Count); // Five configurations, then five scaling rows.
+        Assert.StartsWith("| registration (fresh) | 1 | 1GiB | 1.00 GiB | 0.268 (0.268–0.268) | 4.00 | 0.40× memcpy | 0.537 | – | – | – | – | – | 700.0 MiB |", rows[0]);
+        Assert.StartsWith("| registration (pooled) | 1 | 1GiB | 1.00 GiB | 0.134 (0.134–0.134) | 8.00 | 0.80× memcpy |", rows[1]);
+        Assert.StartsWith("| registration (in place) | 1 | 1GiB | 1.00 GiB | 0.027 (0.027–0.027) | 40.00 | 4.00× memcpy |", rows[2]);
+        Assert.StartsWith("| collective (shared memory) | 2 | 1GiB | 1.00 GiB | 0.215 (0.215–0.215) | 5.00 | 0.50× memcpy |", rows[3]);
+        Assert.StartsWith("| collective (TCP chain) | 2 | 1GiB | 1.00 GiB | 0.537 (0.537–0.537) | 2.00 | 0.50× TCP |", rows[4]);
+        Assert.Contains("| 1100 / 1100 MiB | 700.0 MiB |", rows[4]);
+        // Registration runs in the bench process: a 1-rank column although --ranks is 2.
+        Assert.Contains("| method | size | 1 rank | 2 ranks |", md);
+        Assert.Contains("| registration (fresh) | 1GiB | 0.268 | – |", md);
+        Assert.Contains("| collective (TCP chain) | 1GiB | – | 0.537 |", md);
+        Assert.Contains("Registration: the checkpoint registered into host memory by the bench process", md);
+        Assert.Contains("Collective: a raw broadcast of one --size buffer", md);
+    }
+
+    [Fact]
+    public void Json_Cases_AndTheirBaselines()
+    {
+        using var doc = JsonDocument.Parse(CaseReport().ToJson());
+        var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToList();
+        Assert.Equal(["fresh", "pooled", "in place", "shared memory", "TCP chain"], configs.Select(c => c.GetProperty("case").GetString()));
+        Assert.Equal(["registration", "registration", "registration", "collective", "collective"], configs.Select(c => c.GetProperty("method").GetString()));
+        Assert.Equal([Baseline.Memcpy, Baseline.Memcpy, Baseline.Memcpy, Baseline.Memcpy, Baseline.Tcp], configs.Select(c => c.GetProperty("baseline").GetString()));
+        Assert.Equal(0.5, configs[4].GetProperty("ratio_to_baseline").GetDouble(), 6);
+        Assert.Equal(0.4, configs[0].GetProperty("ratio_to_baseline").GetDouble(), 6);
+        Assert.Equal(["registration", "collective"], doc.RootElement.GetProperty("settings").GetProperty("methods").EnumerateArray().Select(m => m.GetString()));
+        // The update methods have no cases.
+        using var updates = JsonDocument.Parse(Report().ToJson());
+        Assert.Equal(JsonValueKind.Null, updates.RootElement.GetProperty("configurations")[0].GetProperty("case").ValueKind);
+    }
+
+    [Fact]
+    public void Text_NotesOnlyForMethodsInTheRun()
+    {
+        var w = new StringWriter();
+        Report().WriteText(w);
+        Assert.DoesNotContain("registration:", w.ToString());
+        Assert.DoesNotContain("collective:", w.ToString());
+        w = new StringWriter();
+        CaseReport().WriteText(w);
+        Assert.Contains("\nregistration: the checkpoint registered", w.ToString());
+        Assert.Contains("\ncollective: a raw broadcast", w.ToString());
+        Assert.DoesNotContain("updates: median", w.ToString()); // No update in this run.
+        Assert.DoesNotContain("**Updates**", CaseReport().ToMarkdown());
+        Assert.Contains("**Updates**", Report().ToMarkdown());
+    }
+
     [Fact]
     public void Spread_MedianOfOddAndEven()
     {

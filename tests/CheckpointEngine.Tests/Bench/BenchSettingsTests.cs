@@ -52,7 +52,46 @@ public sealed class BenchSettingsTests
         Assert.True(BenchSettings.TryParseMethods("p2p,broadcast", out var methods, out _));
         Assert.Equal(["p2p", "broadcast"], methods);
         Assert.False(BenchSettings.TryParseMethods("broadcast,nccl", out _, out var message));
-        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p", message);
+        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p, registration, collective", message);
+    }
+
+    [Fact]
+    public void ParseMethods_RegistrationAndCollective_AlongsideUpdates()
+    {
+        Assert.True(BenchSettings.TryParseMethods("registration, collective,broadcast", out var methods, out _));
+        Assert.Equal(["registration", "collective", "broadcast"], methods);
+        Assert.True(BenchSettings.TryParseMethods("collective", out var one, out _));
+        Assert.Equal(["collective"], one);
+    }
+
+    [Theory]
+    [InlineData("registration,registration", "'registration,registration' lists a value twice")]
+    [InlineData("collective,Collective", "'Collective' is not one of")]
+    [InlineData("registrations", "'registrations' is not one of")]
+    [InlineData("broadcast,", "'' is not one of")]
+    public void ParseMethods_Bad_SaysWhich(string text, string error)
+    {
+        Assert.False(BenchSettings.TryParseMethods(text, out _, out var message));
+        Assert.StartsWith("--method: ", message);
+        Assert.Contains(error, message);
+    }
+
+    [Theory]
+    [InlineData("1", "registration,broadcast,p2p")]
+    [InlineData("2", "collective")]
+    [InlineData("1,4", "collective,registration")]
+    public void Check_MethodsWithRanks_Fine(string ranks, string methods)
+    {
+        Assert.True(BenchSettings.TryParseRanks(ranks, out var r, out _));
+        Assert.True(BenchSettings.TryParseMethods(methods, out var m, out _));
+        Assert.True(BenchSettings.TryCheck(r, m, out var error), error);
+    }
+
+    [Fact]
+    public void Check_CollectiveOnOneRank_NamesBothFlags()
+    {
+        Assert.False(BenchSettings.TryCheck([1], ["broadcast", "collective"], out var error));
+        Assert.Equal("--method collective broadcasts from rank 0 to the others: give --ranks with a count of at least 2 (got --ranks 1)", error);
     }
 
     [Theory]
@@ -74,7 +113,8 @@ public sealed class BenchSettingsTests
     [Theory]
     [InlineData("--ranks 1,0", "--ranks: '0' is not a rank count in [1, 64]")]
     [InlineData("--size 256MiB,10KB", "--size: '10KB' is not a size of at least 1MiB")]
-    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p")]
+    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p, registration, collective")]
+    [InlineData("--ranks 1 --method collective", "--method collective broadcasts from rank 0 to the others: give --ranks with a count of at least 2 (got --ranks 1)")]
     [InlineData("--bucket-size 0", "--bucket-size: '0' is not a size of at least 1MiB")]
     [InlineData("--repeat 0", "--repeat must be in [1, 100]")]
     [InlineData("--out /nonexistent-ckpt-dir/bench.md", "--out /nonexistent-ckpt-dir/bench.md: directory /nonexistent-ckpt-dir does not exist")]

@@ -1,0 +1,98 @@
+using System.Globalization;
+using System.Text.Json;
+using CheckpointEngine.Cli.Bench;
+using CheckpointEngine.IntegrationTests.Runtime;
+
+namespace CheckpointEngine.IntegrationTests.Bench;
+
+/// <summary>
+/// <c>ckpt-engine bench --method registration</c> and <c>--method collective</c> end to end through the script,
+/// at a tiny size: their rows, their baselines, and nothing left behind.
+/// </summary>
+[Collection(nameof(MultiProcessTests))]
+public sealed class BenchMethodsTests
+{
+    [Fact]
+    public async Task Bench_Registration_ThreeCasesAgainstMemcpy_LeavesNothing()
+    {
+        var before = Leftovers.Now();
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "1", "--size", "8MiB", "--method", "registration", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToList();
+        Assert.Equal([RegistrationBench.Fresh, RegistrationBench.Pooled, RegistrationBench.InPlace], configs.Select(c => c.GetProperty("case").GetString()));
+        foreach (var c in configs)
+        {
+            Assert.Equal("registration", c.GetProperty("method").GetString());
+            Assert.Equal(1, c.GetProperty("repeats").GetInt32());
+            Assert.InRange(c.GetProperty("bytes").GetInt64(), 1, 8L << 20); // The tensor bytes of the sample written for --size 8MiB.
+            Assert.Equal(Baseline.Memcpy, c.GetProperty("baseline").GetString());
+            Assert.True(c.GetProperty("ratio_to_baseline").GetDouble() > 0, c.GetProperty("case").GetString());
+        }
+        before.AssertNoneAdded();
+    }
+
+    [Fact]
+    public async Task Bench_Collective_SharedMemoryAndTcpChainRows_LeavesNothing()
+    {
+        var before = Leftovers.Now();
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "collective", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToList();
+        Assert.Equal([CollectiveBench.SharedMemory, CollectiveBench.TcpChain], configs.Select(c => c.GetProperty("case").GetString()));
+        Assert.Equal([Baseline.Memcpy, Baseline.Tcp], configs.Select(c => c.GetProperty("baseline").GetString()));
+        foreach (var c in configs)
+        {
+            Assert.Equal("collective", c.GetProperty("method").GetString());
+            Assert.Equal(2, c.GetProperty("ranks").GetInt32());
+            Assert.Equal(8L << 20, c.GetProperty("bytes").GetInt64()); // The buffer is exactly --size.
+            Assert.Equal(1, c.GetProperty("repeats").GetInt32());
+            Assert.True(c.GetProperty("first_update_seconds").GetDouble() > 0);
+            Assert.True(c.GetProperty("ratio_to_baseline").GetDouble() > 0, c.GetProperty("case").GetString());
+        }
+        before.AssertNoneAdded();
+    }
+
+    /// <summary>
+    /// What a bench run may leave behind if it cleans up badly: its entries on /dev/shm (the baseline's segment, the
+    /// registration's tmpfs copy, the collective ranks' buffers; other tests' names differ) and ckpt-engine bench processes.
+    /// </summary>
+    private sealed record Leftovers(HashSet<string> Segments, HashSet<int> Processes)
+    {
+        public static Leftovers Now() =>
+            new([.. Directory.EnumerateFileSystemEntries("/dev/shm", "ckpt-bench-*"), .. Directory.EnumerateFileSystemEntries("/dev/shm", "ckpt-engine-bench-*")], [.. BenchProcesses()]);
+
+        public void AssertNoneAdded()
+        {
+            var now = Now();
+            Assert.Empty(now.Segments.Except(Segments));
+            Assert.Empty(now.Processes.Except(Processes));
+        }
+
+        /// <summary>Processes running <c>ckpt-engine bench ...</c> (the ranks and the shared-memory reader are such).</summary>
+        private static IEnumerable<int> BenchProcesses()
+        {
+            foreach (var dir in Directory.EnumerateDirectories("/proc"))
+            {
+                if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
+                {
+                    continue;
+                }
+                string command;
+                try
+                {
+                    command = File.ReadAllText(Path.Combine(dir, "cmdline"));
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    continue; // Gone meanwhile.
+                }
+                if (command.Contains("ckpt-engine", StringComparison.Ordinal) && command.Contains("\0bench\0", StringComparison.Ordinal))
+                {
+                    yield return pid;
+                }
+            }
+        }
+    }
+}

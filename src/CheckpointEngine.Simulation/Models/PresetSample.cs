@@ -51,7 +51,7 @@ public static class PresetSample
         }
         foreach (var t in inventory.Tensors)
         {
-            pending.Add(new TensorToWrite(t.Name, t.DType, [.. t.Shape], SampleCheckpoint.Filler(SampleCheckpoint.Mix(seed, ++index), t.ByteLength)));
+            pending.Add(new TensorToWrite(t.Name, t.DType, [.. t.Shape], SampleCheckpoint.Filler(SampleCheckpoint.Mix(seed, ++index), t.ByteLength, t.DType)));
             bytes += t.ByteLength;
             if (bytes >= perShard && files.Count < shards - 1)
             {

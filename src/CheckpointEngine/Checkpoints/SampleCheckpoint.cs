@@ -26,7 +26,7 @@ public static class SampleCheckpoint
         var perShard = Math.Max(1, (layers + shards - 1) / shards);
         var shardTensors = Enumerable.Range(0, shards).Select(_ => new List<TensorToWrite>()).ToArray();
         var index = 0UL;
-        TensorToWrite Random(string name, DType dtype, params long[] shape) => new(name, dtype, shape, Filler(Mix(seed, ++index), dtype.ByteLength(shape)));
+        TensorToWrite Random(string name, DType dtype, params long[] shape) => new(name, dtype, shape, Filler(Mix(seed, ++index), dtype.ByteLength(shape), dtype));
 
         shardTensors[0].AddRange([
             Random("model.embed_tokens.weight", DType.BF16, 8 * h, h),
@@ -105,8 +105,12 @@ public static class SampleCheckpoint
         return z ^ (z >> 31);
     }
 
-    /// <summary>Streams <paramref name="length"/> pseudo-random bytes (xorshift64*, stable across .NET versions).</summary>
-    internal static Action<Stream> Filler(ulong seed, long length) => stream =>
+    /// <summary>
+    /// Streams <paramref name="length"/> pseudo-random bytes (xorshift64*, stable across .NET versions). BOOL
+    /// tensors get 0 or 1 per byte: engines normalise any other byte to 1 when they copy, so random bytes
+    /// would not survive a round trip through a torch model.
+    /// </summary>
+    internal static Action<Stream> Filler(ulong seed, long length, DType dtype = DType.U8) => stream =>
     {
         var state = seed * 0x9E3779B97F4A7C15UL | 1;
         var chunk = new byte[Math.Min(length, 1 << 20)];
@@ -129,6 +133,13 @@ public static class SampleCheckpoint
                     {
                         chunk[j] = (byte)v;
                     }
+                }
+            }
+            if (dtype == DType.BOOL)
+            {
+                for (var j = 0; j < n; j++)
+                {
+                    chunk[j] &= 1;
                 }
             }
             stream.Write(chunk, 0, n);

@@ -48,6 +48,23 @@ public sealed class SampleCheckpointTests : IDisposable
     }
 
     [Fact]
+    public void Write_BoolTensors_HoldOnlyZeroAndOne()
+    {
+        var dir = _dir.File("s");
+        SampleCheckpoint.Write(dir, 1 << 16, shards: 2, layers: 2);
+        using var ckpt = Checkpoint.Open(dir);
+        var bools = ckpt.AllTensors().Where(e => e.Tensor.DType == DType.BOOL).ToList();
+        Assert.NotEmpty(bools);
+        foreach (var (file, tensor) in bools)
+        {
+            var bytes = file.View(tensor.Name).Span.ToArray();
+            Assert.All(bytes, b => Assert.True(b <= 1, $"{tensor.Name} holds byte {b}"));
+            Assert.Contains((byte)0, bytes);
+            Assert.Contains((byte)1, bytes);
+        }
+    }
+
+    [Fact]
     public void Write_HasTheAdvertisedTensorKinds()
     {
         var dir = _dir.File("s");

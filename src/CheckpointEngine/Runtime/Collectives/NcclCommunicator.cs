@@ -159,7 +159,10 @@ public sealed class NcclCommunicator : ICommunicator
             {
                 fixed (long* p = values)
                 {
-                    _cuda.CopyHostToDevice(scratch, (nint)p, bytes);
+                    // On the communicator's stream, so the all-reduce queued after it reads the copied values: a
+                    // plain copy runs on the legacy stream, which a non-blocking stream does not wait for.
+                    // From pageable memory the call returns once the bytes are staged, so the pin may end here.
+                    _cuda.CopyHostToDeviceAsync(scratch, (nint)p, bytes, _stream);
                 }
             }
             return _nccl.AllReduce((nint)scratch, values.Length, Nccl.Int64, nop, _comm, _stream);
@@ -169,7 +172,7 @@ public sealed class NcclCommunicator : ICommunicator
         {
             fixed (long* p = result)
             {
-                _cuda.CopyDeviceToHost((nint)p, scratch, bytes);
+                _cuda.CopyDeviceToHost((nint)p, scratch, bytes); // The all-reduce has run: its event on the stream completed.
             }
         }
         return result;

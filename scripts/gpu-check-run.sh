@@ -1,79 +1,268 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the unpacked payload (see scripts/gpu-check.sh): needs no .NET, no network.
-#   1. the GPU unit tests (trait Category=GPU)
-#   2. a single-GPU broadcast update of a SIZE synthetic checkpoint to the .NET reference worker and to
-#      the Python worker (torch), both verified against the checkpoint
-#   3. the update's host-to-device stage throughput as a ratio to a plain pinned cuMemcpyHtoD of the same
-#      bytes in the same run (target >= 0.9), and the update's wall time split per stage
-# GPU_CHECK_DRY_RUN=1 stops before the first step that needs a GPU.
+#   gpu-check/run.sh [SIZE]      SIZE of the synthetic checkpoints, default 4GiB
+# Steps, each under its own time limit (coreutils timeout), all within GPU_CHECK_BUDGET_S (default 300 s):
+#   1. the CLI starts (host backend, 8 MiB)
+#   2. the GPU unit tests (trait Category=GPU): device copies, IPC handles, one-rank NCCL broadcast,
+#      all-reduce and sub-communicator
+#   3. a SIZE update on one GPU to the .NET reference worker, broadcast then P2P staging (`--method all`)
+#   4. the same to the Python worker (torch, CUDA IPC), both methods; both workers verified byte for byte
+#   5. a plain pinned cuMemcpyHtoD of SIZE (the baseline of the figures)
+# Each step is PASS, FAIL, TIMEOUT (names the step and its limit), NOT RUN (no time left) or SKIPPED
+# (dry run only); the run passes when every step passes or is skipped. Figures (H2D stage against the baseline, target >= 0.9; wall time per stage) are printed
+# and archived, never failing the run.
+# What one GPU covers: the driver calls on real hardware, page-locking, IPC handles opened by another
+# process (.NET and torch), NCCL's unique id, non-blocking init and one-rank collectives (which move no
+# data), P2P staging through the page-locked host bucket, and throughput. What needs two GPUs: any NCCL
+# broadcast that moves data between GPUs, sub-communicators of a subset of ranks, aborts with a dead or
+# hung peer, cross-GPU IPC (a worker on another GPU opening the handle), and all of it at TP > 1.
+# Results: one archive of every log, trace and JSON result, $OUT/gpu-check-results.tar.gz (under the
+# work folder when OUT is unset; its path is printed). NCCL_DEBUG=WARN puts NCCL's warnings in the logs.
+# Environment: PYTHON (default: the first of python3, /usr/bin/python3 that has torch),
+# CKPT_ENGINE_NCCL_LIBRARY (default: the libnccl torch loads, else the nvidia-nccl wheel's, else ...),
+# GPU_CHECK_BUDGET_S. GPU_CHECK_DRY_RUN=1 (no GPU needed): steps 3 and 4 run on the host backend with a
+# small checkpoint (the Python half with GPU_CHECK_TORCH_DEVICE=cpu), step 5 is skipped, and a timeout
+# self-test shows that a step that runs out is named.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 app="$here/app"
+dry="${GPU_CHECK_DRY_RUN:-0}"
 size="${1:-4GiB}"
-py="${PYTHON:-python3}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+[ "$dry" = 1 ] && size="${1:-64MiB}"
+budget="${GPU_CHECK_BUDGET_S:-300}"
+deadline=$((SECONDS + budget))
 export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 # No ICU needed on the GPU machine.
+export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
+results="$work/gpu-check-results" # Archived: logs, traces, JSON.
+data="$work/data"                 # Not archived: checkpoints, and what a killed step leaves in TMPDIR.
+mkdir -p "$results" "$data"
+export TMPDIR="$data"
+archive="${OUT:+$OUT/gpu-check-results.tar.gz}"
+archive="${archive:-$work/gpu-check-results.tar.gz}"
 failed=0
-say() { echo "gpu-check: $*"; }
 
-say "payload $(du -sm "$here" | cut -f1) MiB; $("$app/ckpt-engine" --version 2>/dev/null || echo "ckpt-engine does not start")"
-"$app/ckpt-engine" demo --device host --size 8MiB --method broadcast --json >"$work/host.json" 2>"$work/host.err" \
-  && say "host backend works here: $(cat "$work/host.json")" || { say "FAIL: the payload's CLI does not run: $(tail -3 "$work/host.err")"; exit 1; }
-# NCCL from torch's nvidia-nccl wheel when the loader does not find one.
-if [ -z "${CKPT_ENGINE_NCCL_LIBRARY:-}" ]; then
-  nccl="$("$py" -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null || true)"
-  [ -f "$nccl" ] && export CKPT_ENGINE_NCCL_LIBRARY="$nccl" && say "NCCL: $nccl"
-fi
-say "1/3 GPU unit tests"
-if "$app/CheckpointEngine.Tests" -trait "Category=GPU" -noColor >"$work/tests.log" 2>&1; then
-  summary="$(grep -E 'Total:' "$work/tests.log" | tail -1 | sed 's/^ *//')"
-  say "GPU unit tests: $summary"
-  if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ] && ! grep -q "Skipped: 0," <<<"$summary"; then
-    failed=1; say "FAIL: GPU tests skipped on a GPU machine:"; grep -B1 -A2 "\[SKIP\]" "$work/tests.log" | head -20
+say() { echo "gpu-check: $*" | tee -a "$results/console.log"; }
+
+# Every step's outcome, one line each: STATUS<TAB>SECONDS<TAB>NAME<TAB>DETAIL.
+record() {
+  printf '%s\t%s\t%s\t%s\n' "$2" "${4:-0}" "$1" "$3" >>"$results/steps.tsv"
+  case "$2" in PASS | SKIPPED) ;; *) failed=1 ;; esac # NOT RUN (no time left) fails too.
+  say "$2: $1${3:+ — $3}"
+}
+
+# run LIMIT_S STDOUT STDERR COMMAND...: COMMAND under min(LIMIT_S, time left) seconds; sets rc, took, limit.
+run() {
+  limit=$1
+  local out="$2" err="$3" left=$((deadline - SECONDS))
+  shift 3
+  if [ "$left" -lt 5 ]; then
+    rc=125 took=0
+    return
   fi
-else
-  failed=1; say "FAIL: GPU unit tests"; tail -40 "$work/tests.log"
-fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$SECONDS
+  rc=0
+  timeout --kill-after=10 "$limit" "$@" >"$out" 2>"$err" || rc=$?
+  took=$((SECONDS - t0))
+}
 
-if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
-  [ -x "$here/python/tests/gpu_check_worker.sh" ] && say "the Python half is in the payload" || { failed=1; say "FAIL: no Python half in the payload"; }
-  say "dry run: stopping before the steps that need a GPU (the GPU unit tests above skip without one)"
-  exit "$failed"
-fi
-command -v nvidia-smi >/dev/null && nvidia-smi -L
+# outcome NAME DETAIL: records the last run's outcome (rc 0: PASS with DETAIL).
+outcome() {
+  case "$rc" in
+    0) record "$1" PASS "$2" "$took" ;;
+    124 | 137) record "$1" TIMEOUT "ran out of its $limit s (timeout exit $rc)${2:+; $2}" "$took" ;;
+    125) record "$1" "NOT RUN" "no time left of the check's $budget s" ;;
+    *) record "$1" FAIL "exit $rc${2:+; $2}" "$took" ;;
+  esac
+}
 
-say "2/3 broadcast update of a $size checkpoint to the .NET worker"
-if CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" "$app/ckpt-engine" demo --device cuda --ranks 1 --size "$size" --method broadcast --json >"$work/demo.json" 2>"$work/demo.err"; then
-  say ".NET worker: $(cat "$work/demo.json")"
-else
-  failed=1; say "FAIL: .NET worker update"; tail -30 "$work/demo.err"; cat "$work/demo.json"
-fi
-if [ -x "$here/python/tests/gpu_check_worker.sh" ]; then
-  if "$here/python/tests/gpu_check_worker.sh" "$app/ckpt-engine" "$size" "$work" >"$work/python.log" 2>&1; then
-    say "Python worker: $(tail -1 "$work/python.log")"
+finish() {
+  local code=$?
+  [ "$failed" = 0 ] || code=1
+  rm -rf "$data"
+  if mkdir -p "$(dirname "$archive")" && tar -C "$work" -czf "$archive" gpu-check-results; then
+    echo "gpu-check: results: $archive ($(du -k "$archive" | cut -f1) KiB)"
+    rm -rf "$results"
+    [ -n "${OUT:-}" ] && rm -rf "$work"
   else
-    failed=1; say "FAIL: Python worker update"; tail -30 "$work/python.log"
+    echo "gpu-check: could not write the results archive $archive; the results stay in $results"
   fi
+  exit "$code"
+}
+trap finish EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+say "payload $(du -sm "$here" | cut -f1) MiB; $("$app/ckpt-engine" --version 2>/dev/null || echo "ckpt-engine does not start"); size $size; budget $budget s; $([ "$dry" = 1 ] && echo "DRY RUN")"
+
+# Python: one that has torch (the Python half needs it; the NCCL probe asks it).
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  for c in python3 /usr/bin/python3; do
+    if timeout 30 "$c" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' 2>/dev/null; then py="$c" && break; fi
+  done
+fi
+py="${py:-python3}"
+export PYTHON="$py"
+
+# NCCL: the library torch loads (that one works with this driver), else the nvidia-nccl wheel's, the loader's,
+# CUDA's, the virtualenv's or conda's; CKPT_ENGINE_NCCL_LIBRARY, when set, wins. The path goes to the C# side.
+run 45 "$results/nccl-probe.txt" "$results/nccl-probe.err" "$py" - <<'PY'
+import ctypes, glob, os, subprocess, sys
+def maps():
+    with open("/proc/self/maps") as f:
+        return sorted({l.split()[-1] for l in f if "libnccl" in l and l.rstrip().split()[-1].startswith("/")})
+candidates = []
+if os.environ.get("CKPT_ENGINE_NCCL_LIBRARY"):
+    candidates.append(("CKPT_ENGINE_NCCL_LIBRARY", os.environ["CKPT_ENGINE_NCCL_LIBRARY"]))
+try:
+    import torch
+    try:
+        v = torch.cuda.nccl.version()  # Calls ncclGetVersion: loads torch's libnccl when it links one dynamically.
+        loaded = maps()
+        print("torch %s: NCCL %s, %s" % (torch.__version__, ".".join(map(str, v)) if isinstance(v, tuple) else v,
+              "loaded from " + ", ".join(loaded) if loaded else "linked in statically (no libnccl.so to share)"))
+        candidates += [("torch", p) for p in loaded]
+    except Exception as e:
+        print("torch %s has no NCCL: %s" % (torch.__version__, e))
+except Exception as e:
+    print("no torch: %s" % e)
+try:
+    import nvidia.nccl as n
+    candidates += [("nvidia-nccl wheel", os.path.join(p, "lib", "libnccl.so.2")) for p in n.__path__]
+except Exception:
+    pass
+try:
+    ld = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    candidates += [("ldconfig", l.split("=>")[-1].strip()) for l in ld.splitlines() if "libnccl.so.2" in l]
+except Exception:
+    pass
+candidates += [(src, p) for src, root in (("VIRTUAL_ENV", os.environ.get("VIRTUAL_ENV")), ("CONDA_PREFIX", os.environ.get("CONDA_PREFIX"))) if root
+               for p in sorted(glob.glob(os.path.join(root, "lib", "python3*", "*-packages", "nvidia", "nccl", "lib", "libnccl.so.2")) + [os.path.join(root, "lib", "libnccl.so.2")])]
+candidates += [("system", p) for p in ("/usr/lib/x86_64-linux-gnu/libnccl.so.2", "/usr/local/cuda/lib64/libnccl.so.2", "/usr/lib64/libnccl.so.2")]
+for src, path in candidates:
+    if not os.path.isfile(path):
+        print("tried %s: %s (missing)" % (src, path))
+        continue
+    try:
+        code = ctypes.c_int()
+        if ctypes.CDLL(path).ncclGetVersion(ctypes.byref(code)) != 0:
+            raise OSError("ncclGetVersion failed")
+        c = code.value
+        major, minor, patch = (c // 10000, c % 10000 // 100, c % 100) if c >= 10000 else (c // 1000, c % 1000 // 100, c % 100)
+        print("chosen\t%s\t%d.%d.%d\t%s" % (os.path.realpath(path), major, minor, patch, src))
+        sys.exit(0)
+    except (OSError, AttributeError) as e:
+        print("tried %s: %s (%s)" % (src, path, e))
+print("no libnccl.so.2 found")
+PY
+grep -v "^chosen" "$results/nccl-probe.txt" | sed 's/^/  /'
+chosen="$(grep "^chosen" "$results/nccl-probe.txt" 2>/dev/null | head -1 || true)"
+if [ -n "$chosen" ]; then
+  IFS=$'\t' read -r _ nccl version source <<<"$chosen"
+  export CKPT_ENGINE_NCCL_LIBRARY="$nccl"
+  say "NCCL $version: $nccl (from $source; CKPT_ENGINE_NCCL_LIBRARY set to it)"
 else
-  failed=1; say "FAIL: no Python worker check in this payload"
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && say "the NCCL probe ran out of its $limit s"
+  # Without Python's help: the virtualenv's or conda's wheel, as the C# side would look.
+  for root in "${VIRTUAL_ENV:-}" "${CONDA_PREFIX:-}"; do
+    [ -z "${CKPT_ENGINE_NCCL_LIBRARY:-}" ] && [ -n "$root" ] || continue
+    for f in "$root"/lib/python3*/*-packages/nvidia/nccl/lib/libnccl.so.2; do
+      [ -f "$f" ] && export CKPT_ENGINE_NCCL_LIBRARY="$f" && break
+    done
+  done
+  say "NCCL: $([ -n "${CKPT_ENGINE_NCCL_LIBRARY:-}" ] && echo "${CKPT_ENGINE_NCCL_LIBRARY} (version unknown)" || echo "none found here; ckpt-engine tries its own paths") — see nccl-probe.txt"
+fi
+{ command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi; } >"$results/nvidia-smi.txt" 2>&1 && say "$(timeout 10 nvidia-smi -L 2>/dev/null | head -4)"
+
+say "1/5 the CLI starts (host backend)"
+run 45 "$results/host.json" "$results/host.err" "$app/ckpt-engine" demo --device host --ranks 1 --size 8MiB --method broadcast --json
+outcome "CLI starts" "$(tail -n 3 "$results/host.err" 2>/dev/null)"
+[ "$rc" = 0 ] || exit 1 # Nothing else can run.
+
+say "2/5 GPU unit tests"
+run 90 "$results/tests.log" "$results/tests.err" "$app/CheckpointEngine.Tests" -trait "Category=GPU" -noColor
+summary="$(grep -E 'Total:' "$results/tests.log" 2>/dev/null | tail -n 1 | sed 's/^ *//')"
+if [ "$rc" = 0 ] && [ -z "$summary" ]; then
+  rc=1 && outcome "GPU unit tests" "no test summary in tests.log"
+elif [ "$rc" = 0 ] && [ "$dry" != 1 ] && ! grep -q "Skipped: 0," <<<"$summary"; then
+  rc=1 && outcome "GPU unit tests" "tests skipped on a GPU machine: $summary"
+  grep -B1 -A2 "\[SKIP\]" "$results/tests.log" | head -20
+elif [ "$rc" = 0 ] && ! grep -q "Total: [1-9]" <<<"$summary"; then
+  rc=1 && outcome "GPU unit tests" "the payload has no GPU-trait tests: $summary"
+else
+  outcome "GPU unit tests" "$summary$([ "$dry" = 1 ] && echo " (no GPU here: skipped)")"
+  [ "$rc" = 0 ] || tail -n 40 "$results/tests.log" 2>/dev/null
 fi
 
-say "3/3 host-to-device throughput against a plain pinned cuMemcpyHtoD"
-if "$app/ckpt-engine" bench cuda-h2d-baseline "$size" >"$work/baseline.txt" 2>&1 && [ -s "$work/demo.json" ]; then
-  "$py" - "$work/demo.json" "$work/baseline.txt" <<'PY' || failed=1
+device=cuda torch_device=cuda
+[ "$dry" = 1 ] && device=host torch_device=cpu
+say "3/5 update of a $size checkpoint to the .NET worker on one $device device: broadcast, then P2P"
+CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" run 120 "$results/demo.json" "$results/demo.err" \
+  "$app/ckpt-engine" demo --device "$device" --ranks 1 --size "$size" --method all --json --trace "$results/demo-trace.json"
+if [ "$rc" = 0 ] && ! "$py" - "$results/demo.json" <<'PY'; then
 import json, sys
-demo = json.loads(open(sys.argv[1]).read().splitlines()[0])
-base = dict(kv.split("=") for kv in open(sys.argv[2]).read().split())
-h2d = demo["bytes"] / demo["stage_seconds"] / 1e9
-ratio = h2d / float(base["gbps"])
-print(f"gpu-check: H2D stage {h2d:.2f} GB/s, pinned cuMemcpyHtoD {float(base['gbps']):.2f} GB/s: ratio {ratio:.2f} (target >= 0.9)")
-print(f"gpu-check: update wall {demo['seconds']:.3f} s = stage sums: H2D {demo['stage_seconds']:.3f} s, broadcast {demo['broadcast_seconds']:.3f} s, "
-      f"reload {demo['reload_seconds']:.3f} s; pipeline efficiency {demo['efficiency']:.2f}; first update {demo['first_seconds']:.3f} s")
-sys.exit(0 if demo["verified"] and ratio >= 0.9 else 1)
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+sys.exit(0 if [l["method"] for l in lines] == ["broadcast", "p2p"] and all(l["verified"] for l in lines) else 1)
 PY
-else
-  failed=1; say "FAIL: baseline"; cat "$work/baseline.txt"
+  rc=1
 fi
+outcome ".NET worker update (broadcast + P2P)" "$( [ "$rc" = 0 ] && echo "both verified" || { tail -n 5 "$results/demo.err"; cat "$results/demo.json"; } 2>/dev/null )"
+
+say "4/5 the same to the Python worker (torch on $torch_device, $py)"
+CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" GPU_CHECK_TORCH_DEVICE="$torch_device" GPU_CHECK_LOGS="$results" \
+  run 180 "$results/python.log" "$results/python.err" "$here/python/tests/gpu_check_worker.sh" "$app/ckpt-engine" "$size" "$data"
+if [ "$rc" = 0 ]; then
+  outcome "Python worker update (broadcast + P2P)" "$(grep '^python worker:' "$results/python.log" | tail -n 1)"
+else
+  outcome "Python worker update (broadcast + P2P)" "last phase: $(grep '^python half:' "$results/python.log" 2>/dev/null | tail -n 1)"
+  [ "$rc" = 125 ] || tail -n 20 "$results/python.log" "$results/python.err"
+fi
+
+say "5/5 plain pinned cuMemcpyHtoD of $size (the figures' baseline)"
+if [ "$dry" = 1 ]; then
+  record "H2D baseline" SKIPPED "needs a GPU"
+else
+  run 60 "$results/baseline.txt" "$results/baseline.err" "$app/ckpt-engine" bench cuda-h2d-baseline "$size"
+  outcome "H2D baseline" "$(cat "$results/baseline.txt" "$results/baseline.err" 2>/dev/null | tail -n 3)"
+fi
+
+if [ "$dry" = 1 ]; then
+  say "dry run: timeout self-test (a step of 2 s that runs for 60 s must be named)"
+  run 2 "$results/timeout-selftest.log" "$results/timeout-selftest.log" sleep 60
+  if [ "$rc" = 124 ]; then record "timeout self-test" PASS "step 'sleep 60' was stopped at its 2 s limit (exit 124)" "$took"
+  elif [ "$rc" = 125 ]; then outcome "timeout self-test"
+  else record "timeout self-test" FAIL "exit $rc instead of 124"; fi
+fi
+
+say "figures (reported, never failing the run):"
+"$py" - "$results/demo.json" "$results/baseline.txt" "$results/figures.json" <<'PY' | tee -a "$results/console.log"
+import json, os, sys
+demo, baseline, out = sys.argv[1:]
+lines = [json.loads(l) for l in open(demo) if l.strip()] if os.path.exists(demo) else []
+base = dict(kv.split("=", 1) for kv in open(baseline).read().split()) if os.path.exists(baseline) else {}
+figures = {"methods": lines, "pinned_h2d_gbps": float(base["gbps"]) if "gbps" in base else None, "h2d_ratio_target": 0.9}
+for d in lines:
+    if not d.get("bytes"):
+        continue
+    h2d = d["bytes"] / d["stage_seconds"] / 1e9 if d["stage_seconds"] else float("nan")
+    ratio = h2d / figures["pinned_h2d_gbps"] if figures["pinned_h2d_gbps"] else None
+    stage = "H2D" if d["method"] == "broadcast" else "P2P read"
+    if d["method"] == "broadcast":
+        figures["h2d_gbps"], figures["h2d_ratio"] = h2d, ratio
+        print("  %s stage %.2f GB/s, pinned cuMemcpyHtoD %s: ratio %s (target >= 0.9)" % (
+            stage, h2d, "%.2f GB/s" % figures["pinned_h2d_gbps"] if ratio else "not measured",
+            "%.2f%s" % (ratio, "" if ratio >= 0.9 else " BELOW TARGET") if ratio else "n/a"))
+    print("  %s: wall %.3f s (%.2f GB/s) = stage sums: %s %.3f s, broadcast %.3f s, reload %.3f s; pipeline efficiency %.2f; first update %.3f s"
+          % (d["method"], d["seconds"], d["gbps"], stage, d["stage_seconds"], d["broadcast_seconds"], d["reload_seconds"], d["efficiency"], d["first_seconds"]))
+if not lines:
+    print("  none: the .NET worker update gave no figures")
+json.dump(figures, open(out, "w"), indent=1)
+PY
+
+say "results per step:"
+while IFS=$'\t' read -r status seconds name detail; do
+  printf '  %-8s %4s s  %s\n' "$status" "$seconds" "$name" | tee -a "$results/console.log"
+done <"$results/steps.tsv"
 [ "$failed" = 0 ] && say "PASS" || say "FAILED"
 exit "$failed"

@@ -4,6 +4,8 @@ extension (CUDA IPC), then a byte-for-byte comparison of its weights with the ch
 
   gpu_check_worker.py serve CHECKPOINT_DIR         prints "listening on http://127.0.0.1:PORT"
   gpu_check_worker.py verify CHECKPOINT_DIR URL    exit 0 when every tensor equals the files'
+
+GPU_CHECK_TORCH_DEVICE=cpu keeps the model on the CPU (the check's dry run, with `--device host`).
 """
 
 import hashlib
@@ -24,6 +26,8 @@ import e2e_worker  # noqa: E402
 
 # "cpu" runs this half against the host backend (a dry run of the script on a machine without a GPU).
 DEVICE = os.environ.get("GPU_CHECK_TORCH_DEVICE", "cuda")
+if DEVICE not in ("cuda", "cpu"):
+    sys.exit("GPU_CHECK_TORCH_DEVICE must be cuda or cpu, not %r" % DEVICE)
 from ckpt_engine_worker import dtypes  # noqa: E402
 from ckpt_engine_worker.vllm import WorkerExtension  # noqa: E402
 

@@ -1,22 +1,61 @@
 #!/usr/bin/env bash
 # GPU check, Python half: ckpt-engine updates a torch model on one GPU through the package (CUDA IPC),
-# then the model's bytes are compared with the checkpoint's.   gpu_check_worker.sh CKPT_ENGINE SIZE WORKDIR
+# broadcast then P2P (`--update-method all`, twice each), then the model's bytes are compared with the
+# checkpoint's.   gpu_check_worker.sh CKPT_ENGINE SIZE WORKDIR
+# GPU_CHECK_TORCH_DEVICE=cpu keeps the model on the CPU and updates it through the host backend
+# (`--device host`, shared memory): the dry run of the check uses it on machines without a GPU.
+# Each phase has its own time limit (coreutils timeout) and a line "python half: PHASE" before it, so a
+# phase that runs out is named here, and the last such line in the log says where an outer limit struck.
 set -euo pipefail
 bin="$1" size="$2" work="$3"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python3}"
+case "${GPU_CHECK_TORCH_DEVICE:=cuda}" in
+  cuda) device=cuda; unset CKPT_ENGINE_DEVICE_ID ;; # Both sides name the GPU by its UUID.
+  cpu) device=host; export CKPT_ENGINE_DEVICE_ID=host-gpu-check-0 ;; # A CPU has none: one id for both sides.
+  *) echo "GPU_CHECK_TORCH_DEVICE must be cuda or cpu, not '$GPU_CHECK_TORCH_DEVICE'"; exit 2 ;;
+esac
+export GPU_CHECK_TORCH_DEVICE
 mib="$("$py" -c 'import re, sys; n, u = re.fullmatch(r"(\d+)\s*([KMG]i?B)", sys.argv[1]).groups(); print(max(1, int(n) * {"K": 1, "M": 1024, "G": 1 << 20}[u[0]] // 1024))' "$size")"
 ckpt="$work/python-checkpoint"
-"$bin" sample "$ckpt" --size-mb "$mib" --shards 4 --layers 8 >/dev/null
-env -u CKPT_ENGINE_DEVICE_ID "$py" "$here/gpu_check_worker.py" serve "$ckpt" >"$work/python-worker.out" 2>"$work/python-worker.err" &
+logs="${GPU_CHECK_LOGS:-$work}"
+
+# phase NAME LIMIT_S COMMAND...: COMMAND under its own limit; says which phase ran out.
+phase() {
+  local name="$1" limit="$2" rc=0
+  shift 2
+  echo "python half: $name (limit $limit s)"
+  timeout --kill-after=10 "$limit" "$@" || rc=$?
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "python half: TIMEOUT: '$name' ran out of its $limit s (timeout exit $rc)"
+  elif [ "$rc" != 0 ]; then
+    echo "python half: '$name' failed (exit $rc)"
+  fi
+  return "$rc"
+}
+
+# Eight layers: F8_E4M3 MLP weights on the odd ones. A CPU dry run on a torch without float8 (before 2.1)
+# writes one layer, which has none; on the GPU such a torch fails the check, naming the dtype.
+layers=8 shards=4
+if [ "$GPU_CHECK_TORCH_DEVICE" = cpu ] && ! "$py" -c 'import sys, torch; sys.exit(not hasattr(torch, "float8_e4m3fn"))' 2>/dev/null; then
+  layers=1 shards=1
+  echo "python half: this torch has no float8: a one-layer sample without F8_E4M3 tensors (CPU dry run only)"
+fi
+phase "write a ${mib} MiB sample checkpoint" 60 "$bin" sample "$ckpt" --size-mb "$mib" --shards "$shards" --layers "$layers"
+echo "python half: start the Python worker ($py, torch on $GPU_CHECK_TORCH_DEVICE; limit 60 s)"
+"$py" "$here/gpu_check_worker.py" serve "$ckpt" >"$logs/python-worker.out" 2>"$logs/python-worker.err" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-  grep -q "listening on" "$work/python-worker.out" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { echo "the Python worker exited:"; cat "$work/python-worker.err"; exit 1; }
+for _ in $(seq 1 300); do
+  grep -q "listening on" "$logs/python-worker.out" 2>/dev/null && break
+  kill -0 "$pid" 2>/dev/null || { echo "python half: the Python worker exited:"; cat "$logs/python-worker.err"; exit 1; }
   sleep 0.2
 done
-url="$(grep -o 'http://[0-9.:]*' "$work/python-worker.out" | head -1)"
-[ -n "$url" ] || { echo "the Python worker did not start within 120 s"; cat "$work/python-worker.err"; exit 1; }
-CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" "$bin" launch --nproc 1 -- update --device cuda --checkpoint-path "$ckpt" --endpoint "$url" --repeat 2 --timeout 300
-"$py" "$here/gpu_check_worker.py" verify "$ckpt" "$url"
+url="$(grep -o 'http://[0-9.:]*' "$logs/python-worker.out" | head -1 || true)"
+[ -n "$url" ] || { echo "python half: TIMEOUT: the Python worker did not start within 60 s"; cat "$logs/python-worker.err"; exit 124; }
+# --timeout: each update's own deadline, inside the phase's limit, so a stuck update fails naming what it waited for.
+phase "update broadcast + P2P, twice each (--device $device)" 120 \
+  env CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" \
+  "$bin" launch --nproc 1 -- update --device "$device" --checkpoint-path "$ckpt" --endpoint "$url" \
+  --update-method all --repeat 2 --timeout 50 --trace "$logs/python-trace.json"
+phase "verify the model against the checkpoint" 90 "$py" "$here/gpu_check_worker.py" verify "$ckpt" "$url"

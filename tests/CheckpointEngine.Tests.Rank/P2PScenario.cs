@@ -12,7 +12,8 @@ using CheckpointEngine.Server;
 /// <summary>
 /// Elastic join. "p2p-owner DIR URLS TP METAS": register a share, gather metas, broadcast-update the own
 /// workers, save the metas (rank 0), then keep serving P2P reads until METAS.done appears.
-/// "p2p-join URLS TP METAS": register nothing, load the metas, and P2P-update the own workers from the owners.
+/// "p2p-join URLS TP METAS [STARTED]": register nothing, load the metas, and P2P-update the own workers from the owners;
+/// with STARTED, each rank creates the file STARTED.RANK when its update triggers its worker (the reads follow at once).
 /// </summary>
 internal static class P2PScenario
 {
@@ -45,10 +46,20 @@ internal static class P2PScenario
         var (urls, tp, metasPath) = (args[0].Split(','), int.Parse(args[1], CultureInfo.InvariantCulture), args[2]);
         await using var ps = await Start(world);
         ps.SetMetas(GlobalMetas.Load(metasPath));
+        var trigger = EngineTrigger.Http(urls[world.Rank / tp], tp);
+        if (args.Length > 3)
+        {
+            var (inner, started) = (trigger, $"{args[3]}.{world.Rank}");
+            trigger = async (context, ct) =>
+            {
+                await File.WriteAllTextAsync(started, "", ct);
+                await inner(context, ct);
+            };
+        }
         var clock = Stopwatch.StartNew();
         try
         {
-            var report = await ps.UpdateAsync("ckpt", UpdateMode.P2P(Enumerable.Range(0, world.Size)), EngineTrigger.Http(urls[world.Rank / tp], tp),
+            var report = await ps.UpdateAsync("ckpt", UpdateMode.P2P(Enumerable.Range(0, world.Size)), trigger,
                 options: new UpdateOptions { Timeout = timeout });
             Console.WriteLine($"update 1 ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count}");
         }

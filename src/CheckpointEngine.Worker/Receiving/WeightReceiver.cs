@@ -37,20 +37,25 @@ public static class WeightReceiver
     /// The handler or hook failed (its message was sent back as the error), a message was bad (the
     /// error was sent back), or the parameter server went silent or away.
     /// </exception>
-    public static async Task<ReceiveSummary> ReceiveAsync(string socketAddress, BucketHandler onBucket,
-        Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default)
+    public static Task<ReceiveSummary> ReceiveAsync(string socketAddress, BucketHandler onBucket,
+        Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default) =>
+        ReceiveAsync(socketAddress, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken);
+
+    /// <param name="connectRetrying">Called with each failed connection attempt before the receiver waits to try again (tests await it instead of sleeping).</param>
+    internal static async Task<ReceiveSummary> ReceiveAsync(string socketAddress, BucketHandler onBucket,
+        Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken)
     {
         ArgumentException.ThrowIfNullOrEmpty(socketAddress);
         ArgumentNullException.ThrowIfNull(onBucket);
         var idle = idleTimeout ?? DefaultIdleTimeout;
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idle, TimeSpan.Zero, nameof(idleTimeout));
-        var socket = await ConnectAsync(socketAddress, idle, cancellationToken).ConfigureAwait(false);
+        var socket = await ConnectAsync(socketAddress, idle, connectRetrying, cancellationToken).ConfigureAwait(false);
         using var session = new ReceiveSession(socketAddress, socket, onBucket, postLoad, idle);
         return await session.RunAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Connects, retrying with a short backoff while nothing listens yet, until <paramref name="deadline"/> has passed.</summary>
-    internal static async Task<Socket> ConnectAsync(string address, TimeSpan deadline, CancellationToken ct)
+    internal static async Task<Socket> ConnectAsync(string address, TimeSpan deadline, Action<SocketException>? retrying, CancellationToken ct)
     {
         var endpoint = WorkerSockets.EndPoint(address);
         var started = TimeProvider.System.GetTimestamp();
@@ -87,6 +92,7 @@ public static class WeightReceiver
                 throw new WeightReceiveException(
                     $"no parameter server listening at {address} within {deadline.TotalSeconds:0.###} s ({error.SocketErrorCode}: {error.Message})", error);
             }
+            retrying?.Invoke(error);
             await Task.Delay(delay < left ? delay : left, ct).ConfigureAwait(false);
             delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, MaxRetry.Ticks));
         }

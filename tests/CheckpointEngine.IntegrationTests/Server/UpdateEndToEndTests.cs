@@ -94,16 +94,25 @@ public sealed class UpdateEndToEndTests : IDisposable
         return [.. urls];
     }
 
+    /// <summary>
+    /// The ranks' own deadline (TEST_TIMEOUT_S) where a test shows that something fails without waiting for it:
+    /// far beyond the cluster's 90 s, so a rank that waits for it is killed and reported with exit code −1.
+    /// </summary>
+    private const string NeverReached = "600";
+
     private async Task<RankCluster.Result[]> RunRanks(int ranks, string dir, string[] urls, int tp, int updates, params string[] extra) =>
-        await RunRanks(ranks, dir, urls, tp, updates, 64, extra);
+        await RunRanks(ranks, dir, urls, tp, updates, 64, "30", extra);
 
     private async Task<RankCluster.Result[]> RunRanks(int ranks, string dir, string[] urls, int tp, int updates, int deviceMemoryMb, params string[] extra) =>
+        await RunRanks(ranks, dir, urls, tp, updates, deviceMemoryMb, "30", extra);
+
+    private async Task<RankCluster.Result[]> RunRanks(int ranks, string dir, string[] urls, int tp, int updates, int deviceMemoryMb, string timeoutS, params string[] extra) =>
         await RankCluster.RunAsync(ranks, ["update", dir, string.Join(',', urls), tp.ToString(System.Globalization.CultureInfo.InvariantCulture), updates.ToString(System.Globalization.CultureInfo.InvariantCulture), .. extra],
             r => new Dictionary<string, string>
             {
                 ["CKPT_ENGINE_DEVICE_ID"] = DeviceId(r),
                 ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625", // 1 MiB: many buckets, one tensor over the limit.
-                ["TEST_TIMEOUT_S"] = "30",
+                ["TEST_TIMEOUT_S"] = timeoutS,
                 ["TEST_DEVICE_MEMORY_MB"] = deviceMemoryMb.ToString(System.Globalization.CultureInfo.InvariantCulture),
             });
 
@@ -213,30 +222,29 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     [Fact]
-    public async Task Update_RankKilledMidUpdate_SurvivorsFailWithinTheDeadline()
+    public async Task Update_RankKilledMidUpdate_SurvivorsFailWithoutWaitingForTheDeadline()
     {
         var dir = WriteCheckpoint();
         // 100 ms per bucket and about a dozen buckets: rank 1 dies 300 ms in, mid-update.
         var urls = await StartWorkers(4, 2, "--reload-delay-ms", "100");
-        var clock = Stopwatch.StartNew();
-        var results = await RunRanks(4, dir, urls, 2, 1, "kill-at-bucket", "1", "2");
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "the update hung");
+        // The survivors' deadline lies beyond the cluster's: failing at all (exit 3, not −1) means the store reported the death.
+        var results = await RunRanks(4, dir, urls, 2, 1, 64, NeverReached, "kill-at-bucket", "1", "2");
         Assert.Equal(137, results[1].ExitCode);
         foreach (var r in results.Where(r => r.Rank != 1))
         {
             Assert.True(r.ExitCode == 3, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
             Assert.Contains("rank 1", r.Line("error"));
-            var seconds = double.Parse(r.Line("update 1 failed").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
-            Assert.True(seconds < 20, r.Output);
+            Assert.StartsWith("update 1 failed", r.Line("update 1 "));
         }
     }
 
-    private static Task<RankCluster.Result[]> RunWorld(int ranks, string[] args, Func<int, string> deviceId, Task? killWhen = null, string maxBucketGb = "0.0009765625") =>
+    private static Task<RankCluster.Result[]> RunWorld(int ranks, string[] args, Func<int, string> deviceId, Task? killWhen = null, string maxBucketGb = "0.0009765625",
+        string timeoutS = "30") =>
         RankCluster.RunAsync(ranks, args, r => new Dictionary<string, string>
         {
             ["CKPT_ENGINE_DEVICE_ID"] = deviceId(r),
             ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = maxBucketGb,
-            ["TEST_TIMEOUT_S"] = "30",
+            ["TEST_TIMEOUT_S"] = timeoutS,
         }, killWhen: killWhen);
 
     private string JoinerId(int rank) => $"e2e-{_id}-j{rank}";
@@ -250,7 +258,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         var ownerUrls = await StartWorkers(4, 2);
         var joinerUrls = await StartWorkers(JoinerId, 2, 2);
         var owners = RunWorld(4, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId);
-        await WaitForFile(metas, owners);
+        await WaitForFile(metas, owners, "the owners saved their metas");
         var ownersBefore = await BucketsLoaded(ownerUrls);
 
         var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId);
@@ -277,14 +285,17 @@ public sealed class UpdateEndToEndTests : IDisposable
         var joinerUrls = await StartWorkers(JoinerId, 2, 2, "--reload-delay-ms", "300");
         var killOwners = new TaskCompletionSource();
         var owners = RunWorld(2, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId, killOwners.Task, SmallBuckets);
-        await WaitForFile(metas, owners);
-        var joiners = RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId, maxBucketGb: SmallBuckets);
-        await Task.Delay(TimeSpan.FromSeconds(1.2), TestContext.Current.CancellationToken);
+        await WaitForFile(metas, owners, "the owners saved their metas");
+        // The joiners' deadline lies beyond the cluster's: a joiner that waited for it would be killed and print no result.
+        var started = Path.Combine(_dir, "joining");
+        var joiners = RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas, started], JoinerId, maxBucketGb: SmallBuckets, timeoutS: NeverReached);
+        // Each joiner marks the moment its update triggers its worker; its reads then follow at the worker's pace
+        // (two buckets staged ahead, 300 ms per reload), so most of them are still to come.
+        await WaitForFile(started + ".0", joiners, "the joiners' updates started");
+        await WaitForFile(started + ".1", joiners, "the joiners' updates started");
         killOwners.SetResult(); // Every owner process, mid-update.
         await owners;
-        var clock = System.Diagnostics.Stopwatch.StartNew();
         var results = await joiners;
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(40), "the joiners hung");
         foreach (var r in results)
         {
             var line = r.Line("update 1 ");
@@ -295,17 +306,18 @@ public sealed class UpdateEndToEndTests : IDisposable
 
     private const string SmallBuckets = "0.00006103515625"; // 64 KiB
 
-    private static async Task WaitForFile(string path, Task running)
+    /// <summary>Polls for a file that rank processes create (their state, seen from outside), failing if they stop first or past a deadline.</summary>
+    private static async Task WaitForFile(string path, Task<RankCluster.Result[]> running, string what)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         while (!File.Exists(path))
         {
             if (running.IsCompleted)
             {
-                var results = await (Task<RankCluster.Result[]>)running;
-                Assert.Fail("the owners stopped early:\n" + string.Join("\n", results.Select(r => r.Output)));
+                var results = await running;
+                Assert.Fail($"the ranks stopped before {what}:\n" + string.Join("\n", results.Select(r => r.Output)));
             }
-            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "the owners never saved their metas");
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"never: {what}");
             await Task.Delay(50, TestContext.Current.CancellationToken);
         }
     }

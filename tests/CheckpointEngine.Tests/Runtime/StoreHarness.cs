@@ -35,6 +35,36 @@ internal sealed class StoreHarness : IDisposable
         return client;
     }
 
+    /// <summary>
+    /// Returns once <paramref name="condition"/> holds of the server, checked again at each of its
+    /// <see cref="StoreServer.Changed"/> events (never by sleeping); fails the test past the step deadline.
+    /// </summary>
+    public async Task UntilAsync(Func<StoreServer, bool> condition, string what)
+    {
+        while (true)
+        {
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            void OnChanged() => changed.TrySetResult();
+            Server.Changed += OnChanged; // Before looking, so that no change between the look and the wait is missed.
+            try
+            {
+                if (condition(Server))
+                {
+                    return;
+                }
+                await changed.Task.WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+            }
+            catch (TimeoutException)
+            {
+                Assert.Fail($"the store never got to: {what}");
+            }
+            finally
+            {
+                Server.Changed -= OnChanged;
+            }
+        }
+    }
+
     /// <summary>A raw TCP connection to the store, for speaking the protocol badly.</summary>
     public async Task<Socket> RawAsync()
     {

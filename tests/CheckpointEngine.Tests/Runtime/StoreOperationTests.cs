@@ -178,11 +178,12 @@ public class StoreOperationTests
         using var h = StoreHarness.Start();
         var waiter = await h.ConnectAsync(0);
         var setter = await h.ConnectAsync(1);
-        var wait = waiter.WaitGetAsync(["x", "y"], TimeSpan.FromSeconds(4), Ct);
-        await Task.Delay(100, Ct);
+        var wait = waiter.WaitGetAsync(["x", "y"], TimeSpan.FromMinutes(10), Ct);
+        await h.UntilAsync(s => s.PendingWaits == 1, "the wait pending");
         Assert.False(wait.IsCompleted);
+        // The store wakes ready waits before it answers the set: still pending after it means one key is not enough.
         await setter.SetAsync("x", [1], Ct).WaitAsync(Deadline, Ct);
-        await Task.Delay(100, Ct);
+        Assert.Equal(1, h.Server.PendingWaits);
         Assert.False(wait.IsCompleted);
         await setter.AddAsync("y", 2, Ct).WaitAsync(Deadline, Ct);
         var values = await wait.WaitAsync(Deadline, Ct);

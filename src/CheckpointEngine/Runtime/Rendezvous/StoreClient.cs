@@ -31,7 +31,12 @@ public sealed class StoreClient : IStore, IDisposable
     /// Connects to the store, retrying while it is not up yet (rank 0 may start later), and presents
     /// the token and this process's rank (−1 for a tool that is not a rank).
     /// </summary>
-    public static async Task<StoreClient> ConnectAsync(string host, int port, string? token, int rank, TimeSpan connectTimeout, CancellationToken ct = default)
+    public static Task<StoreClient> ConnectAsync(string host, int port, string? token, int rank, TimeSpan connectTimeout, CancellationToken ct = default) =>
+        ConnectAsync(host, port, token, rank, connectTimeout, retrying: null, ct);
+
+    /// <param name="retrying">Called with each failed attempt before the client waits to try again (tests await it instead of sleeping).</param>
+    internal static async Task<StoreClient> ConnectAsync(string host, int port, string? token, int rank, TimeSpan connectTimeout,
+        Action<Exception>? retrying, CancellationToken ct)
     {
         var where = $"{host}:{port} (rank 0)";
         var deadline = DateTime.UtcNow + connectTimeout;
@@ -69,6 +74,7 @@ public sealed class StoreClient : IStore, IDisposable
                 throw new RendezvousException(
                     $"cannot reach the rendezvous store at {where} within {connectTimeout.TotalSeconds:F0} s: {last?.Message}", last);
             }
+            retrying?.Invoke(last!);
             await Task.Delay(delay, ct).ConfigureAwait(false);
             delay = TimeSpan.FromMilliseconds(Math.Min(500, delay.TotalMilliseconds * 2));
         }

@@ -29,6 +29,7 @@ public sealed class StoreServer : IDisposable
     private readonly HashSet<Socket> _connections = [];
     private readonly TaskCompletionSource _death = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private (int Rank, string Reason)? _dead;
+    private int _watchers;
 
     private StoreServer(Socket listener, string? token)
     {
@@ -122,6 +123,10 @@ public sealed class StoreServer : IDisposable
                 {
                     _members.Remove(r);
                 }
+            }
+            if (rank >= 0)
+            {
+                Changed?.Invoke();
             }
             if (rank is { } r2 && r2 >= 0 && !graceful && !_stop.IsCancellationRequested)
             {
@@ -244,7 +249,23 @@ public sealed class StoreServer : IDisposable
             }
             case Op.WatchDead:
             {
-                await WaitAsync(_death.Task, WaitTime(reader.Int64())).ConfigureAwait(false);
+                var timeout = WaitTime(reader.Int64());
+                lock (_lock)
+                {
+                    _watchers++;
+                }
+                Changed?.Invoke();
+                try
+                {
+                    await WaitAsync(_death.Task, timeout).ConfigureAwait(false);
+                }
+                finally
+                {
+                    lock (_lock)
+                    {
+                        _watchers--;
+                    }
+                }
                 return (DeadReply() ?? new Writer().Byte((byte)Status.Timeout), false);
             }
             case Op.Bye:
@@ -334,6 +355,7 @@ public sealed class StoreServer : IDisposable
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         (HashSet<string>, TaskCompletionSource) waiter = (new HashSet<string>(keys, StringComparer.Ordinal), done);
+        var pending = false;
         lock (_lock)
         {
             if (keys.All(_data.ContainsKey))
@@ -343,7 +365,12 @@ public sealed class StoreServer : IDisposable
             if (_dead is null)
             {
                 _waiters.Add(waiter);
+                pending = true;
             }
+        }
+        if (pending)
+        {
+            Changed?.Invoke();
         }
         try
         {
@@ -405,6 +432,24 @@ public sealed class StoreServer : IDisposable
         }
         waiting.ForEach(t => t.TrySetResult());
         _death.TrySetResult();
+    }
+
+    /// <summary>
+    /// Raised, outside the lock, when a wait starts pending (WaitGet or WatchDead) and when a rank has
+    /// left: tests await these moments instead of sleeping through them.
+    /// </summary>
+    internal event Action? Changed;
+
+    /// <summary>Waits (WaitGet and WatchDead) the store holds open that nothing has answered yet.</summary>
+    internal int PendingWaits
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _waiters.Count(w => !w.Done.Task.IsCompleted) + (_death.Task.IsCompleted ? 0 : _watchers);
+            }
+        }
     }
 
     /// <summary>Connected ranks (not tools); a rank leaves by saying goodbye or by dying.</summary>

@@ -1,12 +1,16 @@
 """The few CUDA driver calls the worker needs, through ctypes: open and close an IPC memory handle,
 and a device's UUID. libcuda.so.1 is the driver library torch's CUDA runtime already uses, so this
 adds no dependency; it is loaded on first use only (CPU-only machines never touch it).
+$CKPT_ENGINE_CUDA_LIBRARY (read once, at import; the parameter server's variable of the same name)
+names another driver library, such as the stand-in the CPU tests build.
 """
 
 import ctypes
+import os
 import threading
 
-LIBRARY = "libcuda.so.1"
+LIBRARY_VARIABLE = "CKPT_ENGINE_CUDA_LIBRARY"
+LIBRARY = os.environ.get(LIBRARY_VARIABLE) or "libcuda.so.1"
 IPC_HANDLE_BYTES = 64
 CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
 
@@ -16,7 +20,9 @@ CUdevice = ctypes.c_int
 
 
 class CUipcMemHandle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_char * IPC_HANDLE_BYTES)]
+    # Bytes, not c_char: ctypes reads and writes a c_char array as a C string, so every byte after
+    # the first NUL would be lost, and real handles contain NULs. Make one with `from_buffer_copy`.
+    _fields_ = [("reserved", ctypes.c_ubyte * IPC_HANDLE_BYTES)]
 
 
 class CUuuid(ctypes.Structure):
@@ -66,10 +72,11 @@ def format_uuid(raw):
 
 
 def device_uuid(index, driver=None):
-    """The "GPU-<uuid>" id of CUDA device `index` (in this process's numbering)."""
+    """The "GPU-<uuid>" id of CUDA device `index` (in this process's numbering): torch's answer where
+    torch has CUDA, else the driver's (both number devices within CUDA_VISIBLE_DEVICES)."""
     import torch
 
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None) if driver is None else None
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None) if driver is None and torch.cuda.is_available() else None
     if uuid is not None:
         text = str(uuid)
         return text if text.startswith(("GPU-", "MIG-")) else "GPU-" + text
@@ -102,7 +109,7 @@ class IpcMapping:
             pointer = CUdeviceptr()
             with self._current():
                 opener = "cuIpcOpenMemHandle_v2" if self._driver.has("cuIpcOpenMemHandle_v2") else "cuIpcOpenMemHandle"
-                self._driver.call(opener, ctypes.byref(pointer), CUipcMemHandle(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
+                self._driver.call(opener, ctypes.byref(pointer), CUipcMemHandle.from_buffer_copy(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
             self.pointer = pointer.value
         except BaseException:
             self._release_context()
@@ -111,6 +118,17 @@ class IpcMapping:
     @property
     def __cuda_array_interface__(self):
         return {"shape": (self.size,), "typestr": "|u1", "data": (self.pointer, False), "version": 2}
+
+    def copy_to_host(self, address, offset, nbytes):
+        """Copies bytes [offset, offset + nbytes) of the buffer to host memory at `address`, through the
+        driver (cuMemcpyDtoH): for a caller that cannot view device memory (a torch without CUDA)."""
+        if not self.pointer:
+            raise ValueError("the IPC mapping is closed")
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise ValueError("bytes [%d, %d) are outside the %d-byte buffer" % (offset, offset + nbytes, self.size))
+        if nbytes:
+            with self._current():
+                self._driver.call("cuMemcpyDtoH_v2", ctypes.c_void_p(address), CUdeviceptr(self.pointer + offset), ctypes.c_size_t(nbytes))
 
     def _current(self):
         driver, context = self._driver, self._context

@@ -22,14 +22,17 @@ SHM_DIRECTORY = "/dev/shm"
 class Segment:
     """A mapped device buffer. `open_owner()` makes the object whose memory it is (an mmap, or an
     IpcMapping) and `make_whole(owner)` the flat uint8 tensor over it; torch's storage holds a
-    reference to the owner, which is how `release` knows whether any view outlived the update."""
+    reference to the owner, which is how `release` knows whether any view outlived the update.
+    With `fetch(owner, address, offset, nbytes)`, the whole tensor is a host copy instead, and the
+    bytes of a range are fetched into it (at `address`) each time the range is viewed or hashed."""
 
-    def __init__(self, kind, name, size, open_owner, make_whole, close, synchronize=None):
+    def __init__(self, kind, name, size, open_owner, make_whole, close, synchronize=None, fetch=None):
         self.kind = kind
         self.name = name
         self.size = size
         self._close = close
         self._synchronize = synchronize
+        self._fetch = fetch
         owner = open_owner()
         try:
             self._owner = owner
@@ -60,6 +63,7 @@ class Segment:
             item = self._sizes[dtype] = torch.empty(0, dtype=dtype).element_size()
         if offset % item:
             raise ValueError("offset %d is not a multiple of the %d-byte size of %s" % (offset, item, dtype_name))
+        self._fetch_range(offset, nbytes)
         flat = self._whole[offset:offset + nbytes]
         return (flat.view(dtype) if dtype != torch.uint8 else flat).view(shape)
 
@@ -67,7 +71,12 @@ class Segment:
         """Hex SHA-256 of a byte range (a copy to the host first when the buffer is on a GPU)."""
         if isinstance(self._owner, mmap.mmap):
             return hashlib.sha256(memoryview(self._owner)[offset:offset + nbytes]).hexdigest()
+        self._fetch_range(offset, nbytes)
         return tensor_sha256(self._whole[offset:offset + nbytes])
+
+    def _fetch_range(self, offset, nbytes):
+        if self._fetch is not None:
+            self._fetch(self._owner, self._whole.data_ptr() + offset, offset, nbytes)
 
     def synchronize(self):
         """Waits for work that reads the buffer (copies queued on a GPU stream) to finish, so the
@@ -125,17 +134,26 @@ def open_shm(name, size):
         os.close(fd)
 
 
-def open_cuda_ipc(handle, size, device=None):
+def open_cuda_ipc(handle, size, device=None, *, through_driver=False):
     """Opens a CUDA IPC handle (base64 of the 64-byte CUipcMemHandle) on `device` (default: the
-    current CUDA device) and views its `size` bytes."""
+    current CUDA device) and views its `size` bytes.
+
+    through_driver: instead of viewing device memory, copy each viewed range to a host tensor with
+        the driver (cuMemcpyDtoH). Only for tests on a machine whose torch has no CUDA (the CPU
+        tests run the worker against a stand-in driver); an engine never wants the copies."""
     from .cuda import IpcMapping
 
     raw = base64.b64decode(handle, validate=True)
     index = torch.device(device).index if device is not None else None
     if index is None:
         index = torch.cuda.current_device()
+    name = "cuda-ipc handle on cuda:%d" % index
+    if through_driver:
+        return Segment("cuda-ipc", name, size, lambda: IpcMapping(raw, size, index),
+                       lambda m: torch.empty(size, dtype=torch.uint8), lambda m: m.close(),
+                       fetch=lambda m, address, offset, nbytes: m.copy_to_host(address, offset, nbytes))
     target = torch.device("cuda", index)
-    return Segment("cuda-ipc", "cuda-ipc handle on cuda:%d" % index, size, lambda: IpcMapping(raw, size, index),
+    return Segment("cuda-ipc", name, size, lambda: IpcMapping(raw, size, index),
                    lambda m: torch.as_tensor(m, device=target), lambda m: m.close(),
                    lambda: torch.cuda.synchronize(target))
 

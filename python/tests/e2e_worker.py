@@ -4,14 +4,20 @@ through ckpt_engine_worker's vLLM extension. Speaks vLLM's HTTP surface: GET /he
 POST /collective_rpc (the method runs on every worker in parallel), plus GET /v1/weights/digest
 (SHA-256 of every state_dict() tensor per device, the reference worker's format).
 
-  e2e_worker.py --devices 2 --checkpoint-out DIR [--fail-on NAME]
+  e2e_worker.py --devices 2 --checkpoint-out DIR [--fail-on NAME] [--device cuda]
 
 writes the source checkpoint (the same model, other values) to DIR as two safetensors shards, then
 prints "listening on http://127.0.0.1:PORT". Device ids come from $CKPT_ENGINE_DEVICE_ID.
+
+With --device cuda, worker i is on cuda:i of a CUDA driver that torch does not use: the stand-in
+driver the CPU tests build, named by $CKPT_ENGINE_CUDA_LIBRARY, with torch's own CUDA hidden. Device
+ids are then the driver's GPU UUIDs, and the "cuda-ipc" buffers are read through the driver
+(segments.open_cuda_ipc's `through_driver`), since this torch cannot view device memory.
 """
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import struct
@@ -23,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ckpt_engine_worker import dtypes, state_dict_loader  # noqa: E402
+from ckpt_engine_worker import dtypes, segments, state_dict_loader  # noqa: E402
 from ckpt_engine_worker.segments import tensor_sha256  # noqa: E402
 from ckpt_engine_worker.vllm import WorkerExtension  # noqa: E402
 
@@ -113,9 +119,9 @@ class Model(TinyTransformer):
 class Worker(WorkerExtension):
     """vLLM's GPU worker as far as the extension sees it, on the CPU."""
 
-    def __init__(self, local_rank, fail_on):
+    def __init__(self, local_rank, fail_on, device):
         self.local_rank = self.rank = local_rank
-        self.device = torch.device("cpu")
+        self.device = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
         self.model_runner = type("ModelRunner", (), {})()
         self.model_runner.model = Model(seed=1, fail_on=fail_on)
 
@@ -206,9 +212,15 @@ def main():
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--checkpoint-out", required=True)
     parser.add_argument("--fail-on", default=None, help="a tensor name whose loading raises")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the workers' GPUs are a driver's that torch does not use")
     args = parser.parse_args()
+    if args.device == "cuda":
+        if torch.cuda.is_available():
+            parser.error("--device cuda reads buffers through the driver, for a torch without CUDA: hide torch's GPUs (CUDA_VISIBLE_DEVICES=)")
+        # The one change to the engine's path: views of the attached buffer are host copies made by the driver.
+        segments.open_cuda_ipc = functools.partial(segments.open_cuda_ipc, through_driver=True)
     write_checkpoint(args.checkpoint_out, seed=2)
-    serve([Worker(i, args.fail_on) for i in range(args.devices)])
+    serve([Worker(i, args.fail_on, args.device) for i in range(args.devices)])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 import base64
 import ctypes
 import gc
+import hashlib
+import os
+import subprocess
+import sys
 import unittest
+from unittest import mock
 
 import torch
 
@@ -81,13 +86,20 @@ class HostSegmentTests(unittest.TestCase):
             segments.open_segment("rdma", "x", 16)
 
 
+HANDLE = bytes(range(64))
+"""A handle with a NUL first and bytes after it, as real ones have (a C-string copy loses them)."""
+
+
 class FakeDriver:
-    """The driver calls IpcMapping makes, over host memory: the 'device pointer' is a host buffer."""
+    """The driver calls IpcMapping makes, over host memory: the 'device pointer' is a host buffer.
+    It records the handle bytes it is given and the context stack, and refuses what a driver would."""
 
     def __init__(self):
         self.calls = []
         self.memory = ctypes.create_string_buffer(64)
         self.open_handles = 0
+        self.handles = []
+        self.contexts = []
 
     def has(self, name):
         return name != "cuDeviceGetUuid_v2"
@@ -98,31 +110,52 @@ class FakeDriver:
             args[0]._obj.value = args[1]
         elif name == "cuDevicePrimaryCtxRetain":
             args[0]._obj.value = 0xC7
-        elif name in ("cuIpcOpenMemHandle_v2",):
-            assert bytes(args[1].reserved).startswith(b"handle") and args[2] == cuda.CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+        elif name == "cuCtxPushCurrent_v2":
+            self.contexts.append(args[0].value)
+        elif name == "cuCtxPopCurrent_v2":
+            args[0]._obj.value = self.contexts.pop()
+        elif name == "cuIpcOpenMemHandle_v2":
+            assert self.contexts == [0xC7] and args[2] == cuda.CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+            self.handles.append(bytes(args[1].reserved))
             args[0]._obj.value = ctypes.addressof(self.memory)
             self.open_handles += 1
         elif name == "cuIpcCloseMemHandle":
-            assert args[0].value == ctypes.addressof(self.memory)
+            assert self.contexts == [0xC7] and args[0].value == ctypes.addressof(self.memory)
             self.open_handles -= 1
+        elif name == "cuMemcpyDtoH_v2":
+            source, n = args[1].value - ctypes.addressof(self.memory), args[2].value
+            assert self.contexts == [0xC7] and 0 <= source and source + n <= len(self.memory)
+            ctypes.memmove(args[0].value, args[1].value, n)
         elif name == "cuDeviceGetUuid":
             ctypes.memmove(args[0]._obj.bytes, bytes(range(16)), 16)
 
 
 class CudaIpcTests(unittest.TestCase):
+    def test_Mapping_PassesEveryHandleByteToTheDriver(self):
+        driver = FakeDriver()
+        cuda.IpcMapping(HANDLE, 64, 0, driver=driver).close()
+        self.assertEqual(driver.handles, [HANDLE])
+
+    def test_HandleStruct_KeepsTheBytesAfterANul(self):
+        # What the driver reads is the struct's memory, passed by value: all 64 bytes must be in it.
+        handle = cuda.CUipcMemHandle.from_buffer_copy(HANDLE)
+        self.assertEqual(ctypes.string_at(ctypes.addressof(handle), ctypes.sizeof(handle)), HANDLE)
+        self.assertEqual(ctypes.sizeof(cuda.CUipcMemHandle), cuda.IPC_HANDLE_BYTES)
+
     def test_Mapping_OpensInThePrimaryContext_AndClosesOnce(self):
         driver = FakeDriver()
-        m = cuda.IpcMapping(b"handle".ljust(64, b"\0"), 64, 1, driver=driver)
+        m = cuda.IpcMapping(HANDLE, 64, 1, driver=driver)
         self.assertEqual(m.__cuda_array_interface__, {"shape": (64,), "typestr": "|u1", "data": (ctypes.addressof(driver.memory), False), "version": 2})
         self.assertEqual(driver.calls, ["cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxPushCurrent_v2", "cuIpcOpenMemHandle_v2", "cuCtxPopCurrent_v2"])
         m.close()
         m.close()
         self.assertEqual(driver.open_handles, 0)
+        self.assertEqual(driver.contexts, [])
         self.assertEqual(driver.calls[-4:], ["cuCtxPushCurrent_v2", "cuIpcCloseMemHandle", "cuCtxPopCurrent_v2", "cuDevicePrimaryCtxRelease_v2"])
 
     def test_Mapping_ClosedByItsFinalizer(self):
         driver = FakeDriver()
-        m = cuda.IpcMapping(b"handle".ljust(64, b"\0"), 64, 0, driver=driver)
+        m = cuda.IpcMapping(HANDLE, 64, 0, driver=driver)
         del m
         gc.collect()
         self.assertEqual(driver.open_handles, 0)
@@ -131,15 +164,43 @@ class CudaIpcTests(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "64 bytes, got 3"):
             cuda.IpcMapping(b"abc", 64, 0, driver=FakeDriver())
 
+    def test_CopyToHost_CopiesTheRangeInTheContext_AndChecksIt(self):
+        driver = FakeDriver()
+        driver.memory[:] = bytes(range(100, 164))
+        m = cuda.IpcMapping(HANDLE, 64, 0, driver=driver)
+        out = ctypes.create_string_buffer(8)
+        m.copy_to_host(ctypes.addressof(out), 56, 8)
+        self.assertEqual(out.raw, bytes(range(156, 164)))
+        self.assertEqual(driver.contexts, [])
+        with self.assertRaisesRegex(ValueError, r"bytes \[60, 68\) are outside the 64-byte buffer"):
+            m.copy_to_host(ctypes.addressof(out), 60, 8)
+        m.close()
+        with self.assertRaisesRegex(ValueError, "closed"):
+            m.copy_to_host(ctypes.addressof(out), 0, 8)
+
     def test_Segment_OverAnIpcMapping_SharesTheHostPath(self):
         # Everything but torch.as_tensor on a GPU: the whole-buffer tensor is a host view of the same bytes.
         driver = FakeDriver()
         driver.memory[8:16] = (7).to_bytes(8, "little")
-        seg = segments.Segment("cuda-ipc", "test", 64, lambda: cuda.IpcMapping(b"handle".ljust(64, b"\0"), 64, 0, driver=driver),
+        seg = segments.Segment("cuda-ipc", "test", 64, lambda: cuda.IpcMapping(HANDLE, 64, 0, driver=driver),
                                lambda m: torch.frombuffer(driver.memory, dtype=torch.uint8)[:m.size], lambda m: m.close())
         self.assertEqual(seg.view("I64", [], 8, 8).item(), 7)
         self.assertEqual(seg.release(), 0)
         self.assertEqual(driver.open_handles, 0)
+
+    def test_OpenCudaIpc_ThroughTheDriver_ViewsFreshHostCopies(self):
+        driver = FakeDriver()
+        with mock.patch.object(cuda.Driver, "get", lambda: driver):
+            seg = segments.open_cuda_ipc(base64.b64encode(HANDLE).decode(), 64, "cuda:1", through_driver=True)
+        self.assertEqual((driver.handles, seg.device.type), ([HANDLE], "cpu"))
+        driver.memory[8:16] = (7).to_bytes(8, "little")
+        self.assertEqual(seg.view("I64", [], 8, 8).item(), 7)
+        driver.memory[8:16] = (9).to_bytes(8, "little")  # The next bucket, written into the same buffer.
+        self.assertEqual(seg.sha256(8, 8), hashlib.sha256((9).to_bytes(8, "little")).hexdigest())
+        self.assertEqual(seg.view("I64", [], 8, 8).item(), 9)
+        seg.synchronize()
+        self.assertEqual(seg.release(), 0)
+        self.assertEqual((driver.open_handles, driver.contexts), (0, []))
 
     def test_OpenCudaIpc_BadBase64(self):
         with self.assertRaises(ValueError):
@@ -147,6 +208,19 @@ class CudaIpcTests(unittest.TestCase):
 
     def test_DeviceUuid_FromTheDriver_IsNvidiaSmiForm(self):
         self.assertEqual(cuda.device_uuid(0, driver=FakeDriver()), "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f")
+
+    @unittest.skipIf(torch.cuda.is_available(), "torch has CUDA here: it answers itself")
+    def test_DeviceUuid_TorchWithoutCuda_AsksTheDriver(self):
+        with mock.patch.object(cuda.Driver, "get", FakeDriver):
+            self.assertEqual(cuda.device_uuid(0), "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f")
+
+    def test_DriverLibrary_FromTheVariable_NamedWhenItCannotLoad(self):
+        script = "from ckpt_engine_worker import cuda\ntry:\n    cuda.Driver.get()\nexcept cuda.CudaError as e:\n    print(e)"
+        env = dict(os.environ, CKPT_ENGINE_CUDA_LIBRARY="/nonexistent/libcuda-stand-in.so", PYTHONDONTWRITEBYTECODE="1")
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(out.stdout.startswith("cannot load the CUDA driver /nonexistent/libcuda-stand-in.so: "), out.stdout)
 
     def test_Handle_IsBase64Of64Bytes(self):
         self.assertEqual(len(base64.b64decode(base64.b64encode(bytes(64)))), cuda.IPC_HANDLE_BYTES)

@@ -15,97 +15,29 @@ namespace CheckpointEngine.IntegrationTests.Gpu;
 [Collection(nameof(MultiProcessTests))]
 public sealed class FakeGpuTests : IDisposable
 {
-    private readonly HashSet<string> _before = [.. Leftovers()];
+    private readonly HashSet<string> _before = [.. FakeGpu.Leftovers()];
 
-    /// <summary>A real driver frees a killed process's memory; the stand-ins' shared memory is removed here.</summary>
-    public void Dispose()
-    {
-        foreach (var name in Leftovers().Where(n => !_before.Contains(n)))
-        {
-            File.Delete(Path.Combine("/dev/shm", name));
-        }
-    }
-
-    private static readonly Lazy<(string Cuda, string Nccl)> Libraries = new(Build);
-
-    private static async Task<(bool, string)> CompilerWorks()
-    {
-        var probe = Path.Combine(Path.GetTempPath(), $"ckpt-cc-probe-{System.Environment.ProcessId}.c");
-        await File.WriteAllTextAsync(probe, "#include <pthread.h>\n#include <stdio.h>\nint main(void) { return 0; }\n");
-        try
-        {
-            return File.Exists("/usr/bin/gcc")
-                ? await TestProcess.RunAsync("gcc", ["-fsyntax-only", probe], TimeSpan.FromMinutes(1)) is var (code, output) && code == 0 ? (true, "gcc") : (false, output.Trim())
-                : (false, "no /usr/bin/gcc");
-        }
-        finally
-        {
-            File.Delete(probe);
-        }
-    }
-
-    private static (string Cuda, string Nccl) Build()
-    {
-        DebianPackages.EnsureAsync(CompilerWorks, "the CUDA backend's CPU tests build stand-ins for the driver and NCCL with gcc", "gcc", "libc6-dev")
-            .GetAwaiter().GetResult();
-        var source = Path.Combine(CkptEngineScript.RepoRoot(), "tests", "CheckpointEngine.IntegrationTests", "Gpu", "Fake");
-        var output = Directory.CreateTempSubdirectory("ckpt-fake-gpu-").FullName;
-        string Compile(string name)
-        {
-            var library = Path.Combine(output, $"lib{name}.so");
-            var psi = new ProcessStartInfo("gcc") { RedirectStandardError = true, RedirectStandardOutput = true };
-            foreach (var a in new[] { "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", library, Path.Combine(source, name + ".c") })
-            {
-                psi.ArgumentList.Add(a);
-            }
-            Process? started;
-            try
-            {
-                started = Process.Start(psi);
-            }
-            catch (System.ComponentModel.Win32Exception e)
-            {
-                throw new InvalidOperationException("the CUDA backend's CPU tests build stand-ins for the driver and NCCL with gcc, which is not installed (apt-get install gcc libc6-dev; .ci/run does it)", e);
-            }
-            using var gcc = started ?? throw new InvalidOperationException("gcc did not start");
-            var errors = gcc.StandardError.ReadToEnd();
-            if (!gcc.WaitForExit(60_000) || gcc.ExitCode != 0)
-            {
-                throw new InvalidOperationException($"gcc could not build {name}.c: {errors}");
-            }
-            return library;
-        }
-        return (Compile("fake_cuda"), Compile("fake_nccl"));
-    }
-
-    private static Dictionary<string, string> Environment(int devices) => new()
-    {
-        ["CKPT_ENGINE_CUDA_LIBRARY"] = Libraries.Value.Cuda,
-        ["CKPT_ENGINE_NCCL_LIBRARY"] = Libraries.Value.Nccl,
-        ["FAKE_CUDA_DEVICES"] = devices.ToString(System.Globalization.CultureInfo.InvariantCulture),
-        ["FAKE_NCCL_TIMEOUT_S"] = "60",
-    };
-
-    private static string[] Leftovers() => [.. Directory.EnumerateFiles("/dev/shm", "fake*").Select(f => Path.GetFileName(f))];
+    public void Dispose() => FakeGpu.RemoveLeftovers(_before);
 
     [Fact]
     public async Task Demo_OnCudaDevices_BroadcastAndP2PVerified_NoMemoryLeftBehind()
     {
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(Environment(2), null,
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(FakeGpu.Environment(2), null,
             "demo", "--device", "cuda", "--ranks", "2", "--size", "8MiB", "--json");
         Assert.True(code == 0, stderr + stdout);
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
         Assert.Equal(["broadcast", "p2p"], lines.Select(l => l.GetProperty("method").GetString()));
         Assert.All(lines, l => Assert.True(l.GetProperty("verified").GetBoolean()));
-        Assert.Empty(Leftovers().Except(_before)); // Every allocation, IPC mapping and collective cleaned up after itself.
+        Assert.Empty(FakeGpu.Leftovers().Except(_before)); // Every allocation, IPC mapping and collective cleaned up after itself.
     }
 
     [Fact]
     public async Task Demo_DeviceCopyFails_EveryRankFailsWithTheCudaErrorAtOnce()
     {
-        // Every host-to-device copy faults: the owner still broadcasts (stale bytes) so that nobody waits for it, and
-        // reports the fault in the next agreement; the others raise it too instead of waiting for their deadline.
-        var env = Environment(2);
+        // Every bucket copy to the device faults (the stand-in spares the all-reduce's small copies): the owner still
+        // broadcasts (stale bytes) so that nobody waits for it, and reports the fault in the next agreement; the others
+        // raise it too instead of waiting for their deadline.
+        var env = FakeGpu.Environment(2);
         env["FAKE_CUDA_FAIL_HTOD_AFTER"] = "0";
         var (code, stdout, stderr) = await CkptEngineScript.RunAsync(env, null, "demo", "--device", "cuda", "--ranks", "2", "--size", "8MiB", "--method", "broadcast");
         Assert.Equal(1, code);
@@ -117,7 +49,7 @@ public sealed class FakeGpuTests : IDisposable
     [Fact]
     public async Task Demo_MoreRanksThanGpus_FailsNamingTheCount()
     {
-        var (code, _, stderr) = await CkptEngineScript.RunAsync(Environment(1), null, "demo", "--device", "cuda", "--ranks", "2", "--size", "4MiB");
+        var (code, _, stderr) = await CkptEngineScript.RunAsync(FakeGpu.Environment(1), null, "demo", "--device", "cuda", "--ranks", "2", "--size", "4MiB");
         Assert.Equal(1, code);
         Assert.Contains("error: 2 ranks need 2 GPUs with --device cuda; this machine shows 1", stderr, StringComparison.Ordinal);
     }
@@ -130,7 +62,7 @@ public sealed class FakeGpuTests : IDisposable
         // Rank 0 waits in an NCCL broadcast from rank 1, which hangs or dies after a first good broadcast. The
         // stand-in NCCL would wait 120 s: the communicator's own deadline (3 s) or the store's news of the death
         // must end it first, abort the NCCL communicator and fail the call.
-        var env = Environment(2);
+        var env = FakeGpu.Environment(2);
         env["FAKE_NCCL_TIMEOUT_S"] = "120";
         env["TEST_TIMEOUT_S"] = mode == "hang" ? "3" : "60";
         env["CKPT_ENGINE_CONNECT_TIMEOUT_S"] = "10";
@@ -161,7 +93,7 @@ public sealed class FakeGpuTests : IDisposable
         {
             psi.ArgumentList.Add(a);
         }
-        foreach (var (k, v) in Environment(1))
+        foreach (var (k, v) in FakeGpu.Environment(1))
         {
             psi.Environment[k] = v;
         }

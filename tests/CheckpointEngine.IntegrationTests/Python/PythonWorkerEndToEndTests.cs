@@ -1,7 +1,5 @@
 using CheckpointEngine.Worker;
-using System.Diagnostics;
 using System.Security.Cryptography;
-using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Runtime.Devices;
 using CheckpointEngine.IntegrationTests.Runtime;
@@ -19,7 +17,7 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
     private const string SegmentPrefix = "/dev/shm/ckpt-engine-dev-";
 
     private readonly string _dir = Directory.CreateTempSubdirectory("ckpt-py-e2e-").FullName;
-    private Process? _engine;
+    private PythonEngine? _engine;
 
     private string CheckpointDir => Path.Combine(_dir, "ckpt");
 
@@ -28,11 +26,6 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
 
     public void Dispose()
     {
-        if (_engine is { HasExited: false })
-        {
-            _engine.Kill(entireProcessTree: true);
-            _engine.WaitForExit();
-        }
         _engine?.Dispose();
         HostDevice.SweepDeadOwners(); // Segments of ranks the launcher had to kill.
         Directory.Delete(_dir, true);
@@ -41,7 +34,8 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
     [Fact]
     public async Task Update_TwoRanks_ModelStateDictEqualsCheckpointBitExact()
     {
-        var url = await StartEngineAsync();
+        var engine = _engine = await PythonEngine.StartAsync(Devices, "--devices", "2", "--checkpoint-out", CheckpointDir);
+        var url = engine.Url;
         using var checkpoint = Checkpoint.Open(CheckpointDir);
         var expected = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)));
         var tensors = checkpoint.AllTensors().Select(e => e.Tensor).ToList();
@@ -49,7 +43,7 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
             tensors.Select(t => t.DType).ToHashSet());
         Assert.Contains(tensors, t => t.Shape.Length == 0);
         Assert.Contains(tensors, t => t.ByteLength == 0);
-        foreach (var shard in await DigestsAsync(url))
+        foreach (var (_, shard) in await engine.DigestsAsync())
         {
             Assert.All(tensors.Where(t => t.ByteLength > 0), t => Assert.NotEqual(expected[t.Name], shard[t.Name])); // The update has something to do.
         }
@@ -57,11 +51,11 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
         var (code, stdout, stderr) = await CkptEngineScript.RunAsync(Devices, null, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", CheckpointDir,
             "--endpoint", url, "--inference-parallel-size", "2", "--timeout", "60", "--repeat", "2");
 
-        Assert.True(code == 0, $"update exited {code} (torch {torch.TorchVersion}):\n{stderr}{stdout}\n{EngineLog()}");
+        Assert.True(code == 0, $"update exited {code} (torch {torch.TorchVersion}):\n{stderr}{stdout}\n{engine.Log()}");
         Assert.Contains("[rank 1] result method=broadcast", stdout);
-        var shards = await DigestsAsync(url);
+        var shards = await engine.DigestsAsync();
         Assert.Equal(2, shards.Count);
-        foreach (var shard in shards)
+        foreach (var (_, shard) in shards)
         {
             Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), shard.OrderBy(kv => kv.Key, StringComparer.Ordinal));
         }
@@ -71,7 +65,8 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
     [Fact]
     public async Task Update_LoaderRaises_RanksFailWithThePythonError_AndTheMappingIsReleased()
     {
-        var url = await StartEngineAsync("--fail-on", "layers.1.o_proj.weight");
+        var engine = _engine = await PythonEngine.StartAsync(Devices, "--devices", "2", "--checkpoint-out", CheckpointDir, "--fail-on", "layers.1.o_proj.weight");
+        var url = engine.Url;
 
         var (code, stdout, stderr) = await CkptEngineScript.RunAsync(Devices, null, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", CheckpointDir,
             "--endpoint", url, "--inference-parallel-size", "2", "--timeout", "60");
@@ -85,60 +80,6 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
         Assert.True((await http.GetAsync(url + "/health", TestContext.Current.CancellationToken)).IsSuccessStatusCode, "the engine survives a failed update");
     }
 
-    /// <summary>Starts the Python engine, which writes the source checkpoint first; returns its URL.</summary>
-    private async Task<string> StartEngineAsync(params string[] extra)
-    {
-        var psi = new ProcessStartInfo(PythonTorch.Python) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in (string[])[Path.Combine(PythonTorch.PackageRoot, "tests", "e2e_worker.py"), "--devices", "2", "--checkpoint-out", CheckpointDir, .. extra])
-        {
-            psi.ArgumentList.Add(a);
-        }
-        foreach (var (k, v) in Devices)
-        {
-            psi.Environment[k] = v;
-        }
-        psi.Environment["PYTHONDONTWRITEBYTECODE"] = "1";
-        _engine = Process.Start(psi)!;
-        _engine.ErrorDataReceived += (_, e) => { lock (_log) { _log.Add(e.Data ?? ""); } };
-        _engine.BeginErrorReadLine();
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(90)); // Importing torch takes a while on a busy machine.
-        try
-        {
-            while (await _engine.StandardOutput.ReadLineAsync(cts.Token) is { } line)
-            {
-                if (line.StartsWith("listening on ", StringComparison.Ordinal))
-                {
-                    return line["listening on ".Length..].Trim();
-                }
-            }
-        }
-        catch (OperationCanceledException)
-        {
-            throw new TimeoutException($"the Python engine did not start within 90 s:\n{EngineLog()}");
-        }
-        throw new InvalidOperationException($"the Python engine exited ({(_engine.WaitForExit(5000) ? _engine.ExitCode : -1)}):\n{EngineLog()}");
-    }
-
-    private readonly List<string> _log = [];
-
-    private string EngineLog()
-    {
-        lock (_log)
-        {
-            return string.Join('\n', _log.TakeLast(60));
-        }
-    }
-
-    private static async Task<List<Dictionary<string, string>>> DigestsAsync(string url)
-    {
-        using var http = new HttpClient();
-        using var doc = JsonDocument.Parse(await http.GetStringAsync(url + "/v1/weights/digest", TestContext.Current.CancellationToken));
-        return doc.RootElement.GetProperty("shards").EnumerateArray()
-            .Select(s => s.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!))
-            .ToList();
-    }
-
     /// <summary>The engine process's mappings of device segments (there should be none between updates).</summary>
-    private List<string> SegmentMappings() =>
-        File.ReadAllLines($"/proc/{_engine!.Id}/maps").Where(l => l.Contains(SegmentPrefix, StringComparison.Ordinal)).ToList();
+    private List<string> SegmentMappings() => _engine!.Mappings(SegmentPrefix);
 }

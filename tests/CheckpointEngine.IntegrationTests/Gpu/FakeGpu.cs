@@ -1,0 +1,85 @@
+using System.Diagnostics;
+using CheckpointEngine.IntegrationTests.Runtime;
+
+namespace CheckpointEngine.IntegrationTests.Gpu;
+
+/// <summary>
+/// The stand-ins for the CUDA driver and NCCL (Fake/*.c), built once per test run with gcc, and the
+/// environment that points a process at them (<c>CKPT_ENGINE_CUDA_LIBRARY</c>, <c>CKPT_ENGINE_NCCL_LIBRARY</c>;
+/// the Python worker reads the first too).
+/// </summary>
+internal static class FakeGpu
+{
+    private static readonly Lazy<(string Cuda, string Nccl)> Libraries = new(Build);
+
+    private static async Task<(bool, string)> CompilerWorks()
+    {
+        var probe = Path.Combine(Path.GetTempPath(), $"ckpt-cc-probe-{System.Environment.ProcessId}.c");
+        await File.WriteAllTextAsync(probe, "#include <pthread.h>\n#include <stdio.h>\nint main(void) { return 0; }\n");
+        try
+        {
+            return File.Exists("/usr/bin/gcc")
+                ? await TestProcess.RunAsync("gcc", ["-fsyntax-only", probe], TimeSpan.FromMinutes(1)) is var (code, output) && code == 0 ? (true, "gcc") : (false, output.Trim())
+                : (false, "no /usr/bin/gcc");
+        }
+        finally
+        {
+            File.Delete(probe);
+        }
+    }
+
+    private static (string Cuda, string Nccl) Build()
+    {
+        DebianPackages.EnsureAsync(CompilerWorks, "the CUDA backend's CPU tests build stand-ins for the driver and NCCL with gcc", "gcc", "libc6-dev")
+            .GetAwaiter().GetResult();
+        var source = Path.Combine(CkptEngineScript.RepoRoot(), "tests", "CheckpointEngine.IntegrationTests", "Gpu", "Fake");
+        var output = Directory.CreateTempSubdirectory("ckpt-fake-gpu-").FullName;
+        string Compile(string name)
+        {
+            var library = Path.Combine(output, $"lib{name}.so");
+            var psi = new ProcessStartInfo("gcc") { RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (var a in new[] { "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", library, Path.Combine(source, name + ".c") })
+            {
+                psi.ArgumentList.Add(a);
+            }
+            Process? started;
+            try
+            {
+                started = Process.Start(psi);
+            }
+            catch (System.ComponentModel.Win32Exception e)
+            {
+                throw new InvalidOperationException("the CUDA backend's CPU tests build stand-ins for the driver and NCCL with gcc, which is not installed (apt-get install gcc libc6-dev; .ci/run does it)", e);
+            }
+            using var gcc = started ?? throw new InvalidOperationException("gcc did not start");
+            var errors = gcc.StandardError.ReadToEnd();
+            if (!gcc.WaitForExit(60_000) || gcc.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"gcc could not build {name}.c: {errors}");
+            }
+            return library;
+        }
+        return (Compile("fake_cuda"), Compile("fake_nccl"));
+    }
+
+    /// <summary>The variables that point a process at the stand-ins, with <paramref name="devices"/> GPUs.</summary>
+    public static Dictionary<string, string> Environment(int devices) => new()
+    {
+        ["CKPT_ENGINE_CUDA_LIBRARY"] = Libraries.Value.Cuda,
+        ["CKPT_ENGINE_NCCL_LIBRARY"] = Libraries.Value.Nccl,
+        ["FAKE_CUDA_DEVICES"] = devices.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["FAKE_NCCL_TIMEOUT_S"] = "60",
+    };
+
+    /// <summary>The stand-ins' shared memory in /dev/shm (device allocations, NCCL's rendezvous).</summary>
+    public static string[] Leftovers() => [.. Directory.EnumerateFiles("/dev/shm", "fake*").Select(f => Path.GetFileName(f))];
+
+    /// <summary>A real driver frees a killed process's memory; the stand-ins' is removed here (all but <paramref name="before"/>).</summary>
+    public static void RemoveLeftovers(IReadOnlySet<string> before)
+    {
+        foreach (var name in Leftovers().Where(n => !before.Contains(n)))
+        {
+            File.Delete(Path.Combine("/dev/shm", name));
+        }
+    }
+}

@@ -86,32 +86,32 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
     {
         if (options.TensorParallel < 1)
         {
-            throw new ArgumentException($"tensor parallelism must be at least 1, not {options.TensorParallel}");
+            throw new CheckpointEngineException($"tensor parallelism must be at least 1, not {options.TensorParallel}");
         }
         if (options.Port is < 0 or > 65535)
         {
-            throw new ArgumentException($"port {options.Port} is outside [0, 65535]");
+            throw new CheckpointEngineException($"port {options.Port} is outside [0, 65535]");
         }
         if (options.FailAtBucket < 0)
         {
-            throw new ArgumentException($"the bucket to fail at must not be negative, not {options.FailAtBucket}");
+            throw new CheckpointEngineException($"the bucket to fail at must not be negative, not {options.FailAtBucket}");
         }
         if (options.IdleTimeout <= TimeSpan.Zero)
         {
-            throw new ArgumentException($"the idle timeout must be positive, not {options.IdleTimeout}");
+            throw new CheckpointEngineException($"the idle timeout must be positive, not {options.IdleTimeout}");
         }
         var ids = options.DeviceIds?.ToList() ?? [.. Enumerable.Range(0, options.TensorParallel).Select(Worker.DeviceIds.Host)];
         if (ids.Count != options.TensorParallel)
         {
-            throw new ArgumentException($"{ids.Count} device ids given for {options.TensorParallel} tensor-parallel shards");
+            throw new CheckpointEngineException($"{ids.Count} device ids given for {options.TensorParallel} tensor-parallel shards");
         }
         if (ids.FirstOrDefault(string.IsNullOrWhiteSpace) is { } blank)
         {
-            throw new ArgumentException($"device id #{ids.IndexOf(blank)} is empty");
+            throw new CheckpointEngineException($"device id #{ids.IndexOf(blank)} is empty");
         }
         if (ids.GroupBy(id => id, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } twice)
         {
-            throw new ArgumentException($"device id '{twice.Key}' is given twice");
+            throw new CheckpointEngineException($"device id '{twice.Key}' is given twice");
         }
         return ids;
     }
@@ -134,10 +134,10 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
         }
         catch (Exception e) when (e is SocketException or ArgumentException)
         {
-            throw new ArgumentException($"cannot resolve host '{host}': {e.Message}", e);
+            throw new CheckpointEngineException($"cannot resolve host '{host}': {e.Message}", e);
         }
         return found.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? found.FirstOrDefault()
-            ?? throw new ArgumentException($"host '{host}' has no addresses");
+            ?? throw new CheckpointEngineException($"host '{host}' has no addresses");
     }
 
     private void Log(string line) => KestrelApps.Log(_log, line);

@@ -44,7 +44,7 @@ public sealed class SimulationPlan
         var problems = s.Problems().ToList();
         if (problems.Count > 0)
         {
-            throw new ArgumentException(string.Join("; ", problems));
+            throw new CheckpointEngineException(string.Join("; ", problems));
         }
         var metas = RegisterShares(s);
         var original = s.Design == SimulatedDesign.Original;

@@ -142,7 +142,7 @@ internal static class BenchCommand
         {
             if (!ByteSize.TryParse(result.GetValue(bytes)!, out var n) || n < 1)
             {
-                throw new ArgumentException($"'{result.GetValue(bytes)}' is not a size (e.g. 4GiB)");
+                throw new CheckpointEngineException($"'{result.GetValue(bytes)}' is not a size (e.g. 4GiB)");
             }
             var seconds = Baselines.PinnedHostToDevice(n);
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"seconds={seconds:R} gbps={n / seconds / 1e9:F3}"));

@@ -31,9 +31,10 @@ public static class CkptEngineCli
         {
             return root.Parse(args).Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
         }
-        // Ours, and what the system says of the user's input: a file that is missing or unreadable, a
-        // malformed setting or flag value, an engine that does not answer.
-        catch (Exception e) when (e is CheckpointEngineException or IOException or UnauthorizedAccessException or ArgumentException or HttpRequestException)
+        // Errors a user can act on are ours (CheckpointEngineException: bad files, settings, flags, failed
+        // updates); the system's own say a file is missing or unreadable, or an engine does not answer.
+        // Anything else is a bug and keeps its stack trace.
+        catch (Exception e) when (e is CheckpointEngineException or IOException or UnauthorizedAccessException or HttpRequestException)
         {
             stderr.WriteLine($"error: {e.Message}");
             return BadInput;

@@ -31,7 +31,7 @@ internal static class DeviceOption
         var count = cuda.DeviceCount();
         if (ranks > count)
         {
-            throw new ArgumentException($"{ranks} ranks need {ranks} GPUs with --device cuda; this machine shows {count}");
+            throw new CheckpointEngineException($"{ranks} ranks need {ranks} GPUs with --device cuda; this machine shows {count}");
         }
         return [.. Enumerable.Range(0, ranks).Select(r => cuda.DeviceUuid(cuda.Device(r)))];
     }

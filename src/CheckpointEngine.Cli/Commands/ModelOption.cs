@@ -31,5 +31,5 @@ internal static class ModelOption
     public static IReadOnlyList<string> Write(string? model, string dir, long bytes, int shards, int layers, ulong seed = 1) =>
         model is null
             ? SampleCheckpoint.Write(dir, bytes, shards, layers, seed)
-            : PresetSample.Write(dir, ModelPresets.Find(model) ?? throw new ArgumentException($"--model {model}: unknown preset"), bytes, shards, layers, seed);
+            : PresetSample.Write(dir, ModelPresets.Find(model) ?? throw new CheckpointEngineException($"--model {model}: unknown preset"), bytes, shards, layers, seed);
 }

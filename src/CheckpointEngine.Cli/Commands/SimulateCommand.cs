@@ -66,9 +66,9 @@ internal static class SimulateCommand
             }
             var inventory = ModelPresets.Find(name)?.Inventory
                 ?? (File.Exists(name) || Directory.Exists(name) ? ModelInventory.FromCheckpoint(name)
-                    : throw new ArgumentException($"--model {name}: neither a preset ({string.Join(", ", ModelPresets.All.Select(p => p.Name))}) nor a checkpoint path"));
+                    : throw new CheckpointEngineException($"--model {name}: neither a preset ({string.Join(", ", ModelPresets.All.Select(p => p.Name))}) nor a checkpoint path"));
             var spec = ClusterPresets.Find(result.GetValue(cluster)!)
-                ?? throw new ArgumentException($"--cluster {result.GetValue(cluster)}: unknown; presets: {string.Join(", ", ClusterPresets.All.Select(c => c.Name))}");
+                ?? throw new CheckpointEngineException($"--cluster {result.GetValue(cluster)}: unknown; presets: {string.Join(", ", ClusterPresets.All.Select(c => c.Name))}");
             spec = spec with
             {
                 GpusPerNode = result.GetValue(perNode) ?? spec.GpusPerNode,
@@ -101,12 +101,12 @@ internal static class SimulateCommand
     }
 
     private static long? Size(string? text, string option) =>
-        text is null ? null : ByteSize.TryParse(text, out var n) ? n : throw new ArgumentException($"{option}: '{text}' is not a size (e.g. 4GiB)");
+        text is null ? null : ByteSize.TryParse(text, out var n) ? n : throw new CheckpointEngineException($"{option}: '{text}' is not a size (e.g. 4GiB)");
 
     private static T Parse<T>(string text, string option) where T : struct, Enum =>
         Enum.TryParse<T>(text.Replace("-", "", StringComparison.Ordinal), ignoreCase: true, out var v) && Enum.IsDefined(v)
             ? v
-            : throw new ArgumentException($"{option} {text}: expected one of {string.Join(", ", Enum.GetNames<T>().Select(Kebab))}");
+            : throw new CheckpointEngineException($"{option} {text}: expected one of {string.Join(", ", Enum.GetNames<T>().Select(Kebab))}");
 
     private static string Kebab(string name) => string.Concat(name.Select((c, i) => i > 0 && char.IsUpper(c) ? "-" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
 

@@ -91,7 +91,7 @@ internal static class UpdateCommand
             Phase($"join ({rank.Backend.Kind.ToString().ToLowerInvariant()} device {rank.Backend.Device.Id})", clock);
             if (loadMetas is not null)
             {
-                ps.SetMetas(GlobalMetas.Load(loadMetas) is var m && m.Checkpoint == name ? m : throw new ArgumentException($"{loadMetas} holds metas of '{m.Checkpoint}', not '{name}' (see --checkpoint-name)"));
+                ps.SetMetas(GlobalMetas.Load(loadMetas) is var m && m.Checkpoint == name ? m : throw new CheckpointEngineException($"{loadMetas} holds metas of '{m.Checkpoint}', not '{name}' (see --checkpoint-name)"));
                 Phase("load metas", clock);
             }
             else if (metasFrom is not null)

@@ -51,7 +51,7 @@ public sealed partial class ApiServer : IAsyncDisposable
     public string? UnixSocket { get; }
 
     /// <summary>Starts serving; it serves until disposed. Does not handle process signals (the caller does).</summary>
-    /// <exception cref="ArgumentException">Bad options: a non-loopback address without <see cref="ApiOptions.AllowRemote"/>, a bad port or host.</exception>
+    /// <exception cref="CheckpointEngineException">Bad options: a non-loopback address without <see cref="ApiOptions.AllowRemote"/>, a bad port or host.</exception>
     /// <exception cref="IOException">The address or socket path is in use or cannot be bound.</exception>
     public static async Task<ApiServer> StartAsync(ParameterServer ps, ApiOptions options, TextWriter? log = null, CancellationToken cancellationToken = default)
     {
@@ -62,7 +62,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         {
             if (uds.Length == 0)
             {
-                throw new ArgumentException("the Unix socket path is empty");
+                throw new CheckpointEngineException("the Unix socket path is empty");
             }
             var path = Path.GetFullPath(uds);
             builder.WebHost.UseKestrelCore().ConfigureKestrel(k => k.ListenUnixSocket(path));
@@ -73,7 +73,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         {
             if (options.Port is < 0 or > 65535)
             {
-                throw new ArgumentException($"port {options.Port} is outside [0, 65535]");
+                throw new CheckpointEngineException($"port {options.Port} is outside [0, 65535]");
             }
             var ip = ResolveListenHost(options.Host, options.AllowRemote);
             builder.WebHost.UseKestrelCore().ConfigureKestrel(k => k.Listen(ip, options.Port));
@@ -109,7 +109,7 @@ public sealed partial class ApiServer : IAsyncDisposable
     /// The address to listen on for <paramref name="host"/> (an IP, "[v6]", "localhost" or a name). Only
     /// loopback unless <paramref name="allowRemote"/>: the API reads files and drives updates.
     /// </summary>
-    /// <exception cref="ArgumentException">The host does not resolve, or is not loopback and remote access was not allowed.</exception>
+    /// <exception cref="CheckpointEngineException">The host does not resolve, or is not loopback and remote access was not allowed.</exception>
     public static IPAddress ResolveListenHost(string host, bool allowRemote)
     {
         ArgumentNullException.ThrowIfNull(host);
@@ -132,14 +132,14 @@ public sealed partial class ApiServer : IAsyncDisposable
             }
             catch (Exception e) when (e is SocketException or ArgumentException)
             {
-                throw new ArgumentException($"cannot resolve host '{host}': {e.Message}", e);
+                throw new CheckpointEngineException($"cannot resolve host '{host}': {e.Message}", e);
             }
             ip = found.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? found.FirstOrDefault()
-                ?? throw new ArgumentException($"host '{host}' has no addresses");
+                ?? throw new CheckpointEngineException($"host '{host}' has no addresses");
         }
         if (!allowRemote && !IPAddress.IsLoopback(ip))
         {
-            throw new ArgumentException(
+            throw new CheckpointEngineException(
                 $"'{host}' ({ip}) is not a loopback address: the API can read any file this process can; pass --allow-remote (and set {Runtime.RankConfig.TokenVariable}) to serve other hosts");
         }
         return ip;

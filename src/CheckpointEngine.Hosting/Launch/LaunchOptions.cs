@@ -41,23 +41,23 @@ public sealed record LaunchOptions
     {
         if (NProc < 1)
         {
-            throw new ArgumentException($"NProc must be at least 1 (got {NProc})");
+            throw new CheckpointEngineException($"NProc must be at least 1 (got {NProc})");
         }
         if (Command is not { Count: > 0 } || string.IsNullOrEmpty(Command[0]))
         {
-            throw new ArgumentException("Command is empty: name the program to run on every rank");
+            throw new CheckpointEngineException("Command is empty: name the program to run on every rank");
         }
         if (string.IsNullOrWhiteSpace(MasterAddr))
         {
-            throw new ArgumentException("MasterAddr is empty");
+            throw new CheckpointEngineException("MasterAddr is empty");
         }
         if (MasterPort is < 0 or > 65535)
         {
-            throw new ArgumentException($"MasterPort {MasterPort} is outside [0, 65535]");
+            throw new CheckpointEngineException($"MasterPort {MasterPort} is outside [0, 65535]");
         }
         if (StopGrace < TimeSpan.Zero)
         {
-            throw new ArgumentException($"StopGrace must not be negative (got {StopGrace})");
+            throw new CheckpointEngineException($"StopGrace must not be negative (got {StopGrace})");
         }
     }
 }

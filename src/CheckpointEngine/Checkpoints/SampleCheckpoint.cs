@@ -18,7 +18,7 @@ public static class SampleCheckpoint
         ArgumentOutOfRangeException.ThrowIfLessThan(layers, 1);
         if (shards > layers)
         {
-            throw new ArgumentException($"{shards} shards for {layers} layers: every shard holds at least one layer", nameof(shards));
+            throw new CheckpointEngineException($"{shards} shards for {layers} layers: every shard holds at least one layer");
         }
         Directory.CreateDirectory(directory);
         // Per layer: 4 h² attention + 3 × 4h² MLP at ≤ 2 bytes; embeddings and head: 2 × 8h² at 2 bytes.

@@ -43,7 +43,7 @@ public sealed class Backend : IDisposable
     /// The backend to use: <paramref name="option"/> (host|cuda|auto) if given, else <paramref name="configured"/>
     /// (<see cref="RankConfig.Device"/>), else auto: CUDA when a GPU is present (<paramref name="hasGpu"/>), else host.
     /// </summary>
-    /// <exception cref="ArgumentException">An unknown name, naming where it came from.</exception>
+    /// <exception cref="CheckpointEngineException">An unknown name, naming where it came from.</exception>
     public static DeviceKind Choose(string? option, string? configured, Func<bool>? hasGpu = null)
     {
         var (text, source) = !string.IsNullOrWhiteSpace(option)
@@ -58,7 +58,7 @@ public sealed class Backend : IDisposable
             case "cuda" or "gpu":
                 return DeviceKind.Cuda;
             default:
-                throw new ArgumentException($"{source}={text} is not a device backend: use host, cuda or auto");
+                throw new CheckpointEngineException($"{source}={text} is not a device backend: use host, cuda or auto");
         }
     }
 

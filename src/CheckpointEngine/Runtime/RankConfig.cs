@@ -62,11 +62,11 @@ public sealed record RankConfig
             }
             if (!int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var v))
             {
-                throw new ArgumentException($"{name}={text} is not a whole number in [{min}, {max}]");
+                throw new CheckpointEngineException($"{name}={text} is not a whole number in [{min}, {max}]");
             }
             if (v < min || v > max)
             {
-                throw new ArgumentException($"{name}={text} is outside [{min}, {max}]{why}");
+                throw new CheckpointEngineException($"{name}={text} is outside [{min}, {max}]{why}");
             }
             return v;
         }
@@ -75,7 +75,7 @@ public sealed record RankConfig
         var rank = Int("RANK", 0, 0, world - 1, $" (must be below WORLD_SIZE={world})");
         if (world > 1 && Get("MASTER_PORT") is null)
         {
-            throw new ArgumentException($"MASTER_PORT is not set; WORLD_SIZE={world} needs rank 0's rendezvous port");
+            throw new CheckpointEngineException($"MASTER_PORT is not set; WORLD_SIZE={world} needs rank 0's rendezvous port");
         }
         var config = new RankConfig
         {
@@ -88,7 +88,7 @@ public sealed record RankConfig
             ConnectTimeout = TimeSpan.FromSeconds(Int(ConnectTimeoutVariable, 60, 1, 86_400)),
             HostId = Get(HostIdVariable),
             AdvertiseAddress = Get(AdvertiseAddressVariable) is { } advertise
-                ? IPAddress.TryParse(advertise, out var address) ? address : throw new ArgumentException($"{AdvertiseAddressVariable}={advertise} is not an IP address")
+                ? IPAddress.TryParse(advertise, out var address) ? address : throw new CheckpointEngineException($"{AdvertiseAddressVariable}={advertise} is not an IP address")
                 : null,
             NetDevice = Get(NetDeviceVariable),
             SocketDirectory = Get(SocketDirectoryVariable),
@@ -103,7 +103,7 @@ public sealed record RankConfig
             ? null
             : double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var gb) && gb > 0 && double.IsFinite(gb) && gb < 1L << 33
                 ? (long)(gb * (1L << 30))
-                : throw new ArgumentException($"{name}={text} is not a positive number of GiB");
+                : throw new CheckpointEngineException($"{name}={text} is not a positive number of GiB");
     }
 
     /// <summary>Ranks with the same id share a host, and so shared memory (<c>CKPT_ENGINE_HOST_ID</c>; default: the machine's boot id and name).</summary>

@@ -180,7 +180,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         var colon = store.LastIndexOf(':');
         if (colon <= 0 || !int.TryParse(store[(colon + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 1 or > 65535)
         {
-            throw new ArgumentException($"'{store}' is not a store address (HOST:PORT)", nameof(store));
+            throw new CheckpointEngineException($"'{store}' is not a store address (HOST:PORT)");
         }
         var client = await Runtime.Rendezvous.StoreClient.ConnectAsync(store[..colon], port, token, -1, timeout, ct).ConfigureAwait(false);
         try

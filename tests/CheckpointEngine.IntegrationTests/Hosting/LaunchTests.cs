@@ -208,9 +208,9 @@ public sealed partial class LaunchTests : IDisposable
     [Fact]
     public async Task Run_BadOptions_ThrowArgumentException()
     {
-        await Assert.ThrowsAsync<ArgumentException>(() => Launcher.RunAsync(new LaunchOptions { NProc = 0, Command = ["true"] }, TextWriter.Null, TextWriter.Null, Ct));
-        await Assert.ThrowsAsync<ArgumentException>(() => Launcher.RunAsync(new LaunchOptions { Command = [] }, TextWriter.Null, TextWriter.Null, Ct));
-        await Assert.ThrowsAsync<ArgumentException>(() => Launcher.RunAsync(new LaunchOptions { MasterPort = 65536, Command = ["true"] }, TextWriter.Null, TextWriter.Null, Ct));
+        await Assert.ThrowsAsync<CheckpointEngineException>(() => Launcher.RunAsync(new LaunchOptions { NProc = 0, Command = ["true"] }, TextWriter.Null, TextWriter.Null, Ct));
+        await Assert.ThrowsAsync<CheckpointEngineException>(() => Launcher.RunAsync(new LaunchOptions { Command = [] }, TextWriter.Null, TextWriter.Null, Ct));
+        await Assert.ThrowsAsync<CheckpointEngineException>(() => Launcher.RunAsync(new LaunchOptions { MasterPort = 65536, Command = ["true"] }, TextWriter.Null, TextWriter.Null, Ct));
     }
 
     [Theory]

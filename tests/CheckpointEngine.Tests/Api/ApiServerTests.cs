@@ -112,7 +112,7 @@ public sealed class ApiServerTests
     public async Task Listen_NonLoopback_IsRefusedUnlessAllowed(string host)
     {
         await using var h = await ApiHarness.StartAsync();
-        var error = await Assert.ThrowsAsync<ArgumentException>(() => ApiServer.StartAsync(h.ParameterServer, new ApiOptions { Host = host },
+        var error = await Assert.ThrowsAsync<CheckpointEngineException>(() => ApiServer.StartAsync(h.ParameterServer, new ApiOptions { Host = host },
             cancellationToken: TestContext.Current.CancellationToken));
         Assert.Contains("is not a loopback address", error.Message, StringComparison.Ordinal);
         Assert.Contains("--allow-remote", error.Message, StringComparison.Ordinal);

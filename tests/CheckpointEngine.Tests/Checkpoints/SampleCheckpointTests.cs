@@ -154,7 +154,7 @@ public sealed class SampleCheckpointSeedTests : IDisposable
     [Fact]
     public void Write_MoreShardsThanLayers_IsRefused()
     {
-        var e = Assert.Throws<ArgumentException>(() => SampleCheckpoint.Write(_dir.File("x"), 1 << 16, shards: 5, layers: 4));
+        var e = Assert.Throws<CheckpointEngineException>(() => SampleCheckpoint.Write(_dir.File("x"), 1 << 16, shards: 5, layers: 4));
         Assert.Contains("5 shards for 4 layers", e.Message);
     }
 }

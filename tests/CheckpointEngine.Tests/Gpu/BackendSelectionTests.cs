@@ -34,9 +34,9 @@ public sealed class BackendSelectionTests
     [Fact]
     public void Choose_UnknownName_NamesWhereItCameFrom()
     {
-        var e = Assert.Throws<ArgumentException>(() => Backend.Choose("tpu", "host", () => false));
+        var e = Assert.Throws<CheckpointEngineException>(() => Backend.Choose("tpu", "host", () => false));
         Assert.Equal("--device=tpu is not a device backend: use host, cuda or auto", e.Message);
-        e = Assert.Throws<ArgumentException>(() => Backend.Choose(null, "rocm", () => false));
+        e = Assert.Throws<CheckpointEngineException>(() => Backend.Choose(null, "rocm", () => false));
         Assert.Equal($"{RankConfig.DeviceVariable}=rocm is not a device backend: use host, cuda or auto", e.Message);
     }
 

@@ -96,7 +96,7 @@ public class RankConfigTests
     [InlineData("WORLD_SIZE=4;MASTER_PORT=1;LOCAL_WORLD_SIZE=2;LOCAL_RANK=2", new[] { "LOCAL_RANK=2", "LOCAL_WORLD_SIZE=2" })]
     public void FromEnvironment_InvalidVariable_ThrowsNamingVariableAndValue(string pairs, string[] expected)
     {
-        var e = Assert.Throws<ArgumentException>(() => RankConfig.FromEnvironment(Env(pairs.Split(';'))));
+        var e = Assert.Throws<CheckpointEngineException>(() => RankConfig.FromEnvironment(Env(pairs.Split(';'))));
         foreach (var part in expected)
         {
             Assert.Contains(part, e.Message, StringComparison.Ordinal);

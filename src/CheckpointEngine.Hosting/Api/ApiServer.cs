@@ -113,30 +113,7 @@ public sealed partial class ApiServer : IAsyncDisposable
     public static IPAddress ResolveListenHost(string host, bool allowRemote)
     {
         ArgumentNullException.ThrowIfNull(host);
-        var name = host.StartsWith('[') && host.EndsWith(']') ? host[1..^1] : host;
-        IPAddress ip;
-        if (IPAddress.TryParse(name, out var literal))
-        {
-            ip = literal;
-        }
-        else if (name.Equals("localhost", StringComparison.OrdinalIgnoreCase))
-        {
-            ip = IPAddress.Loopback;
-        }
-        else
-        {
-            IPAddress[] found;
-            try
-            {
-                found = Dns.GetHostAddresses(name);
-            }
-            catch (Exception e) when (e is SocketException or ArgumentException)
-            {
-                throw new CheckpointEngineException($"cannot resolve host '{host}': {e.Message}", e);
-            }
-            ip = found.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? found.FirstOrDefault()
-                ?? throw new CheckpointEngineException($"host '{host}' has no addresses");
-        }
+        var ip = ListenHosts.Resolve(host);
         if (!allowRemote && !IPAddress.IsLoopback(ip))
         {
             throw new CheckpointEngineException(

@@ -109,9 +109,23 @@ class ReceiverTests(unittest.TestCase):
         kept.clear()
         self.assertEqual(shm_mappings(self.server.segment), 1)
 
+    def test_TensorEndingExactlyAtTheSegmentEnd_Loads(self):
+        last = torch.arange(2, dtype=torch.float32) + 1
+        worker = self.start()
+        self.server.attach()
+        wire = self.server.pack({"t": last}, start=self.server.size - 8, checksums=True)
+        self.assertEqual(wire[0]["offset"] + wire[0]["nbytes"], self.server.size)
+        self.assertEqual(self.server.call({"type": "load", "bucket": 0, "tensors": wire}), {"ok": True})
+        self.assertEqual(self.server.call({"type": "release"}), {"ok": True})
+        self.assertEqual(self.server.call({"type": "finish"}), {"ok": True})
+        self.assertIsNone(worker.outcome()[1])
+        self.assertTrue(torch.equal(self.loaded["t"], last))
+
     def test_BadTensors_AreRejectedByName(self):
         cases = [
             ({"name": "t", "dtype": "F32", "shape": [2], "offset": 65536, "nbytes": 8}, "tensor 't' (#0): bytes [65536, 65544) are outside segment"),
+            ({"name": "t", "dtype": "F32", "shape": [2], "offset": 65536 - 7, "nbytes": 8}, "tensor 't' (#0): bytes [65529, 65537) are outside segment"),
+            ({"name": "t", "dtype": "F32", "shape": [2], "offset": -1, "nbytes": 8}, "tensor 't' (#0): bytes [-1, 7) are outside segment"),
             ({"name": "t", "dtype": "F32", "shape": [2], "offset": 0, "nbytes": 9}, "tensor 't' (#0): nbytes is 9, dtype F32 and shape [2] need 8"),
             ({"name": "t", "dtype": "Q3", "shape": [2], "offset": 0, "nbytes": 8}, "tensor 't' (#0): unknown dtype 'Q3'"),
             ({"name": "t", "dtype": "F4", "shape": [2], "offset": 0, "nbytes": 1}, "tensor 't' (#0): dtype F4 is not supported by torch"),

@@ -44,6 +44,17 @@ public sealed class SafeTensorsFileBadInputTests : IDisposable
     }
 
     [Fact]
+    public void Open_HeaderLengthOneBytePastEndOfFile_ThrowsTruncated()
+    {
+        var ex = OpenBad(Build("{}", 0, declaredLength: 3), "header length 3 runs past the end of the file (10 bytes)");
+        Assert.Equal(0, ex.Offset);
+    }
+
+    [Fact]
+    public void Open_HeaderLengthExactlyAtTheLimit_IsNotOverTheLimit() =>
+        OpenBad(Build("{}", 0, declaredLength: 100_000_000), "header length 100000000 runs past the end of the file");
+
+    [Fact]
     public void Open_PrefixOnly_ThrowsTruncated() => OpenBad(Prefix(2), "runs past the end of the file");
 
     [Theory]
@@ -221,6 +232,28 @@ public sealed class SafeTensorsFileBadInputTests : IDisposable
     }
 
     [Fact]
+    public void Open_OverlapByOneByte_Throws()
+    {
+        var header = "{" + Entry("a", "U8", "4", 0, 4) + "," + Entry("b", "U8", "4", 3, 7) + "}";
+        OpenBad(header, 7, "data_offsets [3, 7] overlap tensor 'a' which ends at 4", "b");
+    }
+
+    [Fact]
+    public void Open_HoleOfOneByte_Throws()
+    {
+        var header = "{" + Entry("a", "U8", "4", 0, 4) + "," + Entry("b", "U8", "4", 5, 9) + "}";
+        OpenBad(header, 9, "hole of 1 bytes in the data section before this tensor (previous data ends at 4)", "b");
+    }
+
+    [Fact]
+    public void Open_OffsetsOneBytePastEndOfData_Throws() =>
+        OpenBad("{" + Entry("w", "U8", "4", 0, 4) + "}", 3, "data_offsets [0, 4] run past the end of the data section (3 bytes)", "w");
+
+    [Fact]
+    public void Open_OneByteAtEndBelongsToNoTensor_Throws() =>
+        OpenBad("{" + Entry("w", "U8", "4", 0, 4) + "}", 5, "1 bytes at the end of the data section belong to no tensor (tensors end at 4, data section is 5 bytes)");
+
+    [Fact]
     public void Open_IdenticalOffsets_Throws()
     {
         var header = "{" + Entry("a", "F32", "1", 0, 4) + "," + Entry("b", "F32", "1", 0, 4) + "}";
@@ -312,6 +345,30 @@ public sealed class SafeTensorsFileBadInputTests : IDisposable
     {
         var ex = OpenBad("{\"a\" 1}", 0, "header is not valid JSON");
         Assert.Equal(8 + 5, ex.Offset);
+    }
+
+    [Theory]
+    [InlineData(" []", 0, "header is not a JSON object", null, "[")]
+    [InlineData("{\"w\": 7}", 0, "entry is not an object", "w", "7")]
+    [InlineData("{\"w\": {\"dtype\": 7, \"shape\": [1], \"data_offsets\": [0, 4]}}", 4, "dtype is not a string", "w", "7")]
+    [InlineData("{\"w\": {\"dtype\": \"Q3\", \"shape\": [1], \"data_offsets\": [0, 4]}}", 4, "unknown dtype 'Q3'", "w", "\"Q3\"")]
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": 1, \"data_offsets\": [0, 4]}}", 4, "shape is not an array", "w", "1,")]
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": [2, -1], \"data_offsets\": [0, 4]}}", 4, "shape holds a negative number (-1)", "w", "-1")]
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": [2, \"x\"], \"data_offsets\": [0, 4]}}", 4, "shape holds a non-number", "w", "\"x\"")]
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": [1e30], \"data_offsets\": [0, 4]}}", 4, "not a 64-bit integer", "w", "1e30")]
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0]}}", 4, "data_offsets has 1 numbers", "w", "[0]")]
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4], \"shape\": [1]}}", 4, "'shape' is given twice", "w", "[1]}")]
+    [InlineData("{\"w\":  {\"dtype\": \"F32\", \"shape\": [1]}}", 4, "entry has no 'data_offsets'", "w", "{\"dtype")]
+    [InlineData("{\"w\":  {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 0]}}", 4, "data_offsets are reversed", "w", "{\"dtype")]
+    [InlineData("{\"w\":  {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 4]}}", 4, "is not shape × dtype size = 8", "w", "{\"dtype")]
+    [InlineData("{\"w\":  {\"dtype\": \"F4\", \"shape\": [3], \"data_offsets\": [0, 1]}}", 1, "do not fill whole bytes", "w", "{\"dtype")]
+    [InlineData("{\"__metadata__\": 7}", 0, "__metadata__ is not an object of strings", null, "7")]
+    [InlineData("{\"__metadata__\": {\"k\": 7}}", 0, "__metadata__ value for 'k' is not a string", null, "7")]
+    [InlineData("{\"__metadata__\": {\"k\": \"a\", \"k\": \"b\"}}", 0, "__metadata__ has duplicate key 'k'", null, "\"b\"")]
+    public void Open_BadHeader_ReportsTheByteOffsetOfWhatIsWrong(string header, int dataBytes, string phrase, string? tensor, string culprit)
+    {
+        var ex = OpenBad(header, dataBytes, phrase, tensor);
+        Assert.Equal(8 + Encoding.UTF8.GetByteCount(header[..header.IndexOf(culprit, StringComparison.Ordinal)]), ex.Offset);
     }
 
     [Fact]

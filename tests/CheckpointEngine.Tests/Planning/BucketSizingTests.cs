@@ -60,6 +60,47 @@ public class BucketSizingTests
     }
 
     [Theory]
+    [InlineData(4 * 256, 4)] // Exactly four buffers of the largest tensor fit.
+    [InlineData(4 * 256 - 1, 3)]
+    [InlineData(3 * 256, 3)]
+    [InlineData(3 * 256 - 1, 2)]
+    [InlineData(2 * 256, 2)] // Exactly two fit: still a plan.
+    public void Plan_UsableMemoryAtAMultipleOfTheLargestTensor_UsesThatManyBuffers(long free, int slots)
+    {
+        var s = BucketSizing.Plan(free, 256, GiB, fraction: 1.0);
+        Assert.Equal(slots, s.Slots);
+        Assert.Equal(256, s.BucketSize);
+    }
+
+    [Fact]
+    public void Plan_OneByteShortOfTwoBuffers_Throws()
+    {
+        var e = Assert.Throws<CheckpointEngineException>(() => BucketSizing.Plan(2 * 256 - 1, 256, GiB, fraction: 1.0));
+        Assert.Equal("not enough device memory: the largest tensor (256 bytes) needs two buffers of 256 bytes, but only 511 of 511 free bytes are usable (fraction 1)", e.Message);
+    }
+
+    [Fact]
+    public void Plan_FractionOverOne_UsesNoMoreThanTheFreeMemory()
+    {
+        var s = BucketSizing.Plan(4 * 1024, 1, GiB, fraction: 2.0, maxBucketSize: GiB);
+        Assert.Equal((4, 1024L), (s.Slots, s.BucketSize));
+    }
+
+    [Fact]
+    public void Plan_BucketSize_RoundsDownToAMultipleOf256()
+    {
+        var s = BucketSizing.Plan(4 * 1000, 1, GiB, fraction: 1.0, maxBucketSize: GiB);
+        Assert.Equal((4, 768L), (s.Slots, s.BucketSize));
+    }
+
+    [Theory]
+    [InlineData(-1L, 0.9)]
+    [InlineData(GiB, 0.0)]
+    [InlineData(GiB, -0.5)]
+    public void Plan_NegativeMemoryOrNoFraction_IsABug(long free, double fraction) =>
+        Assert.Throws<ArgumentOutOfRangeException>(() => BucketSizing.Plan(free, 1, 1, fraction));
+
+    [Theory]
     [InlineData("0.5", 512L << 20)]
     [InlineData("2", 2L << 30)]
     public void MaxBucketSize_FromEnvironment(string value, long expected) =>

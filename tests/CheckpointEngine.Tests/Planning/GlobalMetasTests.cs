@@ -55,6 +55,33 @@ public sealed class GlobalMetasTests : IDisposable
         Assert.Contains(expected, e.Message);
     }
 
+    /// <summary>Metas of one rank with one 16-byte buffer holding one tensor.</summary>
+    private static string OneTensor(string dtype, string shape, long offset, long nbytes) =>
+        "{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":16,\"address\":0,\"tensors\":["
+        + $"{{\"name\":\"t\",\"dtype\":\"{dtype}\",\"shape\":[{shape}],\"offset\":{offset},\"nbytes\":{nbytes}}}]}}]}}]}}";
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(8)] // Ends exactly at the end of the buffer.
+    public void Parse_TensorInsideItsBuffer_Loads(long offset)
+    {
+        var metas = GlobalMetas.Parse(Encoding.UTF8.GetBytes(OneTensor("F32", "2", offset, 8)), "metas.json");
+        var t = Assert.Single(metas.AllTensors);
+        Assert.Equal(("t", DType.F32, offset, 8L), (t.Name, t.DType, t.Offset, t.ByteLength));
+    }
+
+    [Theory]
+    [InlineData("F32", "2", 9, 8, "nbytes 8 at offset 9 does not fit dtype F32, shape [2] in a 16-byte buffer")] // One byte past the end.
+    [InlineData("F32", "2", -1, 8, "nbytes 8 at offset -1 does not fit")]
+    [InlineData("F32", "2", 0, 4, "nbytes 4 at offset 0 does not fit dtype F32, shape [2]")]
+    [InlineData("F32", "-2", 0, 8, "shape has a negative dimension")]
+    public void Parse_TensorOutsideItsBufferOrMissized_NamesIt(string dtype, string shape, long offset, long nbytes, string expected)
+    {
+        var e = Assert.Throws<CheckpointFormatException>(() => GlobalMetas.Parse(Encoding.UTF8.GetBytes(OneTensor(dtype, shape, offset, nbytes)), "metas.json"));
+        Assert.Equal("t", e.Tensor);
+        Assert.Contains("ranks[0].buffers[0].tensors[0]: " + expected, e.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void RankJson_RoundTrips()
     {

@@ -53,17 +53,23 @@ internal sealed class FakeParameterServer : IDisposable
     }
 
     /// <summary>Writes tensors into the segment at 256-byte aligned offsets after the previous ones.</summary>
-    public unsafe List<WireTensor> Place(IEnumerable<TestTensor> tensors, bool withSha256 = false)
+    public List<WireTensor> Place(IEnumerable<TestTensor> tensors, bool withSha256 = false)
     {
         var wire = new List<WireTensor>();
         foreach (var t in tensors)
         {
             var offset = (_next + 255) / 256 * 256;
-            t.Bytes.CopyTo(new Span<byte>(Segment.Pointer + offset, t.Bytes.Length));
+            wire.Add(PlaceAt(t, offset, withSha256));
             _next = offset + t.Bytes.Length;
-            wire.Add(new WireTensor(t.Name, t.DType.Name(), t.Shape, offset, t.Bytes.Length, withSha256 ? t.Sha256 : null));
         }
         return wire;
+    }
+
+    /// <summary>Writes one tensor at exactly <paramref name="offset"/> in the segment (for the edges of the segment).</summary>
+    public unsafe WireTensor PlaceAt(TestTensor t, long offset, bool withSha256 = false)
+    {
+        t.Bytes.CopyTo(new Span<byte>(Segment.Pointer + offset, t.Bytes.Length));
+        return new WireTensor(t.Name, t.DType.Name(), t.Shape, offset, t.Bytes.Length, withSha256 ? t.Sha256 : null);
     }
 
     public async Task AcceptAsync()

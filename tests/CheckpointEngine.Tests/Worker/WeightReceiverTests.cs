@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Security.Cryptography;
+using System.Text;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Worker;
 
@@ -43,6 +44,10 @@ public sealed class WeightReceiverTests : IDisposable
 
     private static async Task<T> Fails<T>(Task task) where T : Exception =>
         await Assert.ThrowsAsync<T>(() => task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken));
+
+    /// <summary>After a failed step the worker answers every later message with that failure, and nothing else (no second reply).</summary>
+    private static async Task AssertOnlyFailureFollows(FakeParameterServer ps, WorkerReply failed) =>
+        Assert.Equal(new WorkerReply(false, $"release after a failure: {failed.Error}"), await ps.SendAsync(new ReleaseMessage()));
 
     [Fact]
     public async Task Receive_FullUpdate_HandsEveryTensorWithItsBytesAndSummarizes()
@@ -160,6 +165,8 @@ public sealed class WeightReceiverTests : IDisposable
     public static TheoryData<WireTensor, string> BadTensors() => new()
     {
         { new WireTensor("w", "F32", [4], 65536 - 8, 16), "'w' (#0): bytes [65528, 65544) are outside segment" },
+        { new WireTensor("w", "F32", [4], 65536 - 15, 16), "'w' (#0): bytes [65521, 65537) are outside segment" },
+        { new WireTensor("w", "F32", [4], -1, 16), "bytes [-1, 15) are outside segment" },
         { new WireTensor("w", "F32", [4], -16, 16), "bytes [-16, 0) are outside segment" },
         { new WireTensor("w", "F32", [4], long.MaxValue - 4, 16), "are outside segment" },
         { new WireTensor("w", "F33", [4], 0, 16), "'w' (#0) has unknown dtype 'F33'" },
@@ -168,6 +175,8 @@ public sealed class WeightReceiverTests : IDisposable
         { new WireTensor("w", "F4", [3], 0, 2), "do not fill whole bytes" },
         { new WireTensor("", "F32", [4], 0, 16), "tensor #0 has an empty name" },
         { new WireTensor("w", "F32", [4], 0, 16, "xyz"), "sha256 'xyz' is not 64 hex digits" },
+        { new WireTensor("w", "F32", [4], 0, 16, new string('a', 63)), $"sha256 '{new string('a', 63)}' is not 64 hex digits" },
+        { new WireTensor("w", "F32", [4], 0, 16, new string('a', 63) + "g"), "is not 64 hex digits" },
     };
 
     [Theory]
@@ -184,6 +193,121 @@ public sealed class WeightReceiverTests : IDisposable
         Assert.Contains(expected, reply.Error, StringComparison.Ordinal);
         Assert.False(called);
         _ps.CloseConnection();
+        Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
+    }
+
+    [Fact]
+    public async Task Receive_TensorEndingExactlyAtTheSegmentEnd_Loads()
+    {
+        var last = TestTensor.Random("w", DType.F32, [4]);
+        var (task, got) = Receive();
+        var offset = _ps.Segment.Size - last.Bytes.Length;
+        await _ps.UpdateAsync([_ps.PlaceAt(last, offset, withSha256: true)]);
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Equal(offset, got["w"].Info.DataOffset);
+        Assert.Equal(last.Bytes, got["w"].Bytes);
+    }
+
+    [Fact]
+    public async Task Receive_UppercaseChecksum_Loads()
+    {
+        var (task, got) = Receive();
+        var wire = _ps.Place(Tensors[..2], withSha256: true);
+        await _ps.UpdateAsync([wire[0] with { Sha256 = wire[0].Sha256!.ToUpperInvariant() }, wire[1]]);
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Equal(2, got.Count);
+    }
+
+    [Fact]
+    public async Task Receive_NegativeBucketIndex_Rejected()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var reply = await _ps.SendAsync(new LoadMessage(-1, _ps.Place(Tensors[..1])));
+        Assert.Equal(new WorkerReply(false, "load of bucket -1: bucket index must not be negative"), reply);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Theory]
+    [InlineData(0L)]
+    [InlineData(-1L)]
+    public async Task Receive_AttachOfNoBytes_Rejected(long size)
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        var reply = await _ps.SendAsync(_ps.Attach with { Size = size });
+        Assert.Equal(new WorkerReply(false, $"attach: segment '{_ps.Segment.Name}' has size {size}; it must be positive"), reply);
+        await AssertOnlyFailureFollows(_ps, reply);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_ChecksumMismatchBesideATensorWithout_StillFails()
+    {
+        var (task, got) = Receive();
+        var wire = _ps.Place(Tensors[..2], withSha256: true);
+        wire[0] = wire[0] with { Sha256 = null };
+        wire[1] = wire[1] with { Sha256 = new string('0', 64) };
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var reply = await _ps.SendAsync(new LoadMessage(0, wire));
+        Assert.Equal(new WorkerReply(false, $"load of bucket 0: tensor '{Tensors[1].Name}' has sha256 {Tensors[1].Sha256}, expected {new string('0', 64)}"), reply);
+        Assert.Empty(got);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_NullTensorInLoad_Rejected()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var json = Encoding.UTF8.GetBytes("""{"type":"load","bucket":0,"tensors":[null]}""");
+        await _ps.SendRawAsync([.. BitConverter.GetBytes(json.Length), .. json]); // Little-endian length, as on the wire.
+        Assert.Equal(new WorkerReply(false, "load of bucket 0: tensor #0 is null"), await _ps.ReplyAsync());
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_FailedLoad_UnmapsAtOnce()
+    {
+        var before = _ps.Mappings();
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        Assert.Equal(before + 1, _ps.Mappings());
+        var reply = await _ps.SendAsync(new LoadMessage(0, [new WireTensor("w", "F33", [1], 0, 4)]));
+        Assert.False(reply.Ok);
+        Assert.Equal(before, _ps.Mappings()); // The buffer may be gone for good: the worker lets go before it answers.
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_SilenceAfterAFailure_ThrowsTheFailure()
+    {
+        var (task, _) = Receive(idle: TimeSpan.FromMilliseconds(200));
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var reply = await _ps.SendAsync(new LoadMessage(0, [new WireTensor("w", "F33", [1], 0, 4)]));
+        // No abort and no close: at the deadline the failure is what the worker reports, not the silence.
+        Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
+    }
+
+    [Fact]
+    public async Task Receive_BadFrameAfterAFailure_ThrowsTheFailure()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var reply = await _ps.SendAsync(new LoadMessage(0, [new WireTensor("w", "F33", [1], 0, 4)]));
+        await _ps.SendRawAsync([1, 0, 0, 0, (byte)'{']);
+        Assert.Equal(new WorkerReply(false, reply.Error), await _ps.ReplyAsync());
         Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
     }
 
@@ -240,6 +364,7 @@ public sealed class WeightReceiverTests : IDisposable
         await _ps.AcceptAsync();
         var reply = await _ps.SendAsync(_ps.Attach with { Kind = "rdma" });
         Assert.Equal("attach: segment kind 'rdma' is not supported by this worker (it maps 'shm' and 'cuda-ipc')", reply.Error);
+        await AssertOnlyFailureFollows(_ps, reply);
         _ps.CloseConnection();
         await Fails<WeightReceiveException>(task);
     }
@@ -276,6 +401,7 @@ public sealed class WeightReceiverTests : IDisposable
         await _ps.AcceptAsync();
         var reply = await _ps.SendAsync(_ps.Attach with { Size = _ps.Segment.Size * 2 });
         Assert.StartsWith($"attach: cannot map shared memory segment '{_ps.Segment.Name}' of {_ps.Segment.Size * 2} bytes", reply.Error, StringComparison.Ordinal);
+        await AssertOnlyFailureFollows(_ps, reply);
         _ps.CloseConnection();
         await Fails<WeightReceiveException>(task);
 

@@ -62,6 +62,16 @@ public class WorkerFramingTests
     }
 
     [Fact]
+    public void Encode_ExactlyTheFrameLimit_IsAllowedAndOneByteMoreIsNot()
+    {
+        var overhead = WorkerFraming.Encode(new AbortMessage("")).Length - 4;
+        var frame = WorkerFraming.Encode(new AbortMessage(new string('x', WorkerFraming.MaxFrame - overhead)));
+        Assert.Equal(WorkerFraming.MaxFrame, BinaryPrimitives.ReadInt32LittleEndian(frame));
+        var e = Assert.Throws<InvalidDataException>(() => WorkerFraming.Encode(new AbortMessage(new string('x', WorkerFraming.MaxFrame - overhead + 1))));
+        Assert.Equal("AbortMessage of 67108865 bytes is over the 67108864-byte frame limit", e.Message);
+    }
+
+    [Fact]
     public async Task Read_TypeAfterOtherFields_IsAccepted()
     {
         // Python's json.dumps keeps dict order; a sender need not put "type" first.
@@ -80,6 +90,10 @@ public class WorkerFramingTests
     {
         { [1, 0], "inside a frame length (2 of 4 bytes)" },
         { [1, 0, 0, 0, (byte)'{'], "frame length 1 is outside" },
+        { [2, 0, 0, 0], "connection closed inside a frame (0 of 2 bytes)" }, // 2 is the shortest length allowed: "{}"
+        { [0, 0, 0, 4], "connection closed inside a frame (0 of 67108864 bytes)" }, // MaxFrame itself is allowed
+        { [1, 0, 0, 4], "frame length 67108865 is outside [2, 67108864]" },
+        { [1, 0, 0], "inside a frame length (3 of 4 bytes)" },
         { [0xff, 0xff, 0xff, 0xff], "frame length -1 is outside" },
         { [0, 0, 0, 0x10], "frame length 268435456 is outside" },
         { [10, 0, 0, 0, (byte)'{', (byte)'}'], "inside a frame (2 of 10 bytes)" },

@@ -208,9 +208,14 @@ public static unsafe class Fp8CheckpointWriter
         q["weight_block_size"] = new JsonArray(fp8.BlockRows, fp8.BlockCols);
         var left = checkpoint.AllTensors()
             .Where(x => Fp8Quantization.IsLinearWeight(x.Tensor.Name, x.Tensor.DType, x.Tensor.Shape.AsSpan()) && !fp8.Selects(x.Tensor.Name, x.Tensor.DType, x.Tensor.Shape.AsSpan()))
-            .Select(x => Fp8Quantization.ModuleOf(x.Tensor.Name));
+            .Select(x => Fp8Quantization.ModuleOf(x.Tensor.Name))
+            .Where(m => !fp8.ModulesToNotConvert.Any(e => m.Contains(e, StringComparison.Ordinal)));
         var notConvert = fp8.ModulesToNotConvert.Concat(left).Distinct(StringComparer.Ordinal).ToList();
-        q["modules_to_not_convert"] = notConvert.Count == 0 ? null : new JsonArray([.. notConvert.Select(m => (JsonNode)m)]);
+        q.Remove("modules_to_not_convert");
+        if (notConvert.Count > 0)
+        {
+            q["modules_to_not_convert"] = new JsonArray([.. notConvert.Select(m => (JsonNode)m)]);
+        }
         config["quantization_config"] = q;
         File.WriteAllText(to, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }

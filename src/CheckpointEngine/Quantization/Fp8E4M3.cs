@@ -58,10 +58,12 @@ public static class Fp8E4M3
         var bits = value.AsUInt32();
         var a = bits & Vector256.Create(AbsMask);
         var sign = Vector256.ShiftRightLogical(bits, 24) & Vector256.Create(0x80u);
-        var normal = Vector256.ShiftRightLogical(a + Vector256.Create(0x7FFFFu) + (Vector256.ShiftRightLogical(a, 20) & Vector256<uint>.One), 20) - Vector256.Create(Rebias);
+        // Clamped to 448 first, ±∞ and everything past it encode as 0x7E on the normal path; the rebias is
+        // folded into the rounding constant (normals lie above it; other lanes are discarded).
+        var c = Vector256.Min(a.AsInt32(), Vector256.Create((int)MaxBits)).AsUInt32();
+        var normal = Vector256.ShiftRightLogical(c + Vector256.Create(unchecked(0x7FFFFu - (Rebias << 20))) + (Vector256.ShiftRightLogical(c, 20) & Vector256<uint>.One), 20);
         var subnormal = (a.AsSingle() + Vector256.Create(SubnormalMagic)).AsUInt32() - Vector256.Create(SubnormalMagicBits);
         var code = Vector256.ConditionalSelect(Vector256.LessThan(a.AsInt32(), Vector256.Create((int)MinNormalBits)).AsUInt32(), subnormal, normal);
-        code = Vector256.ConditionalSelect(Vector256.GreaterThan(a.AsInt32(), Vector256.Create((int)MaxBits)).AsUInt32(), Vector256.Create((uint)MaxCode), code);
         code = Vector256.ConditionalSelect(Vector256.GreaterThan(a.AsInt32(), Vector256.Create((int)InfBits)).AsUInt32(), Vector256.Create((uint)NaNCode), code);
         return code | sign;
     }

@@ -228,6 +228,17 @@ public sealed class Fp8CheckpointTests : IDisposable
     }
 
     [Fact]
+    public void Update_Quantize_NeedsACheckpointPathAndFp8()
+    {
+        var (code, _, err) = InProcessCli.Run("update", "--load-metas-file", _dir.File("m.json"), "--endpoint", "http://127.0.0.1:1", "--update-method", "p2p", "--quantize", "fp8");
+        Assert.NotEqual(0, code);
+        Assert.Contains("--quantize converts what this rank registers: it needs --checkpoint-path", err, StringComparison.Ordinal);
+        (code, _, err) = InProcessCli.Run("update", "--checkpoint-path", _dir.Path, "--endpoint", "http://127.0.0.1:1", "--quantize", "int4");
+        Assert.NotEqual(0, code);
+        Assert.Contains("int4", err, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Fp8Quantization_BadSettings_Throw()
     {
         Assert.Throws<CheckpointEngineException>(() => new Fp8Quantization(0, 128));

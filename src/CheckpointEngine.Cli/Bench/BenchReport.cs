@@ -16,7 +16,7 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
     private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
 
     /// <summary>The cases of a method in the order they are measured (null: a method with one row).</summary>
-    private static readonly string?[] Cases = [null, RegistrationBench.Fresh, RegistrationBench.Pooled, RegistrationBench.InPlace, CollectiveBench.SharedMemory, CollectiveBench.TcpChain];
+    private static readonly string?[] Cases = [null, RegistrationBench.Fresh, RegistrationBench.Pooled, RegistrationBench.InPlace, CollectiveBench.SharedMemory, CollectiveBench.TcpChain, QuantizeBench.OneThread, QuantizeBench.AllThreads];
 
     public Baseline? BaselineFor(ConfigurationResult c) => Baselines.FirstOrDefault(b => b.Key == Baseline.For(c.Method, c.Case));
 
@@ -73,10 +73,10 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         ? $"peak RSS: VmHWM of each rank process (sampled every {BenchRunner.SampleInterval.TotalMilliseconds:F0} ms), and of the bench process, which {BenchProcessRole}{(HostPeakPerConfiguration ? " (reset per configuration)" : " (peak of the run so far)")}"
         : $"peak RSS: rank processes could not be sampled; only the bench process's VmHWM (it {BenchProcessRole}) is shown";
 
-    private string BenchProcessRole => (HasUpdates, Settings.Methods.Contains(BenchSettings.Registration)) switch
+    private string BenchProcessRole => (HasUpdates, Settings.Methods.Contains(BenchSettings.Registration) || Settings.Methods.Contains(BenchSettings.Quantize)) switch
     {
-        (true, true) => "hosts the reference worker and does the registrations",
-        (false, true) => "does the registrations",
+        (true, true) => "hosts the reference worker and does the registrations and quantizations",
+        (false, true) => "does the registrations and quantizations",
         _ => "hosts the reference worker",
     };
 
@@ -103,6 +103,11 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
                 yield return $"registration: the checkpoint registered into host memory by the bench process from a warm page cache with {Environment.ProcessorCount} copy threads, once per size, {repeats}: "
                     + $"{RegistrationBench.Fresh} buffers (page faults included), {RegistrationBench.Pooled} buffers (the RL loop) and {RegistrationBench.InPlace} (a tmpfs copy mapped, nothing copied); "
                     + "per worker is the tensor bytes; compared with single-thread memcpy";
+            }
+            if (Settings.Methods.Contains(BenchSettings.Quantize))
+            {
+                yield return $"quantize: the checkpoint's BF16 linear weights quantized to block-scaled FP8 (E4M3, 128x128 blocks) by the bench process, read from the files' mappings (warm page cache) into buffers allocated once, once per size, {repeats}: "
+                    + $"on {QuantizeBench.OneThread} and on {QuantizeBench.AllThreads} ({Environment.ProcessorCount}); per worker is the BF16 input bytes; compared with single-thread memcpy";
             }
             if (Settings.Methods.Contains(BenchSettings.Collective))
             {

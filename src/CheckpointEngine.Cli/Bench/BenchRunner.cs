@@ -17,8 +17,8 @@ namespace CheckpointEngine.Cli.Bench;
 /// checkpoint and per (ranks, method) a fresh in-process reference worker and one launch of N ranks
 /// as real processes through <see cref="Launcher"/>, like <c>demo</c>. Each rank (<see cref="BenchRank"/>)
 /// updates <c>repeat</c> + 1 times; the first update is the warm-up (reported apart as what a one-shot
-/// <c>update</c> sees), the others are the samples. <c>registration</c> runs once per size in this process
-/// (<see cref="RegistrationBench"/>); <c>collective</c> launches ranks the same way (<see cref="CollectiveBench"/>).
+/// <c>update</c> sees), the others are the samples. <c>registration</c> and <c>quantize</c> run once per size in
+/// this process (<see cref="RegistrationBench"/>, <see cref="QuantizeBench"/>); <c>collective</c> launches ranks the same way (<see cref="CollectiveBench"/>).
 /// </summary>
 internal static class BenchRunner
 {
@@ -54,13 +54,18 @@ internal static class BenchRunner
                     hostPeakReset &= PeakMemory.ResetSelf();
                     results.AddRange(RegistrationBench.Measure(dir, size, settings.Repeat, progress, ct));
                 }
+                if (settings.Methods.Contains(BenchSettings.Quantize))
+                {
+                    hostPeakReset &= PeakMemory.ResetSelf();
+                    results.AddRange(QuantizeBench.Measure(dir, size, settings.Repeat, progress, ct));
+                }
                 foreach (var ranks in settings.Ranks)
                 {
                     foreach (var method in settings.Methods)
                     {
-                        if (method == BenchSettings.Registration)
+                        if (method is BenchSettings.Registration or BenchSettings.Quantize)
                         {
-                            continue; // Once per size, above: it does not depend on ranks.
+                            continue; // Once per size, above: they do not depend on ranks.
                         }
                         if (method == BenchSettings.Collective)
                         {

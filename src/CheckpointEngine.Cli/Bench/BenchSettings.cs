@@ -7,8 +7,8 @@ namespace CheckpointEngine.Cli.Bench;
 /// <summary>
 /// What <c>ckpt-engine bench</c> measures: every combination of ranks × size × method, each measured
 /// <see cref="Repeat"/> + 1 times (the first is a warm-up). The methods are whole updates (broadcast, p2p),
-/// registration into host memory (once per size: it runs in the bench process) and a raw collective
-/// broadcast (rank counts of 2 and more). The list parsers report the bad element.
+/// registration into host memory and FP8 quantization (once per size: they run in the bench process) and a
+/// raw collective broadcast (rank counts of 2 and more). The list parsers report the bad element.
 /// </summary>
 /// <param name="TraceDirectory">Where each configuration's last update is written as a trace (trace-METHOD-Nr-SIZE.json), or null.</param>
 internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat, string? TraceDirectory = null,
@@ -19,11 +19,12 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     public const long MinSize = 1L << 20;
     public const string Registration = "registration";
     public const string Collective = "collective";
+    public const string Quantize = "quantize";
 
     /// <summary>The methods that are whole updates, as <c>update --update-method</c> names them.</summary>
     public static readonly string[] UpdateMethods = ["broadcast", "p2p"];
 
-    public static readonly string[] KnownMethods = [.. UpdateMethods, Registration, Collective];
+    public static readonly string[] KnownMethods = [.. UpdateMethods, Registration, Collective, Quantize];
 
     /// <summary>Whether a method reads the synthetic checkpoint (the collective broadcasts a bare buffer).</summary>
     public static bool NeedsCheckpoint(string method) => method != Collective;
@@ -62,7 +63,7 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
         return Check("--size", text, list, out error);
     }
 
-    /// <summary>Methods like "broadcast,p2p,registration,collective".</summary>
+    /// <summary>Methods like "broadcast,p2p,registration,collective,quantize".</summary>
     public static bool TryParseMethods(string text, out IReadOnlyList<string> methods, out string error)
     {
         var list = new List<string>();

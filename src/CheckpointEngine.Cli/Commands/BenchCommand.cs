@@ -23,7 +23,7 @@ internal static class BenchCommand
     {
         var ranks = new Option<string>("--ranks") { Description = "rank counts, comma-separated (each with a reference worker of as many shards)", DefaultValueFactory = _ => "1,2" };
         var size = new Option<string>("--size") { Description = "checkpoint sizes, comma-separated, e.g. 256MiB,2GiB", DefaultValueFactory = _ => "256MiB,1GiB" };
-        var method = new Option<string>("--method") { Description = "what to measure, comma-separated: broadcast, p2p (whole updates), registration (into host memory), collective (a raw broadcast between rank processes)", DefaultValueFactory = _ => "broadcast,p2p" };
+        var method = new Option<string>("--method") { Description = "what to measure, comma-separated: broadcast, p2p (whole updates), registration (into host memory), collective (a raw broadcast between rank processes), quantize (BF16 to block-scaled FP8 in this process)", DefaultValueFactory = _ => "broadcast,p2p" };
         var bucket = new Option<string?>("--bucket-size") { Description = $"largest bucket, e.g. 256MiB (default: as update sizes it; {RankConfig.MaxBucketSizeVariable} applies)" };
         var repeat = new Option<int>("--repeat") { Description = "measured updates (registrations, broadcasts) per configuration, after one warm-up in the same processes", DefaultValueFactory = _ => 3 };
         var json = new Option<bool>("--json") { Description = "print one JSON document instead of the table" };

@@ -20,6 +20,7 @@ public static class CkptEngineCli
             BenchCommand.Create(stdout, stderr),
             InspectCommand.Create(stdout),
             LaunchCommand.Create(stdout, stderr),
+            QuantizeCommand.Create(stdout),
             SampleCommand.Create(stdout),
             SimulateCommand.Create(stdout, stderr),
             UpdateCommand.Create(stdout),

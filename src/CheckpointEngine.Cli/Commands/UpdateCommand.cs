@@ -6,6 +6,7 @@ using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Hosting.Tracing;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
+using CheckpointEngine.Quantization;
 using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Devices;
 using CheckpointEngine.Server;
@@ -38,6 +39,8 @@ internal static class UpdateCommand
         var timeout = new Option<double>("--timeout") { Description = "deadline in seconds for each wait of the update", DefaultValueFactory = _ => 300 };
         var repeat = new Option<int>("--repeat") { Description = "updates per method (the first pays for first touches; later ones show the steady state)", DefaultValueFactory = _ => 1 };
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 100) r.AddError("--repeat must be in [1, 100]"); });
+        var quantize = new Option<string?>("--quantize") { Description = "convert while registering: fp8 (block-scaled E4M3, as `quantize` writes it; the checkpoint's config.json is followed)" };
+        quantize.AcceptOnlyFromAmong("fp8");
         var device = DeviceOption.Create();
         var trace = new Option<string?>("--trace") { Description = "rank 0 writes every rank's per-bucket stage times here as Chrome/Perfetto trace JSON (with --update-method all: FILE.broadcast.json and FILE.p2p.json)" };
         groupSize.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--inference-parallel-size must be at least 1"); });
@@ -46,7 +49,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace, device,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace, device, quantize,
         };
         command.Validators.Add(r =>
         {
@@ -59,10 +62,15 @@ internal static class UpdateCommand
             {
                 r.AddError("with --load-metas-file or --metas-from the update is P2P: --update-method must be p2p");
             }
+            if (r.GetValue(path) is null && r.GetValue(quantize) is not null)
+            {
+                r.AddError("--quantize converts what this rank registers: it needs --checkpoint-path");
+            }
         });
         command.SetAction(async (result, ct) =>
         {
-            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device));
+            var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
+            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8);
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -80,7 +88,7 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
@@ -104,8 +112,8 @@ internal static class UpdateCommand
                 using (var checkpoint = Checkpoint.Open(path!))
                 {
                     var share = CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size);
-                    var registered = ps.RegisterCheckpoint(name, share, options: new RegisterOptions { UsePool = true });
-                    Phase($"register ({registered.TensorCount} tensors, {ByteSize.Format(registered.TensorBytes)})", clock);
+                    var registered = ps.RegisterCheckpoint(name, share, options: new RegisterOptions { UsePool = true, Quantize = fp8 });
+                    Phase($"register{(fp8 is null ? "" : " as FP8")} ({registered.TensorCount} tensors, {ByteSize.Format(registered.TensorBytes)})", clock);
                 }
                 var metas = await ps.GatherMetasAsync(name, timeout, ct).ConfigureAwait(false);
                 Phase("gather metas", clock);

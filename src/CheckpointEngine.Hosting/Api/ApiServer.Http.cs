@@ -127,7 +127,8 @@ public sealed partial class ApiServer
     private async Task RegisterAsync(HttpContext http)
     {
         var name = CheckpointName(http);
-        var files = ParseFiles((await ReadJsonAsync(http, required: true, RegisterExample).ConfigureAwait(false))!.Value);
+        var body = (await ReadJsonAsync(http, required: true, RegisterExample).ConfigureAwait(false))!.Value;
+        var files = ParseFiles(body);
         if (ParameterServer.Registry.TryGet(name, out _) || !_registering.TryAdd(name, 0))
         {
             throw new ApiError(StatusCodes.Status409Conflict, $"checkpoint '{name}' is already registered on rank {Rank}; unregister it first");
@@ -137,8 +138,9 @@ public sealed partial class ApiServer
         try
         {
             CheckFilesExist(files);
+            var options = new RegisterOptions { Quantize = ParseQuantize(body, files) };
             // Reading and copying gigabytes: off the request thread.
-            checkpoint = await Task.Run(() => ParameterServer.RegisterCheckpoint(name, files.Select(f => new FileSelection(f))), _stopping.Token).ConfigureAwait(false);
+            checkpoint = await Task.Run(() => ParameterServer.RegisterCheckpoint(name, files.Select(f => new FileSelection(f)), options: options), _stopping.Token).ConfigureAwait(false);
         }
         catch (ArgumentException e)
         {

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using CheckpointEngine.Quantization;
 using Microsoft.AspNetCore.Http;
 
 namespace CheckpointEngine.Hosting.Api;
@@ -6,7 +7,7 @@ namespace CheckpointEngine.Hosting.Api;
 // Request bodies: read, checked field by field, every problem a 400 that names the field.
 public sealed partial class ApiServer
 {
-    private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...]}";
+    private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...], \"quantize\": null}";
     private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null}";
     private const string GatherExample = "{\"timeout\": 300} (or no body)";
     private const double DefaultTimeoutSeconds = 300;
@@ -39,9 +40,33 @@ public sealed partial class ApiServer
         }
     }
 
+    /// <summary>
+    /// <c>"quantize": "fp8"</c> converts while registering, following the config.json beside the first file
+    /// (as <c>ckpt-engine quantize</c> does); absent or null registers the bytes as they are.
+    /// </summary>
+    private static Fp8Quantization? ParseQuantize(JsonElement root, List<string> files)
+    {
+        if (!root.TryGetProperty("quantize", out var q) || q.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+        if (q.ValueKind != JsonValueKind.String || q.GetString() != "fp8")
+        {
+            throw Bad($"\"quantize\" must be \"fp8\" or null, not {q.GetRawText()}");
+        }
+        try
+        {
+            return Fp8Quantization.ForCheckpoint(files[0]);
+        }
+        catch (CheckpointEngineException e)
+        {
+            throw Bad(e.Message);
+        }
+    }
+
     private static List<string> ParseFiles(JsonElement root)
     {
-        OnlyFields(root, RegisterExample, "files");
+        OnlyFields(root, RegisterExample, "files", "quantize");
         if (!root.TryGetProperty("files", out var files) || files.ValueKind == JsonValueKind.Null)
         {
             throw Bad($"\"files\" is missing: expected {RegisterExample}");

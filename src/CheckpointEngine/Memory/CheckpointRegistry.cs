@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Interop;
+using CheckpointEngine.Quantization;
 
 namespace CheckpointEngine.Memory;
 
@@ -74,11 +75,17 @@ public sealed class CheckpointRegistry : IDisposable
         {
             var selections = files.ToList();
             var entries = CollectEntries(selections, namedTensors ?? [], opened);
+            if (options.Quantize is { } fp8)
+            {
+                entries = QuantizedEntries(entries, fp8);
+            }
             var buffers = new List<MemoryBuffer>();
             var toCopy = entries;
             if (options.InPlace)
             {
-                var inPlace = opened.Where((f, i) => selections[i].IsWholeFile && CanMapInPlace(f)).ToHashSet();
+                // A file with a tensor quantized on the way is copied: its bytes are not what gets registered.
+                var converted = entries.Where(e => e.Fp8 is not null).Select(e => e.File).ToHashSet();
+                var inPlace = opened.Where((f, i) => selections[i].IsWholeFile && !converted.Contains(f) && CanMapInPlace(f)).ToHashSet();
                 toCopy = entries.Where(e => e.File is null || !inPlace.Contains(e.File)).ToList();
                 foreach (var file in opened.Where(inPlace.Contains))
                 {
@@ -185,10 +192,44 @@ public sealed class CheckpointRegistry : IDisposable
         }
     }
 
-    /// <summary>One tensor to place: from a file (positioned reads) or from caller memory.</summary>
+    /// <summary>
+    /// One tensor to place: from a file (positioned reads) or from caller memory. An F8_E4M3 weight made on
+    /// the way carries its <see cref="Fp8"/> quantization and <see cref="SourceDType"/> (the source is still
+    /// File/Tensor or Named); its scale tensor names the weight in <see cref="ScaleOf"/> and is filled with it.
+    /// </summary>
     internal sealed record Entry(string Name, DType DType, ImmutableArray<long> Shape, long ByteLength, SafeTensorsFile? File, TensorInfo? Tensor, NamedTensor? Named)
     {
         public string Origin => File?.Path ?? "the in-memory tensors";
+
+        public Fp8Quantization? Fp8 { get; init; }
+
+        public DType SourceDType { get; init; }
+
+        public string? ScaleOf { get; init; }
+    }
+
+    /// <summary>Each selected weight becomes its F8_E4M3 form and its scale tensor, exactly as <see cref="Fp8CheckpointWriter"/> writes them.</summary>
+    private static List<Entry> QuantizedEntries(List<Entry> entries, Fp8Quantization fp8)
+    {
+        var names = entries.Select(e => e.Name).ToHashSet(StringComparer.Ordinal);
+        var result = new List<Entry>();
+        foreach (var e in entries)
+        {
+            if (!fp8.Selects(e.Name, e.DType, e.Shape.AsSpan()))
+            {
+                result.Add(e);
+                continue;
+            }
+            var scale = Fp8Quantization.ScaleName(e.Name);
+            if (names.Contains(scale) || e.File?.Header.TryGetTensor(scale, out _) == true)
+            {
+                throw new CheckpointFormatException(e.Origin, $"is selected for FP8, but a tensor '{scale}' already exists", e.Name);
+            }
+            var scaleShape = fp8.ScaleShape(e.Shape[0], e.Shape[1]);
+            result.Add(e with { DType = DType.F8_E4M3, ByteLength = e.Shape[0] * e.Shape[1], Fp8 = fp8, SourceDType = e.DType });
+            result.Add(new Entry(scale, DType.F32, [.. scaleShape], DType.F32.ByteLength(scaleShape), e.File, e.Tensor, e.Named) { ScaleOf = e.Name });
+        }
+        return result;
     }
 
     private static List<Entry> CollectEntries(List<FileSelection> selections, IEnumerable<NamedTensor> namedTensors, List<SafeTensorsFile> opened)

@@ -15,6 +15,12 @@ public sealed record RegisterOptions
     /// <summary>Threads that copy tensors into buffers.</summary>
     public int CopyThreads { get; init; } = Environment.ProcessorCount;
 
+    /// <summary>
+    /// Quantize selected weights to block-scaled FP8 while registering (each <c>X.weight</c> becomes F8_E4M3 plus
+    /// <c>X.weight_scale_inv</c>), bit-identical to what <c>ckpt-engine quantize</c> writes; null registers the bytes as they are.
+    /// </summary>
+    public Quantization.Fp8Quantization? Quantize { get; init; }
+
     /// <summary>Largest packed buffer. As in the original, a tensor larger than this raises the limit to its own aligned size for every buffer of the checkpoint.</summary>
     public long MaxBufferSize { get; init; } = BufferLayout.DefaultMaxBufferSize;
 }

@@ -1,26 +1,47 @@
 using System.Buffers;
+using CheckpointEngine.Quantization;
 
 namespace CheckpointEngine.Memory;
 
 /// <summary>
 /// Fills packed buffers from their sources in parallel. Tensors are cut into chunks so that a few
 /// large tensors still keep every thread busy; file tensors are read with positioned reads straight
-/// into the buffer (no mapping of the source, no intermediate copy).
+/// into the buffer (no mapping of the source, no intermediate copy). A weight quantized on the way is
+/// read from the file's mapping (or the caller's memory) and encoded straight into its place, its
+/// scales beside it, in jobs of whole row blocks.
 /// </summary>
 internal static unsafe class TensorCopier
 {
     private const long ChunkSize = 16L << 20;
 
-    private readonly record struct Job(CheckpointRegistry.Entry Entry, long Offset, long Length, nint Destination);
+    /// <summary>A byte range to copy; for a quantized weight, <see cref="Offset"/> and <see cref="Length"/> count row blocks and <see cref="Scales"/> is its scale tensor.</summary>
+    private readonly record struct Job(CheckpointRegistry.Entry Entry, long Offset, long Length, nint Destination, nint Scales = 0);
 
     public static void Copy(IReadOnlyList<MemoryBuffer> buffers, IReadOnlyDictionary<string, CheckpointRegistry.Entry> sources, int threads)
     {
         var jobs = new List<Job>();
+        var addresses = buffers.SelectMany(b => b.Metas.Select(m => (m.Name, Address: (nint)(b.Pointer + m.Offset)))).ToDictionary(t => t.Name, t => t.Address, StringComparer.Ordinal);
         foreach (var buffer in buffers)
         {
             foreach (var meta in buffer.Metas)
             {
                 var entry = sources[meta.Name];
+                if (entry.ScaleOf is not null)
+                {
+                    continue; // Written by its weight's jobs.
+                }
+                if (entry.Fp8 is { } fp8)
+                {
+                    var (rows, cols) = (entry.Shape[0], entry.Shape[1]);
+                    var rowBlocks = (rows + fp8.BlockRows - 1) / fp8.BlockRows;
+                    var perJob = Math.Max(1, ChunkSize / (fp8.BlockRows * cols * entry.SourceDType.Alignment()));
+                    var scales = addresses[Fp8Quantization.ScaleName(meta.Name)];
+                    for (long rb = 0; rb < rowBlocks; rb += perJob)
+                    {
+                        jobs.Add(new Job(entry, rb, Math.Min(perJob, rowBlocks - rb), (nint)(buffer.Pointer + meta.Offset), scales));
+                    }
+                    continue;
+                }
                 for (long off = 0; off < meta.ByteLength; off += ChunkSize)
                 {
                     jobs.Add(new Job(entry, off, Math.Min(ChunkSize, meta.ByteLength - off), (nint)(buffer.Pointer + meta.Offset + off)));
@@ -30,14 +51,24 @@ internal static unsafe class TensorCopier
         var pins = new Dictionary<string, MemoryHandle>(StringComparer.Ordinal);
         try
         {
-            foreach (var e in sources.Values.Where(e => e.Named is not null))
+            foreach (var e in sources.Values.Where(e => e.Named is not null && e.ScaleOf is null))
             {
                 pins[e.Name] = e.Named!.Pin();
             }
             Parallel.For(0, jobs.Count, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, i =>
             {
                 var job = jobs[i];
-                if (job.Entry.File is { } file)
+                if (job.Entry.Fp8 is { } fp8)
+                {
+                    var e = job.Entry;
+                    var source = e.File is { } f ? (nint)f.View(e.Tensor!).Pointer : (nint)pins[e.Name].Pointer;
+                    var t = new Fp8Tensor(source, e.SourceDType, e.Shape[0], e.Shape[1], fp8.BlockRows, fp8.BlockCols, job.Scales);
+                    for (var rb = job.Offset; rb < job.Offset + job.Length; rb++)
+                    {
+                        Fp8BlockQuantizer.QuantizeRowBlock(t, rb, (byte*)job.Destination + rb * fp8.BlockRows * t.Cols);
+                    }
+                }
+                else if (job.Entry.File is { } file)
                 {
                     file.ReadInto(job.Entry.Tensor!, job.Offset, job.Length, (byte*)job.Destination);
                 }

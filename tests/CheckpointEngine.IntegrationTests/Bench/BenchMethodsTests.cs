@@ -33,6 +33,24 @@ public sealed class BenchMethodsTests
     }
 
     [Fact]
+    public async Task Bench_Quantize_OneAndAllThreadsAgainstMemcpy()
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "1", "--size", "8MiB", "--method", "quantize", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToList();
+        Assert.Equal(Environment.ProcessorCount > 1 ? [QuantizeBench.OneThread, QuantizeBench.AllThreads] : [QuantizeBench.OneThread],
+            configs.Select(c => c.GetProperty("case").GetString()));
+        foreach (var c in configs)
+        {
+            Assert.Equal("quantize", c.GetProperty("method").GetString());
+            Assert.InRange(c.GetProperty("bytes").GetInt64(), 1, 8L << 20); // The BF16 linear weights of the sample written for --size 8MiB.
+            Assert.Equal(Baseline.Memcpy, c.GetProperty("baseline").GetString());
+            Assert.True(c.GetProperty("ratio_to_baseline").GetDouble() > 0, c.GetProperty("case").GetString());
+        }
+    }
+
+    [Fact]
     public async Task Bench_Collective_SharedMemoryAndTcpChainRows_LeavesNothing()
     {
         var before = Leftovers.Now();

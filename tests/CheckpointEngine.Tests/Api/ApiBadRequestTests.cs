@@ -43,6 +43,8 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
         { "POST", Files, "{\"files\": []}", 400, "\"files\" is empty" },
         { "POST", Files, "{\"files\": [7]}", 400, "files[0] must be a non-empty path, not a number" },
         { "POST", Files, "{\"file\": [\"{dir}/good.safetensors\"]}", 400, "unknown field \"file\"" },
+        { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\"], \"quantize\": \"int4\"}", 400, "\"quantize\" must be \"fp8\" or null, not \"int4\"" },
+        { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\"], \"quantize\": true}", 400, "\"quantize\" must be \"fp8\" or null, not true" },
         // Files: missing, not files, not safetensors, malformed, twice.
         { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\", \"{dir}/missing.safetensors\"]}", 400, "files[1]: {dir}/missing.safetensors does not exist" },
         { "POST", Files, "{\"files\": [\"{dir}/folder\"]}", 400, "files[0]: {dir}/folder is a directory" },

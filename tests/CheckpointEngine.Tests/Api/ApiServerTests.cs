@@ -48,6 +48,22 @@ public sealed class ApiServerTests
     }
 
     [Fact]
+    public async Task Register_QuantizeFp8_RegistersF8WeightsAndTheirScales()
+    {
+        await using var h = await ApiHarness.StartAsync();
+        var file = h.WriteFile("fp8.safetensors", TestTensor.Random("layer.proj.weight", DType.BF16, [129, 257]), TestTensor.Random("layer.norm.weight", DType.BF16, [257]));
+        var (status, body) = await h.PostAsync("/v1/checkpoints/fp8/files", $"{{\"files\": [{System.Text.Json.JsonSerializer.Serialize(file)}], \"quantize\": \"fp8\"}}");
+        Assert.True(status == HttpStatusCode.OK, body.ToString());
+        Assert.Equal(3, body.GetProperty("tensors").GetInt32());
+        Assert.True(h.ParameterServer.Registry.TryGet("fp8", out var c));
+        var metas = c.Buffers.SelectMany(b => b.Metas).ToDictionary(m => m.Name);
+        Assert.Equal(DType.F8_E4M3, metas["layer.proj.weight"].DType);
+        Assert.Equal(DType.F32, metas["layer.proj.weight_scale_inv"].DType);
+        Assert.Equal([2L, 3L], metas["layer.proj.weight_scale_inv"].Shape);
+        Assert.Equal(DType.BF16, metas["layer.norm.weight"].DType);
+    }
+
+    [Fact]
     public async Task Status_NamesRankWorldAndDevice()
     {
         await using var h = await ApiHarness.StartAsync();

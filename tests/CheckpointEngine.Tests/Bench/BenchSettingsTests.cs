@@ -52,14 +52,14 @@ public sealed class BenchSettingsTests
         Assert.True(BenchSettings.TryParseMethods("p2p,broadcast", out var methods, out _));
         Assert.Equal(["p2p", "broadcast"], methods);
         Assert.False(BenchSettings.TryParseMethods("broadcast,nccl", out _, out var message));
-        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p, registration, collective", message);
+        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p, registration, collective, quantize", message);
     }
 
     [Fact]
     public void ParseMethods_RegistrationAndCollective_AlongsideUpdates()
     {
-        Assert.True(BenchSettings.TryParseMethods("registration, collective,broadcast", out var methods, out _));
-        Assert.Equal(["registration", "collective", "broadcast"], methods);
+        Assert.True(BenchSettings.TryParseMethods("registration, collective,broadcast,quantize", out var methods, out _));
+        Assert.Equal(["registration", "collective", "broadcast", "quantize"], methods);
         Assert.True(BenchSettings.TryParseMethods("collective", out var one, out _));
         Assert.Equal(["collective"], one);
     }
@@ -113,7 +113,7 @@ public sealed class BenchSettingsTests
     [Theory]
     [InlineData("--ranks 1,0", "--ranks: '0' is not a rank count in [1, 64]")]
     [InlineData("--size 256MiB,10KB", "--size: '10KB' is not a size of at least 1MiB")]
-    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p, registration, collective")]
+    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p, registration, collective, quantize")]
     [InlineData("--ranks 1 --method collective", "--method collective broadcasts from rank 0 to the others: give --ranks with a count of at least 2 (got --ranks 1)")]
     [InlineData("--bucket-size 0", "--bucket-size: '0' is not a size of at least 1MiB")]
     [InlineData("--repeat 0", "--repeat must be in [1, 100]")]

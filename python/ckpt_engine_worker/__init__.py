@@ -1,6 +1,6 @@
 """Receiving side of CheckpointEngine weight updates, for vLLM and any PyTorch inference engine.
 
-`receive_update(socket_address, load, finish)` receives one update; `state_dict_loader(module)` is a
+`receive_update(ticket, load, finish)` receives one update (the ticket, "socket#session", comes with each update); `state_dict_loader(module)` is a
 loader for a plain torch module; `ckpt_engine_worker.vllm.WorkerExtension` is the vLLM worker
 extension. Only the standard library and torch are used.
 """

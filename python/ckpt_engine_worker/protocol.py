@@ -1,7 +1,9 @@
 """The worker wire protocol: frames (4-byte little-endian length + UTF-8 JSON) over a Unix socket.
 
-Messages from the parameter server: attach, load, release, finish, abort; every one gets one reply,
-{"ok": true} or {"ok": false, "error": "..."}. Mirrors the C# WorkerFraming and WorkerSockets.
+The worker is handed a ticket, "address#session": it connects to the address, checks that the
+listening process runs as its own user (SO_PEERCRED), and sends {"session": ...} first. Then messages
+from the parameter server: attach, load, release, finish, abort; every one gets one reply,
+{"ok": true} or {"ok": false, "error": "..."}. Mirrors the C# WorkerFraming, WorkerTicket and WorkerSockets.
 """
 
 import json
@@ -12,10 +14,12 @@ import struct
 import time
 
 MAX_FRAME = 64 << 20
+SESSION_LENGTH = 64
 SOCKET_DIR_VARIABLE = "CKPT_ENGINE_SOCKET_DIR"
 MESSAGE_TYPES = ("attach", "load", "release", "finish", "abort")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_SESSION = re.compile(r"[0-9A-Fa-f]{%d}" % SESSION_LENGTH)
 
 
 class ProtocolError(Exception):
@@ -32,6 +36,29 @@ def address_for(device_id):
     name = "ckpt-engine-" + _UNSAFE.sub("_", device_id)
     directory = os.environ.get(SOCKET_DIR_VARIABLE)
     return os.path.join(directory, name + ".sock") if directory else "@" + name
+
+
+def parse_ticket(ticket):
+    """(address, session) from a worker ticket "address#session" (the session is 64 hex digits). The
+    ValueError says what is wrong without echoing the session key."""
+    if not isinstance(ticket, str) or not ticket:
+        raise ValueError("the worker ticket is empty")
+    address, cut, session = ticket.rpartition("#")
+    if not cut or not address:
+        raise ValueError("'%s' is a bare socket address, not a worker ticket (\"address#session\"): workers take the "
+                         "ticket the parameter server posts with each update" % ticket)
+    if not _SESSION.fullmatch(session):
+        raise ValueError("the worker ticket for %s has a malformed session key (expected %d hex digits)" % (address, SESSION_LENGTH))
+    return address, session.lower()
+
+
+def peer_refusal(sock, who):
+    """None when the peer of a Unix socket runs as this process's user (SO_PEERCRED), else why it is refused."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    me = os.geteuid()
+    if uid == me:
+        return None
+    return "%s (pid %d) runs as uid %d, not as this process's uid %d: refused" % (who, pid, uid & 0xFFFFFFFF, me)
 
 
 def endpoint(address):

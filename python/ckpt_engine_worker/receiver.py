@@ -14,7 +14,7 @@ import traceback
 
 from . import dtypes
 from .cuda import device_uuid
-from .protocol import PeerClosed, ProtocolError, connect, decode, read_frame, send
+from .protocol import PeerClosed, ProtocolError, connect, decode, parse_ticket, peer_refusal, read_frame, send
 from .segments import open_segment
 
 DEFAULT_IDLE_TIMEOUT = 120.0
@@ -51,27 +51,36 @@ class ReceiveSummary:
         return "ReceiveSummary(%r)" % (self.as_dict(),)
 
 
-def receive_update(socket_address, load, finish=None, device=None, idle_timeout=None):
-    """Receives one update from the parameter server listening at `socket_address` ("@name" is an
-    abstract socket, see protocol.address_for), retrying the connection until it listens.
+def receive_update(ticket, load, finish=None, device=None, idle_timeout=None):
+    """Receives one update with the `ticket` the parameter server handed the engine ("address#session";
+    "@name" is an abstract socket, see protocol.address_for), retrying the connection until it listens.
+    The listening process must run as this process's user; the session key proves to it that this
+    connection is the worker of this very update. A ticket is a secret: do not log it.
 
     load(weights): called once per bucket with a list of (name, torch.Tensor) views into the shared
         buffer; it must copy what it keeps (the buffer is reused for the next bucket).
     finish(): the post-load hook, run on "finish" after the buffer was released.
     device: the CUDA device to open a "cuda-ipc" buffer on (default: the current one).
-    Returns a ReceiveSummary after "finish"; raises WeightUpdateAborted or WeightReceiveError.
+    Returns a ReceiveSummary after "finish"; raises ValueError for a malformed ticket, else
+    WeightUpdateAborted (also when the server refused the session key) or WeightReceiveError.
     """
-    if not socket_address:
-        raise ValueError("socket_address is empty")
+    address, session = parse_ticket(ticket)
     idle = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else float(idle_timeout)
     if idle <= 0:
         raise ValueError("idle_timeout must be positive, got %r" % (idle_timeout,))
     try:
-        sock = connect(socket_address, idle)
+        sock = connect(address, idle)
     except PeerClosed as e:
         raise WeightReceiveError(str(e)) from None
     with sock:
-        return _Session(socket_address, sock, load, finish, device, idle).run()
+        refusal = peer_refusal(sock, "the process listening at %s" % address)
+        if refusal:
+            raise WeightReceiveError(refusal + " (is another user's process squatting this device's socket name?)")
+        try:
+            send(sock, {"session": session}, idle)
+        except OSError as e:
+            raise WeightReceiveError("lost the parameter server at %s while sending the session key: %s" % (address, e)) from None
+        return _Session(address, sock, load, finish, device, idle).run()
 
 
 def describe(error):

@@ -18,23 +18,23 @@ DEVICE_ID_VARIABLE = "CKPT_ENGINE_DEVICE_ID"
 class WorkerExtension:
     """Receives weight updates from a CheckpointEngine parameter server into a vLLM worker."""
 
-    def update_weights_from_ipc(self, socket_addresses, idle_timeout=None):
+    def update_weights_from_ipc(self, tickets, idle_timeout=None):
         """Receives one update from the parameter server of this worker's device.
 
-        socket_addresses: {device_id: socket address} for every device of the engine (the map the
-            parameter server posts); this worker takes the entry of its own device id.
+        tickets: {device_id: "socket#session"} for every device of the engine (the map the parameter
+            server posts); this worker takes the entry of its own device id.
         Loads every bucket into the model (and the drafter's model, when there is one), then runs
         vLLM's post-load processing. Returns a summary dict; raises with the reason on failure.
         """
         device_id = self.ckpt_engine_device_id()
-        address = socket_addresses.get(device_id) if isinstance(socket_addresses, dict) else None
-        if not address:
-            known = ", ".join(sorted(socket_addresses)) if isinstance(socket_addresses, dict) else repr(socket_addresses)
-            raise LookupError("device '%s' (this worker) is not in the update's socket map (which has %s); set %s "
+        ticket = tickets.get(device_id) if isinstance(tickets, dict) else None
+        if not ticket:
+            known = ", ".join(sorted(tickets)) if isinstance(tickets, dict) else type(tickets).__name__
+            raise LookupError("device '%s' (this worker) is not in the update's ticket map (which has %s); set %s "
                               "to the id the parameter server uses" % (device_id, known or "nothing", DEVICE_ID_VARIABLE))
         device = getattr(self, "device", None)
         cuda = device is not None and getattr(device, "type", None) == "cuda"
-        summary = receive_update(address, self._ckpt_engine_load, self._ckpt_engine_finish,
+        summary = receive_update(ticket, self._ckpt_engine_load, self._ckpt_engine_finish,
                                  device=device if cuda else None, idle_timeout=idle_timeout)
         return summary.as_dict()
 

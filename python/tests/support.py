@@ -49,6 +49,8 @@ class FakeServer:
 
     def __init__(self, size=1 << 16, listen=True):
         self.address = "@" + unique("ckpt-test")
+        self.session = os.urandom(32).hex()
+        self.ticket = self.address + "#" + self.session
         self.segment = unique("ckpt-test-seg")
         self.size = size
         path = "/dev/shm/" + self.segment
@@ -69,8 +71,12 @@ class FakeServer:
         self.listener.listen(1)
 
     def accept(self, timeout=10):
+        """Accepts the worker and checks that it presented this server's session key first."""
         self.listener.settimeout(timeout)
         self.conn, _ = self.listener.accept()
+        hello = json.loads(protocol.read_frame(self.conn, timeout))
+        if hello != {"session": self.session}:
+            raise AssertionError("the worker's first frame is %r, not this server's session key" % (hello,))
 
     def call(self, message, timeout=10):
         protocol.send(self.conn, message, timeout)

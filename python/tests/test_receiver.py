@@ -27,7 +27,7 @@ class ReceiverTests(unittest.TestCase):
         self.finished += 1
 
     def start(self, load=None, finish=None, idle=5):
-        worker = Worker(lambda: receive_update(self.server.address, load or self.copy, finish or self.finish, idle_timeout=idle))
+        worker = Worker(lambda: receive_update(self.server.ticket, load or self.copy, finish or self.finish, idle_timeout=idle))
         worker.start()
         self.server.accept()
         return worker
@@ -76,7 +76,7 @@ class ReceiverTests(unittest.TestCase):
     def test_CudaBufferOfAnotherGpu_IsRefusedBeforeOpening(self):
         # The attach names the buffer's GPU; a worker on another GPU says so instead of opening a foreign handle.
         with mock.patch.object(receiver, "device_uuid", lambda index: "GPU-%08d-0000-0000-0000-000000000000" % index):
-            worker = Worker(lambda: receive_update(self.server.address, self.copy, self.finish, device=torch.device("cuda", 1), idle_timeout=5))
+            worker = Worker(lambda: receive_update(self.server.ticket, self.copy, self.finish, device=torch.device("cuda", 1), idle_timeout=5))
             worker.start()
             self.server.accept()
             reply = self.server.call({"type": "attach", "kind": "cuda-ipc", "handle": "AAAA", "size": 64,
@@ -138,7 +138,7 @@ class ReceiverTests(unittest.TestCase):
             with self.subTest(expected):
                 server = FakeServer()
                 try:
-                    worker = Worker(lambda: receive_update(server.address, self.copy, idle_timeout=5))
+                    worker = Worker(lambda: receive_update(server.ticket, self.copy, idle_timeout=5))
                     worker.start()
                     server.accept()
                     server.attach()
@@ -168,7 +168,7 @@ class ReceiverTests(unittest.TestCase):
     def test_Connect_WaitsForTheServerToListen(self):
         late = FakeServer(listen=False)
         self.addCleanup(late.close)
-        worker = Worker(lambda: receive_update(late.address, self.copy, idle_timeout=5))
+        worker = Worker(lambda: receive_update(late.ticket, self.copy, idle_timeout=5))
         worker.start()
         time.sleep(0.3)
         late.listen()
@@ -183,7 +183,7 @@ class ReceiverTests(unittest.TestCase):
     def test_Connect_NobodyListens_FailsAtTheDeadline(self):
         started = time.monotonic()
         with self.assertRaisesRegex(WeightReceiveError, "no parameter server listening at @nobody-here within 0.3 s"):
-            receive_update("@nobody-here", self.copy, idle_timeout=0.3)
+            receive_update("@nobody-here#" + "0" * 64, self.copy, idle_timeout=0.3)
         self.assertLess(time.monotonic() - started, 3)
 
     def test_FinishHookRaises_IsReported(self):

@@ -71,7 +71,7 @@ class WorkerExtensionTests(unittest.TestCase):
         self.addCleanup(patcher.stop)
 
     def update(self, worker, sockets=None):
-        sockets = sockets or {"host-test-0": "@elsewhere", "host-test-1": self.server.address}
+        sockets = sockets or {"host-test-0": "@elsewhere#" + "0" * 64, "host-test-1": self.server.ticket}
         w = Worker(lambda: worker.update_weights_from_ipc(sockets, idle_timeout=5))
         w.start()
         self.server.accept()
@@ -116,7 +116,7 @@ class WorkerExtensionTests(unittest.TestCase):
         self.assertEqual([c[0] for c in calls], ["enter", "process", "exit"])
 
     def test_Update_DeviceNotInTheMap_SaysWhichIdsThereAre(self):
-        with self.assertRaisesRegex(LookupError, r"device 'host-test-0' \(this worker\) is not in the update's socket map \(which has a, b\)"):
+        with self.assertRaisesRegex(LookupError, r"device 'host-test-0' \(this worker\) is not in the update's ticket map \(which has a, b\)"):
             StandInWorker().update_weights_from_ipc({"b": "@x", "a": "@y"})
 
     def test_DeviceId_OnCpuWithoutOverride_AsksForIt(self):

@@ -8,8 +8,9 @@ namespace CheckpointEngine.Hosting;
 
 /// <summary>
 /// Tells an inference engine to receive an update the way vLLM expects: the first rank of each
-/// inference group POSTs <c>{"method":"update_weights_from_ipc","args":[{device_id: socket}]}</c> with
-/// its group's sockets to the engine's <c>/collective_rpc</c>; the reply comes when the workers are done.
+/// inference group POSTs <c>{"method":"update_weights_from_ipc","args":[{device_id: ticket}]}</c> with
+/// its group's worker tickets ("socket#session", see <see cref="Worker.WorkerTicket"/>) to the engine's
+/// <c>/collective_rpc</c>; the reply comes when the workers are done.
 /// </summary>
 public static class EngineTrigger
 {
@@ -43,7 +44,7 @@ public static class EngineTrigger
             var sockets = new JsonObject();
             foreach (var s in group)
             {
-                sockets[s.DeviceId] = s.Address;
+                sockets[s.DeviceId] = s.Ticket.ToString();
             }
             var body = new JsonObject
             {

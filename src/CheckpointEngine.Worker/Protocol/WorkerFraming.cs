@@ -57,7 +57,10 @@ public static class WorkerFraming
     /// length or a connection closed inside a frame leaves the stream out of step: the caller must
     /// drop the connection. A frame read whole keeps it in step even if <see cref="Decode{T}"/> then fails.
     /// </summary>
-    public static async Task<byte[]?> ReadFrameAsync(Stream stream, CancellationToken ct = default)
+    public static Task<byte[]?> ReadFrameAsync(Stream stream, CancellationToken ct = default) => ReadFrameAsync(stream, MaxFrame, ct);
+
+    /// <param name="maxFrame">The longest frame accepted (a peer not yet authenticated gets only a few KiB).</param>
+    public static async Task<byte[]?> ReadFrameAsync(Stream stream, int maxFrame, CancellationToken ct)
     {
         var prefix = new byte[4];
         var got = await stream.ReadAtLeastAsync(prefix, 4, throwOnEndOfStream: false, ct).ConfigureAwait(false);
@@ -70,9 +73,9 @@ public static class WorkerFraming
             throw new InvalidDataException($"connection closed inside a frame length ({got} of 4 bytes)");
         }
         var length = BinaryPrimitives.ReadInt32LittleEndian(prefix);
-        if (length is < 2 or > MaxFrame)
+        if (length < 2 || length > maxFrame)
         {
-            throw new InvalidDataException($"frame length {length} is outside [2, {MaxFrame}]");
+            throw new InvalidDataException($"frame length {length} is outside [2, {maxFrame}]");
         }
         var json = new byte[length];
         var read = await stream.ReadAtLeastAsync(json, length, throwOnEndOfStream: false, ct).ConfigureAwait(false);

@@ -45,8 +45,14 @@ internal sealed class ReceiveSession : IDisposable
         _idle = idle;
     }
 
-    public async Task<ReceiveSummary> RunAsync(CancellationToken ct)
+    /// <summary>Checks who listens, presents the session key, then serves the update.</summary>
+    public async Task<ReceiveSummary> RunAsync(string session, CancellationToken ct)
     {
+        if (PeerCredentials.Refusal(_stream.Socket, $"the process listening at {_address}") is { } refusal)
+        {
+            throw new WeightReceiveException(refusal + " (is another user's process squatting this device's socket name?)");
+        }
+        await WriteAsync(new WorkerHello(session), "the session key", ct).ConfigureAwait(false);
         while (true)
         {
             var wait = _failure is null ? _idle : (_idle < WeightReceiver.AbortWait ? _idle : WeightReceiver.AbortWait);
@@ -333,21 +339,23 @@ internal sealed class ReceiveSession : IDisposable
         }
     }
 
-    private async Task ReplyAsync(WorkerReply reply, CancellationToken ct)
+    private Task ReplyAsync(WorkerReply reply, CancellationToken ct) => WriteAsync(reply, "a reply", ct);
+
+    private async Task WriteAsync<T>(T frame, string what, CancellationToken ct)
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(_idle);
         try
         {
-            await WorkerFraming.WriteAsync(_stream, reply, deadline.Token).ConfigureAwait(false);
+            await WorkerFraming.WriteAsync(_stream, frame, deadline.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
-            throw _failure ?? new WeightReceiveException($"the parameter server at {_address} did not take a reply within {_idle.TotalSeconds:0.###} s {Where()}");
+            throw _failure ?? new WeightReceiveException($"the parameter server at {_address} did not take {what} within {_idle.TotalSeconds:0.###} s {Where()}");
         }
         catch (Exception e) when (e is IOException or SocketException)
         {
-            throw _failure ?? new WeightReceiveException($"lost the parameter server at {_address} while replying {Where()}: {e.Message}", e);
+            throw _failure ?? new WeightReceiveException($"lost the parameter server at {_address} while sending {what} {Where()}: {e.Message}", e);
         }
     }
 

@@ -25,33 +25,35 @@ public static class WeightReceiver
     private static readonly TimeSpan MaxRetry = TimeSpan.FromMilliseconds(200);
 
     /// <summary>
-    /// Receives one update from the parameter server listening at <paramref name="socketAddress"/>
-    /// (see <see cref="WorkerSockets"/>; "@name" is an abstract socket), retrying the connection until
-    /// it listens. Returns after "finish" once <paramref name="postLoad"/> has run.
+    /// Receives one update with the <paramref name="ticket"/> the parameter server handed the engine
+    /// ("address#session", see <see cref="WorkerTicket"/>), retrying the connection until the server
+    /// listens. The server must run as this process's user; the session key proves to it that this
+    /// connection is the worker of this very update. Returns after "finish" once <paramref name="postLoad"/> has run.
     /// </summary>
     /// <param name="onBucket">Called once per "load", on the receiving task, with views into the buffer.</param>
     /// <param name="postLoad">Run on "finish" (re-quantize, fuse); its failure fails the update.</param>
     /// <param name="idleTimeout">The longest the parameter server may take to listen or to send the next message (default <see cref="DefaultIdleTimeout"/>).</param>
-    /// <exception cref="WeightUpdateAbortedException">The parameter server sent "abort".</exception>
+    /// <exception cref="ArgumentException"><paramref name="ticket"/> is not "address#session".</exception>
+    /// <exception cref="WeightUpdateAbortedException">The parameter server sent "abort" (also: it refused the session key).</exception>
     /// <exception cref="WeightReceiveException">
     /// The handler or hook failed (its message was sent back as the error), a message was bad (the
-    /// error was sent back), or the parameter server went silent or away.
+    /// error was sent back), the process listening runs as another user, or the parameter server went silent or away.
     /// </exception>
-    public static Task<ReceiveSummary> ReceiveAsync(string socketAddress, BucketHandler onBucket,
+    public static Task<ReceiveSummary> ReceiveAsync(string ticket, BucketHandler onBucket,
         Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default) =>
-        ReceiveAsync(socketAddress, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken);
+        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken);
 
     /// <param name="connectRetrying">Called with each failed connection attempt before the receiver waits to try again (tests await it instead of sleeping).</param>
-    internal static async Task<ReceiveSummary> ReceiveAsync(string socketAddress, BucketHandler onBucket,
+    internal static async Task<ReceiveSummary> ReceiveAsync(string ticket, BucketHandler onBucket,
         Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken)
     {
-        ArgumentException.ThrowIfNullOrEmpty(socketAddress);
+        var parsed = WorkerTicket.Parse(ticket);
         ArgumentNullException.ThrowIfNull(onBucket);
         var idle = idleTimeout ?? DefaultIdleTimeout;
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idle, TimeSpan.Zero, nameof(idleTimeout));
-        var socket = await ConnectAsync(socketAddress, idle, connectRetrying, cancellationToken).ConfigureAwait(false);
-        using var session = new ReceiveSession(socketAddress, socket, onBucket, postLoad, idle);
-        return await session.RunAsync(cancellationToken).ConfigureAwait(false);
+        var socket = await ConnectAsync(parsed.Address, idle, connectRetrying, cancellationToken).ConfigureAwait(false);
+        using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle);
+        return await session.RunAsync(parsed.Session, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Connects, retrying with a short backoff while nothing listens yet, until <paramref name="deadline"/> has passed.</summary>

@@ -136,8 +136,9 @@ public sealed partial class ParameterServer
         var sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize ?? World.Config.MaxBucketSize);
         var device = DeviceBufferFor(sizing, group);
 
-        // Every member learns every worker's socket and network device; the trigger tells the engine; our worker connects.
-        var members = (await group.AllGatherAsync(new UpdateMember(Rank, Device.Id, WorkerAddress, NetDevice).ToBytes(), timeout, ct).ConfigureAwait(false))
+        // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
+        var ticket = WorkerTicket.New(WorkerAddress);
+        var members = (await group.AllGatherAsync(new UpdateMember(Rank, Device.Id, ticket, NetDevice).ToBytes(), timeout, ct).ConfigureAwait(false))
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
@@ -150,7 +151,7 @@ public sealed partial class ParameterServer
             string? failure = null;
             try
             {
-                worker = await _worker.AcceptAsync(triggered, timeout, ct).ConfigureAwait(false);
+                worker = await _worker.AcceptAsync(ticket, triggered, timeout, ct).ConfigureAwait(false);
                 failure = await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id), timeout, ct).ConfigureAwait(false);
             }
             catch (UpdateFailedException e)

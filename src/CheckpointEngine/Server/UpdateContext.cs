@@ -1,3 +1,5 @@
+using CheckpointEngine.Worker;
+
 namespace CheckpointEngine.Server;
 
 /// <summary>
@@ -7,5 +9,8 @@ namespace CheckpointEngine.Server;
 /// </summary>
 public sealed record UpdateContext(string Checkpoint, int Rank, IReadOnlyList<WorkerSocket> Sockets);
 
-/// <summary>Where the worker of one rank's device connects.</summary>
-public sealed record WorkerSocket(int Rank, string DeviceId, string Address);
+/// <summary>
+/// What the worker of one rank's device needs to receive this update: the ticket (the socket address
+/// and this update's session key, see <see cref="WorkerTicket"/>). A secret: hand it to the engine only.
+/// </summary>
+public sealed record WorkerSocket(int Rank, string DeviceId, WorkerTicket Ticket);

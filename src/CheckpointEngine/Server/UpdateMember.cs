@@ -1,11 +1,20 @@
 using System.Text.Json;
+using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Server;
 
-/// <summary>What every member of an update tells the others: its worker's socket and the network device its P2P reads go through.</summary>
-internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string NetDevice)
+/// <summary>
+/// What every member of an update tells the others: its worker's socket and session key (the first
+/// rank of an inference group hands the engine its whole group's tickets) and the network device its P2P reads go through.
+/// </summary>
+internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string Session, string NetDevice)
 {
-    public WorkerSocket Socket => new(Rank, DeviceId, WorkerAddress);
+    public UpdateMember(int rank, string deviceId, WorkerTicket ticket, string netDevice)
+        : this(rank, deviceId, ticket.Address, ticket.Session, netDevice)
+    {
+    }
+
+    public WorkerSocket Socket => new(Rank, DeviceId, new WorkerTicket(WorkerAddress, Session));
 
     public byte[] ToBytes() => JsonSerializer.SerializeToUtf8Bytes(this);
 
@@ -21,7 +30,7 @@ internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddr
         {
             throw new UpdateFailedException($"rank {rank} sent a malformed worker announcement: {e.Message}", e);
         }
-        return member is { DeviceId.Length: > 0, WorkerAddress.Length: > 0, NetDevice.Length: > 0 } && member.Rank == rank
+        return member is { DeviceId.Length: > 0, WorkerAddress.Length: > 0, Session.Length: WorkerTicket.SessionLength, NetDevice.Length: > 0 } && member.Rank == rank
             ? member
             : throw new UpdateFailedException($"rank {rank} sent an incomplete worker announcement (rank {member?.Rank}, device '{member?.DeviceId}', socket '{member?.WorkerAddress}', net device '{member?.NetDevice}')");
     }

@@ -34,6 +34,9 @@ internal sealed class FakeParameterServer : IDisposable
 
     public string Address { get; }
 
+    /// <summary>What the worker is handed: the address and this server's session key.</summary>
+    public WorkerTicket Ticket => field ??= WorkerTicket.New(Address);
+
     public string DeviceId { get; }
 
     public SharedMemorySegment Segment { get; }
@@ -72,11 +75,14 @@ internal sealed class FakeParameterServer : IDisposable
         return new WireTensor(t.Name, t.DType.Name(), t.Shape, offset, t.Bytes.Length, withSha256 ? t.Sha256 : null);
     }
 
+    /// <summary>Accepts the worker and checks that its first frame is this server's session key.</summary>
     public async Task AcceptAsync()
     {
         _connection = await _listener.AcceptAsync(TestContext.Current.CancellationToken).AsTask()
             .WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
         _stream = new NetworkStream(_connection, ownsSocket: true);
+        var hello = await WorkerFraming.ReadAsync<WorkerHello>(_stream, TestContext.Current.CancellationToken).WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Equal(Ticket.Session, hello?.Session);
     }
 
     /// <summary>Sends a message and returns the worker's reply.</summary>

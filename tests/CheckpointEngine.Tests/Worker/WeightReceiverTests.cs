@@ -38,7 +38,7 @@ public sealed class WeightReceiverTests : IDisposable
                 got.Add(t.Name, (bucket, new TensorInfo(t.Name, t.DType, t.Shape, t.Offset, t.Length), t.Span.ToArray()));
             }
         };
-        var task = WeightReceiver.ReceiveAsync(address ?? _ps.Address, handler, postLoad, idle ?? Idle, connectRetrying, TestContext.Current.CancellationToken);
+        var task = WeightReceiver.ReceiveAsync(address ?? _ps.Ticket.ToString(), handler, postLoad, idle ?? Idle, connectRetrying, TestContext.Current.CancellationToken);
         return (task, got);
     }
 
@@ -406,7 +406,7 @@ public sealed class WeightReceiverTests : IDisposable
         await Fails<WeightReceiveException>(task);
 
         using var other = FakeParameterServer.Start();
-        (task, _) = Receive(address: other.Address);
+        (task, _) = Receive(address: other.Ticket.ToString());
         await other.AcceptAsync();
         reply = await other.SendAsync(other.Attach with { Handle = "ckpt-test-no-such-segment" });
         Assert.StartsWith("attach: cannot map shared memory segment 'ckpt-test-no-such-segment'", reply.Error, StringComparison.Ordinal);
@@ -469,7 +469,7 @@ public sealed class WeightReceiverTests : IDisposable
     {
         using var nobody = FakeParameterServer.Start(listen: false);
         var clock = Stopwatch.StartNew();
-        var (task, _) = Receive(idle: TimeSpan.FromMilliseconds(300), address: nobody.Address);
+        var (task, _) = Receive(idle: TimeSpan.FromMilliseconds(300), address: nobody.Ticket.ToString());
         var e = await Fails<WeightReceiveException>(task);
         Assert.StartsWith($"no parameter server listening at {nobody.Address} within 0.3 s", e.Message, StringComparison.Ordinal);
         Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(250), $"gave up after {clock.Elapsed}");
@@ -480,7 +480,7 @@ public sealed class WeightReceiverTests : IDisposable
     {
         using var late = FakeParameterServer.Start(listen: false);
         var refused = new TaskCompletionSource<SocketException>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var (task, got) = Receive(address: late.Address, connectRetrying: e => refused.TrySetResult(e));
+        var (task, got) = Receive(address: late.Ticket.ToString(), connectRetrying: e => refused.TrySetResult(e));
         await refused.Task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
         Assert.False(task.IsCompleted);
         late.Listen();
@@ -520,7 +520,7 @@ public sealed class WeightReceiverTests : IDisposable
     {
         var before = _ps.Mappings();
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
-        var task = WeightReceiver.ReceiveAsync(_ps.Address, (_, _) => { }, null, Idle, cts.Token);
+        var task = WeightReceiver.ReceiveAsync(_ps.Ticket.ToString(), (_, _) => { }, null, Idle, cts.Token);
         await _ps.AcceptAsync();
         FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
         await cts.CancelAsync();
@@ -536,7 +536,7 @@ public sealed class WeightReceiverTests : IDisposable
     {
         using var big = FakeParameterServer.Start(size: 64 << 20);
         var digests = new Dictionary<string, string>();
-        var task = WeightReceiver.ReceiveAsync(big.Address, (_, views) =>
+        var task = WeightReceiver.ReceiveAsync(big.Ticket.ToString(), (_, views) =>
         {
             foreach (var v in views)
             {
@@ -553,7 +553,7 @@ public sealed class WeightReceiverTests : IDisposable
     public async Task Receive_LargeBucketOneChecksumWrong_FailsNamingTheTensorAndBothDigests()
     {
         using var big = FakeParameterServer.Start(size: 64 << 20);
-        var task = WeightReceiver.ReceiveAsync(big.Address, (_, _) => { }, null, Idle, TestContext.Current.CancellationToken);
+        var task = WeightReceiver.ReceiveAsync(big.Ticket.ToString(), (_, _) => { }, null, Idle, TestContext.Current.CancellationToken);
         var bucket1 = big.Place(Large[4..], withSha256: true);
         var wrong = Large[0].Sha256; // A real digest, of another tensor.
         bucket1[2] = bucket1[2] with { Sha256 = wrong };

@@ -1,0 +1,14 @@
+using System.Text.Json.Serialization;
+
+namespace CheckpointEngine.Worker;
+
+/// <summary>
+/// The first frame on a worker connection, from the worker: the session key of the ticket it was
+/// handed. The parameter server reads at most <see cref="MaxFrame"/> bytes of it, and answers a wrong
+/// key with an abort and a closed connection.
+/// </summary>
+public sealed record WorkerHello([property: JsonPropertyName("session")] string Session)
+{
+    /// <summary>The largest hello frame the parameter server reads.</summary>
+    public const int MaxFrame = 4 << 10;
+}

@@ -1,3 +1,5 @@
+import os
+import subprocess
 import time
 import unittest
 from unittest import mock
@@ -7,7 +9,7 @@ import torch
 from ckpt_engine_worker import receive_update, state_dict_loader, WeightReceiveError, WeightUpdateAborted
 from ckpt_engine_worker import receiver
 from ckpt_engine_worker.segments import tensor_sha256
-from support import FakeServer, Worker, sample_tensors, shm_mappings
+from support import FakeServer, Worker, sample_tensors, shm_mappings, unique
 
 
 class ReceiverTests(unittest.TestCase):
@@ -185,6 +187,31 @@ class ReceiverTests(unittest.TestCase):
         with self.assertRaisesRegex(WeightReceiveError, "no parameter server listening at @nobody-here within 0.3 s"):
             receive_update("@nobody-here#" + "0" * 64, self.copy, idle_timeout=0.3)
         self.assertLess(time.monotonic() - started, 3)
+
+    def test_Ticket_BareAddressOrBadSession_IsRefusedSayingWhy(self):
+        with self.assertRaisesRegex(ValueError, "is a bare socket address, not a worker ticket"):
+            receive_update(self.server.address, self.copy, idle_timeout=0.3)
+        with self.assertRaisesRegex(ValueError, r"has a malformed session key \(expected 64 hex digits\)"):
+            receive_update(self.server.address + "#xyz", self.copy, idle_timeout=0.3)
+
+    @unittest.skipUnless(os.geteuid() == 0 and os.path.exists("/usr/bin/setpriv"), "needs root and setpriv to run a squatter as nobody")
+    def test_AnotherUserSquatsTheSocketName_IsRefusedBeforeTheSessionKeyIsSent(self):
+        address = "@" + unique("ckpt-test-squat")
+        squatter = subprocess.Popen(
+            ["/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-u", "-c",
+             "import socket, sys\n"
+             "l = socket.socket(socket.AF_UNIX); l.bind('\\0' + sys.argv[1][1:]); l.listen(1); print('listening', flush=True)\n"
+             "c, _ = l.accept(); c.settimeout(10)\n"
+             "try:\n    got = c.recv(65536)\nexcept ConnectionResetError:\n    got = b''\n"
+             "print('got %r' % got, flush=True)\n", address],
+            stdout=subprocess.PIPE, text=True, cwd="/")
+        self.addCleanup(squatter.wait, 10)
+        self.addCleanup(squatter.kill)
+        self.assertEqual(squatter.stdout.readline().strip(), "listening")
+        with self.assertRaisesRegex(WeightReceiveError, r"the process listening at %s \(pid \d+\) runs as uid 65534, not as this process's uid 0: refused" % address):
+            receive_update(address + "#" + "a" * 64, self.copy, idle_timeout=5)
+        self.assertEqual(squatter.stdout.readline().strip(), "got b''")
+        self.assertEqual(self.loaded, {})
 
     def test_FinishHookRaises_IsReported(self):
         def finish():

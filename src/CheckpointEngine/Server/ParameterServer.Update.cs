@@ -138,7 +138,7 @@ public sealed partial class ParameterServer
 
         // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
         var ticket = WorkerTicket.New(WorkerAddress);
-        var members = (await group.AllGatherAsync(new UpdateMember(Rank, Device.Id, ticket, NetDevice).ToBytes(), timeout, ct).ConfigureAwait(false))
+        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice).ToBytes(), timeout, ct).ConfigureAwait(false))
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());

@@ -9,10 +9,7 @@ namespace CheckpointEngine.Server;
 /// </summary>
 internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string Session, string NetDevice)
 {
-    public UpdateMember(int rank, string deviceId, WorkerTicket ticket, string netDevice)
-        : this(rank, deviceId, ticket.Address, ticket.Session, netDevice)
-    {
-    }
+    public static UpdateMember For(int rank, string deviceId, WorkerTicket ticket, string netDevice) => new(rank, deviceId, ticket.Address, ticket.Session, netDevice);
 
     public WorkerSocket Socket => new(Rank, DeviceId, new WorkerTicket(WorkerAddress, Session));
 

@@ -1,0 +1,187 @@
+using CheckpointEngine.Memory;
+using CheckpointEngine.Runtime;
+using CheckpointEngine.Server;
+using CheckpointEngine.Tests.Support;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Tests.Server;
+
+/// <summary>
+/// The worker link against a hostile local user (a program running as <c>nobody</c>) and against a
+/// stale worker of an earlier update: the real worker still gets the update, and nobody else gets or
+/// injects a byte.
+/// </summary>
+public sealed class WorkerLinkSecurityTests
+{
+    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
+    private static readonly byte[] Weights = [.. Enumerable.Range(0, 256).Select(i => (byte)(i * 7))];
+
+    /// <summary>
+    /// Connects to the abstract socket in argv[1] (retrying), presents a guessed session key, prints
+    /// "connected", then reads to the end and prints how much it got (a same-user peer with a wrong key
+    /// would get an abort; another user gets nothing at all).
+    /// </summary>
+    private const string Eavesdropper = """
+        import json, socket, struct, sys, time
+        s = socket.socket(socket.AF_UNIX)
+        for _ in range(400):
+            try:
+                s.connect("\0" + sys.argv[1][1:]); break
+            except OSError:
+                time.sleep(0.05)
+        hello = json.dumps({"session": "0" * 64}).encode()
+        s.sendall(struct.pack("<i", len(hello)) + hello)
+        print("connected", flush=True)
+        s.settimeout(60)
+        got = b""
+        while True:
+            try:
+                b = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not b: break
+            got += b
+        print("closed after %d bytes" % len(got), flush=True)
+        """;
+
+    /// <summary>Connects and closes at once, argv[2] times, then prints "done".</summary>
+    private const string KnockAndLeave = """
+        import socket, sys
+        for _ in range(int(sys.argv[2])):
+            s = socket.socket(socket.AF_UNIX); s.connect("\0" + sys.argv[1][1:]); s.close()
+        print("done", flush=True)
+        """;
+
+    /// <summary>Binds the abstract socket in argv[1] first, then serves a forged attach to whoever connects.</summary>
+    private const string Squatter = """
+        import json, socket, struct, sys
+        l = socket.socket(socket.AF_UNIX); l.bind("\0" + sys.argv[1][1:]); l.listen(1)
+        print("listening", flush=True)
+        c, _ = l.accept()
+        m = json.dumps({"type": "attach", "kind": "shm", "handle": "forged", "size": 64, "device_id": "d"}).encode()
+        c.sendall(struct.pack("<i", len(m)) + m)
+        c.settimeout(10)
+        try:
+            got = c.recv(65536)
+        except ConnectionResetError:
+            got = b""
+        print("got %r" % got, flush=True)
+        """;
+
+    private sealed class Rank(RankHost host) : IAsyncDisposable
+    {
+        public ParameterServer Server => host.Server;
+
+        public static async Task<Rank> StartAsync()
+        {
+            var config = new RankConfig { DeviceId = $"link-test-{Guid.NewGuid():N}", HostDeviceMemory = 16 << 20 };
+            var host = await RankHost.StartAsync(config, device: "host", ct: TestContext.Current.CancellationToken);
+            host.Server.RegisterCheckpoint("step-1", [], [new NamedTensor("w", DType.U8, [Weights.Length], Weights)]);
+            return new Rank(host);
+        }
+
+        /// <summary>An update whose engine is a real in-process receiver handed this update's ticket; returns what it received.</summary>
+        public async Task<(UpdateReport Report, byte[] Received)> UpdateAsync(TimeSpan? timeout = null, Action<WorkerTicket>? sawTicket = null)
+        {
+            byte[] received = [];
+            var report = await Server.UpdateAsync("step-1", UpdateMode.Broadcast, async (context, ct) =>
+            {
+                var ticket = context.Sockets.Single().Ticket;
+                sawTicket?.Invoke(ticket);
+                await WeightReceiver.ReceiveAsync(ticket.ToString(), (_, tensors) => received = tensors.Single().Span.ToArray(), null, Deadline, ct);
+            }, new UpdateOptions { Timeout = timeout ?? Deadline }, TestContext.Current.CancellationToken);
+            return (report, received);
+        }
+
+        public ValueTask DisposeAsync() => host.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task AnotherUserConnectedFirst_GetsNotOneByte_AndTheRealWorkerGetsTheUpdate()
+    {
+        await using var rank = await Rank.StartAsync();
+        await using var eavesdropper = OtherUser.StartPython(Eavesdropper, rank.Server.WorkerAddress);
+        Assert.Equal("connected", await eavesdropper.ReadLineAsync(Deadline));
+
+        var (_, received) = await rank.UpdateAsync();
+
+        Assert.Equal(Weights, received);
+        Assert.Equal("closed after 0 bytes", await eavesdropper.ReadLineAsync(Deadline));
+    }
+
+    [Fact]
+    public async Task AnotherUserKnockedAndLeft_BeforeTheUpdate_DoesNotFailIt()
+    {
+        await using var rank = await Rank.StartAsync();
+        await using var knocker = OtherUser.StartPython(KnockAndLeave, rank.Server.WorkerAddress, "5");
+        Assert.Equal("done", await knocker.ReadLineAsync(Deadline));
+
+        var (_, received) = await rank.UpdateAsync();
+
+        Assert.Equal(Weights, received);
+    }
+
+    [Fact]
+    public async Task AnotherUserSquatsTheSocketName_TheWorkerRefusesIt_BeforeSendingOrLoadingAnything()
+    {
+        var ticket = WorkerTicket.New("@ckpt-test-squat-" + Guid.NewGuid().ToString("N")[..12]);
+        await using var squatter = OtherUser.StartPython(Squatter, ticket.Address);
+        Assert.Equal("listening", await squatter.ReadLineAsync(Deadline));
+        var loaded = false;
+
+        var e = await Assert.ThrowsAsync<WeightReceiveException>(() =>
+            WeightReceiver.ReceiveAsync(ticket.ToString(), (_, _) => loaded = true, null, Deadline, TestContext.Current.CancellationToken));
+
+        Assert.Matches($@"^the process listening at {ticket.Address} \(pid \d+\) runs as uid {OtherUser.Uid}, not as this process's uid 0: refused", e.Message);
+        Assert.False(loaded);
+        Assert.Equal("got b''", await squatter.ReadLineAsync(Deadline)); // Not even the session key reached it.
+    }
+
+    [Fact]
+    public async Task AStaleWorkerOfAnEarlierUpdate_IsRefused_AndTheNextUpdateGoesToTheRealWorker()
+    {
+        await using var rank = await Rank.StartAsync();
+        WorkerTicket? stale = null;
+        // The first update's engine never connects: the update times out.
+        var failed = await Assert.ThrowsAsync<UpdateFailedException>(() => rank.Server.UpdateAsync("step-1", UpdateMode.Broadcast, (context, _) =>
+        {
+            stale = context.Sockets.Single().Ticket;
+            return Task.CompletedTask;
+        }, new UpdateOptions { Timeout = TimeSpan.FromSeconds(1) }, TestContext.Current.CancellationToken));
+        Assert.Contains("did not connect", failed.Message, StringComparison.Ordinal);
+
+        // Its worker shows up late and waits in the backlog for whoever accepts next.
+        var late = WeightReceiver.ReceiveAsync(stale!.ToString(), (_, _) => Assert.Fail("the stale worker must not load"), null, Deadline, TestContext.Current.CancellationToken);
+        WorkerTicket? next = null;
+        var (_, received) = await rank.UpdateAsync(sawTicket: t => next = t);
+
+        Assert.Equal(Weights, received);
+        Assert.NotEqual(stale.Session, next!.Session);
+        var refused = await Assert.ThrowsAsync<WeightUpdateAbortedException>(() => late);
+        Assert.Contains("the session key is not this update's", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ASameUserConnectionWithoutTheSessionKey_IsRefused_TheUpdateStillSucceeds()
+    {
+        await using var rank = await Rank.StartAsync();
+        var forged = new WorkerTicket(rank.Server.WorkerAddress, new string('0', WorkerTicket.SessionLength));
+        var intruder = WeightReceiver.ReceiveAsync(forged.ToString(), (_, _) => Assert.Fail("a forged ticket must not load"), null, Deadline, TestContext.Current.CancellationToken);
+        await Task.Delay(200, TestContext.Current.CancellationToken); // Let it queue first; the update must get past it either way.
+
+        var (_, received) = await rank.UpdateAsync();
+
+        Assert.Equal(Weights, received);
+        await Assert.ThrowsAsync<WeightUpdateAbortedException>(() => intruder);
+    }
+
+    [Theory]
+    [InlineData("@ckpt-engine-host-x-0", "is a bare socket address, not a worker ticket")]
+    [InlineData("@ckpt-engine-host-x-0#abc", "has a malformed session key (expected 64 hex digits)")]
+    [InlineData("#00000000000000000000000000000000000000000000000000000000000000000", "is a bare socket address")]
+    public void Tickets_Malformed_AreRefusedSayingWhy(string ticket, string why)
+    {
+        var e = Assert.Throws<ArgumentException>(() => WorkerTicket.Parse(ticket));
+        Assert.Contains(why, e.Message, StringComparison.Ordinal);
+    }
+}

@@ -315,3 +315,26 @@ public sealed partial class LaunchTests : IDisposable
     [GeneratedRegex(@"^\[rank ([0-3])\] err \1 \d+$")]
     private static partial Regex ErrLine();
 }
+
+/// <summary>A rank whose device's worker socket is taken exits with one line saying so and how to choose another id.</summary>
+public sealed class WorkerSocketTakenTests
+{
+    [Fact]
+    public async Task Serve_DeviceSocketHeldByAnotherProcess_ExitsWithOneLineNamingTheVariable()
+    {
+        var id = "taken-" + Guid.NewGuid().ToString("N")[..12];
+        using var squatter = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        squatter.Bind(CheckpointEngine.Worker.WorkerSockets.EndPoint(CheckpointEngine.Worker.WorkerSockets.AddressFor(id)));
+        squatter.Listen(1);
+
+        var (code, _, err) = await CkptEngineScript.RunAsync(new Dictionary<string, string>
+        {
+            ["CKPT_ENGINE_DEVICE_ID"] = id, ["RANK"] = "0", ["WORLD_SIZE"] = "1", ["MASTER_ADDR"] = "127.0.0.1", ["MASTER_PORT"] = "0",
+        }, null, "serve", "--listen", "127.0.0.1:0", "--device", "host");
+
+        Assert.Equal(1, code);
+        var line = Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith($"error: cannot listen for the worker of device '{id}' on @ckpt-engine-{id}: ", line, StringComparison.Ordinal);
+        Assert.EndsWith("choose another device id with CKPT_ENGINE_DEVICE_ID (e.g. 'host-{local_rank}-b') for this world and its workers", line, StringComparison.Ordinal);
+    }
+}

@@ -1,27 +1,39 @@
 using System.IO.MemoryMappedFiles;
+using System.Security.Cryptography;
+using CheckpointEngine.Interop;
 
 namespace CheckpointEngine.Memory;
 
 /// <summary>
-/// A named shared-memory segment (a file on /dev/shm) mapped read-write. One process creates it and
-/// others open it by name; the creator may unlink the name once everyone has it mapped, so nothing
-/// is left behind if a process dies.
+/// A named shared-memory segment (a file on /dev/shm) mapped read-write. One process creates it
+/// (owner-only, 0600) and others of the same user open it by name; the creator may unlink the name
+/// once everyone has it mapped, so nothing is left behind if a process dies. The creator holds a
+/// shared lock on its segment for as long as it lives, which is how <see cref="SweepAbandoned"/>
+/// tells a crashed creator's segment from a live one, whatever PID namespace either runs in.
 /// </summary>
 public sealed unsafe class SharedMemorySegment : IDisposable
 {
     public const string Directory = "/dev/shm";
 
+    /// <summary>The prefix of every segment this project creates.</summary>
+    public const string Prefix = "ckpt-engine-";
+
+    /// <summary>A segment younger than this is never swept: its creator may not hold its lock yet.</summary>
+    private static readonly TimeSpan SweepMinAge = TimeSpan.FromSeconds(30);
+
     private readonly MemoryMappedFile _map;
     private readonly MemoryMappedViewAccessor _view;
+    private readonly FileStream? _lock;
     private byte* _pointer;
 
-    private SharedMemorySegment(string name, long size, MemoryMappedFile map, MemoryMappedViewAccessor view, bool owner)
+    private SharedMemorySegment(string name, long size, MemoryMappedFile map, MemoryMappedViewAccessor view, FileStream? ownerLock)
     {
         Name = name;
         Size = size;
-        IsOwner = owner;
+        IsOwner = ownerLock is not null;
         _map = map;
         _view = view;
+        _lock = ownerLock;
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
         _pointer = p + view.PointerOffset;
@@ -40,7 +52,10 @@ public sealed unsafe class SharedMemorySegment : IDisposable
     /// <summary>The start as an address, for code that cannot hold pointers (async methods).</summary>
     public nint Address => (nint)Pointer;
 
-    /// <summary>Creates a new zero-filled segment; fails if the name exists.</summary>
+    /// <summary>A fresh name no other user can guess: <see cref="Prefix"/>, <paramref name="kind"/>, and 128 random bits.</summary>
+    public static string NewName(string kind) => $"{Prefix}{kind}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16))}";
+
+    /// <summary>Creates a new zero-filled segment, readable and writable by this user only; fails if the name exists.</summary>
     public static SharedMemorySegment Create(string name, long size) => Map(name, size, FileMode.CreateNew, owner: true);
 
     /// <summary>Maps an existing segment created by another process (its first <paramref name="size"/> bytes).</summary>
@@ -57,9 +72,18 @@ public sealed unsafe class SharedMemorySegment : IDisposable
         }
         ArgumentOutOfRangeException.ThrowIfLessThan(size, owner ? 1 : 0);
         var path = System.IO.Path.Combine(Directory, name);
-        using var file = new FileStream(path, mode, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+        var options = new FileStreamOptions { Mode = mode, Access = FileAccess.ReadWrite, Share = FileShare.ReadWrite | FileShare.Delete };
+        if (owner && !OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+        var file = new FileStream(path, options);
         try
         {
+            if (owner && OperatingSystem.IsLinux() && Libc.flock((int)file.SafeFileHandle.DangerousGetHandle(), Libc.LOCK_SH | Libc.LOCK_NB) != 0)
+            {
+                throw new IOException($"cannot lock new shared memory segment {path} (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
+            }
             if (size == 0)
             {
                 size = file.Length > 0 ? file.Length : throw new IOException($"shared memory segment {path} is empty");
@@ -74,13 +98,62 @@ public sealed unsafe class SharedMemorySegment : IDisposable
             }
             var map = MemoryMappedFile.CreateFromFile(file, null, size, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: true);
             var view = map.CreateViewAccessor(0, size, MemoryMappedFileAccess.ReadWrite);
-            return new SharedMemorySegment(name, size, map, view, owner);
+            if (!owner)
+            {
+                file.Dispose();
+            }
+            return new SharedMemorySegment(name, size, map, view, owner ? file : null);
         }
-        catch when (owner)
+        catch
         {
-            File.Delete(path);
+            file.Dispose();
+            if (owner)
+            {
+                File.Delete(path);
+            }
             throw;
         }
+    }
+
+    /// <summary>
+    /// Removes this project's segments whose creator is gone (killed before it could unlink them), so
+    /// crashed processes do not pin memory on /dev/shm. A live creator holds a lock on its segment, so
+    /// a segment that is locked, younger than 30 s, another user's, or not a regular file is left alone.
+    /// (Unlike a check of the creator's pid, this holds across PID namespaces that share /dev/shm.)
+    /// Returns how many were removed.
+    /// </summary>
+    public static int SweepAbandoned() => SweepAbandoned(SweepMinAge);
+
+    /// <param name="minAge">Tests that just killed a process sweep its segments at once.</param>
+    internal static int SweepAbandoned(TimeSpan minAge)
+    {
+        if (!OperatingSystem.IsLinux() || !System.IO.Directory.Exists(Directory))
+        {
+            return 0;
+        }
+        var removed = 0;
+        foreach (var path in System.IO.Directory.EnumerateFiles(Directory, Prefix + "*"))
+        {
+            try
+            {
+                // Only this user's regular files (no FIFO can make the open below block), and none so young that its creator may not hold the lock yet.
+                if (!Libc.TryStat(path, out var stat) || !stat.Regular || stat.Uid != Worker.PeerCredentials.CurrentUser || DateTime.UtcNow - stat.Modified < minAge)
+                {
+                    continue;
+                }
+                using var file = new FileStream(path, new FileStreamOptions { Mode = FileMode.Open, Access = FileAccess.Read, Share = FileShare.ReadWrite | FileShare.Delete });
+                if (Libc.flock((int)file.SafeFileHandle.DangerousGetHandle(), Libc.LOCK_EX | Libc.LOCK_NB) == 0)
+                {
+                    File.Delete(path);
+                    removed++;
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // Gone already, or another user's: not ours to remove.
+            }
+        }
+        return removed;
     }
 
     /// <summary>Removes the name; the memory lives until every process unmaps it.</summary>
@@ -110,5 +183,6 @@ public sealed unsafe class SharedMemorySegment : IDisposable
         {
             Unlink();
         }
+        _lock?.Dispose();
     }
 }

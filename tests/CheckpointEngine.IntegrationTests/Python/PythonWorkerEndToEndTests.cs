@@ -1,3 +1,4 @@
+using CheckpointEngine.Memory;
 using CheckpointEngine.Worker;
 using System.Security.Cryptography;
 using CheckpointEngine.Checkpoints;
@@ -27,7 +28,7 @@ public sealed class PythonWorkerEndToEndTests(PythonTorch torch) : IClassFixture
     public void Dispose()
     {
         _engine?.Dispose();
-        HostDevice.SweepDeadOwners(); // Segments of ranks the launcher had to kill.
+        SharedMemorySegment.SweepAbandoned(TimeSpan.Zero); // Segments of ranks the launcher had to kill.
         Directory.Delete(_dir, true);
     }
 

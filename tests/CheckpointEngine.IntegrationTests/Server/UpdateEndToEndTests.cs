@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Security.Cryptography;
 using System.Text.Json;
+using CheckpointEngine.Memory;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.IntegrationTests.Runtime;
 
@@ -30,7 +31,7 @@ public sealed class UpdateEndToEndTests : IDisposable
             w.Dispose();
         }
         Directory.Delete(_dir, true);
-        CheckpointEngine.Runtime.Devices.HostDevice.SweepDeadOwners(); // Device segments of ranks this test killed.
+        SharedMemorySegment.SweepAbandoned(TimeSpan.Zero); // Device segments of ranks this test killed.
     }
 
     /// <summary>Mixed dtypes, odd shapes, zero-size, scalar, one tensor over the 1 MiB bucket limit, many tiny ones; sharded in 3 files.</summary>

@@ -10,9 +10,6 @@ namespace CheckpointEngine.Runtime.Devices;
 /// </summary>
 public sealed class HostDevice(string id, long? freeMemory = null, int localRanks = 1) : IDevice
 {
-    private const string SegmentPrefix = "ckpt-engine-dev-";
-
-    private static int _segments;
     private static int _swept;
 
     public string Id { get; } = id;
@@ -23,10 +20,9 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
     {
         if (Interlocked.Exchange(ref _swept, 1) == 0)
         {
-            SweepDeadOwners();
+            SharedMemorySegment.SweepAbandoned(); // Segments of ranks that crashed before.
         }
-        var name = $"{SegmentPrefix}{Environment.ProcessId}-{Interlocked.Increment(ref _segments)}";
-        return new HostDeviceBuffer(SharedMemorySegment.Create(name, size));
+        return new HostDeviceBuffer(SharedMemorySegment.Create(SharedMemorySegment.NewName("dev"), size));
     }
 
     public bool HostAccessible => true;
@@ -42,39 +38,6 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
     public void Dispose()
     {
     }
-
-    /// <summary>
-    /// Removes device segments whose creating process is gone (killed before it could unlink them), so
-    /// crashed ranks do not pin memory on /dev/shm forever. The owner's pid is in the name.
-    /// </summary>
-    internal static void SweepDeadOwners()
-    {
-        if (!OperatingSystem.IsLinux() || !Directory.Exists(SharedMemorySegment.Directory))
-        {
-            return;
-        }
-        foreach (var path in Directory.EnumerateFiles(SharedMemorySegment.Directory, SegmentPrefix + "*"))
-        {
-            var rest = Path.GetFileName(path)[SegmentPrefix.Length..];
-            var dash = rest.IndexOf('-', StringComparison.Ordinal);
-            if (dash > 0 && int.TryParse(rest[..dash], NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && !Directory.Exists($"/proc/{pid}"))
-            {
-                try
-                {
-                    File.Delete(path);
-                }
-                catch (IOException)
-                {
-                    // Someone else swept it.
-                }
-                catch (UnauthorizedAccessException)
-                {
-                    // Another user's: not ours to remove.
-                }
-            }
-        }
-    }
-
 
     /// <summary>MemAvailable from /proc/meminfo (what can be used without swapping), or 4 GiB where there is none.</summary>
     private static long AvailableMemory()

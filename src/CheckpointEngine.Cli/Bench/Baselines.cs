@@ -73,7 +73,7 @@ public static unsafe class Baselines
     {
         ArgumentNullException.ThrowIfNull(reader);
         using var src = Touched(bytes);
-        using var segment = SharedMemorySegment.Create($"ckpt-bench-{Environment.ProcessId}-{Guid.NewGuid():N}", bytes);
+        using var segment = SharedMemorySegment.Create(SharedMemorySegment.NewName("bench"), bytes);
         var write = Best(() => Buffer.MemoryCopy(src.Pointer, segment.Pointer, bytes, bytes));
         var psi = new ProcessStartInfo(reader[0]) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var arg in reader.Skip(1).Concat([segment.Name, bytes.ToString(CultureInfo.InvariantCulture)]))

@@ -17,7 +17,7 @@ internal static class CollectiveRank
     {
         await using var world = await World.JoinAsync(RankConfig.FromEnvironment(), ct).ConfigureAwait(false); // The runner sets the host id.
         var group = world.Group;
-        using var buffer = SharedMemorySegment.Create($"ckpt-engine-bench-{Environment.ProcessId}", bytes);
+        using var buffer = SharedMemorySegment.Create(SharedMemorySegment.NewName("bench"), bytes);
         Baselines.Touch(buffer.Address, bytes); // What is timed is copying, not first-touch faults.
         group.RegisterSharedMemory(buffer);
         try

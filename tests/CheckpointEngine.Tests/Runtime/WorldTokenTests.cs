@@ -1,6 +1,4 @@
 using System.Net;
-using System.Net.NetworkInformation;
-using System.Net.Sockets;
 using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Rendezvous;
 
@@ -28,11 +26,7 @@ public class WorldTokenTests
     [InlineData(false, "a-token")]
     public async Task Join_OffLoopback_StartsWithTheAllowFlagOrAToken(bool allowNoToken, string? token)
     {
-        var address = NetworkInterface.GetAllNetworkInterfaces()
-            .Where(n => n.OperationalStatus == OperationalStatus.Up)
-            .SelectMany(n => n.GetIPProperties().UnicastAddresses)
-            .Select(a => a.Address)
-            .FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a));
+        var address = TestPorts.NonLoopbackAddress();
         Assert.SkipWhen(address is null, "this machine has no non-loopback IPv4 address");
         await using var world = await World.JoinAsync(new RankConfig { MasterAddr = address!.ToString(), Token = token, AllowNoToken = allowNoToken }, Ct)
             .WaitAsync(TimeSpan.FromSeconds(30), Ct);

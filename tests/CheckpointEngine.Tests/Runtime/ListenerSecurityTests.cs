@@ -125,7 +125,7 @@ public class ListenerSecurityTests
                 Assert.True(await RawPeer.ClosedByServerAsync(s, TimeSpan.FromSeconds(10)));
             }
             await target.Log.WaitForAsync(Deadline, $"at {silent[^1].LocalEndPoint} failed authentication: no handshake within 1 s");
-            await UntilAsync(() => target.Handshake.Pending == 0, "no connection left in its handshake");
+            await NoPendingAsync(target.Handshake);
         }
         finally
         {
@@ -147,7 +147,7 @@ public class ListenerSecurityTests
             {
                 pending.Add(await RawPeer.ConnectAsync(target.Endpoint));
             }
-            await UntilAsync(() => target.Handshake.Pending == 4, "4 connections in their handshake");
+            await NoPendingAsync(target.Handshake, count: 4);
             using var extra = await RawPeer.ConnectAsync(target.Endpoint);
             // Closed without waiting for its handshake deadline of 5 minutes.
             Assert.True(await RawPeer.ClosedByServerAsync(extra, Deadline));
@@ -157,7 +157,7 @@ public class ListenerSecurityTests
         {
             pending.ForEach(s => s.Dispose());
         }
-        await UntilAsync(() => target.Handshake.Pending == 0, "the 4 gone");
+        await NoPendingAsync(target.Handshake);
         await target.AssertServesAsync();
     }
 
@@ -234,14 +234,34 @@ public class ListenerSecurityTests
         Assert.Contains("wrong token", e.Message, StringComparison.Ordinal);
     }
 
-    private static async Task UntilAsync(Func<bool> condition, string what)
+    /// <summary>Returns once the listener has <paramref name="count"/> connections in their handshake.</summary>
+    private static Task NoPendingAsync(Handshake handshake, int count = 0) =>
+        UntilAsync(() => handshake.Pending == count, $"{count} connections in their handshake", h => handshake.PendingChanged += h, h => handshake.PendingChanged -= h);
+
+    /// <summary>Returns once <paramref name="condition"/> holds, looked at again at each event (never by sleeping); fails the test past the step deadline.</summary>
+    private static async Task UntilAsync(Func<bool> condition, string what, Action<Action> subscribe, Action<Action> unsubscribe)
     {
-        // The listener's counters change on its own threads with no event to await; look often, give up at the step deadline.
-        var until = DateTime.UtcNow + Deadline;
-        while (!condition())
+        while (true)
         {
-            Assert.True(DateTime.UtcNow < until, $"never got to: {what}");
-            await Task.Delay(10, Ct);
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            void OnChanged() => changed.TrySetResult();
+            subscribe(OnChanged); // Before looking, so that no change between the look and the wait is missed.
+            try
+            {
+                if (condition())
+                {
+                    return;
+                }
+                await changed.Task.WaitAsync(Deadline, Ct);
+            }
+            catch (TimeoutException)
+            {
+                Assert.Fail($"never got to: {what}");
+            }
+            finally
+            {
+                unsubscribe(OnChanged);
+            }
         }
     }
 
@@ -305,11 +325,9 @@ public class ListenerSecurityTests
         /// <summary>Waits until an honest client's claim is free again (the store frees a rank when its connection ends).</summary>
         public async Task ReleaseAsync()
         {
-            var until = DateTime.UtcNow + Deadline;
-            while (_store is { ConnectedRanks: > 0 })
+            if (_store is not null)
             {
-                Assert.True(DateTime.UtcNow < until, "the store never freed the honest rank");
-                await Task.Delay(10, Ct);
+                await UntilAsync(() => _store.ConnectedRanks == 0, "the store freed the honest rank", h => _store.Changed += h, h => _store.Changed -= h);
             }
         }
 

@@ -58,6 +58,9 @@ internal sealed class Handshake(string? token, string listener)
     /// <summary>Connections accepted and not yet through their handshake.</summary>
     public int Pending => Volatile.Read(ref _pending);
 
+    /// <summary>Raised when <see cref="Pending"/> changed: tests await these moments instead of sleeping through them.</summary>
+    public event Action? PendingChanged;
+
     /// <summary>What a client says it is: a world rank (−1 for a tool or reader that is not one) and, for a data link, its group.</summary>
     public readonly record struct Claim(int Rank, string Group = "");
 
@@ -95,6 +98,7 @@ internal sealed class Handshake(string? token, string listener)
             Interlocked.Decrement(ref _pending);
             return null;
         }
+        PendingChanged?.Invoke();
         Claim? claimed = null;
         var authenticated = false;
         try
@@ -160,6 +164,7 @@ internal sealed class Handshake(string? token, string listener)
         finally
         {
             Interlocked.Decrement(ref _pending);
+            PendingChanged?.Invoke();
         }
     }
 

@@ -21,6 +21,7 @@ internal static class ServeCommand
         var listen = new Option<string?>("--listen") { Description = "HOST:PORT to serve HTTP on (loopback only unless --allow-remote; port 0 picks a free one)" };
         var allowRemote = new Option<bool>("--allow-remote") { Description = "allow --listen on a non-loopback address (set CKPT_ENGINE_TOKEN too)" };
         var device = DeviceOption.Create();
+        var allowNoToken = AllowNoTokenOption.Create();
         listen.Validators.Add(r =>
         {
             if (!WorkerCommand.TryParseListen(r.GetValueOrDefault<string?>(), out _, out _, out var why))
@@ -31,7 +32,7 @@ internal static class ServeCommand
         uds.Validators.Add(r => { if (string.IsNullOrWhiteSpace(r.GetValueOrDefault<string?>())) r.AddError("--uds: the socket path is empty"); });
         var command = new Command("serve", "Run one parameter-server rank (torchrun env: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) with the HTTP API.")
         {
-            uds, listen, allowRemote, device,
+            uds, listen, allowRemote, device, allowNoToken,
         };
         command.Validators.Add(r =>
         {
@@ -47,7 +48,7 @@ internal static class ServeCommand
         });
         command.SetAction(async (result, ct) =>
         {
-            var config = RankConfig.FromEnvironment();
+            var config = AllowNoTokenOption.Config(result.GetValue(allowNoToken));
             // "{rank}" in the path gives each rank of a launch its own socket.
             var socket = result.GetValue(uds)?.Replace("{rank}", config.Rank.ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal);
             var options = new ApiOptions { UnixSocket = socket, AllowRemote = result.GetValue(allowRemote), Token = config.Token };

@@ -42,6 +42,7 @@ internal static class UpdateCommand
         var quantize = new Option<string?>("--quantize") { Description = "convert while registering: fp8 (block-scaled E4M3, as `quantize` writes it; the checkpoint's config.json is followed)" };
         quantize.AcceptOnlyFromAmong("fp8");
         var device = DeviceOption.Create();
+        var allowNoToken = AllowNoTokenOption.Create();
         var trace = new Option<string?>("--trace") { Description = "rank 0 writes every rank's per-bucket stage times here as Chrome/Perfetto trace JSON (with --update-method all: FILE.broadcast.json and FILE.p2p.json)" };
         groupSize.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--inference-parallel-size must be at least 1"); });
         sleep.Validators.Add(r => { if (r.GetValueOrDefault<double>() < 0) r.AddError("--sleep-time must not be negative"); });
@@ -49,7 +50,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace, device, quantize,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace, device, quantize, allowNoToken,
         };
         command.Validators.Add(r =>
         {
@@ -70,7 +71,8 @@ internal static class UpdateCommand
         command.SetAction(async (result, ct) =>
         {
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
-            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8);
+            var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
+                result.GetValue(allowNoToken));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -88,13 +90,13 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
         {
             var clock = Stopwatch.StartNew();
-            await using var rank = await RankHost.StartAsync(RankConfig.FromEnvironment(), device, timeout, ct).ConfigureAwait(false);
+            await using var rank = await RankHost.StartAsync(AllowNoTokenOption.Config(allowNoToken), device, timeout, ct).ConfigureAwait(false);
             var (world, ps) = (rank.World, rank.Server);
             Phase($"join ({rank.Backend.Kind.ToString().ToLowerInvariant()} device {rank.Backend.Device.Id})", clock);
             if (loadMetas is not null)

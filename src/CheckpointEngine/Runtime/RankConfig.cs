@@ -16,6 +16,7 @@ namespace CheckpointEngine.Runtime;
 public sealed record RankConfig
 {
     public const string TokenVariable = "CKPT_ENGINE_TOKEN";
+    public const string AllowNoTokenVariable = "CKPT_ENGINE_ALLOW_NO_TOKEN";
     public const string ConnectTimeoutVariable = "CKPT_ENGINE_CONNECT_TIMEOUT_S";
     public const string HostIdVariable = "CKPT_ENGINE_HOST_ID";
     public const string AdvertiseAddressVariable = "CKPT_ENGINE_ADVERTISE_ADDR";
@@ -40,6 +41,12 @@ public sealed record RankConfig
     public int LocalWorldSize { get; init; } = 1;
 
     public string? Token { get; init; }
+
+    /// <summary>
+    /// Lets a world whose listeners other hosts reach run without <see cref="Token"/> (<c>CKPT_ENGINE_ALLOW_NO_TOKEN=1</c>
+    /// or <c>--allow-no-token</c>); without it such a world refuses to start. A loopback world never needs it.
+    /// </summary>
+    public bool AllowNoToken { get; init; }
 
     /// <summary>How long to wait for the store and for every rank to join (<c>CKPT_ENGINE_CONNECT_TIMEOUT_S</c>, default 60 s).</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(60);
@@ -85,6 +92,12 @@ public sealed record RankConfig
             MasterPort = Int("MASTER_PORT", 0, world > 1 ? 1 : 0, 65535),
             LocalWorldSize = Int("LOCAL_WORLD_SIZE", world, 1, world, $" (cannot exceed WORLD_SIZE={world})"),
             Token = Get(TokenVariable),
+            AllowNoToken = Get(AllowNoTokenVariable) switch
+            {
+                null or "0" => false,
+                "1" => true,
+                var v => throw new CheckpointEngineException($"{AllowNoTokenVariable}={v} is neither 1 nor 0"),
+            },
             ConnectTimeout = TimeSpan.FromSeconds(Int(ConnectTimeoutVariable, 60, 1, 86_400)),
             HostId = Get(HostIdVariable),
             AdvertiseAddress = Get(AdvertiseAddressVariable) is { } advertise

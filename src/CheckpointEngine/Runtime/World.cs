@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Text;
 using CheckpointEngine.Runtime.Collectives;
 using CheckpointEngine.Runtime.Rendezvous;
+using CheckpointEngine.Runtime.Security;
 
 namespace CheckpointEngine.Runtime;
 
@@ -23,8 +24,7 @@ public sealed class World : IAsyncDisposable
     private readonly Socket _dataListener;
     private readonly CancellationTokenSource _broken = new();
     private readonly CancellationTokenSource _stop = new();
-    private readonly ConcurrentDictionary<(string Group, int From), TaskCompletionSource<Socket>> _inbound = new();
-    private readonly byte[] _tokenHash;
+    private readonly ConcurrentDictionary<(string LinkId, int From), TaskCompletionSource<Socket>> _inbound = new();
     private readonly ConcurrentDictionary<string, int> _generations = new(StringComparer.Ordinal);
     private ProcessGroup? _group;
     private string? _brokenReason;
@@ -36,7 +36,7 @@ public sealed class World : IAsyncDisposable
         _client = client;
         _watcher = watcher;
         _dataListener = dataListener;
-        _tokenHash = SHA256.HashData(Encoding.UTF8.GetBytes(config.Token ?? ""));
+        DataLinks = new Handshake(config.Token, Handshake.DataLink);
         HostId = config.HostId ?? DefaultHostId();
         DataEndpoint = (IPEndPoint)dataListener.LocalEndPoint!;
         _ = WatchAsync();
@@ -63,6 +63,9 @@ public sealed class World : IAsyncDisposable
 
     internal IPEndPoint DataEndpoint { get; }
 
+    /// <summary>How data links authenticate, both ways (its deadline and limit are settable for tests).</summary>
+    internal Handshake DataLinks { get; }
+
     /// <summary>The address peers reach this rank on (data links, P2P reads).</summary>
     public IPAddress AdvertiseAddress => DataEndpoint.Address;
 
@@ -80,9 +83,11 @@ public sealed class World : IAsyncDisposable
         try
         {
             var port = config.MasterPort;
+            var master = await ResolveAsync(config.MasterAddr, ct).ConfigureAwait(false);
+            RequireTokenOffLoopback(config, master);
             if (config.Rank == 0)
             {
-                server = StoreServer.Start(await ResolveAsync(config.MasterAddr, ct).ConfigureAwait(false), config.MasterPort, config.Token);
+                server = StoreServer.Start(master, config.MasterPort, config.Token, config.WorldSize);
                 port = server.Endpoint.Port;
             }
             client = await StoreClient.ConnectAsync(config.MasterAddr, port, config.Token, config.Rank, config.ConnectTimeout, ct).ConfigureAwait(false);
@@ -107,6 +112,25 @@ public sealed class World : IAsyncDisposable
             listener?.Dispose();
             server?.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// A world whose listeners other hosts can reach (a store or advertise address off loopback) needs a
+    /// token, or an explicit <see cref="RankConfig.AllowNoToken"/>: otherwise anyone on the network
+    /// could join, read registered weights or break the world.
+    /// </summary>
+    private static void RequireTokenOffLoopback(RankConfig config, IPAddress master)
+    {
+        var exposed = !IPAddress.IsLoopback(master) ? $"MASTER_ADDR={config.MasterAddr}"
+            : config.AdvertiseAddress is { } a && !IPAddress.IsLoopback(a) ? $"{RankConfig.AdvertiseAddressVariable}={a}"
+            : null;
+        if (exposed is not null && config.Token is null && !config.AllowNoToken)
+        {
+            throw new RendezvousException(
+                $"{exposed} is not a loopback address and {RankConfig.TokenVariable} is not set: anyone who reaches this host could join the world " +
+                $"and read its weights. Set {RankConfig.TokenVariable} to the same secret on every rank (e.g. export {RankConfig.TokenVariable}=$(openssl rand -hex 32)), " +
+                $"or run without one on a trusted network with --allow-no-token or {RankConfig.AllowNoTokenVariable}=1");
         }
     }
 
@@ -190,7 +214,7 @@ public sealed class World : IAsyncDisposable
         }
     }
 
-    /// <summary>Accepts data links from peers: a handshake names the token, group and sender; the group picks the socket up.</summary>
+    /// <summary>Accepts data links from peers: the handshake authenticates the sender and names its group; the group picks the socket up.</summary>
     private async Task AcceptDataLinksAsync()
     {
         while (!_stop.IsCancellationRequested)
@@ -208,33 +232,28 @@ public sealed class World : IAsyncDisposable
                 }
                 continue;
             }
-            _ = Task.Run(() => HandshakeAsync(socket));
+            _ = AcceptDataLinkAsync(socket);
         }
     }
 
-    private async Task HandshakeAsync(Socket socket)
+    private async Task AcceptDataLinkAsync(Socket socket)
     {
         try
         {
             socket.NoDelay = true;
-            socket.ReceiveBufferSize = 4 << 20;
-            socket.SendBufferSize = 4 << 20;
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-            timeout.CancelAfter(TimeSpan.FromSeconds(10));
-            using var stream = new NetworkStream(socket, ownsSocket: false);
-            var frame = await StoreProtocol.ReadFrameAsync(stream, timeout.Token).ConfigureAwait(false) ?? throw new InvalidDataException("no handshake");
-            var (hash, group, from) = ReadHandshake(frame);
-            var ok = CryptographicOperations.FixedTimeEquals(hash, _tokenHash);
-            await stream.WriteAsync(new[] { ok ? (byte)1 : (byte)0 }, timeout.Token).ConfigureAwait(false);
-            if (!ok)
+            Handshake.Claim? claim;
+            using (var stream = new NetworkStream(socket, ownsSocket: false))
+            {
+                claim = await DataLinks.AcceptAsync(stream, socket.RemoteEndPoint, AdmitDataLink, null, _stop.Token).ConfigureAwait(false);
+            }
+            // A second link for the same slot keeps the first.
+            if (claim is not { } c || !_inbound.GetOrAdd((c.Group, c.Rank), NewLink).TrySetResult(socket))
             {
                 socket.Dispose();
                 return;
             }
-            if (!InboundLink(group, from).TrySetResult(socket))
-            {
-                socket.Dispose(); // A second link for the same slot: keep the first.
-            }
+            socket.ReceiveBufferSize = 4 << 20;
+            socket.SendBufferSize = 4 << 20;
         }
         catch (Exception)
         {
@@ -242,15 +261,30 @@ public sealed class World : IAsyncDisposable
         }
     }
 
+    private string? AdmitDataLink(Handshake.Claim claim) =>
+        claim.Rank < 0 || claim.Rank >= Size ? $"rank {claim.Rank} is outside [0, {Size}) (WORLD_SIZE={Size})"
+        : claim.Rank == Rank ? $"rank {Rank} cannot open a data link to itself"
+        : claim.Group.Length != LinkIdLength ? "not a data link's group id"
+        : null;
+
     /// <summary>How many groups of this name and membership this rank has created, this one included.</summary>
     internal int NextGeneration(string key) => _generations.AddOrUpdate(key, 1, (_, g) => g + 1);
 
-    internal TaskCompletionSource<Socket> InboundLink(string group, int from) =>
-        _inbound.GetOrAdd((group, from), _ => new TaskCompletionSource<Socket>(TaskCreationOptions.RunContinuationsAsynchronously));
+    /// <summary>The link on which world rank <paramref name="from"/> sends to this rank in <paramref name="group"/> (a group's uid).</summary>
+    internal TaskCompletionSource<Socket> InboundLink(string group, int from) => _inbound.GetOrAdd((LinkId(group), from), NewLink);
 
-    internal void ForgetLinks(string group)
+    private static TaskCompletionSource<Socket> NewLink((string, int) _) => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private const int LinkIdLength = 64;
+
+    /// <summary>What a data link's handshake names its group by: a digest of the group's id, as long for a group of 4096 ranks as for 2 (a handshake frame is small).</summary>
+    internal static string LinkId(string group) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(group)));
+
+    internal void ForgetLinks(string group) => ForgetLinkIds(LinkId(group));
+
+    private void ForgetLinkIds(string linkId)
     {
-        foreach (var key in _inbound.Keys.Where(k => k.Group == group).ToList())
+        foreach (var key in _inbound.Keys.Where(k => k.LinkId == linkId).ToList())
         {
             if (_inbound.TryRemove(key, out var tcs) && tcs.Task.IsCompletedSuccessfully)
             {
@@ -261,14 +295,6 @@ public sealed class World : IAsyncDisposable
                 tcs?.TrySetCanceled();
             }
         }
-    }
-
-    internal byte[] Handshake(string group, int from) => new StoreProtocol.Writer().Bytes(_tokenHash).String(group).Int32(from).ToFrame().ToArray();
-
-    private static (byte[] Hash, string Group, int From) ReadHandshake(byte[] frame)
-    {
-        var r = new StoreProtocol.Reader(frame);
-        return (r.Bytes(), r.String(), r.Int32());
     }
 
     /// <summary>
@@ -290,9 +316,9 @@ public sealed class World : IAsyncDisposable
         _stop.Cancel();
         _watcher.Dispose();
         _dataListener.Dispose();
-        foreach (var group in _inbound.Keys.Select(k => k.Group).Distinct().ToList())
+        foreach (var linkId in _inbound.Keys.Select(k => k.LinkId).Distinct().ToList())
         {
-            ForgetLinks(group);
+            ForgetLinkIds(linkId);
         }
         _server?.Dispose();
     }

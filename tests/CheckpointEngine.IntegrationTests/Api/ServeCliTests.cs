@@ -87,4 +87,48 @@ public sealed class ServeCliTests
             }
         }
     }
+
+    [Fact]
+    public async Task Serve_OffLoopbackWithoutToken_RefusesToJoin_AndJoinsWithAllowNoToken()
+    {
+        var address = TestPorts.NonLoopbackAddress();
+        Assert.SkipWhen(address is null, "this machine has no non-loopback IPv4 address");
+        var ct = TestContext.Current.CancellationToken;
+        ProcessStartInfo Serve(params string[] extra)
+        {
+            var psi = RankCluster.Start(["cli", "serve", "--listen", "127.0.0.1:0", .. extra]);
+            foreach (var name in new[] { "RANK", "WORLD_SIZE", "MASTER_PORT", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "CKPT_ENGINE_TOKEN", "CKPT_ENGINE_ALLOW_NO_TOKEN" })
+            {
+                psi.Environment.Remove(name);
+            }
+            psi.Environment["MASTER_ADDR"] = address!.ToString();
+            psi.Environment["CKPT_ENGINE_DEVICE_ID"] = $"serve-cli-{Guid.NewGuid():N}";
+            return psi;
+        }
+
+        using (var refused = Process.Start(Serve())!)
+        {
+            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            deadline.CancelAfter(TimeSpan.FromSeconds(30));
+            var stderr = await refused.StandardError.ReadToEndAsync(deadline.Token);
+            await refused.WaitForExitAsync(deadline.Token);
+            Assert.NotEqual(0, refused.ExitCode);
+            Assert.Contains($"MASTER_ADDR={address} is not a loopback address and CKPT_ENGINE_TOKEN is not set", stderr, StringComparison.Ordinal);
+            Assert.Contains("--allow-no-token or CKPT_ENGINE_ALLOW_NO_TOKEN=1", stderr, StringComparison.Ordinal);
+        }
+
+        using var allowed = Process.Start(Serve("--allow-no-token"))!;
+        try
+        {
+            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            deadline.CancelAfter(TimeSpan.FromSeconds(30));
+            var line = await allowed.StandardOutput.ReadLineAsync(deadline.Token);
+            Assert.StartsWith("serving rank 0 on ", line, StringComparison.Ordinal);
+        }
+        finally
+        {
+            allowed.Kill(entireProcessTree: true);
+            await allowed.WaitForExitAsync(CancellationToken.None);
+        }
+    }
 }

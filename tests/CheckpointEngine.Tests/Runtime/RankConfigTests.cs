@@ -94,6 +94,7 @@ public class RankConfigTests
     [InlineData("CKPT_ENGINE_CONNECT_TIMEOUT_S=1.5", new[] { "CKPT_ENGINE_CONNECT_TIMEOUT_S=1.5" })]
     [InlineData("WORLD_SIZE=4;MASTER_PORT=1;LOCAL_WORLD_SIZE=5", new[] { "LOCAL_WORLD_SIZE=5", "WORLD_SIZE=4" })]
     [InlineData("WORLD_SIZE=4;MASTER_PORT=1;LOCAL_WORLD_SIZE=2;LOCAL_RANK=2", new[] { "LOCAL_RANK=2", "LOCAL_WORLD_SIZE=2" })]
+    [InlineData("CKPT_ENGINE_ALLOW_NO_TOKEN=yes", new[] { "CKPT_ENGINE_ALLOW_NO_TOKEN=yes", "neither 1 nor 0" })]
     public void FromEnvironment_InvalidVariable_ThrowsNamingVariableAndValue(string pairs, string[] expected)
     {
         var e = Assert.Throws<CheckpointEngineException>(() => RankConfig.FromEnvironment(Env(pairs.Split(';'))));
@@ -102,4 +103,11 @@ public class RankConfigTests
             Assert.Contains(part, e.Message, StringComparison.Ordinal);
         }
     }
+
+    [Theory]
+    [InlineData(null, false)]
+    [InlineData("0", false)]
+    [InlineData("1", true)]
+    public void FromEnvironment_AllowNoToken_OnlyWhenOne(string? value, bool expected) =>
+        Assert.Equal(expected, RankConfig.FromEnvironment(value is null ? Env() : Env($"CKPT_ENGINE_ALLOW_NO_TOKEN={value}")).AllowNoToken);
 }

@@ -37,14 +37,15 @@ public class StoreConnectionTests
         Assert.Equal([1], await c.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
     }
 
-    [Theory]
-    [InlineData(null)]
-    [InlineData("anything")]
-    public async Task Connect_ServerWithoutToken_AcceptsAny(string? token)
+    [Fact]
+    public async Task Connect_ServerWithoutToken_AcceptsOnlyClientsWithoutOne()
     {
+        // No token is the empty key of the same handshake: a client that has a token refuses to trust, and is refused by, a server without it.
         using var h = StoreHarness.Start();
-        var c = await h.ConnectAsync(0, token, useHarnessToken: false);
+        var c = await h.ConnectAsync(0, token: null, useHarnessToken: false);
         Assert.Null(await c.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
+        var e = await Assert.ThrowsAsync<RendezvousException>(() => h.ConnectAsync(1, "anything", useHarnessToken: false));
+        Assert.Contains("wrong token", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -134,7 +135,7 @@ public class StoreConnectionTests
         var connect = StoreClient.ConnectAsync("127.0.0.1", port, "t", 0, TimeSpan.FromMinutes(10), e => refused.TrySetResult(e), Ct);
         Assert.IsType<SocketException>(await refused.Task.WaitAsync(Deadline, Ct));
         Assert.False(connect.IsCompleted);
-        using var server = StoreServer.Start(IPAddress.Loopback, port, "t");
+        using var server = StoreServer.Start(IPAddress.Loopback, port, "t", 1);
         using var client = await connect.WaitAsync(Deadline, Ct);
         await client.SetAsync("k", [1], Ct).WaitAsync(Deadline, Ct);
         Assert.Equal([1], await client.GetAsync("k", Ct).WaitAsync(Deadline, Ct));
@@ -144,7 +145,7 @@ public class StoreConnectionTests
     public async Task Start_PortTaken_ThrowsNamingIt()
     {
         using var h = StoreHarness.Start();
-        var e = Assert.Throws<RendezvousException>(() => StoreServer.Start(IPAddress.Loopback, h.Port, null));
+        var e = Assert.Throws<RendezvousException>(() => StoreServer.Start(IPAddress.Loopback, h.Port, null, 1));
         Assert.Contains($":{h.Port}", e.Message, StringComparison.Ordinal);
         await Task.CompletedTask;
     }
@@ -174,10 +175,11 @@ public class StoreConnectionTests
         { "huge length", [0xFF, 0xFF, 0xFF, 0x7F, 1, 2, 3] },
         { "negative length", [0, 0, 0, 0x80] },
         { "zero length", [0, 0, 0, 0] },
-        { "big hello", [0, 0, 0x10, 0, 1] }, // 1 MiB: within a frame's limit, far over a hello's.
+        { "big hello", [0, 0, 0x10, 0, 1] }, // 1 MiB: within a frame's limit, far over a handshake's.
+        { "5 KiB hello", [0, 0x14, 0, 0, 1] },
         { "not a hello", new Writer().Byte((byte)Op.Set).String("k").Bytes([1]).ToFrame().ToArray() },
-        { "short hello", new Writer().Byte((byte)Op.Hello).Int32(100).ToFrame().ToArray() },
-        { "hello without rank", new Writer().Byte((byte)Op.Hello).String("").ToFrame().ToArray() },
+        { "short hello", new Writer().String("ckpt-engine-handshake/1").Int32(100).ToFrame().ToArray() },
+        { "hello without rank", new Writer().String("ckpt-engine-handshake/1").String("rendezvous store").Bytes(new byte[32]).ToFrame().ToArray() },
     };
 
     [Theory]
@@ -188,7 +190,7 @@ public class StoreConnectionTests
         var good = await h.ConnectAsync(0);
         var raw = await h.RawAsync();
         await raw.SendAsync(bytes, Ct).AsTask().WaitAsync(Deadline, Ct);
-        Assert.True(await ClosedByServerAsync(raw), what);
+        Assert.True(await RawPeer.ClosedByServerAsync(raw), what);
         await good.SetAsync("k", [1], Ct).WaitAsync(Deadline, Ct);
         Assert.Equal([1], await (await h.ConnectAsync(1)).GetAsync("k", Ct).WaitAsync(Deadline, Ct));
         // A bad stranger is never counted as a dead rank.
@@ -212,9 +214,7 @@ public class StoreConnectionTests
     {
         using var h = StoreHarness.Start();
         var good = await h.ConnectAsync(0);
-        var raw = await h.RawAsync();
-        using var stream = new NetworkStream(raw, ownsSocket: false);
-        Assert.Equal(new[] { (byte)Status.Ok }, await CallAsync(stream, new Writer().Byte((byte)Op.Hello).String("").Int32(-1)));
+        var stream = await h.AuthenticatedAsync();
         // An unknown op is answered with an error; the connection stays.
         var reply = await CallAsync(stream, new Writer().Byte(200));
         Assert.Equal((byte)Status.Error, reply[0]);
@@ -223,7 +223,7 @@ public class StoreConnectionTests
         Assert.Equal((byte)Status.Timeout, reply[0]);
         // A key count far beyond the frame ends the connection without allocating for it.
         await stream.WriteAsync(new Writer().Byte((byte)Op.WaitGet).Int32(int.MaxValue).Int64(10).ToFrame(), Ct).AsTask().WaitAsync(Deadline, Ct);
-        Assert.True(await ClosedByServerAsync(raw));
+        Assert.True(await RawPeer.ClosedByServerAsync(stream.Socket));
         Assert.Equal(1, await good.AddAsync("n", 1, Ct).WaitAsync(Deadline, Ct));
         Assert.Null(await good.WatchDeadAsync(TimeSpan.FromMilliseconds(100), Ct).WaitAsync(Deadline, Ct));
     }
@@ -232,28 +232,5 @@ public class StoreConnectionTests
     {
         await stream.WriteAsync(request.ToFrame(), Ct).AsTask().WaitAsync(Deadline, Ct);
         return (await ReadFrameAsync(stream, Ct).WaitAsync(Deadline, Ct))!;
-    }
-
-    /// <summary>Whether the server closes the connection (end of stream or reset) within the deadline, whatever it says first.</summary>
-    private static async Task<bool> ClosedByServerAsync(Socket socket)
-    {
-        var buffer = new byte[4096];
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct);
-        cts.CancelAfter(TimeSpan.FromSeconds(3));
-        try
-        {
-            while (await socket.ReceiveAsync(buffer, cts.Token) > 0)
-            {
-            }
-            return true;
-        }
-        catch (SocketException)
-        {
-            return true;
-        }
-        catch (OperationCanceledException) when (!Ct.IsCancellationRequested)
-        {
-            return false;
-        }
     }
 }

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using CheckpointEngine.Runtime.Rendezvous;
+using CheckpointEngine.Runtime.Security;
 
 namespace CheckpointEngine.Tests.Runtime;
 
@@ -25,7 +26,16 @@ internal sealed class StoreHarness : IDisposable
 
     public int Port => Server.Endpoint.Port;
 
-    public static StoreHarness Start(string? token = null) => new(StoreServer.Start(IPAddress.Loopback, 0, token), token);
+    /// <summary>A store for a world of <paramref name="worldSize"/> ranks; its refusals are kept in <see cref="Refusals"/>.</summary>
+    public static StoreHarness Start(string? token = null, int worldSize = 8)
+    {
+        var h = new StoreHarness(StoreServer.Start(IPAddress.Loopback, 0, token, worldSize), token);
+        h.Server.Handshake.Log = h.Refusals.Add;
+        return h;
+    }
+
+    /// <summary>What the store logged about connections it refused.</summary>
+    public LogLines Refusals { get; } = new();
 
     public async Task<StoreClient> ConnectAsync(int rank = -1, string? token = null, bool useHarnessToken = true)
     {
@@ -72,6 +82,16 @@ internal sealed class StoreHarness : IDisposable
         _owned.Add(socket);
         await socket.ConnectAsync(IPAddress.Loopback, Port, TestContext.Current.CancellationToken).AsTask().WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
         return socket;
+    }
+
+    /// <summary>A raw connection that has been through the handshake as <paramref name="rank"/>: requests can be written to it by hand.</summary>
+    public async Task<NetworkStream> AuthenticatedAsync(int rank = -1)
+    {
+        var stream = new NetworkStream(await RawAsync(), ownsSocket: false);
+        _owned.Add(stream);
+        await new Handshake(Token, Handshake.Store).ConnectAsync(stream, new Handshake.Claim(rank), $"127.0.0.1:{Port}", TestContext.Current.CancellationToken)
+            .WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+        return stream;
     }
 
     public void Dispose()

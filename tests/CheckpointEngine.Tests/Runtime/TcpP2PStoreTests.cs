@@ -2,6 +2,8 @@ using System.Net;
 using System.Net.Sockets;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime.P2P;
+using CheckpointEngine.Runtime.Security;
+using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
 
 namespace CheckpointEngine.Tests.Runtime;
 
@@ -76,4 +78,52 @@ public sealed class TcpP2PStoreTests : IDisposable
     [Fact]
     public void Register_Twice_IsRefused() =>
         Assert.Throws<InvalidOperationException>(() => _owner.Register("ckpt/0", _source.Address, 1));
+
+    [Fact]
+    public async Task StalledReader_IsDroppedAtTheSendDeadline_NamingIt()
+    {
+        var log = new LogLines();
+        _owner.Handshake.Log = log.Add;
+        _owner.SendDeadline = TimeSpan.FromMilliseconds(500);
+        using var big = NativeBuffer.Allocate(55 << 20);
+        _owner.Register("big", big.Address, 55 << 20);
+        using var stalled = await StalledReaderAsync("big", 55 << 20);
+        // Dropped after half a second without progress; ten seconds is where the test calls it a hang.
+        var line = await log.WaitForAsync(Deadline, $"P2P store: dropped the reader at {stalled.LocalEndPoint}: it took no data for 0.5 s");
+        Assert.True(await RawPeer.ClosedByServerAsync(stalled, Deadline), line);
+        await _reader.ReadAsync(_owner.Address, [new("ckpt/0", 0, 64, _target.Address)], Deadline, TestContext.Current.CancellationToken);
+    }
+
+    [Fact]
+    public async Task StalledReader_DoesNotHoldUnregisterPastTheSendDeadline()
+    {
+        // The reported hang: a reader asks for 55 MB and stops reading while the owner unregisters the checkpoint.
+        var log = new LogLines();
+        _owner.Handshake.Log = log.Add;
+        _owner.SendDeadline = TimeSpan.FromSeconds(1);
+        using var big = NativeBuffer.Allocate(55 << 20);
+        _owner.Register("big", big.Address, 55 << 20);
+        using var stalled = await StalledReaderAsync("big", 55 << 20);
+        await Task.Run(() => _owner.Unregister("big"), TestContext.Current.CancellationToken).WaitAsync(Deadline, TestContext.Current.CancellationToken);
+        await log.WaitForAsync(Deadline, $"P2P store: dropped the reader at {stalled.LocalEndPoint}");
+        Assert.True(await RawPeer.ClosedByServerAsync(stalled, Deadline));
+        var e = await Assert.ThrowsAsync<P2PException>(() => _reader.ReadAsync(_owner.Address, [new("big", 0, 1, _target.Address)], Deadline, TestContext.Current.CancellationToken));
+        Assert.Contains("no buffer 'big'", e.Message);
+    }
+
+    /// <summary>An authenticated reader that requests <paramref name="length"/> bytes, takes the status byte (the owner is sending now) and stops reading.</summary>
+    private async Task<Socket> StalledReaderAsync(string buffer, long length)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var colon = _owner.Address.LastIndexOf(':');
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveBufferSize = 64 << 10 };
+        await socket.ConnectAsync(IPAddress.Parse(_owner.Address[..colon]), int.Parse(_owner.Address[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture), ct);
+        var stream = new NetworkStream(socket);
+        await new Handshake("secret", Handshake.P2P).ConnectAsync(stream, new Handshake.Claim(-1), _owner.Address, ct).WaitAsync(Deadline, ct);
+        await stream.WriteAsync(new Writer().Int32(1).String(buffer).Int64(0).Int64(length).ToFrame(), ct);
+        var status = new byte[1];
+        await stream.ReadExactlyAsync(status, ct).AsTask().WaitAsync(Deadline, ct);
+        Assert.Equal(0, status[0]);
+        return socket;
+    }
 }

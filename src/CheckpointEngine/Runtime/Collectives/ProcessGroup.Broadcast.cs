@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using CheckpointEngine.Memory;
+using CheckpointEngine.Runtime.Security;
 
 namespace CheckpointEngine.Runtime.Collectives;
 
@@ -224,7 +225,7 @@ public sealed partial class ProcessGroup
     /// <summary>The link on which <paramref name="peer"/> sends to this rank; the peer dials it.</summary>
     private Socket Inbound(int peer, in WaitContext wait)
     {
-        var link = _world.InboundLink(Uid, peer).Task;
+        var link = _world.InboundLink(Uid, Members[peer]).Task;
         while (!link.Wait(PollMicroseconds / 1000))
         {
             wait.Check(Members[peer]);
@@ -252,16 +253,19 @@ public sealed partial class ProcessGroup
             {
                 socket.ConnectAsync(endpoint, cts.Token).AsTask().GetAwaiter().GetResult();
             }
-            socket.Send(_world.Handshake(Uid, Rank));
-            var ack = new byte[1];
-            socket.ReceiveTimeout = wait.RemainingMs;
-            if (socket.Receive(ack) != 1 || ack[0] != 1)
+            using (var stream = new NetworkStream(socket, ownsSocket: false))
+            using (var cts = new CancellationTokenSource(wait.RemainingMs))
             {
-                throw wait.Fail($"rank {Members[peer]} refused the data link (token mismatch?)", Members[peer]);
+                var claim = new Handshake.Claim(_world.Rank, World.LinkId(Uid));
+                _world.DataLinks.ConnectAsync(stream, claim, $"{endpoint} (rank {Members[peer]})", cts.Token).GetAwaiter().GetResult();
             }
-            socket.ReceiveTimeout = 0;
         }
-        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        catch (HandshakeException e)
+        {
+            socket.Dispose();
+            throw wait.Fail(e.Message, Members[peer], e);
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException or IOException or InvalidDataException)
         {
             socket.Dispose();
             throw wait.Fail($"cannot open a data link to rank {Members[peer]} at {endpoint}: {e.Message}{Cause()}", Members[peer], e);

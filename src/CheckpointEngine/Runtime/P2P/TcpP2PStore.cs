@@ -1,44 +1,58 @@
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
-using System.Security.Cryptography;
-using System.Text;
 using CheckpointEngine.Runtime.Rendezvous;
+using CheckpointEngine.Runtime.Security;
 
 namespace CheckpointEngine.Runtime.P2P;
 
 /// <summary>
-/// P2P reads over TCP. Each rank serves its registered buffers from threads of its own (the update
-/// path never takes part): a request lists (buffer, offset, length) ranges, the reply is a status
-/// byte and then the raw bytes of every range in order, sent straight from the registered memory.
-/// Readers keep one connection per owner. Every connection presents the shared token.
+/// P2P reads over TCP. Each rank serves its registered buffers (the update path never takes part): a
+/// request lists (buffer, offset, length) ranges, the reply is a status byte and then the raw bytes of
+/// every range in order, sent straight from the registered memory. Readers keep one connection per
+/// owner. Every connection opens with the <see cref="Security.Handshake"/>, accepted asynchronously;
+/// only an authenticated reader gets a thread of its own, and one that stops taking its reply for
+/// <see cref="SendDeadline"/> is dropped.
 /// </summary>
-public sealed unsafe class TcpP2PStore : IP2PStore
+public sealed class TcpP2PStore : IP2PStore
 {
     private const int PollMicroseconds = 100_000;
     private const int SocketBuffer = 4 << 20;
 
+    /// <summary>The most one send call hands the socket: a reader must take this much per <see cref="SendDeadline"/>.</summary>
+    private const int SendChunk = 4 << 20;
+
     private readonly Socket _listener;
-    private readonly byte[] _tokenHash;
+    private readonly CancellationTokenSource _stop = new();
     private readonly ReaderWriterLockSlim _buffersLock = new();
     private readonly Dictionary<string, (nint Address, long Length)> _buffers = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, SemaphoreSlim> _connectionLocks = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, Socket> _connections = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<Socket, byte> _serving = new();
+    private readonly ConcurrentDictionary<Socket, string> _serving = new();
+    private readonly ConcurrentDictionary<Socket, string> _answering = new();
     private volatile bool _disposed;
 
     public TcpP2PStore(IPAddress address, string? token)
     {
-        _tokenHash = SHA256.HashData(Encoding.UTF8.GetBytes(token ?? ""));
+        Handshake = new Handshake(token, Handshake.P2P);
         _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         _listener.Bind(new IPEndPoint(address, 0));
         _listener.Listen(64);
         var ep = (IPEndPoint)_listener.LocalEndPoint!;
         Address = $"{ep.Address}:{ep.Port}";
-        new Thread(AcceptLoop) { IsBackground = true, Name = "p2p-accept" }.Start();
+        _ = AcceptLoopAsync();
     }
 
     public string Address { get; }
+
+    /// <summary>How readers and this store authenticate each other (its deadline, limit and log are settable for tests).</summary>
+    internal Handshake Handshake { get; }
+
+    /// <summary>
+    /// How long a reader may take to accept each chunk of its reply before it is dropped (connection
+    /// closed, logged naming it); also the longest <see cref="Unregister"/> waits for reads in flight.
+    /// </summary>
+    internal TimeSpan SendDeadline { get; set; } = TimeSpan.FromSeconds(30);
 
     public void Register(string name, nint address, long length)
     {
@@ -56,10 +70,21 @@ public sealed unsafe class TcpP2PStore : IP2PStore
         }
     }
 
-    /// <summary>Removes a buffer; waits for reads of registered memory in flight to finish first.</summary>
+    /// <summary>
+    /// Removes a buffer once no read of registered memory is in flight; a read still in flight after
+    /// <see cref="SendDeadline"/> is cut off (its reader dropped) rather than waited for.
+    /// </summary>
     public void Unregister(string name)
     {
-        _buffersLock.EnterWriteLock();
+        if (!_buffersLock.TryEnterWriteLock(SendDeadline))
+        {
+            foreach (var (socket, peer) in _answering)
+            {
+                Handshake.Log($"{Handshake.P2P}: dropped the reader at {peer}: its read was still in flight {SendDeadline.TotalSeconds:0.###} s after '{name}' was to be unregistered");
+                socket.Dispose();
+            }
+            _buffersLock.EnterWriteLock(); // Their sends fail at once now, and give the lock back.
+        }
         try
         {
             _buffers.Remove(name);
@@ -70,49 +95,68 @@ public sealed unsafe class TcpP2PStore : IP2PStore
         }
     }
 
-    private void AcceptLoop()
+    private async Task AcceptLoopAsync()
     {
-        while (!_disposed)
+        while (!_stop.IsCancellationRequested)
         {
             Socket socket;
             try
             {
-                socket = _listener.Accept();
+                socket = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                if (_disposed)
-                {
-                    return;
-                }
-                continue;
-            }
-            _serving[socket] = 0;
-            new Thread(() => Serve(socket)) { IsBackground = true, Name = "p2p-serve" }.Start();
-        }
-    }
-
-    /// <summary>Serves one reader: handshake, then requests until it hangs up.</summary>
-    private void Serve(Socket socket)
-    {
-        using var stream = new NetworkStream(socket, ownsSocket: true);
-        try
-        {
-            socket.NoDelay = true;
-            socket.SendBufferSize = SocketBuffer;
-            stream.ReadTimeout = 10_000;
-            var hello = Frame(stream) ?? throw new InvalidDataException("closed before the handshake");
-            var ok = CryptographicOperations.FixedTimeEquals(new StoreProtocol.Reader(hello).Bytes(), _tokenHash);
-            stream.WriteByte(ok ? (byte)1 : (byte)0);
-            if (!ok)
+            catch (Exception) when (_stop.IsCancellationRequested)
             {
                 return;
             }
-            stream.ReadTimeout = Timeout.Infinite;
+            catch (SocketException)
+            {
+                continue;
+            }
+            _ = AuthenticateAsync(socket);
+        }
+    }
+
+    /// <summary>The handshake, without a thread of its own; an authenticated reader is then served on one.</summary>
+    private async Task AuthenticateAsync(Socket socket)
+    {
+        var peer = socket.RemoteEndPoint?.ToString() ?? "an unknown address";
+        _serving[socket] = peer;
+        try
+        {
+            using (var stream = new NetworkStream(socket, ownsSocket: false))
+            {
+                // Readers need not be ranks of this world (a joining instance is not): any claim is admitted.
+                if (await Handshake.AcceptAsync(stream, socket.RemoteEndPoint, _ => null, null, _stop.Token).ConfigureAwait(false) is not null && !_disposed)
+                {
+                    new Thread(() => Serve(socket, peer)) { IsBackground = true, Name = "p2p-serve" }.Start();
+                    return;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+        {
+            // Closed below.
+        }
+        _serving.TryRemove(socket, out _);
+        socket.Dispose();
+    }
+
+    /// <summary>Serves one authenticated reader: requests until it hangs up, or stalls and is dropped.</summary>
+    private void Serve(Socket socket, string peer)
+    {
+        try
+        {
+            using var stream = new NetworkStream(socket, ownsSocket: true);
+            socket.NoDelay = true;
+            socket.SendBufferSize = SocketBuffer;
             while (!_disposed && Frame(stream) is { } request)
             {
-                Answer(socket, request);
+                Answer(socket, peer, request);
             }
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut)
+        {
+            Handshake.Log($"{Handshake.P2P}: dropped the reader at {peer}: it took no data for {SendDeadline.TotalSeconds:0.###} s (a stalled reader)");
         }
         catch (Exception e) when (e is IOException or SocketException or InvalidDataException or ObjectDisposedException)
         {
@@ -121,12 +165,13 @@ public sealed unsafe class TcpP2PStore : IP2PStore
         finally
         {
             _serving.TryRemove(socket, out _);
+            socket.Dispose();
         }
     }
 
     private static byte[]? Frame(NetworkStream stream) => StoreProtocol.ReadFrameAsync(stream, CancellationToken.None).GetAwaiter().GetResult();
 
-    private void Answer(Socket socket, byte[] request)
+    private unsafe void Answer(Socket socket, string peer, byte[] request)
     {
         var reader = new StoreProtocol.Reader(request);
         var count = reader.Count(8);
@@ -135,7 +180,9 @@ public sealed unsafe class TcpP2PStore : IP2PStore
         {
             ranges[i] = (reader.String(), reader.Int64(), reader.Int64());
         }
-        _buffersLock.EnterReadLock(); // Unregister waits until these bytes are sent.
+        socket.SendTimeout = (int)Math.Clamp(SendDeadline.TotalMilliseconds, 1, int.MaxValue);
+        _buffersLock.EnterReadLock(); // Unregister waits until these bytes are sent, or the reader is dropped.
+        _answering[socket] = peer;
         try
         {
             foreach (var (name, offset, length) in ranges)
@@ -156,12 +203,13 @@ public sealed unsafe class TcpP2PStore : IP2PStore
                 var source = (byte*)_buffers[name].Address + offset;
                 for (long sent = 0; sent < length;)
                 {
-                    sent += socket.Send(new ReadOnlySpan<byte>(source + sent, (int)Math.Min(length - sent, 1 << 30)));
+                    sent += socket.Send(new ReadOnlySpan<byte>(source + sent, (int)Math.Min(length - sent, SendChunk)));
                 }
             }
         }
         finally
         {
+            _answering.TryRemove(socket, out _);
             _buffersLock.ExitReadLock();
         }
     }
@@ -169,7 +217,7 @@ public sealed unsafe class TcpP2PStore : IP2PStore
     public Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default) =>
         Task.Factory.StartNew(() => Read(owner, reads, timeout, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
-    private void Read(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
+    private unsafe void Read(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + timeout;
         var gate = _connectionLocks.GetOrAdd(owner, _ => new SemaphoreSlim(1, 1));
@@ -240,17 +288,20 @@ public sealed unsafe class TcpP2PStore : IP2PStore
             {
                 socket.ConnectAsync(ip, port, cts.Token).AsTask().GetAwaiter().GetResult();
             }
-            socket.Send(new StoreProtocol.Writer().Bytes(_tokenHash).ToFrame().Span);
-            var ack = new byte[1];
-            Receive(socket, ack, deadline, owner, CancellationToken.None);
-            if (ack[0] != 1)
+            using (var stream = new NetworkStream(socket, ownsSocket: false))
+            using (var cts = new CancellationTokenSource(Remaining(deadline)))
             {
-                throw new P2PException($"P2P owner {owner} refused the connection: wrong token (check CKPT_ENGINE_TOKEN)");
+                Handshake.ConnectAsync(stream, new Handshake.Claim(-1), owner, cts.Token).GetAwaiter().GetResult();
             }
             _connections[owner] = socket;
             return socket;
         }
-        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        catch (HandshakeException e)
+        {
+            socket.Dispose();
+            throw new P2PException(e.Message, e);
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException or IOException or InvalidDataException)
         {
             socket.Dispose();
             throw new P2PException($"cannot connect to P2P owner {owner}: {e.Message}", e);
@@ -308,6 +359,7 @@ public sealed unsafe class TcpP2PStore : IP2PStore
             return;
         }
         _disposed = true;
+        _stop.Cancel();
         _listener.Dispose();
         foreach (var s in _connections.Values)
         {

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using CheckpointEngine.Runtime.Security;
 using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
 
 namespace CheckpointEngine.Runtime.Rendezvous;
@@ -28,8 +29,9 @@ public sealed class StoreClient : IStore, IDisposable
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
-    /// Connects to the store, retrying while it is not up yet (rank 0 may start later), and presents
-    /// the token and this process's rank (−1 for a tool that is not a rank).
+    /// Connects to the store, retrying while it is not up yet (rank 0 may start later), and
+    /// authenticates with the token (see <see cref="Handshake"/>) as this process's rank (−1 for a tool
+    /// that is not a rank). A refusal (wrong token, rank taken or out of range) is not retried.
     /// </summary>
     public static Task<StoreClient> ConnectAsync(string host, int port, string? token, int rank, TimeSpan connectTimeout, CancellationToken ct = default) =>
         ConnectAsync(host, port, token, rank, connectTimeout, retrying: null, ct);
@@ -55,8 +57,15 @@ public sealed class StoreClient : IStore, IDisposable
                 var client = new StoreClient(socket, where);
                 try
                 {
-                    await client.HelloAsync(token ?? "", rank, Remaining(deadline, TimeSpan.FromSeconds(10)), ct).ConfigureAwait(false);
+                    using var hello = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                    hello.CancelAfter(Remaining(deadline, TimeSpan.FromSeconds(10)));
+                    await new Handshake(token, Handshake.Store).ConnectAsync(client._stream, new Handshake.Claim(rank), where, hello.Token).ConfigureAwait(false);
                     return client;
+                }
+                catch (Exception e) when (e is HandshakeException or InvalidDataException)
+                {
+                    client.Dispose();
+                    throw new RendezvousException(e is HandshakeException ? e.Message : $"the rendezvous store at {where} broke the handshake: {e.Message}", e);
                 }
                 catch
                 {
@@ -90,12 +99,6 @@ public sealed class StoreClient : IStore, IDisposable
     {
         var left = deadline - DateTime.UtcNow;
         return left < TimeSpan.FromMilliseconds(50) ? TimeSpan.FromMilliseconds(50) : left < cap ? left : cap;
-    }
-
-    private async Task HelloAsync(string token, int rank, TimeSpan timeout, CancellationToken ct)
-    {
-        var reply = await CallAsync(new Writer().Byte((byte)Op.Hello).String(token).Int32(rank), timeout, "hello", ct).ConfigureAwait(false);
-        ExpectOk(reply, "hello");
     }
 
     public async Task SetAsync(string key, byte[] value, CancellationToken ct = default) =>

@@ -14,10 +14,10 @@ internal static class StoreProtocol
 {
     public const int MaxFrame = 64 << 20;
 
+    /// <summary>Requests, after the connection's <see cref="Security.Handshake"/>.</summary>
     public enum Op : byte
     {
-        Hello = 1,
-        Set,
+        Set = 2,
         Get,
         WaitGet,
         Add,

@@ -1,8 +1,7 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using System.Security.Cryptography;
-using System.Text;
+using CheckpointEngine.Runtime.Security;
 using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
 
 namespace CheckpointEngine.Runtime.Rendezvous;
@@ -11,16 +10,13 @@ namespace CheckpointEngine.Runtime.Rendezvous;
 /// The rendezvous key-value store that rank 0 hosts. Besides keys it tracks which ranks are
 /// connected: a rank whose connection drops without saying goodbye is dead, and from then on every
 /// wait fails at once naming it, so survivors never sit out a deadline for a peer that is gone.
+/// Every connection opens with the <see cref="Security.Handshake"/>; only then does the store read a
+/// request or count the peer as a rank.
 /// </summary>
 public sealed class StoreServer : IDisposable
 {
-    private static readonly TimeSpan HelloTimeout = TimeSpan.FromSeconds(10);
-
-    /// <summary>A hello is a token and a rank: an unauthenticated peer never gets a large buffer.</summary>
-    private const int MaxHelloFrame = 64 << 10;
-
     private readonly Socket _listener;
-    private readonly byte[]? _tokenHash;
+    private readonly int _worldSize;
     private readonly CancellationTokenSource _stop = new();
     private readonly Lock _lock = new();
     private readonly Dictionary<string, byte[]> _data = new(StringComparer.Ordinal);
@@ -31,10 +27,11 @@ public sealed class StoreServer : IDisposable
     private (int Rank, string Reason)? _dead;
     private int _watchers;
 
-    private StoreServer(Socket listener, string? token)
+    private StoreServer(Socket listener, string? token, int worldSize)
     {
         _listener = listener;
-        _tokenHash = token is null ? null : SHA256.HashData(Encoding.UTF8.GetBytes(token));
+        _worldSize = worldSize;
+        Handshake = new Handshake(token, Handshake.Store);
         Endpoint = (IPEndPoint)listener.LocalEndPoint!;
         _ = AcceptLoopAsync();
     }
@@ -42,9 +39,16 @@ public sealed class StoreServer : IDisposable
     /// <summary>The address the store listens on (port resolved when 0 was asked).</summary>
     public IPEndPoint Endpoint { get; }
 
-    /// <summary>Listens on <paramref name="address"/> only (never on all interfaces unless asked with 0.0.0.0).</summary>
-    public static StoreServer Start(IPAddress address, int port, string? token)
+    /// <summary>How peers authenticate (its deadline and limit are settable for tests).</summary>
+    internal Handshake Handshake { get; }
+
+    /// <summary>
+    /// Listens on <paramref name="address"/> only (never on all interfaces unless asked with 0.0.0.0),
+    /// for the ranks 0..<paramref name="worldSize"/>−1 (one connection each) and any number of tools (rank −1).
+    /// </summary>
+    public static StoreServer Start(IPAddress address, int port, string? token, int worldSize)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         var listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
@@ -56,7 +60,7 @@ public sealed class StoreServer : IDisposable
             listener.Dispose();
             throw new RendezvousException($"cannot listen on {address}:{port} for the rendezvous store: {e.Message}");
         }
-        return new StoreServer(listener, token);
+        return new StoreServer(listener, token, worldSize);
     }
 
     private async Task AcceptLoopAsync()
@@ -92,7 +96,11 @@ public sealed class StoreServer : IDisposable
         await using var stream = new NetworkStream(socket, ownsSocket: true);
         try
         {
-            rank = await HelloAsync(stream).ConfigureAwait(false);
+            if (await Handshake.AcceptAsync(stream, socket.RemoteEndPoint, Admit, Unadmit, _stop.Token).ConfigureAwait(false) is not { } claim)
+            {
+                return;
+            }
+            rank = claim.Rank;
             while (!_stop.IsCancellationRequested)
             {
                 var frame = await ReadFrameAsync(stream, _stop.Token).ConfigureAwait(false);
@@ -135,54 +143,37 @@ public sealed class StoreServer : IDisposable
         }
     }
 
-    /// <summary>The first frame must present the token and the rank (−1 for tools that are not ranks).</summary>
-    private async Task<int?> HelloAsync(NetworkStream stream)
+    /// <summary>
+    /// Takes the slot of an authenticated peer's rank: −1 (a tool or a watcher, any number of them) or
+    /// one of the world's ranks, once. Anything else is refused, so no claim can later mark the world broken.
+    /// </summary>
+    private string? Admit(Handshake.Claim claim)
     {
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-        timeout.CancelAfter(HelloTimeout);
-        var frame = await ReadFrameAsync(stream, timeout.Token, MaxHelloFrame).ConfigureAwait(false)
-            ?? throw new InvalidDataException("closed before hello");
-        var reader = new Reader(frame);
-        if ((Op)reader.Byte() != Op.Hello)
+        var rank = claim.Rank;
+        if (rank == -1)
         {
-            throw new InvalidDataException("first frame is not a hello");
+            return null;
         }
-        var token = reader.String();
-        var rank = reader.Int32();
-        string? refusal = null;
-        if (_tokenHash is not null && !CryptographicOperations.FixedTimeEquals(_tokenHash, SHA256.HashData(Encoding.UTF8.GetBytes(token))))
+        if (rank < 0 || rank >= _worldSize)
         {
-            refusal = "wrong token: the rendezvous store refused the connection (check CKPT_ENGINE_TOKEN)";
+            return $"rank {rank} is outside [0, {_worldSize}) (WORLD_SIZE={_worldSize}; tools connect as -1)";
         }
-        else if (rank >= 0)
+        lock (_lock)
+        {
+            return _members.Add(rank) ? null : $"rank {rank} is already connected to the rendezvous store (two processes with RANK={rank}?)";
+        }
+    }
+
+    /// <summary>The rank never learned it joined: free its slot so it can connect again (it is not dead, it never arrived).</summary>
+    private void Unadmit(Handshake.Claim claim)
+    {
+        if (claim.Rank >= 0)
         {
             lock (_lock)
             {
-                if (!_members.Add(rank))
-                {
-                    refusal = $"rank {rank} is already connected to the rendezvous store (two processes with RANK={rank}?)";
-                }
+                _members.Remove(claim.Rank);
             }
         }
-        var reply = refusal is null ? new Writer().Byte((byte)Status.Ok) : new Writer().Byte((byte)Status.Error).String(refusal);
-        try
-        {
-            await stream.WriteAsync(reply.ToFrame(), timeout.Token).ConfigureAwait(false);
-        }
-        catch when (refusal is null && rank >= 0)
-        {
-            // The rank never learned it joined: free its slot so it can connect again (it is not dead, it never arrived).
-            lock (_lock)
-            {
-                _members.Remove(rank);
-            }
-            throw;
-        }
-        if (refusal is not null)
-        {
-            throw new InvalidDataException(refusal);
-        }
-        return rank;
     }
 
     private async Task<(Writer Reply, bool Bye)> HandleAsync(byte[] frame)

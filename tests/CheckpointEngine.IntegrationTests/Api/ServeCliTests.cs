@@ -24,6 +24,7 @@ public sealed class ServeCliTests
     [InlineData("--uds", "/tmp/a.sock", "--allow-remote", "--allow-remote applies to --listen only")]
     [InlineData("--listen", "8000", "--listen: '8000' is not HOST:PORT")]
     [InlineData("--uds", "", "--uds: the socket path is empty")]
+    [InlineData("--uds", "/tmp/a.sock", "--registration-budget", "lots", "--registration-budget: 'lots' is not a size like 64GiB")]
     public void Serve_BadFlags_AreRejectedWithTheReason(params string[] argsThenMessage)
     {
         var (code, _, stderr) = Run(["serve", .. argsThenMessage[..^1]]);
@@ -37,6 +38,14 @@ public sealed class ServeCliTests
         var (code, _, stderr) = Run("serve", "--listen", "192.0.2.1:8000");
         Assert.Equal(CkptEngineCli.BadInput, code);
         Assert.StartsWith("error: '192.0.2.1' (192.0.2.1) is not a loopback address", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Serve_MissingAllowedDirectory_ExitsOneBeforeJoining()
+    {
+        var (code, _, stderr) = Run("serve", "--uds", "/tmp/never-made.sock", "--allow-dir", "/no/such/models");
+        Assert.Equal(CkptEngineCli.BadInput, code);
+        Assert.StartsWith("error: allowed directory '/no/such/models' cannot be resolved: ", stderr, StringComparison.Ordinal);
     }
 
     [Theory]

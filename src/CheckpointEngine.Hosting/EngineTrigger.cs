@@ -14,26 +14,28 @@ namespace CheckpointEngine.Hosting;
 /// </summary>
 public static class EngineTrigger
 {
-    private static readonly HttpClient Tcp = new() { Timeout = Timeout.InfiniteTimeSpan };
+    // No redirects: a loopback engine must not be able to send the worker sockets on to another host.
+    private static readonly HttpClient Tcp = new(new SocketsHttpHandler { AllowAutoRedirect = false }) { Timeout = Timeout.InfiniteTimeSpan };
     private static readonly ConcurrentDictionary<string, HttpClient> OverUnixSockets = new(StringComparer.Ordinal);
 
     /// <param name="engineUrl">The engine's base URL, or a full URL ending in /collective_rpc.</param>
     /// <param name="inferenceGroupSize">Consecutive ranks that form one engine (its tensor-parallel size).</param>
     /// <param name="uds">The engine's HTTP server on a Unix socket instead of TCP (the URL's host is then ignored).</param>
-    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, int inferenceGroupSize, string? uds = null)
+    /// <param name="engineUid">When set, the process listening on <paramref name="uds"/> must run as this user (SO_PEERCRED).</param>
+    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, int inferenceGroupSize, string? uds = null, uint? engineUid = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(inferenceGroupSize, 1);
-        return Post(engineUrl, uds, context => context.Sockets.Where(s => s.Rank / inferenceGroupSize == context.Rank / inferenceGroupSize).ToList());
+        return Post(engineUrl, uds, engineUid, context => context.Sockets.Where(s => s.Rank / inferenceGroupSize == context.Rank / inferenceGroupSize).ToList());
     }
 
     /// <summary>One engine served by exactly <paramref name="groupRanks"/> (all taking part ranks when empty), as the original's HTTP API has it.</summary>
-    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, IReadOnlyList<int> groupRanks, string? uds = null) =>
-        Post(engineUrl, uds, context => context.Sockets.Where(s => groupRanks.Count == 0 || groupRanks.Contains(s.Rank)).ToList());
+    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, IReadOnlyList<int> groupRanks, string? uds = null, uint? engineUid = null) =>
+        Post(engineUrl, uds, engineUid, context => context.Sockets.Where(s => groupRanks.Count == 0 || groupRanks.Contains(s.Rank)).ToList());
 
-    private static Func<UpdateContext, CancellationToken, Task> Post(string engineUrl, string? uds, Func<UpdateContext, List<WorkerSocket>> groupOf)
+    private static Func<UpdateContext, CancellationToken, Task> Post(string engineUrl, string? uds, uint? engineUid, Func<UpdateContext, List<WorkerSocket>> groupOf)
     {
         var url = engineUrl.TrimEnd('/').EndsWith("/collective_rpc", StringComparison.Ordinal) ? engineUrl : engineUrl.TrimEnd('/') + "/collective_rpc";
-        var client = uds is null ? Tcp : OverUnixSockets.GetOrAdd(uds, UnixSocketClient);
+        var client = uds is null ? Tcp : OverUnixSockets.GetOrAdd($"{engineUid}:{uds}", _ => UnixSocketClient(uds, engineUid));
         return async (context, ct) =>
         {
             var group = groupOf(context);
@@ -62,14 +64,20 @@ public static class EngineTrigger
     }
 
     /// <summary>An HTTP client whose every connection goes to the Unix socket at <paramref name="path"/>.</summary>
-    public static HttpClient UnixSocketClient(string path) => new(new SocketsHttpHandler
+    /// <param name="peerUid">When set, a connection whose listening process runs as another user is refused (SO_PEERCRED).</param>
+    public static HttpClient UnixSocketClient(string path, uint? peerUid = null) => new(new SocketsHttpHandler
     {
+        AllowAutoRedirect = false,
         ConnectCallback = async (_, ct) =>
         {
             var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             try
             {
                 await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), ct).ConfigureAwait(false);
+                if (peerUid is { } expected && PeerUid(socket) is var actual && actual != expected)
+                {
+                    throw new HttpRequestException($"the engine on {path} runs as uid {actual}, not as this server's user (uid {expected}); allow-list the socket to use it anyway");
+                }
                 return new NetworkStream(socket, ownsSocket: true);
             }
             catch
@@ -80,4 +88,13 @@ public static class EngineTrigger
         },
     })
     { Timeout = Timeout.InfiniteTimeSpan };
+
+    /// <summary>The user of the process at the other end of a connected Unix socket (Linux <c>struct ucred</c>: pid, uid, gid).</summary>
+    private static uint PeerUid(Socket socket)
+    {
+        const int SolSocket = 1, SoPeerCred = 17;
+        Span<byte> cred = stackalloc byte[12];
+        var n = socket.GetRawSocketOption(SolSocket, SoPeerCred, cred);
+        return n >= 8 ? BitConverter.ToUInt32(cred[4..8]) : throw new HttpRequestException("cannot read the engine's credentials (SO_PEERCRED)");
+    }
 }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Net.Sockets;
+using CheckpointEngine.Hosting;
 using CheckpointEngine.Hosting.Api;
 using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Devices;
@@ -20,6 +21,30 @@ internal static class ServeCommand
         var uds = new Option<string?>("--uds") { Description = "Unix socket to serve HTTP on (created owner-only, 0600); {rank} in it becomes the rank" };
         var listen = new Option<string?>("--listen") { Description = "HOST:PORT to serve HTTP on (loopback only unless --allow-remote; port 0 picks a free one)" };
         var allowRemote = new Option<bool>("--allow-remote") { Description = "allow --listen on a non-loopback address (set CKPT_ENGINE_TOKEN too)" };
+        var allowDir = new Option<string[]>("--allow-dir")
+        {
+            Description = $"register files only inside this directory (repeatable; links and .. cannot lead out; default: {RankConfig.AllowDirsVariable}, colon-separated, else any readable file)",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var allowEngineHost = new Option<string[]>("--allow-engine-host")
+        {
+            Description = $"a host an update's update_url may name besides loopback (repeatable; * for any; default: {RankConfig.AllowEngineHostsVariable}, comma-separated)",
+        };
+        var allowEngineSocket = new Option<string[]>("--allow-engine-socket")
+        {
+            Description = $"a Unix socket an update's uds may name though another user owns it (repeatable; default: {RankConfig.AllowEngineSocketsVariable}, colon-separated)",
+        };
+        var budget = new Option<string?>("--registration-budget")
+        {
+            Description = $"most host memory registered checkpoints may hold, e.g. 64GiB (default: {RankConfig.RegistrationBudgetVariable} in GiB, else 90% of the machine's memory over the ranks on this host)",
+        };
+        budget.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<string?>() is { } text && !ByteSize.TryParse(text, out _))
+            {
+                r.AddError($"--registration-budget: '{text}' is not a size like 64GiB, 512MiB or 1000000000");
+            }
+        });
         var device = DeviceOption.Create();
         var allowNoToken = AllowNoTokenOption.Create();
         listen.Validators.Add(r =>
@@ -32,7 +57,7 @@ internal static class ServeCommand
         uds.Validators.Add(r => { if (string.IsNullOrWhiteSpace(r.GetValueOrDefault<string?>())) r.AddError("--uds: the socket path is empty"); });
         var command = new Command("serve", "Run one parameter-server rank (torchrun env: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) with the HTTP API.")
         {
-            uds, listen, allowRemote, device, allowNoToken,
+            uds, listen, allowRemote, allowDir, allowEngineHost, allowEngineSocket, budget, device, allowNoToken,
         };
         command.Validators.Add(r =>
         {
@@ -51,7 +76,25 @@ internal static class ServeCommand
             var config = AllowNoTokenOption.Config(result.GetValue(allowNoToken));
             // "{rank}" in the path gives each rank of a launch its own socket.
             var socket = result.GetValue(uds)?.Replace("{rank}", config.Rank.ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal);
-            var options = new ApiOptions { UnixSocket = socket, AllowRemote = result.GetValue(allowRemote), Token = config.Token };
+            // A flag replaces its variable.
+            static IReadOnlyList<string> Either(string[]? flag, IReadOnlyList<string> variable) => flag is { Length: > 0 } ? flag : variable;
+            var options = new ApiOptions
+            {
+                UnixSocket = socket,
+                AllowRemote = result.GetValue(allowRemote),
+                Token = config.Token,
+                AllowedDirectories = Either(result.GetValue(allowDir), config.AllowDirs),
+                AllowedEngineHosts = Either(result.GetValue(allowEngineHost), config.AllowEngineHosts),
+                AllowedEngineSockets = Either(result.GetValue(allowEngineSocket), config.AllowEngineSockets),
+            };
+            if (result.GetValue(budget) is { } text && ByteSize.TryParse(text, out var bytes))
+            {
+                config = config with { RegistrationBudget = bytes };
+            }
+            if (options.AllowedDirectories.Count > 0)
+            {
+                _ = new Checkpoints.AllowedDirectories(options.AllowedDirectories); // Refuse a missing directory before joining the world.
+            }
             if (result.GetValue(listen) is { } address)
             {
                 _ = WorkerCommand.TryParseListen(address, out var host, out var port, out _);

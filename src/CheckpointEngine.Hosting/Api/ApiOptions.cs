@@ -18,6 +18,18 @@ public sealed record ApiOptions
     /// <summary>When set, every request must carry <c>Authorization: Bearer &lt;token&gt;</c> (the world's <c>CKPT_ENGINE_TOKEN</c> in <c>serve</c>).</summary>
     public string? Token { get; init; }
 
+    /// <summary>
+    /// When not empty, registration reads files only inside these directories: a path outside (as written,
+    /// or once its links and ".." are resolved) is refused (403) before the file system is touched.
+    /// </summary>
+    public IReadOnlyList<string> AllowedDirectories { get; init; } = [];
+
+    /// <summary>Hosts an update's <c>update_url</c> may name besides loopback (127.0.0.0/8, ::1, localhost); <c>*</c> allows any.</summary>
+    public IReadOnlyList<string> AllowedEngineHosts { get; init; } = [];
+
+    /// <summary>Unix sockets an update's <c>uds</c> may name although this process's user does not own them (nor the engine listening on them).</summary>
+    public IReadOnlyList<string> AllowedEngineSockets { get; init; } = [];
+
     /// <summary>Largest request body accepted; bodies are small JSON documents.</summary>
     public long MaxRequestBodySize { get; init; } = 1 << 20;
 }

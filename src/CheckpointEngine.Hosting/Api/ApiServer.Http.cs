@@ -85,6 +85,11 @@ public sealed partial class ApiServer
                 return (b.StatusCode, b.StatusCode == StatusCodes.Status413PayloadTooLarge ? "the request body is too large" : b.Message);
             case CheckpointFormatException:
                 return (StatusCodes.Status400BadRequest, e.Message);
+            case PathNotAllowedException:
+                return (StatusCodes.Status403Forbidden, e.Message); // A file swapped for a link out after the request was checked.
+            case RegistrationBudgetException:
+                // 413, not 507: a 4xx says the request as sent will not succeed (clients do not retry it); it is no fault of the server's.
+                return (StatusCodes.Status413PayloadTooLarge, $"{e.Message} (serve --registration-budget or {Runtime.RankConfig.RegistrationBudgetVariable})");
             case ServerBusyException:
                 return (StatusCodes.Status409Conflict, e.Message);
             case CheckpointEngineException:
@@ -137,8 +142,8 @@ public sealed partial class ApiServer
         var clock = Stopwatch.StartNew();
         try
         {
-            CheckFilesExist(files);
-            var options = new RegisterOptions { Quantize = ParseQuantize(body, files) };
+            CheckFiles(files);
+            var options = new RegisterOptions { Quantize = ParseQuantize(body, files), AllowedDirectories = _allowedDirectories };
             // Reading and copying gigabytes: off the request thread.
             checkpoint = await Task.Run(() => ParameterServer.RegisterCheckpoint(name, files.Select(f => new FileSelection(f)), options: options), _stopping.Token).ConfigureAwait(false);
         }
@@ -265,7 +270,7 @@ public sealed partial class ApiServer
             throw new ApiError(StatusCodes.Status404NotFound,
                 $"checkpoint '{name}' is neither registered on rank {Rank} nor are its metas known here: register its files and gather its metas first");
         }
-        var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds);
+        var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds, request.EngineUid);
         UpdateReport report;
         try
         {

@@ -1,5 +1,9 @@
 using System.Text.Json;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Interop;
 using CheckpointEngine.Quantization;
+using CheckpointEngine.Runtime;
+using Microsoft.Win32.SafeHandles;
 using Microsoft.AspNetCore.Http;
 
 namespace CheckpointEngine.Hosting.Api;
@@ -13,7 +17,8 @@ public sealed partial class ApiServer
     private const double DefaultTimeoutSeconds = 300;
     private const double MaxTimeoutSeconds = 7 * 24 * 3600;
 
-    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds);
+    /// <param name="EngineUid">The user the engine behind <paramref name="Uds"/> must run as (SO_PEERCRED); null: not checked (allow-listed, or no socket).</param>
+    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds, uint? EngineUid);
 
     /// <summary>The body as JSON; null when it is empty and <paramref name="required"/> is false.</summary>
     private static async Task<JsonElement?> ReadJsonAsync(HttpContext http, bool required, string example)
@@ -44,7 +49,7 @@ public sealed partial class ApiServer
     /// <c>"quantize": "fp8"</c> converts while registering, following the config.json beside the first file
     /// (as <c>ckpt-engine quantize</c> does); absent or null registers the bytes as they are.
     /// </summary>
-    private static Fp8Quantization? ParseQuantize(JsonElement root, List<string> files)
+    private Fp8Quantization? ParseQuantize(JsonElement root, List<string> files)
     {
         if (!root.TryGetProperty("quantize", out var q) || q.ValueKind == JsonValueKind.Null)
         {
@@ -56,9 +61,9 @@ public sealed partial class ApiServer
         }
         try
         {
-            return Fp8Quantization.ForCheckpoint(files[0]);
+            return Fp8Quantization.ForCheckpoint(files[0], allowed: _allowedDirectories);
         }
-        catch (CheckpointEngineException e)
+        catch (CheckpointEngineException e) when (e is not PathNotAllowedException)
         {
             throw Bad(e.Message);
         }
@@ -106,19 +111,29 @@ public sealed partial class ApiServer
         return paths;
     }
 
-    /// <summary>Files must exist and be files; their contents are checked by the registration itself.</summary>
-    private static void CheckFilesExist(List<string> files)
+    /// <summary>
+    /// Each file must be a regular file (no FIFO that would hang, no device) inside the allowed directories,
+    /// if any; its contents are checked by the registration itself, which opens it the same way again.
+    /// </summary>
+    private void CheckFiles(List<string> files)
     {
         for (var i = 0; i < files.Count; i++)
         {
-            if (Directory.Exists(files[i]))
+            SafeFileHandle? handle;
+            string? problem;
+            try
             {
-                throw Bad($"files[{i}]: {files[i]} is a directory; list its .safetensors files");
+                handle = RegularFile.TryOpenRead(files[i], _allowedDirectories, out problem);
             }
-            if (!File.Exists(files[i]))
+            catch (PathNotAllowedException e)
             {
-                throw Bad($"files[{i}]: {files[i]} does not exist");
+                throw new ApiError(StatusCodes.Status403Forbidden, $"files[{i}]: {e.Message}");
             }
+            if (handle is null)
+            {
+                throw Bad($"files[{i}]: '{files[i]}' {problem}{(problem == "is a directory" ? "; list its .safetensors files" : "")}");
+            }
+            handle.Dispose();
         }
     }
 
@@ -151,9 +166,25 @@ public sealed partial class ApiServer
             {
                 throw Bad($"\"uds\" must be the path of the engine's Unix socket or null, not {s.GetRawText()}");
             }
-            uds = path;
+            uds = Path.GetFullPath(path);
         }
-        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds);
+        uint? engineUid = null;
+        if (uds is not null && url is not null && !_engines.TrustsSocket(uds))
+        {
+            // The URL's host is not connected to over a socket: only the socket's owner and its engine's user count.
+            engineUid = Posix.GetEffectiveUid();
+            if (EngineAllowList.CheckSocket(uds, engineUid.Value) is { } problem)
+            {
+                throw Bad($"\"uds\": '{uds}' {problem}; to use it anyway, start serve with --allow-engine-socket {uds} (or {RankConfig.AllowEngineSocketsVariable})");
+            }
+        }
+        else if (uds is null && url is not null && !_engines.AllowsHost(new Uri(url)))
+        {
+            var host = new Uri(url).Host;
+            throw Bad($"\"update_url\": {host} is not a loopback address, and the update would send this rank's worker sockets there; " +
+                $"to allow it, start serve with --allow-engine-host {host} (or {RankConfig.AllowEngineHostsVariable})");
+        }
+        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid);
     }
 
     /// <summary>A list of distinct ranks of this world; absent or null is empty.</summary>

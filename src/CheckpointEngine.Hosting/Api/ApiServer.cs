@@ -28,13 +28,17 @@ public sealed partial class ApiServer : IAsyncDisposable
     private readonly WebApplication _app;
     private readonly TextWriter? _log;
     private readonly byte[]? _tokenHash;
+    private readonly Checkpoints.AllowedDirectories? _allowedDirectories;
+    private readonly EngineAllowList _engines;
     private readonly CancellationTokenSource _stopping = new();
     private readonly ApiMetrics _metrics = new();
     private bool _ownsSocketFile;
     private int _disposed;
 
-    private ApiServer(WebApplication app, ParameterServer ps, ApiOptions options, TextWriter? log)
+    private ApiServer(WebApplication app, ParameterServer ps, ApiOptions options, Checkpoints.AllowedDirectories? allowed, TextWriter? log)
     {
+        _allowedDirectories = allowed;
+        _engines = new EngineAllowList(options.AllowedEngineHosts, options.AllowedEngineSockets);
         _app = app;
         ParameterServer = ps;
         _log = log;
@@ -51,12 +55,13 @@ public sealed partial class ApiServer : IAsyncDisposable
     public string? UnixSocket { get; }
 
     /// <summary>Starts serving; it serves until disposed. Does not handle process signals (the caller does).</summary>
-    /// <exception cref="CheckpointEngineException">Bad options: a non-loopback address without <see cref="ApiOptions.AllowRemote"/>, a bad port or host.</exception>
+    /// <exception cref="CheckpointEngineException">Bad options: a non-loopback address without <see cref="ApiOptions.AllowRemote"/>, a bad port or host, an allowed directory that does not exist.</exception>
     /// <exception cref="IOException">The address or socket path is in use or cannot be bound.</exception>
     public static async Task<ApiServer> StartAsync(ParameterServer ps, ApiOptions options, TextWriter? log = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(ps);
         ArgumentNullException.ThrowIfNull(options);
+        var allowed = options.AllowedDirectories.Count == 0 ? null : new Checkpoints.AllowedDirectories(options.AllowedDirectories);
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         if (options.UnixSocket is { } uds)
         {
@@ -87,7 +92,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         builder.Services.AddSingleton<IHostLifetime, NoSignalsLifetime>();
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = StopWait);
         var app = builder.Build();
-        var server = new ApiServer(app, ps, options, log);
+        var server = new ApiServer(app, ps, options, allowed, log);
         server.MapEndpoints();
         try
         {

@@ -23,12 +23,15 @@ public sealed class CheckpointIndex
     /// <summary>The distinct files named by the weight map, in ordinal order.</summary>
     public IReadOnlyList<string> Files { get; }
 
+    /// <summary>Largest index read; a trillion-parameter model's is a few MiB.</summary>
+    private const long MaxIndexBytes = 256 << 20;
+
     public static CheckpointIndex Load(string path)
     {
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            doc = JsonDocument.Parse(RegularFile.ReadAllBytes(path, MaxIndexBytes)); // Not a FIFO: that would hang.
         }
         catch (JsonException e)
         {

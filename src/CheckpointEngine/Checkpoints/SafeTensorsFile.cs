@@ -39,18 +39,15 @@ public sealed unsafe class SafeTensorsFile : IDisposable
 
     public long DataLength => FileLength - Header.DataStart;
 
-    /// <summary>Opens and validates a file. Malformed files raise <see cref="CheckpointFormatException"/>.</summary>
-    public static SafeTensorsFile Open(string path)
+    /// <summary>
+    /// Opens and validates a file. Malformed files raise <see cref="CheckpointFormatException"/>; only a
+    /// regular file is opened (a FIFO or a device is refused, see <see cref="RegularFile"/>). Until the file
+    /// is known to be safetensors, errors say nothing of its contents or size: a client may name any file.
+    /// </summary>
+    /// <param name="allowed">When given, the file must lie inside (<see cref="PathNotAllowedException"/> otherwise).</param>
+    public static SafeTensorsFile Open(string path, AllowedDirectories? allowed = null)
     {
-        SafeFileHandle handle;
-        try
-        {
-            handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new CheckpointFormatException(path, $"cannot open: {e.Message}");
-        }
+        var handle = RegularFile.TryOpenRead(path, allowed, out var problem) ?? throw new CheckpointFormatException(path, $"cannot open: the file {problem}");
         try
         {
             var length = RandomAccess.GetLength(handle);
@@ -69,24 +66,17 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         if (length < SafeTensorsHeader.LengthPrefixSize)
         {
             throw new CheckpointFormatException(path,
-                length == 0 ? "file is empty" : $"file is truncated: {length} bytes, too short for the 8-byte header length");
+                length == 0 ? "file is empty" : "not a safetensors file: shorter than the 8-byte header length");
         }
         Span<byte> prefix = stackalloc byte[SafeTensorsHeader.LengthPrefixSize];
         ReadExactly(handle, prefix, 0, path);
         var n = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
-        if (n > SafeTensorsHeader.MaxHeaderLength)
+        if (n == 0 || n > SafeTensorsHeader.MaxHeaderLength || (long)n > length - SafeTensorsHeader.LengthPrefixSize)
         {
+            // The number is the file's first 8 bytes: saying it (or which bound it breaks) would show them.
             throw new CheckpointFormatException(path,
-                $"header length {n} is larger than the {SafeTensorsHeader.MaxHeaderLength}-byte limit", offset: 0);
-        }
-        if ((long)n > length - SafeTensorsHeader.LengthPrefixSize)
-        {
-            throw new CheckpointFormatException(path,
-                $"header length {n} runs past the end of the file ({length} bytes): file is truncated", offset: 0);
-        }
-        if (n == 0)
-        {
-            throw new CheckpointFormatException(path, "header is empty (header length 0)", offset: 0);
+                $"not a safetensors file (header length out of range): the first 8 bytes must give the JSON header's length, from 1 to {SafeTensorsHeader.MaxHeaderLength} and within the file (or the file is truncated)",
+                offset: 0);
         }
         var json = new byte[n]; // The header is small (bounded above); tensor data never goes through the GC heap.
         ReadExactly(handle, json, SafeTensorsHeader.LengthPrefixSize, path);

@@ -92,12 +92,13 @@ public sealed class SafeTensorsHeader
         {
             // BytePositionInLine counts from the last newline, so it is a file offset only on the first line.
             var at = e.LineNumber == 0 && e.BytePositionInLine is { } b ? LengthPrefixSize + (long)b : (long?)null;
-            throw new CheckpointFormatException(source, $"header is not valid JSON: {FirstSentence(e.Message)}", offset: at);
+            // Not the parser's text: it quotes the offending character, and the file may not be a checkpoint at all.
+            throw new CheckpointFormatException(source, "header is not valid JSON", offset: at);
         }
-        catch (InvalidOperationException e)
+        catch (InvalidOperationException)
         {
             // GetString throws this (not JsonException) for escapes that decode to invalid UTF-16, e.g. a lone "\uD800".
-            throw new CheckpointFormatException(source, $"header is not valid text: {FirstSentence(e.Message)}");
+            throw new CheckpointFormatException(source, "header is not valid text (an escape decodes to invalid UTF-16)");
         }
         Validate(tensors, dataLength, source);
         return new SafeTensorsHeader(tensors, metadata, json.Length);
@@ -260,10 +261,4 @@ public sealed class SafeTensorsHeader
     }
 
     private static CheckpointFormatException Error(string source, string problem, long offset) => new(source, problem, offset: offset);
-
-    private static string FirstSentence(string message)
-    {
-        var cut = message.IndexOf(". ", StringComparison.Ordinal);
-        return cut < 0 ? message.TrimEnd('.') : message[..cut];
-    }
 }

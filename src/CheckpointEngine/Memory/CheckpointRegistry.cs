@@ -7,13 +7,17 @@ namespace CheckpointEngine.Memory;
 
 /// <summary>
 /// Checkpoints registered into host memory by name. A registration either completes or leaves
-/// nothing behind: on any error every buffer, mapping and file it took is released.
+/// nothing behind: on any error every buffer, mapping and file it took is released. With a
+/// <see cref="Budget"/>, the host bytes of all registrations together stay within it: a registration is
+/// sized from the file headers and refused before anything is allocated.
 /// </summary>
 public sealed class CheckpointRegistry : IDisposable
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<string, RegisteredCheckpoint> _checkpoints = new(StringComparer.Ordinal);
     private readonly HashSet<string> _pending = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long> _pendingBytes = new(StringComparer.Ordinal);
+    private long? _budget;
     private bool _disposed;
 
     private readonly bool _ownsPool;
@@ -26,6 +30,54 @@ public sealed class CheckpointRegistry : IDisposable
     }
 
     public HostMemoryPool Pool { get; }
+
+    /// <summary>
+    /// Most host bytes the registered checkpoints may hold together (their buffers: copied and mapped in
+    /// place), registrations under way included; null: no limit. Lowering it unregisters nothing.
+    /// </summary>
+    public long? Budget
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _budget;
+            }
+        }
+        set
+        {
+            if (value is <= 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "the registration budget must be positive");
+            }
+            lock (_lock)
+            {
+                _budget = value;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The budget of a rank process when none is configured: 90% of the machine's memory (or of the
+    /// process's cgroup limit, whichever is smaller), split evenly over the ranks on this host.
+    /// </summary>
+    public static long DefaultBudget(int localRanks)
+    {
+        var memory = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes; // Physical memory, or the cgroup limit.
+        return Math.Max(1, (long)(memory * 0.9) / Math.Max(1, localRanks));
+    }
+
+    /// <summary>Host bytes held by registered checkpoints and promised to registrations under way.</summary>
+    public long BytesInUse
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return UsedLocked();
+            }
+        }
+    }
 
     public IReadOnlyList<RegisteredCheckpoint> Checkpoints
     {
@@ -74,26 +126,28 @@ public sealed class CheckpointRegistry : IDisposable
         try
         {
             var selections = files.ToList();
-            var entries = CollectEntries(selections, namedTensors ?? [], opened);
+            var entries = CollectEntries(selections, namedTensors ?? [], opened, options.AllowedDirectories);
             if (options.Quantize is { } fp8)
             {
                 entries = QuantizedEntries(entries, fp8);
             }
             var buffers = new List<MemoryBuffer>();
             var toCopy = entries;
+            HashSet<SafeTensorsFile> inPlace = [];
             if (options.InPlace)
             {
                 // A file with a tensor quantized on the way is copied: its bytes are not what gets registered.
                 var converted = entries.Where(e => e.Fp8 is not null).Select(e => e.File).ToHashSet();
-                var inPlace = opened.Where((f, i) => selections[i].IsWholeFile && !converted.Contains(f) && CanMapInPlace(f)).ToHashSet();
+                inPlace = opened.Where((f, i) => selections[i].IsWholeFile && !converted.Contains(f) && CanMapInPlace(f)).ToHashSet();
                 toCopy = entries.Where(e => e.File is null || !inPlace.Contains(e.File)).ToList();
-                foreach (var file in opened.Where(inPlace.Contains))
-                {
-                    buffers.Add(MapInPlace(file));
-                    mapped.Add(file);
-                }
             }
             var plan = BufferLayout.Pack(toCopy.Select(e => (e.Name, e.DType, e.Shape, e.ByteLength)), options.MaxBufferSize);
+            ReserveBytes(name, plan.Sum(b => b.Size) + inPlace.Sum(f => f.DataLength)); // Before any allocation or mapping.
+            foreach (var file in opened.Where(inPlace.Contains))
+            {
+                buffers.Add(MapInPlace(file));
+                mapped.Add(file);
+            }
             var copied = new List<MemoryBuffer>();
             var poolReuses = 0; // Counted per rent: the pool's own counter also moves with concurrent registrations.
             foreach (var b in plan)
@@ -175,14 +229,32 @@ public sealed class CheckpointRegistry : IDisposable
         lock (_lock)
         {
             _pending.Remove(name);
+            _pendingBytes.Remove(name);
         }
     }
+
+    /// <summary>Promises <paramref name="bytes"/> to the registration of <paramref name="name"/>, within the budget.</summary>
+    private void ReserveBytes(string name, long bytes)
+    {
+        lock (_lock)
+        {
+            var used = UsedLocked();
+            if (_budget is { } budget && bytes > budget - used)
+            {
+                throw new RegistrationBudgetException(name, used, bytes, budget);
+            }
+            _pendingBytes[name] = bytes;
+        }
+    }
+
+    private long UsedLocked() => _checkpoints.Values.Sum(c => c.BufferBytes) + _pendingBytes.Values.Sum();
 
     private bool TryCommit(string name, RegisteredCheckpoint checkpoint)
     {
         lock (_lock)
         {
             _pending.Remove(name);
+            _pendingBytes.Remove(name);
             if (_disposed)
             {
                 return false;
@@ -232,7 +304,7 @@ public sealed class CheckpointRegistry : IDisposable
         return result;
     }
 
-    private static List<Entry> CollectEntries(List<FileSelection> selections, IEnumerable<NamedTensor> namedTensors, List<SafeTensorsFile> opened)
+    private static List<Entry> CollectEntries(List<FileSelection> selections, IEnumerable<NamedTensor> namedTensors, List<SafeTensorsFile> opened, AllowedDirectories? allowed)
     {
         var byName = new Dictionary<string, Entry>(StringComparer.Ordinal);
         var entries = new List<Entry>();
@@ -252,7 +324,7 @@ public sealed class CheckpointRegistry : IDisposable
             {
                 throw new ArgumentException($"{selection.Path}: file is given twice", nameof(selections));
             }
-            var file = SafeTensorsFile.Open(selection.Path);
+            var file = SafeTensorsFile.Open(selection.Path, allowed);
             opened.Add(file);
             var tensors = selection.Tensors is null
                 ? file.Tensors

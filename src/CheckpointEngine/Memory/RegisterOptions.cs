@@ -21,6 +21,9 @@ public sealed record RegisterOptions
     /// </summary>
     public Quantization.Fp8Quantization? Quantize { get; init; }
 
+    /// <summary>When set, every file must lie inside these directories (files named by an API client).</summary>
+    public Checkpoints.AllowedDirectories? AllowedDirectories { get; init; }
+
     /// <summary>Largest packed buffer. As in the original, a tensor larger than this raises the limit to its own aligned size for every buffer of the checkpoint.</summary>
     public long MaxBufferSize { get; init; } = BufferLayout.DefaultMaxBufferSize;
 }

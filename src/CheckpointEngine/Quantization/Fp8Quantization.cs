@@ -96,7 +96,8 @@ public sealed class Fp8Quantization
     /// unless <paramref name="blockSize"/> is given (a different one is an error), and
     /// <c>modules_to_not_convert</c>. A <c>quant_method</c> other than fp8 is an error.
     /// </summary>
-    public static Fp8Quantization ForCheckpoint(string path, int? blockSize = null, string? skip = null)
+    /// <param name="allowed">When given (files named by an API client), the config must lie inside too.</param>
+    public static Fp8Quantization ForCheckpoint(string path, int? blockSize = null, string? skip = null, Checkpoints.AllowedDirectories? allowed = null)
     {
         var directory = Directory.Exists(path) ? path : Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".";
         var config = Path.Combine(directory, ConfigFileName);
@@ -106,7 +107,7 @@ public sealed class Fp8Quantization
         }
         var (rows, cols) = (blockSize ?? DefaultBlockSize, blockSize ?? DefaultBlockSize);
         List<string> notConvert = [];
-        if (File.Exists(config) && ReadQuantizationConfig(config) is { } q)
+        if (File.Exists(config) && ReadQuantizationConfig(config, allowed) is { } q)
         {
             if (q.TryGetProperty("quant_method", out var method) && method.ValueKind == JsonValueKind.String && method.GetString() != "fp8")
             {
@@ -137,18 +138,24 @@ public sealed class Fp8Quantization
         return new Fp8Quantization(rows, cols, skip, notConvert);
     }
 
-    private static JsonElement? ReadQuantizationConfig(string config)
+    /// <summary>Largest config.json read; real ones are a few KiB.</summary>
+    private const long MaxConfigBytes = 16 << 20;
+
+    private static JsonElement? ReadQuantizationConfig(string config, Checkpoints.AllowedDirectories? allowed)
     {
+        // A regular file only (a FIFO named config.json must not hang a registration), and small.
+        var bytes = Checkpoints.RegularFile.ReadAllBytes(config, MaxConfigBytes, allowed);
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(config));
+            using var doc = JsonDocument.Parse(bytes);
             return doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("quantization_config", out var q) && q.ValueKind == JsonValueKind.Object
                 ? q.Clone()
                 : null;
         }
         catch (JsonException e)
         {
-            throw new CheckpointEngineException($"{config}: not valid JSON: {e.Message.Split(". ")[0]}");
+            // Only where: the parser's text quotes the offending character of a file a client may have named.
+            throw new CheckpointEngineException($"{config}: not valid JSON{(e.LineNumber is { } line ? $" (line {line + 1})" : "")}");
         }
     }
 }

@@ -26,6 +26,10 @@ public sealed record RankConfig
     public const string MaxBucketSizeVariable = "CKPT_ENGINE_MAX_BUCKET_SIZE_GB";
     public const string HostDeviceMemoryVariable = "CKPT_ENGINE_HOST_DEVICE_MEMORY_GB";
     public const string DeviceVariable = "CKPT_ENGINE_DEVICE";
+    public const string RegistrationBudgetVariable = "CKPT_ENGINE_REGISTRATION_BUDGET_GB";
+    public const string AllowDirsVariable = "CKPT_ENGINE_ALLOW_DIRS";
+    public const string AllowEngineHostsVariable = "CKPT_ENGINE_ALLOW_ENGINE_HOSTS";
+    public const string AllowEngineSocketsVariable = "CKPT_ENGINE_ALLOW_ENGINE_SOCKETS";
 
     public int Rank { get; init; }
 
@@ -108,9 +112,16 @@ public sealed record RankConfig
             MaxBucketSize = GiB(MaxBucketSizeVariable) ?? Planning.BucketSizing.DefaultMaxBucketSize,
             HostDeviceMemory = GiB(HostDeviceMemoryVariable),
             Device = Get(DeviceVariable),
+            RegistrationBudget = GiB(RegistrationBudgetVariable),
+            AllowDirs = List(AllowDirsVariable, ':'),
+            AllowEngineHosts = List(AllowEngineHostsVariable, ','),
+            AllowEngineSockets = List(AllowEngineSocketsVariable, ':'),
         };
         config = config with { LocalRank = Int("LOCAL_RANK", rank % config.LocalWorldSize, 0, config.LocalWorldSize - 1, $" (must be below LOCAL_WORLD_SIZE={config.LocalWorldSize})") };
         return config with { DeviceId = Get(DeviceIdVariable) is { } id ? DeviceIds.Fill(id, config.LocalRank, config.Rank) : null };
+
+        // Colon-separated like PATH (directories, sockets), comma-separated for host names (IPv6 has colons).
+        string[] List(string name, char separator) => Get(name)?.Split(separator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? [];
 
         long? GiB(string name) => Get(name) is not { } text
             ? null
@@ -142,6 +153,21 @@ public sealed record RankConfig
 
     /// <summary>The backend when no --device option is given (<c>CKPT_ENGINE_DEVICE</c>: host, cuda or auto).</summary>
     public string? Device { get; init; }
+
+    /// <summary>
+    /// Most host memory this rank's registered checkpoints may hold together (<c>CKPT_ENGINE_REGISTRATION_BUDGET_GB</c>,
+    /// GiB, fractions allowed); null: <see cref="Memory.CheckpointRegistry.DefaultBudget"/>.
+    /// </summary>
+    public long? RegistrationBudget { get; init; }
+
+    /// <summary>The only directories whose files the HTTP API registers (<c>CKPT_ENGINE_ALLOW_DIRS</c>, colon-separated); empty: any file this process can read.</summary>
+    public IReadOnlyList<string> AllowDirs { get; init; } = [];
+
+    /// <summary>Hosts an update's <c>update_url</c> may name besides loopback (<c>CKPT_ENGINE_ALLOW_ENGINE_HOSTS</c>, comma-separated; <c>*</c>: any).</summary>
+    public IReadOnlyList<string> AllowEngineHosts { get; init; } = [];
+
+    /// <summary>Unix sockets an update's <c>uds</c> may name although another user owns them (<c>CKPT_ENGINE_ALLOW_ENGINE_SOCKETS</c>, colon-separated).</summary>
+    public IReadOnlyList<string> AllowEngineSockets { get; init; } = [];
 
     /// <summary>The device id of this rank on the host backend: <see cref="DeviceId"/>, else the default for its local rank.</summary>
     public string HostDeviceId => DeviceId ?? DeviceIds.Host(LocalRank);

@@ -42,7 +42,9 @@ public sealed class RankHost : IAsyncDisposable
         try
         {
             backend = await Backend.CreateAsync(world, kind, timeout ?? config.ConnectTimeout, ct).ConfigureAwait(false);
-            return new RankHost(world.Config, world, backend, new ParameterServer(world, backend.Device, group: backend.Group));
+            var server = new ParameterServer(world, backend.Device, group: backend.Group);
+            server.Registry.Budget = world.Config.RegistrationBudget ?? Memory.CheckpointRegistry.DefaultBudget(world.Config.LocalWorldSize);
+            return new RankHost(world.Config, world, backend, server);
         }
         catch
         {

@@ -86,7 +86,7 @@ public sealed class CliTests : IDisposable
         var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         Assert.StartsWith("error: ", line);
         Assert.Contains(bad, line);
-        Assert.Contains("truncated", line);
+        Assert.Contains("shorter than the 8-byte header length", line);
     }
 
     [Fact]

@@ -46,8 +46,8 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
         { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\"], \"quantize\": \"int4\"}", 400, "\"quantize\" must be \"fp8\" or null, not \"int4\"" },
         { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\"], \"quantize\": true}", 400, "\"quantize\" must be \"fp8\" or null, not true" },
         // Files: missing, not files, not safetensors, malformed, twice.
-        { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\", \"{dir}/missing.safetensors\"]}", 400, "files[1]: {dir}/missing.safetensors does not exist" },
-        { "POST", Files, "{\"files\": [\"{dir}/folder\"]}", 400, "files[0]: {dir}/folder is a directory" },
+        { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\", \"{dir}/missing.safetensors\"]}", 400, "files[1]: '{dir}/missing.safetensors' does not exist" },
+        { "POST", Files, "{\"files\": [\"{dir}/folder\"]}", 400, "files[0]: '{dir}/folder' is a directory; list its .safetensors files" },
         { "POST", Files, "{\"files\": [\"{dir}/notes.txt\"]}", 400, "{dir}/notes.txt: " },
         { "POST", Files, "{\"files\": [\"{dir}/truncated.safetensors\"]}", 400, "{dir}/truncated.safetensors: " },
         { "POST", Files, "{\"files\": [\"{dir}/good.safetensors\", \"{dir}/./good.safetensors\"]}", 400, "files[1]: {dir}/./good.safetensors is listed twice" },

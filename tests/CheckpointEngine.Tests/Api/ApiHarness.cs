@@ -40,7 +40,8 @@ internal sealed class ApiHarness : IAsyncDisposable
 
     public HttpClient Http { get; }
 
-    public static async Task<ApiHarness> StartAsync(bool unixSocket = false, string? token = null)
+    /// <param name="configure">Changes the options (allow-lists), given the harness's temp directory.</param>
+    public static async Task<ApiHarness> StartAsync(bool unixSocket = false, string? token = null, Func<ApiOptions, TempDirectory, ApiOptions>? configure = null)
     {
         var ct = TestContext.Current.CancellationToken;
         var temp = new TempDirectory();
@@ -48,6 +49,7 @@ internal sealed class ApiHarness : IAsyncDisposable
         var device = new HostDevice($"api-test-{Guid.NewGuid():N}", freeMemory: 64 << 20);
         var ps = new ParameterServer(world, device);
         var options = unixSocket ? new ApiOptions { UnixSocket = temp.File("api.sock"), Token = token } : new ApiOptions { Token = token };
+        options = configure?.Invoke(options, temp) ?? options;
         var api = await ApiServer.StartAsync(ps, options, cancellationToken: ct);
         var http = unixSocket ? EngineTrigger.UnixSocketClient(api.UnixSocket!) : new HttpClient();
         http.BaseAddress = new Uri(unixSocket ? "http://localhost" : api.Address);

@@ -110,4 +110,38 @@ public class RankConfigTests
     [InlineData("1", true)]
     public void FromEnvironment_AllowNoToken_OnlyWhenOne(string? value, bool expected) =>
         Assert.Equal(expected, RankConfig.FromEnvironment(value is null ? Env() : Env($"CKPT_ENGINE_ALLOW_NO_TOKEN={value}")).AllowNoToken);
+
+    [Fact]
+    public void FromEnvironment_RegistrationSettings_AreRead()
+    {
+        var c = RankConfig.FromEnvironment(Env(
+            "CKPT_ENGINE_REGISTRATION_BUDGET_GB=1.5",
+            "CKPT_ENGINE_ALLOW_DIRS=/data/models: /dev/shm/ckpt :",
+            "CKPT_ENGINE_ALLOW_ENGINE_HOSTS=engine-0, 10.0.0.7,::1",
+            "CKPT_ENGINE_ALLOW_ENGINE_SOCKETS=/run/vllm/a.sock:/run/vllm/b.sock"));
+        Assert.Equal(3L << 29, c.RegistrationBudget);
+        Assert.Equal(["/data/models", "/dev/shm/ckpt"], c.AllowDirs);
+        Assert.Equal(["engine-0", "10.0.0.7", "::1"], c.AllowEngineHosts);
+        Assert.Equal(["/run/vllm/a.sock", "/run/vllm/b.sock"], c.AllowEngineSockets);
+    }
+
+    [Fact]
+    public void FromEnvironment_RegistrationSettingsUnset_NoBudgetAndEmptyLists()
+    {
+        var c = RankConfig.FromEnvironment(new Hashtable());
+        Assert.Null(c.RegistrationBudget);
+        Assert.Empty(c.AllowDirs);
+        Assert.Empty(c.AllowEngineHosts);
+        Assert.Empty(c.AllowEngineSockets);
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("-1")]
+    [InlineData("64GiB")]
+    public void FromEnvironment_BadRegistrationBudget_Throws(string value)
+    {
+        var e = Assert.Throws<CheckpointEngineException>(() => RankConfig.FromEnvironment(Env($"CKPT_ENGINE_REGISTRATION_BUDGET_GB={value}")));
+        Assert.Contains($"CKPT_ENGINE_REGISTRATION_BUDGET_GB={value} is not a positive number of GiB", e.Message, StringComparison.Ordinal);
+    }
 }

@@ -110,7 +110,15 @@ class IpcMapping:
             with self._current():
                 opener = "cuIpcOpenMemHandle_v2" if self._driver.has("cuIpcOpenMemHandle_v2") else "cuIpcOpenMemHandle"
                 self._driver.call(opener, ctypes.byref(pointer), CUipcMemHandle.from_buffer_copy(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
-            self.pointer = pointer.value
+                self.pointer = pointer.value
+                # The size in the attach is the parameter server's word; the driver knows the allocation's.
+                start, length = CUdeviceptr(), ctypes.c_size_t()
+                self._driver.call("cuMemGetAddressRange_v2", ctypes.byref(start), ctypes.byref(length), pointer)
+                real = start.value + length.value - pointer.value
+                if real < size:
+                    self._driver.call("cuIpcCloseMemHandle", pointer)
+                    self.pointer = 0
+                    raise ValueError("the attach claims %d bytes, but the CUDA IPC allocation holds %d" % (size, real))
         except BaseException:
             self._release_context()
             raise

@@ -17,7 +17,7 @@ internal sealed class CudaIpcMapping : IDisposable
 
     /// <exception cref="Interop.BackendUnavailableException">No CUDA driver in this process's reach.</exception>
     /// <exception cref="CudaException">The handle does not open (another machine's, freed, or a device this process cannot see).</exception>
-    /// <exception cref="ArgumentException">No device with that UUID, or a malformed handle.</exception>
+    /// <exception cref="ArgumentException">No device with that UUID, a malformed handle, or a size beyond the allocation.</exception>
     public CudaIpcMapping(string deviceId, string handle, long size)
     {
         CuIpcMemHandle parsed;
@@ -39,12 +39,21 @@ internal sealed class CudaIpcMapping : IDisposable
         _context = _cuda.RetainPrimaryContext(_device);
         try
         {
+            _cuda.SetCurrent(_context);
             _pointer = _cuda.IpcOpen(parsed);
         }
         catch
         {
             _cuda.ReleasePrimaryContext(_device);
             throw;
+        }
+        // The size in the attach is the parameter server's word; the driver knows the allocation's.
+        var real = _cuda.BytesFrom(_pointer);
+        if (real < size)
+        {
+            _cuda.IpcClose(_pointer);
+            _cuda.ReleasePrimaryContext(_device);
+            throw new ArgumentException($"the attach claims {size} bytes, but the CUDA IPC allocation holds {real}", nameof(size));
         }
         Size = size;
         Name = $"{deviceId} (CUDA IPC)";

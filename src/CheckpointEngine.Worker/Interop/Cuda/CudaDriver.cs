@@ -107,6 +107,7 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<CuIpcMemHandle*, ulong, int> _ipcGetMemHandle;
     private readonly delegate* unmanaged<ulong*, CuIpcMemHandle, uint, int> _ipcOpenMemHandle;
     private readonly delegate* unmanaged<ulong, int> _ipcCloseMemHandle;
+    private readonly delegate* unmanaged<ulong*, nuint*, ulong, int> _memGetAddressRange;
 
     private CudaDriver(nint lib)
     {
@@ -140,6 +141,7 @@ public sealed unsafe class CudaDriver
         _ipcGetMemHandle = (delegate* unmanaged<CuIpcMemHandle*, ulong, int>)F("cuIpcGetMemHandle");
         _ipcOpenMemHandle = (delegate* unmanaged<ulong*, CuIpcMemHandle, uint, int>)F("cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle");
         _ipcCloseMemHandle = (delegate* unmanaged<ulong, int>)F("cuIpcCloseMemHandle");
+        _memGetAddressRange = (delegate* unmanaged<ulong*, nuint*, ulong, int>)F("cuMemGetAddressRange_v2");
         Check(_init(0), "cuInit");
     }
 
@@ -314,6 +316,15 @@ public sealed unsafe class CudaDriver
     }
 
     public void IpcClose(ulong pointer) => Check(_ipcCloseMemHandle(pointer), "cuIpcCloseMemHandle");
+
+    /// <summary>How many bytes of the allocation holding <paramref name="pointer"/> lie from it on (the real size, whatever a peer claims).</summary>
+    public long BytesFrom(ulong pointer)
+    {
+        ulong start;
+        nuint size;
+        Check(_memGetAddressRange(&start, &size, pointer), "cuMemGetAddressRange");
+        return (long)(start + size - pointer);
+    }
 
     /// <summary>The ordinal of the device whose UUID is <paramref name="uuid"/> ("GPU-..."), or -1.</summary>
     public int FindDevice(string uuid)

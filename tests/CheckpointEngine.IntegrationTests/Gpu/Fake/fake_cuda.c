@@ -243,6 +243,14 @@ CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned flags)
     return OK;
 }
 CUresult cuIpcOpenMemHandle(CUdeviceptr *p, CUipcMemHandle h, unsigned flags) { return cuIpcOpenMemHandle_v2(p, h, flags); }
+CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr p) {
+    if (!current()) return INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    struct block *b = find(p, 1);
+    if (b) { if (base) *base = b->ptr; if (size) *size = b->size; }
+    pthread_mutex_unlock(&lock);
+    return b ? OK : INVALID_VALUE;
+}
 CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return current() ? release(p, 0) : INVALID_CONTEXT; }
 
 static const char *names[][2] = {

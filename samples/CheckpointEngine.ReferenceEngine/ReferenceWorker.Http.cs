@@ -189,13 +189,13 @@ public sealed partial class ReferenceWorker
         }).ConfigureAwait(false);
     }
 
-    /// <summary>Checks a <c>/collective_rpc</c> body: <c>{"method": "update_weights_from_ipc", "args": [{device: socket}], "kwargs": {}, "timeout": s}</c>.</summary>
+    /// <summary>Checks a <c>/collective_rpc</c> body: <c>{"method": "update_weights_from_ipc", "args": [{device: ticket}], "kwargs": {}, "timeout": s}</c>.</summary>
     private static bool TryParse(JsonElement root, out UpdateRequest? request, out string error)
     {
         request = null;
         if (root.ValueKind != JsonValueKind.Object)
         {
-            error = $"request body must be a JSON object like {{\"method\": \"{UpdateMethod}\", \"args\": [{{device_id: socket}}]}}, not {Kind(root)}";
+            error = $"request body must be a JSON object like {{\"method\": \"{UpdateMethod}\", \"args\": [{{device_id: ticket}}]}}, not {Kind(root)}";
             return false;
         }
         if (!root.TryGetProperty("method", out var method) || method.ValueKind != JsonValueKind.String)
@@ -211,7 +211,7 @@ public sealed partial class ReferenceWorker
         if (!root.TryGetProperty("args", out var args) || args.ValueKind != JsonValueKind.Array || args.GetArrayLength() == 0
             || args[0].ValueKind != JsonValueKind.Object)
         {
-            error = "\"args\" must be a list whose first item maps device ids to socket addresses";
+            error = "\"args\" must be a list whose first item maps device ids to worker tickets";
             return false;
         }
         var sockets = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -219,7 +219,16 @@ public sealed partial class ReferenceWorker
         {
             if (entry.Value.ValueKind != JsonValueKind.String || entry.Value.GetString() is not { Length: > 0 } socket)
             {
-                error = $"args[0]: the socket address of device '{entry.Name}' must be a non-empty string, not {Kind(entry.Value)}";
+                error = $"args[0]: the ticket of device '{entry.Name}' must be a non-empty string, not {Kind(entry.Value)}";
+                return false;
+            }
+            try
+            {
+                _ = WorkerTicket.Parse(socket);
+            }
+            catch (ArgumentException e)
+            {
+                error = $"args[0]: device '{entry.Name}': {e.Message.Split(" (Parameter", 2)[0]}";
                 return false;
             }
             if (!sockets.TryAdd(entry.Name, socket))

@@ -59,6 +59,11 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         var deviceIds = Validate(options);
         var ip = ListenHosts.Resolve(options.Host);
+        if (!options.AllowRemote && !IPAddress.IsLoopback(ip))
+        {
+            throw new ArgumentException(
+                $"'{options.Host}' ({ip}) is not a loopback address: whoever reaches the worker can start updates and read its digests; pass --allow-remote to listen there", nameof(options));
+        }
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         builder.WebHost.UseKestrelCore().ConfigureKestrel(k => k.Listen(ip, options.Port));
         builder.Services.AddRoutingCore();

@@ -8,6 +8,12 @@ public sealed record ReferenceWorkerOptions
     /// <summary>IP address or host name to listen on ("localhost" is 127.0.0.1).</summary>
     public string Host { get; init; } = "127.0.0.1";
 
+    /// <summary>
+    /// Listen on a non-loopback <see cref="Host"/>. Off by default: whoever reaches the endpoint can start
+    /// updates (the worker then connects to the sockets it is handed) and read the weights' digests.
+    /// </summary>
+    public bool AllowRemote { get; init; }
+
     /// <summary>TCP port; 0 picks a free one (see <see cref="ReferenceWorker.Address"/>).</summary>
     public int Port { get; init; }
 

@@ -14,7 +14,8 @@ internal static class WorkerCommand
 
     public static Command Create(TextWriter stdout)
     {
-        var listen = new Option<string>("--listen") { Description = "HOST:PORT to serve HTTP on (port 0 picks a free one)", Required = true };
+        var listen = new Option<string>("--listen") { Description = "HOST:PORT to serve HTTP on (loopback only unless --allow-remote; port 0 picks a free one)", Required = true };
+        var allowRemote = new Option<bool>("--allow-remote") { Description = "allow --listen on a non-loopback address" };
         var tp = new Option<int>("--tp") { Description = "tensor-parallel shards, one per device", DefaultValueFactory = _ => DefaultTp };
         var deviceIds = new Option<string?>("--device-ids") { Description = "comma-separated device id of each shard (default: host-<machine>-<i>)" };
         var shardByTp = new Option<bool>("--shard-by-tp") { Description = "each shard keeps only its tensor-parallel slice of projection weights" };
@@ -38,7 +39,7 @@ internal static class WorkerCommand
         idle.Validators.Add(r => { if (!(r.GetValueOrDefault<double>() > 0)) r.AddError("--idle-timeout must be a positive number of seconds"); });
         var command = new Command("worker", "Run the reference inference worker (a stand-in for a vLLM server with N tensor-parallel shards).")
         {
-            listen, tp, deviceIds, shardByTp, failAt, delay, idle,
+            listen, allowRemote, tp, deviceIds, shardByTp, failAt, delay, idle,
         };
         command.Validators.Add(r =>
         {
@@ -56,6 +57,7 @@ internal static class WorkerCommand
             {
                 Host = host,
                 Port = port,
+                AllowRemote = result.GetValue(allowRemote),
                 TensorParallel = result.GetValue(tp),
                 DeviceIds = result.GetValue(deviceIds) is { } ids ? SplitIds(ids) : null,
                 ShardByTp = result.GetValue(shardByTp),

@@ -92,6 +92,21 @@ public sealed class MultiProcessTests
         var before = Directory.GetFiles("/dev/shm", "ckpt-engine-*").ToHashSet();
         AssertAllSucceeded(await RankCluster.RunAsync(3, ["collectives"]));
         await RankCluster.RunAsync(3, ["die", "1", "broadcast"], _ => Env(("TEST_TIMEOUT_S", "30")));
-        Assert.DoesNotContain(Directory.GetFiles("/dev/shm", "ckpt-engine-*"), f => !before.Contains(f));
+        // Every rank has exited: a segment of theirs left behind would be one nobody holds (a live
+        // creator, say of another test run on this host, holds its segment's lock).
+        Assert.DoesNotContain(Directory.GetFiles("/dev/shm", "ckpt-engine-*"), f => !before.Contains(f) && NobodyHolds(f));
+    }
+
+    private static bool NobodyHolds(string path)
+    {
+        try
+        {
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            return CheckpointEngine.Interop.Libc.flock((int)file.SafeFileHandle.DangerousGetHandle(), CheckpointEngine.Interop.Libc.LOCK_EX | CheckpointEngine.Interop.Libc.LOCK_NB) == 0;
+        }
+        catch (IOException)
+        {
+            return false; // Gone meanwhile, or locked (.NET's own share lock).
+        }
     }
 }

@@ -54,7 +54,7 @@ public sealed class WorkerHttpTests : IAsyncDisposable
     private Task<HttpResponseMessage> UpdateAsync(IEnumerable<FakeParameterServer> servers, double? timeout = null) => PostAsync(JsonSerializer.Serialize(new
     {
         method = ReferenceWorker.UpdateMethod,
-        args = new object[] { servers.ToDictionary(s => s.DeviceId, s => s.Address) },
+        args = new object[] { servers.ToDictionary(s => s.DeviceId, s => s.Ticket.ToString()) },
         kwargs = new { },
         timeout,
     }));
@@ -85,6 +85,20 @@ public sealed class WorkerHttpTests : IAsyncDisposable
         TestTensor.Random("model.layers.0.mlp.down_proj.weight_scale", DType.F32, [], seed),
         TestTensor.Random("model.norm.weight", DType.F32, [16], seed),
     ];
+
+    [Fact]
+    public async Task Start_OnANonLoopbackAddress_IsRefusedUnlessAllowed()
+    {
+        var address = TestPorts.NonLoopbackAddress();
+        Assert.SkipWhen(address is null, "this machine has no non-loopback IPv4 address");
+        var options = new ReferenceWorkerOptions { Host = address!.ToString(), DeviceIds = [$"remote-test-{Guid.NewGuid():N}"] };
+
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => ReferenceWorker.StartAsync(options, cancellationToken: TestContext.Current.CancellationToken));
+        Assert.StartsWith($"'{address}' ({address}) is not a loopback address: whoever reaches the worker can start updates and read its digests; pass --allow-remote", e.Message, StringComparison.Ordinal);
+
+        await using var allowed = await ReferenceWorker.StartAsync(options with { AllowRemote = true }, cancellationToken: TestContext.Current.CancellationToken);
+        Assert.Equal(address.ToString(), allowed.Address.Host);
+    }
 
     [Fact]
     public async Task Update_TwoShards_EachHoldsEveryTensorBitForBit()
@@ -208,20 +222,21 @@ public sealed class WorkerHttpTests : IAsyncDisposable
         { "", "request body is not valid JSON: The input does not contain any JSON tokens" },
         { "{\"method\": ", "request body is not valid JSON: " },
         { "{'method': 1}", "request body is not valid JSON: ''' is an invalid start of a property name (line 1, byte 2)" },
-        { "[1, 2]", "request body must be a JSON object like {\"method\": \"update_weights_from_ipc\", \"args\": [{device_id: socket}]}, not a list" },
+        { "[1, 2]", "request body must be a JSON object like {\"method\": \"update_weights_from_ipc\", \"args\": [{device_id: ticket}]}, not a list" },
         { "{}", "\"method\" must be a string" },
         { "{\"method\": 7}", "\"method\" must be a string" },
         { "{\"method\": \"reset_prefix_cache\", \"args\": []}", "unknown method 'reset_prefix_cache': this worker supports only update_weights_from_ipc" },
-        { "{\"method\": \"update_weights_from_ipc\"}", "\"args\" must be a list whose first item maps device ids to socket addresses" },
+        { "{\"method\": \"update_weights_from_ipc\"}", "\"args\" must be a list whose first item maps device ids to worker tickets" },
         { "{\"method\": \"update_weights_from_ipc\", \"args\": []}", "\"args\" must be a list whose first item" },
         { "{\"method\": \"update_weights_from_ipc\", \"args\": [[\"@x\"]]}", "\"args\" must be a list whose first item" },
-        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"gpu-0\": 5}]}", "args[0]: the socket address of device 'gpu-0' must be a non-empty string, not a number" },
-        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"gpu-0\": \"\"}]}", "args[0]: the socket address of device 'gpu-0' must be a non-empty string, not a string" },
-        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x\", \"a\": \"@y\"}]}", "args[0]: device 'a' appears twice" },
-        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x\"}], \"kwargs\": []}", "\"kwargs\" must be an object, not a list" },
-        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x\"}], \"timeout\": -1}", "\"timeout\" must be a positive number of seconds, not -1" },
-        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x\"}], \"timeout\": \"soon\"}", "\"timeout\" must be a positive number of seconds, not \"soon\"" },
-        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"gpu-0\": \"@x\"}]}", "none of this worker's devices (" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"gpu-0\": 5}]}", "args[0]: the ticket of device 'gpu-0' must be a non-empty string, not a number" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"gpu-0\": \"\"}]}", "args[0]: the ticket of device 'gpu-0' must be a non-empty string, not a string" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"gpu-0\": \"@x\"}]}", "args[0]: device 'gpu-0': '@x' is a bare socket address, not a worker ticket" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x#0000000000000000000000000000000000000000000000000000000000000000\", \"a\": \"@y#0000000000000000000000000000000000000000000000000000000000000000\"}]}", "args[0]: device 'a' appears twice" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x#0000000000000000000000000000000000000000000000000000000000000000\"}], \"kwargs\": []}", "\"kwargs\" must be an object, not a list" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x#0000000000000000000000000000000000000000000000000000000000000000\"}], \"timeout\": -1}", "\"timeout\" must be a positive number of seconds, not -1" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"a\": \"@x#0000000000000000000000000000000000000000000000000000000000000000\"}], \"timeout\": \"soon\"}", "\"timeout\" must be a positive number of seconds, not \"soon\"" },
+        { "{\"method\": \"update_weights_from_ipc\", \"args\": [{\"gpu-0\": \"@x#0000000000000000000000000000000000000000000000000000000000000000\"}]}", "none of this worker's devices (" },
     };
 
     [Theory]

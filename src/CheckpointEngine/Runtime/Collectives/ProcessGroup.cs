@@ -77,7 +77,7 @@ public sealed partial class ProcessGroup : ICommunicator
     private async Task ConnectAsync(TimeSpan timeout, CancellationToken ct)
     {
         var me = new MemberInfo(_world.HostId, _world.DataEndpoint.Address.ToString(), _world.DataEndpoint.Port, Environment.ProcessId,
-            Convert.ToHexString(RandomNumberGenerator.GetBytes(8)));
+            Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
         var blobs = await AllGatherAsync(JsonSerializer.SerializeToUtf8Bytes(me), timeout, ct).ConfigureAwait(false);
         var infos = blobs.Select(b => JsonSerializer.Deserialize<MemberInfo>(b)!).ToArray();
         _topology = new Topology(infos.Select(i => i.HostId).ToArray(), infos.Select(i => new IPEndPoint(IPAddress.Parse(i.Address), i.Port)).ToArray());

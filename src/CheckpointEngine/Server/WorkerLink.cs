@@ -26,9 +26,9 @@ internal sealed class WorkerLink : IDisposable
         _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
-            if (!Address.StartsWith('@') && File.Exists(Address))
+            if (!Address.StartsWith('@') && File.Exists(Address) && !IsServed(Address))
             {
-                File.Delete(Address); // A socket file left by a dead process.
+                File.Delete(Address); // A socket file left by a dead process (a live one answers, and binding then fails below).
             }
             _listener.Bind(WorkerSockets.EndPoint(Address));
             _listener.Listen(16);
@@ -43,6 +43,20 @@ internal sealed class WorkerLink : IDisposable
     }
 
     public string Address { get; }
+
+    private static bool IsServed(string path)
+    {
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            probe.Connect(new UnixDomainSocketEndPoint(path));
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
 
     public string DeviceId { get; }
 

@@ -185,3 +185,28 @@ public sealed class WorkerLinkSecurityTests
         Assert.Contains(why, e.Message, StringComparison.Ordinal);
     }
 }
+
+/// <summary>Worker sockets as files (<c>CKPT_ENGINE_SOCKET_DIR</c>): a live parameter server's file is never taken over; a dead one's is.</summary>
+public sealed class WorkerSocketFileTests
+{
+    [Fact]
+    public async Task SecondServerForTheDevice_IsRefused_AndTheFirstKeepsItsSocket_AStaleFileIsReplaced()
+    {
+        using var dir = new TempDirectory();
+        var id = "file-test-" + Guid.NewGuid().ToString("N")[..8];
+        using (var first = new WorkerLink(id, dir.Path))
+        {
+            var e = Assert.Throws<CheckpointEngineException>(() => new WorkerLink(id, dir.Path));
+            Assert.Contains("another process (another parameter server?) holds it", e.Message, StringComparison.Ordinal);
+            using var client = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+            client.Connect(WorkerSockets.EndPoint(first.Address)); // Still the first one's.
+        }
+
+        // A file left by a process that died without unlinking it.
+        var stale = WorkerSockets.AddressFor(id, dir.Path);
+        var (code, output) = await TestProcess.RunAsync("/usr/bin/python3", ["-c", "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", stale], TimeSpan.FromSeconds(30));
+        Assert.True(code == 0 && File.Exists(stale), output);
+        using var next = new WorkerLink(id, dir.Path);
+        Assert.Equal(stale, next.Address);
+    }
+}

@@ -74,7 +74,7 @@ public static class EngineTrigger
             try
             {
                 await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), ct).ConfigureAwait(false);
-                if (peerUid is { } expected && PeerUid(socket) is var actual && actual != expected)
+                if (peerUid is { } expected && Worker.PeerCredentials.Of(socket).Uid is var actual && actual != expected)
                 {
                     throw new HttpRequestException($"the engine on {path} runs as uid {actual}, not as this server's user (uid {expected}); allow-list the socket to use it anyway");
                 }
@@ -88,13 +88,4 @@ public static class EngineTrigger
         },
     })
     { Timeout = Timeout.InfiniteTimeSpan };
-
-    /// <summary>The user of the process at the other end of a connected Unix socket (Linux <c>struct ucred</c>: pid, uid, gid).</summary>
-    private static uint PeerUid(Socket socket)
-    {
-        const int SolSocket = 1, SoPeerCred = 17;
-        Span<byte> cred = stackalloc byte[12];
-        var n = socket.GetRawSocketOption(SolSocket, SoPeerCred, cred);
-        return n >= 8 ? BitConverter.ToUInt32(cred[4..8]) : throw new HttpRequestException("cannot read the engine's credentials (SO_PEERCRED)");
-    }
 }

@@ -55,25 +55,6 @@ internal static unsafe partial class Libc
     public const int LOCK_EX = 2;
     public const int LOCK_NB = 4;
 
-    /// <summary>Type, owner and modification time of a path, not following a final symlink (statx: one layout on every Linux architecture).</summary>
-    public static bool TryStat(string path, out (bool Regular, uint Uid, DateTime Modified) stat)
-    {
-        const int AtFdCwd = -100, AtSymlinkNoFollow = 0x100, Mask = 0x1 | 0x2 | 0x8 | 0x40; // type, mode, uid, mtime
-        var buffer = stackalloc byte[256];
-        if (!OperatingSystem.IsLinux() || statx(AtFdCwd, path, AtSymlinkNoFollow, Mask, buffer) != 0)
-        {
-            stat = default;
-            return false;
-        }
-        var mode = *(ushort*)(buffer + 28);
-        var seconds = *(long*)(buffer + 112);
-        stat = ((mode & 0xF000) == 0x8000, *(uint*)(buffer + 20), DateTime.UnixEpoch.AddSeconds(seconds));
-        return true;
-    }
-
-    [LibraryImport(LibName, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
-
     /// <summary>An advisory lock on an open file description: held until every descriptor of it is closed, so also until its process dies.</summary>
     [LibraryImport(LibName, SetLastError = true)]
     public static partial int flock(int fd, int operation);

@@ -137,7 +137,8 @@ public sealed unsafe class SharedMemorySegment : IDisposable
             try
             {
                 // Only this user's regular files (no FIFO can make the open below block), and none so young that its creator may not hold the lock yet.
-                if (!Libc.TryStat(path, out var stat) || !stat.Regular || stat.Uid != Worker.PeerCredentials.CurrentUser || DateTime.UtcNow - stat.Modified < minAge)
+                if (!Posix.TryStat(path, out var stat, out _, followLinks: false) || stat.Type != Posix.S_IFREG || stat.Uid != Posix.GetEffectiveUid()
+                    || DateTime.UtcNow - DateTime.UnixEpoch.AddSeconds(stat.ModifiedSeconds) < minAge)
                 {
                     continue;
                 }

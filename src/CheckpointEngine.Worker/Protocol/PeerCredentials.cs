@@ -7,13 +7,13 @@ namespace CheckpointEngine.Worker;
 /// Who is on the other end of a Unix socket (SO_PEERCRED: the kernel's record of the peer process, which
 /// the peer cannot forge). Both ends of the worker link accept only a peer running as their own user.
 /// </summary>
-public static partial class PeerCredentials
+public static class PeerCredentials
 {
     private const int SolSocket = 1;
     private const int SoPeerCred = 17;
 
     /// <summary>The effective user id of this process.</summary>
-    public static uint CurrentUser => geteuid();
+    public static uint CurrentUser => Interop.Posix.GetEffectiveUid();
 
     /// <summary>The peer process's pid and user id.</summary>
     public static (int Pid, uint Uid) Of(Socket socket)
@@ -34,7 +34,4 @@ public static partial class PeerCredentials
         var me = CurrentUser;
         return uid == me ? null : $"{who} (pid {pid}) runs as uid {uid}, not as this process's uid {me}: refused";
     }
-
-    [LibraryImport("libc")]
-    private static partial uint geteuid();
 }

@@ -82,12 +82,9 @@ public sealed class ApiEngineAllowListTests
         Assert.Equal(HttpStatusCode.NotFound, status);
     }
 
-    /// <summary>Runs python3 as nobody (setpriv) to make a socket another user owns; skips where that cannot be done.</summary>
-    private static async Task<OtherUserSocket> OtherUserSocketAsync(TempDirectory temp, bool keepListening)
+    /// <summary>A socket bound by a process running as nobody (see <see cref="OtherUser"/>; skipped where that cannot be done).</summary>
+    private static async Task<(OtherUser Process, string Path)> OtherUserSocketAsync(TempDirectory temp, bool keepListening)
     {
-        Assert.SkipUnless(OperatingSystem.IsLinux() && Posix.GetEffectiveUid() == 0, "needs root, to run a process as another user");
-        Assert.SkipUnless(File.Exists("/usr/bin/setpriv"), "setpriv (util-linux) is not installed");
-        Assert.SkipUnless(File.Exists("/usr/bin/python3"), "/usr/bin/python3 is not installed");
         var dir = temp.SubDirectory("nobody");
         if (OperatingSystem.IsLinux())
         {
@@ -95,52 +92,23 @@ public sealed class ApiEngineAllowListTests
             File.SetUnixFileMode(temp.Path, File.GetUnixFileMode(temp.Path) | UnixFileMode.OtherExecute);
         }
         var path = Path.Combine(dir, "engine.sock");
-        var script = "import socket,sys\n" +
-            "s=socket.socket(socket.AF_UNIX)\n" +
-            $"s.bind('{path}')\n" +
-            "s.listen(8)\n" +
-            "print('ready',flush=True)\n" +
-            (keepListening ? "sys.stdin.read()\n" : "");
-        var psi = new System.Diagnostics.ProcessStartInfo("/usr/bin/setpriv") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", script })
-        {
-            psi.ArgumentList.Add(a);
-        }
-        var p = System.Diagnostics.Process.Start(psi)!;
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        var line = await p.StandardOutput.ReadLineAsync(cts.Token);
-        if (line != "ready")
-        {
-            var err = await p.StandardError.ReadToEndAsync(cts.Token);
-            p.Kill(entireProcessTree: true);
-            Assert.Fail($"python3 as nobody did not make its socket: {line} {err}");
-        }
-        return new OtherUserSocket(path, p);
-    }
-
-    private sealed class OtherUserSocket(string path, System.Diagnostics.Process process) : IDisposable
-    {
-        public string Path { get; } = path;
-
-        public void Dispose()
-        {
-            if (!process.HasExited)
-            {
-                process.StandardInput.Close(); // Ends sys.stdin.read().
-                if (!process.WaitForExit(10_000))
-                {
-                    process.Kill(entireProcessTree: true);
-                }
-            }
-            process.Dispose();
-        }
+        var nobody = OtherUser.StartPython("""
+            import socket, sys, time
+            s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+            print("ready", flush=True)
+            if sys.argv[2] == "1":
+                time.sleep(120)
+            """, path, keepListening ? "1" : "0");
+        Assert.Equal("ready", await nobody.ReadLineAsync(TimeSpan.FromSeconds(30)));
+        return (nobody, path);
     }
 
     [Fact]
     public async Task Uds_OwnedByAnotherUser_IsRefused_UnlessAllowListed()
     {
         using var temp = new TempDirectory();
-        using var socket = await OtherUserSocketAsync(temp, keepListening: false);
+        var socket = await OtherUserSocketAsync(temp, keepListening: false);
+        await using var nobody = socket.Process;
         await using (var h = await ApiHarness.StartAsync())
         {
             var (status, body) = await h.PostAsync(Update, UrlBody("http://localhost", socket.Path));
@@ -161,7 +129,8 @@ public sealed class ApiEngineAllowListTests
     {
         // The path passes the owner check (chowned to us after binding); the process listening on it does not (SO_PEERCRED).
         using var temp = new TempDirectory();
-        using var socket = await OtherUserSocketAsync(temp, keepListening: true);
+        var socket = await OtherUserSocketAsync(temp, keepListening: true);
+        await using var nobody = socket.Process;
         var (code, output) = await TestProcess.RunAsync("chown", ["0:0", socket.Path], TimeSpan.FromSeconds(30));
         Assert.True(code == 0, output);
         using var client = EngineTrigger.UnixSocketClient(socket.Path, peerUid: 0);

@@ -4,7 +4,7 @@ namespace CheckpointEngine.Interop;
 
 /// <summary>
 /// The libc file calls that opening a client-named path safely needs and .NET does not expose (Linux):
-/// a non-blocking open, the file type and owner of a path or an open descriptor, realpath, our uid.
+/// a non-blocking open, the file type, owner and age of a path or an open descriptor, realpath, our uid.
 /// </summary>
 internal static unsafe partial class Posix
 {
@@ -16,6 +16,7 @@ internal static unsafe partial class Posix
     public const int O_CLOEXEC = 0x80000;
     public const int AT_FDCWD = -100;
     public const int AT_EMPTY_PATH = 0x1000;
+    public const int AT_SYMLINK_NOFOLLOW = 0x100;
     public const uint STATX_BASIC_STATS = 0x7ff;
     public const int ENOENT = 2;
     public const int EACCES = 13;
@@ -44,6 +45,10 @@ internal static unsafe partial class Posix
         [FieldOffset(40)]
         public ulong Size;
 
+        /// <summary><c>stx_mtime.tv_sec</c>.</summary>
+        [FieldOffset(112)]
+        public long ModifiedSeconds;
+
         public readonly int Type => Mode & S_IFMT;
     }
 
@@ -60,11 +65,11 @@ internal static unsafe partial class Posix
     [LibraryImport(LibName, EntryPoint = "geteuid")]
     public static partial uint GetEffectiveUid();
 
-    /// <summary>stat(2) of a path, following symbolic links; false with errno set when it fails.</summary>
-    public static bool TryStat(string path, out Statx stat, out int errno)
+    /// <summary>stat(2) of a path, following symbolic links unless <paramref name="followLinks"/> is false (lstat); false with errno set when it fails.</summary>
+    public static bool TryStat(string path, out Statx stat, out int errno, bool followLinks = true)
     {
         Statx s;
-        var ok = StatxCall(AT_FDCWD, path, 0, STATX_BASIC_STATS, &s) == 0;
+        var ok = StatxCall(AT_FDCWD, path, followLinks ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &s) == 0;
         errno = ok ? 0 : Marshal.GetLastPInvokeError();
         stat = s;
         return ok;

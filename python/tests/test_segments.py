@@ -119,6 +119,9 @@ class FakeDriver:
             self.handles.append(bytes(args[1].reserved))
             args[0]._obj.value = ctypes.addressof(self.memory)
             self.open_handles += 1
+        elif name == "cuMemGetAddressRange_v2":
+            assert self.contexts == [0xC7] and args[2].value == ctypes.addressof(self.memory)
+            args[0]._obj.value, args[1]._obj.value = ctypes.addressof(self.memory), len(self.memory)
         elif name == "cuIpcCloseMemHandle":
             assert self.contexts == [0xC7] and args[0].value == ctypes.addressof(self.memory)
             self.open_handles -= 1
@@ -146,12 +149,20 @@ class CudaIpcTests(unittest.TestCase):
         driver = FakeDriver()
         m = cuda.IpcMapping(HANDLE, 64, 1, driver=driver)
         self.assertEqual(m.__cuda_array_interface__, {"shape": (64,), "typestr": "|u1", "data": (ctypes.addressof(driver.memory), False), "version": 2})
-        self.assertEqual(driver.calls, ["cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxPushCurrent_v2", "cuIpcOpenMemHandle_v2", "cuCtxPopCurrent_v2"])
+        self.assertEqual(driver.calls, ["cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxPushCurrent_v2", "cuIpcOpenMemHandle_v2", "cuMemGetAddressRange_v2",
+                                        "cuCtxPopCurrent_v2"])
         m.close()
         m.close()
         self.assertEqual(driver.open_handles, 0)
         self.assertEqual(driver.contexts, [])
         self.assertEqual(driver.calls[-4:], ["cuCtxPushCurrent_v2", "cuIpcCloseMemHandle", "cuCtxPopCurrent_v2", "cuDevicePrimaryCtxRelease_v2"])
+
+    def test_Mapping_SizeBeyondTheAllocation_IsRefused_AndTheHandleClosed(self):
+        driver = FakeDriver()
+        with self.assertRaisesRegex(ValueError, "the attach claims 65 bytes, but the CUDA IPC allocation holds 64"):
+            cuda.IpcMapping(HANDLE, 65, 0, driver=driver)
+        self.assertEqual((driver.open_handles, driver.contexts), (0, []))
+        self.assertEqual(driver.calls[-1], "cuDevicePrimaryCtxRelease_v2")
 
     def test_Mapping_ClosedByItsFinalizer(self):
         driver = FakeDriver()

@@ -101,6 +101,15 @@ internal sealed class PeakMemory : IAsyncDisposable
         }
     }
 
+    /// <summary>A process's resident memory now (VmRSS), or null when it is gone (or not Linux).</summary>
+    public static long? Resident(int pid) => ReadStatus(pid.ToString(CultureInfo.InvariantCulture), "VmRSS:");
+
+    /// <summary>The children of this process that run <paramref name="subcommand"/> (an argument of their command line), with their RANK variable (-1 without one).</summary>
+    public static IReadOnlyList<(int Pid, int Rank)> ChildrenRunning(string subcommand) =>
+        [.. Children(Environment.ProcessId)
+            .Where(pid => CommandLine(pid.ToString(CultureInfo.InvariantCulture))?.Split('\0').Contains(subcommand, StringComparer.Ordinal) == true)
+            .Select(pid => (pid, RankOf(pid)))];
+
     /// <summary>Processes whose parent is <paramref name="parent"/> (a scan of /proc: the per-task children files are often not built in).</summary>
     private static IEnumerable<int> Children(int parent)
     {
@@ -161,15 +170,18 @@ internal sealed class PeakMemory : IAsyncDisposable
         return -1;
     }
 
-    private static long? ReadPeak(string pid)
+    private static long? ReadPeak(string pid) => ReadStatus(pid, "VmHWM:");
+
+    /// <summary>A "NAME:   N kB" field of /proc/PID/status, in bytes.</summary>
+    private static long? ReadStatus(string pid, string field)
     {
         try
         {
             foreach (var line in File.ReadLines($"/proc/{pid}/status"))
             {
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                if (line.StartsWith(field, StringComparison.Ordinal))
                 {
-                    var kb = line["VmHWM:".Length..].Trim().Split(' ')[0];
+                    var kb = line[field.Length..].Trim().Split(' ')[0];
                     return long.TryParse(kb, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n * 1024 : null;
                 }
             }

@@ -1,0 +1,113 @@
+using System.Globalization;
+using System.Text.Json;
+
+namespace CheckpointEngine.Cli.Bench;
+
+/// <summary>What one <c>ckpt-engine soak</c> run measured: per process its resident memory each round and the slope; a table or one JSON document.</summary>
+internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, SoakSettings Settings, IReadOnlyList<SoakProcess> Processes, double Seconds)
+{
+    private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
+
+    public string CommandLine => string.Join(' ', new[]
+    {
+        "./ckpt-engine soak",
+        "--ranks " + Settings.Ranks.ToString(Invariant),
+        "--rounds " + Settings.Rounds.ToString(Invariant),
+        "--fit-from " + Settings.FitFrom.ToString(Invariant),
+        Settings.MaxSlope is { } m ? "--max-slope " + m.ToString("R", Invariant) : null,
+    }.Where(s => s is not null));
+
+    /// <summary>The processes that grew faster than <see cref="SoakSettings.MaxSlope"/> (none when it is not set).</summary>
+    public IReadOnlyList<SoakProcess> OverLimit =>
+        Settings.MaxSlope is { } max ? [.. Processes.Where(p => !(Slope(p) <= max))] : [];
+
+    private double Slope(SoakProcess p) => p.Slope(Settings.FitRange.First, Settings.FitRange.Last);
+
+    public void WriteText(TextWriter w)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        var (first, last) = Settings.FitRange;
+        w.WriteLine(CommandLine);
+        w.WriteLine($"machine: {Machine.Cores} cores ({Machine.Cpu}), {Machine.Os}, {Machine.Dotnet}; {Date.UtcDateTime.ToString("yyyy-MM-dd HH:mm 'UTC'", Invariant)}");
+        w.WriteLine(string.Create(Invariant,
+            $"{Settings.Rounds} rounds in {Seconds:F1} s; each registers step k on every rank, gathers its metas, updates the worker and unregisters step k-1; RSS = VmRSS after the round; slope = least squares over rounds {first}..{last}"));
+        var t = new Table(["process", "pid", "RSS round 1", $"RSS round {first}", $"RSS round {last}", "slope KiB/round"], [false, true, true, true, true, true]);
+        foreach (var p in Processes)
+        {
+            t.Add(p.Name, p.Pid.ToString(Invariant), MiB(p.StartKiB), MiB(p.RssKiB[first - 1]), MiB(p.EndKiB), Slope(p).ToString("F1", Invariant));
+        }
+        w.Write(t.Text());
+        if (Settings.MaxSlope is { } max)
+        {
+            w.WriteLine(OverLimit.Count == 0
+                ? string.Create(Invariant, $"every process within {max:R} KiB/round")
+                : string.Create(Invariant, $"over {max:R} KiB/round: {string.Join(", ", OverLimit.Select(p => p.Name))}"));
+        }
+    }
+
+    public string ToJson()
+    {
+        var (first, last) = Settings.FitRange;
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            w.WriteStartObject();
+            w.WriteString("date", Date.UtcDateTime);
+            w.WriteString("command", CommandLine);
+            w.WriteStartObject("machine");
+            w.WriteNumber("cores", Machine.Cores);
+            w.WriteNumber("memory_bytes", Machine.MemoryBytes);
+            w.WriteString("cpu", Machine.Cpu);
+            w.WriteString("os", Machine.Os);
+            w.WriteString("kernel", Machine.Kernel);
+            w.WriteString("dotnet", Machine.Dotnet);
+            w.WriteEndObject();
+            w.WriteStartObject("settings");
+            w.WriteNumber("ranks", Settings.Ranks);
+            w.WriteNumber("rounds", Settings.Rounds);
+            w.WriteNumber("fit_first_round", first);
+            w.WriteNumber("fit_last_round", last);
+            if (Settings.MaxSlope is { } max)
+            {
+                w.WriteNumber("max_slope_kib_per_round", max);
+            }
+            else
+            {
+                w.WriteNull("max_slope_kib_per_round");
+            }
+            w.WriteNumber("checkpoint_bytes", SoakSettings.CheckpointBytes);
+            w.WriteEndObject();
+            w.WriteNumber("seconds", Seconds);
+            w.WriteStartArray("processes");
+            foreach (var p in Processes)
+            {
+                w.WriteStartObject();
+                w.WriteString("name", p.Name);
+                w.WriteNumber("pid", p.Pid);
+                w.WriteNumber("rss_start_kib", p.StartKiB);
+                w.WriteNumber("rss_end_kib", p.EndKiB);
+                var slope = Slope(p);
+                if (double.IsNaN(slope))
+                {
+                    w.WriteNull("slope_kib_per_round");
+                }
+                else
+                {
+                    w.WriteNumber("slope_kib_per_round", Math.Round(slope, 3));
+                }
+                w.WriteStartArray("rss_kib");
+                foreach (var v in p.RssKiB)
+                {
+                    w.WriteNumberValue(v);
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(stream.ToArray());
+    }
+
+    private static string MiB(long kib) => (kib / 1024.0).ToString("F1", Invariant) + " MiB";
+}

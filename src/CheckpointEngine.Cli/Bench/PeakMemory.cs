@@ -101,8 +101,17 @@ internal sealed class PeakMemory : IAsyncDisposable
         }
     }
 
-    /// <summary>A process's resident memory now (VmRSS), or null when it is gone (or not Linux).</summary>
-    public static long? Resident(int pid) => ReadStatus(pid.ToString(CultureInfo.InvariantCulture), "VmRSS:");
+    /// <summary>
+    /// A process's resident memory now, in bytes: VmRSS and its parts (anonymous: heaps; file: mapped code and files;
+    /// shared memory: segments, and the runtime's double-mapped JIT code), or null when it is gone (or not Linux).
+    /// </summary>
+    public static ResidentMemory? Resident(int pid)
+    {
+        var id = pid.ToString(CultureInfo.InvariantCulture);
+        return ReadStatus(id, "VmRSS:") is { } total
+            ? new ResidentMemory(total, ReadStatus(id, "RssAnon:") ?? 0, ReadStatus(id, "RssFile:") ?? 0, ReadStatus(id, "RssShmem:") ?? 0)
+            : null;
+    }
 
     /// <summary>The children of this process that run <paramref name="subcommand"/> (an argument of their command line), with their RANK variable (-1 without one).</summary>
     public static IReadOnlyList<(int Pid, int Rank)> ChildrenRunning(string subcommand) =>

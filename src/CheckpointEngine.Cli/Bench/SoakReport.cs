@@ -30,11 +30,13 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
         w.WriteLine(CommandLine);
         w.WriteLine($"machine: {Machine.Cores} cores ({Machine.Cpu}), {Machine.Os}, {Machine.Dotnet}; {Date.UtcDateTime.ToString("yyyy-MM-dd HH:mm 'UTC'", Invariant)}");
         w.WriteLine(string.Create(Invariant,
-            $"{Settings.Rounds} rounds in {Seconds:F1} s; each registers step k on every rank, gathers its metas, updates the worker and unregisters step k-1; RSS = VmRSS after the round; slope = least squares over rounds {first}..{last}"));
-        var t = new Table(["process", "pid", "RSS round 1", $"RSS round {first}", $"RSS round {last}", "slope KiB/round"], [false, true, true, true, true, true]);
+            $"{Settings.Rounds} rounds in {Seconds:F1} s; each registers step k on every rank, gathers its metas, updates the worker and unregisters step k-1; RSS = VmRSS after the round; slope = least squares over rounds {first}..{last}, of VmRSS and of its parts (anon: heaps; file: mapped files and code; shmem: shared segments and the runtime's JIT code)"));
+        var t = new Table(["process", "pid", "RSS round 1", $"RSS round {first}", $"RSS round {last}", "slope KiB/round", "anon", "file", "shmem"],
+            [false, true, true, true, true, true, true, true, true]);
         foreach (var p in Processes)
         {
-            t.Add(p.Name, p.Pid.ToString(Invariant), MiB(p.StartKiB), MiB(p.RssKiB[first - 1]), MiB(p.EndKiB), Slope(p).ToString("F1", Invariant));
+            t.Add(p.Name, p.Pid.ToString(Invariant), MiB(p.StartKiB), MiB(p.Samples[first - 1].Total), MiB(p.EndKiB), F(Slope(p)),
+                F(p.Slope(first, last, s => s.Anonymous)), F(p.Slope(first, last, s => s.File)), F(p.Slope(first, last, s => s.Shared)));
         }
         w.Write(t.Text());
         if (Settings.MaxSlope is { } max)
@@ -86,21 +88,19 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
                 w.WriteNumber("pid", p.Pid);
                 w.WriteNumber("rss_start_kib", p.StartKiB);
                 w.WriteNumber("rss_end_kib", p.EndKiB);
-                var slope = Slope(p);
-                if (double.IsNaN(slope))
+                Slope(w, "slope_kib_per_round", Slope(p));
+                Slope(w, "anon_slope_kib_per_round", p.Slope(first, last, s => s.Anonymous));
+                Slope(w, "file_slope_kib_per_round", p.Slope(first, last, s => s.File));
+                Slope(w, "shmem_slope_kib_per_round", p.Slope(first, last, s => s.Shared));
+                foreach (var (name, part) in new (string, Func<ResidentMemory, long>)[] { ("rss_kib", s => s.Total), ("anon_kib", s => s.Anonymous), ("file_kib", s => s.File), ("shmem_kib", s => s.Shared) })
                 {
-                    w.WriteNull("slope_kib_per_round");
+                    w.WriteStartArray(name);
+                    foreach (var s in p.Samples)
+                    {
+                        w.WriteNumberValue(part(s));
+                    }
+                    w.WriteEndArray();
                 }
-                else
-                {
-                    w.WriteNumber("slope_kib_per_round", Math.Round(slope, 3));
-                }
-                w.WriteStartArray("rss_kib");
-                foreach (var v in p.RssKiB)
-                {
-                    w.WriteNumberValue(v);
-                }
-                w.WriteEndArray();
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -108,6 +108,20 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
         }
         return System.Text.Encoding.UTF8.GetString(stream.ToArray());
     }
+
+    private static void Slope(Utf8JsonWriter w, string name, double slope)
+    {
+        if (double.IsNaN(slope))
+        {
+            w.WriteNull(name);
+        }
+        else
+        {
+            w.WriteNumber(name, Math.Round(slope, 3));
+        }
+    }
+
+    private static string F(double v) => double.IsNaN(v) ? "–" : v.ToString("F1", Invariant);
 
     private static string MiB(long kib) => (kib / 1024.0).ToString("F1", Invariant) + " MiB";
 }

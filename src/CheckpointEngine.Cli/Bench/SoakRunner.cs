@@ -52,7 +52,7 @@ internal static class SoakRunner
             progress.WriteLine($"soak: {settings.Ranks} serve ranks ({string.Join(", ", apis)}), reference worker at {engine}; {settings.Rounds} rounds");
 
             var processes = Processes(settings.Ranks);
-            var samples = processes.Select(_ => new List<long>()).ToList();
+            var samples = processes.Select(_ => new List<ResidentMemory>()).ToList();
             var clients = apis.Select(a => new HttpClient { BaseAddress = new Uri(a), Timeout = TimeSpan.FromSeconds(settings.RoundTimeoutSeconds) }).ToList();
             try
             {
@@ -73,12 +73,12 @@ internal static class SoakRunner
                     }
                     for (var p = 0; p < processes.Count; p++)
                     {
-                        samples[p].Add((PeakMemory.Resident(processes[p].Pid) ?? throw new CheckpointEngineException($"soak: {processes[p].Name} (pid {processes[p].Pid}) is gone after round {round}")) / 1024);
+                        samples[p].Add((PeakMemory.Resident(processes[p].Pid) ?? throw new CheckpointEngineException($"soak: {processes[p].Name} (pid {processes[p].Pid}) is gone after round {round}")).InKiB);
                     }
                     if (round % 10 == 0 || round == settings.Rounds)
                     {
                         progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"soak: round {round}/{settings.Rounds}, {clock.Elapsed.TotalSeconds:F1} s: {string.Join(", ", processes.Select((p, i) => $"{p.Name} {samples[i][^1] / 1024.0:F1} MiB"))}"));
+                            $"soak: round {round}/{settings.Rounds}, {clock.Elapsed.TotalSeconds:F1} s: {string.Join(", ", processes.Select((p, i) => $"{p.Name} {samples[i][^1].Total / 1024.0:F1} MiB"))}"));
                     }
                 }
                 return new SoakReport(MachineInfo.Current(), date, settings, [.. processes.Select((p, i) => new SoakProcess(p.Name, p.Pid, samples[i]))], clock.Elapsed.TotalSeconds);

@@ -25,6 +25,7 @@ public sealed partial class ProcessGroup : ICommunicator
     private Topology? _topology;
     private ShmRing? _ring;
     private long _seq;
+    private long _lastStoreSeq;
     private string? _failure;
     private int _disposed;
 
@@ -135,7 +136,12 @@ public sealed partial class ProcessGroup : ICommunicator
         return result;
     }
 
-    /// <summary>Each member sets its key for this call's sequence number and waits for all of them; it then drops its key of the previous call, which everyone has read by now.</summary>
+    /// <summary>
+    /// Each member sets its key for this call's sequence number and waits for all of them; it then drops its key of
+    /// the previous call that went through the store, which everyone has read by now (collectives run one at a time,
+    /// in the same order on every member). Broadcasts take sequence numbers too but set no keys, so "the previous
+    /// call" is tracked rather than taken to be seq − 1: that left one key behind per broadcast.
+    /// </summary>
     private async Task<byte[][]> AllGatherCoreAsync(byte[] blob, TimeSpan timeout, string what, CancellationToken ct)
     {
         var seq = Begin();
@@ -145,9 +151,10 @@ public sealed partial class ProcessGroup : ICommunicator
             await _store.SetAsync($"{seq}/{Rank}", blob, ct).ConfigureAwait(false);
             var keys = Enumerable.Range(0, Size).Select(r => $"{seq}/{r}").ToList();
             var values = await _store.WaitGetAsync(keys, timeout, ct).ConfigureAwait(false);
-            if (seq > 1)
+            var previous = Interlocked.Exchange(ref _lastStoreSeq, seq);
+            if (previous > 0)
             {
-                await _store.DeleteAsync($"{seq - 1}/{Rank}", ct).ConfigureAwait(false);
+                await _store.DeleteAsync($"{previous}/{Rank}", ct).ConfigureAwait(false);
             }
             return values;
         }

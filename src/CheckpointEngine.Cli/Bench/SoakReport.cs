@@ -14,6 +14,7 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
         "--ranks " + Settings.Ranks.ToString(Invariant),
         "--rounds " + Settings.Rounds.ToString(Invariant),
         "--fit-from " + Settings.FitFrom.ToString(Invariant),
+        Settings.Layers is { } l ? "--layers " + l.ToString(Invariant) : null,
         Settings.MaxSlope is { } m ? "--max-slope " + m.ToString("R", Invariant) : null,
     }.Where(s => s is not null));
 
@@ -77,7 +78,7 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
             {
                 w.WriteNull("max_slope_kib_per_round");
             }
-            w.WriteNumber("checkpoint_bytes", SoakSettings.CheckpointBytes);
+            w.WriteNumber("layers", Settings.LayerCount);
             w.WriteEndObject();
             w.WriteNumber("seconds", Seconds);
             w.WriteStartArray("processes");

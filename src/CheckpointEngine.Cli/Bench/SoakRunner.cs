@@ -33,7 +33,7 @@ internal static class SoakRunner
         var launches = new List<Task<int>>();
         try
         {
-            var files = SampleCheckpoint.Write(Path.Combine(root, "checkpoint"), SoakSettings.CheckpointBytes, shards: settings.Ranks, layers: 2 * settings.Ranks);
+            var files = SampleCheckpoint.Write(Path.Combine(root, "checkpoint"), SoakSettings.CheckpointBytes, shards: settings.Ranks, layers: settings.LayerCount);
             var ids = DeviceOption.WorkerIds(DeviceKind.Host, settings.Ranks, "soak");
             var token = Convert.ToHexString(RandomNumberGenerator.GetBytes(16));
             var count = settings.Ranks.ToString(CultureInfo.InvariantCulture);
@@ -49,6 +49,10 @@ internal static class SoakRunner
             }, serveLines, stop.Token));
             var apis = (await ReadyAsync("serve", serveLines, launches[1]).ConfigureAwait(false))
                 .Select(rest => rest[(rest.IndexOf(" on ", StringComparison.Ordinal) + 4)..]).ToList();
+            using (var checkpoint = Checkpoint.Open(Path.Combine(root, "checkpoint")))
+            {
+                progress.WriteLine($"soak: checkpoint of {checkpoint.TensorCount} tensors, {checkpoint.TotalBytes} bytes in {files.Count} files, one per rank");
+            }
             progress.WriteLine($"soak: {settings.Ranks} serve ranks ({string.Join(", ", apis)}), reference worker at {engine}; {settings.Rounds} rounds");
 
             var processes = Processes(settings.Ranks);

@@ -52,6 +52,28 @@ public sealed class ApiSoakTests
     }
 
     [Fact]
+    public async Task RepeatedP2PUpdates_StoreKeepsOnlyTheLastSubGroupsKeys()
+    {
+        await using var h = await ApiHarness.StartAsync();
+        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { DeviceIds = [h.Device.Id], IdleTimeout = TimeSpan.FromSeconds(30) },
+            cancellationToken: TestContext.Current.CancellationToken);
+        var (files, _) = h.WriteModel();
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step1/files", RegisterBody.Files(files))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step1/gather-metas")).Status);
+        var update = JsonSerializer.Serialize(new { ranks = new[] { 0 }, update_url = worker.Address.ToString(), timeout = 30 });
+        for (var k = 1; k <= 10; k++)
+        {
+            var (status, body) = await h.PostAsync("/v1/checkpoints/step1/update", update);
+            Assert.True(status == HttpStatusCode.OK, body.ToString());
+            Assert.Equal("p2p", body.GetProperty("mode").GetString());
+            // Each P2P update makes a sub-group; the store holds keys of the world group and of the last sub-group only.
+            var groups = h.World.StoreServer!.Keys.Where(key => key.StartsWith("g/", StringComparison.Ordinal))
+                .Select(key => key[..key.LastIndexOf('/', key.LastIndexOf('/') - 1)]).Distinct().Order(StringComparer.Ordinal);
+            Assert.Equal([$"g/world/p2p[0].{k}", "g/world[0].1"], groups);
+        }
+    }
+
+    [Fact]
     public async Task Unregister_OnARankThatOnlyKnowsTheMetas_ForgetsThemHereAndInTheStore()
     {
         await using var h = await ApiHarness.StartAsync();

@@ -29,8 +29,12 @@ public sealed partial class ProcessGroup : ICommunicator
     private string? _failure;
     private int _disposed;
 
-    private ProcessGroup(World world, string name, string uid, int[] members)
+    /// <summary>The uid of the group of the same name and members made before this one, whose keys this one clears; null for the first.</summary>
+    private readonly string? _previousUid;
+
+    private ProcessGroup(World world, string name, string uid, int[] members, string? previousUid = null)
     {
+        _previousUid = previousUid;
         _world = world;
         Name = name;
         Uid = uid;
@@ -59,7 +63,7 @@ public sealed partial class ProcessGroup : ICommunicator
         }
         var key = $"{name}[{string.Join(',', members)}]";
         var generation = world.NextGeneration(key);
-        var group = new ProcessGroup(world, name, $"{key}.{generation}", members);
+        var group = new ProcessGroup(world, name, $"{key}.{generation}", members, generation > 1 ? $"{key}.{generation - 1}" : null);
         try
         {
             await group.ConnectAsync(timeout, ct).ConfigureAwait(false);
@@ -80,6 +84,12 @@ public sealed partial class ProcessGroup : ICommunicator
         var me = new MemberInfo(_world.HostId, _world.DataEndpoint.Address.ToString(), _world.DataEndpoint.Port, Environment.ProcessId,
             Convert.ToHexString(RandomNumberGenerator.GetBytes(8)));
         var blobs = await AllGatherAsync(JsonSerializer.SerializeToUtf8Bytes(me), timeout, ct).ConfigureAwait(false);
+        if (_previousUid is { } previous)
+        {
+            // Every member is here, so every member is done with the previous group of these members (one per P2P
+            // update): its last keys, which its members could not drop while another might still read them, go now.
+            await _world.Store.DeletePrefixAsync($"g/{previous}/", ct).ConfigureAwait(false);
+        }
         var infos = blobs.Select(b => JsonSerializer.Deserialize<MemberInfo>(b)!).ToArray();
         _topology = new Topology(infos.Select(i => i.HostId).ToArray(), infos.Select(i => new IPEndPoint(IPAddress.Parse(i.Address), i.Port)).ToArray());
         var local = _topology.LocalMembers(Rank);

@@ -179,6 +179,10 @@ public sealed partial class ParameterServer : IAsyncDisposable
         var blobs = await World.Group.AllGatherAsync(GlobalMetas.RankToJson(local), timeout ?? TimeSpan.FromSeconds(300), ct).ConfigureAwait(false);
         var metas = new GlobalMetas(name, blobs.Select((b, r) => GlobalMetas.RankFromJson(b, $"metas from rank {r}")).ToList());
         metas.Validate($"checkpoint '{name}'");
+        if (!metas.AllTensors.Any())
+        {
+            return metas; // No rank holds it (a mistyped name): nothing to keep, here or in the store, for every name ever asked.
+        }
         SetMetas(metas);
         if (Rank == 0)
         {

@@ -74,6 +74,19 @@ public sealed class ApiSoakTests
     }
 
     [Fact]
+    public async Task GatherMetas_OfNamesNoRankHolds_KeepsNothingHereOrInTheStore()
+    {
+        await using var h = await ApiHarness.StartAsync();
+        for (var k = 0; k < 20; k++)
+        {
+            Assert.Equal(HttpStatusCode.NotFound, (await h.PostAsync($"/v1/checkpoints/typo{k}/gather-metas")).Status);
+            Assert.Null(h.ParameterServer.GetMetas($"typo{k}"));
+        }
+        Assert.DoesNotContain(h.World.StoreServer!.Keys, key => key.StartsWith("metas/", StringComparison.Ordinal));
+        Assert.Equal(HttpStatusCode.NotFound, (await h.SendAsync(HttpMethod.Delete, "/v1/checkpoints/typo0")).Status);
+    }
+
+    [Fact]
     public async Task Unregister_OnARankThatOnlyKnowsTheMetas_ForgetsThemHereAndInTheStore()
     {
         await using var h = await ApiHarness.StartAsync();

@@ -4,7 +4,8 @@ namespace CheckpointEngine.Cli.Bench;
 
 /// <summary>
 /// Peak resident memory (VmHWM in /proc/PID/status, Linux): of this process, and sampled from the
-/// child processes this process starts (ranks), since a child's figure is gone once it exits.
+/// child processes this process starts (ranks), since a child's figure is gone once it exits; also a
+/// process's resident memory now (for the soak) and this process's children by subcommand.
 /// </summary>
 internal sealed class PeakMemory : IAsyncDisposable
 {

@@ -8,6 +8,9 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
 {
     private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
 
+    /// <summary>Rounds after which fresh serve and worker processes were flat on the development machine (see the README's soak figures).</summary>
+    private const int SteadyAfter = 1000;
+
     public string CommandLine => string.Join(' ', new[]
     {
         "./ckpt-engine soak",
@@ -40,6 +43,10 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
                 F(p.Slope(first, last, s => s.Anonymous)), F(p.Slope(first, last, s => s.File)), F(p.Slope(first, last, s => s.Shared)));
         }
         w.Write(t.Text());
+        if (last < SteadyAfter)
+        {
+            w.WriteLine($"note: the first few hundred rounds include the runtime's warm-up (GC budgets, tier-1 JIT); --rounds 3000 --fit-from {SteadyAfter + 1} measures the steady state");
+        }
         if (Settings.MaxSlope is { } max)
         {
             w.WriteLine(OverLimit.Count == 0

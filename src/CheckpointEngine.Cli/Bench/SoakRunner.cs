@@ -25,6 +25,10 @@ internal static class SoakRunner
     public static async Task<SoakReport> RunAsync(SoakSettings settings, TextWriter progress, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
+        if (!OperatingSystem.IsLinux())
+        {
+            throw new CheckpointEngineException("soak reads each process's memory from /proc: it runs on Linux only");
+        }
         var date = DateTimeOffset.UtcNow;
         var root = Directory.CreateTempSubdirectory("ckpt-engine-soak-").FullName;
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);

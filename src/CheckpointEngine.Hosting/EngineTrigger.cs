@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Net.Http.Json;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
@@ -14,9 +13,8 @@ namespace CheckpointEngine.Hosting;
 /// </summary>
 public static class EngineTrigger
 {
-    // No redirects: a loopback engine must not be able to send the worker sockets on to another host.
+    // No redirects: a loopback engine must not be able to send the worker tickets on to another host.
     private static readonly HttpClient Tcp = new(new SocketsHttpHandler { AllowAutoRedirect = false }) { Timeout = Timeout.InfiniteTimeSpan };
-    private static readonly ConcurrentDictionary<string, HttpClient> OverUnixSockets = new(StringComparer.Ordinal);
 
     /// <param name="engineUrl">The engine's base URL, or a full URL ending in /collective_rpc.</param>
     /// <param name="inferenceGroupSize">Consecutive ranks that form one engine (its tensor-parallel size).</param>
@@ -35,7 +33,6 @@ public static class EngineTrigger
     private static Func<UpdateContext, CancellationToken, Task> Post(string engineUrl, string? uds, uint? engineUid, Func<UpdateContext, List<WorkerSocket>> groupOf)
     {
         var url = engineUrl.TrimEnd('/').EndsWith("/collective_rpc", StringComparison.Ordinal) ? engineUrl : engineUrl.TrimEnd('/') + "/collective_rpc";
-        var client = uds is null ? Tcp : OverUnixSockets.GetOrAdd($"{engineUid}:{uds}", _ => UnixSocketClient(uds, engineUid));
         return async (context, ct) =>
         {
             var group = groupOf(context);
@@ -54,7 +51,10 @@ public static class EngineTrigger
                 ["args"] = new JsonArray(sockets),
                 ["kwargs"] = new JsonObject(),
             };
-            using var response = await client.PostAsJsonAsync(url, body, ct).ConfigureAwait(false);
+            // A Unix-socket client per call: one connection per update costs nothing next to the update, and a
+            // cache keyed by path would keep a client for every socket path a request ever named.
+            using var own = uds is null ? null : UnixSocketClient(uds, engineUid);
+            using var response = await (own ?? Tcp).PostAsJsonAsync(url, body, ct).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
                 var text = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);

@@ -64,7 +64,7 @@ internal static class UpdateScenario
                     throw; // A dead rank: this world is over.
                 }
             }
-            ps.UnregisterCheckpoint("ckpt");
+            await ps.UnregisterCheckpointAsync("ckpt");
         }
     }
 }

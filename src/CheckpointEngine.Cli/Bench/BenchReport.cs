@@ -179,36 +179,4 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
     private static string F(double v, int digits) => double.IsNaN(v) ? "–" : v.ToString("F" + digits.ToString(Invariant), Invariant);
 
     private static string MiB(long bytes) => (bytes / (double)(1L << 20)).ToString("F0", Invariant);
-
-    /// <summary>Rows of cells, rendered padded for a terminal or as a markdown table.</summary>
-    private sealed class Table(string[] header, bool[] rightAligned)
-    {
-        private readonly List<string[]> _rows = [];
-
-        public void Add(params string[] cells) => _rows.Add(cells);
-
-        public string Text()
-        {
-            var widths = header.Select((h, i) => _rows.Select(r => r[i].Length).Append(h.Length).Max()).ToArray();
-            var sb = new System.Text.StringBuilder();
-            foreach (var row in _rows.Prepend(header))
-            {
-                var cells = row.Select((c, i) => rightAligned[i] ? c.PadLeft(widths[i]) : c.PadRight(widths[i]));
-                sb.Append(string.Join("  ", cells).TrimEnd()).Append('\n');
-            }
-            return sb.ToString();
-        }
-
-        public string Markdown()
-        {
-            var sb = new System.Text.StringBuilder();
-            sb.Append("| ").AppendJoin(" | ", header).Append(" |\n");
-            sb.Append('|').AppendJoin('|', rightAligned.Select(r => r ? "---:" : "---")).Append("|\n");
-            foreach (var row in _rows)
-            {
-                sb.Append("| ").AppendJoin(" | ", row.Select(c => c.Replace("|", "\\|", StringComparison.Ordinal))).Append(" |\n");
-            }
-            return sb.ToString();
-        }
-    }
 }

@@ -4,7 +4,8 @@ namespace CheckpointEngine.Cli.Bench;
 
 /// <summary>
 /// Peak resident memory (VmHWM in /proc/PID/status, Linux): of this process, and sampled from the
-/// child processes this process starts (ranks), since a child's figure is gone once it exits.
+/// child processes this process starts (ranks), since a child's figure is gone once it exits; also a
+/// process's resident memory now (for the soak) and this process's children by subcommand.
 /// </summary>
 internal sealed class PeakMemory : IAsyncDisposable
 {
@@ -101,6 +102,24 @@ internal sealed class PeakMemory : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// A process's resident memory now, in bytes: VmRSS and its parts (anonymous: heaps; file: mapped code and files;
+    /// shared memory: segments, and the runtime's double-mapped JIT code), or null when it is gone (or not Linux).
+    /// </summary>
+    public static ResidentMemory? Resident(int pid)
+    {
+        var id = pid.ToString(CultureInfo.InvariantCulture);
+        return ReadStatus(id, "VmRSS:") is { } total
+            ? new ResidentMemory(total, ReadStatus(id, "RssAnon:") ?? 0, ReadStatus(id, "RssFile:") ?? 0, ReadStatus(id, "RssShmem:") ?? 0)
+            : null;
+    }
+
+    /// <summary>The children of this process that run <paramref name="subcommand"/> (an argument of their command line), with their RANK variable (-1 without one).</summary>
+    public static IReadOnlyList<(int Pid, int Rank)> ChildrenRunning(string subcommand) =>
+        [.. Children(Environment.ProcessId)
+            .Where(pid => CommandLine(pid.ToString(CultureInfo.InvariantCulture))?.Split('\0').Contains(subcommand, StringComparer.Ordinal) == true)
+            .Select(pid => (pid, RankOf(pid)))];
+
     /// <summary>Processes whose parent is <paramref name="parent"/> (a scan of /proc: the per-task children files are often not built in).</summary>
     private static IEnumerable<int> Children(int parent)
     {
@@ -161,15 +180,18 @@ internal sealed class PeakMemory : IAsyncDisposable
         return -1;
     }
 
-    private static long? ReadPeak(string pid)
+    private static long? ReadPeak(string pid) => ReadStatus(pid, "VmHWM:");
+
+    /// <summary>A "NAME:   N kB" field of /proc/PID/status, in bytes.</summary>
+    private static long? ReadStatus(string pid, string field)
     {
         try
         {
             foreach (var line in File.ReadLines($"/proc/{pid}/status"))
             {
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                if (line.StartsWith(field, StringComparison.Ordinal))
                 {
-                    var kb = line["VmHWM:".Length..].Trim().Split(' ')[0];
+                    var kb = line[field.Length..].Trim().Split(' ')[0];
                     return long.TryParse(kb, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n * 1024 : null;
                 }
             }

@@ -27,6 +27,7 @@ public static class CkptEngineCli
             WorkerCommand.Create(stdout),
             ServeCommand.Create(stdout),
             TraceCommand.Create(stdout, stderr),
+            SoakCommand.Create(stdout, stderr),
         };
         try
         {

@@ -192,11 +192,13 @@ public sealed partial class ApiServer
         {
             throw new ApiError(StatusCodes.Status409Conflict, $"checkpoint '{name}' is being registered on rank {Rank}; unregister it when that has finished");
         }
-        if (!ParameterServer.Registry.TryGet(name, out _))
+        if (!ParameterServer.Registry.TryGet(name, out _) && ParameterServer.GetMetas(name) is null)
         {
             throw UnknownCheckpoint(name);
         }
-        ParameterServer.UnregisterCheckpoint(name); // Refused (409) under a running update or gather: it reads the memory this frees.
+        // Refused (409) under a running update or gather: it reads the memory this frees. A rank that holds none of
+        // it but gathered its metas forgets them.
+        await ParameterServer.UnregisterCheckpointAsync(name, _stopping.Token).ConfigureAwait(false);
         Log($"unregistered '{name}'");
         await WriteJsonAsync(http, StatusCodes.Status200OK, w =>
         {

@@ -55,6 +55,9 @@ public sealed class World : IAsyncDisposable
     /// <summary>Where this rank's store listens (rank 0 only; its port is resolved when 0 was configured).</summary>
     public IPEndPoint? StoreEndpoint => _server?.Endpoint;
 
+    /// <summary>The store this rank hosts (rank 0), or null.</summary>
+    internal StoreServer? StoreServer => _server;
+
     /// <summary>The group of every rank.</summary>
     public ICommunicator Group => _group!;
 

@@ -111,17 +111,20 @@ public sealed partial class ParameterServer : IAsyncDisposable
     }
 
     /// <summary>
-    /// Frees the checkpoint's host memory and forgets its metas. The device buffers go too, unless
-    /// another checkpoint is still registered or this one was pooled (an RL loop that registers the
-    /// same layout again next step and should not pay for fresh device memory each time).
+    /// Frees the checkpoint's host memory and forgets its metas, here and in the rendezvous store (rank 0 publishes
+    /// them on every gather; once any rank frees its share they describe memory that is gone). The device buffers go
+    /// too, unless another checkpoint is still registered or this one was pooled (an RL loop that registers the same
+    /// layout again next step and should not pay for fresh device memory each time). Returns whether this rank held
+    /// any of it; a rank that holds nothing but gathered its metas forgets them all the same.
     /// </summary>
     /// <exception cref="ServerBusyException">An update or gather runs: its memory is in use.</exception>
-    public bool UnregisterCheckpoint(string name)
+    public async Task<bool> UnregisterCheckpointAsync(string name, CancellationToken ct = default)
     {
         using var _ = _gate.Enter($"unregistering '{name}'");
+        bool known;
         lock (_lock)
         {
-            _metas.Remove(name);
+            known = _metas.Remove(name);
         }
         var found = Registry.TryGet(name, out var checkpoint);
         if (found)
@@ -134,7 +137,24 @@ public sealed partial class ParameterServer : IAsyncDisposable
         {
             DropDeviceMemory();
         }
+        if (known || found)
+        {
+            await UnpublishMetasAsync(name, ct).ConfigureAwait(false);
+        }
         return removed;
+    }
+
+    /// <summary>Takes the published metas of <paramref name="name"/> out of the store; with the world broken, the store went with it.</summary>
+    private async Task UnpublishMetasAsync(string name, CancellationToken ct)
+    {
+        try
+        {
+            await World.Store.DeleteAsync(MetasKey(name), ct).ConfigureAwait(false);
+        }
+        catch (Runtime.Rendezvous.RendezvousException)
+        {
+            // Nothing is left to clean where the store is gone; the memory is freed either way.
+        }
     }
 
     /// <summary>
@@ -159,6 +179,10 @@ public sealed partial class ParameterServer : IAsyncDisposable
         var blobs = await World.Group.AllGatherAsync(GlobalMetas.RankToJson(local), timeout ?? TimeSpan.FromSeconds(300), ct).ConfigureAwait(false);
         var metas = new GlobalMetas(name, blobs.Select((b, r) => GlobalMetas.RankFromJson(b, $"metas from rank {r}")).ToList());
         metas.Validate($"checkpoint '{name}'");
+        if (!metas.AllTensors.Any())
+        {
+            return metas; // No rank holds it (a mistyped name): nothing to keep, here or in the store, for every name ever asked.
+        }
         SetMetas(metas);
         if (Rank == 0)
         {

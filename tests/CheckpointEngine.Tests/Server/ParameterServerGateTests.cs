@@ -52,7 +52,7 @@ public sealed class ParameterServerGateTests
 
         var refused = new Func<Task>[]
         {
-            () => Task.FromResult(rank.Server.UnregisterCheckpoint("step-1")),
+            () => rank.Server.UnregisterCheckpointAsync("step-1"),
             () => rank.Server.GatherMetasAsync("step-1"),
             () => Task.Run(rank.Server.ReleaseDeviceMemory),
             () => rank.BlockedUpdate(),
@@ -69,7 +69,7 @@ public sealed class ParameterServerGateTests
         var failed = await Assert.ThrowsAsync<UpdateFailedException>(() => update);
         Assert.Contains("engine says no", failed.Message, StringComparison.Ordinal);
         Assert.Null(rank.Server.RunningOperation);
-        Assert.True(rank.Server.UnregisterCheckpoint("step-1")); // Free again.
+        Assert.True(await rank.Server.UnregisterCheckpointAsync("step-1", TestContext.Current.CancellationToken)); // Free again.
     }
 
     [Fact]
@@ -83,7 +83,7 @@ public sealed class ParameterServerGateTests
         Assert.True(update.IsCompleted, "DisposeAsync returned while the update still ran");
         await Assert.ThrowsAnyAsync<Exception>(() => update);
         Assert.Null(rank.Server.RunningOperation);
-        Assert.Throws<ObjectDisposedException>(() => rank.Server.UnregisterCheckpoint("step-1"));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => rank.Server.UnregisterCheckpointAsync("step-1", TestContext.Current.CancellationToken));
         await rank.Server.DisposeAsync(); // Idempotent.
     }
 }

@@ -25,11 +25,16 @@ public sealed partial class ProcessGroup : ICommunicator
     private Topology? _topology;
     private ShmRing? _ring;
     private long _seq;
+    private long _lastStoreSeq;
     private string? _failure;
     private int _disposed;
 
-    private ProcessGroup(World world, string name, string uid, int[] members)
+    /// <summary>The uid of the group of the same name and members made before this one, whose keys this one clears; null for the first.</summary>
+    private readonly string? _previousUid;
+
+    private ProcessGroup(World world, string name, string uid, int[] members, string? previousUid = null)
     {
+        _previousUid = previousUid;
         _world = world;
         Name = name;
         Uid = uid;
@@ -58,7 +63,7 @@ public sealed partial class ProcessGroup : ICommunicator
         }
         var key = $"{name}[{string.Join(',', members)}]";
         var generation = world.NextGeneration(key);
-        var group = new ProcessGroup(world, name, $"{key}.{generation}", members);
+        var group = new ProcessGroup(world, name, $"{key}.{generation}", members, generation > 1 ? $"{key}.{generation - 1}" : null);
         try
         {
             await group.ConnectAsync(timeout, ct).ConfigureAwait(false);
@@ -79,6 +84,12 @@ public sealed partial class ProcessGroup : ICommunicator
         var me = new MemberInfo(_world.HostId, _world.DataEndpoint.Address.ToString(), _world.DataEndpoint.Port, Environment.ProcessId,
             Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
         var blobs = await AllGatherAsync(JsonSerializer.SerializeToUtf8Bytes(me), timeout, ct).ConfigureAwait(false);
+        if (_previousUid is { } previous)
+        {
+            // Every member is here, so every member is done with the previous group of these members (one per P2P
+            // update): its last keys, which its members could not drop while another might still read them, go now.
+            await _world.Store.DeletePrefixAsync($"g/{previous}/", ct).ConfigureAwait(false);
+        }
         var infos = blobs.Select(b => JsonSerializer.Deserialize<MemberInfo>(b)!).ToArray();
         _topology = new Topology(infos.Select(i => i.HostId).ToArray(), infos.Select(i => new IPEndPoint(IPAddress.Parse(i.Address), i.Port)).ToArray());
         var local = _topology.LocalMembers(Rank);
@@ -135,7 +146,12 @@ public sealed partial class ProcessGroup : ICommunicator
         return result;
     }
 
-    /// <summary>Each member sets its key for this call's sequence number and waits for all of them; it then drops its key of the previous call, which everyone has read by now.</summary>
+    /// <summary>
+    /// Each member sets its key for this call's sequence number and waits for all of them; it then drops its key of
+    /// the previous call that went through the store, which everyone has read by now (collectives run one at a time,
+    /// in the same order on every member). Broadcasts take sequence numbers too but set no keys, so "the previous
+    /// call" is tracked rather than taken to be seq − 1: that left one key behind per broadcast.
+    /// </summary>
     private async Task<byte[][]> AllGatherCoreAsync(byte[] blob, TimeSpan timeout, string what, CancellationToken ct)
     {
         var seq = Begin();
@@ -145,9 +161,10 @@ public sealed partial class ProcessGroup : ICommunicator
             await _store.SetAsync($"{seq}/{Rank}", blob, ct).ConfigureAwait(false);
             var keys = Enumerable.Range(0, Size).Select(r => $"{seq}/{r}").ToList();
             var values = await _store.WaitGetAsync(keys, timeout, ct).ConfigureAwait(false);
-            if (seq > 1)
+            var previous = Interlocked.Exchange(ref _lastStoreSeq, seq);
+            if (previous > 0)
             {
-                await _store.DeleteAsync($"{seq - 1}/{Rank}", ct).ConfigureAwait(false);
+                await _store.DeleteAsync($"{previous}/{Rank}", ct).ConfigureAwait(false);
             }
             return values;
         }

@@ -443,6 +443,18 @@ public sealed class StoreServer : IDisposable
         }
     }
 
+    /// <summary>The keys held now (tests check that what a run publishes is taken back).</summary>
+    internal IReadOnlyList<string> Keys
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return [.. _data.Keys];
+            }
+        }
+    }
+
     /// <summary>Connected ranks (not tools); a rank leaves by saying goodbye or by dying.</summary>
     public int ConnectedRanks
     {

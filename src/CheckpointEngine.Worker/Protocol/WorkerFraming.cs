@@ -35,9 +35,15 @@ public static class WorkerFraming
         var json = message is WorkerMessage m
             ? JsonSerializer.SerializeToUtf8Bytes(m, Options)
             : JsonSerializer.SerializeToUtf8Bytes(message, Options);
+        return Frame(json, typeof(T).Name);
+    }
+
+    /// <summary>A whole frame around JSON already encoded.</summary>
+    public static byte[] Frame(byte[] json, string what = "message")
+    {
         if (json.Length > MaxFrame)
         {
-            throw new InvalidDataException($"{typeof(T).Name} of {json.Length} bytes is over the {MaxFrame}-byte frame limit");
+            throw new InvalidDataException($"{what} of {json.Length} bytes is over the {MaxFrame}-byte frame limit");
         }
         var frame = new byte[4 + json.Length];
         BinaryPrimitives.WriteInt32LittleEndian(frame, json.Length);

@@ -45,14 +45,18 @@ internal sealed class ReceiveSession : IDisposable
         _idle = idle;
     }
 
-    /// <summary>Checks who listens, presents the session key, then serves the update.</summary>
-    public async Task<ReceiveSummary> RunAsync(string session, CancellationToken ct)
+    /// <summary>Checks who listens, presents the session key (and what this worker keeps), then serves the update.</summary>
+    public async Task<ReceiveSummary> RunAsync(string session, WorkerWants? wants, CancellationToken ct)
     {
         if (PeerCredentials.Refusal(_stream.Socket, $"the process listening at {_address}") is { } refusal)
         {
             throw new WeightReceiveException(refusal + " (is another user's process squatting this device's socket name?)");
         }
-        await WriteAsync(new WorkerHello(session), "the session key", ct).ConfigureAwait(false);
+        await WriteAsync(new WorkerHello(session, wants is not null), "the session key", ct).ConfigureAwait(false);
+        if (wants is not null)
+        {
+            await WriteRawAsync(WorkerFraming.Frame(wants.ToJson()), "the wants", ct).ConfigureAwait(false);
+        }
         while (true)
         {
             var wait = _failure is null ? _idle : (_idle < WeightReceiver.AbortWait ? _idle : WeightReceiver.AbortWait);
@@ -341,13 +345,15 @@ internal sealed class ReceiveSession : IDisposable
 
     private Task ReplyAsync(WorkerReply reply, CancellationToken ct) => WriteAsync(reply, "a reply", ct);
 
-    private async Task WriteAsync<T>(T frame, string what, CancellationToken ct)
+    private Task WriteAsync<T>(T frame, string what, CancellationToken ct) => WriteRawAsync(WorkerFraming.Encode(frame), what, ct);
+
+    private async Task WriteRawAsync(byte[] frame, string what, CancellationToken ct)
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(_idle);
         try
         {
-            await WorkerFraming.WriteAsync(_stream, frame, deadline.Token).ConfigureAwait(false);
+            await _stream.WriteAsync(frame, deadline.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {

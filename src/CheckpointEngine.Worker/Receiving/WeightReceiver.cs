@@ -44,8 +44,18 @@ public static class WeightReceiver
         ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken);
 
     /// <param name="connectRetrying">Called with each failed connection attempt before the receiver waits to try again (tests await it instead of sleeping).</param>
+    /// <summary>
+    /// As <see cref="ReceiveAsync(string, BucketHandler, Func{CancellationToken, ValueTask}?, TimeSpan?, CancellationToken)"/>,
+    /// declaring what this worker keeps (see <see cref="WorkerWants"/>); a declaration that does not fit the
+    /// checkpoint fails the update on every rank with the reason.
+    /// </summary>
+    public static Task<ReceiveSummary> ReceiveAsync(string ticket, WorkerWants? wants, BucketHandler onBucket,
+        Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default) =>
+        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, wants);
+
     internal static async Task<ReceiveSummary> ReceiveAsync(string ticket, BucketHandler onBucket,
-        Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken)
+        Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken,
+        WorkerWants? wants = null)
     {
         var parsed = WorkerTicket.Parse(ticket);
         ArgumentNullException.ThrowIfNull(onBucket);
@@ -53,7 +63,7 @@ public static class WeightReceiver
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idle, TimeSpan.Zero, nameof(idleTimeout));
         var socket = await ConnectAsync(parsed.Address, idle, connectRetrying, cancellationToken).ConfigureAwait(false);
         using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle);
-        return await session.RunAsync(parsed.Session, cancellationToken).ConfigureAwait(false);
+        return await session.RunAsync(parsed.Session, wants, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Connects, retrying with a short backoff while nothing listens yet, until <paramref name="deadline"/> has passed.</summary>

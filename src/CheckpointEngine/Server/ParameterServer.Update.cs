@@ -152,7 +152,7 @@ public sealed partial class ParameterServer
             try
             {
                 worker = await _worker.AcceptAsync(ticket, triggered, timeout, ct).ConfigureAwait(false);
-                failure = await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id), timeout, ct).ConfigureAwait(false);
+                failure = WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id), timeout, ct).ConfigureAwait(false);
             }
             catch (UpdateFailedException e)
             {
@@ -185,6 +185,29 @@ public sealed partial class ParameterServer
             _progress = null;
             worker?.Dispose();
         }
+    }
+
+    /// <summary>Why the worker's declaration of what it keeps does not fit the checkpoint (null when it does, or when it declared nothing).</summary>
+    private static string? WantsFailure(WorkerConnection worker, GlobalMetas metas)
+    {
+        if (worker.WantsError is { } error)
+        {
+            return error;
+        }
+        if (worker.Wants is not { } wants)
+        {
+            return null;
+        }
+        var tensors = new Dictionary<string, (DType, IReadOnlyList<long>)>(StringComparer.Ordinal);
+        foreach (var m in metas.AllTensors)
+        {
+            tensors.TryAdd(m.Name, (m.DType, m.Shape));
+        }
+        var problems = wants.Problems(tensors);
+        const int Shown = 5;
+        return problems.Count == 0 ? null
+            : $"the worker of device '{worker.DeviceId}' declared wants that do not fit checkpoint '{metas.Checkpoint}': {string.Join("; ", problems.Take(Shown))}"
+              + (problems.Count > Shown ? $" (and {problems.Count - Shown} more)" : "");
     }
 
     /// <summary>The engine's reply to the trigger comes after its workers finished; a failed trigger fails the update.</summary>

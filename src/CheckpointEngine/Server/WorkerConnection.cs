@@ -8,6 +8,34 @@ internal sealed class WorkerConnection(Socket socket, string deviceId) : IDispos
 {
     private readonly NetworkStream _stream = new(socket, ownsSocket: true);
 
+    public string DeviceId => deviceId;
+
+    /// <summary>What the worker declared it keeps (null: everything, as a worker that declares nothing).</summary>
+    public WorkerWants? Wants { get; private set; }
+
+    /// <summary>Why its declaration could not be read (the update then fails at attach on every rank).</summary>
+    public string? WantsError { get; private set; }
+
+    /// <summary>Reads the worker's wants frame, which follows a hello that announced it.</summary>
+    public async Task ReadWantsAsync(TimeSpan timeout, CancellationToken ct)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(timeout);
+        try
+        {
+            var frame = await WorkerFraming.ReadFrameAsync(_stream, cts.Token).ConfigureAwait(false);
+            Wants = frame is null ? throw new InvalidDataException("the connection closed before the wants") : WorkerWants.Parse(frame);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            WantsError = $"the worker of device '{deviceId}' announced its wants but did not send them within {timeout.TotalSeconds:F0} s";
+        }
+        catch (Exception e) when (e is IOException or SocketException or InvalidDataException)
+        {
+            WantsError = $"the worker of device '{deviceId}' sent wants that cannot be read: {e.Message}";
+        }
+    }
+
     /// <summary>Sends a message; returns null when the worker says ok, else its error text. Losing the worker is an error too.</summary>
     public async Task<string?> CallAsync(WorkerMessage message, TimeSpan timeout, CancellationToken ct)
     {

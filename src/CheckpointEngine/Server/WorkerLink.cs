@@ -97,18 +97,28 @@ internal sealed class WorkerLink : IDisposable
         {
             var socket = await _listener.AcceptAsync(ct).ConfigureAwait(false);
             string? refusal;
+            WorkerConnection? worker = null;
             try
             {
-                refusal = await CheckAsync(socket, ticket, ct).ConfigureAwait(false);
+                (refusal, var declares) = await CheckAsync(socket, ticket, ct).ConfigureAwait(false);
+                if (refusal is null)
+                {
+                    worker = new WorkerConnection(socket, DeviceId);
+                    if (declares)
+                    {
+                        await worker.ReadWantsAsync(HelloTimeout, ct).ConfigureAwait(false);
+                    }
+                    return worker;
+                }
             }
             catch
             {
-                socket.Dispose();
+                if (worker is null)
+                {
+                    socket.Dispose();
+                }
+                worker?.Dispose();
                 throw;
-            }
-            if (refusal is null)
-            {
-                return new WorkerConnection(socket, DeviceId);
             }
             socket.Dispose();
             _lastRefusal = refusal;
@@ -116,12 +126,15 @@ internal sealed class WorkerLink : IDisposable
         }
     }
 
-    /// <summary>Null when the peer is this update's worker, else why not. Reads at most a hello frame, under <see cref="HelloTimeout"/>.</summary>
-    private async Task<string?> CheckAsync(Socket socket, WorkerTicket ticket, CancellationToken ct)
+    /// <summary>
+    /// Null when the peer is this update's worker (and whether it declares wants next), else why not.
+    /// Reads at most a hello frame, under <see cref="HelloTimeout"/>.
+    /// </summary>
+    private async Task<(string? Refusal, bool DeclaresWants)> CheckAsync(Socket socket, WorkerTicket ticket, CancellationToken ct)
     {
         if (PeerCredentials.Refusal(socket, "a process connecting") is { } refusal)
         {
-            return refusal;
+            return (refusal, false);
         }
         using var stream = new NetworkStream(socket, ownsSocket: false);
         using var hello = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -131,23 +144,24 @@ internal sealed class WorkerLink : IDisposable
             var frame = await WorkerFraming.ReadFrameAsync(stream, WorkerHello.MaxFrame, hello.Token).ConfigureAwait(false);
             if (frame is null)
             {
-                return "a connection closed before presenting a session key";
+                return ("a connection closed before presenting a session key", false);
             }
-            if (ticket.Accepts(WorkerFraming.Decode<WorkerHello>(frame).Session))
+            var said = WorkerFraming.Decode<WorkerHello>(frame);
+            if (ticket.Accepts(said.Session))
             {
-                return null;
+                return (null, said.Wants);
             }
             const string why = "the session key is not this update's (a worker of an earlier update, or a stale ticket)";
             await WorkerFraming.WriteAsync<WorkerMessage>(stream, new AbortMessage($"device '{DeviceId}': {why}"), hello.Token).ConfigureAwait(false);
-            return why;
+            return (why, false);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
-            return $"a connection presented no session key within {HelloTimeout.TotalSeconds:F0} s";
+            return ($"a connection presented no session key within {HelloTimeout.TotalSeconds:F0} s", false);
         }
         catch (Exception e) when (e is IOException or SocketException or InvalidDataException)
         {
-            return $"a connection sent no valid hello: {e.Message}";
+            return ($"a connection sent no valid hello: {e.Message}", false);
         }
     }
 

@@ -68,42 +68,14 @@ public sealed class WorkerLinkSecurityTests
         print("got %r" % got, flush=True)
         """;
 
-    private sealed class Rank(RankHost host) : IAsyncDisposable
-    {
-        public ParameterServer Server => host.Server;
-
-        public static async Task<Rank> StartAsync()
-        {
-            var config = new RankConfig { DeviceId = $"link-test-{Guid.NewGuid():N}", HostDeviceMemory = 16 << 20 };
-            var host = await RankHost.StartAsync(config, device: "host", ct: TestContext.Current.CancellationToken);
-            host.Server.RegisterCheckpoint("step-1", [], [new NamedTensor("w", DType.U8, [Weights.Length], Weights)]);
-            return new Rank(host);
-        }
-
-        /// <summary>An update whose engine is a real in-process receiver handed this update's ticket; returns what it received.</summary>
-        public async Task<(UpdateReport Report, byte[] Received)> UpdateAsync(TimeSpan? timeout = null, Action<WorkerTicket>? sawTicket = null)
-        {
-            byte[] received = [];
-            var report = await Server.UpdateAsync("step-1", UpdateMode.Broadcast, async (context, ct) =>
-            {
-                var ticket = context.Sockets.Single().Ticket;
-                sawTicket?.Invoke(ticket);
-                await WeightReceiver.ReceiveAsync(ticket.ToString(), (_, tensors) => received = tensors.Single().Span.ToArray(), null, Deadline, ct);
-            }, new UpdateOptions { Timeout = timeout ?? Deadline }, TestContext.Current.CancellationToken);
-            return (report, received);
-        }
-
-        public ValueTask DisposeAsync() => host.DisposeAsync();
-    }
-
     [Fact]
     public async Task AnotherUserConnectedFirst_GetsNotOneByte_AndTheRealWorkerGetsTheUpdate()
     {
-        await using var rank = await Rank.StartAsync();
+        await using var rank = await SingleRank.StartAsync(Weights);
         await using var eavesdropper = OtherUser.StartPython(Eavesdropper, rank.Server.WorkerAddress);
         Assert.Equal("connected", await eavesdropper.ReadLineAsync(Deadline));
 
-        var (_, received) = await rank.UpdateAsync();
+        var received = (await rank.UpdateAsync()).Received.Single().Value;
 
         Assert.Equal(Weights, received);
         Assert.Equal("closed after 0 bytes", await eavesdropper.ReadLineAsync(Deadline));
@@ -112,11 +84,11 @@ public sealed class WorkerLinkSecurityTests
     [Fact]
     public async Task AnotherUserKnockedAndLeft_BeforeTheUpdate_DoesNotFailIt()
     {
-        await using var rank = await Rank.StartAsync();
+        await using var rank = await SingleRank.StartAsync(Weights);
         await using var knocker = OtherUser.StartPython(KnockAndLeave, rank.Server.WorkerAddress, "5");
         Assert.Equal("done", await knocker.ReadLineAsync(Deadline));
 
-        var (_, received) = await rank.UpdateAsync();
+        var received = (await rank.UpdateAsync()).Received.Single().Value;
 
         Assert.Equal(Weights, received);
     }
@@ -140,7 +112,7 @@ public sealed class WorkerLinkSecurityTests
     [Fact]
     public async Task AStaleWorkerOfAnEarlierUpdate_IsRefused_AndTheNextUpdateGoesToTheRealWorker()
     {
-        await using var rank = await Rank.StartAsync();
+        await using var rank = await SingleRank.StartAsync(Weights);
         WorkerTicket? stale = null;
         // The first update's engine never connects: the update times out.
         var failed = await Assert.ThrowsAsync<UpdateFailedException>(() => rank.Server.UpdateAsync("step-1", UpdateMode.Broadcast, (context, _) =>
@@ -153,7 +125,7 @@ public sealed class WorkerLinkSecurityTests
         // Its worker shows up late and waits in the backlog for whoever accepts next.
         var late = WeightReceiver.ReceiveAsync(stale!.ToString(), (_, _) => Assert.Fail("the stale worker must not load"), null, Deadline, TestContext.Current.CancellationToken);
         WorkerTicket? next = null;
-        var (_, received) = await rank.UpdateAsync(sawTicket: t => next = t);
+        var received = (await rank.UpdateAsync(sawTicket: t => next = t)).Received.Single().Value;
 
         Assert.Equal(Weights, received);
         Assert.NotEqual(stale.Session, next!.Session);
@@ -164,12 +136,12 @@ public sealed class WorkerLinkSecurityTests
     [Fact]
     public async Task ASameUserConnectionWithoutTheSessionKey_IsRefused_TheUpdateStillSucceeds()
     {
-        await using var rank = await Rank.StartAsync();
+        await using var rank = await SingleRank.StartAsync(Weights);
         var forged = new WorkerTicket(rank.Server.WorkerAddress, new string('0', WorkerTicket.SessionLength));
         var intruder = WeightReceiver.ReceiveAsync(forged.ToString(), (_, _) => Assert.Fail("a forged ticket must not load"), null, Deadline, TestContext.Current.CancellationToken);
         await Task.Delay(200, TestContext.Current.CancellationToken); // Let it queue first; the update must get past it either way.
 
-        var (_, received) = await rank.UpdateAsync();
+        var received = (await rank.UpdateAsync()).Received.Single().Value;
 
         Assert.Equal(Weights, received);
         await Assert.ThrowsAsync<WeightUpdateAbortedException>(() => intruder);

@@ -83,7 +83,15 @@ internal sealed class FakeParameterServer : IDisposable
         _stream = new NetworkStream(_connection, ownsSocket: true);
         var hello = await WorkerFraming.ReadAsync<WorkerHello>(_stream, TestContext.Current.CancellationToken).WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
         Assert.Equal(Ticket.Session, hello?.Session);
+        if (hello!.Wants)
+        {
+            var frame = await WorkerFraming.ReadFrameAsync(_stream, TestContext.Current.CancellationToken).WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
+            DeclaredWants = WorkerWants.Parse(frame);
+        }
     }
+
+    /// <summary>What the worker declared it keeps, if it did.</summary>
+    public WorkerWants? DeclaredWants { get; private set; }
 
     /// <summary>Sends a message and returns the worker's reply.</summary>
     public async Task<WorkerReply> SendAsync(WorkerMessage message)

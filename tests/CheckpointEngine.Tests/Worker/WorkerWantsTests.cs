@@ -1,0 +1,132 @@
+using System.Text;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Server;
+using CheckpointEngine.Tests.Server;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Tests.Worker;
+
+/// <summary>
+/// What a worker declares it keeps: the wire form, the checks against a checkpoint's tensors, and the
+/// declaration travelling to the parameter server, which fails the attach on every rank when it does not fit.
+/// </summary>
+public sealed class WorkerWantsTests
+{
+    private static readonly IReadOnlyList<long> Matrix = [8, 16];
+
+    private static WorkerWants TpRank1Of2() => new(new Dictionary<string, TensorWant>
+    {
+        ["layers.0.q_proj.weight"] = TensorWant.Along(0, new SliceRange(4, 4)),
+        ["layers.0.o_proj.weight"] = TensorWant.Along(1, new SliceRange(8, 8)),
+        ["lm_head.weight"] = TensorWant.None,
+    });
+
+    [Fact]
+    public void WireForm_IsCanonical_RoundTrips_AndEqualDeclarationsShareADigest()
+    {
+        var wants = TpRank1Of2();
+        Assert.Equal("""{"others":"whole","tensors":{"layers.0.o_proj.weight":{"dim":1,"slices":[[8,8]]},"layers.0.q_proj.weight":{"dim":0,"slices":[[4,4]]},"lm_head.weight":"none"}}""",
+            Encoding.UTF8.GetString(wants.ToJson()));
+        var back = WorkerWants.Parse(wants.ToJson());
+        Assert.Equal(wants.Digest(), back.Digest());
+        Assert.Equal(TensorWant.Along(0, new SliceRange(4, 4)), back.For("layers.0.q_proj.weight"));
+        Assert.Equal(TensorWant.Whole, back.For("anything.else"));
+
+        var reordered = WorkerWants.Parse("""{"tensors":{"b":{"dim":0,"slices":[[6,2],[0,2]]},"a":"none"},"others":"whole"}"""u8);
+        var sorted = WorkerWants.Parse("""{"tensors":{"a":"none","b":{"dim":0,"slices":[[0,2],[6,2]]}}}"""u8);
+        Assert.Equal(sorted.Digest(), reordered.Digest());
+        Assert.NotEqual(sorted.Digest(), new WorkerWants(sorted.Tensors, TensorWant.None).Digest());
+    }
+
+    [Theory]
+    [InlineData("[]", "wants must be a JSON object")]
+    [InlineData("""{"others":"some"}""", "others must be \"whole\" or \"none\"")]
+    [InlineData("""{"tensors":[]}""", "\"tensors\" must be an object")]
+    [InlineData("""{"tensors":{"w":"half"}}""", "tensor 'w' must be \"whole\" or \"none\"")]
+    [InlineData("""{"tensors":{"w":{"dim":0}}}""", "tensor 'w' must be \"whole\", \"none\" or {\"dim\": d")]
+    [InlineData("""{"tensors":{"w":{"dim":0,"slices":[[1]]}}}""", "tensor 'w': each slice must be [start, length]")]
+    [InlineData("""{"tensors":{"w":"none","w":"whole"}}""", "tensor 'w' appears twice")]
+    [InlineData("{", "wants are not valid JSON")]
+    public void Parse_Malformed_SaysWhatAndWhere(string json, string expected)
+    {
+        var e = Assert.Throws<InvalidDataException>(() => WorkerWants.Parse(Encoding.UTF8.GetBytes(json)));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    public static TheoryData<TensorWant, DType, long[], string?> Problems() => new()
+    {
+        { TensorWant.Whole, DType.BF16, [8, 16], null },
+        { TensorWant.Along(0, new SliceRange(0, 4), new SliceRange(4, 4)), DType.BF16, [8, 16], null },
+        { TensorWant.Along(2, new SliceRange(0, 1)), DType.BF16, [8, 16], "dimension 2 is out of range for shape [8, 16]" },
+        { TensorWant.Along(0, new SliceRange(0, 1)), DType.F32, [], "dimension 0 is out of range for shape []" },
+        { TensorWant.Along(-1, new SliceRange(0, 1)), DType.BF16, [8, 16], "dimension -1 is out of range" },
+        { TensorWant.Along(1, new SliceRange(12, 8)), DType.BF16, [8, 16], "slice [12, 20) of dimension 1 is outside [0, 16)" },
+        { TensorWant.Along(1, new SliceRange(-1, 2)), DType.BF16, [8, 16], "slice [-1, 1) of dimension 1 is outside [0, 16)" },
+        { TensorWant.Along(0, new SliceRange(3, 0)), DType.BF16, [8, 16], "slice [3, 3) of dimension 0 is empty" },
+        { TensorWant.Along(0, new SliceRange(0, 4), new SliceRange(3, 2)), DType.BF16, [8, 16], "slices [0, 4) and [3, 5) of dimension 0 overlap" },
+        { TensorWant.Along(0), DType.BF16, [8, 16], "no slices along dimension 0 (declare \"none\" to keep nothing)" },
+        { TensorWant.Along(1, new SliceRange(1, 2)), DType.F4, [8, 16], "slice [1, 3) of dimension 1 does not fall on whole bytes (F4 is 4 bits an element)" },
+        { TensorWant.Along(1, new SliceRange(2, 2)), DType.F4, [8, 16], null },
+        { TensorWant.Along(0, new SliceRange(1, 1)), DType.F4, [8, 3], "slice [1, 2) of dimension 0 does not fall on whole bytes" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Problems))]
+    public void Problem_NamesWhatDoesNotFit(TensorWant want, DType dtype, long[] shape, string? expected)
+    {
+        var problem = WorkerWants.Problem(want, dtype, shape);
+        if (expected is null)
+        {
+            Assert.Null(problem);
+        }
+        else
+        {
+            Assert.NotNull(problem);
+            Assert.StartsWith(expected, problem, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void Problems_NameEveryTensor_UnknownOnesToo()
+    {
+        var checkpoint = new Dictionary<string, (DType, IReadOnlyList<long>)> { ["layers.0.q_proj.weight"] = (DType.BF16, [6, 16]), ["layers.0.o_proj.weight"] = (DType.BF16, Matrix) };
+        Assert.Equal(
+            ["tensor 'layers.0.q_proj.weight': slice [4, 8) of dimension 0 is outside [0, 6)", "tensor 'lm_head.weight' is not in the checkpoint"],
+            TpRank1Of2().Problems(checkpoint));
+    }
+
+    [Fact]
+    public async Task Declared_TravelsAfterTheSessionKey_ToTheParameterServer()
+    {
+        using var ps = FakeParameterServer.Start();
+        var wants = TpRank1Of2();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        var receiver = WeightReceiver.ReceiveAsync(ps.Ticket.ToString(), wants, (_, _) => { }, null, FakeParameterServer.StepDeadline, cts.Token);
+        await ps.AcceptAsync();
+        Assert.Equal(wants.Digest(), ps.DeclaredWants?.Digest());
+        await cts.CancelAsync();
+        await receiver.ContinueWith(static _ => { }, TaskScheduler.Default);
+    }
+
+    private static NamedTensor Bf16Matrix(string name) => new(name, DType.BF16, [.. Matrix], Enumerable.Range(0, 8 * 16 * 2).Select(i => (byte)i).ToArray());
+
+    [Fact]
+    public async Task Update_WantsThatFit_Succeeds_WantsThatDoNot_FailNamingWorkerTensorAndProblem()
+    {
+        await using var rank = await SingleRank.StartAsync(Bf16Matrix("layers.0.q_proj.weight"), Bf16Matrix("layers.0.o_proj.weight"));
+        var fits = new WorkerWants(new Dictionary<string, TensorWant>
+        {
+            ["layers.0.q_proj.weight"] = TensorWant.Along(0, new SliceRange(4, 4)),
+            ["layers.0.o_proj.weight"] = TensorWant.Along(1, new SliceRange(8, 8)),
+        });
+        var (_, received) = await rank.UpdateAsync(fits);
+        Assert.Equal(2, received.Count); // Transfers are not shard-aware yet: the worker still gets whole tensors.
+
+        var e = await Assert.ThrowsAsync<UpdateFailedException>(() => rank.UpdateAsync(TpRank1Of2()));
+        Assert.Contains($"the worker of device '{rank.Server.Device.Id}' declared wants that do not fit checkpoint 'step-1': ", e.Message, StringComparison.Ordinal);
+        Assert.Contains("tensor 'lm_head.weight' is not in the checkpoint", e.Message, StringComparison.Ordinal);
+
+        var (_, again) = await rank.UpdateAsync(); // Declaring nothing: everything, as before; the failure left nothing behind.
+        Assert.Equal(2, again.Count);
+    }
+}

@@ -119,12 +119,13 @@ public sealed partial class ReferenceWorker
     {
         try
         {
-            var summary = await WeightReceiver.ReceiveAsync(socket, (bucket, tensors) => LoadBucket(shard, bucket, tensors), null, _options.IdleTimeout, ct)
+            var summary = await WeightReceiver.ReceiveAsync(socket, shard.Wants(), (bucket, tensors) => LoadBucket(shard, bucket, tensors), null, _options.IdleTimeout, ct)
                 .ConfigureAwait(false);
             return new(shard, summary, null);
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
+            shard.ForgetLayout();
             return new(shard, null, _stopping.IsCancellationRequested
                 ? "the worker is stopping"
                 : $"the update did not end within the request's timeout of {timeout!.Value.TotalSeconds:0.###} s");
@@ -133,6 +134,8 @@ public sealed partial class ReferenceWorker
         {
             // WeightReceiveException carries the protocol's error text; anything else (a bad socket
             // address, no memory for the weights) is reported the same way so the caller sees it.
+            // The next update declares nothing until it has seen the layout again (it may be another checkpoint).
+            shard.ForgetLayout();
             return new(shard, null, e is WeightReceiveException ? e.Message : $"{e.GetType().Name}: {e.Message}");
         }
     }

@@ -21,22 +21,33 @@ internal readonly record struct TensorParallelSlice(long[] Shape, long SourceOff
 
     public static TensorParallelSlice For(ReceivedTensor info, int rank, int size, bool shardByTp)
     {
-        if (!shardByTp || size <= 1 || info.Shape.Length != 2 || info.DType.BitSize() % 8 != 0)
+        long rows = info.Shape.Length == 2 ? info.Shape[0] : 0, columns = info.Shape.Length == 2 ? info.Shape[1] : 0, element = info.DType.BitSize() / 8;
+        return Split(info.Name, info.DType, info.Shape, size, shardByTp) switch
         {
-            return Whole(info);
-        }
-        long rows = info.Shape[0], columns = info.Shape[1], element = info.DType.BitSize() / 8;
-        if (EndsWithAny(info.Name, RowSplit) && rows % size == 0)
+            0 => new([rows / size, columns], rank * (rows / size) * columns * element, 1, rows / size * columns * element, 0),
+            1 => new([rows, columns / size], rank * (columns / size) * element, rows, columns / size * element, columns * element),
+            _ => Whole(info),
+        };
+    }
+
+    /// <summary>What shard <paramref name="rank"/> keeps of a tensor, as it declares it to the parameter server (the same split as <see cref="For"/>).</summary>
+    public static TensorWant Want(string name, DType dtype, IReadOnlyList<long> shape, int rank, int size, bool shardByTp) =>
+        Split(name, dtype, shape, size, shardByTp) is { } dim
+            ? TensorWant.Along(dim, new SliceRange(rank * (shape[dim] / size), shape[dim] / size))
+            : TensorWant.Whole;
+
+    /// <summary>The dimension a tensor is split along across <paramref name="size"/> shards, or null when every shard keeps it whole.</summary>
+    private static int? Split(string name, DType dtype, IReadOnlyList<long> shape, int size, bool shardByTp)
+    {
+        if (!shardByTp || size <= 1 || shape.Count != 2 || dtype.BitSize() % 8 != 0)
         {
-            var part = rows / size;
-            return new([part, columns], rank * part * columns * element, 1, part * columns * element, 0);
+            return null;
         }
-        if (EndsWithAny(info.Name, ColumnSplit) && columns % size == 0)
+        if (EndsWithAny(name, RowSplit) && shape[0] % size == 0)
         {
-            var part = columns / size;
-            return new([rows, part], rank * part * element, rows, part * element, columns * element);
+            return 0;
         }
-        return Whole(info);
+        return EndsWithAny(name, ColumnSplit) && shape[1] % size == 0 ? 1 : null;
     }
 
     /// <summary>Copies the slice out of the whole tensor at <paramref name="source"/> into <paramref name="destination"/> (packed).</summary>

@@ -12,6 +12,9 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
 {
     private readonly Dictionary<string, Weight> _weights = new(StringComparer.Ordinal);
 
+    /// <summary>The checkpoint's tensors as the last update brought them (whole dtype and shape): what the next update's wants are made from.</summary>
+    private readonly Dictionary<string, (DType DType, long[] Shape)> _layout = new(StringComparer.Ordinal);
+
     /// <summary>Host memory a tensor in GPU memory is copied to before this shard takes its part; grown as needed, reused.</summary>
     private NativeBuffer? _fromDevice;
 
@@ -32,6 +35,7 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
         Interlocked.Increment(ref _bucketsLoaded);
         foreach (var view in tensors)
         {
+            _layout[view.Name] = (view.DType, [.. view.Shape]);
             var slice = TensorParallelSlice.For(view, Rank, size, shardByTp);
             var weight = Slot(view.Name, slice.ByteLength);
             weight.DType = view.DType;
@@ -53,6 +57,26 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
             }
         }
     }
+
+    /// <summary>
+    /// What this shard keeps, declared to the parameter server: with <c>--shard-by-tp</c>, once an update has
+    /// shown the checkpoint's layout, the slices of the split projections (everything else whole); else nothing
+    /// (every byte). A real engine knows its model's shapes up front; this one learns them from the first update.
+    /// </summary>
+    public WorkerWants? Wants()
+    {
+        if (!shardByTp || size <= 1 || _layout.Count == 0)
+        {
+            return null;
+        }
+        var sliced = _layout.Select(kv => (kv.Key, Want: TensorParallelSlice.Want(kv.Key, kv.Value.DType, kv.Value.Shape, Rank, size, shardByTp)))
+            .Where(t => t.Want.Kind == WantKind.Slices)
+            .ToDictionary(t => t.Key, t => t.Want, StringComparer.Ordinal);
+        return sliced.Count == 0 ? null : new WorkerWants(sliced);
+    }
+
+    /// <summary>After a failed update (perhaps a checkpoint of another layout): declare nothing until an update shows the layout again.</summary>
+    public void ForgetLayout() => _layout.Clear();
 
     /// <summary>The dtype and shape a tensor is held with (its slice's shape), if held.</summary>
     public (DType DType, long[] Shape)? Describe(string name) => _weights.TryGetValue(name, out var w) ? (w.DType, w.Shape) : null;

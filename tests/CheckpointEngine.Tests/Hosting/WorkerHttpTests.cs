@@ -189,6 +189,24 @@ public sealed class WorkerHttpTests : IAsyncDisposable
             }
             Assert.Equal(expected, digest[_worker!.DeviceIds[rank]]);
         }
+
+        // Having seen the layout, each shard declares the slices it keeps with the next update (the rest whole).
+        Assert.All(servers, s => Assert.Null(s.DeclaredWants));
+        request = UpdateAsync(servers);
+        await Task.WhenAll(servers.Select(s => s.UpdateAsync(s.Place(rows), s.Place(columns), s.Place(whole))));
+        (status, body) = await ResultAsync(request);
+        Assert.True(status == HttpStatusCode.OK, body.ToString());
+        var layout = rows.Concat(columns).Concat(whole).ToDictionary(t => t.Name, t => (t.DType, (IReadOnlyList<long>)t.Shape));
+        for (var rank = 0; rank < 2; rank++)
+        {
+            var wants = servers[rank].DeclaredWants!;
+            Assert.Equal(TensorWant.Along(0, new SliceRange(rank * 2, 2)), wants.For("model.layers.0.self_attn.q_proj.weight"));
+            Assert.Equal(TensorWant.Along(0, new SliceRange(rank * 4, 4)), wants.For("model.layers.1.mlp.gate_proj.weight"));
+            Assert.Equal(TensorWant.Along(1, new SliceRange(rank * 4, 4)), wants.For("model.layers.0.self_attn.o_proj.weight"));
+            Assert.Equal(TensorWant.Along(1, new SliceRange(rank * 2, 2)), wants.For("model.layers.1.mlp.down_proj.weight"));
+            Assert.All(whole, t => Assert.Equal(TensorWant.Whole, wants.For(t.Name)));
+            Assert.Empty(wants.Problems(layout));
+        }
     }
 
     [Fact]

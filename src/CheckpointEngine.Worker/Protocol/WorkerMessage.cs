@@ -40,7 +40,11 @@ public sealed record FinishMessage : WorkerMessage;
 /// <summary>The update failed elsewhere: drop what you were doing and unmap.</summary>
 public sealed record AbortMessage([property: JsonPropertyName("reason")] string Reason) : WorkerMessage;
 
-/// <summary>One tensor in the buffer; <see cref="Sha256"/> is optional (hex of the tensor's bytes) for workers that verify.</summary>
+/// <summary>
+/// One tensor in the buffer; <see cref="Sha256"/> is optional (hex of the tensor's bytes) for workers that verify.
+/// <see cref="Part"/>: only the slices the worker declared it keeps (see <see cref="WorkerWants"/>), packed;
+/// <see cref="Shape"/> is then the part's shape.
+/// </summary>
 public sealed record WireTensor(
     [property: JsonPropertyName("name")] string Name,
     [property: JsonPropertyName("dtype")] string DType,
@@ -49,7 +53,28 @@ public sealed record WireTensor(
     [property: JsonPropertyName("nbytes")] long NBytes,
     [property: JsonPropertyName("sha256")]
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
-    string? Sha256 = null);
+    string? Sha256 = null,
+    [property: JsonPropertyName("part")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    TensorPart? Part = null);
+
+/// <summary>
+/// Which part of a tensor of <see cref="FullShape"/> a load carries: the indices <see cref="Slices"/> (each
+/// [start, length]) along <see cref="Dim"/>, concatenated in order along that dimension.
+/// </summary>
+public sealed record TensorPart(
+    [property: JsonPropertyName("dim")] int Dim,
+    [property: JsonPropertyName("slices")] long[][] Slices,
+    [property: JsonPropertyName("full_shape")] long[] FullShape)
+{
+    /// <summary>The shape of the packed part: <see cref="FullShape"/> with the sliced dimension's length replaced by the slices' total.</summary>
+    public long[] PartShape()
+    {
+        var shape = FullShape.ToArray();
+        shape[Dim] = Slices.Sum(s => s[1]);
+        return shape;
+    }
+}
 
 /// <summary>The worker's answer: ok, or the error text the parameter server raises on every rank.</summary>
 public sealed record WorkerReply(

@@ -103,12 +103,23 @@ public sealed class WorkerWants
         {
             return $"no slices along dimension {d} (declare \"none\" to keep nothing)";
         }
-        long inner = 1;
-        for (var i = d + 1; i < shape.Count; i++)
+        long inner = 1, outer = 1;
+        for (var i = 0; i < shape.Count; i++)
         {
-            inner *= shape[i];
+            if (i < d)
+            {
+                outer *= shape[i];
+            }
+            else if (i > d)
+            {
+                inner *= shape[i];
+            }
         }
         var unitBits = inner * dtype.BitSize(); // The bits of one index along the dimension.
+        if (outer > 1 && shape[d] * unitBits % 8 != 0)
+        {
+            return $"dimension {d} cannot be sliced: its rows of {shape[d] * unitBits} bits do not start on whole bytes ({dtype.Name()} is {dtype.BitSize()} bits an element)";
+        }
         SliceRange? previous = null;
         foreach (var s in want.Slices.OrderBy(s => s.Start))
         {

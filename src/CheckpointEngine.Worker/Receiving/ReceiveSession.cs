@@ -266,16 +266,37 @@ internal sealed class ReceiveSession : IDisposable
                 error = $"{what}: bytes [{t.Offset}, {t.Offset + t.NBytes}) are outside segment '{name}' of {size} bytes";
                 return false;
             }
+            if (t.Part is { } part && PartProblem(part, dtype, t.Shape) is { } wrong)
+            {
+                error = $"{what}: {wrong}";
+                return false;
+            }
             if (t.Sha256 is { } sum && (sum.Length != 64 || !sum.All(char.IsAsciiHexDigit)))
             {
                 error = $"{what}: sha256 '{sum}' is not 64 hex digits";
                 return false;
             }
-            result[i] = new ReceivedTensor(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes, pointer + t.Offset, context);
+            result[i] = new ReceivedTensor(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes, pointer + t.Offset, context, t.Part);
         }
         views = result;
         error = "";
         return true;
+    }
+
+    /// <summary>Why a part does not describe slices of its full shape packed into <paramref name="shape"/>, or null.</summary>
+    private static string? PartProblem(TensorPart part, DType dtype, long[] shape)
+    {
+        if (part.FullShape.Length != shape.Length || part.Slices.Any(s => s is not { Length: 2 }))
+        {
+            return $"part of full shape [{string.Join(", ", part.FullShape)}] does not match shape [{string.Join(", ", shape)}]";
+        }
+        var want = TensorWant.Along(part.Dim, [.. part.Slices.Select(s => new SliceRange(s[0], s[1]))]);
+        if (WorkerWants.Problem(want, dtype, part.FullShape) is { } why)
+        {
+            return "part: " + why;
+        }
+        return part.PartShape().SequenceEqual(shape) ? null
+            : $"part shape [{string.Join(", ", part.PartShape())}] (slices of [{string.Join(", ", part.FullShape)}] along dimension {part.Dim}) is not shape [{string.Join(", ", shape)}]";
     }
 
     /// <summary>Checks the tensors that carry a sha256, in parallel (hashing runs at a few GB/s per core).</summary>

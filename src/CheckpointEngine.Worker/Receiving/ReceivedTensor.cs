@@ -7,8 +7,15 @@ namespace CheckpointEngine.Worker;
 /// One tensor of a bucket where it lies in the mapped update buffer, without a copy: valid only during
 /// the <see cref="BucketHandler"/> call. <see cref="Offset"/> is its place in the buffer.
 /// </summary>
-public readonly unsafe struct ReceivedTensor(string name, DType dtype, ImmutableArray<long> shape, long offset, long length, byte* pointer, nint deviceContext)
+public readonly unsafe struct ReceivedTensor(string name, DType dtype, ImmutableArray<long> shape, long offset, long length, byte* pointer, nint deviceContext,
+    TensorPart? part = null)
 {
+    /// <summary>
+    /// Null: the whole tensor. Otherwise only the slices this worker declared it keeps (see <see cref="WorkerWants"/>),
+    /// packed along <see cref="TensorPart.Dim"/>; <see cref="Shape"/> is the part's shape and <see cref="TensorPart.FullShape"/> the tensor's.
+    /// </summary>
+    public TensorPart? Part { get; } = part;
+
     public string Name { get; } = name;
 
     public DType DType { get; } = dtype;

@@ -40,7 +40,11 @@ public sealed record FinishMessage : WorkerMessage;
 /// <summary>The update failed elsewhere: drop what you were doing and unmap.</summary>
 public sealed record AbortMessage([property: JsonPropertyName("reason")] string Reason) : WorkerMessage;
 
-/// <summary>One tensor in the buffer; <see cref="Sha256"/> is optional (hex of the tensor's bytes) for workers that verify.</summary>
+/// <summary>
+/// One tensor in the buffer. <see cref="Crc32"/> (8 hex digits, see <see cref="TensorChecksum"/>) is sent when the update
+/// verifies; <see cref="Sha256"/> (64 hex digits) is the older optional checksum, still honoured. A worker verifies whichever
+/// it is given; one that ignores unknown fields (older workers) just loads.
+/// </summary>
 public sealed record WireTensor(
     [property: JsonPropertyName("name")] string Name,
     [property: JsonPropertyName("dtype")] string DType,
@@ -49,7 +53,10 @@ public sealed record WireTensor(
     [property: JsonPropertyName("nbytes")] long NBytes,
     [property: JsonPropertyName("sha256")]
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
-    string? Sha256 = null);
+    string? Sha256 = null,
+    [property: JsonPropertyName("crc32")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    string? Crc32 = null);
 
 /// <summary>The worker's answer: ok, or the error text the parameter server raises on every rank.</summary>
 public sealed record WorkerReply(

@@ -154,9 +154,17 @@ internal sealed class ReceiveSession : IDisposable
         await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
     }
 
+    /// <summary>Fault injection: sees each bucket's views before they are checked (see <see cref="WeightReceiver"/>).</summary>
+    public BucketHandler? Arrived { get; init; }
+
     private async Task LoadAsync(LoadMessage load, CancellationToken ct)
     {
-        if (!TryViews(load, out var views, out var error) || !TryVerify(load, views, out error))
+        var valid = TryViews(load, out var views, out var error);
+        if (valid)
+        {
+            Arrived?.Invoke(load.Bucket, views);
+        }
+        if (!valid || !TryVerify(load, views, out error))
         {
             await FailAsync(error, null, ct).ConfigureAwait(false);
             return;

@@ -43,16 +43,22 @@ public static class WeightReceiver
         Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default) =>
         ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken);
 
+    /// <param name="arrived">Fault injection (the reference engine's --corrupt-tensor): sees each bucket's views before they are checked and handled.</param>
+    internal static Task<ReceiveSummary> ReceiveAsync(string ticket, BucketHandler onBucket, Func<CancellationToken, ValueTask>? postLoad,
+        TimeSpan? idleTimeout, BucketHandler? arrived, CancellationToken cancellationToken) =>
+        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, arrived);
+
     /// <param name="connectRetrying">Called with each failed connection attempt before the receiver waits to try again (tests await it instead of sleeping).</param>
     internal static async Task<ReceiveSummary> ReceiveAsync(string ticket, BucketHandler onBucket,
-        Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken)
+        Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken,
+        BucketHandler? arrived = null)
     {
         var parsed = WorkerTicket.Parse(ticket);
         ArgumentNullException.ThrowIfNull(onBucket);
         var idle = idleTimeout ?? DefaultIdleTimeout;
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idle, TimeSpan.Zero, nameof(idleTimeout));
         var socket = await ConnectAsync(parsed.Address, idle, connectRetrying, cancellationToken).ConfigureAwait(false);
-        using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle);
+        using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle) { Arrived = arrived };
         return await session.RunAsync(parsed.Session, cancellationToken).ConfigureAwait(false);
     }
 

@@ -27,6 +27,7 @@ public static class CkptEngineCli
             WorkerCommand.Create(stdout),
             ServeCommand.Create(stdout),
             TraceCommand.Create(stdout, stderr),
+            VerifyCommand.Create(stdout),
         };
         try
         {

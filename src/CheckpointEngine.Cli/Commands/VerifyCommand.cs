@@ -14,14 +14,14 @@ internal static class VerifyCommand
 {
     public static Command Create(TextWriter stdout)
     {
-        var api = new Option<Uri>("--api") { Description = "a parameter server's HTTP API (serve --listen), e.g. http://127.0.0.1:7000", Required = true };
-        var engine = new Option<Uri>("--engine") { Description = "the engine's URL (its GET /v1/weights/digest)", Required = true };
+        var api = new Option<string>("--api") { Description = "a parameter server's HTTP API (serve --listen), e.g. http://127.0.0.1:7000", Required = true };
+        var engine = new Option<string>("--engine") { Description = "the engine's URL (its GET /v1/weights/digest)", Required = true };
         var name = new Argument<string>("NAME") { Description = "the checkpoint" };
         foreach (var o in new[] { api, engine })
         {
             o.Validators.Add(r =>
             {
-                if (r.GetValueOrDefault<Uri>() is not { IsAbsoluteUri: true, Scheme: "http" or "https" })
+                if (!Uri.TryCreate(r.GetValueOrDefault<string>(), UriKind.Absolute, out var url) || url.Scheme is not ("http" or "https"))
                 {
                     r.AddError($"{r.Option.Name} must be an http(s) URL");
                 }
@@ -36,8 +36,8 @@ internal static class VerifyCommand
                 http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token); // The API's token; the engine ignores it.
             }
             var checkpoint = result.GetValue(name)!;
-            using var sent = await GetAsync(http, new Uri(result.GetValue(api)!, $"/v1/checkpoints/{Uri.EscapeDataString(checkpoint)}"), ct).ConfigureAwait(false);
-            using var held = await GetAsync(http, new Uri(result.GetValue(engine)!, "/v1/weights/digest"), ct).ConfigureAwait(false);
+            using var sent = await GetAsync(http, new Uri(new Uri(result.GetValue(api)!), $"/v1/checkpoints/{Uri.EscapeDataString(checkpoint)}"), ct).ConfigureAwait(false);
+            using var held = await GetAsync(http, new Uri(new Uri(result.GetValue(engine)!), "/v1/weights/digest"), ct).ConfigureAwait(false);
             var report = Compare(Strings(sent.RootElement, "crc32"), held.RootElement);
             report.Lines.ForEach(stdout.WriteLine);
             stdout.WriteLine(report.Mismatches == 0

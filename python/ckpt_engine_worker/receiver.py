@@ -264,6 +264,14 @@ class _Session:
             if type(offset) is not int or offset < 0 or offset > size - nbytes:
                 return [], 0, "%s: bytes [%r, %r) are outside segment %s of %d bytes" % (
                     what, offset, offset + nbytes if type(offset) is int else None, self.segment.name, size)
+            crc = t.get("crc32")
+            if crc is not None:
+                if not isinstance(crc, str) or len(crc) != 8 or any(c not in "0123456789abcdefABCDEF" for c in crc):
+                    return [], 0, "%s: crc32 %r is not 8 hex digits" % (what, crc)
+                actual = "%08x" % self.segment.crc32(offset, nbytes)
+                if actual != crc.lower():
+                    return [], 0, "%s: tensor '%s' on device '%s' has crc32 %s, expected %s (corrupted on the way)" % (
+                        at, name, self.device_id, actual, crc.lower())
             checksum = t.get("sha256")
             if checksum is not None:
                 actual = self.segment.sha256(offset, nbytes)

@@ -11,7 +11,7 @@ import threading
 import torch
 
 from ckpt_engine_worker import dtypes, protocol
-from ckpt_engine_worker.segments import tensor_sha256
+from ckpt_engine_worker.segments import tensor_crc32, tensor_sha256
 
 _names = itertools.count()
 
@@ -86,7 +86,7 @@ class FakeServer:
     def attach(self):
         return self.call({"type": "attach", "kind": "shm", "handle": self.segment, "size": self.size, "device_id": "dev-0"})
 
-    def pack(self, tensors, start=0, checksums=False):
+    def pack(self, tensors, start=0, checksums=False, crc32=False):
         """Writes tensors at 256-byte aligned offsets from `start`; returns their wire descriptions."""
         wire, offset = [], start
         for name, t in tensors.items():
@@ -97,6 +97,8 @@ class FakeServer:
             entry = {"name": name, "dtype": dtypes.wire_name(t.dtype), "shape": list(t.shape), "offset": offset, "nbytes": n}
             if checksums:
                 entry["sha256"] = tensor_sha256(t)
+            if crc32:
+                entry["crc32"] = "%08x" % tensor_crc32(t)
             wire.append(entry)
             offset += (n + 255) // 256 * 256
         return wire

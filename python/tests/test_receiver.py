@@ -133,6 +133,9 @@ class ReceiverTests(unittest.TestCase):
             ({"name": "t", "dtype": "F4", "shape": [2], "offset": 0, "nbytes": 1}, "tensor 't' (#0): dtype F4 is not supported by torch"),
             ({"name": "t", "dtype": "F32", "shape": [1], "offset": 0, "nbytes": 4, "sha256": "00" * 32}, "tensor 't' (#0) has sha256 df3f6198"),
             ({"dtype": "F32", "shape": [1], "offset": 0, "nbytes": 4}, "tensor #0 has no name"),
+            ({"name": "t", "dtype": "F32", "shape": [1], "offset": 0, "nbytes": 4, "crc32": "xyz"}, "tensor 't' (#0): crc32 'xyz' is not 8 hex digits"),
+            ({"name": "t", "dtype": "F32", "shape": [1], "offset": 0, "nbytes": 4, "crc32": 12}, "tensor 't' (#0): crc32 12 is not 8 hex digits"),
+            ({"name": "t", "dtype": "F32", "shape": [1], "offset": 0, "nbytes": 4, "crc32": "0000000g"}, "tensor 't' (#0): crc32 '0000000g' is not 8 hex digits"),
         ]
         if not hasattr(torch, "float8_e4m3fn"):
             cases.append(({"name": "t", "dtype": "F8_E4M3", "shape": [2], "offset": 0, "nbytes": 2}, "tensor 't' (#0): dtype F8_E4M3 is not supported by torch"))
@@ -151,6 +154,21 @@ class ReceiverTests(unittest.TestCase):
                     self.assertIsInstance(worker.outcome()[1], WeightReceiveError)
                 finally:
                     server.close()
+
+    def test_Crc32_MatchingTensorsLoad_ACorruptedByteFailsNamingTensorAndDevice(self):
+        tensors = sample_tensors()
+        worker = self.start()
+        self.server.attach()
+        wire = self.server.pack(tensors, crc32=True)
+        self.assertEqual(self.server.call({"type": "load", "bucket": 0, "tensors": wire}), {"ok": True})
+        victim = wire[len(wire) // 2]
+        self.server.memory[victim["offset"] + victim["nbytes"] - 1] ^= 0x01  # One bit of the tensor's last byte.
+        reply = self.server.call({"type": "load", "bucket": 1, "tensors": wire})
+        self.assertFalse(reply["ok"])
+        self.assertIn("load of bucket 1: tensor '%s' on device 'dev-0' has crc32 " % victim["name"], reply["error"])
+        self.assertIn("expected %s (corrupted on the way)" % victim["crc32"], reply["error"])
+        self.server.conn.close()
+        self.assertIn(victim["name"], str(worker.outcome()[1]))
 
     def test_OutOfOrder_IsAnError(self):
         worker = self.start()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import unittest
+import zlib
 from unittest import mock
 
 import torch
@@ -88,6 +89,48 @@ class HostSegmentTests(unittest.TestCase):
 
 HANDLE = bytes(range(64))
 """A handle with a NUL first and bytes after it, as real ones have (a C-string copy loses them)."""
+
+
+def scalar_crc32(data):
+    """The IEEE CRC-32 bit by bit, from its definition: the reference the fast paths must equal."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+class Crc32Tests(unittest.TestCase):
+    def test_TensorCrc32_EqualsTheScalarDefinition_ForOddSizesAndEveryDType(self):
+        self.assertEqual(scalar_crc32(b"123456789"), 0xCBF43926)  # The standard check value.
+        generator = torch.Generator().manual_seed(19)
+        for n in (0, 1, 3, 7, 255, 256, 257, 4099):
+            data = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=generator)
+            with self.subTest(n=n):
+                self.assertEqual(segments.tensor_crc32(data), scalar_crc32(bytes(data.tolist())))
+        for name, t in sample_tensors().items():
+            with self.subTest(name):
+                raw = t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+                self.assertEqual(segments.tensor_crc32(t), zlib.crc32(bytes(raw.tolist())))
+
+    def test_TensorCrc32_InPieces_EqualsOneCall(self):
+        data = torch.randint(0, 256, (1000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+        with mock.patch.object(segments, "CRC_PIECE", 64):
+            self.assertEqual(segments.tensor_crc32(data), zlib.crc32(bytes(data.tolist())))
+            self.assertEqual(segments.tensor_crc32(data.view(torch.int32).reshape(10, 25).t()), zlib.crc32(
+                bytes(data.view(torch.int32).reshape(10, 25).t().contiguous().view(torch.uint8).reshape(-1).tolist())))
+
+    def test_SegmentCrc32_ReadsTheMappingInPlace(self):
+        server = FakeServer(listen=False)
+        self.addCleanup(server.close)
+        wire = server.pack(sample_tensors(), crc32=True)
+        seg = segments.open_shm(server.segment, server.size)
+        try:
+            for w in wire:
+                self.assertEqual("%08x" % seg.crc32(w["offset"], w["nbytes"]), w["crc32"], w["name"])
+        finally:
+            self.assertEqual(seg.release(), 0)
 
 
 class FakeDriver:
@@ -208,6 +251,7 @@ class CudaIpcTests(unittest.TestCase):
         self.assertEqual(seg.view("I64", [], 8, 8).item(), 7)
         driver.memory[8:16] = (9).to_bytes(8, "little")  # The next bucket, written into the same buffer.
         self.assertEqual(seg.sha256(8, 8), hashlib.sha256((9).to_bytes(8, "little")).hexdigest())
+        self.assertEqual(seg.crc32(8, 8), zlib.crc32((9).to_bytes(8, "little")))  # Fetched to the host first.
         self.assertEqual(seg.view("I64", [], 8, 8).item(), 9)
         seg.synchronize()
         self.assertEqual(seg.release(), 0)

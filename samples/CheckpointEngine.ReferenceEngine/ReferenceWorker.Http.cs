@@ -119,7 +119,8 @@ public sealed partial class ReferenceWorker
     {
         try
         {
-            var summary = await WeightReceiver.ReceiveAsync(socket, shard.Wants(), (bucket, tensors) => LoadBucket(shard, bucket, tensors), null, _options.IdleTimeout, ct)
+            var summary = await WeightReceiver.ReceiveAsync(socket, shard.Wants(), (bucket, tensors) => LoadBucket(shard, bucket, tensors), null, _options.IdleTimeout,
+                _options.CorruptTensor is null ? null : (_, views) => Corrupt(views), ct)
                 .ConfigureAwait(false);
             return new(shard, summary, null);
         }
@@ -153,6 +154,36 @@ public sealed partial class ReferenceWorker
         }
     }
 
+    private static void WriteMap(System.Text.Json.Utf8JsonWriter w, string property, SortedDictionary<string, string> map)
+    {
+        w.WriteStartObject(property);
+        foreach (var (name, value) in map)
+        {
+            w.WriteString(name, value);
+        }
+        w.WriteEndObject();
+    }
+
+    /// <summary>Flips a bit of the last byte of the tensor named by <see cref="ReferenceWorkerOptions.CorruptTensor"/>, where it lies in the update's buffer.</summary>
+    private unsafe void Corrupt(IReadOnlyList<ReceivedTensor> views)
+    {
+        foreach (var view in views.Where(v => v.Name == _options.CorruptTensor && v.Length > 0))
+        {
+            var last = view.Pointer + view.Length - 1;
+            if (!view.OnDevice)
+            {
+                *last ^= 0x01;
+                continue;
+            }
+            var cuda = CheckpointEngine.Interop.Cuda.CudaDriver.Instance;
+            cuda.SetCurrent(view.DeviceContext);
+            byte b;
+            cuda.CopyDeviceToHost((nint)(&b), (ulong)last, 1);
+            b ^= 0x01;
+            cuda.CopyHostToDevice((ulong)last, (nint)(&b), 1);
+        }
+    }
+
     private async Task DigestAsync(HttpContext http)
     {
         if (!await _gate.WaitAsync(DigestWait, http.RequestAborted).ConfigureAwait(false))
@@ -161,10 +192,18 @@ public sealed partial class ReferenceWorker
                 $"an update has been running for over {DigestWait.TotalSeconds:0} s; ask again when it has finished").ConfigureAwait(false);
             return;
         }
-        List<(string DeviceId, long Buckets, SortedDictionary<string, string> Tensors)> digests;
+        List<(string DeviceId, long Buckets, SortedDictionary<string, string> Tensors, (SortedDictionary<string, string> Crc32, List<string> Sliced) Checksums)> digests;
+        SortedDictionary<string, string> assembled = new(StringComparer.Ordinal);
         try
         {
-            digests = [.. _shards.Select(s => (s.DeviceId, s.BucketsLoaded, s.Digest()))];
+            digests = [.. _shards.Select(s => (s.DeviceId, s.BucketsLoaded, s.Digest(), s.Checksums()))];
+            foreach (var name in digests.SelectMany(d => d.Checksums.Sliced).Distinct())
+            {
+                if (WorkerShard.AssembledCrc32(_shards, name) is { } crc)
+                {
+                    assembled[name] = TensorChecksum.Hex(crc);
+                }
+            }
         }
         finally
         {
@@ -174,20 +213,20 @@ public sealed partial class ReferenceWorker
         {
             w.WriteStartObject();
             w.WriteStartArray("shards");
-            foreach (var (deviceId, buckets, tensors) in digests)
+            foreach (var (deviceId, buckets, tensors, (crc32, sliced)) in digests)
             {
                 w.WriteStartObject();
                 w.WriteString("device_id", deviceId);
                 w.WriteNumber("buckets_loaded", buckets);
-                w.WriteStartObject("tensors");
-                foreach (var (name, hex) in tensors)
-                {
-                    w.WriteString(name, hex);
-                }
-                w.WriteEndObject();
+                WriteMap(w, "tensors", tensors);
+                WriteMap(w, "crc32", crc32);
+                w.WriteStartArray("sliced");
+                sliced.ForEach(w.WriteStringValue);
+                w.WriteEndArray();
                 w.WriteEndObject();
             }
             w.WriteEndArray();
+            WriteMap(w, "assembled_crc32", assembled);
             w.WriteEndObject();
         }).ConfigureAwait(false);
     }

@@ -29,6 +29,12 @@ public sealed record ReferenceWorkerOptions
     /// <summary>The first update to reach this bucket fails there (fault injection); later ones succeed.</summary>
     public int? FailAtBucket { get; init; }
 
+    /// <summary>
+    /// Fault injection: every update flips one bit of the last byte of this tensor where it arrived (in the update's buffer, before
+    /// the worker checks and loads it), as a corruption on the way would. Verified updates then fail naming it; unverified ones load it.
+    /// </summary>
+    public string? CorruptTensor { get; init; }
+
     /// <summary>Extra time each bucket's reload takes (simulates a slow engine: for fault tests and timelines).</summary>
     public TimeSpan ReloadDelay { get; init; }
 

@@ -40,6 +40,7 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
             var weight = Slot(view.Name, slice.ByteLength);
             weight.DType = view.DType;
             weight.Shape = slice.Shape;
+            weight.Slice = slice.ByteLength == view.Length ? null : slice;
             if (view.OnDevice)
             {
                 // GPU memory: bring the whole tensor to the host, then take this shard's part.
@@ -92,6 +93,43 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
         return digest;
     }
 
+    /// <summary>
+    /// CRC-32 (hex) of the bytes this shard holds for each tensor, by name, and the names of those it holds only a
+    /// tensor-parallel slice of (their CRC is of the slice, not of the tensor).
+    /// </summary>
+    public unsafe (SortedDictionary<string, string> Crc32, List<string> Sliced) Checksums()
+    {
+        var crc = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, w) in _weights)
+        {
+            crc[name] = TensorChecksum.Hex(TensorChecksum.Crc32Parallel(w.Buffer.Pointer, w.Length));
+        }
+        return (crc, [.. _weights.Where(w => w.Value.Slice is not null).Select(w => w.Key).Order(StringComparer.Ordinal)]);
+    }
+
+    /// <summary>
+    /// CRC-32 of a tensor the shards hold in slices, reassembled in the tensor's own byte order (chunk i of shard 0, of
+    /// shard 1, ..., then chunk i+1): what the whole tensor's checksum is if the slices are right. Null when a shard lacks it.
+    /// </summary>
+    public static unsafe uint? AssembledCrc32(IReadOnlyList<WorkerShard> shards, string name)
+    {
+        var parts = shards.Select(s => s._weights.GetValueOrDefault(name)).ToList();
+        if (parts.Any(w => w?.Slice is null) || parts.Select(w => (w!.Slice!.Value.Chunks, w.Slice.Value.ChunkBytes)).Distinct().Count() != 1)
+        {
+            return null;
+        }
+        var (chunks, bytes) = (parts[0]!.Slice!.Value.Chunks, parts[0]!.Slice!.Value.ChunkBytes);
+        var crc = new System.IO.Hashing.Crc32();
+        for (long i = 0; i < chunks; i++)
+        {
+            foreach (var w in parts)
+            {
+                crc.Append(new ReadOnlySpan<byte>(w!.Buffer.Pointer + i * bytes, checked((int)bytes)));
+            }
+        }
+        return crc.GetCurrentHashAsUInt32();
+    }
+
     /// <summary>The buffer for a tensor: the one it had when the size is unchanged, else a fresh one.</summary>
     private Weight Slot(string name, long length)
     {
@@ -129,5 +167,8 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
         public DType DType { get; set; }
 
         public long[] Shape { get; set; } = [];
+
+        /// <summary>The tensor-parallel slice held, or null when the tensor is held whole.</summary>
+        public TensorParallelSlice? Slice { get; set; }
     }
 }

@@ -31,7 +31,7 @@ internal static class BenchRank
         }
         await ps.GatherMetasAsync(CheckpointName, timeout, ct).ConfigureAwait(false);
         var trigger = Hosting.EngineTrigger.Http(endpoint, groupSize);
-        var options = new UpdateOptions { Timeout = timeout };
+        var options = new UpdateOptions { Timeout = timeout, Verify = method == BenchSettings.Verify }; // A verified broadcast.
         for (var k = 0; k < updates; k++)
         {
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Every update starts with every rank ready.

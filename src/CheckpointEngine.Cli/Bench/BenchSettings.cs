@@ -22,7 +22,10 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     public const string Quantize = "quantize";
 
     /// <summary>The methods that are whole updates, as <c>update --update-method</c> names them.</summary>
-    public static readonly string[] UpdateMethods = ["broadcast", "p2p"];
+    /// <remarks><c>verify</c> is a broadcast update whose workers check every tensor's CRC-32 (<c>update --verify</c>): against the same run's broadcast rows it gives the cost of verification.</remarks>
+    public static readonly string[] UpdateMethods = ["broadcast", "p2p", Verify];
+
+    public const string Verify = "verify";
 
     public static readonly string[] KnownMethods = [.. UpdateMethods, Registration, Collective, Quantize];
 

@@ -28,6 +28,7 @@ public static class CkptEngineCli
             ServeCommand.Create(stdout),
             TraceCommand.Create(stdout, stderr),
             SoakCommand.Create(stdout, stderr),
+            VerifyCommand.Create(stdout),
         };
         try
         {

@@ -22,6 +22,8 @@ namespace CheckpointEngine.Cli.Commands;
 /// </summary>
 internal static class DemoCommand
 {
+    private static readonly string[] VerifyFlag = ["--verify"];
+
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var ranks = new Option<int>("--ranks") { Description = "parameter-server ranks (one worker shard each)", DefaultValueFactory = _ => 2 };
@@ -33,6 +35,7 @@ internal static class DemoCommand
         trace.Validators.Add(UpdateCommand.ValidateTracePath);
         var device = DeviceOption.Create();
         var model = ModelOption.Create();
+        var verify = new Option<bool>("--verify") { Description = "the ranks send each tensor's CRC-32 and the worker checks what it received (see update --verify)" };
         ranks.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--ranks must be between 1 and 64"); });
         size.Validators.Add(r =>
         {
@@ -43,18 +46,18 @@ internal static class DemoCommand
         });
         var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
         {
-            ranks, size, method, json, trace, device, model,
+            ranks, size, method, json, trace, device, model, verify,
         };
         command.SetAction(async (result, ct) =>
         {
             _ = ByteSize.TryParse(result.GetValue(size)!, out var bytes);
             var tracePath = result.GetValue(trace) is { } t ? Path.GetFullPath(t) : null;
-            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), stdout, stderr, ct).ConfigureAwait(false);
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), result.GetValue(verify), stdout, stderr, ct).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, bool verify, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
         var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
         var log = json ? TextWriter.Null : stdout;
@@ -78,7 +81,7 @@ internal static class DemoCommand
                 NProc = ranks,
                 Command = Launcher.SelfCommand(["update", "--checkpoint-path", dir, "--endpoint", worker.Address.ToString(),
                     "--inference-parallel-size", ranks.ToString(CultureInfo.InvariantCulture), "--update-method", method, "--timeout", "120", "--repeat", "2",
-                    .. trace is null ? [] : new[] { "--trace", trace }]),
+                    .. trace is null ? [] : new[] { "--trace", trace }, .. verify ? VerifyFlag : []]),
                 Environment = new Dictionary<string, string?>([DeviceOption.RankVariable(kind)]),
                 RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = ids[r] },
             };

@@ -41,6 +41,7 @@ internal static class UpdateCommand
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 100) r.AddError("--repeat must be in [1, 100]"); });
         var quantize = new Option<string?>("--quantize") { Description = "convert while registering: fp8 (block-scaled E4M3, as `quantize` writes it; the checkpoint's config.json is followed)" };
         quantize.AcceptOnlyFromAmong("fp8");
+        var verify = new Option<bool>("--verify") { Description = "send each tensor's registration-time CRC-32; the workers check what they received and fail the update on a mismatch" };
         var device = DeviceOption.Create();
         var allowNoToken = AllowNoTokenOption.Create();
         var trace = new Option<string?>("--trace") { Description = "rank 0 writes every rank's per-bucket stage times here as Chrome/Perfetto trace JSON (with --update-method all: FILE.broadcast.json and FILE.p2p.json)" };
@@ -50,7 +51,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace, device, quantize, allowNoToken,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, sleep, timeout, repeat, trace, device, quantize, verify, allowNoToken,
         };
         command.Validators.Add(r =>
         {
@@ -72,7 +73,7 @@ internal static class UpdateCommand
         {
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
-                result.GetValue(allowNoToken));
+                result.GetValue(allowNoToken), result.GetValue(verify));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -90,7 +91,7 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
@@ -128,7 +129,7 @@ internal static class UpdateCommand
             await WaitForEngineAsync(endpoint, uds, ct).ConfigureAwait(false);
             Phase("wait for the engine", clock);
             var trigger = EngineTrigger.Http(endpoint, groupSize, uds);
-            var options = new UpdateOptions { Timeout = timeout };
+            var options = new UpdateOptions { Timeout = timeout, Verify = verifying };
             var methods = method == "all" ? ["broadcast", "p2p"] : new[] { method };
             foreach (var m in methods)
             {

@@ -36,6 +36,7 @@ public sealed partial class ApiServer
         _app.MapGet("/v1/checkpoints", (RequestDelegate)ListAsync);
         _app.MapPost("/v1/checkpoints/{name}/files", (RequestDelegate)RegisterAsync);
         _app.MapDelete("/v1/checkpoints/{name}", (RequestDelegate)UnregisterAsync);
+        _app.MapGet("/v1/checkpoints/{name}", (RequestDelegate)DescribeAsync);
         _app.MapPost("/v1/checkpoints/{name}/gather-metas", (RequestDelegate)GatherMetasAsync);
         _app.MapPost("/v1/checkpoints/{name}/update", (RequestDelegate)UpdateAsync);
         _app.MapGet("/metrics", (RequestDelegate)(http =>
@@ -210,6 +211,41 @@ public sealed partial class ApiServer
         }).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// The per-tensor CRC-32s this rank sends its worker with a verified update: every tensor of the gathered metas
+    /// (all ranks'), or this rank's registration before a gather.
+    /// </summary>
+    private async Task DescribeAsync(HttpContext http)
+    {
+        var name = CheckpointName(http);
+        var metas = ParameterServer.GetMetas(name);
+        var tensors = metas?.AllTensors.ToList()
+            ?? (ParameterServer.Registry.TryGet(name, out var local) ? local.Buffers.SelectMany(b => b.Metas).ToList() : throw UnknownCheckpoint(name));
+        await WriteJsonAsync(http, StatusCodes.Status200OK, w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("name", name);
+            w.WriteNumber("rank", Rank);
+            w.WriteString("source", metas is null ? "registration" : "metas");
+            w.WriteNumber("tensors", tensors.Count);
+            w.WriteNumber("bytes", tensors.Sum(t => t.ByteLength));
+            w.WriteStartObject("crc32");
+            foreach (var t in tensors.OrderBy(t => t.Name, StringComparer.Ordinal))
+            {
+                if (t.Crc32 is { } crc)
+                {
+                    w.WriteString(t.Name, Worker.TensorChecksum.Hex(crc));
+                }
+                else
+                {
+                    w.WriteNull(t.Name);
+                }
+            }
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }).ConfigureAwait(false);
+    }
+
     private async Task ListAsync(HttpContext http)
     {
         var checkpoints = ParameterServer.Registry.Checkpoints;
@@ -276,7 +312,7 @@ public sealed partial class ApiServer
         UpdateReport report;
         try
         {
-            report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout }, _stopping.Token).ConfigureAwait(false);
+            report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify }, _stopping.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException or OperationCanceledException)
         {

@@ -12,13 +12,13 @@ namespace CheckpointEngine.Hosting.Api;
 public sealed partial class ApiServer
 {
     private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...], \"quantize\": null}";
-    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null}";
+    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false}";
     private const string GatherExample = "{\"timeout\": 300} (or no body)";
     private const double DefaultTimeoutSeconds = 300;
     private const double MaxTimeoutSeconds = 7 * 24 * 3600;
 
     /// <param name="EngineUid">The user the engine behind <paramref name="Uds"/> must run as (SO_PEERCRED); null: not checked (allow-listed, or no socket).</param>
-    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds, uint? EngineUid);
+    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds, uint? EngineUid, bool Verify);
 
     /// <summary>The body as JSON; null when it is empty and <paramref name="required"/> is false.</summary>
     private static async Task<JsonElement?> ReadJsonAsync(HttpContext http, bool required, string example)
@@ -149,7 +149,12 @@ public sealed partial class ApiServer
 
     private UpdateRequest ParseUpdate(JsonElement root)
     {
-        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds");
+        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify");
+        var verify = false;
+        if (root.TryGetProperty("verify", out var v) && v.ValueKind != JsonValueKind.Null)
+        {
+            verify = v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw Bad($"\"verify\" must be true or false, not {v.GetRawText()}");
+        }
         string? url = null;
         if (root.TryGetProperty("update_url", out var u) && u.ValueKind != JsonValueKind.Null)
         {
@@ -184,7 +189,7 @@ public sealed partial class ApiServer
             throw Bad($"\"update_url\": {host} is not a loopback address, and the update would send this rank's worker sockets there; " +
                 $"to allow it, start serve with --allow-engine-host {host} (or {RankConfig.AllowEngineHostsVariable})");
         }
-        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid);
+        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify);
     }
 
     /// <summary>A list of distinct ranks of this world; absent or null is empty.</summary>

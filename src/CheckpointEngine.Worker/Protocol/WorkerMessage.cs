@@ -41,9 +41,10 @@ public sealed record FinishMessage : WorkerMessage;
 public sealed record AbortMessage([property: JsonPropertyName("reason")] string Reason) : WorkerMessage;
 
 /// <summary>
-/// One tensor in the buffer; <see cref="Sha256"/> is optional (hex of the tensor's bytes) for workers that verify.
-/// <see cref="Part"/>: only the slices the worker declared it keeps (see <see cref="WorkerWants"/>), packed;
-/// <see cref="Shape"/> is then the part's shape.
+/// One tensor in the buffer. <see cref="Crc32"/> (8 hex digits, see <see cref="TensorChecksum"/>) is sent when the update
+/// verifies; <see cref="Sha256"/> (64 hex digits) is the older optional checksum, still honoured. A worker verifies whichever
+/// it is given; one that ignores unknown fields (older workers) just loads. <see cref="Part"/>: only the slices the worker
+/// declared it keeps (see <see cref="WorkerWants"/>), packed; <see cref="Shape"/> is then the part's shape.
 /// </summary>
 public sealed record WireTensor(
     [property: JsonPropertyName("name")] string Name,
@@ -54,6 +55,9 @@ public sealed record WireTensor(
     [property: JsonPropertyName("sha256")]
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     string? Sha256 = null,
+    [property: JsonPropertyName("crc32")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    string? Crc32 = null,
     [property: JsonPropertyName("part")]
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     TensorPart? Part = null);

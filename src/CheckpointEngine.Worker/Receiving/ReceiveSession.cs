@@ -158,9 +158,17 @@ internal sealed class ReceiveSession : IDisposable
         await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
     }
 
+    /// <summary>Fault injection: sees each bucket's views before they are checked (see <see cref="WeightReceiver"/>).</summary>
+    public BucketHandler? Arrived { get; init; }
+
     private async Task LoadAsync(LoadMessage load, CancellationToken ct)
     {
-        if (!TryViews(load, out var views, out var error) || !TryVerify(load, views, out error))
+        var valid = TryViews(load, out var views, out var error);
+        if (valid)
+        {
+            Arrived?.Invoke(load.Bucket, views);
+        }
+        if (!valid || !TryVerify(load, views, out error))
         {
             await FailAsync(error, null, ct).ConfigureAwait(false);
             return;
@@ -276,6 +284,11 @@ internal sealed class ReceiveSession : IDisposable
                 error = $"{what}: sha256 '{sum}' is not 64 hex digits";
                 return false;
             }
+            if (t.Crc32 is { } crc && !TensorChecksum.TryParseHex(crc, out _))
+            {
+                error = $"{what}: crc32 '{crc}' is not 8 hex digits";
+                return false;
+            }
             result[i] = new ReceivedTensor(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes, pointer + t.Offset, context, t.Part);
         }
         views = result;
@@ -299,24 +312,30 @@ internal sealed class ReceiveSession : IDisposable
             : $"part shape [{string.Join(", ", part.PartShape())}] (slices of [{string.Join(", ", part.FullShape)}] along dimension {part.Dim}) is not shape [{string.Join(", ", shape)}]";
     }
 
-    /// <summary>Checks the tensors that carry a sha256, in parallel (hashing runs at a few GB/s per core).</summary>
-    private static unsafe bool TryVerify(LoadMessage load, ReceivedTensor[] views, out string error)
+    /// <summary>
+    /// Checks the tensors that carry a checksum (crc32, sha256), tensors in parallel and big ones in pieces. Tensors in
+    /// GPU memory are copied to the host to be hashed (every byte crosses PCIe once more).
+    /// </summary>
+    private bool TryVerify(LoadMessage load, ReceivedTensor[] views, out string error)
     {
-        if (!load.Tensors.Any(t => t.Sha256 is not null))
+        if (!load.Tensors.Any(t => t.Sha256 is not null || t.Crc32 is not null))
         {
             error = "";
             return true;
         }
         var mismatch = new string?[views.Length];
+        var where = $"load of bucket {load.Bucket}";
+        var device = _deviceId;
         Parallel.For(0, views.Length, i =>
         {
-            if (load.Tensors[i].Sha256 is { } expected)
+            var (t, view) = (load.Tensors[i], views[i]);
+            if (t.Crc32 is { } crc && TensorChecksum.TryParseHex(crc, out var expected) && TensorChecksum.Crc32(view) is var actual && actual != expected)
             {
-                var actual = TensorHash.Sha256Hex(views[i]);
-                if (!actual.Equals(expected, StringComparison.OrdinalIgnoreCase))
-                {
-                    mismatch[i] = $"load of bucket {load.Bucket}: tensor '{views[i].Name}' has sha256 {actual}, expected {expected.ToLowerInvariant()}";
-                }
+                mismatch[i] = $"{where}: tensor '{view.Name}' on device '{device}' has crc32 {TensorChecksum.Hex(actual)}, expected {TensorChecksum.Hex(expected)} (corrupted on the way)";
+            }
+            else if (t.Sha256 is { } sum && TensorHash.Sha256Hex(view) is var digest && !digest.Equals(sum, StringComparison.OrdinalIgnoreCase))
+            {
+                mismatch[i] = $"{where}: tensor '{view.Name}' has sha256 {digest}, expected {sum.ToLowerInvariant()}";
             }
         });
         error = mismatch.FirstOrDefault(m => m is not null) ?? "";

@@ -43,7 +43,11 @@ public static class WeightReceiver
         Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default) =>
         ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken);
 
-    /// <param name="connectRetrying">Called with each failed connection attempt before the receiver waits to try again (tests await it instead of sleeping).</param>
+    /// <param name="arrived">Fault injection (the reference engine's --corrupt-tensor): sees each bucket's views before they are checked and handled.</param>
+    internal static Task<ReceiveSummary> ReceiveAsync(string ticket, WorkerWants? wants, BucketHandler onBucket, Func<CancellationToken, ValueTask>? postLoad,
+        TimeSpan? idleTimeout, BucketHandler? arrived, CancellationToken cancellationToken) =>
+        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, arrived, wants);
+
     /// <summary>
     /// As <see cref="ReceiveAsync(string, BucketHandler, Func{CancellationToken, ValueTask}?, TimeSpan?, CancellationToken)"/>,
     /// declaring what this worker keeps (see <see cref="WorkerWants"/>); a declaration that does not fit the
@@ -51,18 +55,19 @@ public static class WeightReceiver
     /// </summary>
     public static Task<ReceiveSummary> ReceiveAsync(string ticket, WorkerWants? wants, BucketHandler onBucket,
         Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default) =>
-        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, wants);
+        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, wants: wants);
 
+    /// <param name="connectRetrying">Called with each failed connection attempt before the receiver waits to try again (tests await it instead of sleeping).</param>
     internal static async Task<ReceiveSummary> ReceiveAsync(string ticket, BucketHandler onBucket,
         Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken,
-        WorkerWants? wants = null)
+        BucketHandler? arrived = null, WorkerWants? wants = null)
     {
         var parsed = WorkerTicket.Parse(ticket);
         ArgumentNullException.ThrowIfNull(onBucket);
         var idle = idleTimeout ?? DefaultIdleTimeout;
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idle, TimeSpan.Zero, nameof(idleTimeout));
         var socket = await ConnectAsync(parsed.Address, idle, connectRetrying, cancellationToken).ConfigureAwait(false);
-        using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle);
+        using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle) { Arrived = arrived };
         return await session.RunAsync(parsed.Session, wants, cancellationToken).ConfigureAwait(false);
     }
 

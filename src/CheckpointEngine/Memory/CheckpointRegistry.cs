@@ -166,8 +166,9 @@ public sealed class CheckpointRegistry : IDisposable
                 }
                 copied.Add(new MemoryBuffer((nint)native.Pointer, b.Size, b.Metas, options.UsePool ? MemoryBufferKind.Pooled : MemoryBufferKind.Owned));
             }
-            TensorCopier.Copy(copied, toCopy.ToDictionary(e => e.Name, StringComparer.Ordinal), options.CopyThreads);
-            buffers.InsertRange(0, copied);
+            // Every tensor gets its CRC-32 here: copied ones in the copying pass, mapped ones in a hashing pass.
+            buffers = [.. TensorCopier.Copy(copied, toCopy.ToDictionary(e => e.Name, StringComparer.Ordinal), options.CopyThreads),
+                .. TensorCopier.Checksum(buffers, options.CopyThreads)];
 
             foreach (var f in opened.Where(f => !mapped.Contains(f)))
             {

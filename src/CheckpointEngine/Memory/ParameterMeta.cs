@@ -9,5 +9,8 @@ namespace CheckpointEngine.Memory;
 /// </summary>
 public sealed record ParameterMeta(string Name, DType DType, ImmutableArray<long> Shape, long Offset, long ByteLength)
 {
+    /// <summary>CRC-32 of the tensor's bytes (see <see cref="Worker.TensorChecksum"/>), computed at registration; null in metas written without one.</summary>
+    public uint? Crc32 { get; init; }
+
     public long AlignedSize => BufferLayout.Align(ByteLength);
 }

@@ -2,6 +2,7 @@ using System.Collections.Immutable;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
+using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Planning;
 
@@ -85,7 +86,7 @@ public sealed record GlobalMetas(string Checkpoint, IReadOnlyList<RankMetas> Ran
             w.WriteStartArray("tensors");
             foreach (var m in b.Metas)
             {
-                TensorJson.Write(w, m.Name, m.DType, m.Shape, m.Offset, m.ByteLength);
+                TensorJson.Write(w, m.Name, m.DType, m.Shape, m.Offset, m.ByteLength, crc32: m.Crc32);
             }
             w.WriteEndArray();
             w.WriteEndObject();
@@ -184,7 +185,14 @@ public sealed record GlobalMetas(string Checkpoint, IReadOnlyList<RankMetas> Ran
                 {
                     throw new CheckpointFormatException(source, $"{twhere}: {why ?? $"nbytes {nbytes} at offset {offset} does not fit dtype {dtype}, shape [{string.Join(", ", shape)}] in a {size}-byte buffer"}", name);
                 }
-                metas.Add(new ParameterMeta(name, dtype, shape, offset, nbytes));
+                uint? crc32 = null;
+                if (t.TryGetProperty("crc32", out var c))
+                {
+                    crc32 = TensorChecksum.TryParseHex(c.ValueKind == JsonValueKind.String ? c.GetString() : null, out var crc)
+                        ? crc
+                        : throw new CheckpointFormatException(source, $"{twhere}: 'crc32' must be 8 hex digits, not {c.GetRawText()}", name);
+                }
+                metas.Add(new ParameterMeta(name, dtype, shape, offset, nbytes) { Crc32 = crc32 });
             }
             buffers.Add(new BufferMeta(size, get(b, "address", JsonValueKind.Number, bwhere).GetInt64(), metas));
         }

@@ -38,7 +38,7 @@ internal static class BucketPump
     /// reloads it from where it lies on its rank, while bucket k+1 is broadcast.
     /// </summary>
     public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
-        WorkerConnection worker, bool agreeOnStaging, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+        WorkerConnection worker, bool agreeOnStaging, bool verify, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
         var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
@@ -84,7 +84,7 @@ internal static class BucketPump
         {
             try
             {
-                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Where(k) - device)), timeout, ct).ConfigureAwait(false);
+                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Where(k) - device, verify)), timeout, ct).ConfigureAwait(false);
             }
             finally
             {
@@ -154,7 +154,8 @@ internal static class BucketPump
         return steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList();
     }
 
-    /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer.</summary>
-    private static List<WireTensor> Wire(H2DBucket bucket, nint slotOffset) =>
-        bucket.Items.Select(m => new WireTensor(m.Name, m.DType.Name(), [.. m.Shape], slotOffset + m.Offset, m.ByteLength)).ToList();
+    /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer, with their checksums when verifying.</summary>
+    private static List<WireTensor> Wire(H2DBucket bucket, nint slotOffset, bool verify) =>
+        bucket.Items.Select(m => new WireTensor(m.Name, m.DType.Name(), [.. m.Shape], slotOffset + m.Offset, m.ByteLength,
+            Crc32: verify && m.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null)).ToList();
 }

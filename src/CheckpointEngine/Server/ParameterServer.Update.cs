@@ -128,6 +128,10 @@ public sealed partial class ParameterServer
     {
         // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
         var agreeOnStaging = mode.Method == UpdateMethod.P2P;
+        if (options.Verify && metas.AllTensors.FirstOrDefault(m => m.Crc32 is null) is { } bare)
+        {
+            throw new UpdateFailedException($"cannot verify the update of '{name}': its metas carry no checksum for tensor '{bare.Name}' (written by an older version: gather the metas again)");
+        }
         var clock = Stopwatch.StartNew();
         var timeout = options.Timeout;
 
@@ -162,7 +166,7 @@ public sealed partial class ParameterServer
 
             var total = steps.Sum(s => s.Bucket.Size);
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
-            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, timeout, clock,
+            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
             await Agreement.AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);

@@ -13,4 +13,10 @@ public sealed record UpdateOptions
 
     /// <summary>Largest bucket; null: the rank's configured maximum (<see cref="Runtime.RankConfig.MaxBucketSize"/>).</summary>
     public long? MaxBucketSize { get; init; }
+
+    /// <summary>
+    /// Send each tensor's registration-time CRC-32 with its load message, so the workers check the bytes they
+    /// received before loading them; a mismatch fails the update on every rank naming the tensor, rank and device.
+    /// </summary>
+    public bool Verify { get; init; }
 }

@@ -143,4 +143,86 @@ public sealed class ServeEndToEndTests : IDisposable
         }
         Assert.Empty(Directory.GetFiles(_temp.Path, "*.sock"));
     }
+
+    private static async Task<(HttpStatusCode Status, string Body)> PostAsync(HttpClient http, string path, string body)
+    {
+        using var content = new StringContent(body, Encoding.UTF8, "application/json");
+        using var response = await http.PostAsync(path, content, TestContext.Current.CancellationToken);
+        return (response.StatusCode, await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public async Task CorruptedTensor_VerifiedUpdateFailsOnEveryRankNamingIt_UnverifiedOneIsCaughtByTheVerifyCommand()
+    {
+        // Projections that --shard-by-tp slices by rows (q) and by columns (o), and a tensor every shard keeps whole.
+        string[] kinds = ["self_attn.q_proj.weight", "self_attn.o_proj.weight", "norm.weight"];
+        var tensors = Enumerable.Range(0, 12).Select(i => TestTensor.Random($"layers.{i / 3}.{kinds[i % 3]}", i % 2 == 0 ? DType.BF16 : DType.F32, [16 + (2 * i), 8])).ToArray();
+        var files = tensors.Chunk(6).Select((part, i) =>
+        {
+            var path = _temp.File($"part-{i}.safetensors");
+            SafeTensorsWriter.Write(path, part.Select(t => TensorToWrite.FromBytes(t.Name, t.DType, t.Shape, t.Bytes)));
+            return path;
+        }).ToArray();
+        var victim = tensors[7].Name;
+        var devices = $"verify-{_id}-0,verify-{_id}-1";
+        var (corrupting, listening) = await StartAsync(["worker", "--listen", "127.0.0.1:0", "--tp", "2", "--device-ids", devices, "--corrupt-tensor", victim], "listening on ", []);
+        var workerUrl = listening["listening on ".Length..].Trim();
+        var port = TestPorts.Free().ToString(CultureInfo.InvariantCulture);
+        var ranks = await Task.WhenAll(Enumerable.Range(0, 2).Select(r => StartAsync(["serve", "--listen", "127.0.0.1:0"], "serving rank ", new()
+        {
+            ["RANK"] = r.ToString(CultureInfo.InvariantCulture),
+            ["WORLD_SIZE"] = "2",
+            ["MASTER_ADDR"] = "127.0.0.1",
+            ["MASTER_PORT"] = port,
+            ["CKPT_ENGINE_DEVICE_ID"] = $"verify-{_id}-{r}",
+        })));
+        var apis = ranks.Select(r => r.Line[(r.Line.LastIndexOf(' ') + 1)..]).ToArray();
+        var clients = apis.Select(a => new HttpClient { BaseAddress = new Uri(a), Timeout = TimeSpan.FromSeconds(60) }).ToArray();
+        try
+        {
+            await OkAsync(clients[0], "/v1/checkpoints/step/files", RegisterBody.Files(files[0]));
+            await OkAsync(clients[1], "/v1/checkpoints/step/files", RegisterBody.Files(files[1]));
+            await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/gather-metas")));
+
+            // The API reports the checksum of every tensor (all ranks' after the gather): the bytes' CRC-32.
+            var described = await clients[1].GetFromJsonAsync<JsonElement>("/v1/checkpoints/step", TestContext.Current.CancellationToken);
+            Assert.Equal("metas", described.GetProperty("source").GetString());
+            Assert.Equal(tensors.ToDictionary(t => t.Name, t => ReferenceCrc32.Of(t.Bytes).ToString("x8", CultureInfo.InvariantCulture)).OrderBy(kv => kv.Key, StringComparer.Ordinal),
+                described.GetProperty("crc32").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!).OrderBy(kv => kv.Key, StringComparer.Ordinal));
+
+            // Verified: every rank fails, naming the tensor, the rank whose worker found it and that worker's device.
+            var failed = await Task.WhenAll(clients.Select(c => PostAsync(c, "/v1/checkpoints/step/update", $"{{\"update_url\": \"{workerUrl}\", \"timeout\": 30, \"verify\": true}}")));
+            Assert.All(failed, f =>
+            {
+                Assert.Equal(HttpStatusCode.InternalServerError, f.Status);
+                Assert.Matches($"rank [01] failed at reloading bucket \\d+: load of bucket \\d+: tensor '{victim}' on device 'verify-{_id}-[01]' has crc32 [0-9a-f]{{8}}, expected [0-9a-f]{{8}}", f.Body);
+            });
+
+            // Unverified: the update succeeds, and the comparison afterwards names the tensor on both devices.
+            await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/update", $"{{\"update_url\": \"{workerUrl}\", \"timeout\": 30}}")));
+            var (code, stdout, _) = InProcessCli.Run("verify", "--api", apis[0], "--engine", workerUrl, "step");
+            Assert.Equal(1, code);
+            Assert.Contains($"mismatch: tensor '{victim}' on device 'verify-{_id}-0': holds crc32 ", stdout, StringComparison.Ordinal);
+            Assert.Contains($"mismatch: tensor '{victim}' on device 'verify-{_id}-1': holds crc32 ", stdout, StringComparison.Ordinal);
+            Assert.Contains("2 mismatch(es) in 'step' (24 compared)", stdout, StringComparison.Ordinal);
+
+            // A worker that corrupts nothing and keeps slices: the verified update succeeds, and the comparison finds every
+            // whole tensor equal on both devices and every sliced one equal once reassembled (4 × 2 + 8).
+            corrupting.Kill(entireProcessTree: true);
+            await corrupting.WaitForExitAsync(TestContext.Current.CancellationToken);
+            var (_, clean) = await StartAsync(["worker", "--listen", "127.0.0.1:0", "--tp", "2", "--device-ids", devices, "--shard-by-tp"], "listening on ", []);
+            var cleanUrl = clean["listening on ".Length..].Trim();
+            await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/update", $"{{\"update_url\": \"{cleanUrl}\", \"timeout\": 30, \"verify\": true}}")));
+            (code, stdout, _) = InProcessCli.Run("verify", "--api", apis[1], "--engine", cleanUrl, "step");
+            Assert.True(code == 0, stdout);
+            Assert.Contains("ok: 16 tensor checksums of 'step' match", stdout, StringComparison.Ordinal);
+        }
+        finally
+        {
+            foreach (var c in clients)
+            {
+                c.Dispose();
+            }
+        }
+    }
 }

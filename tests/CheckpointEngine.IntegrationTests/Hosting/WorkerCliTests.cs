@@ -26,11 +26,33 @@ public class WorkerCliTests
     [InlineData("--listen", "127.0.0.1:0", "--fail-at-bucket", "-1", "--fail-at-bucket must not be negative")]
     [InlineData("--listen", "127.0.0.1:0", "--idle-timeout", "0", "--idle-timeout must be a positive number of seconds")]
     [InlineData("--tp", "1", "Option '--listen' is required")]
+    [InlineData("--listen", "127.0.0.1:0", "--corrupt-tensor", " ", "--corrupt-tensor needs a tensor name")]
     public void Worker_BadFlag_IsRejectedWithTheReason(params string[] argsThenMessage)
     {
         var (code, _, stderr) = Run(["worker", .. argsThenMessage[..^1]]);
         Assert.NotEqual(0, code);
         Assert.Contains(argsThenMessage[^1], stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("--api", "localhost:7000", "--engine", "http://127.0.0.1:8000", "step", "--api must be an http(s) URL")]
+    [InlineData("--api", "http://127.0.0.1:7000", "--engine", "ftp://x", "step", "--engine must be an http(s) URL")]
+    [InlineData("--api", "http://127.0.0.1:7000", "step", "Option '--engine' is required")]
+    [InlineData("--api", "http://127.0.0.1:7000", "--engine", "http://127.0.0.1:8000", "Required argument missing for command: 'verify'")]
+    public void Verify_BadFlag_IsRejectedWithTheReason(params string[] argsThenMessage)
+    {
+        var (code, _, stderr) = Run(["verify", .. argsThenMessage[..^1]]);
+        Assert.NotEqual(0, code);
+        Assert.Contains(argsThenMessage[^1], stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Verify_NothingListening_ExitsOneNamingTheUrl()
+    {
+        var port = TestPorts.Free();
+        var (code, _, stderr) = Run("verify", "--api", $"http://127.0.0.1:{port}", "--engine", $"http://127.0.0.1:{port}", "step");
+        Assert.Equal(CkptEngineCli.BadInput, code);
+        Assert.StartsWith($"error: GET http://127.0.0.1:{port}/v1/checkpoints/step: ", stderr, StringComparison.Ordinal);
     }
 
     [Theory]

@@ -1,6 +1,7 @@
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Interop;
 using CheckpointEngine.Memory;
+using CheckpointEngine.Tests.Support;
 
 namespace CheckpointEngine.Tests.Memory;
 
@@ -68,6 +69,7 @@ public static class MemoryTestData
             Assert.Equal(spec.Data.Length, meta.ByteLength);
             Assert.InRange(meta.Offset, 0, buffer.Size - meta.ByteLength);
             Assert.True(buffer.Bytes(meta).SequenceEqual(spec.Data), $"bytes of tensor '{meta.Name}' differ from the source");
+            Assert.True(ReferenceCrc32.Of(spec.Data) == meta.Crc32, $"checksum of tensor '{meta.Name}' is {meta.Crc32:x8}, its bytes' CRC-32 is {ReferenceCrc32.Of(spec.Data):x8}");
         }
         AssertPacked(checkpoint);
     }

@@ -15,7 +15,7 @@ public sealed class GlobalMetasTests : IDisposable
     private static GlobalMetas Sample() => new("step-7",
     [
         new RankMetas(0, "dev-0", "127.0.0.1:1234", [new BufferMeta(1024, 0x7f00_0000_0000, [
-            new ParameterMeta("a.weight", DType.BF16, ImmutableArray.Create(4L, 8), 0, 64),
+            new ParameterMeta("a.weight", DType.BF16, ImmutableArray.Create(4L, 8), 0, 64) { Crc32 = 0x0badf00d },
             new ParameterMeta("a.scale", DType.F32, ImmutableArray<long>.Empty, 256, 4),
         ])]),
         new RankMetas(1, "dev-1", null, []),
@@ -29,6 +29,8 @@ public sealed class GlobalMetasTests : IDisposable
         var loaded = GlobalMetas.Load(path);
         Assert.Equal(Encoding.UTF8.GetString(Sample().ToJson()), Encoding.UTF8.GetString(loaded.ToJson()));
         Assert.Equal(68, loaded.TotalBytes);
+        Assert.Equal([0x0badf00du, null], loaded.AllTensors.Select(m => m.Crc32));
+        Assert.Contains("\"crc32\":\"0badf00d\"", Encoding.UTF8.GetString(loaded.ToJson()), StringComparison.Ordinal);
         Assert.Equal(64, loaded.LargestTensor);
     }
 
@@ -47,6 +49,8 @@ public sealed class GlobalMetasTests : IDisposable
     [InlineData("{\"version\":2,\"checkpoint\":\"x\",\"ranks\":[]}", "version 2")]
     [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"address\":0,\"tensors\":[{\"name\":\"t\",\"dtype\":\"Q9\",\"shape\":[],\"offset\":0,\"nbytes\":1}]}]}]}", "unknown dtype 'Q9'")]
     [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"address\":0,\"tensors\":[{\"name\":\"t\",\"dtype\":\"F32\",\"shape\":[4],\"offset\":0,\"nbytes\":16}]}]}]}", "does not fit")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"address\":0,\"tensors\":[{\"name\":\"t\",\"dtype\":\"F32\",\"shape\":[1],\"offset\":0,\"nbytes\":4,\"crc32\":\"12345\"}]}]}]}", "tensors[0]: 'crc32' must be 8 hex digits, not \"12345\"")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"address\":0,\"tensors\":[{\"name\":\"t\",\"dtype\":\"F32\",\"shape\":[1],\"offset\":0,\"nbytes\":4,\"crc32\":7}]}]}]}", "'crc32' must be 8 hex digits, not 7")]
     [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":3,\"device_id\":\"d\",\"buffers\":[]}]}", "ranks must be listed")]
     public void Parse_BadInput_SaysWhatAndWhere(string json, string expected)
     {

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
+using CheckpointEngine.Tests.Support;
 using CheckpointEngine.Quantization;
 
 namespace CheckpointEngine.Tests.Quantization;
@@ -185,6 +186,7 @@ public sealed class Fp8CheckpointTests : IDisposable
             Assert.Equal(t.DType, meta.DType);
             Assert.Equal(t.Shape, meta.Shape);
             Assert.True(file.View(t).Span.SequenceEqual(buffer.Bytes(meta)), $"{meta.Name}: registered bytes differ from the written file's");
+            Assert.Equal(ReferenceCrc32.Of(file.View(t).Span), meta.Crc32); // Quantized weights and scales are hashed after they are written.
         }
     }
 

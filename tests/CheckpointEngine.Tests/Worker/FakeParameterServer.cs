@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
+using CheckpointEngine.Tests.Support;
 using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Tests.Worker;
@@ -56,24 +57,31 @@ internal sealed class FakeParameterServer : IDisposable
     }
 
     /// <summary>Writes tensors into the segment at 256-byte aligned offsets after the previous ones.</summary>
-    public List<WireTensor> Place(IEnumerable<TestTensor> tensors, bool withSha256 = false)
+    public List<WireTensor> Place(IEnumerable<TestTensor> tensors, bool withSha256 = false, bool withCrc32 = false)
     {
         var wire = new List<WireTensor>();
         foreach (var t in tensors)
         {
             var offset = (_next + 255) / 256 * 256;
-            wire.Add(PlaceAt(t, offset, withSha256));
+            wire.Add(PlaceAt(t, offset, withSha256, withCrc32));
             _next = offset + t.Bytes.Length;
         }
         return wire;
     }
 
     /// <summary>Writes one tensor at exactly <paramref name="offset"/> in the segment (for the edges of the segment).</summary>
-    public unsafe WireTensor PlaceAt(TestTensor t, long offset, bool withSha256 = false)
+    public unsafe WireTensor PlaceAt(TestTensor t, long offset, bool withSha256 = false, bool withCrc32 = false)
     {
         t.Bytes.CopyTo(new Span<byte>(Segment.Pointer + offset, t.Bytes.Length));
-        return new WireTensor(t.Name, t.DType.Name(), t.Shape, offset, t.Bytes.Length, withSha256 ? t.Sha256 : null);
+        return new WireTensor(t.Name, t.DType.Name(), t.Shape, offset, t.Bytes.Length, withSha256 ? t.Sha256 : null,
+            withCrc32 ? TensorChecksum.Hex(ReferenceCrc32.Of(t.Bytes)) : null);
     }
+
+    /// <summary>Flips the bits of <paramref name="mask"/> in the segment's byte at <paramref name="offset"/> (a corruption on the way).</summary>
+    public unsafe void Corrupt(long offset, byte mask) => Segment.Pointer[offset] ^= mask;
+
+    /// <summary>A copy of the segment's bytes [offset, offset + length).</summary>
+    public unsafe byte[] Read(long offset, long length) => new ReadOnlySpan<byte>(Segment.Pointer + offset, (int)length).ToArray();
 
     /// <summary>Accepts the worker and checks that its first frame is this server's session key.</summary>
     public async Task AcceptAsync()

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Tests.Support;
 using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Tests.Worker;
@@ -103,6 +104,26 @@ public sealed class WeightReceiverTests : IDisposable
     }
 
     [Fact]
+    public async Task Receive_Crc32_MatchingLoads_ACorruptedByteFailsNamingTensorAndDevice()
+    {
+        var (task, got) = Receive();
+        var wire = _ps.Place(Tensors, withCrc32: true);
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, wire)));
+        Assert.Equal(Tensors.Length, got.Count);
+
+        _ps.Corrupt(wire[2].Offset + wire[2].NBytes - 1, 0x40); // One bit of the last byte of the third tensor.
+        var reply = await _ps.SendAsync(new LoadMessage(1, wire));
+        Assert.False(reply.Ok);
+        var actual = TensorChecksum.Hex(ReferenceCrc32.Of(_ps.Read(wire[2].Offset, wire[2].NBytes)));
+        Assert.Equal($"load of bucket 1: tensor '{Tensors[2].Name}' on device '{_ps.DeviceId}' has crc32 {actual}, expected {wire[2].Crc32} (corrupted on the way)", reply.Error);
+        Assert.Equal(Tensors.Length, got.Count); // The corrupted bucket reached no handler.
+        _ps.CloseConnection();
+        Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
+    }
+
+    [Fact]
     public async Task Receive_ChecksumMismatch_RepliesWhichTensorAndFails()
     {
         var (task, got) = Receive();
@@ -177,6 +198,8 @@ public sealed class WeightReceiverTests : IDisposable
         { new WireTensor("w", "F32", [4], 0, 16, "xyz"), "sha256 'xyz' is not 64 hex digits" },
         { new WireTensor("w", "F32", [4], 0, 16, new string('a', 63)), $"sha256 '{new string('a', 63)}' is not 64 hex digits" },
         { new WireTensor("w", "F32", [4], 0, 16, new string('a', 63) + "g"), "is not 64 hex digits" },
+        { new WireTensor("w", "F32", [4], 0, 16, Crc32: "1234567"), "'w' (#0): crc32 '1234567' is not 8 hex digits" },
+        { new WireTensor("w", "F32", [4], 0, 16, Crc32: "0x123456"), "crc32 '0x123456' is not 8 hex digits" },
     };
 
     [Theory]

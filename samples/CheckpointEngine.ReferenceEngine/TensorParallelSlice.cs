@@ -19,14 +19,18 @@ internal readonly record struct TensorParallelSlice(long[] Shape, long SourceOff
 
     public static TensorParallelSlice Whole(ReceivedTensor info) => new([.. info.Shape], 0, 1, info.Length, 0);
 
-    public static TensorParallelSlice For(ReceivedTensor info, int rank, int size, bool shardByTp)
+    public static TensorParallelSlice For(ReceivedTensor info, int rank, int size, bool shardByTp) =>
+        For(info.Name, info.DType, [.. info.Shape], info.Length, rank, size, shardByTp);
+
+    /// <summary>The slice of a tensor of <paramref name="shape"/> (<paramref name="length"/> bytes in all) that shard <paramref name="rank"/> keeps.</summary>
+    public static TensorParallelSlice For(string name, DType dtype, long[] shape, long length, int rank, int size, bool shardByTp)
     {
-        long rows = info.Shape.Length == 2 ? info.Shape[0] : 0, columns = info.Shape.Length == 2 ? info.Shape[1] : 0, element = info.DType.BitSize() / 8;
-        return Split(info.Name, info.DType, info.Shape, size, shardByTp) switch
+        long rows = shape.Length == 2 ? shape[0] : 0, columns = shape.Length == 2 ? shape[1] : 0, element = dtype.BitSize() / 8;
+        return Split(name, dtype, shape, size, shardByTp) switch
         {
             0 => new([rows / size, columns], rank * (rows / size) * columns * element, 1, rows / size * columns * element, 0),
             1 => new([rows, columns / size], rank * (columns / size) * element, rows, columns / size * element, columns * element),
-            _ => Whole(info),
+            _ => new(shape, 0, 1, length, 0),
         };
     }
 

@@ -29,19 +29,32 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
     /// <summary>Buckets this shard has loaded since it started (what tests check to see a shard was left alone).</summary>
     public long BucketsLoaded => Interlocked.Read(ref _bucketsLoaded);
 
-    /// <summary>Copies this shard's part of every tensor of a bucket into its weights.</summary>
+    /// <summary>
+    /// Copies this shard's part of every tensor of a bucket into its weights: the whole view when the parameter
+    /// server sent only the part this shard declared (it must be exactly that part), else the shard cuts it out.
+    /// </summary>
     public unsafe void Load(IReadOnlyList<ReceivedTensor> tensors)
     {
         Interlocked.Increment(ref _bucketsLoaded);
         foreach (var view in tensors)
         {
-            _layout[view.Name] = (view.DType, [.. view.Shape]);
-            var slice = TensorParallelSlice.For(view, Rank, size, shardByTp);
+            var full = view.Part?.FullShape ?? [.. view.Shape];
+            _layout[view.Name] = (view.DType, full);
+            var slice = TensorParallelSlice.For(view.Name, view.DType, full, view.DType.ByteLength(full), Rank, size, shardByTp);
             var weight = Slot(view.Name, slice.ByteLength);
             weight.DType = view.DType;
             weight.Shape = slice.Shape;
-            weight.Slice = slice.ByteLength == view.Length ? null : slice;
-            if (view.OnDevice)
+            weight.Slice = slice.ByteLength == view.DType.ByteLength(full) ? null : slice;
+            if (view.Part is not null)
+            {
+                if (view.Length != slice.ByteLength || !view.Shape.SequenceEqual(slice.Shape))
+                {
+                    throw new InvalidOperationException(
+                        $"tensor '{view.Name}' arrived as a part of shape {view.ShapeText}, but shard {Rank} keeps [{string.Join(", ", slice.Shape)}] of [{string.Join(", ", full)}]");
+                }
+                view.CopyTo(weight.Buffer.Pointer); // Exactly this shard's slice, packed as it keeps it.
+            }
+            else if (view.OnDevice)
             {
                 // GPU memory: bring the whole tensor to the host, then take this shard's part.
                 if (_fromDevice is null || _fromDevice.Capacity < view.Length)

@@ -38,13 +38,16 @@ internal static class BucketPump
     /// reloads it from where it lies on its rank, while bucket k+1 is broadcast.
     /// </summary>
     public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
-        WorkerConnection worker, bool agreeOnStaging, bool verify, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+        WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
         var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
         var ordinal = new Dictionary<int, int>(own.Select((k, j) => KeyValuePair.Create(k, j)));
         // Where bucket k lies on this rank: its staging buffer if this rank sends it, else a broadcast buffer.
         nint Where(int k) => device + (nint)(ordinal.TryGetValue(k, out var j) ? sizing.StagingOffset(j) : sizing.BroadcastOffset(k));
+        // With parts (the worker declared what it keeps), each rank cuts its worker's part out of bucket k into broadcast buffer k mod B
+        // (in place on ranks that received it there; the stager's own buffer k mod B is free, as on every rank), and the worker reads only that.
+        nint Slot(int k) => device + (nint)sizing.BroadcastOffset(k);
 
         // A staging buffer is free again once the reload of the bucket it held is agreed on.
         var freed = own.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
@@ -84,7 +87,8 @@ internal static class BucketPump
         {
             try
             {
-                return await worker.CallAsync(new LoadMessage(k, Wire(steps[k].Bucket, Where(k) - device, verify)), timeout, ct).ConfigureAwait(false);
+                var wire = parts is null ? Wire(steps[k].Bucket, Where(k) - device, verify) : Wire(parts[k], Slot(k) - device, verify);
+                return await worker.CallAsync(new LoadMessage(k, wire), timeout, ct).ConfigureAwait(false);
             }
             finally
             {
@@ -132,6 +136,7 @@ internal static class BucketPump
                 }
                 times[k].BroadcastStart = clock.Elapsed;
                 await group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct).ConfigureAwait(false);
+                parts?[k].CopyOut(Where(k), Slot(k));
                 times[k].BroadcastEnd = clock.Elapsed;
                 if (reload is not null)
                 {
@@ -153,6 +158,11 @@ internal static class BucketPump
         }
         return steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList();
     }
+
+    /// <summary>The tensors of a worker's part of a bucket, at their offsets in the device buffer; checksums cover whole tensors, so only those carry one.</summary>
+    private static List<WireTensor> Wire(BucketPart part, nint slotOffset, bool verify) =>
+        part.Tensors.Select(t => new WireTensor(t.Meta.Name, t.Meta.DType.Name(), t.Shape, slotOffset + t.Offset, t.ByteLength,
+            Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices)).ToList();
 
     /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer, with their checksums when verifying.</summary>
     private static List<WireTensor> Wire(H2DBucket bucket, nint slotOffset, bool verify) =>

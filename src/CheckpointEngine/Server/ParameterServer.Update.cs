@@ -166,13 +166,15 @@ public sealed partial class ParameterServer
 
             var total = steps.Sum(s => s.Bucket.Size);
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
-            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, timeout, clock,
+            // A worker that declared what it keeps gets only that (on devices the host can reach; elsewhere whole tensors, for now).
+            var parts = worker!.Wants is { } wants && Device.HostAccessible ? steps.Select(s => BucketPart.Of(s.Bucket, wants)).ToList() : null;
+            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
             await Agreement.AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
             await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
-            var delivered = steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
+            var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings);
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)

@@ -119,14 +119,18 @@ public sealed class WorkerWantsTests
             ["layers.0.q_proj.weight"] = TensorWant.Along(0, new SliceRange(4, 4)),
             ["layers.0.o_proj.weight"] = TensorWant.Along(1, new SliceRange(8, 8)),
         });
-        var (_, received) = await rank.UpdateAsync(fits);
-        Assert.Equal(2, received.Count); // Transfers are not shard-aware yet: the worker still gets whole tensors.
+        var (report, received) = await rank.UpdateAsync(fits);
+        // Only the declared slices arrive, packed: rows 4..7 of q (contiguous), columns 8..15 of every row of o.
+        var whole = Enumerable.Range(0, 8 * 16 * 2).Select(i => (byte)i).ToArray();
+        Assert.Equal(whole[(4 * 32)..], received["layers.0.q_proj.weight"]);
+        Assert.Equal(Enumerable.Range(0, 8).SelectMany(r => whole[(r * 32 + 16)..(r * 32 + 32)]), received["layers.0.o_proj.weight"]);
+        Assert.Equal(2 * 128, report.BytesDelivered);
 
         var e = await Assert.ThrowsAsync<UpdateFailedException>(() => rank.UpdateAsync(TpRank1Of2()));
         Assert.Contains($"the worker of device '{rank.Server.Device.Id}' declared wants that do not fit checkpoint 'step-1': ", e.Message, StringComparison.Ordinal);
         Assert.Contains("tensor 'lm_head.weight' is not in the checkpoint", e.Message, StringComparison.Ordinal);
 
         var (_, again) = await rank.UpdateAsync(); // Declaring nothing: everything, as before; the failure left nothing behind.
-        Assert.Equal(2, again.Count);
+        Assert.All(again.Values, bytes => Assert.Equal(whole, bytes));
     }
 }

@@ -1,0 +1,100 @@
+using CheckpointEngine.Memory;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Planning;
+
+/// <summary>Bytes to copy: <see cref="Length"/> bytes from <see cref="Source"/> in a bucket to <see cref="Destination"/> in a part.</summary>
+public readonly record struct ByteRun(long Source, long Destination, long Length);
+
+/// <summary>One tensor of a part: where it lies in the packed part, and which slices of it (null: whole).</summary>
+public sealed record PartTensor(ParameterMeta Meta, long Offset, long ByteLength, long[] Shape, TensorPart? Slices);
+
+/// <summary>
+/// What one worker keeps of a bucket, packed (each tensor 256-byte aligned where its place in the bucket
+/// allows, its slices concatenated along their dimension): the byte runs that cut it out of the bucket, in increasing source order, each
+/// landing at or before its source offset (so a part can also be cut out of the bucket in place).
+/// </summary>
+public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartTensor> Tensors, long Size)
+{
+    /// <summary>The tensor bytes the worker receives (the part without alignment padding).</summary>
+    public long Bytes => Tensors.Sum(t => t.ByteLength);
+
+    /// <summary>
+    /// The part of <paramref name="bucket"/> a worker declaring <paramref name="wants"/> keeps. The wants
+    /// must have been checked against the checkpoint (<see cref="WorkerWants.Problems"/>).
+    /// </summary>
+    public static BucketPart Of(H2DBucket bucket, WorkerWants wants)
+    {
+        var runs = new List<ByteRun>();
+        var tensors = new List<PartTensor>();
+        long cursor = 0;
+        foreach (var meta in bucket.Items.OrderBy(m => m.Offset))
+        {
+            var want = wants.For(meta.Name);
+            if (want.Kind == WantKind.None)
+            {
+                continue;
+            }
+            var start = Math.Min(BucketSizing.Align(cursor), meta.Offset); // Never past its source: the cut can run in place.
+            if (want.Kind == WantKind.Whole)
+            {
+                Add(runs, meta.Offset, start, meta.ByteLength);
+                tensors.Add(new PartTensor(meta, start, meta.ByteLength, [.. meta.Shape], null));
+                cursor = start + meta.ByteLength;
+                continue;
+            }
+            var (dim, shape, slices) = (want.Dimension, meta.Shape, want.Slices.OrderBy(s => s.Start).ToList());
+            long outer = 1, inner = 1;
+            for (var i = 0; i < shape.Length; i++)
+            {
+                if (i < dim)
+                {
+                    outer *= shape[i];
+                }
+                else if (i > dim)
+                {
+                    inner *= shape[i];
+                }
+            }
+            var unitBits = inner * meta.DType.BitSize();
+            var at = start;
+            for (long o = 0; o < outer; o++)
+            {
+                foreach (var s in slices)
+                {
+                    var length = s.Length * unitBits / 8;
+                    Add(runs, meta.Offset + (o * shape[dim] + s.Start) * unitBits / 8, at, length);
+                    at += length;
+                }
+            }
+            var part = new TensorPart(dim, [.. slices.Select(s => new[] { s.Start, s.Length })], [.. shape]);
+            tensors.Add(new PartTensor(meta, start, at - start, part.PartShape(), part));
+            cursor = at;
+        }
+        return new BucketPart(runs, tensors, cursor);
+    }
+
+    /// <summary>Appends a run, merged with the previous one when both are contiguous (rows of a row slice, whole tensors in a row).</summary>
+    private static void Add(List<ByteRun> runs, long source, long destination, long length)
+    {
+        if (length == 0)
+        {
+            return;
+        }
+        if (runs.Count > 0 && runs[^1] is var last && last.Source + last.Length == source && last.Destination + last.Length == destination)
+        {
+            runs[^1] = last with { Length = last.Length + length };
+            return;
+        }
+        runs.Add(new ByteRun(source, destination, length));
+    }
+
+    /// <summary>Cuts the part out of the bucket at <paramref name="bucket"/> into <paramref name="part"/> (the same address: in place).</summary>
+    public unsafe void CopyOut(nint bucket, nint part)
+    {
+        foreach (var r in Runs)
+        {
+            Buffer.MemoryCopy((void*)(bucket + (nint)r.Source), (void*)(part + (nint)r.Destination), r.Length, r.Length); // memmove: in place is safe, runs only move down.
+        }
+    }
+}

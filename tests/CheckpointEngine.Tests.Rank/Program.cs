@@ -70,6 +70,8 @@ internal static class Scenarios
             {
                 await BroadcastAndVerify(g, size, root, timeout);
                 await BroadcastAndVerify(g, size, root, timeout, shared: true);
+                await BroadcastAndVerify(g, size, root, timeout, part: true);
+                await BroadcastAndVerify(g, size, root, timeout, shared: true, part: true);
             }
         }
         Console.WriteLine("broadcast ok");
@@ -141,15 +143,14 @@ internal static class Scenarios
         Console.WriteLine($"bench {bytes} {best:F4}");
     }
 
-    private static int _segments;
-
     /// <summary>
     /// Broadcasts deterministic bytes from <paramref name="root"/> and checks them on every rank; with
     /// <paramref name="shared"/> the buffers live in registered shared segments (readers copy directly).
     /// </summary>
-    private static async Task BroadcastAndVerify(ICommunicator g, long size, int root, TimeSpan timeout, bool shared = false)
+    /// <param name="part">Each rank keeps only its own runs (every (rank + 2)-th piece of 1,000 bytes, from an offset of its rank), packed in place.</param>
+    private static async Task BroadcastAndVerify(ICommunicator g, long size, int root, TimeSpan timeout, bool shared = false, bool part = false)
     {
-        using var segment = shared ? SharedMemorySegment.Create($"ckpt-engine-test-{Environment.ProcessId}-{++_segments}", size + 4096) : null;
+        using var segment = shared ? SharedMemorySegment.Create(SharedMemorySegment.NewName("test"), size + 4096) : null;
         using var native = shared ? null : NativeBuffer.Allocate(size);
         var address = segment is not null ? segment.Address + 4096 : native!.Address; // Not at the segment's start: offsets must work.
         if (segment is not null)
@@ -161,13 +162,27 @@ internal static class Scenarios
         {
             Fill(address, size, seed);
         }
-        await g.BroadcastAsync(address, size, root, timeout);
+        var runs = new List<ByteRun>();
+        for (long at = Math.Min(g.Rank, size - 1), packed = 0; at < size; at += 1000L * (g.Rank + 2))
+        {
+            var n = Math.Min(1000 - g.Rank, size - at);
+            runs.Add(new ByteRun(at, packed, n));
+            packed += n;
+        }
+        await (part ? g.BroadcastPartAsync(address, size, root, runs, address, timeout) : g.BroadcastAsync(address, size, root, timeout));
         if (segment is not null)
         {
             g.UnregisterSharedMemory(segment);
         }
         using var expected = NativeBuffer.Allocate(size);
         Fill(expected.Address, size, seed);
+        if (part)
+        {
+            using var packedExpected = NativeBuffer.Allocate(size);
+            ByteRun.CopyAll(runs, expected.Address, packedExpected.Address);
+            Check(Equal(address, packedExpected.Address, runs.Sum(r => r.Length)), $"part broadcast of {size} bytes from {root}{(shared ? " (shared)" : "")}");
+            return;
+        }
         Check(Equal(address, expected.Address, size), $"broadcast of {size} bytes from {root}{(shared ? " (shared)" : "")}");
     }
 

@@ -3,9 +3,6 @@ using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Planning;
 
-/// <summary>Bytes to copy: <see cref="Length"/> bytes from <see cref="Source"/> in a bucket to <see cref="Destination"/> in a part.</summary>
-public readonly record struct ByteRun(long Source, long Destination, long Length);
-
 /// <summary>One tensor of a part: where it lies in the packed part, and which slices of it (null: whole).</summary>
 public sealed record PartTensor(ParameterMeta Meta, long Offset, long ByteLength, long[] Shape, TensorPart? Slices);
 
@@ -90,11 +87,5 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
     }
 
     /// <summary>Cuts the part out of the bucket at <paramref name="bucket"/> into <paramref name="part"/> (the same address: in place).</summary>
-    public unsafe void CopyOut(nint bucket, nint part)
-    {
-        foreach (var r in Runs)
-        {
-            Buffer.MemoryCopy((void*)(bucket + (nint)r.Source), (void*)(part + (nint)r.Destination), r.Length, r.Length); // memmove: in place is safe, runs only move down.
-        }
-    }
+    public void CopyOut(nint bucket, nint part) => ByteRun.CopyAll(Runs, bucket, part);
 }

@@ -135,8 +135,9 @@ internal static class BucketPump
                     stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
                 }
                 times[k].BroadcastStart = clock.Elapsed;
-                await group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct).ConfigureAwait(false);
-                parts?[k].CopyOut(Where(k), Slot(k));
+                await (parts is null
+                    ? group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct)
+                    : group.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, parts[k].Runs, Slot(k), timeout, ct)).ConfigureAwait(false);
                 times[k].BroadcastEnd = clock.Elapsed;
                 if (reload is not null)
                 {

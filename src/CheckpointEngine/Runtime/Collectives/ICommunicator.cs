@@ -33,6 +33,20 @@ public interface ICommunicator : IDisposable
     Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default);
 
     /// <summary>
+    /// A broadcast of which this member keeps only <paramref name="runs"/> of the root's buffer, packed into
+    /// <paramref name="destination"/> (the root too, from its own buffer). <paramref name="buffer"/> must hold
+    /// <paramref name="length"/> bytes on every member; <paramref name="destination"/> may be <paramref name="buffer"/>
+    /// when the runs never land past their source. Host memory only. The default broadcasts everything, then cuts the
+    /// runs out; the built-in communicator lets readers on the root's host copy only their runs.
+    /// </summary>
+    async Task BroadcastPartAsync(nint buffer, long length, int root, IReadOnlyList<CheckpointEngine.Memory.ByteRun> runs, nint destination,
+        TimeSpan timeout, CancellationToken ct = default)
+    {
+        await BroadcastAsync(buffer, length, root, timeout, ct).ConfigureAwait(false);
+        CheckpointEngine.Memory.ByteRun.CopyAll(runs, buffer, destination);
+    }
+
+    /// <summary>
     /// Declares that buffers inside <paramref name="segment"/> are shared memory that peers on this host
     /// may map; implementations that can use it (the built-in one) then avoid a copy. Optional.
     /// </summary>

@@ -11,7 +11,21 @@ public sealed partial class ProcessGroup
     private const int PollMicroseconds = 100_000;
     private const int SocketBufferSize = 4 << 20;
 
-    public Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default)
+    public Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default) =>
+        BroadcastCoreAsync(buffer, length, root, null, 0, timeout, ct);
+
+    /// <summary>
+    /// Readers on the root's host copy only their runs out of the root's shared buffer (a part, not the whole: their
+    /// ingress is their part); the root and host leaders, which hold or relay the whole, cut their runs out once their
+    /// local readers are done; readers that get the bytes through the ring cut theirs out after.
+    /// </summary>
+    public Task BroadcastPartAsync(nint buffer, long length, int root, IReadOnlyList<ByteRun> runs, nint destination, TimeSpan timeout, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(runs);
+        return BroadcastCoreAsync(buffer, length, root, runs, destination, timeout, ct);
+    }
+
+    private Task BroadcastCoreAsync(nint buffer, long length, int root, IReadOnlyList<ByteRun>? runs, nint destination, TimeSpan timeout, CancellationToken ct)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         if (root < 0 || root >= Size)
@@ -25,15 +39,28 @@ public sealed partial class ProcessGroup
         var seq = Begin();
         if (Size == 1 || length == 0)
         {
+            if (runs is not null)
+            {
+                ByteRun.CopyAll(runs, buffer, destination);
+            }
             return Task.CompletedTask;
         }
         var wait = new WaitContext($"broadcast #{seq} from rank {Members[root]} ({length} bytes)", Name, timeout, _world, ct);
         // Blocking copies and socket calls on a dedicated thread: a bucket broadcast is long and must not starve the pool.
-        return Task.Factory.StartNew(() => Run(buffer, length, root, seq, wait), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        return Task.Factory.StartNew(() =>
+        {
+            var direct = Run(buffer, length, root, seq, wait, runs, destination);
+            if (runs is not null && !direct)
+            {
+                ByteRun.CopyAll(runs, buffer, destination); // The whole is here (root, leader, ring reader): cut the part out.
+            }
+        }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
     }
 
-    private unsafe void Run(nint buffer, long length, int root, long seq, WaitContext wait)
+    /// <returns>True when this rank, a reader, copied its <paramref name="runs"/> straight from the writer's buffer into <paramref name="destination"/>.</returns>
+    private unsafe bool Run(nint buffer, long length, int root, long seq, WaitContext wait, IReadOnlyList<ByteRun>? runs, nint destination)
     {
+        var direct = false;
         var topology = _topology!;
         var (previous, next, isLeader) = topology.Chain(root, Rank);
         var writer = Members[topology.Leader(root, topology.HostOf[Rank])];
@@ -44,7 +71,12 @@ public sealed partial class ProcessGroup
             if (!isLeader)
             {
                 var descriptor = _ring!.Await(seq, length, wait, writer);
-                if (descriptor.Mode == ShmRing.Mode.Direct)
+                if (descriptor.Mode == ShmRing.Mode.Direct && runs is not null)
+                {
+                    _ring.CopyRunsDirect((byte*)destination, PeerSegment(descriptor.Segment, descriptor.Offset + length, wait, writer) + descriptor.Offset, length, runs, wait, writer);
+                    direct = true;
+                }
+                else if (descriptor.Mode == ShmRing.Mode.Direct)
                 {
                     _ring.CopyDirect(data, PeerSegment(descriptor.Segment, descriptor.Offset + length, wait, writer) + descriptor.Offset, length, wait, writer);
                 }
@@ -56,7 +88,7 @@ public sealed partial class ProcessGroup
                     }
                 }
                 _ring.Finish();
-                return;
+                return direct;
             }
             var shared = _ring is null ? null : SharedSegmentHolding(buffer, length);
             _ring?.Begin(seq, length, shared is null ? ShmRing.Mode.Ring : ShmRing.Mode.Direct, shared?.Name, buffer - shared?.Address ?? 0, wait);
@@ -109,6 +141,7 @@ public sealed partial class ProcessGroup
                 _ring!.AwaitReaders(wait); // Readers copy from this buffer: it must not change before they are done.
             }
             _ring?.Finish();
+            return false;
         }
         catch (CollectiveException e)
         {

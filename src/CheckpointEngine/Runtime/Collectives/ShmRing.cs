@@ -152,6 +152,25 @@ internal sealed unsafe class ShmRing : IDisposable
         }
     }
 
+    /// <summary>Reader, direct mode: copies only <paramref name="runs"/> of the writer's buffer (each once the chunks holding it are posted), packed into <paramref name="destination"/>.</summary>
+    public void CopyRunsDirect(byte* destination, byte* source, long total, IReadOnlyList<Memory.ByteRun> runs, in WaitContext wait, int writerWorldRank)
+    {
+        var word = (int*)(Board(_broadcast) + 64);
+        foreach (var r in runs)
+        {
+            while (true)
+            {
+                var chunks = Volatile.Read(ref *word);
+                if (Math.Min(total, (long)chunks * ChunkSize) >= r.Source + r.Length)
+                {
+                    break;
+                }
+                WaitUntil(word, v => v != chunks, wait, writerWorldRank);
+            }
+            Buffer.MemoryCopy(source + r.Source, destination + r.Destination, r.Length, r.Length);
+        }
+    }
+
     /// <summary>Every member marks the broadcast finished (readers: copied; writer: posted everything).</summary>
     public void Finish()
     {

@@ -26,6 +26,9 @@ public sealed record ReferenceWorkerOptions
     /// <summary>Shard i keeps only its tensor-parallel slice of projection weights (otherwise every shard keeps everything).</summary>
     public bool ShardByTp { get; init; }
 
+    /// <summary>With <see cref="ShardByTp"/>, declare the slices each shard keeps (the default), so the parameter server sends only those; off: every byte arrives and the shard cuts its slice out.</summary>
+    public bool DeclareWants { get; init; } = true;
+
     /// <summary>The first update to reach this bucket fails there (fault injection); later ones succeed.</summary>
     public int? FailAtBucket { get; init; }
 

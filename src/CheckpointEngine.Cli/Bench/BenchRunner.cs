@@ -80,7 +80,11 @@ internal static class BenchRunner
                         }
                         // A fresh worker per configuration: none inherits another's warm shard memory.
                         var ids = Commands.DeviceOption.WorkerIds(settings.Device, ranks, "bench");
-                        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
+                        var sharding = method is BenchSettings.TpFull or BenchSettings.TpSharded;
+                        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions
+                        {
+                            TensorParallel = ranks, DeviceIds = ids, ShardByTp = sharding, DeclareWants = method == BenchSettings.TpSharded,
+                        }, cancellationToken: ct).ConfigureAwait(false);
                         hostPeakReset &= PeakMemory.ResetSelf();
                         var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device);
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
@@ -150,7 +154,7 @@ internal static class BenchRunner
             var (slowest, peaks) = await RankLaunch.RunAsync(Name, Method, options, updates, timeout * (updates + 1), ct).ConfigureAwait(false);
             progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
-            return new ConfigurationResult(Method, Ranks, Size, slowest[0].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self());
+            return new ConfigurationResult(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self());
         }
     }
 }

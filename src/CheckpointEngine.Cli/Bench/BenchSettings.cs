@@ -22,10 +22,18 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     public const string Quantize = "quantize";
 
     /// <summary>The methods that are whole updates, as <c>update --update-method</c> names them.</summary>
-    /// <remarks><c>verify</c> is a broadcast update whose workers check every tensor's CRC-32 (<c>update --verify</c>): against the same run's broadcast rows it gives the cost of verification.</remarks>
-    public static readonly string[] UpdateMethods = ["broadcast", "p2p", Verify];
+    /// <remarks>
+    /// <c>verify</c> is a broadcast update whose workers check every tensor's CRC-32 (<c>update --verify</c>): against the same run's broadcast rows it gives the cost of verification.
+    /// <c>tp-full</c> and <c>tp-sharded</c> are broadcast updates of a worker whose shards keep their tensor-parallel slices (<c>worker --shard-by-tp</c>):
+    /// it receives every byte and cuts its slices out, or it declares them and receives only those (shard-aware; from the second update, once it has seen the layout).
+    /// </remarks>
+    public static readonly string[] UpdateMethods = ["broadcast", "p2p", Verify, TpFull, TpSharded];
 
     public const string Verify = "verify";
+
+    public const string TpFull = "tp-full";
+
+    public const string TpSharded = "tp-sharded";
 
     public static readonly string[] KnownMethods = [.. UpdateMethods, Registration, Collective, Quantize];
 

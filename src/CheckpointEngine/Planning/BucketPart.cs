@@ -3,15 +3,19 @@ using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Planning;
 
-/// <summary>One tensor of a part: where it lies in the packed part, and which slices of it (null: whole).</summary>
-public sealed record PartTensor(ParameterMeta Meta, long Offset, long ByteLength, long[] Shape, TensorPart? Slices);
+/// <summary>
+/// One tensor of a part: where it lies in the packed part, and which slices of it (null: whole).
+/// <see cref="Source"/>: where it lies in the bucket when it is one contiguous run there (a whole tensor, rows), so
+/// a rank that holds the whole bucket can hand it to its worker where it is; null when it must be gathered.
+/// </summary>
+public sealed record PartTensor(ParameterMeta Meta, long Offset, long ByteLength, long[] Shape, TensorPart? Slices, long? Source);
 
 /// <summary>
 /// What one worker keeps of a bucket, packed (each tensor 256-byte aligned where its place in the bucket
 /// allows, its slices concatenated along their dimension): the byte runs that cut it out of the bucket, in increasing source order, each
 /// landing at or before its source offset (so a part can also be cut out of the bucket in place).
 /// </summary>
-public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartTensor> Tensors, long Size)
+public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartTensor> Tensors, long Size, IReadOnlyList<ByteRun> GatheredRuns)
 {
     /// <summary>The tensor bytes the worker receives (the part without alignment padding).</summary>
     public long Bytes => Tensors.Sum(t => t.ByteLength);
@@ -23,6 +27,7 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
     public static BucketPart Of(H2DBucket bucket, WorkerWants wants)
     {
         var runs = new List<ByteRun>();
+        var gathered = new List<ByteRun>(); // The runs of tensors that are not one contiguous run in the bucket.
         var tensors = new List<PartTensor>();
         long cursor = 0;
         foreach (var meta in bucket.Items.OrderBy(m => m.Offset))
@@ -33,42 +38,53 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
                 continue;
             }
             var start = Math.Min(BucketSizing.Align(cursor), meta.Offset); // Never past its source: the cut can run in place.
+            var own = new List<ByteRun>();
+            TensorPart? part = null;
             if (want.Kind == WantKind.Whole)
             {
-                Add(runs, meta.Offset, start, meta.ByteLength);
-                tensors.Add(new PartTensor(meta, start, meta.ByteLength, [.. meta.Shape], null));
-                cursor = start + meta.ByteLength;
-                continue;
+                Add(own, meta.Offset, start, meta.ByteLength);
             }
-            var (dim, shape, slices) = (want.Dimension, meta.Shape, want.Slices.OrderBy(s => s.Start).ToList());
-            long outer = 1, inner = 1;
-            for (var i = 0; i < shape.Length; i++)
+            else
             {
-                if (i < dim)
+                var (dim, shape, slices) = (want.Dimension, meta.Shape, want.Slices.OrderBy(s => s.Start).ToList());
+                long outer = 1, inner = 1;
+                for (var i = 0; i < shape.Length; i++)
                 {
-                    outer *= shape[i];
+                    if (i < dim)
+                    {
+                        outer *= shape[i];
+                    }
+                    else if (i > dim)
+                    {
+                        inner *= shape[i];
+                    }
                 }
-                else if (i > dim)
+                var unitBits = inner * meta.DType.BitSize();
+                var at = start;
+                for (long o = 0; o < outer; o++)
                 {
-                    inner *= shape[i];
+                    foreach (var s in slices)
+                    {
+                        var length = s.Length * unitBits / 8;
+                        Add(own, meta.Offset + (o * shape[dim] + s.Start) * unitBits / 8, at, length);
+                        at += length;
+                    }
                 }
+                part = new TensorPart(dim, [.. slices.Select(s => new[] { s.Start, s.Length })], [.. shape]);
             }
-            var unitBits = inner * meta.DType.BitSize();
-            var at = start;
-            for (long o = 0; o < outer; o++)
+            var bytes = own.Sum(r => r.Length);
+            tensors.Add(new PartTensor(meta, start, bytes, part?.PartShape() ?? [.. meta.Shape], part, own.Count <= 1 ? own.FirstOrDefault().Source : null));
+            foreach (var r in own)
             {
-                foreach (var s in slices)
+                Add(runs, r.Source, r.Destination, r.Length);
+                if (own.Count > 1)
                 {
-                    var length = s.Length * unitBits / 8;
-                    Add(runs, meta.Offset + (o * shape[dim] + s.Start) * unitBits / 8, at, length);
-                    at += length;
+                    Add(gathered, r.Source, r.Destination, r.Length);
                 }
             }
-            var part = new TensorPart(dim, [.. slices.Select(s => new[] { s.Start, s.Length })], [.. shape]);
-            tensors.Add(new PartTensor(meta, start, at - start, part.PartShape(), part));
-            cursor = at;
+            cursor = start + bytes;
         }
-        return new BucketPart(runs, tensors, cursor);
+        return new BucketPart(runs, tensors, cursor, gathered);
     }
 
     /// <summary>Appends a run, merged with the previous one when both are contiguous (rows of a row slice, whole tensors in a row).</summary>
@@ -85,6 +101,10 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
         }
         runs.Add(new ByteRun(source, destination, length));
     }
+
+    /// <summary>Where tensor <paramref name="t"/> lies for a worker: in the bucket when this rank holds the whole bucket and the tensor is one run of it, else in the part.</summary>
+    public static long Place(PartTensor t, bool holdsBucket, long bucketOffset, long partOffset) =>
+        holdsBucket && t.Source is { } source ? bucketOffset + source : partOffset + t.Offset;
 
     /// <summary>Cuts the part out of the bucket at <paramref name="bucket"/> into <paramref name="part"/> (the same address: in place).</summary>
     public void CopyOut(nint bucket, nint part) => ByteRun.CopyAll(Runs, bucket, part);

@@ -87,7 +87,7 @@ internal static class BucketPump
         {
             try
             {
-                var wire = parts is null ? Wire(steps[k].Bucket, Where(k) - device, verify) : Wire(parts[k], Slot(k) - device, verify);
+                var wire = parts is null ? Wire(steps[k].Bucket, Where(k) - device, verify) : Wire(parts[k], ordinal.ContainsKey(k), Where(k) - device, Slot(k) - device, verify);
                 return await worker.CallAsync(new LoadMessage(k, wire), timeout, ct).ConfigureAwait(false);
             }
             finally
@@ -137,7 +137,9 @@ internal static class BucketPump
                 times[k].BroadcastStart = clock.Elapsed;
                 await (parts is null
                     ? group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct)
-                    : group.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, parts[k].Runs, Slot(k), timeout, ct)).ConfigureAwait(false);
+                    // The stager holds the whole bucket: its worker reads contiguous tensors where they are, only the rest is gathered.
+                    : group.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, ordinal.ContainsKey(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct))
+                    .ConfigureAwait(false);
                 times[k].BroadcastEnd = clock.Elapsed;
                 if (reload is not null)
                 {
@@ -161,8 +163,8 @@ internal static class BucketPump
     }
 
     /// <summary>The tensors of a worker's part of a bucket, at their offsets in the device buffer; checksums cover whole tensors, so only those carry one.</summary>
-    private static List<WireTensor> Wire(BucketPart part, nint slotOffset, bool verify) =>
-        part.Tensors.Select(t => new WireTensor(t.Meta.Name, t.Meta.DType.Name(), t.Shape, slotOffset + t.Offset, t.ByteLength,
+    private static List<WireTensor> Wire(BucketPart part, bool holdsBucket, nint bucketOffset, nint slotOffset, bool verify) =>
+        part.Tensors.Select(t => new WireTensor(t.Meta.Name, t.Meta.DType.Name(), t.Shape, BucketPart.Place(t, holdsBucket, bucketOffset, slotOffset), t.ByteLength,
             Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices)).ToList();
 
     /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer, with their checksums when verifying.</summary>

@@ -107,6 +107,14 @@ public sealed class BucketPartTests
         Assert.Null(part.Tensors.Single(t => t.Meta.Name == "norm.weight").Slices);
         Assert.Single(part.Runs, r => r.Source == q.Meta.Offset + 3 * 10 * 2); // Contiguous rows: one run.
 
+        // A rank holding the whole bucket hands contiguous ones (whole, rows) to its worker in place and gathers only the rest.
+        Assert.Equal(q.Meta.Offset + 3 * 10 * 2, q.Source);
+        var gatheredNames = part.Tensors.Where(t => t.Source is null).Select(t => t.Meta.Name).Order(StringComparer.Ordinal);
+        Assert.Equal(["experts.weight", "fp4.weight", "o.weight"], gatheredNames);
+        var gatheredTensors = part.Tensors.Where(t => t.Source is null).ToList();
+        Assert.Equal(gatheredTensors.Sum(t => t.ByteLength), part.GatheredRuns.Sum(r => r.Length));
+        Assert.All(part.GatheredRuns, r => Assert.Contains(gatheredTensors, t => r.Destination >= t.Offset && r.Destination + r.Length <= t.Offset + t.ByteLength));
+
         var copy = new byte[bucket.Size];
         var inPlace = bytes.ToArray();
         fixed (byte* source = bytes, destination = copy, both = inPlace)

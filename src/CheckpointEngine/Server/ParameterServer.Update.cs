@@ -167,7 +167,7 @@ public sealed partial class ParameterServer
             var total = steps.Sum(s => s.Bucket.Size);
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
             // A worker that declared what it keeps gets only that (on devices the host can reach; elsewhere whole tensors, for now).
-            var parts = worker!.Wants is { } wants && Device.HostAccessible ? steps.Select(s => BucketPart.Of(s.Bucket, wants)).ToList() : null;
+            var parts = worker!.Wants is { } wants && Device.HostAccessible ? PartsFor(steps, wants) : null;
             var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
@@ -191,6 +191,48 @@ public sealed partial class ParameterServer
             _progress = null;
             worker?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// The worker's part of every bucket: planned once per bucket layout and declaration and reused while both stay the
+    /// same (the RL loop re-registers the same layout every step); compared exactly, tensor by tensor, never by a hash.
+    /// </summary>
+    private List<BucketPart> PartsFor(List<BucketStep> steps, WorkerWants wants)
+    {
+        var digest = wants.Digest();
+        if (_partsPlan is { } plan && plan.Wants == digest && SameLayout(plan.Buckets, steps))
+        {
+            return plan.Parts;
+        }
+        var parts = steps.Select(s => BucketPart.Of(s.Bucket, wants)).ToList();
+        _partsPlan = (digest, steps.Select(s => s.Bucket).ToList(), parts);
+        PartPlans++;
+        return parts;
+    }
+
+    private static bool SameLayout(List<H2DBucket> planned, List<BucketStep> steps)
+    {
+        if (planned.Count != steps.Count)
+        {
+            return false;
+        }
+        for (var k = 0; k < steps.Count; k++)
+        {
+            var (a, b) = (planned[k], steps[k].Bucket);
+            if (a.Items.Count != b.Items.Count)
+            {
+                return false;
+            }
+            for (var i = 0; i < a.Items.Count; i++)
+            {
+                var (x, y) = (a.Items[i], b.Items[i]);
+                if (x.Name != y.Name || x.Offset != y.Offset || x.ByteLength != y.ByteLength || x.DType != y.DType || !x.Shape.SequenceEqual(y.Shape))
+                {
+                    return false;
+                }
+            }
+        }
+        return true;
     }
 
     /// <summary>Why the worker's declaration of what it keeps does not fit the checkpoint (null when it does, or when it declared nothing).</summary>

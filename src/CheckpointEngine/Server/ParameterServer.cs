@@ -27,6 +27,12 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private DeviceBuffer? _deviceBuffer;
     private NativeBuffer? _staging;
     private volatile UpdateProgress? _progress;
+
+    /// <summary>The last worker part plan: the declaration's digest, the bucket layout it was made for, and the parts (updates run one at a time).</summary>
+    private (string Wants, List<H2DBucket> Buckets, List<BucketPart> Parts)? _partsPlan;
+
+    /// <summary>How many times a worker part plan was made (not reused); for tests.</summary>
+    internal int PartPlans { get; private set; }
     private BucketSizing? _sizing;
 
     /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>

@@ -132,5 +132,21 @@ public sealed class WorkerWantsTests
 
         var (_, again) = await rank.UpdateAsync(); // Declaring nothing: everything, as before; the failure left nothing behind.
         Assert.All(again.Values, bytes => Assert.Equal(whole, bytes));
+
+        // The part plan is made once per layout and declaration and reused (the RL loop), made again when either changes.
+        Assert.Equal(1, rank.Server.PartPlans);
+        (_, received) = await rank.UpdateAsync(fits);
+        Assert.Equal(whole[(4 * 32)..], received["layers.0.q_proj.weight"]);
+        Assert.Equal(1, rank.Server.PartPlans);
+        var other = new WorkerWants(new Dictionary<string, TensorWant> { ["layers.0.q_proj.weight"] = TensorWant.Along(0, new SliceRange(0, 4)) });
+        (_, received) = await rank.UpdateAsync(other);
+        Assert.Equal(whole[..(4 * 32)], received["layers.0.q_proj.weight"]);
+        Assert.Equal(whole, received["layers.0.o_proj.weight"]);
+        Assert.Equal(2, rank.Server.PartPlans);
+        await rank.Server.UnregisterCheckpointAsync("step-1", TestContext.Current.CancellationToken);
+        rank.Server.RegisterCheckpoint("step-1", [], [Bf16Matrix("layers.0.q_proj.weight")]); // Another layout under the same name.
+        (_, received) = await rank.UpdateAsync(other);
+        Assert.Equal([.. received.Keys], ["layers.0.q_proj.weight"]);
+        Assert.Equal(3, rank.Server.PartPlans);
     }
 }

@@ -203,6 +203,53 @@ public sealed class UpdateEndToEndTests : IDisposable
         await AssertWorkersHold(dir, urls, 2);
     }
 
+    /// <summary>
+    /// Shard-aware across two inference instances (TP 2 each, 4 ranks): the first engine's shards declare their
+    /// slices (from the second update), the second engine declares nothing. Each rank sends its worker only what
+    /// that worker keeps; every shard then holds exactly its slice (the slices of both shards put back together
+    /// have the source tensor's checksum), and the engine that declared nothing holds every tensor whole.
+    /// </summary>
+    [Fact]
+    public async Task Update_ShardAwareAndPlainEnginesSideBySide_EachShardHoldsItsSliceBitExact()
+    {
+        var dir = WriteCheckpoint();
+        var sharded = (await StartWorkers(DeviceId, 2, 2, "--shard-by-tp"))[0];
+        var plain = (await StartWorkers(r => DeviceId(r + 2), 2, 2))[0];
+        var results = await RunRanks(4, dir, [sharded, plain], 2, updates: 2);
+        AssertAllOk(results, 2);
+
+        var total = long.Parse(results[0].Line("update 1 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
+        long Bytes(int rank) => long.Parse(results[rank].Line("update 2 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.All(results, r => Assert.Equal(total, long.Parse(r.Line("update 1 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture)));
+        Assert.True(Bytes(0) < total && Bytes(1) < total, $"the shard-aware ranks sent {Bytes(0)} and {Bytes(1)} of {total} bytes");
+        Assert.Equal(total, Bytes(2));
+        Assert.Equal(total, Bytes(3));
+
+        var expected = SourceDigests(dir);
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        var doc = await http.GetFromJsonAsync<JsonElement>(sharded + "/v1/weights/digest", TestContext.Current.CancellationToken);
+        using var checkpoint = Checkpoint.Open(dir);
+        var crcs = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => System.IO.Hashing.Crc32.HashToUInt32(e.File.View(e.Tensor).Span).ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
+        var assembled = doc.GetProperty("assembled_crc32").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
+        Assert.Equal(["layers.0.o_proj.weight", "layers.0.q_proj.weight", "layers.0.up_proj.weight"], assembled.Keys.Order(StringComparer.Ordinal));
+        foreach (var (name, crc) in assembled)
+        {
+            Assert.Equal(crcs[name], crc);
+        }
+        foreach (var shard in doc.GetProperty("shards").EnumerateArray())
+        {
+            var sliced = shard.GetProperty("sliced").EnumerateArray().Select(e => e.GetString()!).ToHashSet();
+            foreach (var t in shard.GetProperty("tensors").EnumerateObject().Where(t => !sliced.Contains(t.Name)))
+            {
+                Assert.Equal(expected[t.Name], t.Value.GetString());
+            }
+        }
+        foreach (var (_, tensors) in await WorkerDigests(plain))
+        {
+            Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        }
+    }
+
     [Fact]
     public async Task Update_WorkerFails_EveryRankRaisesItsMessage_NextUpdateSucceeds()
     {

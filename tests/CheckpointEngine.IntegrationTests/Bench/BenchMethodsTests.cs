@@ -51,6 +51,18 @@ public sealed class BenchMethodsTests
     }
 
     [Fact]
+    public async Task Bench_TpFullAndTpSharded_TheShardAwareWorkerReceivesOnlyItsSlices()
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "tp-full,tp-sharded", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        var bytes = doc.RootElement.GetProperty("configurations").EnumerateArray().ToDictionary(c => c.GetProperty("method").GetString()!, c => c.GetProperty("bytes").GetInt64());
+        Assert.Equal(["tp-full", "tp-sharded"], bytes.Keys);
+        // The sample's q/k/v/gate/up and o/down projections are halved for each of 2 shards; embeddings, norms and the head stay whole.
+        Assert.InRange(bytes["tp-sharded"], bytes["tp-full"] / 3, bytes["tp-full"] - 1);
+    }
+
+    [Fact]
     public async Task Bench_Collective_SharedMemoryAndTcpChainRows_LeavesNothing()
     {
         var before = Leftovers.Now();

@@ -13,14 +13,7 @@ internal sealed partial record BenchReport
             w.WriteStartObject();
             w.WriteString("date", Date.UtcDateTime);
             w.WriteString("command", CommandLine);
-            w.WriteStartObject("machine");
-            w.WriteNumber("cores", Machine.Cores);
-            w.WriteNumber("memory_bytes", Machine.MemoryBytes);
-            w.WriteString("cpu", Machine.Cpu);
-            w.WriteString("os", Machine.Os);
-            w.WriteString("kernel", Machine.Kernel);
-            w.WriteString("dotnet", Machine.Dotnet);
-            w.WriteEndObject();
+            Machine.WriteJson(w);
 
             w.WriteStartObject("settings");
             Array(w, "ranks", Settings.Ranks, (w, r) => w.WriteNumberValue(r));

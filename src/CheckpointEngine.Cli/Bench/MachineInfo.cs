@@ -5,6 +5,19 @@ namespace CheckpointEngine.Cli.Bench;
 /// <summary>The machine a benchmark ran on, as a report states it.</summary>
 internal sealed record MachineInfo(int Cores, long MemoryBytes, string Cpu, string Os, string Kernel, string Dotnet)
 {
+    /// <summary>Writes the machine as the "machine" object of a report's JSON.</summary>
+    public void WriteJson(System.Text.Json.Utf8JsonWriter w)
+    {
+        w.WriteStartObject("machine");
+        w.WriteNumber("cores", Cores);
+        w.WriteNumber("memory_bytes", MemoryBytes);
+        w.WriteString("cpu", Cpu);
+        w.WriteString("os", Os);
+        w.WriteString("kernel", Kernel);
+        w.WriteString("dotnet", Dotnet);
+        w.WriteEndObject();
+    }
+
     public static MachineInfo Current() => new(
         Environment.ProcessorCount,
         ProcField("/proc/meminfo", "MemTotal:") is { } kb && long.TryParse(kb.Split(' ')[0], out var n) ? n * 1024 : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes,

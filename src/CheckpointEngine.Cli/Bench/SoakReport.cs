@@ -64,14 +64,7 @@ internal sealed record SoakReport(MachineInfo Machine, DateTimeOffset Date, Soak
             w.WriteStartObject();
             w.WriteString("date", Date.UtcDateTime);
             w.WriteString("command", CommandLine);
-            w.WriteStartObject("machine");
-            w.WriteNumber("cores", Machine.Cores);
-            w.WriteNumber("memory_bytes", Machine.MemoryBytes);
-            w.WriteString("cpu", Machine.Cpu);
-            w.WriteString("os", Machine.Os);
-            w.WriteString("kernel", Machine.Kernel);
-            w.WriteString("dotnet", Machine.Dotnet);
-            w.WriteEndObject();
+            Machine.WriteJson(w);
             w.WriteStartObject("settings");
             w.WriteNumber("ranks", Settings.Ranks);
             w.WriteNumber("rounds", Settings.Rounds);

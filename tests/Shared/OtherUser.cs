@@ -28,7 +28,13 @@ public sealed class OtherUser : IAsyncDisposable
                 _lines.Writer.TryWrite(e.Data);
             }
         };
-        process.ErrorDataReceived += (_, e) => _lines.Writer.TryWrite("stderr: " + e.Data);
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is not null) // Null: the stream ended, which says nothing.
+            {
+                _lines.Writer.TryWrite("stderr: " + e.Data);
+            }
+        };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
     }

@@ -4,7 +4,7 @@
 # Steps, each under its own time limit (coreutils timeout), all within GPU_CHECK_BUDGET_S (default 300 s):
 #   1. the CLI starts (host backend, 8 MiB)
 #   2. the GPU unit tests (trait Category=GPU): device copies, IPC handles, one-rank NCCL broadcast,
-#      all-reduce and sub-communicator
+#      all-reduce and sub-communicator, and both receivers refusing a cuda-ipc attach larger than its allocation
 #   3. a SIZE update on one GPU to the .NET reference worker, broadcast then P2P staging (`--method all`)
 #   4. the same to the Python worker (torch, CUDA IPC), both methods; both workers verified byte for byte
 #   5. a plain pinned cuMemcpyHtoD of SIZE (the baseline of the figures)

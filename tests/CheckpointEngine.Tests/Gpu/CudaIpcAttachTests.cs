@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using CheckpointEngine.Interop.Cuda;
-using CheckpointEngine.Tests.Support;
 using CheckpointEngine.Tests.Worker;
 using CheckpointEngine.Worker;
 
@@ -61,7 +60,7 @@ public sealed class CudaIpcAttachTests
             Assert.Equal($"the attach claims {2 * Allocated} bytes, but the CUDA IPC allocation holds {Allocated}", await DotNetAttachAsync(handle, device, 2 * Allocated));
             Assert.Null(await DotNetAttachAsync(handle, device, Allocated));
 
-            var cudaPy = Path.Combine(CkptEngineScript.RepoRoot(), "python", "ckpt_engine_worker", "cuda.py");
+            var cudaPy = CudaPy();
             Assert.Equal($"refused: the attach claims {2 * Allocated} bytes, but the CUDA IPC allocation holds {Allocated}", await PythonAttachAsync(handle, 2 * Allocated, cudaPy));
             Assert.Equal("opened", await PythonAttachAsync(handle, Allocated, cudaPy));
         }
@@ -99,6 +98,20 @@ public sealed class CudaIpcAttachTests
         var output = await opener.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken).WaitAsync(Deadline, TestContext.Current.CancellationToken);
         await opener.WaitForExitAsync(TestContext.Current.CancellationToken);
         return output.Trim() is { Length: > 0 } line ? line : "failed: " + await opener.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+    }
+
+    /// <summary>The Python package's cuda.py: in the repository, or beside the GPU check's payload (app/ and python/ side by side).</summary>
+    private static string CudaPy()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+        {
+            var path = Path.Combine(d.FullName, "python", "ckpt_engine_worker", "cuda.py");
+            if (File.Exists(path))
+            {
+                return path;
+            }
+        }
+        throw new InvalidOperationException("python/ckpt_engine_worker/cuda.py not found above " + AppContext.BaseDirectory);
     }
 
     private static Process Start(string code, params string[] args)

@@ -102,6 +102,50 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
         runs.Add(new ByteRun(source, destination, length));
     }
 
+    /// <summary>
+    /// The bytes of <paramref name="bucket"/> some worker keeps, as sorted disjoint (offset, length) ranges: the union of the
+    /// parts of <paramref name="classes"/>. Null when some worker declared nothing (it keeps everything).
+    /// </summary>
+    public static IReadOnlyList<(long Offset, long Length)>? Wanted(H2DBucket bucket, IReadOnlyList<WorkerWants?> classes)
+    {
+        if (classes.Count == 0 || classes.Any(c => c is null))
+        {
+            return null;
+        }
+        var merged = new List<(long Offset, long Length)>();
+        foreach (var (start, length) in classes.SelectMany(c => Of(bucket, c!).Runs).Select(r => (r.Source, r.Length)).OrderBy(r => r.Source))
+        {
+            if (merged.Count > 0 && merged[^1] is var last && start <= last.Offset + last.Length)
+            {
+                merged[^1] = (last.Offset, Math.Max(last.Length, start + length - last.Offset));
+            }
+            else
+            {
+                merged.Add((start, length));
+            }
+        }
+        return merged;
+    }
+
+    /// <summary>The pieces of <paramref name="range"/> that fall in <paramref name="wanted"/> (all of it when null), as (source offset, bucket offset, length).</summary>
+    public static IEnumerable<(long Source, long BucketOffset, long Length)> Cut(BucketRange range, IReadOnlyList<(long Offset, long Length)>? wanted)
+    {
+        if (wanted is null)
+        {
+            yield return (range.Offset, range.BucketOffset, range.Length);
+            yield break;
+        }
+        var (from, to) = (range.BucketOffset, range.BucketOffset + range.Length);
+        foreach (var (offset, length) in wanted)
+        {
+            var (a, b) = (Math.Max(from, offset), Math.Min(to, offset + length));
+            if (a < b)
+            {
+                yield return (range.Offset + (a - from), a, b - a);
+            }
+        }
+    }
+
     /// <summary>Where tensor <paramref name="t"/> lies for a worker: in the bucket when this rank holds the whole bucket and the tensor is one run of it, else in the part.</summary>
     public static long Place(PartTensor t, bool holdsBucket, long bucketOffset, long partOffset) =>
         holdsBucket && t.Source is { } source ? bucketOffset + source : partOffset + t.Offset;

@@ -38,7 +38,8 @@ internal static class BucketPump
     /// reloads it from where it lies on its rank, while bucket k+1 is broadcast.
     /// </summary>
     public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
-        WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+        WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, IReadOnlyList<IReadOnlyList<(long Offset, long Length)>?>? wanted,
+        TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
         var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
@@ -69,7 +70,7 @@ internal static class BucketPump
             times[k].StageStart = clock.Elapsed;
             try
             {
-                await steps[k].Stage(Where(k)).ConfigureAwait(false);
+                await steps[k].Stage(Where(k), wanted?[k]).ConfigureAwait(false);
                 return null;
             }
             catch (Exception e) when (e is not OperationCanceledException)

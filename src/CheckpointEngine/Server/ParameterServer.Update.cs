@@ -80,8 +80,8 @@ public sealed partial class ParameterServer
         // Owners copy their own buckets from host memory to their device buffer; they are the broadcast roots.
         List<BucketStep> Plan(BucketSizing sizing, IReadOnlyList<string> _) =>
             BucketPlanner.Interleave(metas.Ranks.Select(r => BucketPlanner.Cut(r, sizing.BucketSize)))
-                .Select(b => new BucketStep(b, b.Owner, slot => Task.Run(() => Device.CopyHostToDevice(
-                    b.Ranges.Select(r => new HostCopy(local!.Buffers[r.Buffer].Address + (nint)r.Offset, slot + (nint)r.BucketOffset, r.Length)).ToArray()), ct)))
+                .Select(b => new BucketStep(b, b.Owner, (slot, wanted) => Task.Run(() => Device.CopyHostToDevice(
+                    b.Ranges.SelectMany(r => BucketPart.Cut(r, wanted).Select(c => new HostCopy(local!.Buffers[r.Buffer].Address + (nint)c.Source, slot + (nint)c.BucketOffset, c.Length))).ToArray()), ct)))
                 .ToList();
         return await RunAsync(name, UpdateMode.Broadcast, Group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
     }
@@ -104,11 +104,11 @@ public sealed partial class ParameterServer
             var receivers = ReceiverAssignment.GroupByDevice(Enumerable.Range(0, group.Size), r => netDevices[r]);
             // A device this process cannot address (a GPU) gets the bytes through a page-locked host bucket.
             var staging = Device.HostAccessible ? null : StagingFor(sizing);
-            async Task Read(H2DBucket bucket, nint slot)
+            async Task Read(H2DBucket bucket, nint slot, IReadOnlyList<(long Offset, long Length)>? wanted)
             {
                 var target = staging?.Address ?? slot;
                 await _p2p.ReadAsync(metas.Ranks[bucket.Owner].P2PAddress!,
-                    bucket.Ranges.Select(r => new P2PRead(P2PName(name, r.Buffer), r.Offset, r.Length, target + (nint)r.BucketOffset)).ToList(),
+                    bucket.Ranges.SelectMany(r => BucketPart.Cut(r, wanted).Select(c => new P2PRead(P2PName(name, r.Buffer), c.Source, c.Length, target + (nint)c.BucketOffset))).ToList(),
                     options.Timeout, ct).ConfigureAwait(false);
                 if (staging is not null)
                 {
@@ -116,7 +116,7 @@ public sealed partial class ParameterServer
                 }
             }
             return ReceiverAssignment.Assign(buckets, OwnerDevice, receivers)
-                .Select(a => new BucketStep(a.Bucket, a.Receiver, slot => Read(a.Bucket, slot)))
+                .Select(a => new BucketStep(a.Bucket, a.Receiver, (slot, wanted) => Read(a.Bucket, slot, wanted)))
                 .ToList();
         }
         return await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
@@ -166,16 +166,20 @@ public sealed partial class ParameterServer
 
             var total = steps.Sum(s => s.Bucket.Size);
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
-            // A worker that declared what it keeps gets only that (on devices the host can reach; elsewhere whole tensors, for now).
-            var parts = worker!.Wants is { } wants && Device.HostAccessible ? PartsFor(steps, wants) : null;
-            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, timeout, clock,
+            // Every member learns the distinct declarations (one list per class of workers that keep the same bytes); stagers
+            // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
+            // host can reach; elsewhere whole tensors, for now).
+            var classes = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
+            var (parts, wanted) = PlanFor(steps, worker.Wants is { } wants && Device.HostAccessible ? wants : null, classes);
+            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
             await Agreement.AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
             await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
-            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings);
+            var staged = steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
+            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
         {
@@ -194,20 +198,52 @@ public sealed partial class ParameterServer
     }
 
     /// <summary>
-    /// The worker's part of every bucket: planned once per bucket layout and declaration and reused while both stay the
-    /// same (the RL loop re-registers the same layout every step); compared exactly, tensor by tensor, never by a hash.
+    /// The distinct declarations of the members' workers, one per class (null: a worker that declared nothing, which keeps
+    /// everything). Costs O(classes), not O(members × tensors): members exchange 64-character digests, and only the lowest
+    /// member of each class sends its list.
     /// </summary>
-    private List<BucketPart> PartsFor(List<BucketStep> steps, WorkerWants wants)
+    private static async Task<List<WorkerWants?>> ExchangeWantsAsync(ICommunicator group, WorkerWants? wants, TimeSpan timeout, CancellationToken ct)
     {
-        var digest = wants.Digest();
-        if (_partsPlan is { } plan && plan.Wants == digest && SameLayout(plan.Buckets, steps))
+        var digest = wants?.Digest() ?? "";
+        var digests = (await group.AllGatherAsync(Encoding.ASCII.GetBytes(digest), timeout, ct).ConfigureAwait(false)).Select(Encoding.ASCII.GetString).ToList();
+        var leads = digest.Length > 0 && digests.IndexOf(digest) == group.Rank;
+        var lists = await group.AllGatherAsync(leads ? wants!.ToJson() : [], timeout, ct).ConfigureAwait(false);
+        var classes = new List<WorkerWants?>();
+        for (var r = 0; r < digests.Count; r++)
         {
-            return plan.Parts;
+            if (digests.IndexOf(digests[r]) != r)
+            {
+                continue; // Not the first of its class.
+            }
+            try
+            {
+                classes.Add(digests[r].Length == 0 ? null : WorkerWants.Parse(lists[r]));
+            }
+            catch (InvalidDataException e)
+            {
+                throw new UpdateFailedException($"rank {group.Members[r]} published wants that cannot be read: {e.Message}", e);
+            }
         }
-        var parts = steps.Select(s => BucketPart.Of(s.Bucket, wants)).ToList();
-        _partsPlan = (digest, steps.Select(s => s.Bucket).ToList(), parts);
+        return classes;
+    }
+
+    /// <summary>
+    /// This worker's part of every bucket (null: it declared nothing) and the bytes of each bucket some worker keeps (null:
+    /// all). Planned once per bucket layout and set of declarations and reused while they stay the same (the RL loop
+    /// re-registers the same layout every step); the layout is compared exactly, tensor by tensor, never by a hash.
+    /// </summary>
+    private (List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted) PlanFor(List<BucketStep> steps, WorkerWants? mine, List<WorkerWants?> classes)
+    {
+        var key = (mine?.Digest() ?? "") + "|" + string.Join(",", classes.Select(c => c?.Digest() ?? "all"));
+        if (_partsPlan is { } plan && plan.Wants == key && SameLayout(plan.Buckets, steps))
+        {
+            return (plan.Parts, plan.Wanted);
+        }
+        var parts = mine is null ? null : steps.Select(s => BucketPart.Of(s.Bucket, mine)).ToList();
+        var wanted = classes.Any(c => c is null) ? null : steps.Select(s => BucketPart.Wanted(s.Bucket, classes)).ToList();
+        _partsPlan = (key, steps.Select(s => s.Bucket).ToList(), parts, wanted);
         PartPlans++;
-        return parts;
+        return (parts, wanted);
     }
 
     private static bool SameLayout(List<H2DBucket> planned, List<BucketStep> steps)

@@ -29,7 +29,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private volatile UpdateProgress? _progress;
 
     /// <summary>The last worker part plan: the declaration's digest, the bucket layout it was made for, and the parts (updates run one at a time).</summary>
-    private (string Wants, List<H2DBucket> Buckets, List<BucketPart> Parts)? _partsPlan;
+    private (string Wants, List<H2DBucket> Buckets, List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted)? _partsPlan;
 
     /// <summary>How many times a worker part plan was made (not reused); for tests.</summary>
     internal int PartPlans { get; private set; }

@@ -10,6 +10,12 @@ public sealed record UpdateReport(
     TimeSpan Duration,
     IReadOnlyList<BucketTiming> Buckets)
 {
+    /// <summary>The bytes this rank copied to its device buffer as a stager: only what some worker keeps, when every worker declared it.</summary>
+    public long BytesStaged { get; init; }
+
+    /// <summary>Distinct declarations of what the members' workers keep (workers that declared nothing count as one).</summary>
+    public int WorkerClasses { get; init; }
+
     public TimeSpan HostToDevice => Sum(b => b.HostToDevice);
 
     public TimeSpan Broadcast => Sum(b => b.Broadcast);

@@ -141,4 +141,33 @@ public sealed class BucketPartTests
         Assert.All(all.Tensors, t => Assert.Equal(t.Meta.Offset, t.Offset)); // Aligned already: nothing moves.
         Assert.Empty(BucketPart.Of(bucket, new WorkerWants(new Dictionary<string, TensorWant>(), TensorWant.None)).Tensors);
     }
+
+    [Fact]
+    public void Wanted_IsTheUnionOverClasses_AndStagingCutsRangesByIt()
+    {
+        var (bucket, _) = Bucket();
+        var q = bucket.Items.Single(m => m.Name == "q.weight");
+        var o = bucket.Items.Single(m => m.Name == "o.weight");
+        WorkerWants Shard(int i) => new(new Dictionary<string, TensorWant>
+        {
+            ["q.weight"] = TensorWant.Along(0, new SliceRange(3 * i, 3)),
+            ["o.weight"] = TensorWant.Along(1, new SliceRange(3 * i, 3)),
+        }, TensorWant.None);
+
+        // Two tensor-parallel shards: together they keep q and o whole (rows and columns meet), and nothing else.
+        var wanted = BucketPart.Wanted(bucket, [Shard(0), Shard(1)]);
+        Assert.Equal([(q.Offset, q.ByteLength), (o.Offset, o.ByteLength)], wanted);
+        // One shard alone: its rows of q in one piece, its columns of o row by row.
+        var one = BucketPart.Wanted(bucket, [Shard(1)])!;
+        Assert.Equal((q.Offset + 3 * 10 * 2, 3 * 10 * 2), one[0]);
+        Assert.Equal(1 + 4, one.Count);
+        // A worker that declared nothing keeps everything.
+        Assert.Null(BucketPart.Wanted(bucket, [Shard(0), null]));
+
+        // Staging a bucket range [100, 100 + size) of some buffer copies only its wanted pieces, at their bucket offsets.
+        var range = new BucketRange(0, 100, bucket.Size, 0);
+        Assert.Equal([(100 + q.Offset, q.Offset, q.ByteLength), (100 + o.Offset, o.Offset, o.ByteLength)], BucketPart.Cut(range, wanted));
+        Assert.Equal([(100L, 0L, bucket.Size)], BucketPart.Cut(range, null));
+        Assert.Empty(BucketPart.Cut(new BucketRange(0, 0, 16, q.Offset + q.ByteLength), [(q.Offset, q.ByteLength)]));
+    }
 }

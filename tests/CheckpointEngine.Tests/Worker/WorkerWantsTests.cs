@@ -125,28 +125,32 @@ public sealed class WorkerWantsTests
         Assert.Equal(whole[(4 * 32)..], received["layers.0.q_proj.weight"]);
         Assert.Equal(Enumerable.Range(0, 8).SelectMany(r => whole[(r * 32 + 16)..(r * 32 + 32)]), received["layers.0.o_proj.weight"]);
         Assert.Equal(2 * 128, report.BytesDelivered);
+        Assert.Equal(2 * 128, report.BytesStaged); // The only class keeps these bytes: nothing else was staged.
+        Assert.Equal(1, report.WorkerClasses);
 
         var e = await Assert.ThrowsAsync<UpdateFailedException>(() => rank.UpdateAsync(TpRank1Of2()));
         Assert.Contains($"the worker of device '{rank.Server.Device.Id}' declared wants that do not fit checkpoint 'step-1': ", e.Message, StringComparison.Ordinal);
         Assert.Contains("tensor 'lm_head.weight' is not in the checkpoint", e.Message, StringComparison.Ordinal);
 
-        var (_, again) = await rank.UpdateAsync(); // Declaring nothing: everything, as before; the failure left nothing behind.
+        var (plain, again) = await rank.UpdateAsync(); // Declaring nothing: everything, as before; the failure left nothing behind.
         Assert.All(again.Values, bytes => Assert.Equal(whole, bytes));
+        Assert.True(plain.BytesStaged >= 2 * whole.Length, $"staged {plain.BytesStaged}");
 
-        // The part plan is made once per layout and declaration and reused (the RL loop), made again when either changes.
-        Assert.Equal(1, rank.Server.PartPlans);
+        // The plan is made once per layout and set of declarations and reused (the RL loop), made again when either changes.
+        Assert.Equal(2, rank.Server.PartPlans); // The declaration, then nothing declared.
         (_, received) = await rank.UpdateAsync(fits);
         Assert.Equal(whole[(4 * 32)..], received["layers.0.q_proj.weight"]);
-        Assert.Equal(1, rank.Server.PartPlans);
+        (_, received) = await rank.UpdateAsync(fits);
+        Assert.Equal(3, rank.Server.PartPlans); // Back to the first declaration: planned again once, then reused.
         var other = new WorkerWants(new Dictionary<string, TensorWant> { ["layers.0.q_proj.weight"] = TensorWant.Along(0, new SliceRange(0, 4)) });
         (_, received) = await rank.UpdateAsync(other);
         Assert.Equal(whole[..(4 * 32)], received["layers.0.q_proj.weight"]);
         Assert.Equal(whole, received["layers.0.o_proj.weight"]);
-        Assert.Equal(2, rank.Server.PartPlans);
+        Assert.Equal(4, rank.Server.PartPlans);
         await rank.Server.UnregisterCheckpointAsync("step-1", TestContext.Current.CancellationToken);
         rank.Server.RegisterCheckpoint("step-1", [], [Bf16Matrix("layers.0.q_proj.weight")]); // Another layout under the same name.
         (_, received) = await rank.UpdateAsync(other);
         Assert.Equal([.. received.Keys], ["layers.0.q_proj.weight"]);
-        Assert.Equal(3, rank.Server.PartPlans);
+        Assert.Equal(5, rank.Server.PartPlans);
     }
 }

@@ -204,32 +204,39 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     /// <summary>
-    /// Shard-aware across two inference instances (TP 2 each, 4 ranks): the first engine's shards declare their
-    /// slices (from the second update), the second engine declares nothing. Each rank sends its worker only what
-    /// that worker keeps; every shard then holds exactly its slice (the slices of both shards put back together
-    /// have the source tensor's checksum), and the engine that declared nothing holds every tensor whole.
+    /// Shard-aware updates: engines whose shards declare their slices (from the second update, once they have seen
+    /// the layout) next to one that declares nothing. Each rank sends its worker only what that worker keeps; every
+    /// shard then holds exactly its slice (the slices of all shards put back together have the source tensor's
+    /// checksum), and an engine that declared nothing holds every tensor whole.
     /// </summary>
-    [Fact]
-    public async Task Update_ShardAwareAndPlainEnginesSideBySide_EachShardHoldsItsSliceBitExact()
+    [Theory]
+    [InlineData(2, 2, false)] // TP 2, one instance: the scatter among the instance's ranks.
+    [InlineData(4, 4, false)] // TP 4, one instance.
+    [InlineData(4, 2, true)]  // TP 2, two instances (the second declares nothing): a part broadcast across instances.
+    public async Task Update_ShardAware_EachShardHoldsItsSliceBitExact(int ranks, int tp, bool plainSecondInstance)
     {
         var dir = WriteCheckpoint();
-        var sharded = (await StartWorkers(DeviceId, 2, 2, "--shard-by-tp"))[0];
-        var plain = (await StartWorkers(r => DeviceId(r + 2), 2, 2))[0];
-        var results = await RunRanks(4, dir, [sharded, plain], 2, updates: 2);
+        var sharded = (await StartWorkers(DeviceId, tp, tp, "--shard-by-tp"))[0];
+        string[] urls = ranks == tp ? [sharded]
+            : plainSecondInstance ? [sharded, (await StartWorkers(r => DeviceId(r + tp), tp, tp))[0]]
+            : [sharded, (await StartWorkers(r => DeviceId(r + tp), tp, tp, "--shard-by-tp"))[0]];
+        var results = await RunRanks(ranks, dir, urls, tp, updates: 2);
         AssertAllOk(results, 2);
 
-        var total = long.Parse(results[0].Line("update 1 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
-        long Bytes(int rank) => long.Parse(results[rank].Line("update 2 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
-        Assert.All(results, r => Assert.Equal(total, long.Parse(r.Line("update 1 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture)));
-        Assert.True(Bytes(0) < total && Bytes(1) < total, $"the shard-aware ranks sent {Bytes(0)} and {Bytes(1)} of {total} bytes");
-        Assert.Equal(total, Bytes(2));
-        Assert.Equal(total, Bytes(3));
+        long Bytes(RankCluster.Result r, int update) => long.Parse(r.Line($"update {update} ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
+        var total = Bytes(results[0], 1);
+        Assert.All(results, r => Assert.Equal(total, Bytes(r, 1)));
+        Assert.All(results.Take(tp), r => Assert.True(Bytes(r, 2) < total, $"rank {r.Rank} sent {Bytes(r, 2)} of {total} bytes"));
+        if (plainSecondInstance)
+        {
+            Assert.All(results.Skip(tp), r => Assert.Equal(total, Bytes(r, 2)));
+        }
 
         var expected = SourceDigests(dir);
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
-        var doc = await http.GetFromJsonAsync<JsonElement>(sharded + "/v1/weights/digest", TestContext.Current.CancellationToken);
         using var checkpoint = Checkpoint.Open(dir);
         var crcs = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => System.IO.Hashing.Crc32.HashToUInt32(e.File.View(e.Tensor).Span).ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        var doc = await http.GetFromJsonAsync<JsonElement>(sharded + "/v1/weights/digest", TestContext.Current.CancellationToken);
         var assembled = doc.GetProperty("assembled_crc32").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
         Assert.Equal(["layers.0.o_proj.weight", "layers.0.q_proj.weight", "layers.0.up_proj.weight"], assembled.Keys.Order(StringComparer.Ordinal));
         foreach (var (name, crc) in assembled)
@@ -239,14 +246,18 @@ public sealed class UpdateEndToEndTests : IDisposable
         foreach (var shard in doc.GetProperty("shards").EnumerateArray())
         {
             var sliced = shard.GetProperty("sliced").EnumerateArray().Select(e => e.GetString()!).ToHashSet();
+            Assert.Equal(3, sliced.Count);
             foreach (var t in shard.GetProperty("tensors").EnumerateObject().Where(t => !sliced.Contains(t.Name)))
             {
                 Assert.Equal(expected[t.Name], t.Value.GetString());
             }
         }
-        foreach (var (_, tensors) in await WorkerDigests(plain))
+        if (plainSecondInstance)
         {
-            Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+            foreach (var (_, tensors) in await WorkerDigests(urls[1]))
+            {
+                Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+            }
         }
     }
 

@@ -19,6 +19,6 @@ public enum SimulatedDesign
     /// </summary>
     Ours,
 
-    /// <summary>What-if: ours, and each tensor-parallel rank reloads only its slice of split tensors.</summary>
+    /// <summary>What-if: ours, each tensor-parallel rank receiving and reloading only its slice of split tensors (each node the parts of the ranks it hosts).</summary>
     ShardAware,
 }

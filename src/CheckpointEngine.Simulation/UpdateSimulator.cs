@@ -18,10 +18,17 @@ public static class UpdateSimulator
     private static Cost Stage(SimulationPlan plan, CostModel costs, PlannedBucket b) =>
         plan.Scenario.Method == SimulatedMethod.P2P ? costs.RdmaRead(b.Bytes) : costs.HostToDevice(b.Bytes);
 
-    // The root sends every byte of a bucket even when each receiver takes only its slice, so the links carry the
-    // whole bucket either way; what shard-aware transfers save is the workers' reload.
-    private static Cost Broadcast(SimulationPlan plan, CostModel costs, PlannedBucket b) =>
-        costs.Broadcast(b.Bytes, b.Bytes, plan.GroupRanks, plan.GroupNodes);
+    // Shard-aware (as built on the host backend: each rank receives only its class's part): a GPU's ingress is its shard,
+    // and a node's the parts of the classes it hosts (the tensor-parallel ranks on it), at most the whole bucket.
+    private static Cost Broadcast(SimulationPlan plan, CostModel costs, PlannedBucket b)
+    {
+        if (plan.Scenario.Design != SimulatedDesign.ShardAware)
+        {
+            return costs.Broadcast(b.Bytes, b.Bytes, plan.GroupRanks, plan.GroupNodes);
+        }
+        var classesPerNode = Math.Min(plan.Scenario.Cluster.GpusPerNode, plan.Scenario.TensorParallel);
+        return costs.Broadcast(b.ShardBytes, Math.Min(b.Bytes, b.ShardBytes * classesPerNode), plan.GroupRanks, plan.GroupNodes);
+    }
 
     private static Cost Reload(SimulationPlan plan, CostModel costs, PlannedBucket b) =>
         costs.Reload(plan.Scenario.Design == SimulatedDesign.ShardAware ? b.ShardBytes : b.Bytes);

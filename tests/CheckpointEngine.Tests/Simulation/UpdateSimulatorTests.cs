@@ -50,6 +50,20 @@ public sealed class UpdateSimulatorTests
     }
 
     [Fact]
+    public void ShardAware_MovesFewerBytesOverTheLinks_NotOnlyASmallerReload()
+    {
+        // Instances of 16 GPUs over nodes of 8: each node hosts half of every instance, so it needs about half of each bucket.
+        SimulationResult Sim(SimulatedDesign d) => UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, 32, 16, SimulatedMethod.Broadcast, d, Free)), Costs);
+        var ours = Sim(SimulatedDesign.Ours);
+        var shardAware = Sim(SimulatedDesign.ShardAware);
+        Assert.True(shardAware.BroadcastBusy < ours.BroadcastBusy * 0.95, $"broadcast busy {shardAware.BroadcastBusy} s against {ours.BroadcastBusy} s");
+        // An instance within one node needs every byte on that node: the links carry as much as before there.
+        Assert.Equal(Run(SimulatedDesign.Ours).BroadcastBusy, Run(SimulatedDesign.ShardAware).BroadcastBusy, 9);
+        Assert.True(shardAware.ReloadBusy < ours.ReloadBusy / 2, $"reload busy {shardAware.ReloadBusy} s against {ours.ReloadBusy} s");
+        Assert.True(shardAware.Seconds < ours.Seconds);
+    }
+
+    [Fact]
     public void Ours_CopiesOnEveryOwnerAtOnce()
     {
         var ours = Run(SimulatedDesign.Ours);

@@ -153,4 +153,23 @@ public sealed class WorkerWantsTests
         Assert.Equal([.. received.Keys], ["layers.0.q_proj.weight"]);
         Assert.Equal(5, rank.Server.PartPlans);
     }
+
+    [Fact]
+    public async Task Update_WorkerFailsWhileReceivingParts_FailsNamingIt_TheNextUpdateDeliversItsPart()
+    {
+        await using var rank = await SingleRank.StartAsync(Bf16Matrix("layers.0.q_proj.weight"), Bf16Matrix("layers.0.o_proj.weight"));
+        var wants = new WorkerWants(new Dictionary<string, TensorWant> { ["layers.0.o_proj.weight"] = TensorWant.Along(1, new SliceRange(0, 8)) });
+        var e = await Assert.ThrowsAsync<UpdateFailedException>(() => rank.Server.UpdateAsync("step-1", UpdateMode.Broadcast, (context, ct) =>
+            WeightReceiver.ReceiveAsync(context.Sockets.Single().Ticket.ToString(), wants, (_, tensors) =>
+            {
+                Assert.Contains(tensors, t => t.Part is not null);
+                throw new InvalidOperationException("the engine ran out of memory");
+            }, null, SingleRank.Deadline, ct), new UpdateOptions { Timeout = SingleRank.Deadline }, TestContext.Current.CancellationToken));
+        Assert.Contains("the engine ran out of memory", e.Message, StringComparison.Ordinal);
+
+        var (_, received) = await rank.UpdateAsync(wants);
+        var whole = Enumerable.Range(0, 8 * 16 * 2).Select(i => (byte)i).ToArray();
+        Assert.Equal(Enumerable.Range(0, 8).SelectMany(r => whole[(r * 32)..(r * 32 + 16)]), received["layers.0.o_proj.weight"]);
+        Assert.Equal(whole, received["layers.0.q_proj.weight"]);
+    }
 }

@@ -19,6 +19,8 @@ public sealed class BucketPartTests
         ("unused.weight", DType.I64, [3, 3]), // none
         ("fp4.weight", DType.F4, [3, 4]),    // sub-byte, columns on whole bytes
         ("scalar", DType.F64, []),           // whole
+        ("fp8.weight", DType.F8_E4M3, [256, 6]),           // FP8 rows of one tensor-parallel rank...
+        ("fp8.weight_scale_inv", DType.F32, [2, 1]),       // ...and the matching row of its 128-row block scales
     ];
 
     private static readonly WorkerWants Wants = new(new Dictionary<string, TensorWant>
@@ -28,6 +30,8 @@ public sealed class BucketPartTests
         ["experts.weight"] = TensorWant.Along(1, new SliceRange(1, 1)),
         ["unused.weight"] = TensorWant.None,
         ["fp4.weight"] = TensorWant.Along(1, new SliceRange(2, 2)),
+        ["fp8.weight"] = TensorWant.Along(0, new SliceRange(128, 128)),
+        ["fp8.weight_scale_inv"] = TensorWant.Along(0, new SliceRange(1, 1)),
     });
 
     /// <summary>The tensors laid out as a bucket would hold them (256-byte aligned), filled with distinct bytes.</summary>

@@ -72,8 +72,12 @@ public sealed class WorkerWants
         {
             throw new ArgumentException("tensors the declaration does not name can be kept whole or not at all, not sliced", nameof(others));
         }
-        Tensors = new SortedDictionary<string, TensorWant>(tensors.ToDictionary(), StringComparer.Ordinal);
+        _lookup = new Dictionary<string, TensorWant>(tensors, StringComparer.Ordinal);
+        Tensors = new SortedDictionary<string, TensorWant>(_lookup, StringComparer.Ordinal);
     }
+
+    /// <summary>For lookups: planning asks once per tensor of the checkpoint and class (Kimi-K2: 140k tensors).</summary>
+    private readonly Dictionary<string, TensorWant> _lookup;
 
     /// <summary>What happens to tensors the declaration does not name: <see cref="TensorWant.Whole"/> or <see cref="TensorWant.None"/>.</summary>
     public TensorWant Others { get; }
@@ -81,7 +85,7 @@ public sealed class WorkerWants
     /// <summary>The declaration per tensor name (in ordinal order).</summary>
     public IReadOnlyDictionary<string, TensorWant> Tensors { get; }
 
-    public TensorWant For(string tensor) => Tensors.TryGetValue(tensor, out var want) ? want : Others;
+    public TensorWant For(string tensor) => _lookup.TryGetValue(tensor, out var want) ? want : Others;
 
     /// <summary>
     /// Why <paramref name="want"/> cannot be cut out of a tensor of <paramref name="dtype"/> and

@@ -39,39 +39,15 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
             }
             var start = Math.Min(BucketSizing.Align(cursor), meta.Offset); // Never past its source: the cut can run in place.
             var own = new List<ByteRun>();
-            TensorPart? part = null;
-            if (want.Kind == WantKind.Whole)
+            var at = start;
+            foreach (var (source, length) in SourceRuns(meta, want))
             {
-                Add(own, meta.Offset, start, meta.ByteLength);
+                Add(own, source, at, length);
+                at += length;
             }
-            else
-            {
-                var (dim, shape, slices) = (want.Dimension, meta.Shape, want.Slices.OrderBy(s => s.Start).ToList());
-                long outer = 1, inner = 1;
-                for (var i = 0; i < shape.Length; i++)
-                {
-                    if (i < dim)
-                    {
-                        outer *= shape[i];
-                    }
-                    else if (i > dim)
-                    {
-                        inner *= shape[i];
-                    }
-                }
-                var unitBits = inner * meta.DType.BitSize();
-                var at = start;
-                for (long o = 0; o < outer; o++)
-                {
-                    foreach (var s in slices)
-                    {
-                        var length = s.Length * unitBits / 8;
-                        Add(own, meta.Offset + (o * shape[dim] + s.Start) * unitBits / 8, at, length);
-                        at += length;
-                    }
-                }
-                part = new TensorPart(dim, [.. slices.Select(s => new[] { s.Start, s.Length })], [.. shape]);
-            }
+            var part = want.Kind == WantKind.Slices
+                ? new TensorPart(want.Dimension, [.. want.Slices.OrderBy(s => s.Start).Select(s => new[] { s.Start, s.Length })], [.. meta.Shape])
+                : null;
             var bytes = own.Sum(r => r.Length);
             tensors.Add(new PartTensor(meta, start, bytes, part?.PartShape() ?? [.. meta.Shape], part, own.Count <= 1 ? own.FirstOrDefault().Source : null));
             foreach (var r in own)
@@ -112,8 +88,33 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
         {
             return null;
         }
+        var pieces = new List<(long Offset, long Length)>();
+        foreach (var meta in bucket.Items)
+        {
+            var wants = classes.Select(c => c!.For(meta.Name)).Where(w => w.Kind != WantKind.None).ToList();
+            if (wants.Count == 0)
+            {
+                continue; // Nobody keeps any of it.
+            }
+            if (wants.Any(w => w.Kind == WantKind.Whole) || wants.Select(w => w.Dimension).Distinct().Count() > 1)
+            {
+                pieces.Add((meta.Offset, meta.ByteLength)); // Whole, or slices along different dimensions: the tensor, simply.
+                continue;
+            }
+            // Slices along one dimension (the tensor-parallel case): their union, often the whole tensor again.
+            var union = Merge(wants.SelectMany(w => w.Slices).Select(s => (s.Start, s.Length))).Select(s => new SliceRange(s.Offset, s.Length)).ToList();
+            pieces.AddRange(union is [{ Start: 0 } only] && only.Length == meta.Shape[wants[0].Dimension]
+                ? [(meta.Offset, meta.ByteLength)]
+                : SourceRuns(meta, TensorWant.Along(wants[0].Dimension, union)));
+        }
+        return Merge(pieces);
+    }
+
+    /// <summary>Sorted, disjoint ranges covering <paramref name="ranges"/> (touching ones joined).</summary>
+    private static List<(long Offset, long Length)> Merge(IEnumerable<(long Offset, long Length)> ranges)
+    {
         var merged = new List<(long Offset, long Length)>();
-        foreach (var (start, length) in classes.SelectMany(c => Of(bucket, c!).Runs).Select(r => (r.Source, r.Length)).OrderBy(r => r.Source))
+        foreach (var (start, length) in ranges.OrderBy(r => r.Offset))
         {
             if (merged.Count > 0 && merged[^1] is var last && start <= last.Offset + last.Length)
             {
@@ -125,6 +126,42 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
             }
         }
         return merged;
+    }
+
+    /// <summary>Where the bytes of <paramref name="want"/> lie in the bucket, in the part's order: (offset, length) per contiguous piece.</summary>
+    private static IEnumerable<(long Source, long Length)> SourceRuns(ParameterMeta meta, TensorWant want)
+    {
+        if (want.Kind == WantKind.Whole)
+        {
+            yield return (meta.Offset, meta.ByteLength);
+            yield break;
+        }
+        if (want.Kind == WantKind.None)
+        {
+            yield break;
+        }
+        var (dim, shape) = (want.Dimension, meta.Shape);
+        var slices = want.Slices.OrderBy(s => s.Start).ToList();
+        long outer = 1, inner = 1;
+        for (var i = 0; i < shape.Length; i++)
+        {
+            if (i < dim)
+            {
+                outer *= shape[i];
+            }
+            else if (i > dim)
+            {
+                inner *= shape[i];
+            }
+        }
+        var unitBits = inner * meta.DType.BitSize();
+        for (long o = 0; o < outer; o++)
+        {
+            foreach (var s in slices)
+            {
+                yield return (meta.Offset + (o * shape[dim] + s.Start) * unitBits / 8, s.Length * unitBits / 8);
+            }
+        }
     }
 
     /// <summary>The pieces of <paramref name="range"/> that fall in <paramref name="wanted"/> (all of it when null), as (source offset, bucket offset, length).</summary>

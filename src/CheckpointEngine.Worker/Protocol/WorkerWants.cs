@@ -40,6 +40,24 @@ public sealed record TensorWant
 
     public override int GetHashCode() => HashCode.Combine(Kind, Dimension, Slices.Count);
 
+    /// <summary>The elements before dimension <paramref name="dim"/> (how many times it repeats) and after it (one index's worth).</summary>
+    internal static (long Outer, long Inner) Around(IReadOnlyList<long> shape, int dim)
+    {
+        long outer = 1, inner = 1;
+        for (var i = 0; i < shape.Count; i++)
+        {
+            if (i < dim)
+            {
+                outer *= shape[i];
+            }
+            else if (i > dim)
+            {
+                inner *= shape[i];
+            }
+        }
+        return (outer, inner);
+    }
+
     public override string ToString() => Kind switch
     {
         WantKind.Slices => $"dimension {Dimension}: {string.Join(", ", Slices)}",
@@ -107,18 +125,7 @@ public sealed class WorkerWants
         {
             return $"no slices along dimension {d} (declare \"none\" to keep nothing)";
         }
-        long inner = 1, outer = 1;
-        for (var i = 0; i < shape.Count; i++)
-        {
-            if (i < d)
-            {
-                outer *= shape[i];
-            }
-            else if (i > d)
-            {
-                inner *= shape[i];
-            }
-        }
+        var (outer, inner) = TensorWant.Around(shape, d);
         var unitBits = inner * dtype.BitSize(); // The bits of one index along the dimension.
         if (outer > 1 && shape[d] * unitBits % 8 != 0)
         {
@@ -166,10 +173,15 @@ public sealed class WorkerWants
     /// The SHA-256 (hex) of the canonical wire form: workers with equal declarations have equal digests,
     /// so ranks can tell which of them want the same bytes by exchanging 64 characters, not the lists.
     /// </summary>
-    public string Digest() => Convert.ToHexStringLower(SHA256.HashData(ToJson()));
+    public string Digest() => _digest ??= Convert.ToHexStringLower(SHA256.HashData(ToJson()));
 
-    /// <summary>The wire form; canonical (names in ordinal order, slices sorted).</summary>
-    public byte[] ToJson()
+    /// <summary>The wire form; canonical (names in ordinal order, slices sorted). Made once: a declaration is immutable.</summary>
+    public byte[] ToJson() => _json ??= Serialize();
+
+    private string? _digest;
+    private byte[]? _json;
+
+    private byte[] Serialize()
     {
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream))

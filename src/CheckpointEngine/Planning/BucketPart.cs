@@ -142,18 +142,7 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
         }
         var (dim, shape) = (want.Dimension, meta.Shape);
         var slices = want.Slices.OrderBy(s => s.Start).ToList();
-        long outer = 1, inner = 1;
-        for (var i = 0; i < shape.Length; i++)
-        {
-            if (i < dim)
-            {
-                outer *= shape[i];
-            }
-            else if (i > dim)
-            {
-                inner *= shape[i];
-            }
-        }
+        var (outer, inner) = TensorWant.Around(shape, dim);
         var unitBits = inner * meta.DType.BitSize();
         for (long o = 0; o < outer; o++)
         {

@@ -170,7 +170,7 @@ public sealed partial class ParameterServer
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
             // host can reach; elsewhere whole tensors, for now).
             var classes = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
-            var (parts, wanted) = PlanFor(steps, worker.Wants is { } wants && Device.HostAccessible ? wants : null, classes);
+            var (parts, wanted) = PlanFor(steps, worker.Wants is { } wants && Device.HostAccessible ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
             var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
 
@@ -202,13 +202,13 @@ public sealed partial class ParameterServer
     /// everything). Costs O(classes), not O(members × tensors): members exchange 64-character digests, and only the lowest
     /// member of each class sends its list.
     /// </summary>
-    private static async Task<List<WorkerWants?>> ExchangeWantsAsync(ICommunicator group, WorkerWants? wants, TimeSpan timeout, CancellationToken ct)
+    private static async Task<List<(string Digest, WorkerWants? Wants)>> ExchangeWantsAsync(ICommunicator group, WorkerWants? wants, TimeSpan timeout, CancellationToken ct)
     {
         var digest = wants?.Digest() ?? "";
         var digests = (await group.AllGatherAsync(Encoding.ASCII.GetBytes(digest), timeout, ct).ConfigureAwait(false)).Select(Encoding.ASCII.GetString).ToList();
         var leads = digest.Length > 0 && digests.IndexOf(digest) == group.Rank;
         var lists = await group.AllGatherAsync(leads ? wants!.ToJson() : [], timeout, ct).ConfigureAwait(false);
-        var classes = new List<WorkerWants?>();
+        var classes = new List<(string Digest, WorkerWants? Wants)>();
         for (var r = 0; r < digests.Count; r++)
         {
             if (digests.IndexOf(digests[r]) != r)
@@ -217,7 +217,7 @@ public sealed partial class ParameterServer
             }
             try
             {
-                classes.Add(digests[r].Length == 0 ? null : WorkerWants.Parse(lists[r]));
+                classes.Add((digests[r], digests[r].Length == 0 ? null : WorkerWants.Parse(lists[r])));
             }
             catch (InvalidDataException e)
             {
@@ -232,9 +232,11 @@ public sealed partial class ParameterServer
     /// all). Planned once per bucket layout and set of declarations and reused while they stay the same (the RL loop
     /// re-registers the same layout every step); the layout is compared exactly, tensor by tensor, never by a hash.
     /// </summary>
-    private (List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted) PlanFor(List<BucketStep> steps, WorkerWants? mine, List<WorkerWants?> classes)
+    /// <param name="digests">The classes' digests as exchanged ("" for a worker that declared nothing), in the order of <paramref name="classes"/>.</param>
+    private (List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted) PlanFor(List<BucketStep> steps, WorkerWants? mine,
+        List<string> digests, List<WorkerWants?> classes)
     {
-        var key = (mine?.Digest() ?? "") + "|" + string.Join(",", classes.Select(c => c?.Digest() ?? "all"));
+        var key = (mine?.Digest() ?? "") + "|" + string.Join(",", digests);
         if (_partsPlan is { } plan && plan.Wants == key && SameLayout(plan.Buckets, steps))
         {
             return (plan.Parts, plan.Wanted);

@@ -63,6 +63,26 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
         return new BucketPart(runs, tensors, cursor, gathered);
     }
 
+    /// <summary>The bytes of <paramref name="bucket"/> a worker declaring <paramref name="wants"/> keeps (null: it declared nothing, all), without packing it.</summary>
+    public static long BytesOf(H2DBucket bucket, WorkerWants? wants)
+    {
+        long bytes = 0;
+        foreach (var meta in bucket.Items)
+        {
+            var want = wants?.For(meta.Name) ?? TensorWant.Whole;
+            if (want.Kind == WantKind.Slices)
+            {
+                var (outer, inner) = TensorWant.Around(meta.Shape, want.Dimension);
+                bytes += outer * want.Slices.Sum(s => s.Length) * inner * meta.DType.BitSize() / 8;
+            }
+            else if (want.Kind == WantKind.Whole)
+            {
+                bytes += meta.ByteLength;
+            }
+        }
+        return bytes;
+    }
+
     /// <summary>Appends a run, merged with the previous one when both are contiguous (rows of a row slice, whole tensors in a row).</summary>
     private static void Add(List<ByteRun> runs, long source, long destination, long length)
     {

@@ -39,7 +39,7 @@ internal static class BucketPump
     /// </summary>
     public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
         WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, IReadOnlyList<IReadOnlyList<(long Offset, long Length)>?>? wanted,
-        TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+        (RelayGroups Groups, ClassRelay?[] Routes)? relay, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
         var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
@@ -49,6 +49,9 @@ internal static class BucketPump
         // With parts (the worker declared what it keeps), each rank cuts its worker's part out of bucket k into broadcast buffer k mod B
         // (in place on ranks that received it there; the stager's own buffer k mod B is free, as on every rank), and the worker reads only that.
         nint Slot(int k) => device + (nint)sizing.BroadcastOffset(k);
+        // A stager that heads its class's relay to other hosts packs its worker's whole part into the slot, as every member of the
+        // class holds it; otherwise its worker reads contiguous tensors where they lie in the staging buffer and only the rest is gathered.
+        bool ReadsInPlace(int k) => ordinal.ContainsKey(k) && (relay?.Routes[k]?.RelayOf(group.Rank) is not { } heads || heads[0] != group.Rank);
 
         // A staging buffer is free again once the reload of the bucket it held is agreed on.
         var freed = own.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
@@ -88,12 +91,33 @@ internal static class BucketPump
         {
             try
             {
-                var wire = parts is null ? Wire(steps[k].Bucket, Where(k) - device, verify) : Wire(parts[k], ordinal.ContainsKey(k), Where(k) - device, Slot(k) - device, verify);
+                var wire = parts is null ? Wire(steps[k].Bucket, Where(k) - device, verify) : Wire(parts[k], ReadsInPlace(k), Where(k) - device, Slot(k) - device, verify);
                 return await worker.CallAsync(new LoadMessage(k, wire), timeout, ct).ConfigureAwait(false);
             }
             finally
             {
                 times[k].ReloadEnd = clock.Elapsed;
+            }
+        }
+
+        // This member's part of bucket k from its stager (group rank root in g): the whole bucket if its worker declared nothing.
+        Task BroadcastPart(ICommunicator g, int k, int root) => parts is null
+            ? g.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct)
+            : g.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, root, ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct);
+
+        // Across hosts: the members on the stager's host take their parts from it, then each class relays its part from its
+        // member there to its members elsewhere (all classes at once, each over its own group).
+        async Task RelayAsync(int k, ClassRelay route)
+        {
+            if (route.Local.Contains(group.Rank))
+            {
+                await BroadcastPart(relay!.Value.Groups.Local(route.Host), k, Array.IndexOf(route.Local, steps[k].Stager)).ConfigureAwait(false);
+            }
+            if (relay!.Value.Groups.Relay(route.Host) is { } classGroup)
+            {
+                await (parts is null
+                    ? classGroup.BroadcastAsync(Where(k), steps[k].Bucket.Size, 0, timeout, ct)
+                    : classGroup.BroadcastAsync(Slot(k), parts[k].Size, 0, timeout, ct)).ConfigureAwait(false);
             }
         }
 
@@ -136,11 +160,14 @@ internal static class BucketPump
                     stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
                 }
                 times[k].BroadcastStart = clock.Elapsed;
-                await (parts is null
-                    ? group.BroadcastAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, timeout, ct)
-                    // The stager holds the whole bucket: its worker reads contiguous tensors where they are, only the rest is gathered.
-                    : group.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, steps[k].Stager, ordinal.ContainsKey(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct))
-                    .ConfigureAwait(false);
+                if (relay?.Routes[k] is { } route)
+                {
+                    await RelayAsync(k, route).ConfigureAwait(false);
+                }
+                else
+                {
+                    await BroadcastPart(group, k, steps[k].Stager).ConfigureAwait(false);
+                }
                 times[k].BroadcastEnd = clock.Elapsed;
                 if (reload is not null)
                 {

@@ -142,7 +142,7 @@ public sealed partial class ParameterServer
 
         // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
         var ticket = WorkerTicket.New(WorkerAddress);
-        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice).ToBytes(), timeout, ct).ConfigureAwait(false))
+        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice, World.HostId).ToBytes(), timeout, ct).ConfigureAwait(false))
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
@@ -169,17 +169,26 @@ public sealed partial class ParameterServer
             // Every member learns the distinct declarations (one list per class of workers that keep the same bytes); stagers
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
             // host can reach; elsewhere whole tensors, for now).
-            var classes = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
-            var (parts, wanted) = PlanFor(steps, worker.Wants is { } wants && Device.HostAccessible ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
-            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted, timeout, clock,
+            var (classes, classOf) = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
+            var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && Device.HostAccessible ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
+            // Between hosts, each class's part travels on its own where that moves fewer bytes (see ClassRelay), once some worker declared what it keeps.
+            var relay = classes.Any(c => c.Wants is not null) && Device.HostAccessible
+                ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
+                : null;
+            using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.
+            var routes = relay?.Routes(steps, classBytes);
+            var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
+            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
+                relay is null ? null : (relay, routes!), timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
+            var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
 
             await Agreement.AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
             await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
             var staged = steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
-            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count };
+            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = routes?.Count(r => r is not null) ?? 0 };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
         {
@@ -202,7 +211,7 @@ public sealed partial class ParameterServer
     /// everything). Costs O(classes), not O(members × tensors): members exchange 64-character digests, and only the lowest
     /// member of each class sends its list.
     /// </summary>
-    private static async Task<List<(string Digest, WorkerWants? Wants)>> ExchangeWantsAsync(ICommunicator group, WorkerWants? wants, TimeSpan timeout, CancellationToken ct)
+    private static async Task<(List<(string Digest, WorkerWants? Wants)> Classes, int[] ClassOf)> ExchangeWantsAsync(ICommunicator group, WorkerWants? wants, TimeSpan timeout, CancellationToken ct)
     {
         var digest = wants?.Digest() ?? "";
         var digests = (await group.AllGatherAsync(Encoding.ASCII.GetBytes(digest), timeout, ct).ConfigureAwait(false)).Select(Encoding.ASCII.GetString).ToList();
@@ -224,7 +233,38 @@ public sealed partial class ParameterServer
                 throw new UpdateFailedException($"rank {group.Members[r]} published wants that cannot be read: {e.Message}", e);
             }
         }
-        return classes;
+        var firsts = digests.Select((d, r) => (d, r)).Where(x => digests.IndexOf(x.d) == x.r).Select(x => x.d).ToList();
+        return (classes, [.. digests.Select(d => firsts.IndexOf(d))]);
+    }
+
+    /// <summary>
+    /// The relay groups for this update's hosts and classes (null on one host): the world's are kept for later updates
+    /// while hosts and classes stay the same; a P2P update's are made for it alone.
+    /// </summary>
+    private async Task<RelayGroups?> RelaysFor(ICommunicator group, List<string> hostIds, int[] classOf, List<BucketStep> steps, List<long[]> classBytes,
+        DeviceBuffer device, TimeSpan timeout, CancellationToken ct)
+    {
+        var order = hostIds.Distinct(StringComparer.Ordinal).ToList();
+        var hostOf = hostIds.Select(h => order.IndexOf(h)).ToArray();
+        var relays = order.Select((_, h) => ClassRelay.For(h, hostOf, classOf)).ToArray();
+        var hosts = steps.Select((s, k) => (Host: hostOf[s.Stager], Pays: relays[hostOf[s.Stager]]?.Pays(classBytes[k], s.Bucket.Size, hostOf) == true))
+            .Where(x => x.Pays).Select(x => x.Host).Distinct().Order().ToArray();
+        if (hosts.Length == 0)
+        {
+            return null; // One host, or nothing to gain.
+        }
+        var world = ReferenceEquals(group, Group);
+        if (world && _relay?.Key == RelayGroups.KeyFor(group, hostOf, classOf, hosts))
+        {
+            return _relay;
+        }
+        var relay = await RelayGroups.CreateAsync(group, hostOf, classOf, hosts, device, timeout, ct).ConfigureAwait(false);
+        if (world)
+        {
+            _relay?.Dispose();
+            _relay = relay;
+        }
+        return relay;
     }
 
     /// <summary>
@@ -233,19 +273,20 @@ public sealed partial class ParameterServer
     /// re-registers the same layout every step); the layout is compared exactly, tensor by tensor, never by a hash.
     /// </summary>
     /// <param name="digests">The classes' digests as exchanged ("" for a worker that declared nothing), in the order of <paramref name="classes"/>.</param>
-    private (List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted) PlanFor(List<BucketStep> steps, WorkerWants? mine,
+    private (List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted, List<long[]> ClassBytes) PlanFor(List<BucketStep> steps, WorkerWants? mine,
         List<string> digests, List<WorkerWants?> classes)
     {
         var key = (mine?.Digest() ?? "") + "|" + string.Join(",", digests);
         if (_partsPlan is { } plan && plan.Wants == key && SameLayout(plan.Buckets, steps))
         {
-            return (plan.Parts, plan.Wanted);
+            return (plan.Parts, plan.Wanted, plan.ClassBytes);
         }
         var parts = mine is null ? null : steps.Select(s => BucketPart.Of(s.Bucket, mine)).ToList();
         var wanted = classes.Any(c => c is null) ? null : steps.Select(s => BucketPart.Wanted(s.Bucket, classes)).ToList();
-        _partsPlan = (key, steps.Select(s => s.Bucket).ToList(), parts, wanted);
+        var classBytes = steps.Select(s => classes.Select(c => BucketPart.BytesOf(s.Bucket, c)).ToArray()).ToList();
+        _partsPlan = (key, steps.Select(s => s.Bucket).ToList(), parts, wanted, classBytes);
         PartPlans++;
-        return (parts, wanted);
+        return (parts, wanted, classBytes);
     }
 
     private static bool SameLayout(List<H2DBucket> planned, List<BucketStep> steps)

@@ -29,10 +29,13 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private volatile UpdateProgress? _progress;
 
     /// <summary>The last worker part plan: the declaration's digest, the bucket layout it was made for, and the parts (updates run one at a time).</summary>
-    private (string Wants, List<H2DBucket> Buckets, List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted)? _partsPlan;
+    private (string Wants, List<H2DBucket> Buckets, List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted, List<long[]> ClassBytes)? _partsPlan;
 
     /// <summary>How many times a worker part plan was made (not reused); for tests.</summary>
     internal int PartPlans { get; private set; }
+
+    /// <summary>The world group's relay groups for shard-aware updates across hosts, kept while hosts and classes stay the same.</summary>
+    private RelayGroups? _relay;
     private BucketSizing? _sizing;
 
     /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>
@@ -282,6 +285,8 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     private void DropDeviceMemory()
     {
+        _relay?.Dispose(); // Its groups share the buffer that goes now.
+        _relay = null;
         if (_deviceBuffer is not null)
         {
             Group.Unshare(_deviceBuffer);

@@ -5,11 +5,12 @@ namespace CheckpointEngine.Server;
 
 /// <summary>
 /// What every member of an update tells the others: its worker's socket and session key (the first
-/// rank of an inference group hands the engine its whole group's tickets) and the network device its P2P reads go through.
+/// rank of an inference group hands the engine its whole group's tickets), the network device its P2P reads go through, and its host
+/// (members of one host share memory; shard-aware updates relay parts between hosts).
 /// </summary>
-internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string Session, string NetDevice)
+internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string Session, string NetDevice, string HostId)
 {
-    public static UpdateMember For(int rank, string deviceId, WorkerTicket ticket, string netDevice) => new(rank, deviceId, ticket.Address, ticket.Session, netDevice);
+    public static UpdateMember For(int rank, string deviceId, WorkerTicket ticket, string netDevice, string hostId) => new(rank, deviceId, ticket.Address, ticket.Session, netDevice, hostId);
 
     public WorkerSocket Socket => new(Rank, DeviceId, new WorkerTicket(WorkerAddress, Session));
 
@@ -27,8 +28,8 @@ internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddr
         {
             throw new UpdateFailedException($"rank {rank} sent a malformed worker announcement: {e.Message}", e);
         }
-        return member is { DeviceId.Length: > 0, WorkerAddress.Length: > 0, Session.Length: WorkerTicket.SessionLength, NetDevice.Length: > 0 } && member.Rank == rank
+        return member is { DeviceId.Length: > 0, WorkerAddress.Length: > 0, Session.Length: WorkerTicket.SessionLength, NetDevice.Length: > 0, HostId.Length: > 0 } && member.Rank == rank
             ? member
-            : throw new UpdateFailedException($"rank {rank} sent an incomplete worker announcement (rank {member?.Rank}, device '{member?.DeviceId}', socket '{member?.WorkerAddress}', net device '{member?.NetDevice}')");
+            : throw new UpdateFailedException($"rank {rank} sent an incomplete worker announcement (rank {member?.Rank}, device '{member?.DeviceId}', socket '{member?.WorkerAddress}', net device '{member?.NetDevice}', host '{member?.HostId}')");
     }
 }

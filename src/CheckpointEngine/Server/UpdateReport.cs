@@ -16,6 +16,12 @@ public sealed record UpdateReport(
     /// <summary>Distinct declarations of what the members' workers keep (workers that declared nothing count as one).</summary>
     public int WorkerClasses { get; init; }
 
+    /// <summary>Bytes this rank received from other hosts over the network (the built-in communicator counts them; 0 where it cannot tell).</summary>
+    public long NetworkBytesReceived { get; init; }
+
+    /// <summary>Buckets whose parts went between hosts class by class (see <c>ClassRelay</c>) rather than whole through every host leader.</summary>
+    public int RelayedBuckets { get; init; }
+
     public TimeSpan HostToDevice => Sum(b => b.HostToDevice);
 
     public TimeSpan Broadcast => Sum(b => b.Broadcast);

@@ -261,6 +261,101 @@ public sealed class UpdateEndToEndTests : IDisposable
         }
     }
 
+    /// <summary>A checkpoint of tensor-parallel layers only (every tensor split between the shards, bar one norm), for relays between hosts.</summary>
+    private string WriteLayers(int layers = 6)
+    {
+        var rng = new Random(7);
+        TensorToWrite T(string name, DType dtype, params long[] shape)
+        {
+            var b = new byte[dtype.ByteLength(shape)];
+            rng.NextBytes(b);
+            return TensorToWrite.FromBytes(name, dtype, shape, b);
+        }
+        var dir = Path.Combine(_dir, "layers");
+        Directory.CreateDirectory(dir);
+        SafeTensorsWriter.Write(Path.Combine(dir, "model.safetensors"), [T("model.norm.weight", DType.F32, 64),
+            .. Enumerable.Range(0, layers).SelectMany(i => new[]
+            {
+                T($"layers.{i}.q_proj.weight", DType.BF16, 384, 256), T($"layers.{i}.o_proj.weight", DType.F16, 256, 384), T($"layers.{i}.up_proj.weight", DType.F8_E4M3, 512, 192),
+            })]);
+        return dir;
+    }
+
+    /// <summary>
+    /// Ranks on two hosts (as <c>CKPT_ENGINE_HOST_ID</c> tells them), one shard-aware TP 2 instance on each: between the hosts each
+    /// class relays its part from its member on the stager's host over its own group, so each rank's network ingress is its
+    /// part, not the whole bucket through its host's leader. Every shard holds exactly its slices. With TP 4 spanning both hosts a
+    /// class lacks a member on the stager's host: no relay, the whole bucket goes through the leaders, still bit-exact.
+    /// </summary>
+    [Theory]
+    [InlineData(2, true)]
+    [InlineData(4, false)]
+    public async Task Update_ShardAwareAcrossHosts_ClassesRelayTheirParts(int tp, bool relays)
+    {
+        var dir = WriteLayers();
+        var urls = await StartWorkers(4, tp, "--shard-by-tp");
+        var results = await RankCluster.RunAsync(4, ["update", dir, string.Join(',', urls), tp.ToString(System.Globalization.CultureInfo.InvariantCulture), "2"],
+            r => new Dictionary<string, string>
+            {
+                ["CKPT_ENGINE_DEVICE_ID"] = DeviceId(r),
+                ["CKPT_ENGINE_HOST_ID"] = $"e2e-{_id}-host{r / 2}",
+                ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625",
+                ["TEST_TIMEOUT_S"] = "30",
+            });
+        AssertAllOk(results, 2);
+        (long Bytes, int Relayed) Network(RankCluster.Result r, int update)
+        {
+            var f = r.Line($"network {update} ").Split(' ');
+            return (long.Parse(f[2], System.Globalization.CultureInfo.InvariantCulture), int.Parse(f[3], System.Globalization.CultureInfo.InvariantCulture));
+        }
+        // The first update declares nothing: a host's leader (ranks 0 and 2) takes every bucket of the other host whole, its peer nothing.
+        Assert.All(results, r => Assert.Equal(0, Network(r, 1).Relayed));
+        Assert.All(results, r => Assert.True(r.Rank % 2 == 0 ? Network(r, 1).Bytes > 0 : Network(r, 1).Bytes == 0, $"rank {r.Rank}: {r.Line("network 1")}"));
+        if (relays)
+        {
+            // Each rank takes its own class's part from the other host; a host takes in no more than before.
+            Assert.All(results, r => Assert.True(Network(r, 2).Relayed > 0 && Network(r, 2).Bytes > 0, $"rank {r.Rank}: {r.Line("network 2")}"));
+            foreach (var host in new[] { 0, 2 })
+            {
+                Assert.True(Network(results[host], 2).Bytes + Network(results[host + 1], 2).Bytes <= Network(results[host], 1).Bytes,
+                    $"host of ranks {host}, {host + 1}: {results[host].Line("network 2")} / {results[host + 1].Line("network 2")} against {results[host].Line("network 1")}");
+            }
+        }
+        else
+        {
+            Assert.All(results, r => Assert.Equal(0, Network(r, 2).Relayed));
+        }
+        await AssertSlicesAssemble(dir, urls);
+    }
+
+    /// <summary>Every shard's slices put back together have the source tensor's checksum, and every tensor kept whole is bit-exact.</summary>
+    private static async Task AssertSlicesAssemble(string dir, string[] urls)
+    {
+        var expected = SourceDigests(dir);
+        using var checkpoint = Checkpoint.Open(dir);
+        var crcs = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => System.IO.Hashing.Crc32.HashToUInt32(e.File.View(e.Tensor).Span).ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        foreach (var url in urls)
+        {
+            var doc = await http.GetFromJsonAsync<JsonElement>(url + "/v1/weights/digest", TestContext.Current.CancellationToken);
+            var assembled = doc.GetProperty("assembled_crc32").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
+            Assert.NotEmpty(assembled);
+            foreach (var (name, crc) in assembled)
+            {
+                Assert.Equal(crcs[name], crc);
+            }
+            foreach (var shard in doc.GetProperty("shards").EnumerateArray())
+            {
+                var sliced = shard.GetProperty("sliced").EnumerateArray().Select(e => e.GetString()!).ToHashSet();
+                Assert.Equal(assembled.Keys.ToHashSet(), sliced);
+                foreach (var t in shard.GetProperty("tensors").EnumerateObject().Where(t => !sliced.Contains(t.Name)))
+                {
+                    Assert.Equal(expected[t.Name], t.Value.GetString());
+                }
+            }
+        }
+    }
+
     [Fact]
     public async Task Update_WorkerFails_EveryRankRaisesItsMessage_NextUpdateSucceeds()
     {

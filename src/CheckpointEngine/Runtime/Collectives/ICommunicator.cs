@@ -18,6 +18,9 @@ public interface ICommunicator : IDisposable
     /// <summary>World rank of each group rank.</summary>
     IReadOnlyList<int> Members { get; }
 
+    /// <summary>Bytes this member has received from other hosts over the network so far (0 where the implementation cannot tell).</summary>
+    long NetworkBytesReceived => 0;
+
     Task BarrierAsync(TimeSpan timeout, CancellationToken ct = default);
 
     /// <summary>Every member's blob, indexed by group rank.</summary>

@@ -11,6 +11,11 @@ public sealed partial class ProcessGroup
     private const int PollMicroseconds = 100_000;
     private const int SocketBufferSize = 4 << 20;
 
+    private long _networkBytesReceived;
+
+    /// <summary>Bytes of broadcasts received on data links from other hosts' leaders.</summary>
+    public long NetworkBytesReceived => Interlocked.Read(ref _networkBytesReceived);
+
     public Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default) =>
         BroadcastCoreAsync(buffer, length, root, null, 0, timeout, ct);
 
@@ -122,6 +127,7 @@ public sealed partial class ProcessGroup
                 if (input is not null)
                 {
                     Receive(input, chunk, wait, previous);
+                    Interlocked.Add(ref _networkBytesReceived, chunk.Length);
                 }
                 if (output is not null)
                 {

@@ -73,6 +73,10 @@ public sealed partial class ReferenceWorker
             {
                 deadline.CancelAfter(timeout);
             }
+            if (Interlocked.Increment(ref _updates) == _options.FailAtUpdate && _options.FailAtBucket is not null)
+            {
+                Interlocked.Exchange(ref _failArmed, 1);
+            }
             outcomes = await Task.WhenAll(taking.Select(s => UpdateShardAsync(s, request.Sockets[s.DeviceId], request.Timeout, deadline.Token))).ConfigureAwait(false);
         }
         finally

@@ -34,6 +34,7 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly CancellationTokenSource _stopping = new();
     private int _failArmed;
+    private int _updates;
     private int _disposed;
 
     private ReferenceWorker(WebApplication app, WorkerShard[] shards, ReferenceWorkerOptions options, TextWriter? log)
@@ -42,7 +43,6 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
         _shards = shards;
         _options = options;
         _log = log;
-        _failArmed = options.FailAtBucket is null ? 0 : 1;
     }
 
     /// <summary>Where it listens, e.g. http://127.0.0.1:41523/ (the real port when 0 was asked for).</summary>

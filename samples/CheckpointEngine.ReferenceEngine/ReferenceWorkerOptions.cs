@@ -29,8 +29,11 @@ public sealed record ReferenceWorkerOptions
     /// <summary>With <see cref="ShardByTp"/>, declare the slices each shard keeps (the default), so the parameter server sends only those; off: every byte arrives and the shard cuts its slice out.</summary>
     public bool DeclareWants { get; init; } = true;
 
-    /// <summary>The first update to reach this bucket fails there (fault injection); later ones succeed.</summary>
+    /// <summary>Update number <see cref="FailAtUpdate"/> fails at this bucket (fault injection); the others succeed.</summary>
     public int? FailAtBucket { get; init; }
+
+    /// <summary>Which update (counted from 1 by the requests this worker gets) <see cref="FailAtBucket"/> fails.</summary>
+    public int FailAtUpdate { get; init; } = 1;
 
     /// <summary>
     /// Fault injection: every update flips one bit of the last byte of this tensor where it arrived (in the update's buffer, before

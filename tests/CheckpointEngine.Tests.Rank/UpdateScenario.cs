@@ -11,7 +11,7 @@ using CheckpointEngine.Server;
 /// <summary>
 /// A parameter-server rank: registers its share of a checkpoint directory, gathers metas, and
 /// updates the reference worker(s) <c>updates</c> times, re-registering between updates like an RL
-/// loop. Arguments: DIR ENGINE_URLS TP UPDATES [kill-at-bucket R K], where ENGINE_URLS has one URL per
+/// loop. Arguments: DIR ENGINE_URLS TP UPDATES [kill-at-bucket R K [U]] (rank R dies around bucket K of update U, default 1), where ENGINE_URLS has one URL per
 /// inference group (comma-separated; group g = ranks g·TP … g·TP+TP−1).
 /// Prints "update N ok BYTES SECONDS BUCKETS SLOTS" and "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS" per update,
 /// or "update N failed MESSAGE" and goes on.
@@ -22,7 +22,9 @@ internal static class UpdateScenario
     {
         var (dir, urls, tp, updates) = (args[0], args[1].Split(','), int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture));
         var url = urls[world.Rank / tp];
-        var kill = args.Length > 6 && args[4] == "kill-at-bucket" ? (Rank: int.Parse(args[5], CultureInfo.InvariantCulture), Bucket: int.Parse(args[6], CultureInfo.InvariantCulture)) : ((int Rank, int Bucket)?)null;
+        var kill = args.Length > 6 && args[4] == "kill-at-bucket"
+            ? (Rank: int.Parse(args[5], CultureInfo.InvariantCulture), Bucket: int.Parse(args[6], CultureInfo.InvariantCulture), Update: args.Length > 7 ? int.Parse(args[7], CultureInfo.InvariantCulture) : 1)
+            : ((int Rank, int Bucket, int Update)?)null;
         var deviceMemory = long.Parse(Environment.GetEnvironmentVariable("TEST_DEVICE_MEMORY_MB") ?? "64", CultureInfo.InvariantCulture) << 20;
         using var device = new HostDevice(world.Config.HostDeviceId, freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize);
         await using var ps = new ParameterServer(world, device);
@@ -37,7 +39,7 @@ internal static class UpdateScenario
             }
             await ps.GatherMetasAsync("ckpt", timeout);
             var trigger = EngineTrigger.Http(url, tp);
-            if (kill is { } k && k.Rank == world.Rank)
+            if (kill is { } k && k.Rank == world.Rank && k.Update == u)
             {
                 // Dies without a word once the update is under way (the test's worker is slow per bucket).
                 var inner = trigger;

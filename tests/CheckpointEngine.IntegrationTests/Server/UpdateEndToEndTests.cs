@@ -390,6 +390,47 @@ public sealed class UpdateEndToEndTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// Faults in a shard-aware update (the second: the shards declare their slices once they have seen the layout): a worker
+    /// that fails at a bucket fails every rank with its message and the next update works; a rank killed mid-update fails the
+    /// survivors without waiting for their deadline.
+    /// </summary>
+    [Fact]
+    public async Task Update_ShardAware_WorkerFails_EveryRankRaisesIt_NextUpdateSucceeds()
+    {
+        var dir = WriteLayers();
+        var urls = await StartWorkers(2, 2, "--shard-by-tp", "--fail-at-bucket", "1", "--fail-at-update", "2");
+        var results = await RunRanks(2, dir, urls, 2, updates: 4);
+        foreach (var r in results)
+        {
+            Assert.True(r.ExitCode == 0, r.Output);
+            Assert.StartsWith("update 1 ok", r.Line("update 1 "));
+            Assert.StartsWith("update 2 failed", r.Line("update 2 "));
+            Assert.Contains("injected failure at bucket 1", r.Line("update 2 "));
+            Assert.StartsWith("update 3 ok", r.Line("update 3 ")); // Declares nothing again after a failure,
+            Assert.StartsWith("update 4 ok", r.Line("update 4 ")); // then its slices.
+            Assert.True(long.Parse(r.Line("update 4 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture)
+                < long.Parse(r.Line("update 3 ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture), r.Output);
+        }
+        await AssertSlicesAssemble(dir, urls);
+    }
+
+    [Fact]
+    public async Task Update_ShardAware_RankKilledMidUpdate_SurvivorsFailWithoutWaitingForTheDeadline()
+    {
+        var dir = WriteLayers(layers: 24);
+        var urls = await StartWorkers(4, 2, "--shard-by-tp", "--reload-delay-ms", "100");
+        var results = await RunRanks(4, dir, urls, 2, 2, 64, NeverReached, "kill-at-bucket", "1", "2", "2");
+        Assert.Equal(137, results[1].ExitCode);
+        foreach (var r in results.Where(r => r.Rank != 1))
+        {
+            Assert.True(r.ExitCode == 3, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
+            Assert.StartsWith("update 1 ok", r.Line("update 1 "));
+            Assert.StartsWith("update 2 failed", r.Line("update 2 "));
+            Assert.Contains("rank 1", r.Line("error"));
+        }
+    }
+
     private static Task<RankCluster.Result[]> RunWorld(int ranks, string[] args, Func<int, string> deviceId, Task? killWhen = null, string maxBucketGb = "0.0009765625",
         string timeoutS = "30") =>
         RankCluster.RunAsync(ranks, args, r => new Dictionary<string, string>

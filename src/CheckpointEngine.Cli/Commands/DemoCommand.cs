@@ -36,6 +36,10 @@ internal static class DemoCommand
         var device = DeviceOption.Create();
         var model = ModelOption.Create();
         var verify = new Option<bool>("--verify") { Description = "the ranks send each tensor's CRC-32 and the worker checks what it received (see update --verify)" };
+        var shardByTp = new Option<bool>("--shard-by-tp")
+        {
+            Description = "the worker's shards keep only their tensor-parallel slices and declare them from the second update: each rank sends only its shard's bytes",
+        };
         ranks.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--ranks must be between 1 and 64"); });
         size.Validators.Add(r =>
         {
@@ -46,18 +50,19 @@ internal static class DemoCommand
         });
         var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
         {
-            ranks, size, method, json, trace, device, model, verify,
+            ranks, size, method, json, trace, device, model, verify, shardByTp,
         };
         command.SetAction(async (result, ct) =>
         {
             _ = ByteSize.TryParse(result.GetValue(size)!, out var bytes);
             var tracePath = result.GetValue(trace) is { } t ? Path.GetFullPath(t) : null;
-            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), result.GetValue(verify), stdout, stderr, ct).ConfigureAwait(false);
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), result.GetValue(verify), result.GetValue(shardByTp), stdout, stderr, ct).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, bool verify, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, bool verify, bool shardByTp, TextWriter stdout,
+        TextWriter stderr, CancellationToken ct)
     {
         var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
         var log = json ? TextWriter.Null : stdout;
@@ -67,12 +72,12 @@ internal static class DemoCommand
             var dir = Path.Combine(root, "checkpoint");
             var layers = Math.Max(ranks, 4);
             ModelOption.Write(model, dir, bytes, shards: Math.Min(ranks * 2, layers), layers: layers);
-            var source = SourceDigests(dir, out var total);
+            var source = SourceDigests(dir, out var total, out var crcs);
             log.WriteLine($"wrote a {ByteSize.Format(total)} checkpoint{(model is null ? "" : $" shaped like {model}")} ({source.Count} tensors) in {clock.Elapsed.TotalSeconds:F1} s");
 
             var ids = DeviceOption.WorkerIds(kind, ranks, "demo");
-            await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids }, cancellationToken: ct).ConfigureAwait(false);
-            log.WriteLine($"reference worker with {ranks} shards at {worker.Address}; starting {ranks} ranks ({method})");
+            await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions { TensorParallel = ranks, DeviceIds = ids, ShardByTp = shardByTp }, cancellationToken: ct).ConfigureAwait(false);
+            log.WriteLine($"reference worker with {ranks} shards{(shardByTp ? " keeping their tensor-parallel slices (declared from the second update)" : "")} at {worker.Address}; starting {ranks} ranks ({method})");
 
             var output = new StringWriter();
             var errors = new StringWriter();
@@ -87,7 +92,7 @@ internal static class DemoCommand
             };
             var exit = await Launcher.RunAsync(options, json ? output : new TeeWriter(output, log), json ? errors : new TeeWriter(errors, stderr), ct).ConfigureAwait(false);
             var results = Results(output.ToString());
-            var verified = exit == 0 && await VerifyAsync(worker.Address, source, ranks, ct).ConfigureAwait(false);
+            var verified = exit == 0 && await VerifyAsync(worker.Address, source, shardByTp ? crcs : null, ranks, ct).ConfigureAwait(false);
             foreach (var (m, r, first) in results)
             {
                 var gbps = r.Bytes / Math.Max(r.Seconds, 1e-9) / 1e9;
@@ -109,7 +114,9 @@ internal static class DemoCommand
             if (!json)
             {
                 stdout.WriteLine(verified
-                    ? $"verified: every worker holds all {source.Count} tensors bit-exact ({clock.Elapsed.TotalSeconds:F1} s in all)"
+                    ? shardByTp
+                        ? $"verified: every worker holds its slices and every tensor it keeps whole bit-exact, and the slices put together are the checkpoint's ({clock.Elapsed.TotalSeconds:F1} s in all)"
+                        : $"verified: every worker holds all {source.Count} tensors bit-exact ({clock.Elapsed.TotalSeconds:F1} s in all)"
                     : $"NOT verified: {(exit != 0 ? $"a rank failed (exit {exit})" : "a worker's bytes differ from the checkpoint")}");
             }
             if (json && results.Count == 0)
@@ -137,15 +144,20 @@ internal static class DemoCommand
             })
             .ToList();
 
-    private static Dictionary<string, string> SourceDigests(string dir, out long total)
+    private static Dictionary<string, string> SourceDigests(string dir, out long total, out Dictionary<string, string> crcs)
     {
         using var checkpoint = Checkpoint.Open(dir);
         total = checkpoint.TotalBytes;
+        crcs = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => System.IO.Hashing.Crc32.HashToUInt32(e.File.View(e.Tensor).Span).ToString("x8", CultureInfo.InvariantCulture), StringComparer.Ordinal);
         return checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)), StringComparer.Ordinal);
     }
 
-    /// <summary>Every shard of the worker must hold exactly the checkpoint's tensors, byte for byte.</summary>
-    private static async Task<bool> VerifyAsync(Uri worker, Dictionary<string, string> source, int shards, CancellationToken ct)
+    /// <summary>
+    /// Every shard of the worker must hold exactly the checkpoint's tensors, byte for byte. With <paramref name="slicedCrcs"/> (shards that keep
+    /// tensor-parallel slices): the tensors a shard keeps whole byte for byte, and every sliced tensor's slices, put back together, with the
+    /// checkpoint's CRC-32.
+    /// </summary>
+    private static async Task<bool> VerifyAsync(Uri worker, Dictionary<string, string> source, Dictionary<string, string>? slicedCrcs, int shards, CancellationToken ct)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
         using var doc = JsonDocument.Parse(await http.GetStringAsync(new Uri(worker, "/v1/weights/digest"), ct).ConfigureAwait(false));
@@ -153,11 +165,20 @@ internal static class DemoCommand
         foreach (var shard in doc.RootElement.GetProperty("shards").EnumerateArray())
         {
             var tensors = shard.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString(), StringComparer.Ordinal);
-            if (tensors.Count != source.Count || source.Any(kv => !tensors.TryGetValue(kv.Key, out var h) || h != kv.Value))
+            var sliced = slicedCrcs is null ? [] : shard.GetProperty("sliced").EnumerateArray().Select(e => e.GetString()!).ToHashSet(StringComparer.Ordinal);
+            if (tensors.Count != source.Count || source.Any(kv => !tensors.TryGetValue(kv.Key, out var h) || h != kv.Value && !sliced.Contains(kv.Key)))
             {
                 return false;
             }
             seen++;
+        }
+        if (slicedCrcs is not null)
+        {
+            var assembled = doc.RootElement.GetProperty("assembled_crc32").EnumerateObject().ToList();
+            if (assembled.Count == 0 || assembled.Any(a => !slicedCrcs.TryGetValue(a.Name, out var crc) || crc != a.Value.GetString()))
+            {
+                return false;
+            }
         }
         return seen == shards;
     }

@@ -168,11 +168,13 @@ public sealed partial class ParameterServer
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
             // Every member learns the distinct declarations (one list per class of workers that keep the same bytes); stagers
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
-            // host can reach; elsewhere whole tensors, for now).
+            // host can reach, and on GPUs with NCCL).
             var (classes, classOf) = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
-            var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && Device.HostAccessible ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
+            // Parts are cut out of buckets in host memory, or on GPUs by NCCL's communicator on its stream.
+            var cuts = Device.HostAccessible || group is NcclCommunicator;
+            var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
             // Between hosts, each class's part travels on its own where that moves fewer bytes (see ClassRelay), once some worker declared what it keeps.
-            var relay = classes.Any(c => c.Wants is not null) && Device.HostAccessible
+            var relay = classes.Any(c => c.Wants is not null) && cuts
                 ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
                 : null;
             using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.

@@ -31,6 +31,31 @@ public sealed class FakeGpuTests : IDisposable
         Assert.Empty(FakeGpu.Leftovers().Except(_before)); // Every allocation, IPC mapping and collective cleaned up after itself.
     }
 
+    /// <summary>
+    /// Shard-aware on CUDA devices: from the second update each rank cuts its shard's slices out of every broadcast on the device
+    /// (column slices as strided copies; row by row where the driver refuses the pitches) and the workers, through CUDA IPC, load
+    /// only those; the slices put back together are the checkpoint's, and each rank delivered less than the whole.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Demo_OnCudaDevices_ShardAware_EachShardHoldsItsSlices(bool refuse2D)
+    {
+        var env = FakeGpu.Environment(2);
+        if (refuse2D)
+        {
+            env["FAKE_CUDA_REFUSE_2D"] = "1";
+        }
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(env, null,
+            "demo", "--device", "cuda", "--ranks", "2", "--size", "8MiB", "--method", "broadcast", "--shard-by-tp", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        var line = JsonDocument.Parse(stdout.Trim()).RootElement;
+        Assert.True(line.GetProperty("verified").GetBoolean());
+        // The reported (second) update: each worker received its slices and the tensors it keeps whole, about half of the 8 MiB.
+        Assert.InRange(line.GetProperty("bytes").GetInt64(), 1L << 20, 6L << 20);
+        Assert.Empty(FakeGpu.Leftovers().Except(_before));
+    }
+
     [Fact]
     public async Task Demo_DeviceCopyFails_EveryRankFailsWithTheCudaErrorAtOnce()
     {

@@ -96,6 +96,8 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<ulong, nint, nuint, int> _memcpyHtoD;
     private readonly delegate* unmanaged<ulong, nint, nuint, nint, int> _memcpyHtoDAsync;
     private readonly delegate* unmanaged<nint, ulong, nuint, int> _memcpyDtoH;
+    private readonly delegate* unmanaged<ulong, ulong, nuint, nint, int> _memcpyDtoDAsync;
+    private readonly delegate* unmanaged<CudaMemcpy2D*, nint, int> _memcpy2DAsync;
     private readonly delegate* unmanaged<nint*, uint, int> _streamCreate;
     private readonly delegate* unmanaged<nint, int> _streamDestroy;
     private readonly delegate* unmanaged<nint, int> _streamSynchronize;
@@ -130,6 +132,8 @@ public sealed unsafe class CudaDriver
         _memcpyHtoD = (delegate* unmanaged<ulong, nint, nuint, int>)F("cuMemcpyHtoD_v2");
         _memcpyHtoDAsync = (delegate* unmanaged<ulong, nint, nuint, nint, int>)F("cuMemcpyHtoDAsync_v2");
         _memcpyDtoH = (delegate* unmanaged<nint, ulong, nuint, int>)F("cuMemcpyDtoH_v2");
+        _memcpyDtoDAsync = (delegate* unmanaged<ulong, ulong, nuint, nint, int>)F("cuMemcpyDtoDAsync_v2");
+        _memcpy2DAsync = (delegate* unmanaged<CudaMemcpy2D*, nint, int>)F("cuMemcpy2DAsync_v2");
         _streamCreate = (delegate* unmanaged<nint*, uint, int>)F("cuStreamCreate");
         _streamDestroy = (delegate* unmanaged<nint, int>)F("cuStreamDestroy_v2");
         _streamSynchronize = (delegate* unmanaged<nint, int>)F("cuStreamSynchronize");
@@ -264,6 +268,55 @@ public sealed unsafe class CudaDriver
         Check(_memcpyHtoDAsync(destination, source, (nuint)bytes, stream), "cuMemcpyHtoDAsync");
 
     public void CopyDeviceToHost(nint destination, ulong source, long bytes) => Check(_memcpyDtoH(destination, source, (nuint)bytes), "cuMemcpyDtoH");
+
+    /// <summary>Queues a device-to-device copy on <paramref name="stream"/> (the ranges must not overlap).</summary>
+    public void CopyDeviceToDeviceAsync(ulong destination, ulong source, long bytes, nint stream) =>
+        Check(_memcpyDtoDAsync(destination, source, (nuint)bytes, stream), "cuMemcpyDtoDAsync");
+
+    /// <summary>
+    /// Queues a strided device-to-device copy: <paramref name="rows"/> rows of <paramref name="width"/> bytes, <paramref name="sourcePitch"/>
+    /// apart at the source and <paramref name="destinationPitch"/> apart at the destination (e.g. a column slice of a row-major matrix).
+    /// Returns the driver's error code instead of throwing: the caller falls back to row-by-row copies where the driver refuses the pitches.
+    /// </summary>
+    public int TryCopy2DDeviceToDeviceAsync(ulong destination, long destinationPitch, ulong source, long sourcePitch, long width, long rows, nint stream)
+    {
+        var copy = new CudaMemcpy2D
+        {
+            SrcMemoryType = MemoryTypeDevice,
+            SrcDevice = source,
+            SrcPitch = (nuint)sourcePitch,
+            DstMemoryType = MemoryTypeDevice,
+            DstDevice = destination,
+            DstPitch = (nuint)destinationPitch,
+            WidthInBytes = (nuint)width,
+            Height = (nuint)rows,
+        };
+        return _memcpy2DAsync(&copy, stream);
+    }
+
+    private const int MemoryTypeDevice = 2; // CU_MEMORYTYPE_DEVICE
+
+    /// <summary>CUDA_MEMCPY2D (cuda.h): source and destination, each as x/y offsets, memory type, host pointer, device pointer, array and pitch.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct CudaMemcpy2D
+    {
+        public nuint SrcXInBytes;
+        public nuint SrcY;
+        public int SrcMemoryType;
+        public nint SrcHost;
+        public ulong SrcDevice;
+        public nint SrcArray;
+        public nuint SrcPitch;
+        public nuint DstXInBytes;
+        public nuint DstY;
+        public int DstMemoryType;
+        public nint DstHost;
+        public ulong DstDevice;
+        public nint DstArray;
+        public nuint DstPitch;
+        public nuint WidthInBytes;
+        public nuint Height;
+    }
 
     public nint CreateStream()
     {

@@ -26,6 +26,7 @@ public sealed class NcclCommunicator : ICommunicator
     private readonly SemaphoreSlim _one = new(1, 1);
     private ulong _scratch;
     private long _scratchSize;
+    private ulong _cutScratch;
     private string? _failure;
     private int _disposed;
 
@@ -128,6 +129,81 @@ public sealed class NcclCommunicator : ICommunicator
         }
         return RunAsync($"broadcast of {length} bytes from rank {Members[root]}", timeout,
             () => _nccl.Broadcast(buffer, length, root, _comm, _stream), ct);
+    }
+
+    /// <summary>
+    /// The broadcast, then this member's runs cut out of it on the device, on the communicator's stream: the rows of a column
+    /// slice as one strided copy (row by row where the driver refuses the pitches), and copies whose source and destination
+    /// overlap (a part cut in place) through a scratch buffer, a piece at a time.
+    /// </summary>
+    public async Task BroadcastPartAsync(nint buffer, long length, int root, IReadOnlyList<CheckpointEngine.Memory.ByteRun> runs, nint destination,
+        TimeSpan timeout, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(runs);
+        await BroadcastAsync(buffer, length, root, timeout, ct).ConfigureAwait(false);
+        await RunAsync($"cutting {runs.Count} runs out of a broadcast", timeout, () =>
+        {
+            foreach (var run in CheckpointEngine.Memory.StridedRun.Fold(runs))
+            {
+                if (buffer == destination && run.Overlaps)
+                {
+                    CopyThroughScratch(run, (ulong)buffer);
+                }
+                else
+                {
+                    Copy(run, (ulong)buffer, (ulong)destination);
+                }
+            }
+            return Nccl.Success;
+        }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Scratch for cutting parts in place: copies that overlap go through it this many bytes at a time.</summary>
+    private const long CutScratchBytes = 64 << 20;
+
+    private void Copy(CheckpointEngine.Memory.StridedRun run, ulong source, ulong destination)
+    {
+        var (from, to) = (source + (ulong)run.Source, destination + (ulong)run.Destination);
+        if (run.Rows > 1 && _cuda.TryCopy2DDeviceToDeviceAsync(to, run.DestinationPitch, from, run.SourcePitch, run.Width, run.Rows, _stream) == 0)
+        {
+            return;
+        }
+        for (long r = 0; r < run.Rows; r++)
+        {
+            _cuda.CopyDeviceToDeviceAsync(to + (ulong)(r * run.DestinationPitch), from + (ulong)(r * run.SourcePitch), run.Width, _stream);
+        }
+    }
+
+    /// <summary>
+    /// A strided run whose source and destination overlap, in pieces through the scratch buffer: each piece is read whole before it is
+    /// written, and since runs land at or before their source, no piece overwrites bytes a later one still reads.
+    /// </summary>
+    private void CopyThroughScratch(CheckpointEngine.Memory.StridedRun run, ulong buffer)
+    {
+        if (_cutScratch == 0)
+        {
+            _cutScratch = _cuda.Allocate(CutScratchBytes);
+        }
+        if (run.Width > CutScratchBytes)
+        {
+            for (long r = 0; r < run.Rows; r++)
+            {
+                for (long at = 0; at < run.Width; at += CutScratchBytes)
+                {
+                    var n = Math.Min(CutScratchBytes, run.Width - at);
+                    _cuda.CopyDeviceToDeviceAsync(_cutScratch, buffer + (ulong)(run.Source + r * run.SourcePitch + at), n, _stream);
+                    _cuda.CopyDeviceToDeviceAsync(buffer + (ulong)(run.Destination + r * run.DestinationPitch + at), _cutScratch, n, _stream);
+                }
+            }
+            return;
+        }
+        var rows = CutScratchBytes / run.Width;
+        for (long r = 0; r < run.Rows; r += rows)
+        {
+            var piece = run with { Source = run.Source + r * run.SourcePitch, Destination = run.Destination + r * run.DestinationPitch, Rows = Math.Min(rows, run.Rows - r) };
+            Copy(piece with { Destination = 0, DestinationPitch = run.Width }, buffer, _cutScratch);
+            Copy(piece with { Source = 0, SourcePitch = run.Width }, _cutScratch, buffer);
+        }
     }
 
     /// <summary>All-reduce of 64-bit integers through a small device buffer.</summary>
@@ -273,6 +349,10 @@ public sealed class NcclCommunicator : ICommunicator
             {
                 _nccl.Abort(_comm);
             }
+        }
+        if (_cutScratch != 0)
+        {
+            _cuda.Free(_cutScratch);
         }
         if (_scratch != 0)
         {

@@ -185,6 +185,39 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *s, size_t n, void *stre
 }
 CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { return copy(d, (const void *)(uintptr_t)s, n, s, n); }
 
+// Device-to-device copies run at once (the stand-in's streams only order NCCL calls; callers wait for those first).
+static CUresult copy_within(uint64_t d, uint64_t s, size_t n) {
+    if (!current()) return INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    int known = find(d, n) != NULL && find(s, n) != NULL;
+    pthread_mutex_unlock(&lock);
+    if (!known) return INVALID_VALUE;
+    if ((d < s ? s - d : d - s) < n) return INVALID_VALUE; // cuMemcpy leaves overlapping copies undefined: refuse them.
+    memcpy((void *)(uintptr_t)d, (const void *)(uintptr_t)s, n);
+    return OK;
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, void *stream) { (void)stream; return copy_within(d, s, n); }
+
+// CUDA_MEMCPY2D as cuda.h lays it out.
+typedef struct {
+    size_t srcXInBytes, srcY; int srcMemoryType; const void *srcHost; CUdeviceptr srcDevice; void *srcArray; size_t srcPitch;
+    size_t dstXInBytes, dstY; int dstMemoryType; void *dstHost; CUdeviceptr dstDevice; void *dstArray; size_t dstPitch;
+    size_t WidthInBytes, Height;
+} memcpy2d;
+_Static_assert(sizeof(memcpy2d) == 128, "CUDA_MEMCPY2D is 128 bytes");
+// FAKE_CUDA_REFUSE_2D=1: strided copies fail as a driver refusing the pitches would (the caller copies row by row).
+CUresult cuMemcpy2DAsync_v2(const memcpy2d *c, void *stream) {
+    (void)stream;
+    if (env_int("FAKE_CUDA_REFUSE_2D", 0)) return INVALID_VALUE;
+    if (c->srcMemoryType != 2 || c->dstMemoryType != 2 || c->srcXInBytes || c->srcY || c->dstXInBytes || c->dstY) return INVALID_VALUE;
+    if (c->srcPitch < c->WidthInBytes || c->dstPitch < c->WidthInBytes) return INVALID_VALUE;
+    for (size_t r = 0; r < c->Height; r++) {
+        CUresult e = copy_within(c->dstDevice + r * c->dstPitch, c->srcDevice + r * c->srcPitch, c->WidthInBytes);
+        if (e != OK) return e;
+    }
+    return OK;
+}
+
 CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; if (!current()) return INVALID_CONTEXT; *s = calloc(1, sizeof(struct fake_stream)); return OK; }
 CUresult cuStreamDestroy_v2(void *s) { free(s); return OK; }
 static int stream_done(struct fake_stream *s, int64_t target) { return !s || __atomic_load_n(&s->completed, __ATOMIC_ACQUIRE) >= target; }

@@ -73,6 +73,8 @@ class FakeServer:
     def accept(self, timeout=10):
         """Accepts the worker and checks that it presented this server's session key first."""
         self.listener.settimeout(timeout)
+        if self.conn is not None:
+            self.conn.close()
         self.conn, _ = self.listener.accept()
         hello = json.loads(protocol.read_frame(self.conn, timeout))
         self.wants = None

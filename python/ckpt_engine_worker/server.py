@@ -41,10 +41,11 @@ class EngineServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, workers, address=("127.0.0.1", 0), idle_timeout=None):
+    def __init__(self, workers, address=("127.0.0.1", 0), idle_timeout=None, routes=None):
         self.workers, self.idle_timeout = list(workers), idle_timeout
+        self.routes = dict(routes or {})  # more GET paths: {path: () -> JSON-able}
         self.busy = threading.Lock()
-        self.results = []
+        self.running = set()
         super().__init__(address, _Handler)
 
     @property
@@ -52,35 +53,44 @@ class EngineServer(ThreadingHTTPServer):
         return "http://%s:%d" % self.server_address[:2]
 
     def update(self, tickets):
-        """Runs one update on every worker at once; returns their summaries, raises naming the failures."""
+        """Runs one update on the workers whose devices `tickets` names ({device_id: ticket}; a server of
+        one worker without a device id takes a map of one), all at once; returns their summaries,
+        raises naming the failures. Several engine instances may share one server: each instance's
+        call names its own devices."""
         if not isinstance(tickets, dict) or not all(isinstance(v, str) for v in tickets.values()):
             raise ValueError("args[0] must map device ids to tickets")
-        chosen = []
-        for w in self.workers:
-            if w.device_id is None and len(self.workers) == 1 and len(tickets) == 1:
-                chosen.append(next(iter(tickets.values())))
-            elif w.device_id in tickets:
-                chosen.append(tickets[w.device_id])
-            else:
-                raise LookupError("device '%s' is not in the update's tickets (%s)" % (w.device_id, ", ".join(sorted(tickets))))
-        results = [None] * len(self.workers)
+        if len(self.workers) == 1 and self.workers[0].device_id is None and len(tickets) == 1:
+            chosen = [(self.workers[0], next(iter(tickets.values())))]
+        else:
+            chosen = [(w, tickets[w.device_id]) for w in self.workers if w.device_id in tickets]
+        if not chosen:
+            raise LookupError("none of this engine's devices (%s) is in the update's tickets (%s)" % (
+                ", ".join(str(w.device_id) for w in self.workers), ", ".join(sorted(tickets))))
+        with self.busy:
+            if any(w in self.running for w, _ in chosen):
+                raise BlockingIOError("an update of these devices is already running")
+            self.running.update(w for w, _ in chosen)
+        results = [None] * len(chosen)
 
         def run(i):
             try:
-                results[i] = (True, self.workers[i].receive(chosen[i], self.idle_timeout).as_dict())
+                results[i] = (True, chosen[i][0].receive(chosen[i][1], self.idle_timeout).as_dict())
             except Exception as e:  # noqa: BLE001 - reported to the caller
                 results[i] = (False, "%s: %s" % (type(e).__name__, e))
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(self.workers))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        failed = ["worker %d: %s" % (i, r[1]) for i, r in enumerate(results) if not r[0]]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(chosen))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            with self.busy:
+                self.running.difference_update(w for w, _ in chosen)
+        failed = ["device %s: %s" % (chosen[i][0].device_id, r[1]) for i, r in enumerate(results) if not r[0]]
         if failed:
             raise RuntimeError("; ".join(failed))
-        self.results = [r[1] for r in results]
-        return self.results
+        return [r[1] for r in results]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -104,6 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/v1/weights/digest":
             self.reply(200, {"shards": [{"device_id": w.device_id or "", "tensors": {n: tensor_sha256(t) for n, t in w.model.state_dict().items()}}
                                         for w in self.server.workers]})
+        elif self.path in self.server.routes:
+            self.reply(200, self.server.routes[self.path]())
         else:
             self.reply(404, {"error": "no such path %s" % self.path})
 
@@ -135,17 +147,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError) as e:
             self.reply(400, {"error": "bad request: %s" % e})
             return
-        if not self.server.busy.acquire(blocking=False):
-            self.reply(409, {"error": "an update is already running"})
-            return
         try:
             results = self.server.update(request["args"][0])
+        except BlockingIOError as e:
+            self.reply(409, {"error": str(e)})
+            return
         except Exception as e:  # noqa: BLE001 - the update's failure goes back to the parameter server
             sys.stderr.write("ckpt-engine-worker: update failed: %s\n" % e)
             self.reply(500, {"error": str(e)})
             return
-        finally:
-            self.server.busy.release()
         self.reply(200, {"results": results})
 
 

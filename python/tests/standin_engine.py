@@ -16,6 +16,13 @@ EXPERTS, EXPERT_INTERMEDIATE, FP8_ROWS, BLOCK, LAYERS = 4, 32, 128, 32, 2
 VOCAB_PAD = 64  # the vocabulary is padded to a multiple of this, then split evenly over ranks
 
 
+def scale(k):
+    """Multiplies the widths (vocabulary, hidden, head and intermediate sizes) by k, for measurements."""
+    global VOCAB, HIDDEN, HEAD_DIM, INTERMEDIATE, EXPERT_INTERMEDIATE, FP8_ROWS
+    VOCAB, HIDDEN, HEAD_DIM, INTERMEDIATE = VOCAB * k, HIDDEN * k, HEAD_DIM * k, INTERMEDIATE * k
+    EXPERT_INTERMEDIATE, FP8_ROWS = EXPERT_INTERMEDIATE * k, FP8_ROWS * k
+
+
 def _padded_vocab():
     return (VOCAB + VOCAB_PAD - 1) // VOCAB_PAD * VOCAB_PAD
 

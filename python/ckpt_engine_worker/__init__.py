@@ -2,13 +2,22 @@
 
 `receive_update(ticket, load, finish)` receives one update (the ticket, "socket#session", comes with each update); `state_dict_loader(module)` is a
 loader for a plain torch module; `ckpt_engine_worker.vllm.WorkerExtension` is the vLLM worker
-extension. Only the standard library and torch are used.
+extension; `serve(model)` gives a plain PyTorch engine the HTTP endpoint the update drives;
+`ckpt_engine_worker.sglang` is the drop-in for SGLang. Only the standard library and torch are used.
 """
 
 from .protocol import address_for
 from .receiver import ReceiveSummary, WeightReceiveError, WeightUpdateAborted, receive_update
 
-__all__ = ["ReceiveSummary", "WeightReceiveError", "WeightUpdateAborted", "address_for", "receive_update", "state_dict_loader"]
+__all__ = ["ReceiveSummary", "WeightReceiveError", "WeightUpdateAborted", "address_for", "receive_update", "serve", "state_dict_loader"]
+
+
+def serve(model, port=8000, **options):
+    """Serves /health, /collective_rpc and /v1/weights/digest for one model until interrupted, so that
+    `ckpt-engine update --endpoint URL` updates it (see server.serve for the options)."""
+    from .server import serve as run
+
+    run(model, port=port, **options)
 
 
 def state_dict_loader(module, strict=True):

@@ -33,6 +33,16 @@ class WeightUpdateAborted(WeightReceiveError):
     """The parameter server aborted the update (the failure was elsewhere); the text is its reason."""
 
 
+class Weights(list):
+    """A bucket's (name, tensor) pairs as the loader gets them. `parts`: {name: (dim, slices, full_shape)}
+    for the tensors that arrived as the slices this worker declared (the tensor is then the slices along
+    `dim`, packed); only a worker that declared wants gets any."""
+
+    def __init__(self, pairs=(), parts=None):
+        super().__init__(pairs)
+        self.parts = parts or {}
+
+
 class ReceiveSummary:
     """What one update delivered to this device."""
 
@@ -51,7 +61,7 @@ class ReceiveSummary:
         return "ReceiveSummary(%r)" % (self.as_dict(),)
 
 
-def receive_update(ticket, load, finish=None, device=None, idle_timeout=None):
+def receive_update(ticket, load, finish=None, device=None, idle_timeout=None, wants=None):
     """Receives one update with the `ticket` the parameter server handed the engine ("address#session";
     "@name" is an abstract socket, see protocol.address_for), retrying the connection until it listens.
     The listening process must run as this process's user; the session key proves to it that this
@@ -61,6 +71,9 @@ def receive_update(ticket, load, finish=None, device=None, idle_timeout=None):
         buffer; it must copy what it keeps (the buffer is reused for the next bucket).
     finish(): the post-load hook, run on "finish" after the buffer was released.
     device: the CUDA device to open a "cuda-ipc" buffer on (default: the current one).
+    wants: what this worker keeps, {"others": "whole"|"none", "tensors": {name: "whole" | "none" |
+        {"dim": d, "slices": [[start, length], ...]}}} (see recorder.py); the parameter server then
+        sends only that, and tensors it slices reach `load` as parts (see Weights.parts). None: everything.
     Returns a ReceiveSummary after "finish"; raises ValueError for a malformed ticket, else
     WeightUpdateAborted (also when the server refused the session key) or WeightReceiveError.
     """
@@ -77,7 +90,11 @@ def receive_update(ticket, load, finish=None, device=None, idle_timeout=None):
         if refusal:
             raise WeightReceiveError(refusal + " (is another user's process squatting this device's socket name?)")
         try:
-            send(sock, {"session": session}, idle)
+            if wants is None:
+                send(sock, {"session": session}, idle)
+            else:
+                send(sock, {"session": session, "wants": True}, idle)
+                send(sock, wants, idle)
         except OSError as e:
             raise WeightReceiveError("lost the parameter server at %s while sending the session key: %s" % (address, e)) from None
         return _Session(address, sock, load, finish, device, idle).run()
@@ -243,7 +260,7 @@ class _Session:
             return [], 0, "%s: bucket index must be a non-negative integer" % at
         if not isinstance(tensors, list):
             return [], 0, "%s: 'tensors' must be a list" % at
-        weights, names, total = [], set(), 0
+        weights, names, total = Weights(), set(), 0
         size = self.segment.size
         for i, t in enumerate(tensors):
             if not isinstance(t, dict):
@@ -277,6 +294,11 @@ class _Session:
                 actual = self.segment.sha256(offset, nbytes)
                 if actual != str(checksum).lower():
                     return [], 0, "%s has sha256 %s, expected %s" % (what, actual, str(checksum).lower())
+            if t.get("part") is not None:
+                part, error = _part(t["part"], shape)
+                if error:
+                    return [], 0, "%s: part %s" % (what, error)
+                weights.parts[name] = part
             try:
                 weights.append((name, self.segment.view(dtype, shape, offset, nbytes)))
             except (ValueError, RuntimeError) as e:
@@ -343,3 +365,19 @@ class _Session:
 
     def _expected(self):
         return {"connected": "attach", "attached": "load or release"}.get(self.phase, "finish")
+
+
+def _part(part, shape):
+    """(dim, slices, full_shape) of a load's part, checked against the part's shape; or (None, error)."""
+    if not isinstance(part, dict):
+        return None, "must be an object, not %r" % (part,)
+    dim, slices, full = part.get("dim"), part.get("slices"), part.get("full_shape")
+    ints = lambda v: isinstance(v, list) and all(type(x) is int and x >= 0 for x in v)  # noqa: E731
+    if not ints(full) or type(dim) is not int or not 0 <= dim < len(full) or not isinstance(slices, list) or not slices \
+            or not all(ints(s) and len(s) == 2 and s[1] > 0 and s[0] + s[1] <= full[dim] for s in slices):
+        return None, "%r is not {dim, slices: [[start, length], ...] inside full_shape, full_shape}" % (part,)
+    expected = list(full)
+    expected[dim] = sum(s[1] for s in slices)
+    if list(shape) != expected:
+        return None, "of slices %s along dimension %d of %s has shape %s, not %s" % (slices, dim, full, expected, shape)
+    return (dim, [tuple(s) for s in slices], tuple(full)), None

@@ -11,6 +11,7 @@ import os
 
 from .cuda import device_uuid
 from .receiver import receive_update
+from .shard_aware import ShardAware
 
 DEVICE_ID_VARIABLE = "CKPT_ENGINE_DEVICE_ID"
 
@@ -18,13 +19,16 @@ DEVICE_ID_VARIABLE = "CKPT_ENGINE_DEVICE_ID"
 class WorkerExtension:
     """Receives weight updates from a CheckpointEngine parameter server into a vLLM worker."""
 
-    def update_weights_from_ipc(self, tickets, idle_timeout=None):
+    def update_weights_from_ipc(self, tickets, idle_timeout=None, shard_aware=True):
         """Receives one update from the parameter server of this worker's device.
 
         tickets: {device_id: "socket#session"} for every device of the engine (the map the parameter
             server posts); this worker takes the entry of its own device id.
         Loads every bucket into the model (and the drafter's model, when there is one), then runs
         vLLM's post-load processing. Returns a summary dict; raises with the reason on failure.
+        shard_aware: after the first update (which shows the checkpoint's layout), the models' own
+            load_weights are recorded once on stand-in tensors and every later update declares only
+            what this worker keeps (see recorder.py); False receives everything every time.
         """
         device_id = self.ckpt_engine_device_id()
         ticket = tickets.get(device_id) if isinstance(tickets, dict) else None
@@ -34,9 +38,13 @@ class WorkerExtension:
                               "to the id the parameter server uses" % (device_id, known or "nothing", DEVICE_ID_VARIABLE))
         device = getattr(self, "device", None)
         cuda = device is not None and getattr(device, "type", None) == "cuda"
-        summary = receive_update(ticket, self._ckpt_engine_load, self._ckpt_engine_finish,
-                                 device=device if cuda else None, idle_timeout=idle_timeout)
-        return summary.as_dict()
+        device = device if cuda else None
+        if not shard_aware:
+            return receive_update(ticket, self._ckpt_engine_load, self._ckpt_engine_finish, device=device, idle_timeout=idle_timeout).as_dict()
+        shard = getattr(self, "_ckpt_engine_shard", None)
+        if shard is None:
+            shard = self._ckpt_engine_shard = ShardAware([(m, m.load_weights) for m in self._ckpt_engine_models()])
+        return shard.receive(ticket, self._ckpt_engine_finish, device=device, idle_timeout=idle_timeout).as_dict()
 
     def ckpt_engine_device_id(self):
         """This worker's device id: $CKPT_ENGINE_DEVICE_ID with {local_rank} and {rank} filled in when

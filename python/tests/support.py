@@ -73,9 +73,14 @@ class FakeServer:
     def accept(self, timeout=10):
         """Accepts the worker and checks that it presented this server's session key first."""
         self.listener.settimeout(timeout)
+        if self.conn is not None:
+            self.conn.close()
         self.conn, _ = self.listener.accept()
         hello = json.loads(protocol.read_frame(self.conn, timeout))
-        if hello != {"session": self.session}:
+        self.wants = None
+        if hello == {"session": self.session, "wants": True}:
+            self.wants = json.loads(protocol.read_frame(self.conn, timeout))
+        elif hello != {"session": self.session}:
             raise AssertionError("the worker's first frame is %r, not this server's session key" % (hello,))
 
     def call(self, message, timeout=10):
@@ -86,9 +91,21 @@ class FakeServer:
     def attach(self):
         return self.call({"type": "attach", "kind": "shm", "handle": self.segment, "size": self.size, "device_id": "dev-0"})
 
-    def pack(self, tensors, start=0, checksums=False, crc32=False):
-        """Writes tensors at 256-byte aligned offsets from `start`; returns their wire descriptions."""
-        wire, offset = [], start
+    def pack(self, tensors, start=0, checksums=False, crc32=False, wants=None):
+        """Writes tensors at 256-byte aligned offsets from `start`; returns their wire descriptions. With
+        `wants` (a worker's declaration), only what it keeps, sliced tensors as parts, as the parameter
+        server sends them."""
+        wire, offset, parts = [], start, {}
+        if wants is not None:
+            tensors, parts = dict(tensors), {}
+            for name in list(tensors):
+                want = wants["tensors"].get(name, wants.get("others", "whole"))
+                if want == "none":
+                    del tensors[name]
+                elif want != "whole":
+                    t, d = tensors[name], want["dim"]
+                    parts[name] = {"dim": d, "slices": want["slices"], "full_shape": list(t.shape)}
+                    tensors[name] = torch.cat([t.narrow(d, s, n) for s, n in want["slices"]], d)
         for name, t in tensors.items():
             n = t.numel() * t.element_size()
             if n:
@@ -99,6 +116,8 @@ class FakeServer:
                 entry["sha256"] = tensor_sha256(t)
             if crc32:
                 entry["crc32"] = "%08x" % tensor_crc32(t)
+            if name in parts:
+                entry["part"] = parts[name]
             wire.append(entry)
             offset += (n + 255) // 256 * 256
         return wire

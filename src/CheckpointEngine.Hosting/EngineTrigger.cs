@@ -1,4 +1,4 @@
-using System.Net.Http.Json;
+using System.Net.Http.Headers;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using CheckpointEngine.Server;
@@ -9,7 +9,9 @@ namespace CheckpointEngine.Hosting;
 /// Tells an inference engine to receive an update the way vLLM expects: the first rank of each
 /// inference group POSTs <c>{"method":"update_weights_from_ipc","args":[{device_id: ticket}]}</c> with
 /// its group's worker tickets ("socket#session", see <see cref="Worker.WorkerTicket"/>) to the engine's
-/// <c>/collective_rpc</c>; the reply comes when the workers are done.
+/// <c>/collective_rpc</c>; the reply comes when the workers are done. <see cref="EngineApi.Sglang"/>: SGLang's
+/// <c>/update_weights_from_ipc</c> instead. The body goes with a Content-Length (not chunked), which every
+/// HTTP server reads, Python's <c>http.server</c> included.
 /// </summary>
 public static class EngineTrigger
 {
@@ -20,19 +22,24 @@ public static class EngineTrigger
     /// <param name="inferenceGroupSize">Consecutive ranks that form one engine (its tensor-parallel size).</param>
     /// <param name="uds">The engine's HTTP server on a Unix socket instead of TCP (the URL's host is then ignored).</param>
     /// <param name="engineUid">When set, the process listening on <paramref name="uds"/> must run as this user (SO_PEERCRED).</param>
-    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, int inferenceGroupSize, string? uds = null, uint? engineUid = null)
+    /// <param name="api">The engine's HTTP surface (vLLM's by default).</param>
+    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, int inferenceGroupSize, string? uds = null, uint? engineUid = null, EngineApi api = EngineApi.Vllm)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(inferenceGroupSize, 1);
-        return Post(engineUrl, uds, engineUid, context => context.Sockets.Where(s => s.Rank / inferenceGroupSize == context.Rank / inferenceGroupSize).ToList());
+        return Post(engineUrl, uds, engineUid, api, context => context.Sockets.Where(s => s.Rank / inferenceGroupSize == context.Rank / inferenceGroupSize).ToList());
     }
 
-    /// <summary>One engine served by exactly <paramref name="groupRanks"/> (all taking part ranks when empty), as the original's HTTP API has it.</summary>
-    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, IReadOnlyList<int> groupRanks, string? uds = null, uint? engineUid = null) =>
-        Post(engineUrl, uds, engineUid, context => context.Sockets.Where(s => groupRanks.Count == 0 || groupRanks.Contains(s.Rank)).ToList());
+    /// <summary>The path that answers 200 once the engine takes updates.</summary>
+    public static string ReadyPath(EngineApi api) => api == EngineApi.Sglang ? "/ping" : "/health";
 
-    private static Func<UpdateContext, CancellationToken, Task> Post(string engineUrl, string? uds, uint? engineUid, Func<UpdateContext, List<WorkerSocket>> groupOf)
+    /// <summary>One engine served by exactly <paramref name="groupRanks"/> (all taking part ranks when empty), as the original's HTTP API has it.</summary>
+    public static Func<UpdateContext, CancellationToken, Task> Http(string engineUrl, IReadOnlyList<int> groupRanks, string? uds = null, uint? engineUid = null, EngineApi api = EngineApi.Vllm) =>
+        Post(engineUrl, uds, engineUid, api, context => context.Sockets.Where(s => groupRanks.Count == 0 || groupRanks.Contains(s.Rank)).ToList());
+
+    private static Func<UpdateContext, CancellationToken, Task> Post(string engineUrl, string? uds, uint? engineUid, EngineApi api, Func<UpdateContext, List<WorkerSocket>> groupOf)
     {
-        var url = engineUrl.TrimEnd('/').EndsWith("/collective_rpc", StringComparison.Ordinal) ? engineUrl : engineUrl.TrimEnd('/') + "/collective_rpc";
+        var path = api == EngineApi.Sglang ? "/update_weights_from_ipc" : "/collective_rpc";
+        var url = engineUrl.TrimEnd('/').EndsWith(path, StringComparison.Ordinal) ? engineUrl : engineUrl.TrimEnd('/') + path;
         return async (context, ct) =>
         {
             var group = groupOf(context);
@@ -45,16 +52,15 @@ public static class EngineTrigger
             {
                 sockets[s.DeviceId] = s.Ticket.ToString();
             }
-            var body = new JsonObject
-            {
-                ["method"] = "update_weights_from_ipc",
-                ["args"] = new JsonArray(sockets),
-                ["kwargs"] = new JsonObject(),
-            };
+            var body = api == EngineApi.Sglang
+                ? new JsonObject { ["zmq_handles"] = sockets, ["flush_cache"] = true }
+                : new JsonObject { ["method"] = "update_weights_from_ipc", ["args"] = new JsonArray(sockets), ["kwargs"] = new JsonObject() };
+            using var content = new ByteArrayContent(System.Text.Encoding.UTF8.GetBytes(body.ToJsonString()));
+            content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
             // A Unix-socket client per call: one connection per update costs nothing next to the update, and a
             // cache keyed by path would keep a client for every socket path a request ever named.
             using var own = uds is null ? null : UnixSocketClient(uds, engineUid);
-            using var response = await (own ?? Tcp).PostAsJsonAsync(url, body, ct).ConfigureAwait(false);
+            using var response = await (own ?? Tcp).PostAsync(url, content, ct).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
                 var text = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);

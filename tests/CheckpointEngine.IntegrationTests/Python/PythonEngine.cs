@@ -27,10 +27,14 @@ public sealed class PythonEngine : IDisposable
     /// Starts the engine with <paramref name="arguments"/> (after the script) and <paramref name="environment"/>,
     /// and waits until it listens (torch's import takes a while on a busy machine).
     /// </summary>
-    public static async Task<PythonEngine> StartAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments)
+    public static Task<PythonEngine> StartAsync(IReadOnlyDictionary<string, string> environment, params string[] arguments) =>
+        StartScriptAsync("e2e_worker.py", environment, arguments);
+
+    /// <summary>Starts another script of python/tests that prints "listening on URL" when ready.</summary>
+    public static async Task<PythonEngine> StartScriptAsync(string script, IReadOnlyDictionary<string, string> environment, params string[] arguments)
     {
         var psi = new ProcessStartInfo(PythonTorch.Python) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in (string[])[Path.Combine(PythonTorch.PackageRoot, "tests", "e2e_worker.py"), .. arguments])
+        foreach (var a in (string[])[Path.Combine(PythonTorch.PackageRoot, "tests", script), .. arguments])
         {
             psi.ArgumentList.Add(a);
         }

@@ -57,4 +57,69 @@ public sealed class CudaDeviceTests
         using var sub = await backend.Group.CreateSubGroupAsync("sub", [0], TimeSpan.FromSeconds(60), ct);
         await sub.BroadcastAsync(buffer.Address, 4096, 0, TimeSpan.FromSeconds(30), ct);
     }
+
+    /// <summary>
+    /// A shard-aware member's part cut out of a broadcast on the device: the rows of a column slice (one strided copy), a whole
+    /// tensor, and a run that overlaps itself (through the scratch buffer), in place as on a receiving rank and into another
+    /// slot as on the stager; the bytes equal the same runs applied on the host.
+    /// </summary>
+    [Fact]
+    public async Task Nccl_CutsAPartOutOfABroadcast_OnTheDevice()
+    {
+        RequireGpu();
+        var ct = TestContext.Current.CancellationToken;
+        await using var world = await World.JoinAsync(new RankConfig(), ct);
+        using var backend = await Backend.CreateAsync(world, DeviceKind.Cuda, TimeSpan.FromSeconds(60), ct: ct);
+        const int size = 1 << 20, half = size / 2;
+        using var buffer = backend.Device.AllocateShared(size);
+        var runs = Enumerable.Range(0, 64).Select(r => new CheckpointEngine.Memory.ByteRun(1000 + r * 300 + 100, r * 100, 100)) // Columns [100, 200) of a 64 × 300-byte matrix.
+            .Append(new CheckpointEngine.Memory.ByteRun(20_200, 6_400, 5_000))   // A whole tensor.
+            .Append(new CheckpointEngine.Memory.ByteRun(30_000, 29_000, 200_000)) // Moved back by less than its length: it overlaps itself.
+            .ToList();
+        var original = new byte[size];
+        new Random(11).NextBytes(original);
+        var device = (CudaDevice)backend.Device;
+
+        async Task<byte[]> Cut(nint destination)
+        {
+            Upload(device, original, buffer.Address);
+            await backend.Group.BroadcastPartAsync(buffer.Address, half, 0, runs, destination, TimeSpan.FromSeconds(30), ct);
+            return Download(device, buffer.Address, size);
+        }
+
+        var inPlace = await Cut(buffer.Address); // As a receiving rank cuts its part.
+        Assert.Equal(OnHost(original, runs, 0), inPlace);
+        var intoSlot = await Cut(buffer.Address + half); // As the stager gathers its worker's part.
+        Assert.Equal(OnHost(original, runs, half), intoSlot);
+    }
+
+    private static unsafe void Upload(CudaDevice device, byte[] bytes, nint address)
+    {
+        fixed (byte* p = bytes)
+        {
+            device.CopyHostToDevice([new HostCopy((nint)p, address, bytes.Length)]);
+        }
+    }
+
+    private static unsafe byte[] Download(CudaDevice device, nint address, int size)
+    {
+        var back = new byte[size];
+        fixed (byte* p = back)
+        {
+            CudaDriver.Instance.SetCurrent(device.Context);
+            CudaDriver.Instance.CopyDeviceToHost((nint)p, (ulong)address, size);
+        }
+        return back;
+    }
+
+    /// <summary>The runs applied to a copy of <paramref name="bytes"/> on the host, landing <paramref name="offset"/> bytes further on.</summary>
+    private static unsafe byte[] OnHost(byte[] bytes, List<CheckpointEngine.Memory.ByteRun> runs, int offset)
+    {
+        var result = (byte[])bytes.Clone();
+        fixed (byte* p = result)
+        {
+            CheckpointEngine.Memory.ByteRun.CopyAll(runs, (nint)p, (nint)p + offset);
+        }
+        return result;
+    }
 }

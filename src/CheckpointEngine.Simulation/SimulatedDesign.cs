@@ -19,6 +19,6 @@ public enum SimulatedDesign
     /// </summary>
     Ours,
 
-    /// <summary>What-if: ours, each tensor-parallel rank receiving and reloading only its slice of split tensors (each node the parts of the ranks it hosts).</summary>
+    /// <summary>Ours, shard-aware as built: each rank reloads only its slice of split tensors; where instances fit in a node, classes relay their parts between nodes (see UpdateSimulator).</summary>
     ShardAware,
 }

@@ -18,16 +18,27 @@ public static class UpdateSimulator
     private static Cost Stage(SimulationPlan plan, CostModel costs, PlannedBucket b) =>
         plan.Scenario.Method == SimulatedMethod.P2P ? costs.RdmaRead(b.Bytes) : costs.HostToDevice(b.Bytes);
 
-    // Shard-aware (as built on the host backend: each rank receives only its class's part): a GPU's ingress is its shard,
-    // and a node's the parts of the classes it hosts (the tensor-parallel ranks on it), at most the whole bucket.
+    /// <summary>
+    /// A bucket's broadcast. Shard-aware (as built: ClassRelay): when every tensor-parallel rank of an instance shares the stager's
+    /// node (TP ≤ GPUs per node), the stager's node broadcasts the bucket over NVLink and each GPU cuts its part, then each class
+    /// relays its part to its members on the other nodes over its own group (one member per instance, all classes at once):
+    /// a GPU's network ingress is its shard and a ring's fill latency spans the instances, not every rank. Where a relay would take
+    /// more into a node than the bucket (tensors every class keeps whole), or instances span nodes, the bucket goes the plain way,
+    /// each GPU still reloading only its part.
+    /// </summary>
     private static Cost Broadcast(SimulationPlan plan, CostModel costs, PlannedBucket b)
     {
-        if (plan.Scenario.Design != SimulatedDesign.ShardAware)
+        var scenario = plan.Scenario;
+        var classesPerNode = Math.Min(scenario.Cluster.GpusPerNode, scenario.TensorParallel);
+        if (scenario.Design != SimulatedDesign.ShardAware || plan.GroupNodes == 1 || scenario.TensorParallel > scenario.Cluster.GpusPerNode
+            || b.ShardBytes * classesPerNode > b.Bytes)
         {
             return costs.Broadcast(b.Bytes, b.Bytes, plan.GroupRanks, plan.GroupNodes);
         }
-        var classesPerNode = Math.Min(plan.Scenario.Cluster.GpusPerNode, plan.Scenario.TensorParallel);
-        return costs.Broadcast(b.ShardBytes, Math.Min(b.Bytes, b.ShardBytes * classesPerNode), plan.GroupRanks, plan.GroupNodes);
+        var local = costs.Broadcast(b.Bytes, b.Bytes, Math.Min(plan.GroupRanks, scenario.Cluster.GpusPerNode), 1);
+        var instances = plan.GroupRanks / scenario.TensorParallel;
+        var relay = costs.Broadcast(b.ShardBytes, b.ShardBytes * classesPerNode, instances, Math.Min(instances, plan.GroupNodes));
+        return new Cost(CostCategory.Link, local.Work + relay.Work, local.Latency + relay.Latency);
     }
 
     private static Cost Reload(SimulationPlan plan, CostModel costs, PlannedBucket b) =>

@@ -11,6 +11,9 @@ namespace CheckpointEngine.Server;
 /// </summary>
 internal static class BucketPump
 {
+    /// <summary>A shard-aware update's parts between hosts: the groups, each bucket's relay (null: the plain way), and this member's proxy parts.</summary>
+    public sealed record Relaying(RelayGroups Groups, ClassRelay?[] Routes, ProxyPart?[] Proxies, nint ProxyBuffer);
+
     /// <summary>When each stage of one bucket started and ended on this rank (offsets from the update's start), set as the loop runs.</summary>
     private sealed class BucketStamps
     {
@@ -39,7 +42,7 @@ internal static class BucketPump
     /// </summary>
     public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
         WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, IReadOnlyList<IReadOnlyList<(long Offset, long Length)>?>? wanted,
-        (RelayGroups Groups, ClassRelay?[] Routes)? relay, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+        Relaying? relay, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
         var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
@@ -51,7 +54,7 @@ internal static class BucketPump
         nint Slot(int k) => device + (nint)sizing.BroadcastOffset(k);
         // A stager that heads its class's relay to other hosts packs its worker's whole part into the slot, as every member of the
         // class holds it; otherwise its worker reads contiguous tensors where they lie in the staging buffer and only the rest is gathered.
-        bool ReadsInPlace(int k) => ordinal.ContainsKey(k) && (relay?.Routes[k]?.RelayOf(group.Rank) is not { } heads || heads[0] != group.Rank);
+        bool ReadsInPlace(int k) => ordinal.ContainsKey(k) && relay?.Routes[k]?.HeadsOwnClass(group.Rank) != true;
 
         // A staging buffer is free again once the reload of the bucket it held is agreed on.
         var freed = own.Select(_ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
@@ -105,19 +108,34 @@ internal static class BucketPump
             ? g.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct)
             : g.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, root, ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct);
 
-        // Across hosts: the members on the stager's host take their parts from it, then each class relays its part from its
-        // member there to its members elsewhere (all classes at once, each over its own group).
+        // Across hosts: the members on the stager's host take their parts from it (a proxy takes the whole bucket and cuts the parts
+        // of the classes it stands for too), then each class relays its part from its head there to its members elsewhere (all
+        // classes at once, each over its own group).
         async Task RelayAsync(int k, ClassRelay route)
         {
-            if (route.Local.Contains(group.Rank))
+            var (me, groups) = (group.Rank, relay!.Groups);
+            var proxy = relay.Proxies[k];
+            if (route.Local.Contains(me))
             {
-                await BroadcastPart(relay!.Value.Groups.Local(route.Host), k, Array.IndexOf(route.Local, steps[k].Stager)).ConfigureAwait(false);
+                var local = groups.Local(route.Host);
+                var root = Array.IndexOf(route.Local, steps[k].Stager);
+                if (proxy is null)
+                {
+                    await BroadcastPart(local, k, root).ConfigureAwait(false);
+                }
+                else
+                {
+                    await local.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct).ConfigureAwait(false);
+                    await local.CopyRunsAsync(proxy.Runs, Where(k), relay.ProxyBuffer, timeout, ct).ConfigureAwait(false);
+                    await local.CopyRunsAsync(ReadsInPlace(k) ? parts![k].GatheredRuns : parts![k].Runs, Where(k), Slot(k), timeout, ct).ConfigureAwait(false);
+                }
             }
-            if (relay!.Value.Groups.Relay(route.Host) is { } classGroup)
+            foreach (var (r, g) in groups.Relays(route.Host))
             {
-                await (parts is null
-                    ? classGroup.BroadcastAsync(Where(k), steps[k].Bucket.Size, 0, timeout, ct)
-                    : classGroup.BroadcastAsync(Slot(k), parts[k].Size, 0, timeout, ct)).ConfigureAwait(false);
+                var (address, size) = r.Proxy && r.Head == me
+                    ? (relay.ProxyBuffer + (nint)proxy!.Classes[r.Class].Offset, proxy.Classes[r.Class].Size)
+                    : (Slot(k), parts![k].Size);
+                await g.BroadcastAsync(address, size, 0, timeout, ct).ConfigureAwait(false);
             }
         }
 

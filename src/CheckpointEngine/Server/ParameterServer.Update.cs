@@ -174,14 +174,21 @@ public sealed partial class ParameterServer
             var cuts = Device.HostAccessible || group is NcclCommunicator;
             var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
             // Between hosts, each class's part travels on its own where that moves fewer bytes (see ClassRelay), once some worker declared what it keeps.
-            var relay = classes.Any(c => c.Wants is not null) && cuts
+            // Every worker must have declared what it keeps (a worker that keeps everything takes the whole bucket anyway).
+            var relay = classes.All(c => c.Wants is not null) && cuts
                 ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
                 : null;
             using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.
-            var routes = relay?.Routes(steps, classBytes);
+            BucketPump.Relaying? relaying = null;
+            if (relay is not null)
+            {
+                var routes = relay.Routes(steps, classBytes);
+                var (proxies, proxyBuffer) = relay.ProxyParts(steps, routes, [.. classes.Select(c => c.Wants)]);
+                relaying = new BucketPump.Relaying(relay, routes, proxies, proxyBuffer);
+            }
             var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
             var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
-                relay is null ? null : (relay, routes!), timeout, clock,
+                relaying, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
             var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
 
@@ -190,7 +197,7 @@ public sealed partial class ParameterServer
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
             var staged = steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
-            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = routes?.Count(r => r is not null) ?? 0 };
+            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0 };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
         {
@@ -260,7 +267,7 @@ public sealed partial class ParameterServer
         {
             return _relay;
         }
-        var relay = await RelayGroups.CreateAsync(group, hostOf, classOf, hosts, device, timeout, ct).ConfigureAwait(false);
+        var relay = await RelayGroups.CreateAsync(group, hostOf, classOf, hosts, device, Device, timeout, ct).ConfigureAwait(false);
         if (world)
         {
             _relay?.Dispose();
@@ -291,7 +298,7 @@ public sealed partial class ParameterServer
         return (parts, wanted, classBytes);
     }
 
-    private static bool SameLayout(List<H2DBucket> planned, List<BucketStep> steps)
+    internal static bool SameLayout(List<H2DBucket> planned, List<BucketStep> steps)
     {
         if (planned.Count != steps.Count)
         {

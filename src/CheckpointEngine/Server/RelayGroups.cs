@@ -1,61 +1,70 @@
+using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
 using CheckpointEngine.Runtime.Collectives;
 using CheckpointEngine.Runtime.Devices;
+using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Server;
 
 /// <summary>
 /// The sub-groups through which a shard-aware update moves parts between hosts (see <see cref="ClassRelay"/>): per
-/// stager host, the group of its members and one group per class that has members elsewhere. Made once per group,
-/// hosts and classes, and kept while they stay the same (creating groups costs round trips, and on GPUs communicators).
+/// stager host, the group of its members and one group per class that has members elsewhere; and, where this member
+/// is a proxy, a buffer for the parts it relays. Made once per group, hosts and classes, and kept while they stay the
+/// same (creating groups costs round trips, and on GPUs communicators).
 /// </summary>
 internal sealed class RelayGroups : IDisposable
 {
     private readonly Dictionary<int, ClassRelay> _relays = [];
     private readonly Dictionary<int, ICommunicator> _local = [];
-    private readonly Dictionary<int, ICommunicator> _class = [];
+    private readonly Dictionary<int, List<(ClassRelay.Relay Relay, ICommunicator Group)>> _class = [];
     private readonly DeviceBuffer _shared;
+    private readonly IDevice _device;
+    private DeviceBuffer? _proxyBuffer;
+    private (List<H2DBucket> Buckets, ProxyPart?[] Parts)? _proxyPlan;
 
-    private RelayGroups(string key, int[] hostOf, DeviceBuffer shared)
+    private RelayGroups(string key, int[] hostOf, int member, DeviceBuffer shared, IDevice device)
     {
         Key = key;
         HostOf = hostOf;
+        Member = member;
         _shared = shared;
+        _device = device;
     }
 
-    /// <summary>What the groups were made for: the group's name and members, and every member's host and class.</summary>
+    /// <summary>What the groups were made for: the group's name and members, every member's host and class, and the stagers' hosts.</summary>
     public string Key { get; }
 
     /// <summary>Member → host index.</summary>
     public int[] HostOf { get; }
+
+    /// <summary>This member's rank in the update's group.</summary>
+    public int Member { get; }
 
     public static string KeyFor(ICommunicator group, int[] hostOf, int[] classOf, int[] stagerHosts) =>
         $"{group.Name}[{string.Join(',', group.Members)}] hosts {string.Join(',', hostOf)} classes {string.Join(',', classOf)} from {string.Join(',', stagerHosts)}";
 
     /// <summary>
     /// Makes this member's groups for buckets staged on <paramref name="stagerHosts"/> (ascending), in an order every member follows
-    /// (host by host: its local group, then its classes' relays), and offers them the device buffer's shared memory.
+    /// (host by host: its local group, then the relays by class), and offers them the device buffer's shared memory.
     /// </summary>
-    public static async Task<RelayGroups> CreateAsync(ICommunicator group, int[] hostOf, int[] classOf, int[] stagerHosts, DeviceBuffer shared,
+    public static async Task<RelayGroups> CreateAsync(ICommunicator group, int[] hostOf, int[] classOf, int[] stagerHosts, DeviceBuffer shared, IDevice device,
         TimeSpan timeout, CancellationToken ct)
     {
-        var groups = new RelayGroups(KeyFor(group, hostOf, classOf, stagerHosts), hostOf, shared);
+        var groups = new RelayGroups(KeyFor(group, hostOf, classOf, stagerHosts), hostOf, group.Rank, shared, device);
         try
         {
             foreach (var host in stagerHosts)
             {
-                if (ClassRelay.For(host, hostOf, classOf) is not { } relay)
-                {
-                    continue;
-                }
+                var relay = ClassRelay.For(host, hostOf, classOf)!;
                 groups._relays[host] = relay;
                 if (relay.Local.Contains(group.Rank))
                 {
                     groups._local[host] = await Make($"relay-h{host}", relay.Local).ConfigureAwait(false);
                 }
-                if (relay.RelayOf(group.Rank) is { } members)
+                var mine = groups._class[host] = [];
+                foreach (var r in relay.RelaysOf(group.Rank))
                 {
-                    groups._class[host] = await Make($"relay-h{host}-c{classOf[members[0]]}", members).ConfigureAwait(false);
+                    mine.Add((r, await Make($"relay-h{host}-c{r.Class}", r.Members).ConfigureAwait(false)));
                 }
             }
             return groups;
@@ -74,29 +83,69 @@ internal sealed class RelayGroups : IDisposable
         }
     }
 
-    /// <summary>The relay of a bucket staged by <paramref name="stager"/>, or null when it goes the plain way.</summary>
-    public ClassRelay? For(int stager) => _relays.GetValueOrDefault(HostOf[stager]);
-
     /// <summary>Per bucket, its relay where one applies and pays (see <see cref="ClassRelay.Pays"/>); null where it goes the plain way.</summary>
     public ClassRelay?[] Routes(List<BucketStep> steps, IReadOnlyList<long[]> classBytes) =>
-        [.. steps.Select((s, k) => For(s.Stager) is { } r && r.Pays(classBytes[k], s.Bucket.Size, HostOf) ? r : null)];
+        [.. steps.Select((s, k) => _relays.GetValueOrDefault(HostOf[s.Stager]) is { } r && r.Pays(classBytes[k], s.Bucket.Size, HostOf) ? r : null)];
 
     /// <summary>The group of the members on <paramref name="host"/> (this member is one of them).</summary>
     public ICommunicator Local(int host) => _local[host];
 
-    /// <summary>This member's class relay for buckets staged on <paramref name="host"/>, or null when it takes no part in one.</summary>
-    public ICommunicator? Relay(int host) => _class.GetValueOrDefault(host);
+    /// <summary>This member's relays for buckets staged on <paramref name="host"/>, ascending by class.</summary>
+    public IReadOnlyList<(ClassRelay.Relay Relay, ICommunicator Group)> Relays(int host) => _class.GetValueOrDefault(host) ?? [];
 
-    public long NetworkBytesReceived => _local.Values.Concat(_class.Values).Sum(g => g.NetworkBytesReceived);
+    /// <summary>
+    /// The parts this member relays as a proxy, per bucket (null where none), packed one class after another, and where they lie:
+    /// planned once per bucket layout, with a buffer as large as the largest.
+    /// </summary>
+    public (ProxyPart?[] Parts, nint Buffer) ProxyParts(List<BucketStep> steps, ClassRelay?[] routes, IReadOnlyList<WorkerWants?> classes)
+    {
+        if (_proxyPlan is not { } plan || !ParameterServer.SameLayout(plan.Buckets, steps))
+        {
+            var parts = steps.Select((s, k) => routes[k]?.ProxiedBy(Member).ToList() is { Count: > 0 } proxied ? ProxyPart.Of(s.Bucket, proxied, classes) : null).ToArray();
+            plan = (steps.Select(s => s.Bucket).ToList(), parts);
+            _proxyPlan = plan;
+            var size = parts.Max(p => p?.Size ?? 0);
+            if (size > (_proxyBuffer?.Size ?? 0))
+            {
+                _proxyBuffer?.Dispose();
+                _proxyBuffer = _device.AllocateShared(size);
+            }
+        }
+        return (plan.Parts, _proxyBuffer?.Address ?? 0);
+    }
+
+    public long NetworkBytesReceived => _local.Values.Concat(_class.Values.SelectMany(l => l.Select(x => x.Group))).Sum(g => g.NetworkBytesReceived);
 
     public void Dispose()
     {
-        foreach (var g in _local.Values.Concat(_class.Values))
+        foreach (var g in _local.Values.Concat(_class.Values.SelectMany(l => l.Select(x => x.Group))))
         {
             g.Unshare(_shared);
             g.Dispose();
         }
         _local.Clear();
         _class.Clear();
+        _proxyBuffer?.Dispose();
+        _proxyBuffer = null;
+    }
+}
+
+/// <summary>The parts of the classes a proxy relays from one bucket: runs cutting them out of it, and each class's place in the packed result.</summary>
+internal sealed record ProxyPart(IReadOnlyList<ByteRun> Runs, IReadOnlyDictionary<int, (long Offset, long Size)> Classes, long Size)
+{
+    public static ProxyPart Of(H2DBucket bucket, IEnumerable<ClassRelay.Relay> proxied, IReadOnlyList<WorkerWants?> classes)
+    {
+        var runs = new List<ByteRun>();
+        var places = new Dictionary<int, (long, long)>();
+        long at = 0;
+        foreach (var r in proxied)
+        {
+            var part = BucketPart.Of(bucket, classes[r.Class]!);
+            at = BucketSizing.Align(at);
+            runs.AddRange(part.Runs.Select(run => run with { Destination = at + run.Destination }));
+            places[r.Class] = (at, part.Size);
+            at += part.Size;
+        }
+        return new ProxyPart(runs, places, at);
     }
 }

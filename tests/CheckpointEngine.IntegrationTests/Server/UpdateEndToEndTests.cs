@@ -282,15 +282,16 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     /// <summary>
-    /// Ranks on two hosts (as <c>CKPT_ENGINE_HOST_ID</c> tells them), one shard-aware TP 2 instance on each: between the hosts each
-    /// class relays its part from its member on the stager's host over its own group, so each rank's network ingress is its
-    /// part, not the whole bucket through its host's leader. Every shard holds exactly its slices. With TP 4 spanning both hosts a
-    /// class lacks a member on the stager's host: no relay, the whole bucket goes through the leaders, still bit-exact.
+    /// Ranks on two hosts (as <c>CKPT_ENGINE_HOST_ID</c> tells them), shard-aware: between the hosts each class relays its part from
+    /// a head on the stager's host over its own group, so each rank's network ingress is its part, not the whole bucket through its
+    /// host's leader. TP 2, an instance on each host: a host takes in no more than before. TP 4, one instance spanning both hosts:
+    /// the classes of the other host have proxies on the stager's, and each host takes in only its classes' parts, about half.
+    /// Every shard holds exactly its slices.
     /// </summary>
     [Theory]
-    [InlineData(2, true)]
-    [InlineData(4, false)]
-    public async Task Update_ShardAwareAcrossHosts_ClassesRelayTheirParts(int tp, bool relays)
+    [InlineData(2)]
+    [InlineData(4)]
+    public async Task Update_ShardAwareAcrossHosts_ClassesRelayTheirParts(int tp)
     {
         var dir = WriteLayers();
         var urls = await StartWorkers(4, tp, "--shard-by-tp");
@@ -311,19 +312,13 @@ public sealed class UpdateEndToEndTests : IDisposable
         // The first update declares nothing: a host's leader (ranks 0 and 2) takes every bucket of the other host whole, its peer nothing.
         Assert.All(results, r => Assert.Equal(0, Network(r, 1).Relayed));
         Assert.All(results, r => Assert.True(r.Rank % 2 == 0 ? Network(r, 1).Bytes > 0 : Network(r, 1).Bytes == 0, $"rank {r.Rank}: {r.Line("network 1")}"));
-        if (relays)
+        // Then each rank takes its own class's part from the other host.
+        Assert.All(results, r => Assert.True(Network(r, 2).Relayed > 0 && Network(r, 2).Bytes > 0, $"rank {r.Rank}: {r.Line("network 2")}"));
+        foreach (var host in new[] { 0, 2 })
         {
-            // Each rank takes its own class's part from the other host; a host takes in no more than before.
-            Assert.All(results, r => Assert.True(Network(r, 2).Relayed > 0 && Network(r, 2).Bytes > 0, $"rank {r.Rank}: {r.Line("network 2")}"));
-            foreach (var host in new[] { 0, 2 })
-            {
-                Assert.True(Network(results[host], 2).Bytes + Network(results[host + 1], 2).Bytes <= Network(results[host], 1).Bytes,
-                    $"host of ranks {host}, {host + 1}: {results[host].Line("network 2")} / {results[host + 1].Line("network 2")} against {results[host].Line("network 1")}");
-            }
-        }
-        else
-        {
-            Assert.All(results, r => Assert.Equal(0, Network(r, 2).Relayed));
+            var (before, after) = (Network(results[host], 1).Bytes, Network(results[host], 2).Bytes + Network(results[host + 1], 2).Bytes);
+            var most = tp == 2 ? before : before * 3 / 4;
+            Assert.True(after <= most, $"host of ranks {host}, {host + 1}: {results[host].Line("network 2")} / {results[host + 1].Line("network 2")} against {results[host].Line("network 1")}");
         }
         await AssertSlicesAssemble(dir, urls);
     }

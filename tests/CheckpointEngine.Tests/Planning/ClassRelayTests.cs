@@ -8,24 +8,33 @@ public sealed class ClassRelayTests
     private static readonly int[] TwoHosts = [0, 0, 1, 1];
     private static readonly int[] ByTpIndex = [0, 1, 0, 1];
 
+    /// <summary>Each relay as "class: head, members" with "(proxy)" where the head is not of the class.</summary>
+    private static string[] Shape(ClassRelay relay) => [.. relay.Relays.Select(r => $"{r.Class}: {string.Join(", ", r.Members)}{(r.Proxy ? " (proxy)" : "")}")];
+
     [Fact]
     public void For_EachClassRelaysFromItsMemberOnTheStagersHost()
     {
         var relay = ClassRelay.For(1, TwoHosts, ByTpIndex)!;
         Assert.Equal([2, 3], relay.Local);
-        Assert.Equal([(0, new[] { 2, 0 }), (1, new[] { 3, 1 })], relay.Relays.Select(r => (r.Class, r.Members)));
-        Assert.Equal([3, 1], relay.RelayOf(1)!);
-        Assert.Equal([2, 0], relay.RelayOf(2)!);
+        Assert.Equal(["0: 2, 0", "1: 3, 1"], Shape(relay));
+        Assert.Equal([1], relay.RelaysOf(1).Select(r => r.Class));
+        Assert.True(relay.HeadsOwnClass(3));
+        Assert.False(relay.HeadsOwnClass(1));
+        Assert.Empty(relay.ProxiedBy(2));
     }
 
     [Fact]
     public void For_OneHost_NoRelay() => Assert.Null(ClassRelay.For(0, [0, 0, 0], [0, 1, 0]));
 
     [Fact]
-    public void For_AClassMissingOnTheStagersHost_NoRelay()
+    public void For_ClassesMissingOnTheStagersHost_GetProxiesThere_TakingTurns()
     {
-        // TP 4 across two hosts: classes 2 and 3 live only on host 1, so nobody on host 0 holds their part to relay.
-        Assert.Null(ClassRelay.For(0, TwoHosts, [0, 1, 2, 3]));
+        // TP 4 across two hosts (two instances): classes 2 and 3 live only on host 1, so members of host 0 cut their parts as proxies.
+        var relay = ClassRelay.For(0, [0, 0, 1, 1, 0, 0, 1, 1], [0, 1, 2, 3, 0, 1, 2, 3])!;
+        Assert.Equal(["2: 0, 2, 6 (proxy)", "3: 1, 3, 7 (proxy)"], Shape(relay));
+        Assert.Equal([2], relay.ProxiedBy(0).Select(r => r.Class));
+        Assert.Equal([3], relay.ProxiedBy(1).Select(r => r.Class));
+        Assert.Empty(relay.ProxiedBy(4));
     }
 
     [Fact]
@@ -33,7 +42,7 @@ public sealed class ClassRelayTests
     {
         // Three hosts; class 0 has a member on each.
         var relay = ClassRelay.For(0, [0, 1, 2, 0, 1, 2], [0, 0, 0, 1, 1, 1])!;
-        Assert.Equal([(0, new[] { 0, 1, 2 }), (1, new[] { 3, 4, 5 })], relay.Relays.Select(r => (r.Class, r.Members)));
+        Assert.Equal(["0: 0, 1, 2", "1: 3, 4, 5"], Shape(relay));
     }
 
     [Theory]
@@ -46,8 +55,8 @@ public sealed class ClassRelayTests
     [Fact]
     public void Pays_CountsOnlyTheClassesAHostHas()
     {
-        // Host 1 holds only class 0: it takes in class 0's part alone, even where both parts together exceed the bucket.
-        var relay = ClassRelay.For(0, [0, 0, 1], [0, 1, 0])!;
-        Assert.True(relay.Pays([600, 600], 1000, [0, 0, 1]));
+        // An instance spanning two hosts: host 1 holds only class 1 and takes in its part alone, even where both parts exceed the bucket.
+        var relay = ClassRelay.For(0, [0, 1], [0, 1])!;
+        Assert.True(relay.Pays([600, 600], 1000, [0, 1]));
     }
 }

@@ -50,6 +50,16 @@ public interface ICommunicator : IDisposable
     }
 
     /// <summary>
+    /// Copies <paramref name="runs"/> from <paramref name="source"/> to <paramref name="destination"/> in this member's memory, in order,
+    /// where the group's buffers live (the same buffer when the runs never land past their source). The default copies host memory.
+    /// </summary>
+    Task CopyRunsAsync(IReadOnlyList<CheckpointEngine.Memory.ByteRun> runs, nint source, nint destination, TimeSpan timeout, CancellationToken ct = default)
+    {
+        CheckpointEngine.Memory.ByteRun.CopyAll(runs, source, destination);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
     /// Declares that buffers inside <paramref name="segment"/> are shared memory that peers on this host
     /// may map; implementations that can use it (the built-in one) then avoid a copy. Optional.
     /// </summary>

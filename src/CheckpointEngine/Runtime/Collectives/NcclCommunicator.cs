@@ -131,31 +131,37 @@ public sealed class NcclCommunicator : ICommunicator
             () => _nccl.Broadcast(buffer, length, root, _comm, _stream), ct);
     }
 
-    /// <summary>
-    /// The broadcast, then this member's runs cut out of it on the device, on the communicator's stream: the rows of a column
-    /// slice as one strided copy (row by row where the driver refuses the pitches), and copies whose source and destination
-    /// overlap (a part cut in place) through a scratch buffer, a piece at a time.
-    /// </summary>
+    /// <summary>The broadcast, then this member's runs cut out of it on the device (see <see cref="CopyRunsAsync"/>).</summary>
     public async Task BroadcastPartAsync(nint buffer, long length, int root, IReadOnlyList<CheckpointEngine.Memory.ByteRun> runs, nint destination,
         TimeSpan timeout, CancellationToken ct = default)
     {
-        ArgumentNullException.ThrowIfNull(runs);
         await BroadcastAsync(buffer, length, root, timeout, ct).ConfigureAwait(false);
-        await RunAsync($"cutting {runs.Count} runs out of a broadcast", timeout, () =>
+        await CopyRunsAsync(runs, buffer, destination, timeout, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Copies runs within device memory on the communicator's stream, after what it queued before: the rows of a column slice as one
+    /// strided copy (row by row where the driver refuses the pitches), and copies whose source and destination overlap (a part cut
+    /// in place) through a scratch buffer, a piece at a time.
+    /// </summary>
+    public Task CopyRunsAsync(IReadOnlyList<CheckpointEngine.Memory.ByteRun> runs, nint source, nint destination, TimeSpan timeout, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(runs);
+        return RunAsync($"copying {runs.Count} runs on the device", timeout, () =>
         {
             foreach (var run in CheckpointEngine.Memory.StridedRun.Fold(runs))
             {
-                if (buffer == destination && run.Overlaps)
+                if (source == destination && run.Overlaps)
                 {
-                    CopyThroughScratch(run, (ulong)buffer);
+                    CopyThroughScratch(run, (ulong)source);
                 }
                 else
                 {
-                    Copy(run, (ulong)buffer, (ulong)destination);
+                    Copy(run, (ulong)source, (ulong)destination);
                 }
             }
             return Nccl.Success;
-        }, ct).ConfigureAwait(false);
+        }, ct);
     }
 
     /// <summary>Scratch for cutting parts in place: copies that overlap go through it this many bytes at a time.</summary>

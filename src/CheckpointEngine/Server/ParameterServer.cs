@@ -35,7 +35,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
     internal int PartPlans { get; private set; }
     private BucketSizing? _sizing;
 
-    /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>
+    /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: the rank's configured transport (<see cref="P2PTransports.Create(RankConfig, System.Net.IPAddress)"/>).</param>
     /// <param name="group">The communicator that broadcasts device memory (NCCL for a GPU); default: the world's built-in group.</param>
     public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null, IP2PStore? p2p = null, ICommunicator? group = null)
     {
@@ -45,7 +45,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         Registry = registry ?? new CheckpointRegistry();
         _gate = new OperationGate(world.Rank);
         _worker = new WorkerLink(device.Id, world.Config.SocketDirectory);
-        _p2p = p2p ?? new TcpP2PStore(world.AdvertiseAddress, world.Config.Token);
+        _p2p = p2p ?? P2PTransports.Create(world.Config, world.AdvertiseAddress);
         NetDevice = world.Config.NetDevice ?? world.HostId;
     }
 

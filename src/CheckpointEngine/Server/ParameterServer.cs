@@ -63,6 +63,18 @@ public sealed partial class ParameterServer : IAsyncDisposable
     /// <summary>The network device P2P reads of this rank go through (<c>CKPT_ENGINE_NET_DEVICE</c>; default: one per host).</summary>
     public string NetDevice { get; }
 
+    /// <summary>How this rank's P2P store serves and reads ("tcp" or "ucx"; a ucx store serves TCP readers too).</summary>
+    public string P2PTransport => _p2p.Transport;
+
+    /// <summary>The store a P2P update reads through: this rank's, or its TCP side when an update asks for tcp.</summary>
+    private IP2PStore ReaderFor(P2PTransport? transport) => transport switch
+    {
+        null or Runtime.P2P.P2PTransport.Auto => _p2p,
+        Runtime.P2P.P2PTransport.Tcp => _p2p is UcxP2PStore ucx ? ucx.Tcp : _p2p,
+        _ => _p2p as UcxP2PStore ?? throw new UpdateFailedException(
+            $"rank {Rank} cannot read over ucx: its P2P store runs {_p2p.Transport} (start it with --p2p-transport ucx or {P2PTransports.Variable}=ucx)"),
+    };
+
     /// <summary>Where other instances read this rank's registered buffers (P2P).</summary>
     public string P2PAddress => _p2p.Address;
 

@@ -16,6 +16,9 @@ public sealed record UpdateReport(
     /// <summary>Distinct declarations of what the members' workers keep (workers that declared nothing count as one).</summary>
     public int WorkerClasses { get; init; }
 
+    /// <summary>How a P2P update read ("tcp" or "ucx"); null for a broadcast.</summary>
+    public string? P2PTransport { get; init; }
+
     public TimeSpan HostToDevice => Sum(b => b.HostToDevice);
 
     public TimeSpan Broadcast => Sum(b => b.Broadcast);

@@ -46,6 +46,7 @@ internal sealed partial class UcxWorker
             if (_failure is null)
             {
                 Fail(_abort is { } why ? new P2PException(why)
+                    : worker._stopping ? new P2PException($"P2P read from {owner} stopped: this P2P store is closing")
                     : ct.IsCancellationRequested ? new OperationCanceledException(ct)
                     : DateTime.UtcNow > deadline ? new P2PException($"P2P owner {owner} did not send its data within the deadline")
                     : null);

@@ -61,7 +61,7 @@ internal static class P2PScenario
         {
             var report = await ps.UpdateAsync("ckpt", UpdateMode.P2P(Enumerable.Range(0, world.Size)), trigger,
                 options: new UpdateOptions { Timeout = timeout });
-            Console.WriteLine($"update 1 ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count}");
+            Console.WriteLine($"update 1 ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} over {report.P2PTransport}");
         }
         catch (UpdateFailedException e)
         {

@@ -12,8 +12,9 @@ internal sealed record Baseline(string Key, string Label, long Bytes, double Sec
 
     /// <summary>
     /// What a method (and case) is compared with: a broadcast on one host, a registration and the shared-memory
-    /// collective are copying (memcpy); a P2P update and the collective's TCP chain are TCP.
+    /// collective are copying (memcpy), and so is a UCX P2P update (one-sided reads: one copy by the kernel or the NIC);
+    /// a TCP P2P update and the collective's TCP chain are TCP.
     /// </summary>
     public static string For(string method, string? @case = null) =>
-        method == "p2p" || (method == BenchSettings.Collective && @case == CollectiveBench.TcpChain) ? Tcp : Memcpy;
+        method is "p2p" or BenchSettings.P2PTcp || (method == BenchSettings.Collective && @case == CollectiveBench.TcpChain) ? Tcp : Memcpy;
 }

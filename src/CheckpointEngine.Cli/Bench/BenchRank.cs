@@ -35,9 +35,9 @@ internal static class BenchRank
         for (var k = 0; k < updates; k++)
         {
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Every update starts with every rank ready.
-            var r = await ps.UpdateAsync(CheckpointName, method == "p2p" ? UpdateMode.P2P(Enumerable.Range(0, world.Size)) : UpdateMode.Broadcast, trigger, options, ct).ConfigureAwait(false);
+            var r = await ps.UpdateAsync(CheckpointName, BenchSettings.IsP2P(method, out _) ? UpdateMode.P2P(Enumerable.Range(0, world.Size)) : UpdateMode.Broadcast, trigger, options, ct).ConfigureAwait(false);
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}"));
+                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}{(r.P2PTransport is { } t ? $" transport={t}" : "")}"));
             stdout.Flush();
             if (tracePath is not null && k == updates - 1)
             {

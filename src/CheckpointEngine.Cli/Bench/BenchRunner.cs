@@ -141,13 +141,20 @@ internal static class BenchRunner
         {
             var timeout = RankLaunch.Timeout(bytes, Ranks);
             var updates = repeat + 1;
+            var environment = new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]);
+            if (BucketSize is { } b)
+            {
+                environment[RankConfig.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture);
+            }
+            if (BenchSettings.IsP2P(Method, out var transport) && transport is not null)
+            {
+                environment[RankConfig.P2PTransportVariable] = transport;
+            }
             var options = new LaunchOptions
             {
                 NProc = Ranks,
                 Command = Launcher.SelfCommand(RankArguments(updates, timeout)),
-                Environment = BucketSize is { } b
-                    ? new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]) { [RankConfig.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture) }
-                    : new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]),
+                Environment = environment,
                 RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = Ids[r] },
             };
             progress.WriteLine($"bench: {Name}: {Ranks} rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");

@@ -27,7 +27,42 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     /// <c>tp-full</c> and <c>tp-sharded</c> are broadcast updates of a worker whose shards keep their tensor-parallel slices (<c>worker --shard-by-tp</c>):
     /// it receives every byte and cuts its slices out, or it declares them and receives only those (shard-aware; from the second update, once it has seen the layout).
     /// </remarks>
-    public static readonly string[] UpdateMethods = ["broadcast", "p2p", Verify, TpFull, TpSharded];
+    /// <c>p2p-tcp</c> and <c>p2p-ucx</c> are P2P updates over one transport (what <c>--p2p-transport tcp,ucx</c> turns <c>p2p</c> into).
+    public static readonly string[] UpdateMethods = ["broadcast", "p2p", P2PTcp, P2PUcx, Verify, TpFull, TpSharded];
+
+    public const string P2PTcp = "p2p-tcp";
+
+    public const string P2PUcx = "p2p-ucx";
+
+    /// <summary>Whether a method is a P2P update, and over which transport ("tcp", "ucx"; null: the ranks' default).</summary>
+    public static bool IsP2P(string method, out string? transport)
+    {
+        transport = method switch { P2PTcp => "tcp", P2PUcx => "ucx", _ => null };
+        return method == "p2p" || transport is not null;
+    }
+
+    /// <summary>The methods with "p2p" replaced by one P2P method per transport of <paramref name="transports"/> (comma-separated tcp, ucx, auto).</summary>
+    public static bool TryExpandTransports(IReadOnlyList<string> methods, string? transports, out IReadOnlyList<string> expanded, out string error)
+    {
+        expanded = methods;
+        error = "";
+        if (transports is null)
+        {
+            return true;
+        }
+        var list = new List<string>();
+        foreach (var item in Items(transports))
+        {
+            if (item is not ("tcp" or "ucx" or "auto"))
+            {
+                error = $"--p2p-transport: '{item}' is not a P2P transport (tcp, ucx or auto)";
+                return false;
+            }
+            list.Add(item == "auto" ? "p2p" : $"p2p-{item}");
+        }
+        expanded = [.. methods.SelectMany(m => m == "p2p" ? list : [m]).Distinct(StringComparer.Ordinal)];
+        return true;
+    }
 
     public const string Verify = "verify";
 

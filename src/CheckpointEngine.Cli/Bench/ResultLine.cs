@@ -10,6 +10,9 @@ namespace CheckpointEngine.Cli.Bench;
 /// <param name="Efficiency">Pipeline efficiency (wall ÷ busiest stage); 0 when absent.</param>
 internal sealed record ResultLine(int Rank, string Method, long Bytes, double Seconds, int Buckets, double Stage, double Broadcast, double Reload, int Update = 0, double Efficiency = 0)
 {
+    /// <summary>How a P2P update read (<c>transport=tcp|ucx</c>); null when absent.</summary>
+    public string? Transport { get; init; }
+
     private const string Marker = "result method=";
 
     /// <summary>Parses a line as the launcher forwards it (<c>[rank R] result ...</c>) or bare (rank -1); false for any other line.</summary>
@@ -44,7 +47,7 @@ internal sealed record ResultLine(int Rank, string Method, long Bytes, double Se
         }
         int I(string key) => fields.TryGetValue(key, out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
         result = new ResultLine(rank, method, bytes, D("seconds"), I("buckets"), D("stage"), D("broadcast"), D("reload"), I("update"),
-            double.IsNaN(D("efficiency")) ? 0 : D("efficiency"));
+            double.IsNaN(D("efficiency")) ? 0 : D("efficiency")) { Transport = fields.GetValueOrDefault("transport") };
         return true;
     }
 

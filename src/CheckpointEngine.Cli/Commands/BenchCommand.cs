@@ -50,10 +50,14 @@ internal static class BenchCommand
         });
         var device = DeviceOption.Create();
         var model = ModelOption.Create();
+        var transports = new Option<string?>("--p2p-transport")
+        {
+            Description = "measure p2p over each of these transports, comma-separated: tcp, ucx, auto (rows p2p-tcp, p2p-ucx; default: the ranks' own choice)",
+        };
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > BenchSettings.MaxRepeat) r.AddError($"--repeat must be in [1, {BenchSettings.MaxRepeat}]"); });
         var command = new Command("bench", "Benchmark updates, registration and collectives on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
         {
-            ranks, size, method, bucket, repeat, json, output, trace, device, model, Rank(stdout), CollectiveRank(stdout), ShmReader(stdout), CudaCopy(stdout),
+            ranks, size, method, bucket, repeat, json, output, trace, device, model, transports, Rank(stdout), CollectiveRank(stdout), ShmReader(stdout), CudaCopy(stdout),
         };
         command.Validators.Add(r =>
         {
@@ -62,12 +66,17 @@ internal static class BenchCommand
             {
                 r.AddError(error);
             }
+            if (!BenchSettings.TryExpandTransports([], r.GetValue(transports), out _, out var bad))
+            {
+                r.AddError(bad);
+            }
         });
         command.SetAction(async (result, ct) =>
         {
             _ = BenchSettings.TryParseRanks(result.GetValue(ranks)!, out var r, out _);
             _ = BenchSettings.TryParseSizes(result.GetValue(size)!, out var s, out _);
-            _ = BenchSettings.TryParseMethods(result.GetValue(method)!, out var m, out _);
+            _ = BenchSettings.TryParseMethods(result.GetValue(method)!, out var listed, out _);
+            _ = BenchSettings.TryExpandTransports(listed, result.GetValue(transports), out var m, out _);
             long? b = result.GetValue(bucket) is { } text && ByteSize.TryParse(text, out var n) ? n : null;
             var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), DeviceOption.Choose(result.GetValue(device)), result.GetValue(model)), stderr, ct).ConfigureAwait(false);
             if (result.GetValue(json))

@@ -34,6 +34,7 @@ internal static class DemoCommand
         var trace = new Option<string?>("--trace") { Description = "write the update's per-bucket stage times as Chrome/Perfetto trace JSON (with --method all: FILE.broadcast.json and FILE.p2p.json)" };
         trace.Validators.Add(UpdateCommand.ValidateTracePath);
         var device = DeviceOption.Create();
+        var transport = P2PTransportOption.Create();
         var model = ModelOption.Create();
         var verify = new Option<bool>("--verify") { Description = "the ranks send each tensor's CRC-32 and the worker checks what it received (see update --verify)" };
         var shardByTp = new Option<bool>("--shard-by-tp")
@@ -50,18 +51,18 @@ internal static class DemoCommand
         });
         var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
         {
-            ranks, size, method, json, trace, device, model, verify, shardByTp,
+            ranks, size, method, json, trace, device, model, verify, shardByTp, transport,
         };
         command.SetAction(async (result, ct) =>
         {
             _ = ByteSize.TryParse(result.GetValue(size)!, out var bytes);
             var tracePath = result.GetValue(trace) is { } t ? Path.GetFullPath(t) : null;
-            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), result.GetValue(verify), result.GetValue(shardByTp), stdout, stderr, ct).ConfigureAwait(false);
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), result.GetValue(verify), result.GetValue(shardByTp), result.GetValue(transport), stdout, stderr, ct).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, bool verify, bool shardByTp, TextWriter stdout,
+    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, bool verify, bool shardByTp, string? transport, TextWriter stdout,
         TextWriter stderr, CancellationToken ct)
     {
         var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
@@ -86,7 +87,7 @@ internal static class DemoCommand
                 NProc = ranks,
                 Command = Launcher.SelfCommand(["update", "--checkpoint-path", dir, "--endpoint", worker.Address.ToString(),
                     "--inference-parallel-size", ranks.ToString(CultureInfo.InvariantCulture), "--update-method", method, "--timeout", "120", "--repeat", "2",
-                    .. trace is null ? [] : new[] { "--trace", trace }, .. verify ? VerifyFlag : []]),
+                    .. trace is null ? [] : new[] { "--trace", trace }, .. verify ? VerifyFlag : [], .. transport is null ? [] : new[] { "--p2p-transport", transport }]),
                 Environment = new Dictionary<string, string?>([DeviceOption.RankVariable(kind)]),
                 RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = ids[r] },
             };
@@ -100,14 +101,14 @@ internal static class DemoCommand
                 {
                     stdout.WriteLine(JsonSerializer.Serialize(new
                     {
-                        method = m, ranks, bytes = r.Bytes, seconds = Math.Round(r.Seconds, 6), gbps = Math.Round(gbps, 3),
+                        method = m, transport = r.Transport, ranks, bytes = r.Bytes, seconds = Math.Round(r.Seconds, 6), gbps = Math.Round(gbps, 3),
                         efficiency = Math.Round(r.Efficiency, 3), first_seconds = Math.Round(first, 6), verified,
                         stage_seconds = Math.Round(r.Stage, 6), broadcast_seconds = Math.Round(r.Broadcast, 6), reload_seconds = Math.Round(r.Reload, 6),
                     }));
                 }
                 else
                 {
-                    stdout.WriteLine($"{m,-9}: {ByteSize.Format(r.Bytes)} to each of {ranks} workers in {r.Seconds:F3} s ({gbps:F2} GB/s per worker; the first, cold update took {first:F3} s); " +
+                    stdout.WriteLine($"{(r.Transport is { } t ? $"{m} ({t})" : m),-9}: {ByteSize.Format(r.Bytes)} to each of {ranks} workers in {r.Seconds:F3} s ({gbps:F2} GB/s per worker; the first, cold update took {first:F3} s); " +
                         $"stage sums: stage {r.Stage:F3} s, broadcast {r.Broadcast:F3} s, reload {r.Reload:F3} s; pipeline efficiency {r.Efficiency:F2}");
                 }
             }

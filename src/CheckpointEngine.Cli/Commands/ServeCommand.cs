@@ -47,6 +47,7 @@ internal static class ServeCommand
         });
         var device = DeviceOption.Create();
         var allowNoToken = AllowNoTokenOption.Create();
+        var transport = P2PTransportOption.Create();
         listen.Validators.Add(r =>
         {
             if (!WorkerCommand.TryParseListen(r.GetValueOrDefault<string?>(), out _, out _, out var why))
@@ -57,7 +58,7 @@ internal static class ServeCommand
         uds.Validators.Add(r => { if (string.IsNullOrWhiteSpace(r.GetValueOrDefault<string?>())) r.AddError("--uds: the socket path is empty"); });
         var command = new Command("serve", "Run one parameter-server rank (torchrun env: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) with the HTTP API.")
         {
-            uds, listen, allowRemote, allowDir, allowEngineHost, allowEngineSocket, budget, device, allowNoToken,
+            uds, listen, allowRemote, allowDir, allowEngineHost, allowEngineSocket, budget, device, allowNoToken, transport,
         };
         command.Validators.Add(r =>
         {
@@ -73,7 +74,7 @@ internal static class ServeCommand
         });
         command.SetAction(async (result, ct) =>
         {
-            var config = AllowNoTokenOption.Config(result.GetValue(allowNoToken));
+            var config = P2PTransportOption.Apply(AllowNoTokenOption.Config(result.GetValue(allowNoToken)), result.GetValue(transport));
             // "{rank}" in the path gives each rank of a launch its own socket.
             var socket = result.GetValue(uds)?.Replace("{rank}", config.Rank.ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal);
             // A flag replaces its variable.

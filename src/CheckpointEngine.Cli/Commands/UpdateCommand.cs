@@ -45,6 +45,7 @@ internal static class UpdateCommand
         var verify = new Option<bool>("--verify") { Description = "send each tensor's registration-time CRC-32; the workers check what they received and fail the update on a mismatch" };
         var device = DeviceOption.Create();
         var allowNoToken = AllowNoTokenOption.Create();
+        var transport = P2PTransportOption.Create();
         var trace = new Option<string?>("--trace") { Description = "rank 0 writes every rank's per-bucket stage times here as Chrome/Perfetto trace JSON (with --update-method all: FILE.broadcast.json and FILE.p2p.json)" };
         groupSize.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--inference-parallel-size must be at least 1"); });
         sleep.Validators.Add(r => { if (r.GetValueOrDefault<double>() < 0) r.AddError("--sleep-time must not be negative"); });
@@ -52,7 +53,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, engine, sleep, timeout, repeat, trace, device, quantize, verify, allowNoToken,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, engine, sleep, timeout, repeat, trace, device, quantize, verify, allowNoToken, transport,
         };
         command.Validators.Add(r =>
         {
@@ -74,7 +75,7 @@ internal static class UpdateCommand
         {
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
-                result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine));
+                result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine), result.GetValue(transport));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -92,13 +93,13 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi api)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi api, string? transport)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
         {
             var clock = Stopwatch.StartNew();
-            await using var rank = await RankHost.StartAsync(AllowNoTokenOption.Config(allowNoToken), device, timeout, ct).ConfigureAwait(false);
+            await using var rank = await RankHost.StartAsync(P2PTransportOption.Apply(AllowNoTokenOption.Config(allowNoToken), transport), device, timeout, ct).ConfigureAwait(false);
             var (world, ps) = (rank.World, rank.Server);
             Phase($"join ({rank.Backend.Kind.ToString().ToLowerInvariant()} device {rank.Backend.Device.Id})", clock);
             if (loadMetas is not null)
@@ -214,9 +215,13 @@ internal static class UpdateCommand
             var gbps = r.BytesDelivered / Math.Max(r.Duration.TotalSeconds, 1e-9) / 1e9;
             stdout.WriteLine($"update ({method}): {ByteSize.Format(r.BytesDelivered)} in {r.Duration.TotalSeconds:F3} s ({gbps:F2} GB/s), " +
                 $"{r.Buckets.Count} buckets of up to {ByteSize.Format(r.BucketSize)} in {r.Slots} buffers; stage sums: stage {r.HostToDevice.TotalSeconds:F3} s, broadcast {r.Broadcast.TotalSeconds:F3} s, reload {r.Reload.TotalSeconds:F3} s");
+            if (r.P2PTransport is { } read)
+            {
+                stdout.WriteLine($"update ({method}): read over {read}");
+            }
             stdout.WriteLine($"update ({method}): {efficiency.Describe(method)}");
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} efficiency={efficiency.Value:F6} update={k}"));
+                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} efficiency={efficiency.Value:F6} update={k}{(r.P2PTransport is { } t ? $" transport={t}" : "")}"));
         }
 
         /// <summary>Polls the engine's /health (SGLang: /ping) until it answers 200 (the original's examples do the same).</summary>

@@ -312,7 +312,7 @@ public sealed partial class ApiServer
         UpdateReport report;
         try
         {
-            report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify }, _stopping.Token).ConfigureAwait(false);
+            report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify, P2PTransport = request.P2PTransport }, _stopping.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException or OperationCanceledException)
         {
@@ -334,6 +334,10 @@ public sealed partial class ApiServer
         w.WriteString("checkpoint", report.Checkpoint);
         w.WriteNumber("rank", report.Rank);
         w.WriteString("mode", mode);
+        if (report.P2PTransport is { } transport)
+        {
+            w.WriteString("p2p_transport", transport);
+        }
         w.WriteBoolean("took_part", tookPart);
         w.WriteNumber("bytes", report.BytesDelivered);
         w.WriteNumber("seconds", S(report.Duration));
@@ -361,6 +365,7 @@ public sealed partial class ApiServer
             w.WriteString("device_id", ps.Device.Id);
             w.WriteString("worker_address", ps.WorkerAddress);
             w.WriteString("p2p_address", ps.P2PAddress);
+            w.WriteString("p2p_transport", ps.P2PTransport);
             w.WriteString("net_device", ps.NetDevice);
             w.WriteString("world_broken", ps.World.BrokenReason);
             w.WriteNumber("checkpoints", ps.Registry.Checkpoints.Count);

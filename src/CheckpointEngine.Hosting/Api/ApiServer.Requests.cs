@@ -3,6 +3,7 @@ using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Interop;
 using CheckpointEngine.Quantization;
 using CheckpointEngine.Runtime;
+using CheckpointEngine.Runtime.P2P;
 using Microsoft.Win32.SafeHandles;
 using Microsoft.AspNetCore.Http;
 
@@ -12,13 +13,17 @@ namespace CheckpointEngine.Hosting.Api;
 public sealed partial class ApiServer
 {
     private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...], \"quantize\": null}";
-    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false}";
+    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null}";
     private const string GatherExample = "{\"timeout\": 300} (or no body)";
     private const double DefaultTimeoutSeconds = 300;
     private const double MaxTimeoutSeconds = 7 * 24 * 3600;
 
     /// <param name="EngineUid">The user the engine behind <paramref name="Uds"/> must run as (SO_PEERCRED); null: not checked (allow-listed, or no socket).</param>
-    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds, uint? EngineUid, bool Verify);
+    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds, uint? EngineUid, bool Verify)
+    {
+        /// <summary>How a P2P update reads ("p2p_transport"); null: the rank's store as started.</summary>
+        public P2PTransport? P2PTransport { get; init; }
+    }
 
     /// <summary>The body as JSON; null when it is empty and <paramref name="required"/> is false.</summary>
     private static async Task<JsonElement?> ReadJsonAsync(HttpContext http, bool required, string example)
@@ -149,7 +154,14 @@ public sealed partial class ApiServer
 
     private UpdateRequest ParseUpdate(JsonElement root)
     {
-        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify");
+        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify", "p2p_transport");
+        P2PTransport? transport = null;
+        if (root.TryGetProperty("p2p_transport", out var pt) && pt.ValueKind != JsonValueKind.Null)
+        {
+            transport = pt.ValueKind == JsonValueKind.String && pt.GetString() is "tcp" or "ucx" or "auto"
+                ? P2PTransports.Parse(pt.GetString(), "p2p_transport")
+                : throw Bad($"\"p2p_transport\" must be \"tcp\", \"ucx\", \"auto\" or null, not {pt.GetRawText()}");
+        }
         var verify = false;
         if (root.TryGetProperty("verify", out var v) && v.ValueKind != JsonValueKind.Null)
         {
@@ -189,7 +201,7 @@ public sealed partial class ApiServer
             throw Bad($"\"update_url\": {host} is not a loopback address, and the update would send this rank's worker sockets there; " +
                 $"to allow it, start serve with --allow-engine-host {host} (or {RankConfig.AllowEngineHostsVariable})");
         }
-        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify);
+        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify) { P2PTransport = transport };
     }
 
     /// <summary>A list of distinct ranks of this world; absent or null is empty.</summary>

@@ -15,8 +15,9 @@ internal static class NativeLibraries
     public static IReadOnlyList<string> Candidates(string variable, IEnumerable<string> candidates) =>
         Environment.GetEnvironmentVariable(variable) is { Length: > 0 } path ? [path] : [.. candidates];
 
+    /// <param name="fix">What the user can do besides setting <paramref name="variable"/>; default: choose the host backend.</param>
     /// <exception cref="BackendUnavailableException">None loaded; the message lists each path and why.</exception>
-    public static nint Load(string what, string variable, IReadOnlyList<string> candidates)
+    public static nint Load(string what, string variable, IReadOnlyList<string> candidates, string fix = "choose the host backend (--device host)")
     {
         var tried = new List<string>();
         foreach (var path in candidates)
@@ -28,7 +29,7 @@ internal static class NativeLibraries
             tried.Add($"{path} ({Libc.LoadError(path)})");
         }
         throw new BackendUnavailableException(
-            $"{what} is not available on this machine: tried {string.Join("; ", tried)}. Set {variable} to its path, or choose the host backend (--device host)");
+            $"{what} is not available on this machine: tried {string.Join("; ", tried)}. Set {variable} to its path, or {fix}");
     }
 
     /// <summary>The address of <paramref name="name"/> in <paramref name="library"/>, or of the first of several versioned names.</summary>

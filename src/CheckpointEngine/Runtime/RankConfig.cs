@@ -30,6 +30,7 @@ public sealed record RankConfig
     public const string AllowDirsVariable = "CKPT_ENGINE_ALLOW_DIRS";
     public const string AllowEngineHostsVariable = "CKPT_ENGINE_ALLOW_ENGINE_HOSTS";
     public const string AllowEngineSocketsVariable = "CKPT_ENGINE_ALLOW_ENGINE_SOCKETS";
+    public const string P2PTransportVariable = P2P.P2PTransports.Variable;
 
     public int Rank { get; init; }
 
@@ -116,6 +117,10 @@ public sealed record RankConfig
             AllowDirs = List(AllowDirsVariable, ':'),
             AllowEngineHosts = List(AllowEngineHostsVariable, ','),
             AllowEngineSockets = List(AllowEngineSocketsVariable, ':'),
+            P2PTransport = P2P.P2PTransports.Parse(Get(P2PTransportVariable), P2PTransportVariable),
+            RdmaDevices = Get(P2P.RdmaDevices.Variable) is { } devices ? (devices, P2P.RdmaDevices.Variable)
+                : Get(P2P.RdmaDevices.NcclVariable) is { } hca ? (hca, P2P.RdmaDevices.NcclVariable) : null,
+            UcxTlsSet = Get("UCX_TLS") is not null,
         };
         config = config with { LocalRank = Int("LOCAL_RANK", rank % config.LocalWorldSize, 0, config.LocalWorldSize - 1, $" (must be below LOCAL_WORLD_SIZE={config.LocalWorldSize})") };
         return config with { DeviceId = Get(DeviceIdVariable) is { } id ? DeviceIds.Fill(id, config.LocalRank, config.Rank) : null };
@@ -168,6 +173,15 @@ public sealed record RankConfig
 
     /// <summary>Unix sockets an update's <c>uds</c> may name although another user owns them (<c>CKPT_ENGINE_ALLOW_ENGINE_SOCKETS</c>, colon-separated).</summary>
     public IReadOnlyList<string> AllowEngineSockets { get; init; } = [];
+
+    /// <summary>How this rank's P2P store reads and serves (<c>CKPT_ENGINE_P2P_TRANSPORT</c>: tcp, ucx or auto; default auto).</summary>
+    public P2P.P2PTransport P2PTransport { get; init; }
+
+    /// <summary>Which RDMA devices P2P reads may use, in NCCL_IB_HCA syntax, and the variable it came from (<c>PS_P2P_STORE_RDMA_DEVICES</c>, else <c>NCCL_IB_HCA</c>); null: all.</summary>
+    public (string Spec, string Source)? RdmaDevices { get; init; }
+
+    /// <summary>The environment chooses UCX's transports itself (<c>UCX_TLS</c>); otherwise the UCX store picks them.</summary>
+    public bool UcxTlsSet { get; init; }
 
     /// <summary>The device id of this rank on the host backend: <see cref="DeviceId"/>, else the default for its local rank.</summary>
     public string HostDeviceId => DeviceId ?? DeviceIds.Host(LocalRank);

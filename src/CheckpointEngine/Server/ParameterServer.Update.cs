@@ -90,6 +90,7 @@ public sealed partial class ParameterServer
     {
         var metas = GetMetas(name) ?? throw new UpdateFailedException(
             $"a P2P update of '{name}' needs the owners' metas: gather them on the owners and load them here (GlobalMetas.Load, then SetMetas)");
+        var store = ReaderFor(options.P2PTransport);
         var unreachable = metas.Ranks.Where(r => r.Buffers.Count > 0 && r.P2PAddress is null).Select(r => r.Rank).ToList();
         if (unreachable.Count > 0)
         {
@@ -107,7 +108,7 @@ public sealed partial class ParameterServer
             async Task Read(H2DBucket bucket, nint slot, IReadOnlyList<(long Offset, long Length)>? wanted)
             {
                 var target = staging?.Address ?? slot;
-                await _p2p.ReadAsync(metas.Ranks[bucket.Owner].P2PAddress!,
+                await store.ReadAsync(metas.Ranks[bucket.Owner].P2PAddress!,
                     bucket.Ranges.SelectMany(r => BucketPart.Cut(r, wanted).Select(c => new P2PRead(P2PName(name, r.Buffer), c.Source, c.Length, target + (nint)c.BucketOffset))).ToList(),
                     options.Timeout, ct).ConfigureAwait(false);
                 if (staging is not null)
@@ -119,7 +120,8 @@ public sealed partial class ParameterServer
                 .Select(a => new BucketStep(a.Bucket, a.Receiver, (slot, wanted) => Read(a.Bucket, slot, wanted)))
                 .ToList();
         }
-        return await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
+        var report = await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
+        return report with { P2PTransport = store.Transport };
     }
 
     /// <summary>Sizes, plans and runs an update among the members of <paramref name="group"/>.</summary>

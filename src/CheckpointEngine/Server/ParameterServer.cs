@@ -38,7 +38,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private RelayGroups? _relay;
     private BucketSizing? _sizing;
 
-    /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>
+    /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: the rank's configured transport (<see cref="P2PTransports.Create(RankConfig, System.Net.IPAddress)"/>).</param>
     /// <param name="group">The communicator that broadcasts device memory (NCCL for a GPU); default: the world's built-in group.</param>
     public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null, IP2PStore? p2p = null, ICommunicator? group = null)
     {
@@ -48,7 +48,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         Registry = registry ?? new CheckpointRegistry();
         _gate = new OperationGate(world.Rank);
         _worker = new WorkerLink(device.Id, world.Config.SocketDirectory);
-        _p2p = p2p ?? new TcpP2PStore(world.AdvertiseAddress, world.Config.Token);
+        _p2p = p2p ?? P2PTransports.Create(world.Config, world.AdvertiseAddress);
         NetDevice = world.Config.NetDevice ?? world.HostId;
     }
 
@@ -65,6 +65,18 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     /// <summary>The network device P2P reads of this rank go through (<c>CKPT_ENGINE_NET_DEVICE</c>; default: one per host).</summary>
     public string NetDevice { get; }
+
+    /// <summary>How this rank's P2P store serves and reads ("tcp" or "ucx"; a ucx store serves TCP readers too).</summary>
+    public string P2PTransport => _p2p.Transport;
+
+    /// <summary>The store a P2P update reads through: this rank's, or its TCP side when an update asks for tcp.</summary>
+    private IP2PStore ReaderFor(P2PTransport? transport) => transport switch
+    {
+        null or Runtime.P2P.P2PTransport.Auto => _p2p,
+        Runtime.P2P.P2PTransport.Tcp => _p2p is UcxP2PStore ucx ? ucx.Tcp : _p2p,
+        _ => _p2p as UcxP2PStore ?? throw new UpdateFailedException(
+            $"rank {Rank} cannot read over ucx: its P2P store runs {_p2p.Transport} (start it with --p2p-transport ucx or {P2PTransports.Variable}=ucx)"),
+    };
 
     /// <summary>Where other instances read this rank's registered buffers (P2P).</summary>
     public string P2PAddress => _p2p.Address;

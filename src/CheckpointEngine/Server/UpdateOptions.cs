@@ -19,4 +19,7 @@ public sealed record UpdateOptions
     /// received before loading them; a mismatch fails the update on every rank naming the tensor, rank and device.
     /// </summary>
     public bool Verify { get; init; }
+
+    /// <summary>How a P2P update reads: tcp (always possible), ucx (when the rank's store runs UCX); null or auto: the rank's store as it was started.</summary>
+    public Runtime.P2P.P2PTransport? P2PTransport { get; init; }
 }

@@ -22,6 +22,9 @@ public sealed record UpdateReport(
     /// <summary>Buckets whose parts went between hosts class by class (see <c>ClassRelay</c>) rather than whole through every host leader.</summary>
     public int RelayedBuckets { get; init; }
 
+    /// <summary>How a P2P update read ("tcp" or "ucx"); null for a broadcast.</summary>
+    public string? P2PTransport { get; init; }
+
     public TimeSpan HostToDevice => Sum(b => b.HostToDevice);
 
     public TimeSpan Broadcast => Sum(b => b.Broadcast);

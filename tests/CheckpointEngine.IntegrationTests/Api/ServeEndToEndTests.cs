@@ -109,10 +109,11 @@ public sealed class ServeEndToEndTests : IDisposable
             var gathered = await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/gather-metas")));
             Assert.All(gathered, g => Assert.Equal(tensors.Length, g.GetProperty("tensors").GetInt32()));
 
-            foreach (var (body, mode) in new[] { ($"{{\"update_url\": \"{workerUrl}\", \"timeout\": 30}}", "broadcast"), ($"{{\"ranks\": [0, 1], \"update_url\": \"{workerUrl}\", \"timeout\": 30}}", "p2p") })
+            foreach (var (body, mode) in new[] { ($"{{\"update_url\": \"{workerUrl}\", \"timeout\": 30}}", "broadcast"), ($"{{\"ranks\": [0, 1], \"update_url\": \"{workerUrl}\", \"timeout\": 30, \"p2p_transport\": \"tcp\"}}", "p2p") })
             {
                 var reports = await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/update", body)));
                 Assert.All(reports, r => Assert.Equal((mode, tensors.Sum(t => t.Bytes.LongLength)), (r.GetProperty("mode").GetString(), r.GetProperty("bytes").GetInt64())));
+                Assert.All(reports, r => Assert.Equal(mode == "p2p" ? "tcp" : null, r.TryGetProperty("p2p_transport", out var t) ? t.GetString() : null));
                 using var http = new HttpClient { BaseAddress = new Uri(workerUrl) };
                 var digest = await http.GetFromJsonAsync<JsonElement>("/v1/weights/digest", TestContext.Current.CancellationToken);
                 var expected = tensors.ToDictionary(t => t.Name, t => t.Sha256).OrderBy(kv => kv.Key, StringComparer.Ordinal);

@@ -1,3 +1,4 @@
+using CheckpointEngine.Tests.Support;
 using System.Diagnostics;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
@@ -72,8 +73,9 @@ public sealed class DemoAndUpdateTests : IDisposable
     }
 
     /// <summary>The original's flow: owners launch update with --save-metas-file and keep serving; new ranks launch update with --load-metas-file.</summary>
-    [Fact]
-    public async Task LaunchUpdate_OwnersThenJoiners_BothWorkersVerified()
+    [Theory]
+    [MemberData(nameof(P2PStores.Transports), MemberType = typeof(P2PStores))]
+    public async Task LaunchUpdate_OwnersThenJoiners_BothWorkersVerified(string transport)
     {
         var ckpt = Path.Combine(_dir, "ckpt");
         SampleCheckpoint.Write(ckpt, 2 << 20, shards: 2, layers: 2);
@@ -82,7 +84,7 @@ public sealed class DemoAndUpdateTests : IDisposable
         var joinersWorker = await StartWorker("join");
 
         var owners = CkptEngineScript.RunAsync(Devices("own"), null, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", ckpt, "--endpoint", ownersWorker,
-            "--inference-parallel-size", "2", "--update-method", "all", "--save-metas-file", metas, "--sleep-time", "8", "--timeout", "60");
+            "--inference-parallel-size", "2", "--update-method", "all", "--save-metas-file", metas, "--sleep-time", "8", "--timeout", "60", "--p2p-transport", transport);
         var clock = Stopwatch.StartNew();
         while (!File.Exists(metas) && clock.Elapsed < TimeSpan.FromSeconds(60) && !owners.IsCompleted)
         {
@@ -90,9 +92,10 @@ public sealed class DemoAndUpdateTests : IDisposable
         }
         Assert.True(File.Exists(metas), owners.IsCompleted ? (await owners).Err + (await owners).Out : "no metas saved");
         var joiners = await CkptEngineScript.RunAsync(Devices("join"), null, "launch", "--nproc", "2", "--", "update", "--load-metas-file", metas, "--checkpoint-name", "checkpoint",
-            "--endpoint", joinersWorker, "--inference-parallel-size", "2", "--update-method", "p2p", "--timeout", "60");
+            "--endpoint", joinersWorker, "--inference-parallel-size", "2", "--update-method", "p2p", "--timeout", "60", "--p2p-transport", transport);
         Assert.True(joiners.Code == 0, joiners.Err + joiners.Out);
         Assert.Contains("[rank 1] result method=p2p", joiners.Out);
+        Assert.Contains($"[rank 1] update (p2p): read over {transport}", joiners.Out);
         var ownerResult = await owners;
         Assert.True(ownerResult.Code == 0, ownerResult.Err + ownerResult.Out);
         Assert.Contains("[rank 0] result method=broadcast", ownerResult.Out);
@@ -102,8 +105,9 @@ public sealed class DemoAndUpdateTests : IDisposable
     }
 
     /// <summary>Without a metas file: the joiners fetch the metas the fleet's rank 0 published in its rendezvous store.</summary>
-    [Fact]
-    public async Task LaunchUpdate_JoinersFetchMetasFromTheFleetsStore()
+    [Theory]
+    [MemberData(nameof(P2PStores.Transports), MemberType = typeof(P2PStores))]
+    public async Task LaunchUpdate_JoinersFetchMetasFromTheFleetsStore(string transport)
     {
         var ckpt = Path.Combine(_dir, "ckpt");
         SampleCheckpoint.Write(ckpt, 2 << 20, shards: 2, layers: 2);
@@ -111,13 +115,14 @@ public sealed class DemoAndUpdateTests : IDisposable
         var joinersWorker = await StartWorker("join");
         var port = TestPorts.Free().ToString(System.Globalization.CultureInfo.InvariantCulture);
         var owners = CkptEngineScript.RunAsync(Devices("own"), null, "launch", "--nproc", "2", "--master-port", port, "--", "update", "--checkpoint-path", ckpt,
-            "--endpoint", ownersWorker, "--inference-parallel-size", "2", "--sleep-time", "8", "--timeout", "60");
+            "--endpoint", ownersWorker, "--inference-parallel-size", "2", "--sleep-time", "8", "--timeout", "60", "--p2p-transport", transport);
         // Started together: the joiners wait for the store and for the metas to appear in it.
         var joiners = await CkptEngineScript.RunAsync(Devices("join"), null, "launch", "--nproc", "2", "--", "update", "--metas-from", $"127.0.0.1:{port}",
-            "--endpoint", joinersWorker, "--inference-parallel-size", "2", "--timeout", "60");
+            "--endpoint", joinersWorker, "--inference-parallel-size", "2", "--timeout", "60", "--p2p-transport", transport);
         Assert.True(joiners.Code == 0, joiners.Err + joiners.Out);
         Assert.Contains($"[rank 0] fetch metas from 127.0.0.1:{port}", joiners.Out);
         Assert.Contains("[rank 1] result method=p2p", joiners.Out);
+        Assert.Contains($"transport={transport}", joiners.Out);
         var ownerResult = await owners;
         Assert.True(ownerResult.Code == 0, ownerResult.Err + ownerResult.Out);
         await AssertHolds(ckpt, joinersWorker);

@@ -1,3 +1,5 @@
+using CheckpointEngine.Runtime.P2P;
+using CheckpointEngine.Tests.Support;
 using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Security.Cryptography;
@@ -427,9 +429,10 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     private static Task<RankCluster.Result[]> RunWorld(int ranks, string[] args, Func<int, string> deviceId, Task? killWhen = null, string maxBucketGb = "0.0009765625",
-        string timeoutS = "30") =>
+        string timeoutS = "30", string transport = P2PStores.Tcp) =>
         RankCluster.RunAsync(ranks, args, r => new Dictionary<string, string>
         {
+            [P2PTransports.Variable] = transport,
             ["CKPT_ENGINE_DEVICE_ID"] = deviceId(r),
             ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = maxBucketGb,
             ["TEST_TIMEOUT_S"] = timeoutS,
@@ -438,24 +441,26 @@ public sealed class UpdateEndToEndTests : IDisposable
     private string JoinerId(int rank) => $"e2e-{_id}-j{rank}";
 
     /// <summary>Four owners register, broadcast to their workers, save metas and keep serving; two new ranks (their own world) join by P2P.</summary>
-    [Fact]
-    public async Task Join_NewRanksPullFromOwners_OwnersUndisturbed()
+    [Theory]
+    [MemberData(nameof(P2PStores.Transports), MemberType = typeof(P2PStores))]
+    public async Task Join_NewRanksPullFromOwners_OwnersUndisturbed(string transport)
     {
         var dir = WriteCheckpoint();
         var metas = Path.Combine(_dir, "metas.json");
         var ownerUrls = await StartWorkers(4, 2);
         var joinerUrls = await StartWorkers(JoinerId, 2, 2);
-        var owners = RunWorld(4, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId);
+        var owners = RunWorld(4, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId, transport: transport);
         await WaitForFile(metas, owners, "the owners saved their metas");
         var ownersBefore = await BucketsLoaded(ownerUrls);
 
-        var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId);
+        var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId, transport: transport);
         File.WriteAllText(metas + ".done", "");
         var ownerResults = await owners;
 
         foreach (var r in joiners)
         {
             Assert.True(r.ExitCode == 0 && r.Line("update 1 ").StartsWith("update 1 ok", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
+            Assert.EndsWith($" over {transport}", r.Line("update 1 "));
         }
         Assert.All(ownerResults, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
         await AssertWorkersHold(dir, joinerUrls, 2);
@@ -463,8 +468,9 @@ public sealed class UpdateEndToEndTests : IDisposable
         Assert.Equal(ownersBefore, await BucketsLoaded(ownerUrls)); // Owners' workers received nothing during the join.
     }
 
-    [Fact]
-    public async Task Join_OwnerDiesDuringTheReads_JoinersFailNamingIt()
+    [Theory]
+    [MemberData(nameof(P2PStores.Transports), MemberType = typeof(P2PStores))]
+    public async Task Join_OwnerDiesDuringTheReads_JoinersFailNamingIt(string transport)
     {
         // 64 KiB buckets over ~0.5 MiB and a worker that takes 300 ms per bucket: the join lasts seconds.
         var dir = WriteCheckpoint(tiny: 2000, bigBytes: 32 << 10);
@@ -472,11 +478,11 @@ public sealed class UpdateEndToEndTests : IDisposable
         var ownerUrls = await StartWorkers(2, 2);
         var joinerUrls = await StartWorkers(JoinerId, 2, 2, "--reload-delay-ms", "300");
         var killOwners = new TaskCompletionSource();
-        var owners = RunWorld(2, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId, killOwners.Task, SmallBuckets);
+        var owners = RunWorld(2, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId, killOwners.Task, SmallBuckets, transport: transport);
         await WaitForFile(metas, owners, "the owners saved their metas");
         // The joiners' deadline lies beyond the cluster's: a joiner that waited for it would be killed and print no result.
         var started = Path.Combine(_dir, "joining");
-        var joiners = RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas, started], JoinerId, maxBucketGb: SmallBuckets, timeoutS: NeverReached);
+        var joiners = RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas, started], JoinerId, maxBucketGb: SmallBuckets, timeoutS: NeverReached, transport: transport);
         // Each joiner marks the moment its update triggers its worker; its reads then follow at the worker's pace
         // (two buckets staged ahead, 300 ms per reload), so most of them are still to come.
         await WaitForFile(started + ".0", joiners, "the joiners' updates started");

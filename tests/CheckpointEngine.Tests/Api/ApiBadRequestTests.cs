@@ -66,6 +66,7 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
         { "POST", Update, "{\"timeout\": 0}", 400, "\"timeout\" must be a positive number of seconds" },
         { "POST", Update, "{\"verify\": \"yes\"}", 400, "\"verify\" must be true or false, not \"yes\"" },
         { "POST", Update, "{\"verify\": 1}", 400, "\"verify\" must be true or false, not 1" },
+        { "POST", Update, "{\"p2p_transport\": \"rdma\"}", 400, "\"p2p_transport\" must be \"tcp\", \"ucx\", \"auto\" or null, not \"rdma\"" },
         { "GET", "/v1/checkpoints/unknown", null, 404, "checkpoint 'unknown' is not registered on rank 0" },
         { "POST", Update, "{\"timeout\": \"300\"}", 400, "\"timeout\" must be a positive number of seconds (at most 604800), not \"300\"" },
         { "POST", Update, "{\"update_url\": \"ftp://engine\"}", 400, "\"update_url\" must be the inference engine's http(s) URL" },

@@ -52,7 +52,7 @@ public sealed class BenchSettingsTests
         Assert.True(BenchSettings.TryParseMethods("p2p,broadcast", out var methods, out _));
         Assert.Equal(["p2p", "broadcast"], methods);
         Assert.False(BenchSettings.TryParseMethods("broadcast,nccl", out _, out var message));
-        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p, verify, tp-full, tp-sharded, registration, collective, quantize", message);
+        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p, p2p-tcp, p2p-ucx, verify, tp-full, tp-sharded, registration, collective, quantize", message);
     }
 
     [Fact]
@@ -110,13 +110,26 @@ public sealed class BenchSettingsTests
         }
     }
 
+    [Fact]
+    public void P2PTransports_TurnP2PIntoOneMethodPerTransport()
+    {
+        Assert.True(BenchSettings.TryExpandTransports(["broadcast", "p2p"], "tcp,ucx", out var methods, out _));
+        Assert.Equal(["broadcast", BenchSettings.P2PTcp, BenchSettings.P2PUcx], methods);
+        Assert.True(BenchSettings.IsP2P(BenchSettings.P2PUcx, out var transport) && transport == "ucx");
+        Assert.True(BenchSettings.IsP2P("p2p", out transport) && transport is null);
+        Assert.False(BenchSettings.IsP2P("broadcast", out _));
+        Assert.Equal(Baseline.Tcp, Baseline.For(BenchSettings.P2PTcp));
+        Assert.Equal(Baseline.Memcpy, Baseline.For(BenchSettings.P2PUcx));
+    }
+
     [Theory]
     [InlineData("--ranks 1,0", "--ranks: '0' is not a rank count in [1, 64]")]
     [InlineData("--size 256MiB,10KB", "--size: '10KB' is not a size of at least 1MiB")]
-    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p, verify, tp-full, tp-sharded, registration, collective, quantize")]
+    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p, p2p-tcp, p2p-ucx, verify, tp-full, tp-sharded, registration, collective, quantize")]
     [InlineData("--ranks 1 --method collective", "--method collective broadcasts from rank 0 to the others: give --ranks with a count of at least 2 (got --ranks 1)")]
     [InlineData("--bucket-size 0", "--bucket-size: '0' is not a size of at least 1MiB")]
     [InlineData("--repeat 0", "--repeat must be in [1, 100]")]
+    [InlineData("--p2p-transport tcp,rdma", "--p2p-transport: 'rdma' is not a P2P transport (tcp, ucx or auto)")]
     [InlineData("--out /nonexistent-ckpt-dir/bench.md", "--out /nonexistent-ckpt-dir/bench.md: directory /nonexistent-ckpt-dir does not exist")]
     public void Cli_BadFlag_IsUsageError(string flags, string error)
     {

@@ -7,6 +7,7 @@ using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
 
 namespace CheckpointEngine.Tests.Runtime;
 
+/// <summary>The TCP store's own cases (stalled readers); what every transport does is in <see cref="P2PStoreTests"/>.</summary>
 public sealed class TcpP2PStoreTests : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(10);
@@ -32,52 +33,6 @@ public sealed class TcpP2PStoreTests : IDisposable
         _source.Dispose();
         _target.Dispose();
     }
-
-    [Fact]
-    public async Task Read_BatchedRanges_LandBitExact()
-    {
-        P2PRead[] reads = [new("ckpt/0", 0, 1000, _target.Address), new("ckpt/0", 2 << 20, 1 << 20, _target.Address + 4096), new("ckpt/0", 5, 0, _target.Address)];
-        for (var round = 0; round < 2; round++) // The second batch reuses the connection.
-        {
-            await _reader.ReadAsync(_owner.Address, reads, Deadline, TestContext.Current.CancellationToken);
-            Assert.True(_source.AsSpan(0, 1000).SequenceEqual(_target.AsSpan(0, 1000)));
-            Assert.True(_source.AsSpan(2 << 20, 1 << 20).SequenceEqual(_target.AsSpan(4096, 1 << 20)));
-        }
-    }
-
-    [Fact]
-    public async Task Read_UnknownBufferOrBadRange_IsRefusedByName_AndTheConnectionStaysUsable()
-    {
-        var e = await Assert.ThrowsAsync<P2PException>(() => _reader.ReadAsync(_owner.Address, [new("ckpt/9", 0, 1, _target.Address)], Deadline, TestContext.Current.CancellationToken));
-        Assert.Contains("no buffer 'ckpt/9'", e.Message);
-        e = await Assert.ThrowsAsync<P2PException>(() => _reader.ReadAsync(_owner.Address, [new("ckpt/0", (3 << 20) - 1, 2, _target.Address)], Deadline, TestContext.Current.CancellationToken));
-        Assert.Contains("outside buffer 'ckpt/0'", e.Message);
-        await _reader.ReadAsync(_owner.Address, [new("ckpt/0", 0, 64, _target.Address)], Deadline, TestContext.Current.CancellationToken);
-    }
-
-    [Fact]
-    public async Task Read_WrongToken_IsRefused()
-    {
-        using var stranger = new TcpP2PStore(IPAddress.Loopback, "guess");
-        var e = await Assert.ThrowsAsync<P2PException>(() => stranger.ReadAsync(_owner.Address, [new("ckpt/0", 0, 1, _target.Address)], Deadline, TestContext.Current.CancellationToken));
-        Assert.Contains("wrong token", e.Message);
-    }
-
-    [Fact]
-    public async Task Read_OwnerGone_FailsFastNamingIt()
-    {
-        var owner = _owner.Address;
-        _owner.Dispose();
-        // A read allowed 10 minutes that fails within the hang guard, refused rather than timed out, failed fast.
-        var e = await Assert.ThrowsAsync<P2PException>(() => _reader.ReadAsync(owner, [new("ckpt/0", 0, 1, _target.Address)], TimeSpan.FromMinutes(10), TestContext.Current.CancellationToken)
-            .WaitAsync(Deadline, TestContext.Current.CancellationToken));
-        Assert.Contains(owner, e.Message);
-        Assert.Equal(SocketError.ConnectionRefused, Assert.IsType<SocketException>(e.InnerException).SocketErrorCode);
-    }
-
-    [Fact]
-    public void Register_Twice_IsRefused() =>
-        Assert.Throws<InvalidOperationException>(() => _owner.Register("ckpt/0", _source.Address, 1));
 
     [Fact]
     public async Task StalledReader_IsDroppedAtTheSendDeadline_NamingIt()

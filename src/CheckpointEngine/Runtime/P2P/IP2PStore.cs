@@ -3,12 +3,15 @@ namespace CheckpointEngine.Runtime.P2P;
 /// <summary>
 /// One-sided reads of other ranks' registered host memory, for P2P updates: an owner registers its
 /// buffers under names and publishes <see cref="Address"/>; a reader fetches byte ranges into its own
-/// memory without the owner's update path doing anything. Built-in: <see cref="TcpP2PStore"/>; UCX (RDMA) later.
+/// memory without the owner's update path doing anything. Built-in: <see cref="TcpP2PStore"/>; one-sided reads over RDMA and shared memory: <see cref="UcxP2PStore"/>.
 /// </summary>
 public interface IP2PStore : IDisposable
 {
     /// <summary>Where readers reach this rank's buffers.</summary>
     string Address { get; }
+
+    /// <summary>How this store reads ("tcp" or "ucx"), for reports.</summary>
+    string Transport { get; }
 
     void Register(string name, nint address, long length);
 

@@ -14,7 +14,7 @@ namespace CheckpointEngine.Runtime.P2P;
 /// only an authenticated reader gets a thread of its own, and one that stops taking its reply for
 /// <see cref="SendDeadline"/> is dropped.
 /// </summary>
-public sealed class TcpP2PStore : IP2PStore
+public sealed partial class TcpP2PStore : IP2PStore
 {
     private const int PollMicroseconds = 100_000;
     private const int SocketBuffer = 4 << 20;
@@ -33,7 +33,14 @@ public sealed class TcpP2PStore : IP2PStore
     private volatile bool _disposed;
 
     public TcpP2PStore(IPAddress address, string? token)
+        : this(address, token, null)
     {
+    }
+
+    /// <param name="remote">What leases hand out besides the buffers' places (a UCX store's worker address and remote keys); null: this store grants no leases.</param>
+    internal TcpP2PStore(IPAddress address, string? token, IRemoteAccess? remote)
+    {
+        _remote = remote;
         Handshake = new Handshake(token, Handshake.P2P);
         _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         _listener.Bind(new IPEndPoint(address, 0));
@@ -44,6 +51,8 @@ public sealed class TcpP2PStore : IP2PStore
     }
 
     public string Address { get; }
+
+    public string Transport => "tcp";
 
     /// <summary>How readers and this store authenticate each other (its deadline, limit and log are settable for tests).</summary>
     internal Handshake Handshake { get; }
@@ -151,7 +160,14 @@ public sealed class TcpP2PStore : IP2PStore
             socket.SendBufferSize = SocketBuffer;
             while (!_disposed && Frame(stream) is { } request)
             {
-                Answer(socket, peer, request);
+                if (request.Length >= 4 && BitConverter.ToInt32(request) == LeaseRequest)
+                {
+                    GrantLease(socket, stream, peer, request);
+                }
+                else
+                {
+                    Answer(socket, peer, request);
+                }
             }
         }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut)

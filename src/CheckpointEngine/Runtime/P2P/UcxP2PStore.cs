@@ -1,0 +1,131 @@
+using System.Collections.Concurrent;
+using System.Net;
+
+namespace CheckpointEngine.Runtime.P2P;
+
+/// <summary>
+/// P2P reads over UCX: owners map their registered buffers (<c>ucp_mem_map</c>) and readers pull byte
+/// ranges with one-sided gets (<c>ucp_get_nbx</c>) straight into their destination, over RDMA on a
+/// cluster and over shared memory/CMA within a host; the owner's CPU takes no part. The worker address
+/// and remote keys are capabilities: a reader gets them only through a lease on the owner's
+/// token-authenticated <see cref="TcpP2PStore"/> connection, never from the metas. That TCP store is also
+/// this store's <see cref="Address"/>, and it still serves plain TCP reads to readers that use TCP.
+/// </summary>
+public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
+{
+    private readonly UcxWorker _worker;
+    private readonly TcpP2PStore _control;
+    private readonly ConcurrentDictionary<string, (nint Memh, byte[] RemoteKey)> _mapped = new(StringComparer.Ordinal);
+    private int _disposed;
+
+    /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (<c>NET_DEVICES</c>, <c>TLS</c>; see <see cref="P2PTransports.Create(P2PTransport, IPAddress, string?, IReadOnlyList{RdmaDevice}, bool)"/>).</param>
+    /// <param name="peerErrors">Endpoints that report a failed owner (RDMA, TCP); without, only the control connection tells (shared memory).</param>
+    /// <exception cref="Interop.BackendUnavailableException">UCX is not installed here; the message says what was tried and how to fix it.</exception>
+    public UcxP2PStore(IPAddress address, string? token, IReadOnlyDictionary<string, string>? settings = null, bool peerErrors = false)
+    {
+        _worker = new UcxWorker(settings ?? new Dictionary<string, string>(), peerErrors);
+        try
+        {
+            _control = new TcpP2PStore(address, token, this);
+        }
+        catch
+        {
+            _worker.Dispose();
+            throw;
+        }
+    }
+
+    public string Address => _control.Address;
+
+    public string Transport => "ucx";
+
+    /// <summary>The same buffers over plain TCP: for a reader that chose the tcp transport per update.</summary>
+    public IP2PStore Tcp => _control;
+
+    /// <summary>The control store (its handshake and send deadline are settable for tests).</summary>
+    internal TcpP2PStore Control => _control;
+
+    ReadOnlySpan<byte> TcpP2PStore.IRemoteAccess.WorkerAddress => _worker.Address;
+
+    byte[]? TcpP2PStore.IRemoteAccess.RemoteKey(string buffer) => _mapped.TryGetValue(buffer, out var m) ? m.RemoteKey : null;
+
+    public void Register(string name, nint address, long length)
+    {
+        if (_mapped.ContainsKey(name))
+        {
+            throw new InvalidOperationException($"P2P buffer '{name}' is already registered");
+        }
+        var mapping = _worker.Map(address, Math.Max(length, 1));
+        _mapped[name] = mapping;
+        try
+        {
+            _control.Register(name, address, length);
+        }
+        catch
+        {
+            _mapped.TryRemove(name, out _);
+            _worker.Unmap(mapping.Memh);
+            throw;
+        }
+    }
+
+    /// <summary>Removes the buffer once no lease on it is held (or, past the send deadline, cuts the lease off), then unmaps it.</summary>
+    public void Unregister(string name)
+    {
+        _control.Unregister(name);
+        if (_mapped.TryRemove(name, out var mapping))
+        {
+            _worker.Unmap(mapping.Memh);
+        }
+    }
+
+    public Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default) =>
+        Task.Factory.StartNew(() => Read(owner, reads, timeout, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    private void Read(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        var names = reads.Select(r => r.Buffer).Distinct(StringComparer.Ordinal).ToList();
+        using var lease = _control.TakeLease(owner, names, deadline, ct);
+        var gets = new List<UcxGet>(reads.Count);
+        foreach (var r in reads)
+        {
+            var key = names.IndexOf(r.Buffer);
+            var b = lease.Buffers[key];
+            if (r.Offset < 0 || r.Length < 0 || r.Offset > b.Length - r.Length)
+            {
+                throw new P2PException($"P2P read from {owner} refused: range [{r.Offset}, +{r.Length}) is outside buffer '{r.Buffer}' ({b.Length} bytes)");
+            }
+            if (r.Length > 0)
+            {
+                gets.Add(new UcxGet(key, (ulong)(b.Address + r.Offset), r.Destination, r.Length));
+            }
+        }
+        var batch = _worker.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        // One-sided reads do not notice an owner that exits; its control connection closing does.
+        while (Task.WhenAny(batch.Completion, Task.Delay(50, CancellationToken.None)).GetAwaiter().GetResult() != batch.Completion)
+        {
+            if (lease.OwnerGone)
+            {
+                batch.Abort($"P2P owner {owner} closed the connection mid-read (did it exit?)");
+            }
+        }
+        batch.Completion.GetAwaiter().GetResult();
+        lease.End(deadline, ct);
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        _control.Dispose(); // Leases end here: no reader holds a remote key that opens memory about to go.
+        foreach (var (_, mapping) in _mapped)
+        {
+            _worker.Unmap(mapping.Memh);
+        }
+        _mapped.Clear();
+        _worker.Dispose();
+    }
+}

@@ -1,0 +1,300 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using CheckpointEngine.Interop.Ucx;
+
+namespace CheckpointEngine.Runtime.P2P;
+
+/// <summary>
+/// One UCP context and worker, driven by a thread of its own: UCX's single-threaded mode, so every UCX
+/// call (mapping, endpoints, gets, progress) runs there; other threads hand it work and wake it with
+/// <c>ucp_worker_signal</c>. While reads are in flight it polls; idle, it sleeps on the worker's
+/// wake-up descriptor (an owner's worker must still answer when a reader connects).
+/// </summary>
+internal sealed unsafe partial class UcxWorker : IDisposable
+{
+    /// <summary>The largest single get: big reads are cut so that many are in flight (several NIC queues, overlapped with completion).</summary>
+    internal const long ChunkBytes = 8 << 20;
+
+    /// <summary>Gets in flight per batch.</summary>
+    internal const int Window = 32;
+
+    private static readonly TimeSpan CloseWait = TimeSpan.FromSeconds(10);
+
+    private readonly Ucx _ucx;
+    private readonly ConcurrentQueue<Action> _commands = new();
+    private readonly List<Batch> _batches = [];
+    private readonly Dictionary<string, (byte[] Address, nint Ep)> _endpoints = new(StringComparer.Ordinal);
+    private readonly List<nint> _closing = [];
+    private readonly Thread _thread;
+    private readonly Lock _wakeLock = new();
+    private nint _context;
+    private nint _worker;
+    private readonly bool _peerErrors;
+    private int _efd;
+    private volatile bool _stopping;
+    private int _disposed;
+
+    /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (e.g. <c>NET_DEVICES</c>, <c>TLS</c>).</param>
+    /// <param name="peerErrors">Ask for endpoints that report a failed peer (RDMA and TCP can; shared memory in UCX 1.13 cannot).</param>
+    /// <exception cref="Interop.BackendUnavailableException">No UCX here.</exception>
+    /// <exception cref="UcxException">UCX refused to start (e.g. a bad setting).</exception>
+    public UcxWorker(IReadOnlyDictionary<string, string> settings, bool peerErrors)
+    {
+        _peerErrors = peerErrors;
+        _ucx = Ucx.Instance;
+        var started = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _thread = new Thread(() => Run(settings, started)) { IsBackground = true, Name = "ucx-progress" };
+        _thread.Start();
+        Address = started.Task.GetAwaiter().GetResult();
+    }
+
+    /// <summary>This worker's address: a capability, handed only to authenticated readers.</summary>
+    public byte[] Address { get; }
+
+    /// <summary>Runs <paramref name="action"/> on the progress thread and waits for it.</summary>
+    public T Invoke<T>(Func<T> action)
+    {
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Post(() =>
+        {
+            try
+            {
+                done.SetResult(action());
+            }
+            catch (Exception e)
+            {
+                done.SetException(e);
+            }
+        });
+        return done.Task.GetAwaiter().GetResult();
+    }
+
+    private void Post(Action command)
+    {
+        ObjectDisposedException.ThrowIf(_stopping, this);
+        _commands.Enqueue(command);
+        Wake();
+    }
+
+    /// <summary>Maps <paramref name="length"/> bytes at <paramref name="address"/> for remote reads; returns the handle and its packed remote key.</summary>
+    public (nint Memh, byte[] RemoteKey) Map(nint address, long length) => Invoke(() =>
+    {
+        var memh = _ucx.Map(_context, address, length);
+        try
+        {
+            return (memh, _ucx.PackRkey(_context, memh));
+        }
+        catch
+        {
+            _ucx.Unmap(_context, memh);
+            throw;
+        }
+    });
+
+    public void Unmap(nint memh) => Invoke(() =>
+    {
+        _ucx.Unmap(_context, memh);
+        return 0;
+    });
+
+    /// <summary>
+    /// Starts reading every get from the worker at <paramref name="address"/> (known to readers as
+    /// <paramref name="owner"/>): chunked, <see cref="Window"/> in flight. Its task ends when every byte
+    /// landed or, on failure, when no get is in flight any more (the destination is the caller's again),
+    /// with a <see cref="P2PException"/> naming the owner.
+    /// </summary>
+    public Batch Read(string owner, byte[] address, IReadOnlyList<byte[]> remoteKeys, IReadOnlyList<UcxGet> gets, DateTime deadline, CancellationToken ct)
+    {
+        var batch = new Batch(this, owner, address, remoteKeys, gets, deadline, ct);
+        var registration = ct.Register(Wake);
+        _ = batch.Completion.ContinueWith(_ => registration.Dispose(), TaskScheduler.Default);
+        Post(() => Start(batch));
+        return batch;
+    }
+
+    /// <summary>Wakes the progress thread (any thread may call it; a no-op once the worker is gone).</summary>
+    private void Wake()
+    {
+        lock (_wakeLock)
+        {
+            if (_worker != 0)
+            {
+                _ucx.Signal(_worker);
+            }
+        }
+    }
+
+    private void Run(IReadOnlyDictionary<string, string> settings, TaskCompletionSource<byte[]> started)
+    {
+        try
+        {
+            var config = _ucx.ReadConfig(settings);
+            try
+            {
+                fixed (byte* name = "ckpt-engine-p2p\0"u8)
+                {
+                    _context = _ucx.Init(config, Ucx.FeatureRma | Ucx.FeatureWakeup, name);
+                }
+            }
+            finally
+            {
+                _ucx.ReleaseConfig(config);
+            }
+            _worker = _ucx.CreateWorker(_context);
+            _efd = _ucx.EventFd(_worker);
+            started.SetResult(_ucx.WorkerAddress(_worker));
+        }
+        catch (Exception e)
+        {
+            Teardown();
+            started.SetException(e);
+            return;
+        }
+        try
+        {
+            Loop();
+        }
+        finally
+        {
+            Teardown();
+        }
+    }
+
+    private void Loop()
+    {
+        while (true)
+        {
+            while (_commands.TryDequeue(out var command))
+            {
+                command();
+            }
+            if (_stopping && _batches.Count == 0 && _closing.Count == 0)
+            {
+                return;
+            }
+            var progressed = false;
+            for (var i = 0; i < 64 && _ucx.Progress(_worker) != 0; i++)
+            {
+                progressed = true;
+            }
+            for (var i = _batches.Count - 1; i >= 0; i--)
+            {
+                if (_batches[i].Step())
+                {
+                    _batches.RemoveAt(i);
+                }
+            }
+            PollClosing();
+            if (!progressed && _batches.Count == 0 && _closing.Count == 0 && _commands.IsEmpty && !_stopping && _ucx.Arm(_worker) && _commands.IsEmpty)
+            {
+                // Bounded sleep: a signal is never lost for long, and the loop rechecks its queue.
+                var fd = new PollFd { Fd = _efd, Events = PollIn };
+                _ = poll(&fd, 1, 100);
+            }
+        }
+    }
+
+    private void Start(Batch batch)
+    {
+        try
+        {
+            batch.Open();
+            _batches.Add(batch);
+        }
+        catch (Exception e)
+        {
+            batch.Finish(e is P2PException ? e : new P2PException($"P2P read from {batch.Owner} failed: {e.Message}", e));
+        }
+    }
+
+    /// <summary>The endpoint to <paramref name="owner"/>, made again when its worker changed (a restarted owner) or the last one failed.</summary>
+    private nint Endpoint(string owner, byte[] address)
+    {
+        if (_endpoints.TryGetValue(owner, out var known))
+        {
+            if (known.Address.AsSpan().SequenceEqual(address))
+            {
+                return known.Ep;
+            }
+            Drop(owner);
+        }
+        var ep = _ucx.Connect(_worker, address, _peerErrors);
+        _endpoints[owner] = (address, ep);
+        return ep;
+    }
+
+    /// <summary>Closes the endpoint to <paramref name="owner"/> at once: its requests in flight complete with an error.</summary>
+    private void Drop(string owner)
+    {
+        if (_endpoints.Remove(owner, out var known) && _ucx.CloseForce(known.Ep) is var r and not 0)
+        {
+            _closing.Add(r);
+        }
+    }
+
+    private void PollClosing()
+    {
+        for (var i = _closing.Count - 1; i >= 0; i--)
+        {
+            if (_ucx.Status(_closing[i]) != Ucx.InProgress)
+            {
+                _ucx.Free(_closing[i]);
+                _closing.RemoveAt(i);
+            }
+        }
+    }
+
+    private void Teardown()
+    {
+        if (_worker != 0)
+        {
+            foreach (var owner in _endpoints.Keys.ToList())
+            {
+                Drop(owner);
+            }
+            var until = DateTime.UtcNow + CloseWait;
+            while (_closing.Count > 0 && DateTime.UtcNow < until)
+            {
+                _ = _ucx.Progress(_worker);
+                PollClosing();
+            }
+            lock (_wakeLock)
+            {
+                _ucx.DestroyWorker(_worker);
+                _worker = 0;
+            }
+        }
+        if (_context != 0)
+        {
+            _ucx.Cleanup(_context);
+            _context = 0;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        _stopping = true;
+        Wake();
+        _thread.Join();
+    }
+
+    private const short PollIn = 1;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int poll(PollFd* fds, nuint count, int timeoutMs);
+}
+
+/// <summary>One get of a batch: <see cref="Length"/> bytes at <see cref="Remote"/> in the owner (opened by remote key <see cref="Key"/>) to <see cref="Local"/>.</summary>
+internal readonly record struct UcxGet(int Key, ulong Remote, nint Local, long Length);

@@ -19,6 +19,9 @@ public enum SimulatedDesign
     /// </summary>
     Ours,
 
-    /// <summary>Ours, shard-aware as built: each rank reloads only its slice of split tensors; where instances fit in a node, classes relay their parts between nodes (see UpdateSimulator).</summary>
+    /// <summary>Ours, shard-aware as built for GPUs: every GPU receives each bucket and cuts its part on the device; each reloads only its slice of split tensors.</summary>
     ShardAware,
+
+    /// <summary>What-if: shard-aware with class relays between nodes on GPUs (as the host backend does): smaller rings and network ingress, plus an NVLink step per bucket.</summary>
+    ShardAwareRelay,
 }

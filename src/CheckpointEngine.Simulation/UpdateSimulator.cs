@@ -19,30 +19,33 @@ public static class UpdateSimulator
         plan.Scenario.Method == SimulatedMethod.P2P ? costs.RdmaRead(b.Bytes) : costs.HostToDevice(b.Bytes);
 
     /// <summary>
-    /// A bucket's broadcast. Shard-aware (as built: ClassRelay): when every tensor-parallel rank of an instance shares the stager's
-    /// node (TP ≤ GPUs per node), the stager's node broadcasts the bucket over NVLink and each GPU cuts its part, then each class
-    /// relays its part to its members on the other nodes over its own group (one member per instance, all classes at once):
-    /// a GPU's network ingress is its shard and a ring's fill latency spans the instances, not every rank. Where a relay would take
-    /// more into a node than the bucket (tensors every class keeps whole), or instances span nodes, the bucket goes the plain way,
-    /// each GPU still reloading only its part.
+    /// A bucket's broadcast: every GPU receives the whole bucket, also shard-aware (as built for GPUs: NCCL broadcasts the bucket and
+    /// each GPU cuts its part on the device, then reloads only that). Class relays between nodes (ClassRelay, used on the host
+    /// backend) would halve a node's network ingress when an instance spans two nodes, but the stager's node must first spread the
+    /// whole bucket over NVLink, one bucket at a time: <see cref="RelayedBroadcast"/> prices that (design shard-aware-relay, a what-if).
     /// </summary>
-    private static Cost Broadcast(SimulationPlan plan, CostModel costs, PlannedBucket b)
+    private static Cost Broadcast(SimulationPlan plan, CostModel costs, PlannedBucket b) =>
+        plan.Scenario.Design == SimulatedDesign.ShardAwareRelay && plan.GroupNodes > 1
+            ? RelayedBroadcast(plan, costs, b)
+            : costs.Broadcast(b.Bytes, b.Bytes, plan.GroupRanks, plan.GroupNodes);
+
+    /// <summary>
+    /// The class relay on GPUs, were it used: the stager's node broadcasts the bucket over NVLink and each GPU cuts its part (and a
+    /// proxy's), then each class relays its part to one member per instance elsewhere over its own group: a GPU's network ingress is
+    /// its shard and a node's the shards of its classes, but the NVLink step and the relay follow each other per bucket.
+    /// </summary>
+    private static Cost RelayedBroadcast(SimulationPlan plan, CostModel costs, PlannedBucket b)
     {
         var scenario = plan.Scenario;
         var classesPerNode = Math.Min(scenario.Cluster.GpusPerNode, scenario.TensorParallel);
-        if (scenario.Design != SimulatedDesign.ShardAware || plan.GroupNodes == 1 || scenario.TensorParallel > scenario.Cluster.GpusPerNode
-            || b.ShardBytes * classesPerNode > b.Bytes)
-        {
-            return costs.Broadcast(b.Bytes, b.Bytes, plan.GroupRanks, plan.GroupNodes);
-        }
         var local = costs.Broadcast(b.Bytes, b.Bytes, Math.Min(plan.GroupRanks, scenario.Cluster.GpusPerNode), 1);
-        var instances = plan.GroupRanks / scenario.TensorParallel;
-        var relay = costs.Broadcast(b.ShardBytes, b.ShardBytes * classesPerNode, instances, Math.Min(instances, plan.GroupNodes));
+        var members = Math.Max(2, plan.GroupRanks / scenario.TensorParallel);
+        var relay = costs.Broadcast(b.ShardBytes, b.ShardBytes * classesPerNode, members, Math.Min(members, plan.GroupNodes));
         return new Cost(CostCategory.Link, local.Work + relay.Work, local.Latency + relay.Latency);
     }
 
     private static Cost Reload(SimulationPlan plan, CostModel costs, PlannedBucket b) =>
-        costs.Reload(plan.Scenario.Design == SimulatedDesign.ShardAware ? b.ShardBytes : b.Bytes);
+        costs.Reload(plan.Scenario.Design is SimulatedDesign.ShardAware or SimulatedDesign.ShardAwareRelay ? b.ShardBytes : b.Bytes);
 
     /// <summary>
     /// Our ParameterServer's bucket loop (PumpAsync), bucket by bucket: every stager copies its own buckets into

@@ -27,7 +27,7 @@ internal static class SimulateCommand
         var gpus = new Option<int>("--gpus") { Description = "GPUs in the cluster (one rank each)", DefaultValueFactory = _ => 16 };
         var tp = new Option<int>("--tp") { Description = "tensor-parallel size of one inference instance", DefaultValueFactory = _ => 16 };
         var method = new Option<string>("--method") { Description = "broadcast (every rank) or p2p (the first instance reads from all owners)", DefaultValueFactory = _ => "broadcast" };
-        var design = new Option<string>("--design") { Description = "original (MoonshotAI's schedule), ours (as built) or shard-aware (what-if)", DefaultValueFactory = _ => "ours" };
+        var design = new Option<string>("--design") { Description = "original (MoonshotAI's schedule), ours (as built), shard-aware (as built for GPUs) or shard-aware-relay (what-if: class relays between nodes)", DefaultValueFactory = _ => "ours" };
         var json = new Option<bool>("--json") { Description = "print one JSON document" };
         var trace = new Option<string?>("--trace") { Description = $"write the simulated timeline as a Chrome/Perfetto trace (a process per node, named by its first rank; at most {MaxTraceNodes} nodes)" };
         var reproduce = new Option<bool>("--reproduce") { Description = "fit the cost model on the original's 8/16-GPU rows, predict its 256-GPU rows, and print every row with ours and shard-aware" };

@@ -176,8 +176,10 @@ public sealed partial class ParameterServer
             var cuts = Device.HostAccessible || group is NcclCommunicator;
             var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
             // Between hosts, each class's part travels on its own where that moves fewer bytes (see ClassRelay), once some worker declared what it keeps.
-            // Every worker must have declared what it keeps (a worker that keeps everything takes the whole bucket anyway).
-            var relay = classes.All(c => c.Wants is not null) && cuts
+            // Every worker must have declared what it keeps (a worker that keeps everything takes the whole bucket anyway). Host memory
+            // only: there the members on the stager's host copy just their parts; on GPUs the stager's node would first spread the whole
+            // bucket over NVLink, one bucket at a time, which costs more than the relay saves (simulate shows the comparison).
+            var relay = classes.All(c => c.Wants is not null) && Device.HostAccessible
                 ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
                 : null;
             using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.

@@ -7,6 +7,7 @@ state_dict() tensor per device, what `ckpt-engine verify` compares).
 """
 
 import json
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,16 @@ from . import state_dict_loader
 from .segments import tensor_sha256
 from .shard_aware import ShardAware
 
-MAX_BODY = 16 << 20
+MAX_BODY = 1 << 20  # an update's body is a small map of tickets; the parameter server's API takes no more either
+READ_TIMEOUT = 30  # seconds a client may take to send its request (every read of it), so a stalled one frees its thread
+
+
+class BadRequest(Exception):
+    """A request this server refuses before running anything: the HTTP status and what was wrong."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
 
 
 class EngineWorker:
@@ -94,6 +104,8 @@ class EngineServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    timeout = READ_TIMEOUT
+
     def log_message(self, fmt, *args):
         pass
 
@@ -103,6 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -120,43 +134,79 @@ class _Handler(BaseHTTPRequestHandler):
             self.reply(404, {"error": "no such path %s" % self.path})
 
     def body(self):
-        """The request body, by Content-Length or chunked; ValueError when it is neither or too large."""
+        """The request body, by Content-Length or chunked, at most MAX_BODY bytes; BadRequest otherwise (411
+        without either, 413 past the bound, 400 for malformed chunks). A refused body is not read: the
+        connection is closed after the answer."""
+        self.close_connection = True  # until the whole body has been read
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
+            data = bytearray()
             while True:
-                size = int(self.rfile.readline(64).split(b";")[0], 16)
+                line = self.rfile.readline(66)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    raise BadRequest(400, "bad chunk size line %r at body byte %d" % (bytes(line[:32]), len(data))) from None
+                if size < 0:
+                    raise BadRequest(400, "bad chunk size line %r at body byte %d" % (bytes(line[:32]), len(data)))
                 if len(data) + size > MAX_BODY:
-                    raise ValueError("body over %d bytes" % MAX_BODY)
-                chunk = self.rfile.read(size + 2)[:size]
+                    raise BadRequest(413, "the body is over %d bytes" % MAX_BODY)
                 if size == 0:
-                    return data
+                    for _ in range(64):  # trailer lines, up to the empty one
+                        if self.rfile.readline(1026) in (b"\r\n", b"\n", b""):
+                            break
+                    else:
+                        raise BadRequest(400, "too many trailer lines after the last chunk")
+                    self.close_connection = False
+                    return bytes(data)
+                chunk = self.rfile.read(size)
+                if len(chunk) != size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                    raise BadRequest(400, "chunk at body byte %d is truncated or not followed by CRLF" % len(data))
                 data += chunk
-        length = int(self.headers.get("Content-Length") or -1)
-        if not 0 <= length <= MAX_BODY:
-            raise ValueError("needs a Content-Length up to %d bytes" % MAX_BODY)
-        return self.rfile.read(length)
+        if "Content-Length" not in self.headers:
+            raise BadRequest(411, "the body needs a Content-Length or chunked transfer encoding")
+        try:
+            length = int(self.headers["Content-Length"])
+        except ValueError:
+            raise BadRequest(400, "Content-Length %r is not a number" % self.headers["Content-Length"]) from None
+        if length < 0:
+            raise BadRequest(400, "Content-Length %d is negative" % length)
+        if length > MAX_BODY:
+            raise BadRequest(413, "the body is %d bytes, over %d" % (length, MAX_BODY))
+        data = self.rfile.read(length)
+        if len(data) != length:
+            raise BadRequest(400, "the body ended after %d of its %d bytes" % (len(data), length))
+        self.close_connection = False
+        return data
 
     def do_POST(self):
         if self.path != "/collective_rpc":
+            self.close_connection = True  # its body is not read
             self.reply(404, {"error": "no such path %s" % self.path})
             return
         try:
-            request = json.loads(self.body())
-            if request.get("method") != "update_weights_from_ipc" or not isinstance(request.get("args"), list) or len(request["args"]) != 1:
-                raise ValueError("expected {\"method\": \"update_weights_from_ipc\", \"args\": [{device_id: ticket}]}")
-        except (ValueError, AttributeError) as e:
-            self.reply(400, {"error": "bad request: %s" % e})
-            return
-        try:
+            try:
+                body = self.body()
+            except socket.timeout:
+                raise BadRequest(408, "the body did not arrive within %d s" % READ_TIMEOUT) from None
+            try:
+                request = json.loads(body)
+            except (ValueError, RecursionError) as e:
+                raise BadRequest(400, "the body is not JSON: %s" % e) from None
+            if not isinstance(request, dict) or request.get("method") != "update_weights_from_ipc" or not isinstance(request.get("args"), list) \
+                    or len(request["args"]) != 1:
+                raise BadRequest(400, "expected {\"method\": \"update_weights_from_ipc\", \"args\": [{device_id: ticket}]}")
             results = self.server.update(request["args"][0])
+        except BadRequest as e:
+            self.reply(e.status, {"error": "bad request: %s" % e})
+        except (ValueError, LookupError) as e:
+            self.reply(400, {"error": "bad request: %s" % e})
         except BlockingIOError as e:
             self.reply(409, {"error": str(e)})
-            return
         except Exception as e:  # noqa: BLE001 - the update's failure goes back to the parameter server
             sys.stderr.write("ckpt-engine-worker: update failed: %s\n" % e)
             self.reply(500, {"error": str(e)})
-            return
-        self.reply(200, {"results": results})
+        else:
+            self.reply(200, {"results": results})
 
 
 def serve(model, port=8000, host="127.0.0.1", load=None, finish=None, shard_aware=True, idle_timeout=None):

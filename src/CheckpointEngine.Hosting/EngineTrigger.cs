@@ -10,7 +10,7 @@ namespace CheckpointEngine.Hosting;
 /// inference group POSTs <c>{"method":"update_weights_from_ipc","args":[{device_id: ticket}]}</c> with
 /// its group's worker tickets ("socket#session", see <see cref="Worker.WorkerTicket"/>) to the engine's
 /// <c>/collective_rpc</c>; the reply comes when the workers are done. <see cref="EngineApi.Sglang"/>: SGLang's
-/// <c>/update_weights_from_ipc</c> instead. The body goes with a Content-Length (not chunked), which every
+/// <c>/update_weights_from_ipc</c> instead, with the checkpoint's name as the <c>weight_version</c> SGLang reports. The body goes with a Content-Length (not chunked), which every
 /// HTTP server reads, Python's <c>http.server</c> included.
 /// </summary>
 public static class EngineTrigger
@@ -53,7 +53,7 @@ public static class EngineTrigger
                 sockets[s.DeviceId] = s.Ticket.ToString();
             }
             var body = api == EngineApi.Sglang
-                ? new JsonObject { ["zmq_handles"] = sockets, ["flush_cache"] = true }
+                ? new JsonObject { ["zmq_handles"] = sockets, ["flush_cache"] = true, ["weight_version"] = context.Checkpoint }
                 : new JsonObject { ["method"] = "update_weights_from_ipc", ["args"] = new JsonArray(sockets), ["kwargs"] = new JsonObject() };
             using var content = new ByteArrayContent(System.Text.Encoding.UTF8.GetBytes(body.ToJsonString()));
             content.Headers.ContentType = new MediaTypeHeaderValue("application/json");

@@ -35,7 +35,8 @@ internal static class UpdateCommand
         var loadMetas = new Option<string?>("--load-metas-file") { Description = "join: take the owners' metas from this file and update over P2P" };
         var metasFrom = new Option<string?>("--metas-from") { Description = "join: fetch the owners' metas from the fleet's rendezvous store (its MASTER_ADDR:MASTER_PORT) and update over P2P" };
         var uds = new Option<string?>("--uds") { Description = "reach the engine's HTTP server on this Unix socket" };
-        var engine = new Option<EngineApi>("--engine") { Description = "the engine's HTTP surface: vllm (/health, /collective_rpc) or sglang (/ping, /update_weights_from_ipc)", DefaultValueFactory = _ => EngineApi.Vllm };
+        var engine = new Option<string>("--engine") { Description = "the engine's HTTP surface: vllm (/health, /collective_rpc), sglang (/ping, /update_weights_from_ipc), or auto (told apart by SGLang's route)", DefaultValueFactory = _ => "auto" };
+        engine.AcceptOnlyFromAmong("auto", "vllm", "sglang");
         var sleep = new Option<double>("--sleep-time") { Description = "seconds to keep serving (P2P reads) after the update", DefaultValueFactory = _ => 0 };
         var timeout = new Option<double>("--timeout") { Description = "deadline in seconds for each wait of the update", DefaultValueFactory = _ => 300 };
         var repeat = new Option<int>("--repeat") { Description = "updates per method (the first pays for first touches; later ones show the steady state)", DefaultValueFactory = _ => 1 };
@@ -75,7 +76,7 @@ internal static class UpdateCommand
         {
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
-                result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine), result.GetValue(transport));
+                result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine) switch { "vllm" => EngineApi.Vllm, "sglang" => EngineApi.Sglang, _ => null }, result.GetValue(transport));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -93,7 +94,7 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi api, string? transport)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
@@ -128,8 +129,8 @@ internal static class UpdateCommand
                     stdout.WriteLine($"saved metas to {saveMetas}");
                 }
             }
-            await WaitForEngineAsync(endpoint, uds, ct).ConfigureAwait(false);
-            Phase("wait for the engine", clock);
+            var api = await WaitForEngineAsync(endpoint, uds, ct).ConfigureAwait(false);
+            Phase($"wait for the engine ({(engineApi is null ? "detected " : "")}{api.ToString().ToLowerInvariant()})", clock);
             var trigger = EngineTrigger.Http(endpoint, groupSize, uds, api: api);
             var options = new UpdateOptions { Timeout = timeout, Verify = verifying };
             var methods = method == "all" ? ["broadcast", "p2p"] : new[] { method };
@@ -224,32 +225,12 @@ internal static class UpdateCommand
                 $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} efficiency={efficiency.Value:F6} update={k}{(r.P2PTransport is { } t ? $" transport={t}" : "")}"));
         }
 
-        /// <summary>Polls the engine's /health (SGLang: /ping) until it answers 200 (the original's examples do the same).</summary>
-        private async Task WaitForEngineAsync(string endpoint, string? uds, CancellationToken ct)
+        /// <summary>Polls the engine until it answers (the original's examples do the same); with --engine auto, tells vLLM from SGLang.</summary>
+        private async Task<EngineApi> WaitForEngineAsync(string endpoint, string? uds, CancellationToken ct)
         {
             using var http = uds is null ? new HttpClient() : EngineTrigger.UnixSocketClient(uds);
             http.Timeout = TimeSpan.FromSeconds(5);
-            var url = endpoint.TrimEnd('/') + EngineTrigger.ReadyPath(api);
-            var deadline = DateTime.UtcNow + timeout;
-            string last = "no answer";
-            while (DateTime.UtcNow < deadline)
-            {
-                try
-                {
-                    using var response = await http.GetAsync(url, ct).ConfigureAwait(false);
-                    if (response.IsSuccessStatusCode)
-                    {
-                        return;
-                    }
-                    last = $"HTTP {(int)response.StatusCode}";
-                }
-                catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !ct.IsCancellationRequested)
-                {
-                    last = e.Message;
-                }
-                await Task.Delay(200, ct).ConfigureAwait(false);
-            }
-            throw new UpdateFailedException($"the inference engine at {url} did not become healthy within {timeout.TotalSeconds:F0} s ({last})");
+            return await EngineProbe.WaitAsync(http, endpoint, engineApi, timeout, ct).ConfigureAwait(false);
         }
     }
 }

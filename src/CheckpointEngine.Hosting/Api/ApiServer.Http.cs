@@ -308,7 +308,7 @@ public sealed partial class ApiServer
             throw new ApiError(StatusCodes.Status404NotFound,
                 $"checkpoint '{name}' is neither registered on rank {Rank} nor are its metas known here: register its files and gather its metas first");
         }
-        var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds, request.EngineUid);
+        var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds, request.EngineUid, request.Engine);
         UpdateReport report;
         try
         {

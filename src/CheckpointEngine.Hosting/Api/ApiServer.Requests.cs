@@ -13,13 +13,15 @@ namespace CheckpointEngine.Hosting.Api;
 public sealed partial class ApiServer
 {
     private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...], \"quantize\": null}";
-    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null}";
+    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null, \"engine\": \"vllm\"}";
     private const string GatherExample = "{\"timeout\": 300} (or no body)";
     private const double DefaultTimeoutSeconds = 300;
     private const double MaxTimeoutSeconds = 7 * 24 * 3600;
 
     /// <param name="EngineUid">The user the engine behind <paramref name="Uds"/> must run as (SO_PEERCRED); null: not checked (allow-listed, or no socket).</param>
-    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds, uint? EngineUid, bool Verify)
+    /// <param name="Engine">The HTTP surface of the engine at <paramref name="UpdateUrl"/> (vLLM's unless the body names SGLang's).</param>
+    private sealed record UpdateRequest(IReadOnlyList<int> Ranks, string? UpdateUrl, IReadOnlyList<int> InferenceGroupRanks, TimeSpan Timeout, string? Uds, uint? EngineUid, bool Verify,
+        EngineApi Engine)
     {
         /// <summary>How a P2P update reads ("p2p_transport"); null: the rank's store as started.</summary>
         public P2PTransport? P2PTransport { get; init; }
@@ -201,7 +203,7 @@ public sealed partial class ApiServer
             throw Bad($"\"update_url\": {host} is not a loopback address, and the update would send this rank's worker sockets there; " +
                 $"to allow it, start serve with --allow-engine-host {host} (or {RankConfig.AllowEngineHostsVariable})");
         }
-        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify) { P2PTransport = transport };
+        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify, Engine(root)) { P2PTransport = transport };
     }
 
     /// <summary>A list of distinct ranks of this world; absent or null is empty.</summary>
@@ -234,6 +236,24 @@ public sealed partial class ApiServer
             ranks.Add(rank);
         }
         return ranks;
+    }
+
+    /// <summary>
+    /// <c>"engine": "vllm"</c> (also when absent or null, as the original's API has it) or <c>"sglang"</c>. No "auto": the
+    /// API does not wait for the engine before it posts, so there is no moment to tell them apart (the CLI's update does).
+    /// </summary>
+    private static EngineApi Engine(JsonElement root)
+    {
+        if (!root.TryGetProperty("engine", out var e) || e.ValueKind == JsonValueKind.Null)
+        {
+            return EngineApi.Vllm;
+        }
+        return (e.ValueKind == JsonValueKind.String ? e.GetString() : null) switch
+        {
+            "vllm" => EngineApi.Vllm,
+            "sglang" => EngineApi.Sglang,
+            _ => throw Bad($"\"engine\" must be \"vllm\" (/collective_rpc) or \"sglang\" (/update_weights_from_ipc), not {e.GetRawText()}"),
+        };
     }
 
     private static TimeSpan Timeout(JsonElement root)

@@ -31,10 +31,14 @@ public sealed class PythonEngine : IDisposable
         StartScriptAsync("e2e_worker.py", environment, arguments);
 
     /// <summary>Starts another script of python/tests that prints "listening on URL" when ready.</summary>
-    public static async Task<PythonEngine> StartScriptAsync(string script, IReadOnlyDictionary<string, string> environment, params string[] arguments)
+    public static Task<PythonEngine> StartScriptAsync(string script, IReadOnlyDictionary<string, string> environment, params string[] arguments) =>
+        StartFileAsync(Path.Combine(PythonTorch.PackageRoot, "tests", script), environment, arguments);
+
+    /// <summary>Starts the Python program <paramref name="file"/>, which prints "listening on URL" when ready.</summary>
+    public static async Task<PythonEngine> StartFileAsync(string file, IReadOnlyDictionary<string, string> environment, params string[] arguments)
     {
         var psi = new ProcessStartInfo(PythonTorch.Python) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in (string[])[Path.Combine(PythonTorch.PackageRoot, "tests", script), .. arguments])
+        foreach (var a in (string[])[file, .. arguments])
         {
             psi.ArgumentList.Add(a);
         }

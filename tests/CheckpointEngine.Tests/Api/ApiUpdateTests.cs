@@ -116,4 +116,33 @@ public sealed class ApiUpdateTests
         Assert.Equal(JsonValueKind.Null, (await h.GetAsync("/v1/status")).Body.GetProperty("busy").ValueKind);
         Assert.Equal(HttpStatusCode.OK, (await h.SendAsync(HttpMethod.Delete, "/v1/checkpoints/step-1")).Status);
     }
+
+    [Theory]
+    [InlineData(null, "/collective_rpc", "{\"method\":\"update_weights_from_ipc\",\"args\":[{")]
+    [InlineData("\"vllm\"", "/collective_rpc", "{\"method\":\"update_weights_from_ipc\",\"args\":[{")]
+    [InlineData("\"sglang\"", "/update_weights_from_ipc", "{\"zmq_handles\":{")]
+    public async Task Update_EngineField_PostsThatEnginesRouteAndBody(string? engineJson, string path, string bodyStart)
+    {
+        await using var h = await ApiHarness.StartAsync();
+        using var engine = new BlockingEngine("not this time");
+        var (files, _) = h.WriteModel();
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-7/files", RegisterBody.Files(files))).Status);
+
+        var engineField = engineJson is null ? "" : $", \"engine\": {engineJson}";
+        var running = h.PostAsync("/v1/checkpoints/step-7/update", $"{{\"update_url\": \"{engine.Url}\", \"timeout\": 30{engineField}}}");
+        await engine.Requested.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+        engine.Release();
+        var (status, error) = await running.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+
+        Assert.StartsWith($"POST {path} HTTP/1.1\r\n", engine.Request, StringComparison.Ordinal);
+        var body = engine.Request[(engine.Request.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..];
+        Assert.StartsWith(bodyStart, body, StringComparison.Ordinal);
+        Assert.Contains($"\"{h.Device.Id}\":\"", body, StringComparison.Ordinal); // this rank's device and its ticket
+        if (path == "/update_weights_from_ipc")
+        {
+            Assert.EndsWith("},\"flush_cache\":true,\"weight_version\":\"step-7\"}", body, StringComparison.Ordinal);
+        }
+        Assert.Equal(HttpStatusCode.InternalServerError, status);
+        Assert.Contains($"{path} answered 500: not this time", error.GetProperty("error").GetString(), StringComparison.Ordinal);
+    }
 }

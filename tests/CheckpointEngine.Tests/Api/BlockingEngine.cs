@@ -29,6 +29,9 @@ internal sealed class BlockingEngine : IDisposable
 
     public void Release() => _release.TrySetResult();
 
+    /// <summary>The request as it arrived (request line, headers, body), once <see cref="Requested"/> has completed.</summary>
+    public string Request { get; private set; } = "";
+
     private async Task ServeAsync(string answer)
     {
         using var client = await _listener.AcceptTcpClientAsync();
@@ -45,6 +48,7 @@ internal sealed class BlockingEngine : IDisposable
             }
             received.Append(Encoding.UTF8.GetString(buffer, 0, n));
         }
+        Request = received.ToString();
         _requested.TrySetResult();
         await _release.Task;
         var body = Encoding.UTF8.GetBytes(answer);

@@ -69,6 +69,8 @@ internal static class FakeGpu
         ["CKPT_ENGINE_NCCL_LIBRARY"] = Libraries.Value.Nccl,
         ["FAKE_CUDA_DEVICES"] = devices.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ["FAKE_NCCL_TIMEOUT_S"] = "60",
+        // Device ids name the workers' sockets: each test gets devices of its own, whatever else runs on this machine.
+        ["FAKE_CUDA_UUID_SALT"] = ((uint)Random.Shared.Next()).ToString(System.Globalization.CultureInfo.InvariantCulture),
     };
 
     /// <summary>The stand-ins' shared memory in /dev/shm (device allocations, NCCL's rendezvous).</summary>

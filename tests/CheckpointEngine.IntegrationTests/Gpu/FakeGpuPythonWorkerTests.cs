@@ -42,8 +42,9 @@ public sealed class FakeGpuPythonWorkerTests(PythonTorch torch) : IClassFixture<
         using var checkpoint = Checkpoint.Open(CheckpointDir);
         var expected = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)));
         var before = await engine.DigestsAsync();
-        // The stand-in's UUIDs (bytes 0x10 * device + i), read by each worker through the driver: what the ranks' devices report.
-        Assert.Equal(["GPU-00010203-0405-0607-0809-0a0b0c0d0e0f", "GPU-10111213-1415-1617-1819-1a1b1c1d1e1f"], before.Select(s => s.DeviceId));
+        // The stand-in's UUIDs (bytes 0x10 * device + i, the run's salt in the last four), read by each worker through the driver: what the ranks' devices report.
+        var salt = Convert.ToHexStringLower(BitConverter.GetBytes(uint.Parse(environment["FAKE_CUDA_UUID_SALT"], System.Globalization.CultureInfo.InvariantCulture)));
+        Assert.Equal([$"GPU-00010203-0405-0607-0809-0a0b{salt}", $"GPU-10111213-1415-1617-1819-1a1b{salt}"], before.Select(s => s.DeviceId));
         Assert.All(before, s => Assert.Contains(expected, kv => kv.Value != s.Tensors[kv.Key])); // The update has something to do.
 
         var (code, stdout, stderr) = await CkptEngineScript.RunAsync(environment, null, "launch", "--nproc", "2", "--", "update", "--device", "cuda",

@@ -64,7 +64,11 @@ CUresult cuDeviceGet(int *d, int ordinal) {
 CUresult cuDeviceGetUuid_v2(CUuuid *u, int d) {
     if (!ready()) return NOT_INITIALIZED;
     if (d < 0 || d >= devices()) return INVALID_DEVICE;
+    // FAKE_CUDA_UUID_SALT: the test run's own number in the last four bytes, so that two runs on one machine (whose sockets
+    // are named by device id) never share a device.
+    unsigned salt = (unsigned)strtoul(getenv("FAKE_CUDA_UUID_SALT") ? getenv("FAKE_CUDA_UUID_SALT") : "0", NULL, 10);
     for (int i = 0; i < 16; i++) u->bytes[i] = (unsigned char)(0x10 * d + i);
+    for (int i = 0; i < 4; i++) u->bytes[12 + i] = (unsigned char)(salt >> (8 * i));
     return OK;
 }
 CUresult cuDeviceGetUuid(CUuuid *u, int d) { return cuDeviceGetUuid_v2(u, d); }

@@ -73,8 +73,13 @@ internal static class FakeGpu
         ["FAKE_CUDA_UUID_SALT"] = ((uint)Random.Shared.Next()).ToString(System.Globalization.CultureInfo.InvariantCulture),
     };
 
-    /// <summary>The stand-ins' shared memory in /dev/shm (device allocations, NCCL's rendezvous).</summary>
-    public static string[] Leftovers() => [.. Directory.EnumerateFiles("/dev/shm", "fake*").Select(f => Path.GetFileName(f))];
+    /// <summary>
+    /// The stand-ins' shared memory in /dev/shm (device allocations, NCCL's rendezvous) whose creating process has exited: names carry
+    /// the creator's pid (fakecuda-PID-N, fakenccl-PID-...), and what live processes hold (another test run's) is none of this run's business.
+    /// </summary>
+    public static string[] Leftovers() =>
+        [.. Directory.EnumerateFiles("/dev/shm", "fake*").Select(f => Path.GetFileName(f)).Where(n =>
+            System.Text.RegularExpressions.Regex.Match(n, @"^fake(?:cuda|nccl)-(\d+)-") is not { Success: true } m || !Directory.Exists($"/proc/{m.Groups[1].Value}"))];
 
     /// <summary>A real driver frees a killed process's memory; the stand-ins' is removed here (all but <paramref name="before"/>).</summary>
     public static void RemoveLeftovers(IReadOnlySet<string> before)

@@ -39,11 +39,7 @@ public sealed partial class ApiServer
         _app.MapGet("/v1/checkpoints/{name}", (RequestDelegate)DescribeAsync);
         _app.MapPost("/v1/checkpoints/{name}/gather-metas", (RequestDelegate)GatherMetasAsync);
         _app.MapPost("/v1/checkpoints/{name}/update", (RequestDelegate)UpdateAsync);
-        _app.MapGet("/metrics", (RequestDelegate)(http =>
-        {
-            http.Response.ContentType = ApiMetrics.ContentType;
-            return http.Response.WriteAsync(_metrics.Write(ParameterServer, ParameterServer.IsUpdating), http.RequestAborted);
-        }));
+        _app.MapPrometheusScrapingEndpoint("/metrics");
     }
 
     /// <summary>Authentication, JSON errors for everything that fails, and for unknown routes and methods.</summary>
@@ -309,19 +305,10 @@ public sealed partial class ApiServer
                 $"checkpoint '{name}' is neither registered on rank {Rank} nor are its metas known here: register its files and gather its metas first");
         }
         var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds, request.EngineUid);
-        UpdateReport report;
-        try
-        {
-            report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify }, _stopping.Token).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is UpdateFailedException or CollectiveException or OperationCanceledException)
-        {
-            _metrics.RecordFailure(); // Logged with its message as the request's 500.
-            throw;
-        }
+        // Failures are recorded by the parameter server's telemetry and logged with their message as the request's 500.
+        var report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify }, _stopping.Token).ConfigureAwait(false);
         if (takesPart)
         {
-            _metrics.RecordUpdate(report);
             Log($"updated '{name}': {report.BytesDelivered} bytes in {report.Buckets.Count} bucket(s), {report.Duration.TotalSeconds:0.000} s");
         }
         await WriteJsonAsync(http, StatusCodes.Status200OK, w => WriteReport(w, report, mode.Name, takesPart)).ConfigureAwait(false);

@@ -11,13 +11,15 @@ using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Trace;
 
 namespace CheckpointEngine.Hosting.Api;
 
 /// <summary>
 /// The HTTP API of one parameter-server rank, compatible with the original checkpoint-engine's
 /// (<c>/v1/checkpoints/{name}/files|gather-metas|update</c>, <c>/v1/healthz</c>) plus listings, status
-/// and Prometheus metrics. Endpoints are in ApiServer.Http.cs, request parsing in ApiServer.Requests.cs.
+/// and the server's <see cref="UpdateTelemetry"/> exported with OpenTelemetry (Prometheus at <c>/metrics</c>; OTLP when configured). Endpoints are in ApiServer.Http.cs, request parsing in ApiServer.Requests.cs.
 /// It serves a <see cref="ParameterServer"/> it does not own: the caller disposes that after this.
 /// </summary>
 public sealed partial class ApiServer : IAsyncDisposable
@@ -31,7 +33,6 @@ public sealed partial class ApiServer : IAsyncDisposable
     private readonly Checkpoints.AllowedDirectories? _allowedDirectories;
     private readonly EngineAllowList _engines;
     private readonly CancellationTokenSource _stopping = new();
-    private readonly ApiMetrics _metrics = new();
     private bool _ownsSocketFile;
     private int _disposed;
 
@@ -90,6 +91,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         });
         builder.Services.AddRoutingCore();
         builder.Services.AddSingleton<IHostLifetime, NoSignalsLifetime>();
+        AddTelemetry(builder.Services, ps, options.OtlpEndpoint);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = StopWait);
         var app = builder.Build();
         var server = new ApiServer(app, ps, options, allowed, log);
@@ -128,6 +130,28 @@ public sealed partial class ApiServer : IAsyncDisposable
     }
 
     private void Log(string line) => KestrelApps.Log(_log, line);
+
+    /// <summary>
+    /// This server's meter only (other parameter servers in the process have their own), for the Prometheus scrape and, when
+    /// <paramref name="otlp"/> is set, OTLP with the update activities.
+    /// </summary>
+    private static void AddTelemetry(IServiceCollection services, ParameterServer ps, Uri? otlp)
+    {
+        var telemetry = services.AddOpenTelemetry().WithMetrics(m =>
+        {
+            m.AddMeter(UpdateTelemetry.Name)
+                .AddView(i => ReferenceEquals(i.Meter, ps.Telemetry.Meter) ? null : MetricStreamConfiguration.Drop)
+                .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0); // A scrape right after an update sees it.
+            if (otlp is not null)
+            {
+                m.AddOtlpExporter(o => o.Endpoint = otlp);
+            }
+        });
+        if (otlp is not null)
+        {
+            telemetry.WithTracing(t => t.AddSource(UpdateTelemetry.Name).AddOtlpExporter(o => o.Endpoint = otlp));
+        }
+    }
 
     /// <summary>
     /// Stops: cancels a running update or gather (it fails on this rank, and so on every rank), lets

@@ -29,13 +29,16 @@ internal sealed class LaunchView : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly Lock _lock = new();
     private readonly Task _renderer;
+    private readonly TimeProvider _time;
     private int _printed;
     private int _disposed;
 
     /// <param name="interactive">A console that takes the live view; false writes lines (see <see cref="IsInteractive"/>).</param>
     /// <param name="capture">Receives every line the ranks print to stdout, progress lines included (a caller that parses them).</param>
-    public LaunchView(int ranks, TextWriter stdout, TextWriter stderr, bool interactive, bool verbose, TextWriter? capture = null)
+    /// <param name="time">Paces the log lines (tests tick it by hand).</param>
+    public LaunchView(int ranks, TextWriter stdout, TextWriter stderr, bool interactive, bool verbose, TextWriter? capture = null, TimeProvider? time = null)
     {
+        _time = time ?? TimeProvider.System;
         _board = new RankBoard(ranks);
         (_stdout, _stderr, _capture, _verbose) = (stdout, stderr, capture, verbose);
         Out = new LineWriter(OnOut);
@@ -73,7 +76,7 @@ internal sealed class LaunchView : IAsyncDisposable
         await _renderer.ConfigureAwait(false);
         if (_console is null)
         {
-            PrintLine();
+            Tick();
         }
         if (_board.Results.Count > 0)
         {
@@ -87,17 +90,23 @@ internal sealed class LaunchView : IAsyncDisposable
                 lock (_lock)
                 {
                     // Wide enough that a log never wraps a row; no colours or cursor moves in a file.
-                    var plain = AnsiConsole.Create(new AnsiConsoleSettings
-                    {
-                        Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors, Interactive = InteractionSupport.No, Out = new AnsiConsoleOutput(_stdout),
-                    });
-                    plain.Profile.Width = 160;
-                    plain.Write(table);
+                    Plain(_stdout).Write(table);
                     _stdout.Flush();
                 }
             }
         }
         _stop.Dispose();
+    }
+
+    /// <summary>A console for logs and pipes: no colours, no cursor moves, and wide enough that a row never wraps.</summary>
+    internal static IAnsiConsole Plain(TextWriter writer)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors, Interactive = InteractionSupport.No, Out = new AnsiConsoleOutput(writer),
+        });
+        console.Profile.Width = 160;
+        return console;
     }
 
     /// <summary>The updates' result lines as one table: per method, update and rank, bytes, time, rate and stage sums.</summary>
@@ -163,12 +172,12 @@ internal sealed class LaunchView : IAsyncDisposable
     /// <summary>Logs: the board as one line, each second it moved.</summary>
     private async Task LogAsync()
     {
-        using var timer = new PeriodicTimer(LogInterval);
+        using var timer = new PeriodicTimer(LogInterval, _time);
         try
         {
             while (await timer.WaitForNextTickAsync(_stop.Token).ConfigureAwait(false))
             {
-                PrintLine();
+                Tick();
             }
         }
         catch (OperationCanceledException)
@@ -177,7 +186,8 @@ internal sealed class LaunchView : IAsyncDisposable
         }
     }
 
-    private void PrintLine()
+    /// <summary>Logs: writes the board as one line when it moved since the last (the timer calls it each second).</summary>
+    internal void Tick()
     {
         var version = _board.Version;
         if (version == 0 || version == Volatile.Read(ref _printed))

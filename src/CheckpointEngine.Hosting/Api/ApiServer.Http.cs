@@ -366,7 +366,17 @@ public sealed partial class ApiServer
                 w.WriteNumber("buckets_total", progress.BucketsTotal);
                 w.WriteNumber("bytes_done", progress.BytesDone);
                 w.WriteNumber("bytes_total", progress.BytesTotal);
+                w.WriteNumber("elapsed_seconds", Math.Round((DateTimeOffset.UtcNow - progress.Started).TotalSeconds, 3));
                 w.WriteEndObject();
+            }
+            if (ps.Telemetry.Last is { } last)
+            {
+                w.WritePropertyName("last_update");
+                WriteReport(w, last.Report, last.Method, tookPart: true);
+            }
+            else
+            {
+                w.WriteNull("last_update");
             }
             w.WriteEndObject();
         }).ConfigureAwait(false);

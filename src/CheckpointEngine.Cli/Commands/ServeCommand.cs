@@ -124,7 +124,7 @@ internal static class ServeCommand
             }
             await using (rank.ConfigureAwait(false))
             {
-                var api = await ApiServer.StartAsync(rank.Server, options, stdout, stop.Token).ConfigureAwait(false);
+                var api = await ApiServer.StartAsync(rank.Server, options, new LineLogger(stdout), stop.Token).ConfigureAwait(false);
                 await using (api.ConfigureAwait(false))
                 {
                     stdout.WriteLine($"serving rank {rank.World.Rank} on {api.Address}");

@@ -12,6 +12,7 @@ using CheckpointEngine.Server;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Logging;
 
 namespace CheckpointEngine.Hosting.Api;
 
@@ -65,7 +66,7 @@ public sealed partial class ApiServer
             var (status, message) = Classify(e);
             if (status >= StatusCodes.Status500InternalServerError)
             {
-                Log($"{http.Request.Method} {http.Request.Path}: {status} {message}");
+                _log.LogError("{Method} {Path}: {Status} {Error}", http.Request.Method, http.Request.Path, status, message);
             }
             await ErrorAsync(http, status, message).ConfigureAwait(false);
         }
@@ -94,7 +95,7 @@ public sealed partial class ApiServer
             case OperationCanceledException when _stopping.IsCancellationRequested:
                 return (StatusCodes.Status503ServiceUnavailable, $"rank {Rank} is stopping");
             default:
-                Log($"internal error: {e}");
+                _log.LogError(e, "internal error");
                 return (StatusCodes.Status500InternalServerError, $"internal error on rank {Rank}: {e.GetType().Name}: {e.Message}");
         }
     }
@@ -160,7 +161,8 @@ public sealed partial class ApiServer
         {
             _registering.TryRemove(name, out _);
         }
-        Log($"registered '{name}': {files.Count} file(s), {checkpoint.TensorCount} tensors, {checkpoint.TensorBytes} bytes in {checkpoint.Buffers.Count} buffer(s), {clock.Elapsed.TotalSeconds:0.000} s");
+        _log.LogInformation("registered '{Checkpoint}': {Files} file(s), {Tensors} tensors, {Bytes} bytes in {Buffers} buffer(s), {Seconds:0.000} s",
+            name, files.Count, checkpoint.TensorCount, checkpoint.TensorBytes, checkpoint.Buffers.Count, clock.Elapsed.TotalSeconds);
         await WriteJsonAsync(http, StatusCodes.Status200OK, w =>
         {
             WriteCheckpoint(w, checkpoint);
@@ -196,7 +198,7 @@ public sealed partial class ApiServer
         // Refused (409) under a running update or gather: it reads the memory this frees. A rank that holds none of
         // it but gathered its metas forgets them.
         await ParameterServer.UnregisterCheckpointAsync(name, _stopping.Token).ConfigureAwait(false);
-        Log($"unregistered '{name}'");
+        _log.LogInformation("unregistered '{Checkpoint}'", name);
         await WriteJsonAsync(http, StatusCodes.Status200OK, w =>
         {
             w.WriteStartObject();
@@ -309,7 +311,7 @@ public sealed partial class ApiServer
         var report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify }, _stopping.Token).ConfigureAwait(false);
         if (takesPart)
         {
-            Log($"updated '{name}': {report.BytesDelivered} bytes in {report.Buckets.Count} bucket(s), {report.Duration.TotalSeconds:0.000} s");
+            _log.LogInformation("updated '{Checkpoint}': {Bytes} bytes in {Buckets} bucket(s), {Seconds:0.000} s", name, report.BytesDelivered, report.Buckets.Count, report.Duration.TotalSeconds);
         }
         await WriteJsonAsync(http, StatusCodes.Status200OK, w => WriteReport(w, report, mode.Name, takesPart)).ConfigureAwait(false);
     }

@@ -11,6 +11,8 @@ using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Trace;
 
@@ -28,7 +30,7 @@ public sealed partial class ApiServer : IAsyncDisposable
     private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
 
     private readonly WebApplication _app;
-    private readonly TextWriter? _log;
+    private readonly ILogger _log;
     private readonly byte[]? _tokenHash;
     private readonly Checkpoints.AllowedDirectories? _allowedDirectories;
     private readonly EngineAllowList _engines;
@@ -36,13 +38,13 @@ public sealed partial class ApiServer : IAsyncDisposable
     private bool _ownsSocketFile;
     private int _disposed;
 
-    private ApiServer(WebApplication app, ParameterServer ps, ApiOptions options, Checkpoints.AllowedDirectories? allowed, TextWriter? log)
+    private ApiServer(WebApplication app, ParameterServer ps, ApiOptions options, Checkpoints.AllowedDirectories? allowed, ILogger? log)
     {
         _allowedDirectories = allowed;
         _engines = new EngineAllowList(options.AllowedEngineHosts, options.AllowedEngineSockets);
         _app = app;
         ParameterServer = ps;
-        _log = log;
+        _log = log ?? NullLogger.Instance;
         _tokenHash = options.Token is { Length: > 0 } token ? SHA256.HashData(Encoding.UTF8.GetBytes(token)) : null;
         UnixSocket = options.UnixSocket is null ? null : Path.GetFullPath(options.UnixSocket);
     }
@@ -58,7 +60,8 @@ public sealed partial class ApiServer : IAsyncDisposable
     /// <summary>Starts serving; it serves until disposed. Does not handle process signals (the caller does).</summary>
     /// <exception cref="CheckpointEngineException">Bad options: a non-loopback address without <see cref="ApiOptions.AllowRemote"/>, a bad port or host, an allowed directory that does not exist.</exception>
     /// <exception cref="IOException">The address or socket path is in use or cannot be bound.</exception>
-    public static async Task<ApiServer> StartAsync(ParameterServer ps, ApiOptions options, TextWriter? log = null, CancellationToken cancellationToken = default)
+    /// <param name="log">Where registrations, updates and failed requests are logged (none by default).</param>
+    public static async Task<ApiServer> StartAsync(ParameterServer ps, ApiOptions options, ILogger? log = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(ps);
         ArgumentNullException.ThrowIfNull(options);
@@ -129,8 +132,6 @@ public sealed partial class ApiServer : IAsyncDisposable
         return ip;
     }
 
-    private void Log(string line) => KestrelApps.Log(_log, line);
-
     /// <summary>
     /// This server's meter only (other parameter servers in the process have their own), for the Prometheus scrape and, when
     /// <paramref name="otlp"/> is set, OTLP with the update activities.
@@ -167,7 +168,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         await KestrelApps.StopAsync(_app, StopWait).ConfigureAwait(false);
         if (ParameterServer.RunningOperation is { } running)
         {
-            Log($"stopping: {running} still runs; the parameter server waits for it when it is disposed");
+            _log.LogWarning("stopping: {Operation} still runs; the parameter server waits for it when it is disposed", running);
         }
         if (_ownsSocketFile)
         {

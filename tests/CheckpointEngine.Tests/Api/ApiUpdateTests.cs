@@ -107,6 +107,10 @@ public sealed class ApiUpdateTests
         }
         var (_, state) = await h.GetAsync("/v1/status");
         Assert.Equal("an update of 'step-1'", state.GetProperty("busy").GetString());
+        var (code, shown, _) = await Task.Run(() => InProcessCli.Run("status", "--url", h.Http.BaseAddress!.ToString()), TestContext.Current.CancellationToken);
+        Assert.Equal(0, code);
+        Assert.Contains("busy: an update of 'step-1'", shown, StringComparison.Ordinal); // Its buckets are not known before the worker attaches.
+        Assert.Contains("no update finished yet", shown, StringComparison.Ordinal);
         Assert.Equal(1, PrometheusText.Value(await h.MetricsAsync(), "ckpt_engine_update_in_progress", ("rank", "0")));
         Assert.Equal(HttpStatusCode.OK, (await h.GetAsync("/v1/healthz")).Status);
 

@@ -118,6 +118,15 @@ internal sealed class LaunchView : IAsyncDisposable
         {
             column.RightAligned();
         }
+        if (!ascii)
+        {
+            // Narrow enough for an 80-column terminal.
+            table.Border = TableBorder.Minimal;
+            foreach (var column in table.Columns)
+            {
+                column.Padding(1, 0, 0, 0);
+            }
+        }
         static string F(double v, string format) => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
         foreach (var r in results.OrderBy(r => r.Method, StringComparer.Ordinal).ThenBy(r => r.Update).ThenBy(r => r.Rank))
         {

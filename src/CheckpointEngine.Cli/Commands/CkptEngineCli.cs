@@ -26,6 +26,7 @@ public static class CkptEngineCli
             UpdateCommand.Create(stdout),
             WorkerCommand.Create(stdout),
             ServeCommand.Create(stdout),
+            StatusCommand.Create(stdout),
             TraceCommand.Create(stdout, stderr),
             SoakCommand.Create(stdout, stderr),
             VerifyCommand.Create(stdout),

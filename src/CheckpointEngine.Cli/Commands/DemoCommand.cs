@@ -6,6 +6,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Cli.Progress;
 using CheckpointEngine.Hosting.Launch;
 using CheckpointEngine.ReferenceEngine;
 using CheckpointEngine.Runtime;
@@ -37,6 +38,7 @@ internal static class DemoCommand
         var transport = P2PTransportOption.Create();
         var model = ModelOption.Create();
         var verify = new Option<bool>("--verify") { Description = "the ranks send each tensor's CRC-32 and the worker checks what it received (see update --verify)" };
+        var verbose = new Option<bool>("--verbose") { Description = "on a console: show every rank's log lines above the live progress view" };
         var shardByTp = new Option<bool>("--shard-by-tp")
         {
             Description = "the worker's shards keep only their tensor-parallel slices and declare them from the second update: each rank sends only its shard's bytes",
@@ -51,18 +53,18 @@ internal static class DemoCommand
         });
         var command = new Command("demo", "Run the whole system on this machine: synthetic checkpoint, reference worker, N ranks, update, verify.")
         {
-            ranks, size, method, json, trace, device, model, verify, shardByTp, transport,
+            ranks, size, method, json, trace, device, model, verify, shardByTp, transport, verbose,
         };
         command.SetAction(async (result, ct) =>
         {
             _ = ByteSize.TryParse(result.GetValue(size)!, out var bytes);
             var tracePath = result.GetValue(trace) is { } t ? Path.GetFullPath(t) : null;
-            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), result.GetValue(verify), result.GetValue(shardByTp), result.GetValue(transport), stdout, stderr, ct).ConfigureAwait(false);
+            return await RunAsync(result.GetValue(ranks), bytes, result.GetValue(model), result.GetValue(method)!, result.GetValue(json), tracePath, DeviceOption.Choose(result.GetValue(device)), result.GetValue(verify), result.GetValue(shardByTp), result.GetValue(transport), result.GetValue(verbose), stdout, stderr, ct).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, bool verify, bool shardByTp, string? transport, TextWriter stdout,
+    private static async Task<int> RunAsync(int ranks, long bytes, string? model, string method, bool json, string? trace, DeviceKind kind, bool verify, bool shardByTp, string? transport, bool verbose, TextWriter stdout,
         TextWriter stderr, CancellationToken ct)
     {
         var root = Directory.CreateTempSubdirectory("ckpt-engine-demo-").FullName;
@@ -88,10 +90,15 @@ internal static class DemoCommand
                 Command = Launcher.SelfCommand(["update", "--checkpoint-path", dir, "--endpoint", worker.Address.ToString(),
                     "--inference-parallel-size", ranks.ToString(CultureInfo.InvariantCulture), "--update-method", method, "--timeout", "120", "--repeat", "2",
                     .. trace is null ? [] : new[] { "--trace", trace }, .. verify ? VerifyFlag : [], .. transport is null ? [] : new[] { "--p2p-transport", transport }]),
-                Environment = new Dictionary<string, string?>([DeviceOption.RankVariable(kind)]),
+                Environment = new Dictionary<string, string?>([DeviceOption.RankVariable(kind), .. json ? [] : new[] { LaunchView.RankVariable }]),
                 RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = ids[r] },
             };
-            var exit = await Launcher.RunAsync(options, json ? output : new TeeWriter(output, log), json ? errors : new TeeWriter(errors, stderr), ct).ConfigureAwait(false);
+            int exit;
+            // One view of the ranks' progress (and a summary table) unless the output is JSON.
+            await using (var view = json ? null : new LaunchView(ranks, stdout, stderr, LaunchView.IsInteractive(stdout), verbose, capture: output))
+            {
+                exit = await Launcher.RunAsync(options, view?.Out ?? output, view?.Err ?? errors, ct).ConfigureAwait(false);
+            }
             var results = Results(output.ToString());
             var verified = exit == 0 && await VerifyAsync(worker.Address, source, shardByTp ? crcs : null, ranks, ct).ConfigureAwait(false);
             foreach (var (m, r, first) in results)
@@ -183,28 +190,4 @@ internal static class DemoCommand
         }
         return seen == shards;
     }
-
-    private sealed class TeeWriter(TextWriter a, TextWriter b) : TextWriter
-    {
-        public override System.Text.Encoding Encoding => a.Encoding;
-
-        public override void Write(char value)
-        {
-            lock (this)
-            {
-                a.Write(value);
-                b.Write(value);
-            }
-        }
-
-        public override void WriteLine(string? value)
-        {
-            lock (this)
-            {
-                a.WriteLine(value);
-                b.WriteLine(value);
-            }
-        }
-    }
-
 }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
+using CheckpointEngine.Cli.Progress;
 using CheckpointEngine.Hosting.Launch;
 using CheckpointEngine.Runtime;
 
@@ -27,6 +28,7 @@ internal static class LaunchCommand
         {
             Description = $"require {RankConfig.TokenVariable} in the environment (default: inherit it when set, else make a fresh one for this launch)",
         };
+        var verbose = new Option<bool>("--verbose") { Description = "with update on a console: show every rank's log lines above the live progress view" };
         var program = new Argument<string[]>("command")
         {
             Description = "after --: a ckpt-engine command (e.g. inspect DIR), or a program and its arguments",
@@ -55,7 +57,7 @@ internal static class LaunchCommand
         });
         var command = new Command("launch", "Start N ranks of a command on this host with torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...).")
         {
-            nproc, masterAddr, masterPort, tokenFromEnv, program,
+            nproc, masterAddr, masterPort, tokenFromEnv, verbose, program,
         };
         command.Validators.Add(r =>
         {
@@ -73,9 +75,13 @@ internal static class LaunchCommand
                 stderr.WriteLine($"error: {why}");
                 return CkptEngineCli.BadInput;
             }
+            // ckpt-engine update ranks report progress as lines; one view shows them all.
+            var updating = result.GetValue(program)![0] == "update" && subcommands.Contains("update");
+            await using var view = updating ? new LaunchView(result.GetValue(nproc), stdout, stderr, LaunchView.IsInteractive(stdout), result.GetValue(verbose)) : null;
             var options = new LaunchOptions
             {
                 NProc = result.GetValue(nproc),
+                Environment = updating ? new Dictionary<string, string?>([LaunchView.RankVariable]) : null,
                 MasterAddr = result.GetValue(masterAddr)!,
                 MasterPort = result.GetValue(masterPort) ?? 0,
                 Command = argv,
@@ -94,7 +100,7 @@ internal static class LaunchCommand
             }
             try
             {
-                return await Launcher.RunAsync(options, stdout, stderr, stop.Token).ConfigureAwait(false);
+                return await Launcher.RunAsync(options, view?.Out ?? stdout, view?.Err ?? stderr, stop.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {

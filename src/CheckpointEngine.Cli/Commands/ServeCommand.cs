@@ -87,6 +87,7 @@ internal static class ServeCommand
                 AllowedDirectories = Either(result.GetValue(allowDir), config.AllowDirs),
                 AllowedEngineHosts = Either(result.GetValue(allowEngineHost), config.AllowEngineHosts),
                 AllowedEngineSockets = Either(result.GetValue(allowEngineSocket), config.AllowEngineSockets),
+                OtlpEndpoint = OtlpEndpoint(),
             };
             if (result.GetValue(budget) is { } text && ByteSize.TryParse(text, out var bytes))
             {
@@ -124,7 +125,7 @@ internal static class ServeCommand
             }
             await using (rank.ConfigureAwait(false))
             {
-                var api = await ApiServer.StartAsync(rank.Server, options, stdout, stop.Token).ConfigureAwait(false);
+                var api = await ApiServer.StartAsync(rank.Server, options, new LineLogger(stdout), stop.Token).ConfigureAwait(false);
                 await using (api.ConfigureAwait(false))
                 {
                     stdout.WriteLine($"serving rank {rank.World.Rank} on {api.Address}");
@@ -136,5 +137,15 @@ internal static class ServeCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>OpenTelemetry's standard variable; a value that is not an absolute URL is refused up front.</summary>
+    private static Uri? OtlpEndpoint()
+    {
+        const string variable = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        var value = Environment.GetEnvironmentVariable(variable);
+        return string.IsNullOrWhiteSpace(value) ? null
+            : Uri.TryCreate(value, UriKind.Absolute, out var uri) ? uri
+            : throw new CheckpointEngineException($"{variable}='{value}' is not an absolute URL (e.g. http://127.0.0.1:4317)");
     }
 }

@@ -3,6 +3,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Cli.Progress;
 using CheckpointEngine.Hosting.Tracing;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
@@ -76,7 +77,8 @@ internal static class UpdateCommand
         {
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
-                result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine) switch { "vllm" => EngineApi.Vllm, "sglang" => EngineApi.Sglang, _ => null }, result.GetValue(transport));
+                result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine) switch { "vllm" => EngineApi.Vllm, "sglang" => EngineApi.Sglang, _ => null }, result.GetValue(transport),
+                Environment.GetEnvironmentVariable(ProgressLine.Variable) == "lines");
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -94,15 +96,17 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport, bool progressLines)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
         {
             var clock = Stopwatch.StartNew();
+            Stage("join");
             await using var rank = await RankHost.StartAsync(P2PTransportOption.Apply(AllowNoTokenOption.Config(allowNoToken), transport), device, timeout, ct).ConfigureAwait(false);
             var (world, ps) = (rank.World, rank.Server);
             Phase($"join ({rank.Backend.Kind.ToString().ToLowerInvariant()} device {rank.Backend.Device.Id})", clock);
+            Stage(path is null ? "metas" : "register");
             if (loadMetas is not null)
             {
                 ps.SetMetas(GlobalMetas.Load(loadMetas) is var m && m.Checkpoint == name ? m : throw new CheckpointEngineException($"{loadMetas} holds metas of '{m.Checkpoint}', not '{name}' (see --checkpoint-name)"));
@@ -121,6 +125,7 @@ internal static class UpdateCommand
                     var registered = ps.RegisterCheckpoint(name, share, options: new RegisterOptions { UsePool = true, Quantize = fp8 });
                     Phase($"register{(fp8 is null ? "" : " as FP8")} ({registered.TensorCount} tensors, {ByteSize.Format(registered.TensorBytes)})", clock);
                 }
+                Stage("gather metas");
                 var metas = await ps.GatherMetasAsync(name, timeout, ct).ConfigureAwait(false);
                 Phase("gather metas", clock);
                 if (saveMetas is not null && world.Rank == 0)
@@ -129,6 +134,7 @@ internal static class UpdateCommand
                     stdout.WriteLine($"saved metas to {saveMetas}");
                 }
             }
+            Stage("wait for engine");
             var api = await WaitForEngineAsync(endpoint, uds, ct).ConfigureAwait(false);
             Phase($"wait for the engine ({(engineApi is null ? "detected " : "")}{api.ToString().ToLowerInvariant()})", clock);
             var trigger = EngineTrigger.Http(endpoint, groupSize, uds, api: api);
@@ -142,6 +148,7 @@ internal static class UpdateCommand
                     var update = Finished(ps.UpdateAsync(name, m == "p2p" ? UpdateMode.P2P(Enumerable.Range(0, world.Size)) : UpdateMode.Broadcast, trigger, options, ct));
                     await ShowProgressAsync(ps, update).ConfigureAwait(false);
                     var (report, finished) = await update.ConfigureAwait(false);
+                    Stage(m, report);
                     trace = await GatherTraceAsync(world, m, report, finished, ct).ConfigureAwait(false);
                     Report(m, report, trace.Efficiency(), k);
                 }
@@ -155,10 +162,12 @@ internal static class UpdateCommand
             }
             if (sleep > TimeSpan.Zero)
             {
+                Stage("serving");
                 stdout.WriteLine($"serving P2P reads for {sleep.TotalSeconds:F0} s");
                 await Task.Delay(sleep, ct).ConfigureAwait(false);
             }
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Owners leave together: nobody is mid-read.
+            Stage("done");
             return 0;
         }
 
@@ -173,17 +182,36 @@ internal static class UpdateCommand
         private Task<UpdateTrace> GatherTraceAsync(World world, string method, UpdateReport report, DateTimeOffset finished, CancellationToken ct) =>
             UpdateTrace.GatherAsync(world.Group, name, method, report, finished, timeout, ct);
 
+        /// <summary>For a launcher's progress view (see <see cref="LaunchView"/>): this rank's stage as a machine line.</summary>
+        private void Stage(string stage, UpdateReport? done = null)
+        {
+            if (progressLines)
+            {
+                stdout.WriteLine((done is null
+                    ? new ProgressLine(stage)
+                    : new ProgressLine(stage, done.Buckets.Count, done.Buckets.Count, done.BytesDelivered, done.BytesDelivered, done.Duration.TotalSeconds)).Format());
+            }
+        }
+
         /// <summary>
-        /// While an update runs longer than a second, shows its progress: rewritten in place on an
-        /// interactive console, one log line per second otherwise (under launch, in CI).
+        /// While an update runs, shows its progress: for a launcher's view, a progress line a few times a second;
+        /// else, once it runs longer than a second, rewritten in place on an interactive console, one log line per second otherwise.
         /// </summary>
         private async Task ShowProgressAsync(ParameterServer ps, Task update)
         {
             var interactive = ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected;
             var shown = false;
-            while (await Task.WhenAny(update, Task.Delay(1000)).ConfigureAwait(false) != update)
+            while (await Task.WhenAny(update, Task.Delay(progressLines ? 250 : 1000)).ConfigureAwait(false) != update)
             {
-                if (ps.Progress is { } p)
+                if (ps.Progress is not { } p)
+                {
+                    continue;
+                }
+                if (progressLines)
+                {
+                    stdout.WriteLine(new ProgressLine(p.Mode, p.BucketsDone, p.BucketsTotal, p.BytesDone, p.BytesTotal, (DateTimeOffset.UtcNow - p.Started).TotalSeconds).Format());
+                }
+                else
                 {
                     var line = $"update ({p.Mode}): {p.BucketsDone}/{p.BucketsTotal} buckets, {ByteSize.Format(p.BytesDone)} of {ByteSize.Format(p.BytesTotal)}, {(DateTimeOffset.UtcNow - p.Started).TotalSeconds:F0} s";
                     if (interactive)

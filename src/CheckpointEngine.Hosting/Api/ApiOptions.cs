@@ -30,6 +30,9 @@ public sealed record ApiOptions
     /// <summary>Unix sockets an update's <c>uds</c> may name although this process's user does not own them (nor the engine listening on them).</summary>
     public IReadOnlyList<string> AllowedEngineSockets { get; init; } = [];
 
+    /// <summary>Where to send metrics and update traces over OTLP (the standard <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> in <c>serve</c>); null sends nothing.</summary>
+    public Uri? OtlpEndpoint { get; init; }
+
     /// <summary>Largest request body accepted; bodies are small JSON documents.</summary>
     public long MaxRequestBodySize { get; init; } = 1 << 20;
 }

@@ -12,6 +12,7 @@ using CheckpointEngine.Server;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Logging;
 
 namespace CheckpointEngine.Hosting.Api;
 
@@ -39,11 +40,7 @@ public sealed partial class ApiServer
         _app.MapGet("/v1/checkpoints/{name}", (RequestDelegate)DescribeAsync);
         _app.MapPost("/v1/checkpoints/{name}/gather-metas", (RequestDelegate)GatherMetasAsync);
         _app.MapPost("/v1/checkpoints/{name}/update", (RequestDelegate)UpdateAsync);
-        _app.MapGet("/metrics", (RequestDelegate)(http =>
-        {
-            http.Response.ContentType = ApiMetrics.ContentType;
-            return http.Response.WriteAsync(_metrics.Write(ParameterServer, ParameterServer.IsUpdating), http.RequestAborted);
-        }));
+        _app.MapPrometheusScrapingEndpoint("/metrics");
     }
 
     /// <summary>Authentication, JSON errors for everything that fails, and for unknown routes and methods.</summary>
@@ -69,7 +66,7 @@ public sealed partial class ApiServer
             var (status, message) = Classify(e);
             if (status >= StatusCodes.Status500InternalServerError)
             {
-                Log($"{http.Request.Method} {http.Request.Path}: {status} {message}");
+                _log.LogError("{Method} {Path}: {Status} {Error}", http.Request.Method, http.Request.Path, status, message);
             }
             await ErrorAsync(http, status, message).ConfigureAwait(false);
         }
@@ -98,7 +95,7 @@ public sealed partial class ApiServer
             case OperationCanceledException when _stopping.IsCancellationRequested:
                 return (StatusCodes.Status503ServiceUnavailable, $"rank {Rank} is stopping");
             default:
-                Log($"internal error: {e}");
+                _log.LogError(e, "internal error");
                 return (StatusCodes.Status500InternalServerError, $"internal error on rank {Rank}: {e.GetType().Name}: {e.Message}");
         }
     }
@@ -164,7 +161,8 @@ public sealed partial class ApiServer
         {
             _registering.TryRemove(name, out _);
         }
-        Log($"registered '{name}': {files.Count} file(s), {checkpoint.TensorCount} tensors, {checkpoint.TensorBytes} bytes in {checkpoint.Buffers.Count} buffer(s), {clock.Elapsed.TotalSeconds:0.000} s");
+        _log.LogInformation("registered '{Checkpoint}': {Files} file(s), {Tensors} tensors, {Bytes} bytes in {Buffers} buffer(s), {Seconds:0.000} s",
+            name, files.Count, checkpoint.TensorCount, checkpoint.TensorBytes, checkpoint.Buffers.Count, clock.Elapsed.TotalSeconds);
         await WriteJsonAsync(http, StatusCodes.Status200OK, w =>
         {
             WriteCheckpoint(w, checkpoint);
@@ -200,7 +198,7 @@ public sealed partial class ApiServer
         // Refused (409) under a running update or gather: it reads the memory this frees. A rank that holds none of
         // it but gathered its metas forgets them.
         await ParameterServer.UnregisterCheckpointAsync(name, _stopping.Token).ConfigureAwait(false);
-        Log($"unregistered '{name}'");
+        _log.LogInformation("unregistered '{Checkpoint}'", name);
         await WriteJsonAsync(http, StatusCodes.Status200OK, w =>
         {
             w.WriteStartObject();
@@ -309,20 +307,11 @@ public sealed partial class ApiServer
                 $"checkpoint '{name}' is neither registered on rank {Rank} nor are its metas known here: register its files and gather its metas first");
         }
         var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds, request.EngineUid, request.Engine);
-        UpdateReport report;
-        try
-        {
-            report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify, P2PTransport = request.P2PTransport }, _stopping.Token).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is UpdateFailedException or CollectiveException or OperationCanceledException)
-        {
-            _metrics.RecordFailure(); // Logged with its message as the request's 500.
-            throw;
-        }
+        // Failures are recorded by the parameter server's telemetry and logged with their message as the request's 500.
+        var report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify, P2PTransport = request.P2PTransport }, _stopping.Token).ConfigureAwait(false);
         if (takesPart)
         {
-            _metrics.RecordUpdate(report);
-            Log($"updated '{name}': {report.BytesDelivered} bytes in {report.Buckets.Count} bucket(s), {report.Duration.TotalSeconds:0.000} s");
+            _log.LogInformation("updated '{Checkpoint}': {Bytes} bytes in {Buckets} bucket(s), {Seconds:0.000} s", name, report.BytesDelivered, report.Buckets.Count, report.Duration.TotalSeconds);
         }
         await WriteJsonAsync(http, StatusCodes.Status200OK, w => WriteReport(w, report, mode.Name, takesPart)).ConfigureAwait(false);
     }
@@ -384,7 +373,17 @@ public sealed partial class ApiServer
                 w.WriteNumber("buckets_total", progress.BucketsTotal);
                 w.WriteNumber("bytes_done", progress.BytesDone);
                 w.WriteNumber("bytes_total", progress.BytesTotal);
+                w.WriteNumber("elapsed_seconds", Math.Round((DateTimeOffset.UtcNow - progress.Started).TotalSeconds, 3));
                 w.WriteEndObject();
+            }
+            if (ps.Telemetry.Last is { } last)
+            {
+                w.WritePropertyName("last_update");
+                WriteReport(w, last.Report, last.Method, tookPart: true);
+            }
+            else
+            {
+                w.WriteNull("last_update");
             }
             w.WriteEndObject();
         }).ConfigureAwait(false);

@@ -11,13 +11,17 @@ using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Trace;
 
 namespace CheckpointEngine.Hosting.Api;
 
 /// <summary>
 /// The HTTP API of one parameter-server rank, compatible with the original checkpoint-engine's
 /// (<c>/v1/checkpoints/{name}/files|gather-metas|update</c>, <c>/v1/healthz</c>) plus listings, status
-/// and Prometheus metrics. Endpoints are in ApiServer.Http.cs, request parsing in ApiServer.Requests.cs.
+/// and the server's <see cref="UpdateTelemetry"/> exported with OpenTelemetry (Prometheus at <c>/metrics</c>; OTLP when configured). Endpoints are in ApiServer.Http.cs, request parsing in ApiServer.Requests.cs.
 /// It serves a <see cref="ParameterServer"/> it does not own: the caller disposes that after this.
 /// </summary>
 public sealed partial class ApiServer : IAsyncDisposable
@@ -26,22 +30,21 @@ public sealed partial class ApiServer : IAsyncDisposable
     private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
 
     private readonly WebApplication _app;
-    private readonly TextWriter? _log;
+    private readonly ILogger _log;
     private readonly byte[]? _tokenHash;
     private readonly Checkpoints.AllowedDirectories? _allowedDirectories;
     private readonly EngineAllowList _engines;
     private readonly CancellationTokenSource _stopping = new();
-    private readonly ApiMetrics _metrics = new();
     private bool _ownsSocketFile;
     private int _disposed;
 
-    private ApiServer(WebApplication app, ParameterServer ps, ApiOptions options, Checkpoints.AllowedDirectories? allowed, TextWriter? log)
+    private ApiServer(WebApplication app, ParameterServer ps, ApiOptions options, Checkpoints.AllowedDirectories? allowed, ILogger? log)
     {
         _allowedDirectories = allowed;
         _engines = new EngineAllowList(options.AllowedEngineHosts, options.AllowedEngineSockets);
         _app = app;
         ParameterServer = ps;
-        _log = log;
+        _log = log ?? NullLogger.Instance;
         _tokenHash = options.Token is { Length: > 0 } token ? SHA256.HashData(Encoding.UTF8.GetBytes(token)) : null;
         UnixSocket = options.UnixSocket is null ? null : Path.GetFullPath(options.UnixSocket);
     }
@@ -57,7 +60,8 @@ public sealed partial class ApiServer : IAsyncDisposable
     /// <summary>Starts serving; it serves until disposed. Does not handle process signals (the caller does).</summary>
     /// <exception cref="CheckpointEngineException">Bad options: a non-loopback address without <see cref="ApiOptions.AllowRemote"/>, a bad port or host, an allowed directory that does not exist.</exception>
     /// <exception cref="IOException">The address or socket path is in use or cannot be bound.</exception>
-    public static async Task<ApiServer> StartAsync(ParameterServer ps, ApiOptions options, TextWriter? log = null, CancellationToken cancellationToken = default)
+    /// <param name="log">Where registrations, updates and failed requests are logged (none by default).</param>
+    public static async Task<ApiServer> StartAsync(ParameterServer ps, ApiOptions options, ILogger? log = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(ps);
         ArgumentNullException.ThrowIfNull(options);
@@ -90,6 +94,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         });
         builder.Services.AddRoutingCore();
         builder.Services.AddSingleton<IHostLifetime, NoSignalsLifetime>();
+        AddTelemetry(builder.Services, ps, options.OtlpEndpoint);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = StopWait);
         var app = builder.Build();
         var server = new ApiServer(app, ps, options, allowed, log);
@@ -127,7 +132,27 @@ public sealed partial class ApiServer : IAsyncDisposable
         return ip;
     }
 
-    private void Log(string line) => KestrelApps.Log(_log, line);
+    /// <summary>
+    /// This server's meter only (other parameter servers in the process have their own), for the Prometheus scrape and, when
+    /// <paramref name="otlp"/> is set, OTLP with the update activities.
+    /// </summary>
+    private static void AddTelemetry(IServiceCollection services, ParameterServer ps, Uri? otlp)
+    {
+        var telemetry = services.AddOpenTelemetry().WithMetrics(m =>
+        {
+            m.AddMeter(UpdateTelemetry.Name)
+                .AddView(i => ReferenceEquals(i.Meter, ps.Telemetry.Meter) ? null : MetricStreamConfiguration.Drop)
+                .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0); // A scrape right after an update sees it.
+            if (otlp is not null)
+            {
+                m.AddOtlpExporter(o => o.Endpoint = otlp);
+            }
+        });
+        if (otlp is not null)
+        {
+            telemetry.WithTracing(t => t.AddSource(UpdateTelemetry.Name).AddOtlpExporter(o => o.Endpoint = otlp));
+        }
+    }
 
     /// <summary>
     /// Stops: cancels a running update or gather (it fails on this rank, and so on every rank), lets
@@ -143,7 +168,7 @@ public sealed partial class ApiServer : IAsyncDisposable
         await KestrelApps.StopAsync(_app, StopWait).ConfigureAwait(false);
         if (ParameterServer.RunningOperation is { } running)
         {
-            Log($"stopping: {running} still runs; the parameter server waits for it when it is disposed");
+            _log.LogWarning("stopping: {Operation} still runs; the parameter server waits for it when it is disposed", running);
         }
         if (_ownsSocketFile)
         {

@@ -12,7 +12,9 @@ internal static class Agreement
     /// </summary>
     public static async Task AgreeAsync(ICommunicator group, string? failure, string step, TimeSpan timeout, CancellationToken ct)
     {
+        var waited = System.Diagnostics.Stopwatch.GetTimestamp();
         var all = await group.AllGatherAsync(Encoding.UTF8.GetBytes(failure ?? ""), timeout, ct).ConfigureAwait(false);
+        UpdateTelemetry.AgreementWaited(System.Diagnostics.Stopwatch.GetElapsedTime(waited));
         for (var r = 0; r < all.Length; r++)
         {
             if (all[r].Length > 0)

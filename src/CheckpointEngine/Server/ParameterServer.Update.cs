@@ -46,14 +46,19 @@ public sealed partial class ParameterServer
         using var closing = CancellationTokenSource.CreateLinkedTokenSource(ct, _closing.Token);
         ct = closing.Token;
         _updating = true;
+        using var telemetry = Telemetry.Start(name, mode);
         try
         {
             if (mode.Method == UpdateMethod.Broadcast)
             {
-                return await BroadcastUpdateAsync(name, trigger, options, ct).ConfigureAwait(false);
+                return telemetry.Completed(await BroadcastUpdateAsync(name, trigger, options, ct).ConfigureAwait(false));
             }
             using var group = await Group.CreateSubGroupAsync("p2p", [.. mode.Ranks], options.Timeout, ct).ConfigureAwait(false);
-            return await P2PUpdateAsync(name, group, trigger, options, ct).ConfigureAwait(false);
+            return telemetry.Completed(await P2PUpdateAsync(name, group, trigger, options, ct).ConfigureAwait(false));
+        }
+        catch (Exception e) when (telemetry.Failed(e))
+        {
+            throw; // Never taken: the filter only records.
         }
         catch (CollectiveException e)
         {

@@ -50,6 +50,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         _worker = new WorkerLink(device.Id, world.Config.SocketDirectory);
         _p2p = p2p ?? P2PTransports.Create(world.Config, world.AdvertiseAddress);
         NetDevice = world.Config.NetDevice ?? world.HostId;
+        Telemetry = new UpdateTelemetry(this);
     }
 
     public World World { get; }
@@ -80,6 +81,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     /// <summary>Where other instances read this rank's registered buffers (P2P).</summary>
     public string P2PAddress => _p2p.Address;
+
+    /// <summary>This rank's meter, activities and last update (see <see cref="UpdateTelemetry"/>).</summary>
+    public UpdateTelemetry Telemetry { get; }
 
     /// <summary>The update running on this rank now, or null.</summary>
     public UpdateProgress? Progress => _progress;
@@ -339,6 +343,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         _worker.Dispose();
         _p2p.Dispose();
         Registry.Dispose();
+        Telemetry.Dispose();
         _gate.Dispose();
         _closing.Dispose();
     }

@@ -145,6 +145,80 @@ public sealed class ServeEndToEndTests : IDisposable
         Assert.Empty(Directory.GetFiles(_temp.Path, "*.sock"));
     }
 
+    /// <summary>
+    /// The operator's view of a serve rank: <c>status</c> (a process, with the world's token) shows no running update and the last
+    /// update's stages; <c>/metrics</c> after a real update and a failed one exports every metric the Grafana dashboard queries.
+    /// </summary>
+    [Fact]
+    public async Task ServeRank_StatusShowsTheLastUpdate_AndMetricsCarryEveryDashboardMetric()
+    {
+        var tensors = Enumerable.Range(0, 6).Select(i => TestTensor.Random($"layers.{i}.w", DType.BF16, [64, 32])).ToArray();
+        var file = _temp.File("model.safetensors");
+        SafeTensorsWriter.Write(file, tensors.Select(t => TensorToWrite.FromBytes(t.Name, t.DType, t.Shape, t.Bytes)));
+        var (_, listening) = await StartAsync(["worker", "--listen", "127.0.0.1:0", "--tp", "1", "--device-ids", $"api-status-{_id}-0"], "listening on ", []);
+        var workerUrl = listening["listening on ".Length..].Trim();
+        var socket = _temp.File("rank-0.sock");
+        await StartAsync(["serve", "--uds", socket], "serving rank ", new()
+        {
+            ["RANK"] = "0",
+            ["WORLD_SIZE"] = "1",
+            ["MASTER_ADDR"] = "127.0.0.1",
+            ["MASTER_PORT"] = TestPorts.Free().ToString(CultureInfo.InvariantCulture),
+            ["CKPT_ENGINE_TOKEN"] = Token,
+            ["CKPT_ENGINE_DEVICE_ID"] = $"api-status-{_id}-0",
+        });
+        using var http = EngineTrigger.UnixSocketClient(socket);
+        http.BaseAddress = new Uri("http://localhost");
+        http.Timeout = TimeSpan.FromSeconds(60);
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", Token);
+
+        var withToken = new Dictionary<string, string> { ["CKPT_ENGINE_TOKEN"] = Token };
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(withToken, null, "status", "--uds", socket);
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("no update running", stdout, StringComparison.Ordinal);
+        Assert.Contains("no update finished yet", stdout, StringComparison.Ordinal);
+
+        await OkAsync(http, "/v1/checkpoints/step/files", RegisterBody.Files(file));
+        await OkAsync(http, "/v1/checkpoints/step/gather-metas");
+        var report = await OkAsync(http, "/v1/checkpoints/step/update", $"{{\"update_url\": \"{workerUrl}\", \"timeout\": 30}}");
+        var (failed, _) = await PostAsync(http, "/v1/checkpoints/step/update", "{\"update_url\": \"http://127.0.0.1:9/\", \"timeout\": 30}");
+        Assert.Equal(HttpStatusCode.InternalServerError, failed); // No engine there: a failure with its cause.
+
+        (code, stdout, stderr) = await CkptEngineScript.RunAsync(withToken, null, "status", "--uds", socket);
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("rank 0 of 1", stdout, StringComparison.Ordinal);
+        Assert.Contains("no update running", stdout, StringComparison.Ordinal);
+        Assert.Contains($"last update of 'step' (broadcast): {ByteSize.Format(tensors.Sum(t => t.Bytes.LongLength))} in ", stdout, StringComparison.Ordinal);
+        var stages = report.GetProperty("stages");
+        foreach (var (stage, key) in new[] { ("h2d", "h2d_seconds"), ("broadcast", "broadcast_seconds"), ("reload", "reload_seconds") })
+        {
+            Assert.Matches($@"\| {stage}\s+\|\s+{stages.GetProperty(key).GetDouble().ToString("F3", CultureInfo.InvariantCulture)} \|", stdout);
+        }
+        // The same endpoint and token as the rest of the API: without the token, a clear refusal.
+        (code, _, stderr) = await CkptEngineScript.RunAsync(new Dictionary<string, string> { ["CKPT_ENGINE_TOKEN"] = "" }, null, "status", "--uds", socket);
+        Assert.Equal(1, code);
+        Assert.Contains("answered 401: missing or wrong token", stderr, StringComparison.Ordinal);
+
+        using var response = await http.GetAsync("/metrics", TestContext.Current.CancellationToken);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var metrics = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(1, PrometheusText.Value(metrics, "ckpt_engine_update_failures_total", ("rank", "0"), ("cause", "engine")));
+        var exported = PrometheusText.Samples(metrics).Select(s => s.Name).ToHashSet(StringComparer.Ordinal);
+        using var dashboard = JsonDocument.Parse(File.ReadAllText(Path.Combine(CkptEngineScript.RepoRoot(), "docs", "grafana-dashboard.json")));
+        var used = Expressions(dashboard.RootElement).SelectMany(e => System.Text.RegularExpressions.Regex.Matches(e, @"\bckpt_engine_[a-z0-9_]+").Select(m => m.Value)).ToHashSet(StringComparer.Ordinal);
+        Assert.True(used.Count >= 10, string.Join(", ", used));
+        var missing = used.Where(name => !exported.Contains(name)).Order(StringComparer.Ordinal).ToList();
+        Assert.True(missing.Count == 0, $"the dashboard queries metrics /metrics does not export: {string.Join(", ", missing)}\n{metrics}");
+    }
+
+    /// <summary>Every query of a Grafana dashboard: the panels' target expressions and the variables' queries.</summary>
+    private static IEnumerable<string> Expressions(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Object => e.EnumerateObject().SelectMany(p => p.Name is "expr" or "query" && p.Value.ValueKind == JsonValueKind.String ? [p.Value.GetString()!] : Expressions(p.Value)),
+        JsonValueKind.Array => e.EnumerateArray().SelectMany(Expressions),
+        _ => [],
+    };
+
     private static async Task<(HttpStatusCode Status, string Body)> PostAsync(HttpClient http, string path, string body)
     {
         using var content = new StringContent(body, Encoding.UTF8, "application/json");

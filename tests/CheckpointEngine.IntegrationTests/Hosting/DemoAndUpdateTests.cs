@@ -128,6 +128,44 @@ public sealed class DemoAndUpdateTests : IDisposable
         await AssertHolds(ckpt, joinersWorker);
     }
 
+    /// <summary>
+    /// Operator's view, not on a terminal (a pipe, as in CI): the ranks' lines pass through as before, their progress comes as the
+    /// launcher's own "progress:" lines (at most one a second, and the last state at the end) and a summary table closes the run.
+    /// </summary>
+    [Fact]
+    public async Task LaunchUpdate_NotATerminal_ProgressLinesFromTheLauncher_AndASummaryTable()
+    {
+        var ckpt = Path.Combine(_dir, "ckpt");
+        SampleCheckpoint.Write(ckpt, 4 << 20, shards: 2, layers: 2);
+        var worker = await StartWorker("own");
+        var run = await CkptEngineScript.RunAsync(Devices("own"), null, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", ckpt, "--endpoint", worker,
+            "--inference-parallel-size", "2", "--update-method", "all", "--repeat", "2", "--timeout", "60");
+        Assert.True(run.Code == 0, run.Err + run.Out);
+        var lines = run.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')).ToList();
+        // Every line a rank prints still comes through (tools parse the result lines), but not their machine progress lines.
+        Assert.Contains("[rank 1] result method=p2p", run.Out, StringComparison.Ordinal);
+        Assert.Contains(lines, l => l.StartsWith("[rank 0] gather metas: ", StringComparison.Ordinal));
+        Assert.DoesNotContain(lines, l => l.Contains("] progress ", StringComparison.Ordinal));
+        var progress = lines.Where(l => l.StartsWith("progress: ", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(progress);
+        Assert.All(progress, l => Assert.Matches(@"^progress: rank 0 .+ \| rank 1 .+$", l));
+        Assert.Equal("progress: rank 0 done | rank 1 done", progress[^1]);
+        // The summary: one row per method, update and rank, after every rank line.
+        var header = lines.FindIndex(l => l.Contains("| method", StringComparison.Ordinal) && l.Contains("GB/s", StringComparison.Ordinal));
+        Assert.True(header > lines.FindLastIndex(l => l.StartsWith("[rank ", StringComparison.Ordinal)), run.Out);
+        foreach (var method in new[] { "broadcast", "p2p" })
+        {
+            for (var update = 0; update < 2; update++)
+            {
+                for (var rank = 0; rank < 2; rank++)
+                {
+                    Assert.Single(lines, l => System.Text.RegularExpressions.Regex.IsMatch(l, $@"^\| {method}\s+\|\s+{update} \|\s+{rank} \| +[\d.]+ MiB \|"));
+                }
+            }
+        }
+        await AssertHolds(ckpt, worker);
+    }
+
     /// <summary>Each launch's ranks get their own device ids ("{local_rank}" is filled in per rank).</summary>
     private string Tag(string tag) => $"{tag}-{Path.GetFileName(_dir)}";
 

@@ -139,7 +139,7 @@ public sealed class ApiServerTests
     {
         await using var h = await ApiHarness.StartAsync(token: "s3cret-token");
         Assert.Equal(HttpStatusCode.OK, (await h.GetAsync("/v1/healthz")).Status);
-        Assert.Contains("ckpt_engine_updates_total", await h.MetricsAsync(), StringComparison.Ordinal);
+        Assert.Equal(0, PrometheusText.Value(await h.MetricsAsync(), "ckpt_engine_update_in_progress", ("rank", "0")));
 
         using var anonymous = new HttpClient { BaseAddress = h.Http.BaseAddress };
         using var wrong = new HttpClient { BaseAddress = h.Http.BaseAddress };

@@ -57,13 +57,19 @@ public sealed class ApiUpdateTests
             (await WorkerDigestAsync(worker)).OrderBy(kv => kv.Key, StringComparer.Ordinal));
 
         var metrics = await h.MetricsAsync();
-        Assert.Contains("ckpt_engine_updates_total{rank=\"0\"} 1\n", metrics, StringComparison.Ordinal);
-        Assert.Contains("ckpt_engine_update_failures_total{rank=\"0\"} 0\n", metrics, StringComparison.Ordinal);
-        Assert.Contains($"ckpt_engine_update_bytes_total{{rank=\"0\"}} {bytes}\n", metrics, StringComparison.Ordinal);
-        Assert.Contains($"ckpt_engine_update_buckets_total{{rank=\"0\"}} {buckets}\n", metrics, StringComparison.Ordinal);
-        Assert.Contains("ckpt_engine_update_duration_seconds_count{rank=\"0\"} 1\n", metrics, StringComparison.Ordinal);
-        Assert.Contains("ckpt_engine_update_duration_seconds_bucket{rank=\"0\",le=\"+Inf\"} 1\n", metrics, StringComparison.Ordinal);
-        Assert.Contains($"ckpt_engine_registered_bytes{{rank=\"0\"}} {bytes}\n", metrics, StringComparison.Ordinal);
+        var rank = ("rank", "0");
+        Assert.Equal(1, PrometheusText.Value(metrics, "ckpt_engine_updates_total", rank, ("method", "broadcast")));
+        Assert.DoesNotContain("ckpt_engine_update_failures_total", metrics, StringComparison.Ordinal);
+        Assert.Equal(bytes, PrometheusText.Value(metrics, "ckpt_engine_update_bytes_total", rank));
+        Assert.Equal(buckets, PrometheusText.Value(metrics, "ckpt_engine_update_buckets_total", rank));
+        Assert.Equal(1, PrometheusText.Value(metrics, "ckpt_engine_update_duration_seconds_count", rank));
+        Assert.Equal(1, PrometheusText.Value(metrics, "ckpt_engine_update_duration_seconds_bucket", rank, ("le", "+Inf")));
+        Assert.Equal(seconds, PrometheusText.Value(metrics, "ckpt_engine_update_last_duration_seconds", rank), 1e-3);
+        Assert.Equal(bytes, PrometheusText.Value(metrics, "ckpt_engine_registered_bytes", rank));
+        // A bucket stage histogram per stage, one sample per bucket this rank had a part in.
+        Assert.Equal(buckets, PrometheusText.Value(metrics, "ckpt_engine_bucket_stage_duration_seconds_count", rank, ("stage", "h2d")));
+        Assert.Equal(buckets, PrometheusText.Value(metrics, "ckpt_engine_bucket_stage_duration_seconds_count", rank, ("stage", "reload")));
+        Assert.True(PrometheusText.Value(metrics, "ckpt_engine_agreement_wait_seconds_count", rank) >= buckets + 3); // Attach, each reload, release, finish.
         Assert.Contains("# TYPE ckpt_engine_update_duration_seconds histogram\n", metrics, StringComparison.Ordinal);
 
         // A new step: unregister, register other weights under the same name, update again.
@@ -74,7 +80,7 @@ public sealed class ApiUpdateTests
         Assert.True(status == HttpStatusCode.OK, report.ToString());
         Assert.Equal(tensors2.ToDictionary(t => t.Name, t => t.Sha256).OrderBy(kv => kv.Key, StringComparer.Ordinal),
             (await WorkerDigestAsync(worker)).OrderBy(kv => kv.Key, StringComparer.Ordinal));
-        Assert.Contains("ckpt_engine_updates_total{rank=\"0\"} 2\n", await h.MetricsAsync(), StringComparison.Ordinal);
+        Assert.Equal(2, PrometheusText.Value(await h.MetricsAsync(), "ckpt_engine_updates_total", ("rank", "0")));
     }
 
     [Fact]
@@ -101,7 +107,11 @@ public sealed class ApiUpdateTests
         }
         var (_, state) = await h.GetAsync("/v1/status");
         Assert.Equal("an update of 'step-1'", state.GetProperty("busy").GetString());
-        Assert.Contains("ckpt_engine_update_in_progress{rank=\"0\"} 1\n", await h.MetricsAsync(), StringComparison.Ordinal);
+        var (code, shown, _) = await Task.Run(() => InProcessCli.Run("status", "--url", h.Http.BaseAddress!.ToString()), TestContext.Current.CancellationToken);
+        Assert.Equal(0, code);
+        Assert.Contains("busy: an update of 'step-1'", shown, StringComparison.Ordinal); // Its buckets are not known before the worker attaches.
+        Assert.Contains("no update finished yet", shown, StringComparison.Ordinal);
+        Assert.Equal(1, PrometheusText.Value(await h.MetricsAsync(), "ckpt_engine_update_in_progress", ("rank", "0")));
         Assert.Equal(HttpStatusCode.OK, (await h.GetAsync("/v1/healthz")).Status);
 
         engine.Release();
@@ -109,8 +119,8 @@ public sealed class ApiUpdateTests
         Assert.Equal(HttpStatusCode.InternalServerError, failed);
         Assert.Contains("engine says no", error.GetProperty("error").GetString(), StringComparison.Ordinal);
         var metrics = await h.MetricsAsync();
-        Assert.Contains("ckpt_engine_update_failures_total{rank=\"0\"} 1\n", metrics, StringComparison.Ordinal);
-        Assert.Contains("ckpt_engine_update_in_progress{rank=\"0\"} 0\n", metrics, StringComparison.Ordinal);
+        Assert.Equal(1, PrometheusText.Value(metrics, "ckpt_engine_update_failures_total", ("rank", "0"), ("cause", "engine")));
+        Assert.Equal(0, PrometheusText.Value(metrics, "ckpt_engine_update_in_progress", ("rank", "0")));
 
         // The rank is free again.
         Assert.Equal(JsonValueKind.Null, (await h.GetAsync("/v1/status")).Body.GetProperty("busy").ValueKind);

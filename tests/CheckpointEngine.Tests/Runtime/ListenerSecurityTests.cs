@@ -318,7 +318,7 @@ public class ListenerSecurityTests
                         t._p2p.Handshake, new Handshake.Claim(-1));
                     break;
             }
-            t.Handshake.Log = t.Log.Add;
+            t.Handshake.Logger = t.Log;
             return t;
         }
 

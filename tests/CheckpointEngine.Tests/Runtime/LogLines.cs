@@ -1,8 +1,16 @@
+using Microsoft.Extensions.Logging;
+
 namespace CheckpointEngine.Tests.Runtime;
 
-/// <summary>What a listener logs (a stand-in for its log sink); tests wait for a line instead of sleeping.</summary>
-internal sealed class LogLines
+/// <summary>What a listener logs (a logger that keeps each message as a line); tests wait for a line instead of sleeping.</summary>
+internal sealed class LogLines : ILogger
 {
+    public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+    public bool IsEnabled(LogLevel logLevel) => true;
+
+    public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) => Add(formatter(state, exception));
+
     private readonly Lock _lock = new();
     private readonly List<string> _lines = [];
     private TaskCompletionSource _added = new(TaskCreationOptions.RunContinuationsAsynchronously);

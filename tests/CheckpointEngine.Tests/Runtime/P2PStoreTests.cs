@@ -155,7 +155,7 @@ public sealed class P2PStoreTests : IDisposable
         var owner = (UcxP2PStore)Store(P2PStores.Ucx);
         owner.Register("ckpt/0", _source.Address, Size);
         var log = new LogLines();
-        owner.Control.Handshake.Log = log.Add;
+        owner.Control.Handshake.Logger = log;
         owner.Control.SendDeadline = TimeSpan.FromSeconds(1);
         var colon = owner.Address.LastIndexOf(':');
         using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);

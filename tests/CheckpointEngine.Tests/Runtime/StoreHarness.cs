@@ -30,7 +30,7 @@ internal sealed class StoreHarness : IDisposable
     public static StoreHarness Start(string? token = null, int worldSize = 8)
     {
         var h = new StoreHarness(StoreServer.Start(IPAddress.Loopback, 0, token, worldSize), token);
-        h.Server.Handshake.Log = h.Refusals.Add;
+        h.Server.Handshake.Logger = h.Refusals;
         return h;
     }
 

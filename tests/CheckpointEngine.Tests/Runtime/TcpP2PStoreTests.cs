@@ -38,7 +38,7 @@ public sealed class TcpP2PStoreTests : IDisposable
     public async Task StalledReader_IsDroppedAtTheSendDeadline_NamingIt()
     {
         var log = new LogLines();
-        _owner.Handshake.Log = log.Add;
+        _owner.Handshake.Logger = log;
         _owner.SendDeadline = TimeSpan.FromMilliseconds(500);
         using var big = NativeBuffer.Allocate(55 << 20);
         _owner.Register("big", big.Address, 55 << 20);
@@ -54,7 +54,7 @@ public sealed class TcpP2PStoreTests : IDisposable
     {
         // The reported hang: a reader asks for 55 MB and stops reading while the owner unregisters the checkpoint.
         var log = new LogLines();
-        _owner.Handshake.Log = log.Add;
+        _owner.Handshake.Logger = log;
         _owner.SendDeadline = TimeSpan.FromSeconds(1);
         using var big = NativeBuffer.Allocate(55 << 20);
         _owner.Register("big", big.Address, 55 << 20);

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
 using CheckpointEngine.Runtime.Rendezvous;
 using CheckpointEngine.Runtime.Security;
 
@@ -89,7 +90,8 @@ public sealed partial class TcpP2PStore : IP2PStore
         {
             foreach (var (socket, peer) in _answering)
             {
-                Handshake.Log($"{Handshake.P2P}: dropped the reader at {peer}: its read was still in flight {SendDeadline.TotalSeconds:0.###} s after '{name}' was to be unregistered");
+                Handshake.Logger.LogWarning("{Listener}: dropped the reader at {Peer}: its read was still in flight {Seconds:0.###} s after '{Checkpoint}' was to be unregistered",
+                    Handshake.P2P, peer, SendDeadline.TotalSeconds, name);
                 socket.Dispose();
             }
             _buffersLock.EnterWriteLock(); // Their sends fail at once now, and give the lock back.
@@ -172,7 +174,7 @@ public sealed partial class TcpP2PStore : IP2PStore
         }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut)
         {
-            Handshake.Log($"{Handshake.P2P}: dropped the reader at {peer}: it took no data for {SendDeadline.TotalSeconds:0.###} s (a stalled reader)");
+            Handshake.Logger.LogWarning("{Listener}: dropped the reader at {Peer}: it took no data for {Seconds:0.###} s (a stalled reader)", Handshake.P2P, peer, SendDeadline.TotalSeconds);
         }
         catch (Exception e) when (e is IOException or SocketException or InvalidDataException or ObjectDisposedException)
         {

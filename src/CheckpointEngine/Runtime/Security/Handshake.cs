@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
+using Microsoft.Extensions.Logging;
 using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
 
 namespace CheckpointEngine.Runtime.Security;
@@ -52,8 +53,8 @@ internal sealed class Handshake(string? token, string listener)
     /// <summary>Connections in their handshake at once; one more is closed without reading a byte.</summary>
     public int MaxPending { get; set; } = 64;
 
-    /// <summary>Where refused connections are reported (default: standard error).</summary>
-    public Action<string> Log { get; set; } = message => Console.Error.WriteLine($"ckpt-engine: {message}");
+    /// <summary>Where refused connections are reported, as warnings (default: standard error).</summary>
+    public ILogger Logger { get; set; } = StandardErrorLogger.Instance;
 
     /// <summary>Connections accepted and not yet through their handshake.</summary>
     public int Pending => Volatile.Read(ref _pending);
@@ -157,7 +158,7 @@ internal sealed class Handshake(string? token, string listener)
                     _ => $"broken handshake: {e.Message}",
                 };
                 var who = claimed is { Rank: not -1 } c ? $"rank {c.Rank}" : "a peer";
-                Log($"{Listener}: {who} at {peer} {(authenticated ? "was refused" : "failed authentication")}: {why}");
+                Logger.LogWarning("{Listener}: {Who} at {Peer} {Verdict}: {Reason}", Listener, who, peer, authenticated ? "was refused" : "failed authentication", why);
             }
             return null;
         }

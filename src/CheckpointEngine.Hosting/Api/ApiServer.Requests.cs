@@ -156,7 +156,7 @@ public sealed partial class ApiServer
 
     private UpdateRequest ParseUpdate(JsonElement root)
     {
-        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify", "p2p_transport");
+        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify", "p2p_transport", "engine");
         P2PTransport? transport = null;
         if (root.TryGetProperty("p2p_transport", out var pt) && pt.ValueKind != JsonValueKind.Null)
         {

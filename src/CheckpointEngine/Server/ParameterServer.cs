@@ -5,6 +5,7 @@ using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Collectives;
 using CheckpointEngine.Runtime.Devices;
 using CheckpointEngine.Runtime.P2P;
+using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Server;
 
@@ -33,6 +34,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     /// <summary>How many times a worker part plan was made (not reused); for tests.</summary>
     internal int PartPlans { get; private set; }
+
+    /// <summary>The declarations of the last update's classes, by digest: later updates exchange only digests while they stay the same.</summary>
+    private Dictionary<string, WorkerWants> _knownWants = new(StringComparer.Ordinal);
 
     /// <summary>The world group's relay groups for shard-aware updates across hosts, kept while hosts and classes stay the same.</summary>
     private RelayGroups? _relay;

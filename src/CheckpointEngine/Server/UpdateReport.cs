@@ -16,6 +16,9 @@ public sealed record UpdateReport(
     /// <summary>Distinct declarations of what the members' workers keep (workers that declared nothing count as one).</summary>
     public int WorkerClasses { get; init; }
 
+    /// <summary>Bytes of declarations this rank received from the classes' leads: 0 once every member knows every class's (later updates of an RL loop).</summary>
+    public long DeclarationBytes { get; init; }
+
     /// <summary>Bytes this rank received from other hosts over the network (the built-in communicator counts them; 0 where it cannot tell).</summary>
     public long NetworkBytesReceived { get; init; }
 

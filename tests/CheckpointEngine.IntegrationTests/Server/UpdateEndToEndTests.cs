@@ -222,13 +222,19 @@ public sealed class UpdateEndToEndTests : IDisposable
         string[] urls = ranks == tp ? [sharded]
             : plainSecondInstance ? [sharded, (await StartWorkers(r => DeviceId(r + tp), tp, tp))[0]]
             : [sharded, (await StartWorkers(r => DeviceId(r + tp), tp, tp, "--shard-by-tp"))[0]];
-        var results = await RunRanks(ranks, dir, urls, tp, updates: 2);
-        AssertAllOk(results, 2);
+        var results = await RunRanks(ranks, dir, urls, tp, updates: 3);
+        AssertAllOk(results, 3);
 
         long Bytes(RankCluster.Result r, int update) => long.Parse(r.Line($"update {update} ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
+        long Declarations(RankCluster.Result r, int update) => long.Parse(r.Line($"declarations {update} ").Split(' ')[2], System.Globalization.CultureInfo.InvariantCulture);
         var total = Bytes(results[0], 1);
         Assert.All(results, r => Assert.Equal(total, Bytes(r, 1)));
         Assert.All(results.Take(tp), r => Assert.True(Bytes(r, 2) < total, $"rank {r.Rank} sent {Bytes(r, 2)} of {total} bytes"));
+        Assert.All(results, r => Assert.Equal(Bytes(r, 2), Bytes(r, 3)));
+        // The declarations go round once, with the first declared update; the next one exchanges digests only.
+        Assert.All(results, r => Assert.Equal(0, Declarations(r, 1)));
+        Assert.All(results, r => Assert.True(Declarations(r, 2) > 0, r.Line("declarations 2")));
+        Assert.All(results, r => Assert.Equal(0, Declarations(r, 3)));
         if (plainSecondInstance)
         {
             Assert.All(results.Skip(tp), r => Assert.Equal(total, Bytes(r, 2)));

@@ -46,13 +46,14 @@ public sealed class MultiHostTests : IDisposable
     }
 
     /// <summary>About <paramref name="mib"/> MiB in projection weights (sliced by a <c>--shard-by-tp</c> worker) of mixed sizes, some over the 1 MiB bucket, in 2 files.</summary>
-    private string WriteCheckpoint(int mib = 6)
+    /// <param name="small">Tensors of at most 64 KiB only, so that small buckets make many.</param>
+    private string WriteCheckpoint(int mib = 6, bool small = false)
     {
         var rng = new Random(21);
         var tensors = new List<TensorToWrite>();
         for (long i = 0, total = 0; total < (long)mib << 20; i++)
         {
-            var bytes = new byte[i % 5 == 0 ? (3 << 19) + 1024 * i : 4096 + 1024 * i];
+            var bytes = new byte[i % 5 == 0 && !small ? (3 << 19) + 1024 * i : 4096 + 1024 * (i % 60)];
             rng.NextBytes(bytes);
             total += bytes.Length;
             tensors.Add(TensorToWrite.FromBytes($"layers.{i:D3}.{(i % 2 == 0 ? "q_proj" : "o_proj")}.weight", DType.BF16, [bytes.Length / 512, 256], bytes));
@@ -86,7 +87,8 @@ public sealed class MultiHostTests : IDisposable
 
     /// <summary>A world of two ranks on each of <paramref name="hosts"/>, its store on the first; rank r runs on hosts[r / 2].</summary>
     private Task<RankCluster.Result[]> RunWorld(NetnsHosts net, string world, int[] hosts, string[] args, Func<int, string?>? tokenOf = null,
-        string timeoutS = "20", string transport = P2PStores.Tcp, string connectTimeoutS = "15", string? ucxTls = null) =>
+        string timeoutS = "20", string transport = P2PStores.Tcp, string connectTimeoutS = "15", string? ucxTls = null,
+        string maxBucketGb = "0.0009765625" /* 1 MiB */) =>
         RankCluster.RunAsync(hosts.Length * RanksPerHost, args, r =>
         {
             var env = new Dictionary<string, string>
@@ -95,7 +97,7 @@ public sealed class MultiHostTests : IDisposable
                 ["LOCAL_WORLD_SIZE"] = RanksPerHost.ToString(CultureInfo.InvariantCulture),
                 ["CKPT_ENGINE_CONNECT_TIMEOUT_S"] = connectTimeoutS,
                 ["CKPT_ENGINE_DEVICE_ID"] = DeviceId(world, r),
-                ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625", // 1 MiB
+                ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = maxBucketGb,
                 [P2PTransports.Variable] = transport,
                 ["TEST_TIMEOUT_S"] = timeoutS,
             };
@@ -223,11 +225,11 @@ public sealed class MultiHostTests : IDisposable
     public async Task Partition_LinkDownMidUpdate_EveryRankFailsNamingTheHost_NextUpdateSucceeds()
     {
         var net = Hosts(2);
-        var dir = WriteCheckpoint();
+        var dir = WriteSmallTensors();
         int[] hosts = [0, 1];
         var urls = await StartWorkers(net, "p", hosts, "--reload-delay-ms", "200");
-        var running = RunWorld(net, "p", hosts, UpdateArgs(dir, urls, 1), timeoutS: "8");
-        await WaitForBuckets(net, urls[1], 1, running);
+        var running = RunWorld(net, "p", hosts, UpdateArgs(dir, urls, 1), timeoutS: "8", maxBucketGb: SmallBuckets);
+        await WaitForTraffic(net, 1, 300_000, running); // Of about 1.5 MB that host 1 takes in.
         net.SetLink(1, up: false);
         var results = await running;
         foreach (var r in results)
@@ -249,11 +251,11 @@ public sealed class MultiHostTests : IDisposable
     public async Task HostKilled_MidUpdate_SurvivorsFailNamingItsRanks_NextUpdateSucceeds()
     {
         var net = Hosts(2);
-        var dir = WriteCheckpoint();
+        var dir = WriteSmallTensors();
         int[] hosts = [0, 1];
         var urls = await StartWorkers(net, "k", hosts, "--reload-delay-ms", "200");
-        var running = RunWorld(net, "k", hosts, UpdateArgs(dir, urls, 1), timeoutS: "600"); // The cluster kills anything that waits for this.
-        await WaitForBuckets(net, urls[1], 1, running);
+        var running = RunWorld(net, "k", hosts, UpdateArgs(dir, urls, 1), timeoutS: "600", maxBucketGb: SmallBuckets); // The cluster kills anything that waits for this.
+        await WaitForTraffic(net, 1, 300_000, running); // Of about 1.5 MB that host 1 takes in.
         net.KillHost(1);
         var results = await running;
         foreach (var r in results[..2])
@@ -269,8 +271,13 @@ public sealed class MultiHostTests : IDisposable
         await AssertHold(net, dir, hosts, urls);
     }
 
+    /// <summary>128 KiB: dozens of buckets, at 200 ms a reload the update lasts seconds.</summary>
+    private const string SmallBuckets = "0.0001220703125";
+
+    private string WriteSmallTensors() => WriteCheckpoint(mib: 3, small: true);
+
     private static bool NamesHost1(NetnsHosts net, string output) =>
-        output.Contains("rank 2", StringComparison.Ordinal) || output.Contains("rank 3", StringComparison.Ordinal) || output.Contains(net.Addresses[1].ToString(), StringComparison.Ordinal);
+        output.Contains(net.Addresses[1].ToString(), StringComparison.Ordinal) || output.Contains("rank 2", StringComparison.Ordinal) || output.Contains("rank 3", StringComparison.Ordinal);
 
     /// <summary>No rank process is left in these hosts (the workers stay: they are the engines).</summary>
     private static void AssertNoRankLeft(NetnsHosts net, params int[] hosts)
@@ -282,23 +289,18 @@ public sealed class MultiHostTests : IDisposable
         }
     }
 
-    private static async Task WaitForBuckets(NetnsHosts net, string url, int host, Task<RankCluster.Result[]> running)
+    /// <summary>Waits until <paramref name="bytes"/> have crossed host <paramref name="host"/>'s link (the update is under way), failing if the ranks stop first.</summary>
+    private static async Task WaitForTraffic(NetnsHosts net, int host, long bytes, Task<RankCluster.Result[]> running)
     {
-        using var http = net.Http(host);
-        var clock = Stopwatch.StartNew();
-        while (true)
+        var (start, clock) = (net.BytesTo(host), Stopwatch.StartNew());
+        while (net.BytesTo(host) - start < bytes)
         {
-            var doc = await http.GetFromJsonAsync<JsonElement>(url.TrimEnd('/') + "/v1/weights/digest", TestContext.Current.CancellationToken);
-            if (doc.GetProperty("shards").EnumerateArray().Any(s => s.GetProperty("buckets_loaded").GetInt64() > 0))
-            {
-                return;
-            }
             if (running.IsCompleted)
             {
-                Assert.Fail("the ranks stopped before the update reached host 1:\n" + string.Join("\n", (await running).Select(r => r.Output)));
+                Assert.Fail($"the ranks stopped before {bytes} bytes reached host {host}:\n" + string.Join("\n", (await running).Select(r => r.Output)));
             }
-            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "the update never reached host 1's worker");
-            await Task.Delay(50, TestContext.Current.CancellationToken);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"never {bytes} bytes to host {host}");
+            await Task.Delay(20, TestContext.Current.CancellationToken);
         }
     }
 

@@ -86,6 +86,17 @@ internal sealed partial class NetnsHosts : IDisposable
     /// <summary>Limits host <paramref name="host"/>'s link both ways to <paramref name="rate"/> (tc's form, e.g. 400mbit; "off" lifts it) with tc tbf.</summary>
     public void Shape(int host, string rate) => Script(["shape", World, host.ToString(CultureInfo.InvariantCulture), rate]);
 
+    /// <summary>Bytes the switch has sent down host <paramref name="host"/>'s link so far (the kernel's counter).</summary>
+    public long BytesTo(int host)
+    {
+        var psi = new ProcessStartInfo("ip", ["-n", $"{World}-sw", "-s", "-j", "link", "show", $"h{host}"]) { RedirectStandardOutput = true };
+        using var p = Process.Start(psi)!;
+        var json = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        using var doc = System.Text.Json.JsonDocument.Parse(json);
+        return doc.RootElement[0].GetProperty("stats64").GetProperty("tx").GetProperty("bytes").GetInt64();
+    }
+
     /// <summary>SIGKILLs every process of host <paramref name="host"/> at once, as a machine failure would.</summary>
     public void KillHost(int host) => Script(["kill", World, host.ToString(CultureInfo.InvariantCulture)]);
 

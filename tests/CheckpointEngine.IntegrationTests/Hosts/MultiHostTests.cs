@@ -172,7 +172,7 @@ public sealed class MultiHostTests : IDisposable
             P2PStores.RequireUcx();
         }
         var net = Hosts(3);
-        var dir = WriteCheckpoint();
+        var dir = WriteCheckpoint(mib: 32);
         var metas = Path.Combine(_dir, "metas.json");
         var ownerUrls = await StartWorkers(net, "o", [0, 1]);
         var joinerUrls = await StartWorkers(net, "j", [2]);
@@ -187,6 +187,10 @@ public sealed class MultiHostTests : IDisposable
         }
         Assert.All(ownerResults, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
         await AssertHold(net, dir, [2], joinerUrls);
+        var raw = await RawStream(net, 0, 2, 64L << 20);
+        var f = joiners[0].Line("update 1 ok").Split(' ');
+        var perWorker = long.Parse(f[3], CultureInfo.InvariantCulture) / double.Parse(f[4], CultureInfo.InvariantCulture);
+        TestContext.Current.TestOutputHelper?.WriteLine($"P2P join over {transport}: raw TCP {raw / 1e9:F3} GB/s; per worker {perWorker / 1e9:F3} GB/s ({perWorker / raw:F2}x raw)");
         // Every owner published an address of its own host: host 2 has no other way to their memory than its link.
         var addresses = JsonDocument.Parse(File.ReadAllText(metas)).RootElement.GetRawText();
         Assert.Contains($"\"{net.Addresses[0]}", addresses);
@@ -269,6 +273,64 @@ public sealed class MultiHostTests : IDisposable
         var again = await RunWorld(net, "k", hosts, UpdateArgs(dir, urls, 1));
         AssertOk(again);
         await AssertHold(net, dir, hosts, urls);
+    }
+
+    /// <summary>
+    /// Cross-host broadcast against a raw TCP stream over the same link in the same run, with the link as veth gives it
+    /// and limited to 400 Mbit/s by tc tbf (host 1, both ways). Host 1's leader takes every byte of host 0 over that link,
+    /// so its network rate cannot beat the raw stream's; the figures go to the test output (README "Several hosts").
+    /// </summary>
+    [Theory]
+    [InlineData("off")]
+    [InlineData("400mbit")]
+    public async Task Broadcast_OverAShapedLink_CrossHostLegRunsAtTheLinkRate(string rate)
+    {
+        var net = Hosts(2);
+        net.Shape(1, rate);
+        var dir = WriteCheckpoint(mib: 32);
+        int[] hosts = [0, 1];
+        var urls = await StartWorkers(net, "r", hosts);
+        var raw = await RawStream(net, 0, 1, 64L << 20);
+        var results = await RunWorld(net, "r", hosts, UpdateArgs(dir, urls, 2), timeoutS: "120", maxBucketGb: "0.0078125" /* 8 MiB */);
+        AssertOk(results, 2);
+        await AssertHold(net, dir, hosts, urls);
+        var f = results[2].Line("update 2 ok").Split(' ');
+        var (bytes, seconds) = (long.Parse(f[3], CultureInfo.InvariantCulture), double.Parse(f[4], CultureInfo.InvariantCulture));
+        var network = NetworkBytes(results[2], 2) / seconds;
+        TestContext.Current.TestOutputHelper?.WriteLine(
+            $"link {rate}: raw TCP {raw / 1e9:F3} GB/s; per worker {bytes / seconds / 1e9:F3} GB/s ({bytes / seconds / raw:F2}x raw); host 1's network leg {network / 1e9:F3} GB/s ({network / raw:F2}x raw)");
+        Assert.True(network <= raw * 1.25, $"host 1 took {network / 1e9:F3} GB/s over a link that streams {raw / 1e9:F3} GB/s");
+    }
+
+    /// <summary>Bytes per second of one TCP stream from host <paramref name="from"/> to host <paramref name="to"/> (sockets made in their namespaces).</summary>
+    private static async Task<double> RawStream(NetnsHosts net, int from, int to, long bytes)
+    {
+        using var listener = net.Socket(to);
+        listener.Bind(new System.Net.IPEndPoint(net.Addresses[to], 0));
+        listener.Listen(1);
+        using var client = net.Socket(from);
+        var clock = Stopwatch.StartNew();
+        var accept = listener.AcceptAsync(TestContext.Current.CancellationToken).AsTask();
+        await client.ConnectAsync(listener.LocalEndPoint!, TestContext.Current.CancellationToken);
+        using var server = await accept;
+        var send = Task.Run(async () =>
+        {
+            var chunk = new byte[1 << 20];
+            for (long sent = 0; sent < bytes; sent += chunk.Length)
+            {
+                await client.SendAsync(chunk, System.Net.Sockets.SocketFlags.None);
+            }
+        });
+        var buffer = new byte[1 << 20];
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
+        for (long received = 0; received < bytes;)
+        {
+            var n = await server.ReceiveAsync(buffer, System.Net.Sockets.SocketFlags.None, cts.Token);
+            Assert.True(n > 0, "the raw stream closed early");
+            received += n;
+        }
+        await send;
+        return bytes / clock.Elapsed.TotalSeconds;
     }
 
     /// <summary>128 KiB: dozens of buckets, at 200 ms a reload the update lasts seconds.</summary>

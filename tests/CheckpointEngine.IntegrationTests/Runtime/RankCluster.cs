@@ -21,8 +21,9 @@ internal static class RankCluster
     /// <param name="waitFor">Ranks expected to exit by themselves (default all); the rest are killed once these have.</param>
     /// <param name="deadline">Past it, every rank still running is killed and reported with exit code −1.</param>
     /// <param name="killWhen">When this task completes, every rank is killed at once (as a machine failure would).</param>
+    /// <param name="place">Rewrites a rank's start (e.g. to run inside a host of <see cref="Hosts.NetnsHosts"/>); the process must keep the started id.</param>
     public static async Task<Result[]> RunAsync(int ranks, string[] args, Func<int, IDictionary<string, string>?>? env = null,
-        Func<int, bool>? waitFor = null, TimeSpan? deadline = null, Task? killWhen = null)
+        Func<int, bool>? waitFor = null, TimeSpan? deadline = null, Task? killWhen = null, Action<int, ProcessStartInfo>? place = null)
     {
         var port = TestPorts.Free();
         var processes = new List<Process>();
@@ -43,6 +44,7 @@ internal static class RankCluster
                 {
                     psi.Environment[k] = v;
                 }
+                place?.Invoke(r, psi);
                 processes.Add(Process.Start(psi)!);
             }
             var outputs = processes.Select(p => (Out: p.StandardOutput.ReadToEndAsync(), Err: p.StandardError.ReadToEndAsync())).ToList();

@@ -63,11 +63,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         return dir;
     }
 
-    private static Dictionary<string, string> SourceDigests(string dir)
-    {
-        using var checkpoint = Checkpoint.Open(dir);
-        return checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)));
-    }
+    private static Dictionary<string, string> SourceDigests(string dir) => ReferenceWorkers.SourceDigests(dir);
 
     private string DeviceId(int rank) => $"e2e-{_id}-{rank}";
 
@@ -79,20 +75,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         var urls = new List<string>();
         for (var g = 0; g < ranks / tp; g++)
         {
-            var psi = RankCluster.Start(["cli", "worker", "--listen", "127.0.0.1:0", "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                "--device-ids", string.Join(',', Enumerable.Range(g * tp, tp).Select(deviceId)), .. extra]);
-            var p = Process.Start(psi)!;
-            _workers.Add(p);
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-            while (true)
-            {
-                var line = await p.StandardOutput.ReadLineAsync(cts.Token) ?? throw new InvalidOperationException("worker exited: " + await p.StandardError.ReadToEndAsync());
-                if (line.StartsWith("listening on ", StringComparison.Ordinal))
-                {
-                    urls.Add(line["listening on ".Length..].Trim());
-                    break;
-                }
-            }
+            urls.Add(await ReferenceWorkers.RunAsync(ReferenceWorkers.Start(Enumerable.Range(g * tp, tp).Select(deviceId), extra), _workers));
         }
         return [.. urls];
     }
@@ -119,29 +102,9 @@ public sealed class UpdateEndToEndTests : IDisposable
                 ["TEST_DEVICE_MEMORY_MB"] = deviceMemoryMb.ToString(System.Globalization.CultureInfo.InvariantCulture),
             });
 
-    private static async Task<Dictionary<string, Dictionary<string, string>>> WorkerDigests(string url)
-    {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
-        var doc = await http.GetFromJsonAsync<JsonElement>(url.TrimEnd('/') + "/v1/weights/digest");
-        return doc.GetProperty("shards").EnumerateArray().ToDictionary(
-            s => s.GetProperty("device_id").GetString()!,
-            s => s.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!));
-    }
+    private static Task<Dictionary<string, Dictionary<string, string>>> WorkerDigests(string url) => ReferenceWorkers.DigestsAsync(url);
 
-    private static async Task AssertWorkersHold(string dir, string[] urls, int ranks)
-    {
-        var expected = SourceDigests(dir);
-        var seen = 0;
-        foreach (var url in urls)
-        {
-            foreach (var (_, tensors) in await WorkerDigests(url))
-            {
-                Assert.Equal(expected.OrderBy(kv => kv.Key, StringComparer.Ordinal), tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
-                seen++;
-            }
-        }
-        Assert.Equal(ranks, seen);
-    }
+    private static Task AssertWorkersHold(string dir, string[] urls, int ranks) => ReferenceWorkers.AssertHoldAsync(dir, urls.Select(u => (u, (HttpClient?)null)), ranks);
 
     /// <summary>Buckets each shard of these workers has loaded so far.</summary>
     private static async Task<long[]> BucketsLoaded(string[] urls)

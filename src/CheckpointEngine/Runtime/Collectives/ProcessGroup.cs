@@ -170,8 +170,9 @@ public sealed partial class ProcessGroup : ICommunicator
         }
         catch (StoreTimeoutException e)
         {
-            var late = e.MissingKeys.Select(k => Members[int.Parse(k[(k.LastIndexOf('/') + 1)..], System.Globalization.CultureInfo.InvariantCulture)]).ToList();
-            throw Failed(operation, late, $"ranks {string.Join(", ", late)} did not arrive within {timeout.TotalSeconds:F1} s", e);
+            var missing = e.MissingKeys.Select(k => int.Parse(k[(k.LastIndexOf('/') + 1)..], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+            var late = missing.Select(i => Members[i]).ToList();
+            throw Failed(operation, late, $"ranks {string.Join(", ", late)} {OnOtherHosts(missing)}did not arrive within {timeout.TotalSeconds:F1} s", e);
         }
         catch (PeerDiedException e)
         {
@@ -183,6 +184,12 @@ public sealed partial class ProcessGroup : ICommunicator
             throw Failed(operation, [], _world.BrokenReason is { } cause ? $"{e.Message} ({cause})" : e.Message, e);
         }
     }
+
+    /// <summary>"(on host 10.0.0.2) " when some of these members live on other hosts than this rank: a partition then names the host it cut off.</summary>
+    private string OnOtherHosts(IEnumerable<int> members) =>
+        _topology is { } t && members.Where(m => t.HostOf[m] != t.HostOf[Rank]).Select(m => t.Endpoints[m].Address.ToString()).Distinct().ToList() is { Count: > 0 } hosts
+            ? $"(on host {string.Join(", ", hosts)}) "
+            : "";
 
     public async Task<ICommunicator> CreateSubGroupAsync(string name, IReadOnlyList<int> groupRanks, TimeSpan timeout, CancellationToken ct = default)
     {

@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using System.Net.Http.Json;
+using System.Security.Cryptography;
+using System.Text.Json;
+using CheckpointEngine.Checkpoints;
+using CheckpointEngine.IntegrationTests.Runtime;
+
+namespace CheckpointEngine.IntegrationTests.Server;
+
+/// <summary>Reference inference workers (<c>ckpt-engine worker</c>) for end-to-end tests: start one, read what its shards hold.</summary>
+internal static class ReferenceWorkers
+{
+    /// <summary>A start description for one worker of <paramref name="deviceIds"/> (one shard each) listening on loopback.</summary>
+    public static ProcessStartInfo Start(IEnumerable<string> deviceIds, params string[] extra) =>
+        RankCluster.Start(["cli", "worker", "--listen", "127.0.0.1:0", "--tp", deviceIds.Count().ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--device-ids", string.Join(',', deviceIds), .. extra]);
+
+    /// <summary>Starts <paramref name="psi"/> (into <paramref name="started"/>, for the caller to kill) and returns its URL once it listens.</summary>
+    public static async Task<string> RunAsync(ProcessStartInfo psi, List<Process> started)
+    {
+        var p = Process.Start(psi)!;
+        started.Add(p);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        while (true)
+        {
+            var line = await p.StandardOutput.ReadLineAsync(cts.Token) ?? throw new InvalidOperationException("worker exited: " + await p.StandardError.ReadToEndAsync());
+            if (line.StartsWith("listening on ", StringComparison.Ordinal))
+            {
+                return line["listening on ".Length..].Trim();
+            }
+        }
+    }
+
+    /// <summary>Every tensor's SHA-256 in the checkpoint at <paramref name="dir"/>.</summary>
+    public static Dictionary<string, string> SourceDigests(string dir)
+    {
+        using var checkpoint = Checkpoint.Open(dir);
+        return checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)));
+    }
+
+    /// <summary>Per shard (device id): every tensor's SHA-256 as the worker at <paramref name="url"/> holds it.</summary>
+    public static async Task<Dictionary<string, Dictionary<string, string>>> DigestsAsync(string url, HttpClient? http = null)
+    {
+        using var own = http is null ? new HttpClient { Timeout = TimeSpan.FromSeconds(30) } : null;
+        var doc = await (http ?? own!).GetFromJsonAsync<JsonElement>(url.TrimEnd('/') + "/v1/weights/digest");
+        return doc.GetProperty("shards").EnumerateArray().ToDictionary(
+            s => s.GetProperty("device_id").GetString()!,
+            s => s.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!));
+    }
+
+    /// <summary>Asserts that every shard of these workers holds the checkpoint bit-exact, and that there are <paramref name="shards"/> of them.</summary>
+    public static async Task AssertHoldAsync(string dir, IEnumerable<(string Url, HttpClient? Http)> workers, int shards)
+    {
+        var expected = SourceDigests(dir).OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
+        var seen = 0;
+        foreach (var (url, http) in workers)
+        {
+            foreach (var (_, tensors) in await DigestsAsync(url, http))
+            {
+                Assert.Equal(expected, tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+                seen++;
+            }
+        }
+        Assert.Equal(shards, seen);
+    }
+}

@@ -142,9 +142,11 @@ public sealed partial class ParameterServer
 
         // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
         var ticket = WorkerTicket.New(WorkerAddress);
-        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice, World.HostId).ToBytes(), timeout, ct).ConfigureAwait(false))
+        var segments = mode.Method == UpdateMethod.Broadcast && Device.HostAccessible ? RegisteredSegments(name) : null;
+        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice, World.HostId, segments).ToBytes(), timeout, ct).ConfigureAwait(false))
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
+        var direct = DirectFor(name, mode, members, metas);
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var context = new UpdateContext(name, Rank, members.Select(m => m.Socket).ToList());
@@ -156,13 +158,21 @@ public sealed partial class ParameterServer
             try
             {
                 worker = await _worker.AcceptAsync(ticket, triggered, timeout, ct).ConfigureAwait(false);
-                failure = WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id), timeout, ct).ConfigureAwait(false);
+                var registered = direct is not null && worker.MapsSegments ? direct.Segments : null;
+                failure = WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id, registered), timeout, ct).ConfigureAwait(false);
             }
             catch (UpdateFailedException e)
             {
                 failure = e.Message;
             }
             await Agreement.AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
+            if (direct is not null)
+            {
+                // Workers read the owners' memory in place only when every one of them mapped it (older workers do not).
+                var maps = await group.AllGatherAsync([worker!.MapsSegments ? (byte)1 : (byte)0], timeout, ct).ConfigureAwait(false);
+                direct = maps.All(m => m is [1]) ? direct : null;
+                DropPeerBuffers(direct?.Segments ?? []);
+            }
 
             var total = steps.Sum(s => s.Bucket.Size);
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
@@ -181,7 +191,7 @@ public sealed partial class ParameterServer
             var routes = relay?.Routes(steps, classBytes);
             var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
             var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
-                relay is null ? null : (relay, routes!), timeout, clock,
+                relay is null ? null : (relay, routes!), direct, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
             var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
 
@@ -189,8 +199,8 @@ public sealed partial class ParameterServer
             await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
-            var staged = steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
-            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = routes?.Count(r => r is not null) ?? 0 };
+            var staged = direct is not null ? 0 : steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
+            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = routes?.Count(r => r is not null) ?? 0, InPlace = direct is not null };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
         {
@@ -206,6 +216,27 @@ public sealed partial class ParameterServer
             _progress = null;
             worker?.Dispose();
         }
+    }
+
+    /// <summary>This rank's registered segments of <paramref name="name"/> in buffer order (none when it holds nothing), or null when some buffer is not one.</summary>
+    private List<SegmentRef>? RegisteredSegments(string name) =>
+        !Registry.TryGet(name, out var checkpoint) ? []
+        : checkpoint.Buffers.All(b => b.Segment is not null) ? [.. checkpoint.Buffers.Select(b => new SegmentRef(b.Segment!.Name, b.Size))]
+        : null;
+
+    /// <summary>
+    /// The owners' registered memory to load from in place, when every member runs on this host with every buffer of the
+    /// checkpoint in a shared segment (a broadcast update on the host backend); else null (stage and broadcast).
+    /// </summary>
+    private DirectSources? DirectFor(string name, UpdateMode mode, List<UpdateMember> members, GlobalMetas metas)
+    {
+        if (mode.Method != UpdateMethod.Broadcast || !Device.HostAccessible || members.Count != metas.Ranks.Count
+            || members.Any(m => m.HostId != World.HostId || m.Segments is null || m.Segments.Count != metas.Ranks[m.Rank].Buffers.Count))
+        {
+            return null;
+        }
+        Func<int, nint>? local = Registry.TryGet(name, out var checkpoint) ? i => checkpoint.Buffers[i].Address : null;
+        return new DirectSources([.. members.Select(m => m.Segments!)], Rank, local, PeerBuffer);
     }
 
     /// <summary>

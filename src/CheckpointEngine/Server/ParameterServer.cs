@@ -5,6 +5,7 @@ using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Collectives;
 using CheckpointEngine.Runtime.Devices;
 using CheckpointEngine.Runtime.P2P;
+using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Server;
 
@@ -38,6 +39,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private RelayGroups? _relay;
     private BucketSizing? _sizing;
 
+    /// <summary>Other ranks' registered segments mapped here (read-only) for gathers of direct updates, by name; kept while updates name them.</summary>
+    private readonly Dictionary<string, SharedMemorySegment> _peerBuffers = new(StringComparer.Ordinal);
+
     /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: <see cref="TcpP2PStore"/>.</param>
     /// <param name="group">The communicator that broadcasts device memory (NCCL for a GPU); default: the world's built-in group.</param>
     public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null, IP2PStore? p2p = null, ICommunicator? group = null)
@@ -46,6 +50,8 @@ public sealed partial class ParameterServer : IAsyncDisposable
         Device = device;
         Group = group ?? world.Group;
         Registry = registry ?? new CheckpointRegistry();
+        // On the host backend, registered buffers are shared-memory segments: workers on this host load straight out of them.
+        Registry.SharedMemory |= device.HostAccessible;
         _gate = new OperationGate(world.Rank);
         _worker = new WorkerLink(device.Id, world.Config.SocketDirectory);
         _p2p = p2p ?? new TcpP2PStore(world.AdvertiseAddress, world.Config.Token);
@@ -141,6 +147,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
             Unpublish(name, checkpoint);
         }
         var pooled = found && checkpoint.Buffers.Any(b => b.Kind == MemoryBufferKind.Pooled);
+        DropPeerBuffers([]); // Other ranks unregister theirs too: do not keep their memory alive.
         var removed = Registry.UnregisterCheckpoint(name);
         if (!pooled && Registry.Checkpoints.Count == 0)
         {
@@ -297,6 +304,34 @@ public sealed partial class ParameterServer : IAsyncDisposable
         DropStaging();
     }
 
+    /// <summary>Another rank's registered segment mapped here (read-only), mapped on first use and kept.</summary>
+    private nint PeerBuffer(SegmentRef segment)
+    {
+        lock (_peerBuffers)
+        {
+            if (!_peerBuffers.TryGetValue(segment.Handle, out var mapped) || mapped.Size < segment.Size)
+            {
+                mapped?.Dispose();
+                mapped = _peerBuffers[segment.Handle] = SharedMemorySegment.OpenReadOnly(segment.Handle, segment.Size);
+            }
+            return mapped.Address;
+        }
+    }
+
+    /// <summary>Unmaps the other ranks' segments that are not in <paramref name="named"/> (they may have been unregistered).</summary>
+    private void DropPeerBuffers(IEnumerable<SegmentRef> named)
+    {
+        lock (_peerBuffers)
+        {
+            var keep = named.Select(s => s.Handle).ToHashSet(StringComparer.Ordinal);
+            foreach (var name in _peerBuffers.Keys.Where(n => !keep.Contains(n)).ToList())
+            {
+                _peerBuffers.Remove(name, out var s);
+                s!.Dispose();
+            }
+        }
+    }
+
     private void DropStaging()
     {
         if (_staging is not null)
@@ -324,6 +359,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
             return;
         }
         DropDeviceMemory();
+        DropPeerBuffers([]);
         _worker.Dispose();
         _p2p.Dispose();
         Registry.Dispose();

@@ -22,6 +22,9 @@ public sealed record UpdateReport(
     /// <summary>Buckets whose parts went between hosts class by class (see <c>ClassRelay</c>) rather than whole through every host leader.</summary>
     public int RelayedBuckets { get; init; }
 
+    /// <summary>Every worker loaded straight out of the owners' registered shared memory (one host, host backend): nothing was staged or broadcast.</summary>
+    public bool InPlace { get; init; }
+
     public TimeSpan HostToDevice => Sum(b => b.HostToDevice);
 
     public TimeSpan Broadcast => Sum(b => b.Broadcast);

@@ -176,6 +176,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         var urls = await StartWorkers(ranks, tp);
         var results = await RunRanks(ranks, dir, urls, tp, updates: 1);
         AssertAllOk(results, 1);
+        Assert.All(results, r => Assert.Equal("path 1 in-place 0", r.Line("path 1 "))); // One host: workers read the owners' segments.
         await AssertWorkersHold(dir, urls, ranks);
     }
 
@@ -222,6 +223,7 @@ public sealed class UpdateEndToEndTests : IDisposable
             : [sharded, (await StartWorkers(r => DeviceId(r + tp), tp, tp, "--shard-by-tp"))[0]];
         var results = await RunRanks(ranks, dir, urls, tp, updates: 2);
         AssertAllOk(results, 2);
+        Assert.All(results, r => Assert.Equal("path 2 in-place 0", r.Line("path 2 "))); // Parts in place, column slices gathered by each rank.
 
         long Bytes(RankCluster.Result r, int update) => long.Parse(r.Line($"update {update} ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
         var total = Bytes(results[0], 1);
@@ -303,6 +305,7 @@ public sealed class UpdateEndToEndTests : IDisposable
                 ["TEST_TIMEOUT_S"] = "30",
             });
         AssertAllOk(results, 2);
+        Assert.All(results, r => Assert.StartsWith("path 2 staged ", r.Line("path 2 "))); // Two hosts: staged and broadcast as before.
         (long Bytes, int Relayed) Network(RankCluster.Result r, int update)
         {
             var f = r.Line($"network {update} ").Split(' ');

@@ -1,0 +1,88 @@
+using System.Net.Sockets;
+using CheckpointEngine.Memory;
+using CheckpointEngine.Server;
+using CheckpointEngine.Worker;
+
+namespace CheckpointEngine.Tests.Server;
+
+/// <summary>
+/// The host backend on one host: registered buffers are owner-only shared-memory segments, a worker that maps them loads
+/// straight out of them (nothing staged or broadcast), and a worker that does not (an older one) gets the staged copy as before.
+/// </summary>
+public sealed class InPlaceUpdateTests
+{
+    private static readonly byte[] WeightsA = [.. Enumerable.Range(0, 5000).Select(i => (byte)(i * 31 + 7))];
+    private static readonly byte[] WeightsB = [.. Enumerable.Range(0, 777).Select(i => (byte)(i * 13 + 1))];
+
+    private static Task<SingleRank> StartAsync() =>
+        SingleRank.StartAsync(new NamedTensor("a", DType.U8, [WeightsA.Length], WeightsA), new NamedTensor("b", DType.U8, [WeightsB.Length], WeightsB));
+
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public async Task Update_WorkerMapsSegments_LoadsStraightFromTheRegisteredSegment_NothingStaged()
+    {
+        await using var rank = await StartAsync();
+        Assert.True(rank.Server.Registry.TryGet("step-1", out var checkpoint));
+        var segment = Assert.Single(checkpoint.Buffers).Segment;
+        Assert.NotNull(segment);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(segment.Path));
+
+        for (var u = 0; u < 2; u++)
+        {
+            var (report, received) = await rank.UpdateAsync();
+
+            Assert.True(report.InPlace);
+            Assert.Equal((0L, TimeSpan.Zero), (report.BytesStaged, report.HostToDevice));
+            Assert.Equal(WeightsA, received["a"]);
+            Assert.Equal(WeightsB, received["b"]);
+        }
+    }
+
+    [Fact]
+    public async Task Update_WorkerThatDoesNotMapSegments_GetsTheStagedCopy_BitExact()
+    {
+        await using var rank = await StartAsync();
+        var received = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        var report = await rank.Server.UpdateAsync("step-1", UpdateMode.Broadcast, async (context, ct) =>
+        {
+            var ticket = context.Sockets.Single().Ticket;
+            using var socket = await WeightReceiver.ConnectAsync(ticket.Address, SingleRank.Deadline, null, ct);
+            using var stream = new NetworkStream(socket);
+            await WorkerFraming.WriteAsync(stream, new WorkerHello(ticket.Session), ct); // An older worker: no "segments".
+            SharedMemorySegment? buffer = null;
+            try
+            {
+                while (await WorkerFraming.ReadAsync<WorkerMessage>(stream, ct) is { } message)
+                {
+                    if (message is AttachMessage attach)
+                    {
+                        Assert.Null(attach.Segments);
+                        buffer = SharedMemorySegment.Open(attach.Handle, attach.Size);
+                    }
+                    foreach (var t in (message as LoadMessage)?.Tensors ?? [])
+                    {
+                        Assert.Null(t.Segment);
+                        received[t.Name] = Bytes(buffer!, t.Offset, t.NBytes);
+                    }
+                    await WorkerFraming.WriteAsync(stream, WorkerReply.Success, ct);
+                    if (message is FinishMessage or AbortMessage)
+                    {
+                        return;
+                    }
+                }
+            }
+            finally
+            {
+                buffer?.Dispose();
+            }
+        }, new UpdateOptions { Timeout = SingleRank.Deadline }, TestContext.Current.CancellationToken);
+
+        Assert.False(report.InPlace);
+        Assert.True(report.BytesStaged >= WeightsA.Length + WeightsB.Length, $"staged {report.BytesStaged} bytes");
+        Assert.Equal(WeightsA, received["a"]);
+        Assert.Equal(WeightsB, received["b"]);
+    }
+
+    private static unsafe byte[] Bytes(SharedMemorySegment segment, long offset, long length) =>
+        new ReadOnlySpan<byte>(segment.Pointer + offset, checked((int)length)).ToArray();
+}

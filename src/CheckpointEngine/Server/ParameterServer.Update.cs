@@ -147,6 +147,7 @@ public sealed partial class ParameterServer
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
         var direct = DirectFor(name, mode, members, metas);
+        _deviceFaulted |= direct is null; // A staged update touches them.
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var context = new UpdateContext(name, Rank, members.Select(m => m.Socket).ToList());

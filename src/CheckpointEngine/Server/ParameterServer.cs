@@ -1,3 +1,4 @@
+using System.Text;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
@@ -38,6 +39,15 @@ public sealed partial class ParameterServer : IAsyncDisposable
     /// <summary>The world group's relay groups for shard-aware updates across hosts, kept while hosts and classes stay the same.</summary>
     private RelayGroups? _relay;
     private BucketSizing? _sizing;
+
+    /// <summary>The device buffers' pages are in (faulted ahead, or touched by a staged update).</summary>
+    private bool _deviceFaulted;
+
+    /// <summary>Bytes of device buffers allocated and faulted in ahead of the next update (0: none, or allocated but left untouched); for tests.</summary>
+    internal long PreparedDeviceBytes => _deviceFaulted ? _deviceBuffer?.Size ?? 0 : 0;
+
+    /// <summary>Bytes of device buffers allocated now; for tests.</summary>
+    internal long DeviceBytes => _deviceBuffer?.Size ?? 0;
 
     /// <summary>Other ranks' registered segments mapped here (read-only) for gathers of direct updates, by name; kept while updates name them.</summary>
     private readonly Dictionary<string, SharedMemorySegment> _peerBuffers = new(StringComparer.Ordinal);
@@ -200,6 +210,14 @@ public sealed partial class ParameterServer : IAsyncDisposable
             return metas; // No rank holds it (a mistyped name): nothing to keep, here or in the store, for every name ever asked.
         }
         SetMetas(metas);
+        // Device buffers are allocated now, not in the first update, and faulted in (first touches cost more than the copies) unless
+        // every rank is on this host with its buffers in shared segments: then workers will read those in place and leave them untouched.
+        var wait = timeout ?? TimeSpan.FromSeconds(300);
+        var free = (await World.Group.AllReduceAsync([Device.FreeMemory], ReduceOp.Min, wait, ct).ConfigureAwait(false))[0];
+        var mine = Encoding.UTF8.GetBytes((RegisteredSegments(name) is null ? "0" : "1") + World.HostId);
+        var all = await World.Group.AllGatherAsync(mine, wait, ct).ConfigureAwait(false); // Every rank calls it: collectives go in the same order.
+        var inPlace = Device.HostAccessible && mine[0] == (byte)'1' && all.All(b => b.AsSpan().SequenceEqual(mine));
+        PrepareDeviceMemory(metas, free, prefault: !inPlace);
         if (Rank == 0)
         {
             // Published for instances that join later without a metas file (see FetchMetasAsync).
@@ -262,9 +280,35 @@ public sealed partial class ParameterServer : IAsyncDisposable
             DropDeviceMemory();
             _deviceBuffer = Device.AllocateShared(sizing.DeviceBytes);
             _sizing = sizing;
+            _deviceFaulted = false;
         }
         group.Share(_deviceBuffer);
         return _deviceBuffer;
+    }
+
+    /// <summary>
+    /// Allocates the device buffers an update of <paramref name="metas"/> with default options will use, and faults them in when
+    /// <paramref name="prefault"/> (an update that stages into them). An update whose sizing comes out differently (other options,
+    /// less free memory) allocates its own as before.
+    /// </summary>
+    private void PrepareDeviceMemory(GlobalMetas metas, long free, bool prefault)
+    {
+        BucketSizing sizing;
+        try
+        {
+            var defaults = new UpdateOptions();
+            sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), defaults.MemoryFraction, defaults.MaxBucketSize ?? World.Config.MaxBucketSize);
+        }
+        catch (CheckpointEngineException)
+        {
+            return; // Too little memory: the update says so.
+        }
+        var buffer = DeviceBufferFor(sizing, Group);
+        if (prefault && !_deviceFaulted)
+        {
+            buffer.SharedSegment?.Prefault();
+            _deviceFaulted = true;
+        }
     }
 
     /// <summary>

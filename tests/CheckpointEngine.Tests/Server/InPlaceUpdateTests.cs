@@ -86,3 +86,35 @@ public sealed class InPlaceUpdateTests
     private static unsafe byte[] Bytes(SharedMemorySegment segment, long offset, long length) =>
         new ReadOnlySpan<byte>(segment.Pointer + offset, checked((int)length)).ToArray();
 }
+
+/// <summary>Cold ≈ warm: device buffers are allocated when metas are gathered, and faulted in then when the update will stage into them.</summary>
+public sealed class DeviceMemoryAheadTests
+{
+    private static readonly byte[] Weights = [.. Enumerable.Range(0, 3000).Select(i => (byte)(i * 17 + 3))];
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Gather_AllocatesDeviceBuffers_FaultsThemInOnlyWhenTheUpdateWillStage(bool sharedMemory)
+    {
+        var config = new CheckpointEngine.Runtime.RankConfig { DeviceId = $"ahead-test-{Guid.NewGuid():N}", HostDeviceMemory = 16 << 20 };
+        await using var host = await RankHost.StartAsync(config, device: "host", ct: TestContext.Current.CancellationToken);
+        var ps = host.Server;
+        ps.Registry.SharedMemory = sharedMemory; // Private memory: workers cannot read it in place, the update stages.
+        ps.RegisterCheckpoint("step-1", [], [new NamedTensor("w", DType.U8, [Weights.Length], Weights)]);
+        Assert.Equal(0, ps.DeviceBytes);
+
+        await ps.GatherMetasAsync("step-1", SingleRank.Deadline, TestContext.Current.CancellationToken);
+
+        Assert.True(ps.DeviceBytes > 0);
+        Assert.Equal(sharedMemory ? 0 : ps.DeviceBytes, ps.PreparedDeviceBytes);
+        var allocated = ps.DeviceBytes;
+        var received = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        var report = await ps.UpdateAsync("step-1", UpdateMode.Broadcast, (context, ct) => WeightReceiver.ReceiveAsync(context.Sockets.Single().Ticket.ToString(),
+            (_, tensors) => received["w"] = tensors.Single().Span.ToArray(), null, SingleRank.Deadline, ct),
+            new UpdateOptions { Timeout = SingleRank.Deadline }, TestContext.Current.CancellationToken);
+        Assert.Equal(sharedMemory, report.InPlace);
+        Assert.Equal(allocated, ps.DeviceBytes); // The update used the buffers allocated ahead.
+        Assert.Equal(Weights, received["w"]);
+    }
+}

@@ -86,6 +86,11 @@ internal static class BenchRunner
                         {
                             TensorParallel = ranks, DeviceIds = ids, ShardByTp = sharding, DeclareWants = method == BenchSettings.TpSharded,
                         }, cancellationToken: ct).ConfigureAwait(false);
+                        using (var checkpoint = Checkpoint.Open(dir))
+                        {
+                            // The engine's model exists before its first update (as after vLLM's dummy load): 'first s' is the transfer's.
+                            worker.AllocateWeights(checkpoint.AllTensors().Select(e => (e.Tensor.Name, e.Tensor.DType, e.Tensor.Shape.ToArray())));
+                        }
                         hostPeakReset &= PeakMemory.ResetSelf();
                         var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device);
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));

@@ -147,8 +147,9 @@ def tensor_crc32(tensor):
 
 
 def open_shm(name, size, writable=True):
-    """Maps the first `size` bytes of /dev/shm/<name> (read-write, or read-only: an owner's registered
-    memory that every worker on the host reads), pages populated up front."""
+    """Maps the first `size` bytes of /dev/shm/<name>: read-write with its pages populated up front, or
+    read-only and not populated (another rank's memory that every worker on the host reads, which may
+    have holes that reading up front would fill)."""
     if not name or "/" in name or name in (".", ".."):
         raise ValueError("'%s' is not a valid shared memory segment name" % name)
     path = os.path.join(SHM_DIRECTORY, name)
@@ -157,7 +158,7 @@ def open_shm(name, size, writable=True):
         length = os.fstat(fd).st_size
         if length < size:
             raise ValueError("shared memory segment %s is %d bytes, expected at least %d" % (path, length, size))
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if writable else 0)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         return Segment("shm", name, size, lambda: mmap.mmap(fd, size, flags=flags, prot=prot), _flat, lambda m: m.close())
     finally:

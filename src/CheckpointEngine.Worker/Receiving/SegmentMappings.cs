@@ -82,11 +82,8 @@ internal static class SegmentMappings
                         old.Dispose();
                         old = null;
                     }
-                    if (old is null)
-                    {
-                        old = SharedMemorySegment.OpenReadOnly(r.Handle, r.Size);
-                        old.Prefault(); // Page tables in one call, not a fault per page in the first load.
-                    }
+                    // Not populated up front: a segment may have holes (a peer's unused device slots), and reading them would allocate memory.
+                    old ??= SharedMemorySegment.OpenReadOnly(r.Handle, r.Size);
                     mapped[i] = kept[r.Handle] = old;
                 }
                 entry.DropRegistered(); // Those no longer named (or the rest of a failed attach).

@@ -5,16 +5,18 @@ using CheckpointEngine.Worker;
 namespace CheckpointEngine.Server;
 
 /// <summary>
-/// Where the bytes of every bucket lie in the owners' registered shared-memory segments, for an update whose members and
-/// workers all share one host (host backend): workers load straight out of the owners' memory (the attach names the
-/// segments), so nothing is staged and nothing is broadcast; a rank copies into its slot only the pieces of its worker's
-/// part that are not one run of the bucket (column slices).
+/// Where the bytes of every bucket lie in memory every worker of an update maps, when its members and workers all share one
+/// host (host backend). Either in the owners' registered shared-memory segments (<see cref="Staged"/> false): workers load
+/// straight out of the owners' memory, so nothing is staged and nothing is broadcast, and a rank copies into its slot only the
+/// pieces of its worker's part that are not one run of the bucket (column slices). Or (<see cref="Staged"/>: a P2P update, or
+/// owners' memory that is not shared) where the bucket's stager staged it in its device buffer: nothing is broadcast.
 /// </summary>
 internal sealed class DirectSources
 {
-    private readonly int[] _first;
+    private readonly int[] _first = [];
+    private readonly (int Segment, long Offset)[] _stagedAt = [];
     private readonly Func<int, nint>? _local;
-    private readonly Func<SegmentRef, nint> _map;
+    private readonly Func<SegmentRef, nint> _map = _ => 0;
 
     /// <param name="segments">Each member's registered segments (by world rank = owner rank), in buffer order.</param>
     /// <param name="local">The address of one of this rank's own buffers, by index (those are mapped here already); null: this rank holds none.</param>
@@ -35,14 +37,35 @@ internal sealed class DirectSources
         _map = map;
     }
 
+    /// <param name="devices">Each member's device buffer (by group rank).</param>
+    /// <param name="stagers">Each bucket's stager (group rank), in update order.</param>
+    /// <param name="sizing">The buffers' layout: a stager's j-th bucket lies in its staging buffer j.</param>
+    private DirectSources(IReadOnlyList<SegmentRef> devices, IReadOnlyList<int> stagers, BucketSizing sizing)
+    {
+        Segments = devices;
+        Staged = true;
+        var sent = new int[devices.Count];
+        _stagedAt = [.. stagers.Select(s => (s + 1, sizing.StagingOffset(sent[s]++)))];
+    }
+
+    /// <summary>Buckets lie where their stagers staged them (see <see cref="DirectSources"/>).</summary>
+    public static DirectSources InStaging(IReadOnlyList<SegmentRef> devices, IReadOnlyList<int> stagers, BucketSizing sizing) => new(devices, stagers, sizing);
+
+    /// <summary>Buckets are staged, then read where their stagers hold them; else they are read in the owners' memory.</summary>
+    public bool Staged { get; }
+
     /// <summary>The segments the worker maps beside its device buffer (attach index i ≥ 1 is Segments[i − 1]).</summary>
     public IReadOnlyList<SegmentRef> Segments { get; }
 
     private int Rank { get; }
 
-    /// <summary>The attach index of the segment holding byte <paramref name="bucketOffset"/> of <paramref name="bucket"/>, and the byte's offset in it.</summary>
-    public (int Segment, long Offset) Locate(H2DBucket bucket, long bucketOffset)
+    /// <summary>The attach index of the segment holding byte <paramref name="bucketOffset"/> of bucket <paramref name="k"/>, and the byte's offset in it.</summary>
+    public (int Segment, long Offset) Locate(int k, H2DBucket bucket, long bucketOffset)
     {
+        if (Staged)
+        {
+            return (_stagedAt[k].Segment, _stagedAt[k].Offset + bucketOffset);
+        }
         foreach (var r in bucket.Ranges)
         {
             if (bucketOffset >= r.BucketOffset && bucketOffset < r.BucketOffset + r.Length)
@@ -65,7 +88,7 @@ internal sealed class DirectSources
     {
         foreach (var run in runs)
         {
-            var (segment, offset) = Locate(bucket, run.Source);
+            var (segment, offset) = Locate(-1, bucket, run.Source);
             var source = Address(bucket.Owner, segment) + (nint)offset;
             Buffer.MemoryCopy((void*)source, (void*)(destination + (nint)run.Destination), run.Length, run.Length);
         }

@@ -143,12 +143,13 @@ public sealed partial class ParameterServer
         // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
         var ticket = WorkerTicket.New(WorkerAddress);
         var segments = mode.Method == UpdateMethod.Broadcast && Device.HostAccessible ? RegisteredSegments(name) : null;
-        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice, World.HostId, segments).ToBytes(), timeout, ct).ConfigureAwait(false))
+        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice, World.HostId, segments,
+            device.SharedSegment is { } own ? new SegmentRef(own.Name, own.Size) : null).ToBytes(), timeout, ct).ConfigureAwait(false))
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
-        var direct = DirectFor(name, mode, members, metas);
-        _deviceFaulted |= direct is null; // A staged update touches them.
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
+        var direct = DirectFor(name, mode, members, metas) ?? StagedFor(members, steps, sizing);
+        _deviceFaulted |= direct is not { Staged: false }; // A staged update touches them.
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var context = new UpdateContext(name, Rank, members.Select(m => m.Socket).ToList());
         var triggered = trigger is null ? Task.CompletedTask : Task.Run(() => trigger(context, triggerCts.Token), triggerCts.Token);
@@ -172,7 +173,7 @@ public sealed partial class ParameterServer
                 // Workers read the owners' memory in place only when every one of them mapped it (older workers do not).
                 var maps = await group.AllGatherAsync([worker!.MapsSegments ? (byte)1 : (byte)0], timeout, ct).ConfigureAwait(false);
                 direct = maps.All(m => m is [1]) ? direct : null;
-                DropPeerBuffers(direct?.Segments ?? []);
+                DropPeerBuffers(direct is { Staged: false } ? direct.Segments : []);
             }
 
             var total = steps.Sum(s => s.Bucket.Size);
@@ -181,6 +182,7 @@ public sealed partial class ParameterServer
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
             // host can reach, and on GPUs with NCCL).
             var (classes, classOf) = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
+            direct = direct is { Staged: true } && classes.Any(c => c.Wants is not null) ? null : direct; // Parts are cut per rank: staged and broadcast.
             // Parts are cut out of buckets in host memory, or on GPUs by NCCL's communicator on its stream.
             var cuts = Device.HostAccessible || group is NcclCommunicator;
             var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
@@ -200,8 +202,8 @@ public sealed partial class ParameterServer
             await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
-            var staged = direct is not null ? 0 : steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
-            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = routes?.Count(r => r is not null) ?? 0, InPlace = direct is not null };
+            var staged = direct is { Staged: false } ? 0 : steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
+            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = routes?.Count(r => r is not null) ?? 0, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true } };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
         {
@@ -239,6 +241,15 @@ public sealed partial class ParameterServer
         Func<int, nint>? local = Registry.TryGet(name, out var checkpoint) ? i => checkpoint.Buffers[i].Address : null;
         return new DirectSources([.. members.Select(m => m.Segments!)], Rank, local, PeerBuffer);
     }
+
+    /// <summary>
+    /// Every member's device buffer, for workers to read each bucket where its stager staged it, when every member runs on this host
+    /// (host backend) and the owners' memory cannot be read in place (a P2P update, buffers not in shared memory); else null.
+    /// </summary>
+    private DirectSources? StagedFor(List<UpdateMember> members, List<BucketStep> steps, BucketSizing sizing) =>
+        Device.HostAccessible && members.All(m => m.HostId == World.HostId && m.DeviceSegment is { Size: > 0 } d && d.Size >= sizing.DeviceBytes)
+            ? DirectSources.InStaging([.. members.Select(m => m.DeviceSegment!)], [.. steps.Select(s => s.Stager)], sizing)
+            : null;
 
     /// <summary>
     /// The distinct declarations of the members' workers, one per class (null: a worker that declared nothing, which keeps

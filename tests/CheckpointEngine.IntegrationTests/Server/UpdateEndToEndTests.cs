@@ -464,6 +464,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         foreach (var r in joiners)
         {
             Assert.True(r.ExitCode == 0 && r.Line("update 1 ").StartsWith("update 1 ok", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
+            Assert.Equal("path 1 in-staging", r.Line("path 1 ")); // One host: the joiners' workers read each bucket where its reader put it.
         }
         Assert.All(ownerResults, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
         await AssertWorkersHold(dir, joinerUrls, 2);

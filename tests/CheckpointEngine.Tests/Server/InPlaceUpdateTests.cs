@@ -113,7 +113,7 @@ public sealed class DeviceMemoryAheadTests
         var report = await ps.UpdateAsync("step-1", UpdateMode.Broadcast, (context, ct) => WeightReceiver.ReceiveAsync(context.Sockets.Single().Ticket.ToString(),
             (_, tensors) => received["w"] = tensors.Single().Span.ToArray(), null, SingleRank.Deadline, ct),
             new UpdateOptions { Timeout = SingleRank.Deadline }, TestContext.Current.CancellationToken);
-        Assert.Equal(sharedMemory, report.InPlace);
+        Assert.Equal((sharedMemory, !sharedMemory), (report.InPlace, report.ReadInStaging)); // Private memory: staged, read where it was staged.
         Assert.Equal(allocated, ps.DeviceBytes); // The update used the buffers allocated ahead.
         Assert.Equal(Weights, received["w"]);
     }

@@ -16,7 +16,7 @@ internal sealed partial record BenchReport
         }
         if (Peers.Count > 0)
         {
-            sb.Append("**The peer**: ").Append(PeerNote).Append(".\n\n").Append(PeerTable().Markdown()).Append('\n');
+            sb.Append("**The peer** (`bench/torch_peer.py`, torch.distributed): ").Append(PeerNote).Append(".\n\n").Append(PeerTable().Markdown()).Append('\n');
         }
         if (HasUpdates)
         {

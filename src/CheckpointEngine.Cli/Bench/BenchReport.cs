@@ -60,7 +60,7 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         w.WriteLine();
         if (Peers.Count > 0)
         {
-            w.WriteLine(PeerNote);
+            w.WriteLine("torch.distributed peer (bench/torch_peer.py): " + PeerNote);
             w.Write(PeerTable().Text());
             w.WriteLine();
         }
@@ -104,7 +104,7 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
     }
 
     private string PeerNote =>
-        $"torch.distributed peer (bench/torch_peer.py): gloo broadcasts of the same checkpoint from its owners (split as the ranks split it) into every rank's model, "
+        $"gloo broadcasts of the same checkpoint from its owners (split as the ranks split it) into every rank's model, "
         + $"per tensor and in buckets of {ByteSize.Format(Peers[0].BucketSize)}, between as many processes; the median of {Settings.Repeat} after a warm-up, GB/s per model";
 
     private Table PeerTable()

@@ -53,7 +53,7 @@ internal sealed class ReceiveSession : IDisposable
         {
             throw new WeightReceiveException(refusal + " (is another user's process squatting this device's socket name?)");
         }
-        await WriteAsync(new WorkerHello(session, wants is not null, Segments: true), "the session key", ct).ConfigureAwait(false);
+        await WriteAsync(new WorkerHello(session, wants is not null, Segments: Arrived is null), "the session key", ct).ConfigureAwait(false);
         if (wants is not null)
         {
             await WriteRawAsync(WorkerFraming.Frame(wants.ToJson()), "the wants", ct).ConfigureAwait(false);
@@ -166,7 +166,10 @@ internal sealed class ReceiveSession : IDisposable
         await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
     }
 
-    /// <summary>Fault injection: sees each bucket's views before they are checked (see <see cref="WeightReceiver"/>).</summary>
+    /// <summary>
+    /// Fault injection: sees each bucket's views before they are checked (see <see cref="WeightReceiver"/>). A receiver with one may
+    /// write into the views, so it does not offer to map the owners' memory (read-only): it gets the staged copies.
+    /// </summary>
     public BucketHandler? Arrived { get; init; }
 
     private async Task LoadAsync(LoadMessage load, CancellationToken ct)

@@ -15,7 +15,7 @@ import traceback
 from . import dtypes
 from .cuda import device_uuid
 from .protocol import PeerClosed, ProtocolError, connect, decode, parse_ticket, peer_refusal, read_frame, send
-from .segments import open_segment
+from .segments import open_segment, open_shm
 
 DEFAULT_IDLE_TIMEOUT = 120.0
 """How long the parameter server may take to listen, or stay silent between messages (seconds)."""
@@ -90,10 +90,11 @@ def receive_update(ticket, load, finish=None, device=None, idle_timeout=None, wa
         if refusal:
             raise WeightReceiveError(refusal + " (is another user's process squatting this device's socket name?)")
         try:
+            # "segments": this receiver maps the owners' registered segments an attach may name beside its buffer.
             if wants is None:
-                send(sock, {"session": session}, idle)
+                send(sock, {"session": session, "segments": True}, idle)
             else:
-                send(sock, {"session": session, "wants": True}, idle)
+                send(sock, {"session": session, "wants": True, "segments": True}, idle)
                 send(sock, wants, idle)
         except OSError as e:
             raise WeightReceiveError("lost the parameter server at %s while sending the session key: %s" % (address, e)) from None
@@ -121,6 +122,7 @@ class _Session:
         self.started = time.monotonic()
         self.phase = "connected"
         self.segment = None
+        self.registered = []  # The owners' registered segments the attach named, read-only: a load's "segment" i >= 1 is registered[i - 1].
         self.device_id = ""
         self.buckets = self.tensors = self.bytes = 0
         self.last_bucket = -1
@@ -174,12 +176,22 @@ class _Session:
         if mismatch:
             self._fail(mismatch)
             return
+        extra = message.get("segments") or []
+        if not isinstance(extra, list) or not all(isinstance(r, dict) and isinstance(r.get("handle"), str) and type(r.get("size")) is int
+                                                  and r["size"] > 0 for r in extra) or (extra and kind != "shm"):
+            self._fail("attach: 'segments' must be a list of {handle, size > 0} beside a 'shm' buffer, got %r" % (extra,))
+            return
+        error = None
         try:
             self.segment = open_segment(kind, handle, size, self.device)
         except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
             error = "attach: cannot map %s segment '%s' of %d bytes: %s" % (kind, handle if kind == "shm" else "(handle)", size, describe(e))
-        else:
-            error = None
+        for r in extra if error is None else []:
+            try:
+                self.registered.append(open_shm(r["handle"], r["size"], writable=False))
+            except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
+                error = "attach: cannot map registered segment '%s' of %d bytes: %s" % (r["handle"], r["size"], describe(e))
+                break
         if error:
             self._fail(error)
             return
@@ -227,12 +239,12 @@ class _Session:
         self._reply(True)
 
     def _end_of_buckets(self):
-        name = self.segment.name
-        kept = self.segment.release()
-        self.segment = None
+        segments = [self.segment] + self.registered
+        self.segment, self.registered = None, []
+        kept = [(s.name, n) for s, n in ((s, s.release()) for s in segments) if n]
         if kept:
             self._fail("release: %d reference(s) to tensors in segment %s outlived the loader; the loader must copy "
-                       "what it keeps (the buffer is reused), it is unmapped when they are freed" % (kept, name))
+                       "what it keeps (the buffer is reused), it is unmapped when they are freed" % (sum(n for _, n in kept), kept[0][0]))
             return
         self.phase = "released"
         self._reply(True)
@@ -261,7 +273,6 @@ class _Session:
         if not isinstance(tensors, list):
             return [], 0, "%s: 'tensors' must be a list" % at
         weights, names, total = Weights(), set(), 0
-        size = self.segment.size
         for i, t in enumerate(tensors):
             if not isinstance(t, dict):
                 return [], 0, "%s: tensor #%d is not an object" % (at, i)
@@ -278,20 +289,25 @@ class _Session:
                 return [], 0, "%s: %s" % (what, e)
             if nbytes != expected or type(nbytes) is not int:
                 return [], 0, "%s: nbytes is %r, dtype %s and shape %s need %d" % (what, nbytes, dtype, shape, expected)
+            index = t.get("segment") or 0
+            if type(index) is not int or not 0 <= index <= len(self.registered):
+                return [], 0, "%s: segment %r was not attached (this update attached %d)" % (what, index, len(self.registered) + 1)
+            segment = self.registered[index - 1] if index else self.segment
+            size = segment.size
             if type(offset) is not int or offset < 0 or offset > size - nbytes:
                 return [], 0, "%s: bytes [%r, %r) are outside segment %s of %d bytes" % (
-                    what, offset, offset + nbytes if type(offset) is int else None, self.segment.name, size)
+                    what, offset, offset + nbytes if type(offset) is int else None, segment.name, size)
             crc = t.get("crc32")
             if crc is not None:
                 if not isinstance(crc, str) or len(crc) != 8 or any(c not in "0123456789abcdefABCDEF" for c in crc):
                     return [], 0, "%s: crc32 %r is not 8 hex digits" % (what, crc)
-                actual = "%08x" % self.segment.crc32(offset, nbytes)
+                actual = "%08x" % segment.crc32(offset, nbytes)
                 if actual != crc.lower():
                     return [], 0, "%s: tensor '%s' on device '%s' has crc32 %s, expected %s (corrupted on the way)" % (
                         at, name, self.device_id, actual, crc.lower())
             checksum = t.get("sha256")
             if checksum is not None:
-                actual = self.segment.sha256(offset, nbytes)
+                actual = segment.sha256(offset, nbytes)
                 if actual != str(checksum).lower():
                     return [], 0, "%s has sha256 %s, expected %s" % (what, actual, str(checksum).lower())
             if t.get("part") is not None:
@@ -300,7 +316,7 @@ class _Session:
                     return [], 0, "%s: part %s" % (what, error)
                 weights.parts[name] = part
             try:
-                weights.append((name, self.segment.view(dtype, shape, offset, nbytes)))
+                weights.append((name, segment.view(dtype, shape, offset, nbytes)))
             except (ValueError, RuntimeError) as e:
                 return [], 0, "%s: %s" % (what, e)
             total += nbytes
@@ -316,8 +332,9 @@ class _Session:
         self._reply(False, error)
 
     def _release(self):
-        if self.segment is not None:
-            segment, self.segment = self.segment, None
+        segments = ([self.segment] if self.segment is not None else []) + self.registered
+        self.segment, self.registered = None, []
+        for segment in segments:
             segment.release()
 
     def _next(self):

@@ -11,6 +11,7 @@ import hashlib
 import mmap
 import os
 import sys
+import warnings
 import zlib
 
 import torch
@@ -145,21 +146,30 @@ def tensor_crc32(tensor):
     return crc
 
 
-def open_shm(name, size):
-    """Maps the first `size` bytes of /dev/shm/<name> read-write, pages populated up front."""
+def open_shm(name, size, writable=True):
+    """Maps the first `size` bytes of /dev/shm/<name>: read-write with its pages populated up front, or
+    read-only and not populated (another rank's memory that every worker on the host reads, which may
+    have holes that reading up front would fill)."""
     if not name or "/" in name or name in (".", ".."):
         raise ValueError("'%s' is not a valid shared memory segment name" % name)
     path = os.path.join(SHM_DIRECTORY, name)
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
     try:
         length = os.fstat(fd).st_size
         if length < size:
             raise ValueError("shared memory segment %s is %d bytes, expected at least %d" % (path, length, size))
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        return Segment("shm", name, size, lambda: mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE),
-                       lambda m: torch.frombuffer(m, dtype=torch.uint8), lambda m: m.close())
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if writable else 0)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        return Segment("shm", name, size, lambda: mmap.mmap(fd, size, flags=flags, prot=prot), _flat, lambda m: m.close())
     finally:
         os.close(fd)
+
+
+def _flat(m):
+    """A flat uint8 tensor over a mapping; torch warns that a read-only one is not writable, which is the point."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(m, dtype=torch.uint8)
 
 
 def open_cuda_ipc(handle, size, device=None, *, through_driver=False):

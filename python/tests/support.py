@@ -78,6 +78,7 @@ class FakeServer:
         self.conn, _ = self.listener.accept()
         hello = json.loads(protocol.read_frame(self.conn, timeout))
         self.wants = None
+        self.maps_segments = hello.pop("segments", False) is True
         if hello == {"session": self.session, "wants": True}:
             self.wants = json.loads(protocol.read_frame(self.conn, timeout))
         elif hello != {"session": self.session}:

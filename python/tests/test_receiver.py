@@ -56,6 +56,41 @@ class ReceiverTests(unittest.TestCase):
         self.assertEqual({n: tensor_sha256(t) for n, t in self.loaded.items()}, {n: tensor_sha256(t) for n, t in tensors.items()})
         self.assertEqual({n: (t.dtype, t.shape) for n, t in self.loaded.items()}, {n: (t.dtype, t.shape) for n, t in tensors.items()})
 
+    def test_RegisteredSegments_TensorsLoadFromWhicheverTheyName_ReadOnly_UnmappedAtRelease(self):
+        owner = FakeServer(listen=False)  # Another rank's registered memory on this host.
+        self.addCleanup(owner.close)
+        tensors = sample_tensors()
+        names = list(tensors)
+        worker = self.start()
+        self.assertTrue(self.server.maps_segments)
+        attach = {"type": "attach", "kind": "shm", "handle": self.server.segment, "size": self.server.size, "device_id": "dev-0",
+                  "segments": [{"handle": owner.segment, "size": owner.size}]}
+        self.assertEqual(self.server.call(attach), {"ok": True})
+        self.assertEqual(shm_mappings(owner.segment), 2)
+        in_place = [dict(t, segment=1) for t in owner.pack({n: tensors[n] for n in names[:3]}, crc32=True)]
+        slot = self.server.pack({n: tensors[n] for n in names[3:]})
+        self.assertEqual(self.server.call({"type": "load", "bucket": 0, "tensors": in_place + slot}), {"ok": True})
+        bad = [dict(in_place[0], segment=2)]
+        reply = self.server.call({"type": "load", "bucket": 1, "tensors": bad})
+        self.assertFalse(reply["ok"])
+        self.assertIn("tensor '%s' (#0): segment 2 was not attached (this update attached 2)" % names[0], reply["error"])
+        self.assertEqual(shm_mappings(owner.segment), 1)  # Unmapped with the failure.
+        self.assertEqual(self.server.call({"type": "abort", "reason": "test"}), {"ok": True})
+        _, error = worker.outcome()
+        self.assertIsInstance(error, WeightReceiveError)
+        self.assertEqual({n: tensor_sha256(self.loaded[n]) for n in names}, {n: tensor_sha256(tensors[n]) for n in names})
+
+    def test_RegisteredSegment_ViewsAreReadOnly(self):
+        from ckpt_engine_worker.segments import open_shm
+
+        owner = FakeServer(listen=False)
+        self.addCleanup(owner.close)
+        segment = open_shm(owner.segment, owner.size, writable=False)
+        self.addCleanup(segment.release)
+        self.assertFalse(segment._owner.closed)
+        with self.assertRaises(TypeError):
+            memoryview(segment._owner)[0] = 1
+
     def test_LoaderRaises_ErrorTextGoesBack_MappingReleased_AbortEndsIt(self):
         def load(weights):
             raise RuntimeError("no room for %s" % weights[0][0])

@@ -124,6 +124,19 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
     private void Log(string line) => KestrelApps.Log(_log, line);
 
     /// <summary>
+    /// Allocates every shard's weights for these tensors and touches them, before any update: an engine's model exists
+    /// before its first update (vLLM's dummy load fills it), so that update measures the transfer, not the model's first touches.
+    /// </summary>
+    public void AllocateWeights(IEnumerable<(string Name, DType DType, long[] Shape)> tensors)
+    {
+        var list = tensors.ToList();
+        foreach (var shard in _shards)
+        {
+            shard.Allocate(list);
+        }
+    }
+
+    /// <summary>
     /// Stops: cancels a running update (its shards fail with "the worker is stopping"), lets requests
     /// finish within a short deadline, then frees the weights. Idempotent.
     /// </summary>

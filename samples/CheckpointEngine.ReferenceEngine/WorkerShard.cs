@@ -143,6 +143,20 @@ internal sealed class WorkerShard(int rank, int size, string deviceId, bool shar
         return crc.GetCurrentHashAsUInt32();
     }
 
+    /// <summary>Allocates and touches this shard's weight for each tensor (its slice's bytes), as a model loaded before any update holds them.</summary>
+    public unsafe void Allocate(IEnumerable<(string Name, DType DType, long[] Shape)> tensors)
+    {
+        foreach (var (name, dtype, shape) in tensors)
+        {
+            var slice = TensorParallelSlice.For(name, dtype, shape, dtype.ByteLength(shape), Rank, size, shardByTp);
+            var weight = Slot(name, slice.ByteLength);
+            for (long i = 0; i < weight.Length; i += NativeBuffer.Alignment)
+            {
+                weight.Buffer.Pointer[i] = 0;
+            }
+        }
+    }
+
     /// <summary>The buffer for a tensor: the one it had when the size is unchanged, else a fresh one.</summary>
     private Weight Slot(string name, long length)
     {

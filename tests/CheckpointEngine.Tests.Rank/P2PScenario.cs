@@ -62,6 +62,7 @@ internal static class P2PScenario
             var report = await ps.UpdateAsync("ckpt", UpdateMode.P2P(Enumerable.Range(0, world.Size)), trigger,
                 options: new UpdateOptions { Timeout = timeout });
             Console.WriteLine($"update 1 ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} over {report.P2PTransport}");
+            Console.WriteLine($"path 1 {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")}");
         }
         catch (UpdateFailedException e)
         {

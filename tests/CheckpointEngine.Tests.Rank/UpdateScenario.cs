@@ -13,8 +13,8 @@ using CheckpointEngine.Server;
 /// updates the reference worker(s) <c>updates</c> times, re-registering between updates like an RL
 /// loop. Arguments: DIR ENGINE_URLS TP UPDATES [kill-at-bucket R K [U]] (rank R dies around bucket K of update U, default 1), where ENGINE_URLS has one URL per
 /// inference group (comma-separated; group g = ranks g·TP … g·TP+TP−1).
-/// Prints "update N ok BYTES SECONDS BUCKETS SLOTS", "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS" and
-/// "declarations N BYTES_OF_WANTS_RECEIVED" per update,
+/// Prints "update N ok BYTES SECONDS BUCKETS SLOTS", "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS",
+/// "declarations N BYTES_OF_WANTS_RECEIVED" and "path N in-place|in-staging|staged BYTES_STAGED" per update,
 /// or "update N failed MESSAGE" and goes on.
 /// </summary>
 internal static class UpdateScenario
@@ -61,6 +61,7 @@ internal static class UpdateScenario
                 Console.WriteLine($"update {u} ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} {report.Slots}");
                 Console.WriteLine($"network {u} {report.NetworkBytesReceived} {report.RelayedBuckets}");
                 Console.WriteLine($"declarations {u} {report.DeclarationBytes}");
+                Console.WriteLine($"path {u} {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")} {report.BytesStaged}");
             }
             catch (UpdateFailedException e)
             {

@@ -41,6 +41,22 @@ internal sealed partial record BenchReport
             }
             w.WriteEndObject();
 
+            w.WriteStartArray("torch_peer");
+            foreach (var p in Peers)
+            {
+                w.WriteStartObject();
+                w.WriteNumber("ranks", p.Ranks);
+                w.WriteNumber("size", p.Size);
+                w.WriteNumber("bytes", p.Bytes);
+                w.WriteNumber("bucket_size", p.BucketSize);
+                Number(w, "per_tensor_seconds", p.PerTensor);
+                Number(w, "per_tensor_first_seconds", p.PerTensorFirst);
+                Number(w, "bucketed_seconds", p.Bucketed);
+                Number(w, "bucketed_first_seconds", p.BucketedFirst);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+
             w.WriteStartArray("configurations");
             foreach (var c in Ordered)
             {
@@ -77,6 +93,9 @@ internal sealed partial record BenchReport
         Number(w, "gbps_per_worker", c.GbpsPerWorker);
         w.WriteString("baseline", baseline?.Key);
         Number(w, "ratio_to_baseline", baseline is null ? null : c.GbpsPerWorker / baseline.Gbps);
+        var peer = PeerFor(c);
+        Number(w, "ratio_to_torch_per_tensor", peer is null ? null : c.GbpsPerWorker / peer.PerTensorGbps);
+        Number(w, "ratio_to_torch_bucketed", peer is null ? null : c.GbpsPerWorker / peer.BucketedGbps);
         Number(w, "seconds_per_gib", c.SecondsPerGiB);
         w.WriteNumber("buckets", c.Buckets);
         w.WriteStartObject("stage_seconds");

@@ -14,6 +14,10 @@ internal sealed partial record BenchReport
         {
             sb.Append(char.ToUpperInvariant(note[0])).Append(note[1..]).Append(".\n\n");
         }
+        if (Peers.Count > 0)
+        {
+            sb.Append("**The peer** (`bench/torch_peer.py`, torch.distributed): ").Append(PeerNote).Append(".\n\n").Append(PeerTable().Markdown()).Append('\n');
+        }
         if (HasUpdates)
         {
             sb.Append("**Updates**: the median (min–max) of ").Append(Settings.Repeat).Append(Settings.Repeat == 1 ? " update" : " updates")

@@ -18,6 +18,13 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
     /// <summary>The cases of a method in the order they are measured (null: a method with one row).</summary>
     private static readonly string?[] Cases = [null, RegistrationBench.Fresh, RegistrationBench.Pooled, RegistrationBench.InPlace, CollectiveBench.SharedMemory, CollectiveBench.TcpChain, QuantizeBench.OneThread, QuantizeBench.AllThreads];
 
+    /// <summary>The torch.distributed peer's measurements, per (ranks, size), where a Python with torch was found.</summary>
+    public IReadOnlyList<TorchPeer.Result> Peers { get; init; } = [];
+
+    /// <summary>The peer measured with the configuration's ranks and size, if any.</summary>
+    public TorchPeer.Result? PeerFor(ConfigurationResult c) => BenchSettings.UpdateMethods.Contains(c.Method, StringComparer.Ordinal)
+        ? Peers.FirstOrDefault(p => p.Ranks == c.Ranks && p.Size == c.Size) : null;
+
     public Baseline? BaselineFor(ConfigurationResult c) => Baselines.FirstOrDefault(b => b.Key == Baseline.For(c.Method, c.Case));
 
     /// <summary>The command line that repeats this run.</summary>
@@ -51,6 +58,12 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
             w.WriteLine(note);
         }
         w.WriteLine();
+        if (Peers.Count > 0)
+        {
+            w.WriteLine("torch.distributed peer (bench/torch_peer.py): " + PeerNote);
+            w.Write(PeerTable().Text());
+            w.WriteLine();
+        }
         if (HasUpdates)
         {
             w.WriteLine($"updates: median of {Settings.Repeat} after a warm-up update in the same rank processes (the warm-up is 'first s'); GB/s per worker = bytes each worker received / update seconds; stage sums are the largest over the ranks and overlap");
@@ -90,6 +103,25 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         return t;
     }
 
+    private string PeerNote =>
+        $"gloo broadcasts of the same checkpoint from its owners (split as the ranks split it) into every rank's model, "
+        + $"per tensor and in buckets of {ByteSize.Format(Peers[0].BucketSize)}, between as many processes; the median of {Settings.Repeat} after a warm-up, GB/s per model";
+
+    private Table PeerTable()
+    {
+        var t = new Table(["torch.distributed (gloo)", "ranks", "size", "per model", "per tensor s", "GB/s", "bucketed s", "GB/s", "first s"],
+            [false, true, false, true, true, true, true, true, true]);
+        foreach (var p in Peers)
+        {
+            t.Add("broadcast", p.Ranks.ToString(Invariant), BenchSettings.SizeLabel(p.Size), ByteSize.Format(p.Bytes), F(p.PerTensor, 3), F(p.PerTensorGbps, 2),
+                F(p.Bucketed, 3), F(p.BucketedGbps, 2), $"{F(p.PerTensorFirst, 3)} / {F(p.BucketedFirst, 3)}");
+        }
+        return t;
+    }
+
+    /// <summary>"2.1× / 1.8×": GB/s per worker over the peer's per tensor and bucketed GB/s per model.</summary>
+    private string PeerRatio(ConfigurationResult c) => PeerFor(c) is { } p ? $"{F(c.GbpsPerWorker / p.PerTensorGbps, 2)}× / {F(c.GbpsPerWorker / p.BucketedGbps, 2)}×" : "–";
+
     private IEnumerable<string> BaselineNotes => Baselines.Where(b => b.Note is not null).Select(b => $"{b.Label}: {b.Note}");
 
     /// <summary>What the rows of the methods that are not whole updates measure, for those in this run.</summary>
@@ -120,17 +152,20 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
 
     private Table ConfigurationTable(bool markdown)
     {
-        var t = new Table(["method", "ranks", "size", "per worker", "seconds (min–max)", "GB/s per worker", "vs baseline", "first s", "buckets",
-            "stage s", "broadcast s", "reload s", "peak RSS per rank", "bench process"],
-            [false, true, false, true, true, true, false, true, true, true, true, true, true, true]);
+        // The peer's column only where it was measured.
+        var peers = Peers.Count > 0;
+        var t = new Table(["method", "ranks", "size", "per worker", "seconds (min–max)", "GB/s per worker", "vs baseline", .. peers ? ["vs torch (tensor / bucketed)"] : System.Array.Empty<string>(),
+            "first s", "buckets", "stage s", "broadcast s", "reload s", "peak RSS per rank", "bench process"],
+            [false, true, false, true, true, true, false, .. peers ? [false] : System.Array.Empty<bool>(), true, true, true, true, true, true, true]);
         foreach (var c in Ordered)
         {
             var s = c.Seconds;
             var baseline = BaselineFor(c);
             var ratio = baseline is null ? "" : $"{F(c.GbpsPerWorker / baseline.Gbps, 2)}× {(baseline.Key == Baseline.Tcp ? "TCP" : "memcpy")}";
-            t.Add(c.Label, c.Ranks.ToString(Invariant), BenchSettings.SizeLabel(c.Size), ByteSize.Format(c.Bytes),
-                $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio, F(c.First?.Seconds ?? double.NaN, 3), c.Buckets > 0 ? c.Buckets.ToString(Invariant) : "–",
-                F(c.Stage, 3), F(c.Broadcast, 3), F(c.Reload, 3), RankPeakText(c, markdown), c.HostPeak is { } h ? ByteSize.Format(h) : "–");
+            t.Add([c.Label, c.Ranks.ToString(Invariant), BenchSettings.SizeLabel(c.Size), ByteSize.Format(c.Bytes),
+                $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio, .. peers ? [PeerRatio(c)] : System.Array.Empty<string>(),
+                F(c.First?.Seconds ?? double.NaN, 3), c.Buckets > 0 ? c.Buckets.ToString(Invariant) : "–",
+                F(c.Stage, 3), F(c.Broadcast, 3), F(c.Reload, 3), RankPeakText(c, markdown), c.HostPeak is { } h ? ByteSize.Format(h) : "–"]);
         }
         return t;
     }

@@ -30,6 +30,7 @@ internal static class BenchRunner
         var date = DateTimeOffset.UtcNow;
         var baselines = MeasureBaselines(Math.Clamp(settings.Sizes.Max(), 64L << 20, 1L << 30), progress);
         var results = new List<ConfigurationResult>();
+        var peers = new List<TorchPeer.Result>();
         var hostPeakReset = true;
         var root = Directory.CreateTempSubdirectory("ckpt-engine-bench-").FullName;
         try
@@ -85,9 +86,22 @@ internal static class BenchRunner
                         {
                             TensorParallel = ranks, DeviceIds = ids, ShardByTp = sharding, DeclareWants = method == BenchSettings.TpSharded,
                         }, cancellationToken: ct).ConfigureAwait(false);
+                        using (var checkpoint = Checkpoint.Open(dir))
+                        {
+                            // The engine's model exists before its first update (as after vLLM's dummy load): 'first s' is the transfer's.
+                            worker.AllocateWeights(checkpoint.AllTensors().Select(e => (e.Tensor.Name, e.Tensor.DType, e.Tensor.Shape.ToArray())));
+                        }
                         hostPeakReset &= PeakMemory.ResetSelf();
                         var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device);
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
+                    }
+                    // The peer: torch.distributed broadcasts of the same checkpoint between as many processes, where a Python has torch.
+                    if (ranks >= 2 && settings.Methods.Any(m => BenchSettings.UpdateMethods.Contains(m, StringComparer.Ordinal)) && TorchPeer.Available
+                        && TorchPeer.Measure(dir, ranks, size, settings.Repeat, progress) is { } peer)
+                    {
+                        progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"bench: torch.distributed (gloo), {ranks} ranks, {BenchSettings.SizeLabel(size)}: per tensor {peer.PerTensor:F3} s, bucketed {peer.Bucketed:F3} s"));
+                        peers.Add(peer);
                     }
                 }
                 if (Directory.Exists(dir))
@@ -101,7 +115,7 @@ internal static class BenchRunner
             Directory.Delete(root, recursive: true);
         }
         var sampled = results.Any(r => r.RankPeaks.Count > 0);
-        return new BenchReport(MachineInfo.Current(), date, settings, baselines, results, sampled, hostPeakReset);
+        return new BenchReport(MachineInfo.Current(), date, settings, baselines, results, sampled, hostPeakReset) { Peers = peers };
     }
 
     private static List<Baseline> MeasureBaselines(long bytes, TextWriter progress)

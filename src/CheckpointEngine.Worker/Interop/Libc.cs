@@ -12,6 +12,8 @@ internal static unsafe partial class Libc
     public const int MAP_PRIVATE = 0x02;
     public const int MAP_ANONYMOUS = 0x20;
     public const int MADV_HUGEPAGE = 14;
+    public const int MADV_POPULATE_READ = 22;
+    public const int MADV_POPULATE_WRITE = 23;
     public const long TMPFS_MAGIC = 0x01021994;
 
     public static readonly nint MAP_FAILED = -1;

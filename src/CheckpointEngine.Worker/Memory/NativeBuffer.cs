@@ -6,7 +6,8 @@ namespace CheckpointEngine.Memory;
 /// <summary>
 /// Page-aligned host memory outside the GC heap. On Linux it is an anonymous mapping advised for
 /// transparent huge pages (first-touch faults dominate a fresh buffer's cost); elsewhere an aligned
-/// allocation. The CUDA backend can page-lock it in place.
+/// allocation. The CUDA backend can page-lock it in place. <see cref="AllocateShared"/> makes one in an owner-only
+/// shared-memory segment instead, which other processes of this user on the host may map by name.
 /// </summary>
 public sealed unsafe class NativeBuffer : IDisposable
 {
@@ -15,12 +16,16 @@ public sealed unsafe class NativeBuffer : IDisposable
     private nint _pointer;
     private readonly bool _mapped;
 
-    private NativeBuffer(nint pointer, long capacity, bool mapped)
+    private NativeBuffer(nint pointer, long capacity, bool mapped, SharedMemorySegment? segment = null)
     {
         _pointer = pointer;
         Capacity = capacity;
         _mapped = mapped;
+        Segment = segment;
     }
+
+    /// <summary>The shared-memory segment holding the buffer (see <see cref="AllocateShared"/>), or null for private memory.</summary>
+    public SharedMemorySegment? Segment { get; }
 
     public byte* Pointer => _pointer != 0 ? (byte*)_pointer : throw new ObjectDisposedException(nameof(NativeBuffer));
 
@@ -49,6 +54,15 @@ public sealed unsafe class NativeBuffer : IDisposable
         return new NativeBuffer((nint)NativeMemory.AlignedAlloc((nuint)capacity, Alignment), capacity, mapped: false);
     }
 
+    /// <summary>A buffer in a fresh shared-memory segment (0600, a name no other user can guess), freed and unlinked on dispose.</summary>
+    public static NativeBuffer AllocateShared(long size)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(size);
+        var capacity = Math.Max(Alignment, (size + Alignment - 1) / Alignment * Alignment);
+        var segment = SharedMemorySegment.Create(SharedMemorySegment.NewName("buf"), capacity);
+        return new NativeBuffer(segment.Address, capacity, mapped: false, segment);
+    }
+
     public Span<byte> AsSpan(long offset, int length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
@@ -64,7 +78,11 @@ public sealed unsafe class NativeBuffer : IDisposable
         {
             return;
         }
-        if (_mapped)
+        if (Segment is not null)
+        {
+            Segment.Dispose();
+        }
+        else if (_mapped)
         {
             _ = Libc.munmap(p, (nuint)Capacity);
         }

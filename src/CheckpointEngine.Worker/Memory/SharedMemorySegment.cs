@@ -64,7 +64,38 @@ public sealed unsafe class SharedMemorySegment : IDisposable
     /// <summary>Maps the whole of an existing segment.</summary>
     public static SharedMemorySegment Open(string name) => Map(name, 0, FileMode.Open, owner: false);
 
-    private static SharedMemorySegment Map(string name, long size, FileMode mode, bool owner)
+    /// <summary>Maps the first <paramref name="size"/> bytes of an existing segment read-only (a reader that must not change the owner's bytes).</summary>
+    public static SharedMemorySegment OpenReadOnly(string name, long size) => Map(name, size, FileMode.Open, owner: false, writable: false);
+
+    /// <summary>Whether this mapping may be written.</summary>
+    public bool IsWritable { get; private init; } = true;
+
+    /// <summary>
+    /// Faults every page of the mapping in now (one call that populates the page tables, Linux 5.14+; else a touch per page),
+    /// so that the first copy into or out of it runs at memory speed instead of paying a fault per page.
+    /// </summary>
+    public void Prefault()
+    {
+        var advice = IsWritable ? Libc.MADV_POPULATE_WRITE : Libc.MADV_POPULATE_READ;
+        if (OperatingSystem.IsLinux() && Libc.madvise(Address, (nuint)Size, advice) == 0)
+        {
+            return;
+        }
+        var p = Pointer;
+        for (long i = 0; i < Size; i += Environment.SystemPageSize)
+        {
+            if (IsWritable)
+            {
+                Volatile.Write(ref p[i], Volatile.Read(ref p[i])); // It may hold data already: write it back unchanged.
+            }
+            else
+            {
+                _ = Volatile.Read(ref p[i]);
+            }
+        }
+    }
+
+    private static SharedMemorySegment Map(string name, long size, FileMode mode, bool owner, bool writable = true)
     {
         if (name.Contains('/', StringComparison.Ordinal) || name.Length is 0 or > 200)
         {
@@ -72,7 +103,7 @@ public sealed unsafe class SharedMemorySegment : IDisposable
         }
         ArgumentOutOfRangeException.ThrowIfLessThan(size, owner ? 1 : 0);
         var path = System.IO.Path.Combine(Directory, name);
-        var options = new FileStreamOptions { Mode = mode, Access = FileAccess.ReadWrite, Share = FileShare.ReadWrite | FileShare.Delete };
+        var options = new FileStreamOptions { Mode = mode, Access = writable ? FileAccess.ReadWrite : FileAccess.Read, Share = FileShare.ReadWrite | FileShare.Delete };
         if (owner && !OperatingSystem.IsWindows())
         {
             options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
@@ -96,13 +127,15 @@ public sealed unsafe class SharedMemorySegment : IDisposable
             {
                 throw new IOException($"shared memory segment {path} is {file.Length} bytes, expected {size}");
             }
-            var map = MemoryMappedFile.CreateFromFile(file, null, size, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: true);
-            var view = map.CreateViewAccessor(0, size, MemoryMappedFileAccess.ReadWrite);
+            var access = writable ? MemoryMappedFileAccess.ReadWrite : MemoryMappedFileAccess.Read;
+            // A reader maps the file as it is (capacity 0: its length), of which its view takes the first size bytes.
+            var map = MemoryMappedFile.CreateFromFile(file, null, owner ? size : 0, access, HandleInheritability.None, leaveOpen: true);
+            var view = map.CreateViewAccessor(0, size, access);
             if (!owner)
             {
                 file.Dispose();
             }
-            return new SharedMemorySegment(name, size, map, view, owner ? file : null);
+            return new SharedMemorySegment(name, size, map, view, owner ? file : null) { IsWritable = writable };
         }
         catch
         {

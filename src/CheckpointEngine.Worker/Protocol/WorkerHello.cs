@@ -6,11 +6,13 @@ namespace CheckpointEngine.Worker;
 /// The first frame on a worker connection, from the worker: the session key of the ticket it was
 /// handed. The parameter server reads at most <see cref="MaxFrame"/> bytes of it, and answers a wrong
 /// key with an abort and a closed connection. <see cref="Wants"/>: a second frame follows with the
-/// worker's <see cref="WorkerWants"/> (read only once the key is right).
+/// worker's <see cref="WorkerWants"/> (read only once the key is right). <see cref="Segments"/>: the worker maps the further
+/// shared-memory segments an attach may name and reads tensors out of whichever a load says (see <see cref="AttachMessage.Segments"/>).
 /// </summary>
 public sealed record WorkerHello(
     [property: JsonPropertyName("session")] string Session,
-    [property: JsonPropertyName("wants")] bool Wants = false)
+    [property: JsonPropertyName("wants")] bool Wants = false,
+    [property: JsonPropertyName("segments")] bool Segments = false)
 {
     /// <summary>The largest hello frame the parameter server reads.</summary>
     public const int MaxFrame = 4 << 10;

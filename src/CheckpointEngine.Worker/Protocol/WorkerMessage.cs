@@ -18,13 +18,23 @@ public abstract record WorkerMessage;
 
 /// <summary>
 /// Map the device buffer the weights arrive in. <see cref="Kind"/> "shm": <see cref="Handle"/> is a
-/// segment name under /dev/shm; "cuda-ipc": a base64 CUDA IPC memory handle.
+/// segment name under /dev/shm; "cuda-ipc": a base64 CUDA IPC memory handle. <see cref="Segments"/> (only to a
+/// worker whose hello said it maps them, host backend): further shared-memory segments, the owners' registered
+/// memory on this host, that loads read tensors out of in place (a tensor's <see cref="WireTensor.Segment"/> i ≥ 1 is Segments[i − 1]).
 /// </summary>
 public sealed record AttachMessage(
     [property: JsonPropertyName("kind")] string Kind,
     [property: JsonPropertyName("handle")] string Handle,
     [property: JsonPropertyName("size")] long Size,
-    [property: JsonPropertyName("device_id")] string DeviceId) : WorkerMessage;
+    [property: JsonPropertyName("device_id")] string DeviceId,
+    [property: JsonPropertyName("segments")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    IReadOnlyList<SegmentRef>? Segments = null) : WorkerMessage;
+
+/// <summary>A shared-memory segment under /dev/shm by name, and the bytes of it a worker maps.</summary>
+public sealed record SegmentRef(
+    [property: JsonPropertyName("handle")] string Handle,
+    [property: JsonPropertyName("size")] long Size);
 
 /// <summary>Bucket <see cref="Bucket"/> is in the buffer: read these tensors (offsets from the buffer's start) and load what you need.</summary>
 public sealed record LoadMessage(
@@ -44,7 +54,8 @@ public sealed record AbortMessage([property: JsonPropertyName("reason")] string 
 /// One tensor in the buffer. <see cref="Crc32"/> (8 hex digits, see <see cref="TensorChecksum"/>) is sent when the update
 /// verifies; <see cref="Sha256"/> (64 hex digits) is the older optional checksum, still honoured. A worker verifies whichever
 /// it is given; one that ignores unknown fields (older workers) just loads. <see cref="Part"/>: only the slices the worker
-/// declared it keeps (see <see cref="WorkerWants"/>), packed; <see cref="Shape"/> is then the part's shape.
+/// declared it keeps (see <see cref="WorkerWants"/>), packed; <see cref="Shape"/> is then the part's shape. <see cref="Segment"/>:
+/// which attached segment <see cref="Offset"/> is in (null or 0: the attach's buffer; i ≥ 1: <see cref="AttachMessage.Segments"/>[i − 1]).
 /// </summary>
 public sealed record WireTensor(
     [property: JsonPropertyName("name")] string Name,
@@ -60,7 +71,10 @@ public sealed record WireTensor(
     string? Crc32 = null,
     [property: JsonPropertyName("part")]
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
-    TensorPart? Part = null);
+    TensorPart? Part = null,
+    [property: JsonPropertyName("segment")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    int? Segment = null);
 
 /// <summary>
 /// Which part of a tensor of <see cref="FullShape"/> a load carries: the indices <see cref="Slices"/> (each

@@ -26,6 +26,7 @@ internal sealed class ReceiveSession : IDisposable
 
     private Phase _phase;
     private SharedMemorySegment? _segment;
+    private SharedMemorySegment[] _registered = [];
     private CudaIpcMapping? _cudaBuffer;
     private string _deviceId = "";
     private int _buckets;
@@ -52,7 +53,7 @@ internal sealed class ReceiveSession : IDisposable
         {
             throw new WeightReceiveException(refusal + " (is another user's process squatting this device's socket name?)");
         }
-        await WriteAsync(new WorkerHello(session, wants is not null), "the session key", ct).ConfigureAwait(false);
+        await WriteAsync(new WorkerHello(session, wants is not null, Segments: Arrived is null), "the session key", ct).ConfigureAwait(false);
         if (wants is not null)
         {
             await WriteRawAsync(WorkerFraming.Frame(wants.ToJson()), "the wants", ct).ConfigureAwait(false);
@@ -135,11 +136,18 @@ internal sealed class ReceiveSession : IDisposable
             await FailAsync($"attach: segment '{attach.Handle}' has size {attach.Size}; it must be positive", null, ct).ConfigureAwait(false);
             return;
         }
+        if (attach.Segments is { Count: > 0 } extra && (attach.Kind != "shm" || extra.Any(r => r is null || r.Size <= 0)))
+        {
+            await FailAsync(attach.Kind != "shm"
+                ? $"attach: further segments come only with a 'shm' buffer, not '{attach.Kind}'"
+                : $"attach: every further segment needs a name and a positive size, got [{string.Join(", ", extra.Select(r => $"'{r?.Handle}' of {r?.Size}"))}]", null, ct).ConfigureAwait(false);
+            return;
+        }
         try
         {
             if (attach.Kind == "shm")
             {
-                _segment = SegmentMappings.Acquire(_address, attach.Handle, attach.Size);
+                (_segment, _registered) = SegmentMappings.Acquire(_address, attach.Handle, attach.Size, attach.Segments ?? []);
             }
             else
             {
@@ -158,7 +166,10 @@ internal sealed class ReceiveSession : IDisposable
         await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
     }
 
-    /// <summary>Fault injection: sees each bucket's views before they are checked (see <see cref="WeightReceiver"/>).</summary>
+    /// <summary>
+    /// Fault injection: sees each bucket's views before they are checked (see <see cref="WeightReceiver"/>). A receiver with one may
+    /// write into the views, so it does not offer to map the owners' memory (read-only): it gets the staged copies.
+    /// </summary>
     public BucketHandler? Arrived { get; init; }
 
     private async Task LoadAsync(LoadMessage load, CancellationToken ct)
@@ -224,9 +235,6 @@ internal sealed class ReceiveSession : IDisposable
     {
         views = [];
         var context = _segment is null ? _cudaBuffer!.Context : 0;
-        var name = _segment?.Name ?? _cudaBuffer!.Name;
-        var size = _segment?.Size ?? _cudaBuffer!.Size;
-        var pointer = _segment is null ? _cudaBuffer!.Pointer : _segment.Pointer;
         var at = $"load of bucket {load.Bucket}";
         if (load.Bucket < 0)
         {
@@ -269,6 +277,15 @@ internal sealed class ReceiveSession : IDisposable
                 error = $"{what}: nbytes is {t.NBytes}, dtype {dtype.Name()} and shape [{string.Join(", ", t.Shape)}] need {expected}";
                 return false;
             }
+            if (t.Segment is { } index && (index < 0 || index > _registered.Length))
+            {
+                error = $"{what}: segment {index} was not attached (this update attached {_registered.Length + 1})";
+                return false;
+            }
+            var segment = t.Segment is > 0 ? _registered[t.Segment.Value - 1] : _segment;
+            var name = segment?.Name ?? _cudaBuffer!.Name;
+            var size = segment?.Size ?? _cudaBuffer!.Size;
+            var pointer = segment is null ? _cudaBuffer!.Pointer : segment.Pointer;
             if (t.Offset < 0 || t.Offset > size - t.NBytes)
             {
                 error = $"{what}: bytes [{t.Offset}, {t.Offset + t.NBytes}) are outside segment '{name}' of {size} bytes";
@@ -437,6 +454,7 @@ internal sealed class ReceiveSession : IDisposable
         if (_segment is not null)
         {
             _segment = null;
+            _registered = [];
             SegmentMappings.Return(_address);
         }
     }
@@ -455,6 +473,7 @@ internal sealed class ReceiveSession : IDisposable
         if (_segment is not null)
         {
             _segment = null;
+            _registered = [];
             SegmentMappings.Drop(_address);
         }
     }

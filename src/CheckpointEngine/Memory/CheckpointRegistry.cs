@@ -32,6 +32,12 @@ public sealed class CheckpointRegistry : IDisposable
     public HostMemoryPool Pool { get; }
 
     /// <summary>
+    /// Copied buffers go into owner-only shared-memory segments (pooled ones too) instead of private memory, so that peers and
+    /// workers on this host can read them where they are (set by a parameter server on the host backend). Buffers mapped in place stay as they are.
+    /// </summary>
+    public bool SharedMemory { get; set; }
+
+    /// <summary>
     /// Most host bytes the registered checkpoints may hold together (their buffers: copied and mapped in
     /// place), registrations under way included; null: no limit. Lowering it unregisters nothing.
     /// </summary>
@@ -155,16 +161,16 @@ public sealed class CheckpointRegistry : IDisposable
                 NativeBuffer native;
                 if (options.UsePool)
                 {
-                    native = Pool.Rent(b.Size, out var reused);
+                    native = Pool.Rent(b.Size, SharedMemory, out var reused);
                     pooled.Add(native);
                     poolReuses += reused ? 1 : 0;
                 }
                 else
                 {
-                    native = NativeBuffer.Allocate(b.Size);
+                    native = SharedMemory ? NativeBuffer.AllocateShared(b.Size) : NativeBuffer.Allocate(b.Size);
                     owned.Add(native);
                 }
-                copied.Add(new MemoryBuffer((nint)native.Pointer, b.Size, b.Metas, options.UsePool ? MemoryBufferKind.Pooled : MemoryBufferKind.Owned));
+                copied.Add(new MemoryBuffer((nint)native.Pointer, b.Size, b.Metas, options.UsePool ? MemoryBufferKind.Pooled : MemoryBufferKind.Owned, native.Segment));
             }
             // Every tensor gets its CRC-32 here: copied ones in the copying pass, mapped ones in a hashing pass.
             buffers = [.. TensorCopier.Copy(copied, toCopy.ToDictionary(e => e.Name, StringComparer.Ordinal), options.CopyThreads),

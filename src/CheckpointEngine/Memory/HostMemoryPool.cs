@@ -45,10 +45,10 @@ public sealed class HostMemoryPool : IDisposable
     /// An idle buffer of at least <paramref name="size"/> bytes (the smallest that fits, and never
     /// more than twice the size so a small checkpoint does not pin a huge buffer), or a new one.
     /// </summary>
-    public NativeBuffer Rent(long size) => Rent(size, out _);
+    public NativeBuffer Rent(long size) => Rent(size, shared: false, out _);
 
-    /// <summary>As <see cref="Rent(long)"/>; <paramref name="reused"/> says whether an idle buffer was handed out.</summary>
-    internal NativeBuffer Rent(long size, out bool reused)
+    /// <summary>As <see cref="Rent(long)"/>, in shared memory when <paramref name="shared"/> (see <see cref="NativeBuffer.AllocateShared"/>); <paramref name="reused"/> says whether an idle buffer was handed out.</summary>
+    internal NativeBuffer Rent(long size, bool shared, out bool reused)
     {
         lock (_lock)
         {
@@ -57,7 +57,7 @@ public sealed class HostMemoryPool : IDisposable
             for (var i = 0; i < _idle.Count; i++)
             {
                 var c = _idle[i].Capacity;
-                if (c >= size && c <= Math.Max(2 * size, NativeBuffer.Alignment) && (best < 0 || c < _idle[best].Capacity))
+                if (c >= size && c <= Math.Max(2 * size, NativeBuffer.Alignment) && _idle[i].Segment is not null == shared && (best < 0 || c < _idle[best].Capacity))
                 {
                     best = i;
                 }
@@ -72,7 +72,7 @@ public sealed class HostMemoryPool : IDisposable
             }
             else
             {
-                buffer = NativeBuffer.Allocate(size);
+                buffer = shared ? NativeBuffer.AllocateShared(size) : NativeBuffer.Allocate(size);
                 Allocations++;
                 reused = false;
             }

@@ -15,10 +15,13 @@ public enum MemoryBufferKind
 
 /// <summary>
 /// A contiguous region of host memory holding packed tensors of a registered checkpoint. The memory
-/// is owned by the checkpoint registration; this object only describes it.
+/// is owned by the checkpoint registration; this object only describes it. <see cref="Segment"/>: the shared-memory segment it
+/// starts, where it was registered into shared memory (<see cref="CheckpointRegistry.SharedMemory"/>), for peers and workers on this host to map.
 /// </summary>
-public sealed unsafe class MemoryBuffer(nint pointer, long size, IReadOnlyList<ParameterMeta> metas, MemoryBufferKind kind)
+public sealed unsafe class MemoryBuffer(nint pointer, long size, IReadOnlyList<ParameterMeta> metas, MemoryBufferKind kind, SharedMemorySegment? segment = null)
 {
+    public SharedMemorySegment? Segment { get; } = segment;
+
     public nint Address { get; } = pointer;
 
     public byte* Pointer => (byte*)Address;

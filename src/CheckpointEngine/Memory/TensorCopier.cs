@@ -122,6 +122,6 @@ internal static unsafe class TensorCopier
             pieces[meta.Name][piece] = TensorChecksum.Crc32(buffer.Pointer + meta.Offset + offset, Math.Min(ChunkSize, meta.ByteLength - offset));
         });
         return buffers.Select(b => new MemoryBuffer(b.Address, b.Size,
-            b.Metas.Select(m => m with { Crc32 = TensorChecksum.CombinePieces(pieces[m.Name], m.ByteLength) }).ToList(), b.Kind)).ToList();
+            b.Metas.Select(m => m with { Crc32 = TensorChecksum.CombinePieces(pieces[m.Name], m.ByteLength) }).ToList(), b.Kind, b.Segment)).ToList();
     }
 }

@@ -39,13 +39,17 @@ internal static class BucketPump
     /// once), as soon as the reload of the bucket a staging buffer held before is agreed on. Bucket k is
     /// broadcast from its stager's staging buffer into the others' broadcast buffer k mod B; every worker
     /// reloads it from where it lies on its rank, while bucket k+1 is broadcast.
+    /// With <paramref name="direct"/> (every member and worker on one host, host backend), nothing is staged or broadcast: every
+    /// worker reads bucket k out of its owner's registered memory, and a rank gathers into slot k mod B only the pieces of its
+    /// worker's part that are not one run there; reloads and agreements go as before. With a staged <paramref name="direct"/>,
+    /// buckets are staged as ever and every worker reads bucket k in its stager's staging buffer (the ranks agree it is staged first).
     /// </summary>
     public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
         WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, IReadOnlyList<IReadOnlyList<(long Offset, long Length)>?>? wanted,
-        Relaying? relay, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+        Relaying? relay, DirectSources? direct, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
-        var own = Enumerable.Range(0, steps.Count).Where(k => steps[k].Stager == group.Rank).ToList();
+        var own = Enumerable.Range(0, steps.Count).Where(k => direct is not { Staged: false } && steps[k].Stager == group.Rank).ToList();
         var ordinal = new Dictionary<int, int>(own.Select((k, j) => KeyValuePair.Create(k, j)));
         // Where bucket k lies on this rank: its staging buffer if this rank sends it, else a broadcast buffer.
         nint Where(int k) => device + (nint)(ordinal.TryGetValue(k, out var j) ? sizing.StagingOffset(j) : sizing.BroadcastOffset(k));
@@ -94,7 +98,13 @@ internal static class BucketPump
         {
             try
             {
-                var wire = parts is null ? Wire(steps[k].Bucket, Where(k) - device, verify) : Wire(parts[k], ReadsInPlace(k), Where(k) - device, Slot(k) - device, verify);
+                var wire = (parts, direct) switch
+                {
+                    (null, null) => Wire(steps[k].Bucket, Where(k) - device, verify),
+                    (null, _) => Wire(k, steps[k].Bucket, direct, verify),
+                    (_, null) => Wire(parts[k], ReadsInPlace(k), Where(k) - device, Slot(k) - device, verify),
+                    _ => Wire(steps[k].Bucket, parts[k], direct, Slot(k) - device, verify),
+                };
                 return await worker.CallAsync(new LoadMessage(k, wire), timeout, ct).ConfigureAwait(false);
             }
             finally
@@ -168,8 +178,9 @@ internal static class BucketPump
                     reload = null;
                 }
                 var failure = staged.TryGetValue(k, out var stage) ? await stage.ConfigureAwait(false) : null;
-                if (agreeOnStaging)
+                if (agreeOnStaging || direct is { Staged: true })
                 {
+                    // Also when workers read the stager's buffer in place: nobody loads bucket k before it is there.
                     // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
                     await Agreement.AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
                 }
@@ -178,7 +189,15 @@ internal static class BucketPump
                     stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
                 }
                 times[k].BroadcastStart = clock.Elapsed;
-                if (relay?.Routes[k] is { } route)
+                if (direct is not null)
+                {
+                    if (!direct.Staged && parts?[k].GatheredRuns is { Count: > 0 } runs)
+                    {
+                        var (bucket, slot) = (steps[k].Bucket, Slot(k));
+                        await Task.Run(() => direct.Gather(bucket, runs, slot), ct).ConfigureAwait(false);
+                    }
+                }
+                else if (relay?.Routes[k] is { } route)
                 {
                     await RelayAsync(k, route).ConfigureAwait(false);
                 }
@@ -212,6 +231,24 @@ internal static class BucketPump
     private static List<WireTensor> Wire(BucketPart part, bool holdsBucket, nint bucketOffset, nint slotOffset, bool verify) =>
         part.Tensors.Select(t => new WireTensor(t.Meta.Name, t.Meta.DType.Name(), t.Shape, BucketPart.Place(t, holdsBucket, bucketOffset, slotOffset), t.ByteLength,
             Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices)).ToList();
+
+    /// <summary>The tensors of a worker's part of a bucket read in place: single runs where they lie in the owner's segment, the rest gathered into the slot.</summary>
+    private static List<WireTensor> Wire(H2DBucket bucket, BucketPart part, DirectSources direct, nint slotOffset, bool verify) =>
+        part.Tensors.Select(t =>
+        {
+            var (segment, offset) = t.Source is { } source ? direct.Locate(-1, bucket, source) : (0, slotOffset + t.Offset);
+            return new WireTensor(t.Meta.Name, t.Meta.DType.Name(), t.Shape, offset, t.ByteLength,
+                Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices, Segment: segment == 0 ? null : segment);
+        }).ToList();
+
+    /// <summary>The tensors of bucket <paramref name="k"/> where they lie in the memory the workers map (the owner's registered segments, or the stager's device buffer).</summary>
+    private static List<WireTensor> Wire(int k, H2DBucket bucket, DirectSources direct, bool verify) =>
+        bucket.Items.Select(m =>
+        {
+            var (segment, offset) = direct.Locate(k, bucket, m.Offset);
+            return new WireTensor(m.Name, m.DType.Name(), [.. m.Shape], offset, m.ByteLength,
+                Crc32: verify && m.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Segment: segment);
+        }).ToList();
 
     /// <summary>The tensors of a bucket for the worker, at their offsets in the device buffer, with their checksums when verifying.</summary>
     private static List<WireTensor> Wire(H2DBucket bucket, nint slotOffset, bool verify) =>

@@ -149,10 +149,14 @@ public sealed partial class ParameterServer
 
         // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
         var ticket = WorkerTicket.New(WorkerAddress);
-        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice, World.HostId).ToBytes(), timeout, ct).ConfigureAwait(false))
+        var segments = mode.Method == UpdateMethod.Broadcast && Device.HostAccessible ? RegisteredSegments(name) : null;
+        var members = (await group.AllGatherAsync(UpdateMember.For(Rank, Device.Id, ticket, NetDevice, World.HostId, segments,
+            device.SharedSegment is { } own ? new SegmentRef(own.Name, own.Size) : null).ToBytes(), timeout, ct).ConfigureAwait(false))
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
+        var direct = DirectFor(name, mode, members, metas) ?? StagedFor(members, steps, sizing);
+        _deviceFaulted |= direct is not { Staged: false }; // A staged update touches them.
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var context = new UpdateContext(name, Rank, members.Select(m => m.Socket).ToList());
         var triggered = trigger is null ? Task.CompletedTask : Task.Run(() => trigger(context, triggerCts.Token), triggerCts.Token);
@@ -163,13 +167,21 @@ public sealed partial class ParameterServer
             try
             {
                 worker = await _worker.AcceptAsync(ticket, triggered, timeout, ct).ConfigureAwait(false);
-                failure = WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id), timeout, ct).ConfigureAwait(false);
+                var registered = direct is not null && worker.MapsSegments ? direct.Segments : null;
+                failure = WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id, registered), timeout, ct).ConfigureAwait(false);
             }
             catch (UpdateFailedException e)
             {
                 failure = e.Message;
             }
             await Agreement.AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
+            if (direct is not null)
+            {
+                // Workers read the owners' memory in place only when every one of them mapped it (older workers do not).
+                var maps = await group.AllGatherAsync([worker!.MapsSegments ? (byte)1 : (byte)0], timeout, ct).ConfigureAwait(false);
+                direct = maps.All(m => m is [1]) ? direct : null;
+                DropPeerBuffers(direct is { Staged: false } ? direct.Segments : []);
+            }
 
             var total = steps.Sum(s => s.Bucket.Size);
             _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
@@ -177,6 +189,7 @@ public sealed partial class ParameterServer
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
             // host can reach, and on GPUs with NCCL).
             var (classes, classOf, listBytes) = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
+            direct = direct is { Staged: true } && classes.Any(c => c.Wants is not null) ? null : direct; // Parts are cut per rank: staged and broadcast.
             // Parts are cut out of buckets in host memory, or on GPUs by NCCL's communicator on its stream.
             var cuts = Device.HostAccessible || group is NcclCommunicator;
             var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
@@ -197,7 +210,7 @@ public sealed partial class ParameterServer
             }
             var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
             var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
-                relaying, timeout, clock,
+                relaying, direct, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
             var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
 
@@ -205,8 +218,12 @@ public sealed partial class ParameterServer
             await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
-            var staged = steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
-            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings) { BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0, DeclarationBytes = listBytes };
+            var staged = direct is { Staged: false } ? 0 : steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
+            return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings)
+            {
+                BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0,
+                DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true },
+            };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
         {
@@ -223,6 +240,36 @@ public sealed partial class ParameterServer
             worker?.Dispose();
         }
     }
+
+    /// <summary>This rank's registered segments of <paramref name="name"/> in buffer order (none when it holds nothing), or null when some buffer is not one.</summary>
+    private List<SegmentRef>? RegisteredSegments(string name) =>
+        !Registry.TryGet(name, out var checkpoint) ? []
+        : checkpoint.Buffers.All(b => b.Segment is not null) ? [.. checkpoint.Buffers.Select(b => new SegmentRef(b.Segment!.Name, b.Size))]
+        : null;
+
+    /// <summary>
+    /// The owners' registered memory to load from in place, when every member runs on this host with every buffer of the
+    /// checkpoint in a shared segment (a broadcast update on the host backend); else null (stage and broadcast).
+    /// </summary>
+    private DirectSources? DirectFor(string name, UpdateMode mode, List<UpdateMember> members, GlobalMetas metas)
+    {
+        if (mode.Method != UpdateMethod.Broadcast || !Device.HostAccessible || members.Count != metas.Ranks.Count
+            || members.Any(m => m.HostId != World.HostId || m.Segments is null || m.Segments.Count != metas.Ranks[m.Rank].Buffers.Count))
+        {
+            return null;
+        }
+        Func<int, nint>? local = Registry.TryGet(name, out var checkpoint) ? i => checkpoint.Buffers[i].Address : null;
+        return new DirectSources([.. members.Select(m => m.Segments!)], Rank, local, PeerBuffer);
+    }
+
+    /// <summary>
+    /// Every member's device buffer, for workers to read each bucket where its stager staged it, when every member runs on this host
+    /// (host backend) and the owners' memory cannot be read in place (a P2P update, buffers not in shared memory); else null.
+    /// </summary>
+    private DirectSources? StagedFor(List<UpdateMember> members, List<BucketStep> steps, BucketSizing sizing) =>
+        Device.HostAccessible && members.All(m => m.HostId == World.HostId && m.DeviceSegment is { Size: > 0 } d && d.Size >= sizing.DeviceBytes)
+            ? DirectSources.InStaging([.. members.Select(m => m.DeviceSegment!)], [.. steps.Select(s => s.Stager)], sizing)
+            : null;
 
     /// <summary>
     /// The distinct declarations of the members' workers, one per class (null: a worker that declared nothing, which keeps

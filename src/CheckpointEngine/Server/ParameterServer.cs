@@ -1,3 +1,4 @@
+using System.Text;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Planning;
@@ -42,6 +43,18 @@ public sealed partial class ParameterServer : IAsyncDisposable
     private RelayGroups? _relay;
     private BucketSizing? _sizing;
 
+    /// <summary>The device buffers' pages are in (faulted ahead, or touched by a staged update).</summary>
+    private bool _deviceFaulted;
+
+    /// <summary>Bytes of device buffers allocated and faulted in ahead of the next update (0: none, or allocated but left untouched); for tests.</summary>
+    internal long PreparedDeviceBytes => _deviceFaulted ? _deviceBuffer?.Size ?? 0 : 0;
+
+    /// <summary>Bytes of device buffers allocated now; for tests.</summary>
+    internal long DeviceBytes => _deviceBuffer?.Size ?? 0;
+
+    /// <summary>Other ranks' registered segments mapped here (read-only) for gathers of direct updates, by name; kept while updates name them.</summary>
+    private readonly Dictionary<string, SharedMemorySegment> _peerBuffers = new(StringComparer.Ordinal);
+
     /// <param name="p2p">Serves this rank's buffers to P2P readers and reads others'; default: the rank's configured transport (<see cref="P2PTransports.Create(RankConfig, System.Net.IPAddress)"/>).</param>
     /// <param name="group">The communicator that broadcasts device memory (NCCL for a GPU); default: the world's built-in group.</param>
     public ParameterServer(World world, IDevice device, CheckpointRegistry? registry = null, IP2PStore? p2p = null, ICommunicator? group = null)
@@ -50,6 +63,8 @@ public sealed partial class ParameterServer : IAsyncDisposable
         Device = device;
         Group = group ?? world.Group;
         Registry = registry ?? new CheckpointRegistry();
+        // On the host backend, registered buffers are shared-memory segments: workers on this host load straight out of them.
+        Registry.SharedMemory |= device.HostAccessible;
         _gate = new OperationGate(world.Rank);
         _worker = new WorkerLink(device.Id, world.Config.SocketDirectory);
         _p2p = p2p ?? P2PTransports.Create(world.Config, world.AdvertiseAddress);
@@ -161,6 +176,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
             Unpublish(name, checkpoint);
         }
         var pooled = found && checkpoint.Buffers.Any(b => b.Kind == MemoryBufferKind.Pooled);
+        DropPeerBuffers([]); // Other ranks unregister theirs too: do not keep their memory alive.
         var removed = Registry.UnregisterCheckpoint(name);
         if (!pooled && Registry.Checkpoints.Count == 0)
         {
@@ -213,6 +229,14 @@ public sealed partial class ParameterServer : IAsyncDisposable
             return metas; // No rank holds it (a mistyped name): nothing to keep, here or in the store, for every name ever asked.
         }
         SetMetas(metas);
+        // Device buffers are allocated now, not in the first update, and faulted in (first touches cost more than the copies) unless
+        // every rank is on this host with its buffers in shared segments: then workers will read those in place and leave them untouched.
+        var wait = timeout ?? TimeSpan.FromSeconds(300);
+        var free = (await World.Group.AllReduceAsync([Device.FreeMemory], ReduceOp.Min, wait, ct).ConfigureAwait(false))[0];
+        var mine = Encoding.UTF8.GetBytes((RegisteredSegments(name) is null ? "0" : "1") + World.HostId);
+        var all = await World.Group.AllGatherAsync(mine, wait, ct).ConfigureAwait(false); // Every rank calls it: collectives go in the same order.
+        var inPlace = Device.HostAccessible && mine[0] == (byte)'1' && all.All(b => b.AsSpan().SequenceEqual(mine));
+        PrepareDeviceMemory(metas, free, prefault: !inPlace);
         if (Rank == 0)
         {
             // Published for instances that join later without a metas file (see FetchMetasAsync).
@@ -275,9 +299,35 @@ public sealed partial class ParameterServer : IAsyncDisposable
             DropDeviceMemory();
             _deviceBuffer = Device.AllocateShared(sizing.DeviceBytes);
             _sizing = sizing;
+            _deviceFaulted = false;
         }
         group.Share(_deviceBuffer);
         return _deviceBuffer;
+    }
+
+    /// <summary>
+    /// Allocates the device buffers an update of <paramref name="metas"/> with default options will use, and faults them in when
+    /// <paramref name="prefault"/> (an update that stages into them). An update whose sizing comes out differently (other options,
+    /// less free memory) allocates its own as before.
+    /// </summary>
+    private void PrepareDeviceMemory(GlobalMetas metas, long free, bool prefault)
+    {
+        BucketSizing sizing;
+        try
+        {
+            var defaults = new UpdateOptions();
+            sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), defaults.MemoryFraction, defaults.MaxBucketSize ?? World.Config.MaxBucketSize);
+        }
+        catch (CheckpointEngineException)
+        {
+            return; // Too little memory: the update says so.
+        }
+        var buffer = DeviceBufferFor(sizing, Group);
+        if (prefault && !_deviceFaulted)
+        {
+            buffer.SharedSegment?.Prefault();
+            _deviceFaulted = true;
+        }
     }
 
     /// <summary>
@@ -317,6 +367,34 @@ public sealed partial class ParameterServer : IAsyncDisposable
         DropStaging();
     }
 
+    /// <summary>Another rank's registered segment mapped here (read-only), mapped on first use and kept.</summary>
+    private nint PeerBuffer(SegmentRef segment)
+    {
+        lock (_peerBuffers)
+        {
+            if (!_peerBuffers.TryGetValue(segment.Handle, out var mapped) || mapped.Size < segment.Size)
+            {
+                mapped?.Dispose();
+                mapped = _peerBuffers[segment.Handle] = SharedMemorySegment.OpenReadOnly(segment.Handle, segment.Size);
+            }
+            return mapped.Address;
+        }
+    }
+
+    /// <summary>Unmaps the other ranks' segments that are not in <paramref name="named"/> (they may have been unregistered).</summary>
+    private void DropPeerBuffers(IEnumerable<SegmentRef> named)
+    {
+        lock (_peerBuffers)
+        {
+            var keep = named.Select(s => s.Handle).ToHashSet(StringComparer.Ordinal);
+            foreach (var name in _peerBuffers.Keys.Where(n => !keep.Contains(n)).ToList())
+            {
+                _peerBuffers.Remove(name, out var s);
+                s!.Dispose();
+            }
+        }
+    }
+
     private void DropStaging()
     {
         if (_staging is not null)
@@ -344,6 +422,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
             return;
         }
         DropDeviceMemory();
+        DropPeerBuffers([]);
         _worker.Dispose();
         _p2p.Dispose();
         Registry.Dispose();

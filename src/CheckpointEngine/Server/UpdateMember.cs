@@ -6,11 +6,15 @@ namespace CheckpointEngine.Server;
 /// <summary>
 /// What every member of an update tells the others: its worker's socket and session key (the first
 /// rank of an inference group hands the engine its whole group's tickets), the network device its P2P reads go through, and its host
-/// (members of one host share memory; shard-aware updates relay parts between hosts).
+/// (members of one host share memory; shard-aware updates relay parts between hosts). <see cref="Segments"/>: the shared-memory
+/// segments of its registered buffers of the checkpoint, in buffer order (host backend; null when it has none or some buffer is not one);
+/// <see cref="DeviceSegment"/>: its device buffer's segment (host backend).
 /// </summary>
-internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string Session, string NetDevice, string HostId)
+internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddress, string Session, string NetDevice, string HostId, IReadOnlyList<SegmentRef>? Segments = null,
+    SegmentRef? DeviceSegment = null)
 {
-    public static UpdateMember For(int rank, string deviceId, WorkerTicket ticket, string netDevice, string hostId) => new(rank, deviceId, ticket.Address, ticket.Session, netDevice, hostId);
+    public static UpdateMember For(int rank, string deviceId, WorkerTicket ticket, string netDevice, string hostId, IReadOnlyList<SegmentRef>? segments, SegmentRef? deviceSegment) =>
+        new(rank, deviceId, ticket.Address, ticket.Session, netDevice, hostId, segments, deviceSegment);
 
     public WorkerSocket Socket => new(Rank, DeviceId, new WorkerTicket(WorkerAddress, Session));
 

@@ -28,6 +28,12 @@ public sealed record UpdateReport(
     /// <summary>How a P2P update read ("tcp" or "ucx"); null for a broadcast.</summary>
     public string? P2PTransport { get; init; }
 
+    /// <summary>Every worker loaded straight out of the owners' registered shared memory (one host, host backend): nothing was staged or broadcast.</summary>
+    public bool InPlace { get; init; }
+
+    /// <summary>Every worker read each bucket where its stager staged it (one host, host backend, owners' memory not readable in place: a P2P update): nothing was broadcast.</summary>
+    public bool ReadInStaging { get; init; }
+
     public TimeSpan HostToDevice => Sum(b => b.HostToDevice);
 
     public TimeSpan Broadcast => Sum(b => b.Broadcast);

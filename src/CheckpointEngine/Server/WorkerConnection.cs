@@ -13,6 +13,9 @@ internal sealed class WorkerConnection(Socket socket, string deviceId) : IDispos
     /// <summary>What the worker declared it keeps (null: everything, as a worker that declares nothing).</summary>
     public WorkerWants? Wants { get; private set; }
 
+    /// <summary>Its hello said it maps the further segments an attach names (the owners' registered memory, host backend).</summary>
+    public bool MapsSegments { get; init; }
+
     /// <summary>Why its declaration could not be read (the update then fails at attach on every rank).</summary>
     public string? WantsError { get; private set; }
 

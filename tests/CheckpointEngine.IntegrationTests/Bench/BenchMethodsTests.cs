@@ -10,8 +10,26 @@ namespace CheckpointEngine.IntegrationTests.Bench;
 /// at a tiny size: their rows, their baselines, and nothing left behind.
 /// </summary>
 [Collection(nameof(MultiProcessTests))]
-public sealed class BenchMethodsTests
+public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<Python.PythonTorch>
 {
+    /// <summary>
+    /// The peer: torch.distributed broadcasts of the same checkpoint between as many processes, measured in the same run (the
+    /// script checks that every rank's model holds the owners' bytes, or reports nothing); every update row gets its ratio to it.
+    /// </summary>
+    [Fact]
+    public async Task Bench_Broadcast_MeasuresTheTorchPeerOnTheSameCheckpoint_AndRatiosToIt()
+    {
+        Assert.NotEmpty(torch.TorchVersion);
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "broadcast", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        var peer = Assert.Single(doc.RootElement.GetProperty("torch_peer").EnumerateArray());
+        var config = Assert.Single(doc.RootElement.GetProperty("configurations").EnumerateArray());
+        Assert.Equal((2, config.GetProperty("bytes").GetInt64()), (peer.GetProperty("ranks").GetInt32(), peer.GetProperty("bytes").GetInt64()));
+        Assert.True(peer.GetProperty("per_tensor_seconds").GetDouble() > 0 && peer.GetProperty("bucketed_seconds").GetDouble() > 0, peer.ToString());
+        Assert.True(config.GetProperty("ratio_to_torch_per_tensor").GetDouble() > 0 && config.GetProperty("ratio_to_torch_bucketed").GetDouble() > 0, config.ToString());
+    }
+
     [Fact]
     public async Task Bench_Registration_ThreeCasesAgainstMemcpy_LeavesNothing()
     {

@@ -141,6 +141,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         var urls = await StartWorkers(ranks, tp);
         var results = await RunRanks(ranks, dir, urls, tp, updates: 1);
         AssertAllOk(results, 1);
+        Assert.All(results, r => Assert.Equal("path 1 in-place 0", r.Line("path 1 "))); // One host: workers read the owners' segments.
         await AssertWorkersHold(dir, urls, ranks);
     }
 
@@ -187,6 +188,7 @@ public sealed class UpdateEndToEndTests : IDisposable
             : [sharded, (await StartWorkers(r => DeviceId(r + tp), tp, tp, "--shard-by-tp"))[0]];
         var results = await RunRanks(ranks, dir, urls, tp, updates: 3);
         AssertAllOk(results, 3);
+        Assert.All(results, r => Assert.Equal("path 2 in-place 0", r.Line("path 2 "))); // Parts in place, column slices gathered by each rank.
 
         long Bytes(RankCluster.Result r, int update) => long.Parse(r.Line($"update {update} ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
         long Declarations(RankCluster.Result r, int update) => long.Parse(r.Line($"declarations {update} ").Split(' ')[2], System.Globalization.CultureInfo.InvariantCulture);
@@ -275,6 +277,7 @@ public sealed class UpdateEndToEndTests : IDisposable
                 ["TEST_TIMEOUT_S"] = "30",
             });
         AssertAllOk(results, 2);
+        Assert.All(results, r => Assert.StartsWith("path 2 staged ", r.Line("path 2 "))); // Two hosts: staged and broadcast as before.
         (long Bytes, int Relayed) Network(RankCluster.Result r, int update)
         {
             var f = r.Line($"network {update} ").Split(' ');
@@ -430,6 +433,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         {
             Assert.True(r.ExitCode == 0 && r.Line("update 1 ").StartsWith("update 1 ok", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
             Assert.EndsWith($" over {transport}", r.Line("update 1 "));
+            Assert.Equal("path 1 in-staging", r.Line("path 1 ")); // One host: the joiners' workers read each bucket where its reader put it.
         }
         Assert.All(ownerResults, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
         await AssertWorkersHold(dir, joinerUrls, 2);

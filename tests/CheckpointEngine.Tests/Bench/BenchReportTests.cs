@@ -39,6 +39,25 @@ public sealed class BenchReportTests
     }
 
     [Fact]
+    public void TorchPeer_GetsItsTable_AndEveryUpdateRowItsRatio()
+    {
+        // The peer at 2 ranks × 1 GiB: per tensor 4 s, bucketed 2 s for the GiB per model.
+        var report = Report() with { Peers = [new TorchPeer.Result(2, GiB, GiB, 4.0, 5.0, 2.0, 3.0, 256 * MiB)] };
+        var markdown = report.ToMarkdown();
+        Assert.Contains("| broadcast | 2 | 1GiB | 1.00 GiB | 4.000 | 0.27 | 2.000 | 0.54 | 5.000 / 3.000 |", markdown, StringComparison.Ordinal);
+        // broadcast at 2 ranks × 1 GiB takes 2 s: twice the per-tensor peer's GB/s, as fast as the bucketed one.
+        Assert.Contains("| broadcast | 2 | 1GiB | 1.00 GiB | 2.000 (1.800–2.200) | 0.54 | 0.05× memcpy | 2.00× / 1.00× |", markdown, StringComparison.Ordinal);
+        Assert.Contains("| broadcast | 1 | 1GiB | 1.00 GiB | 1.000 (0.900–1.100) | 1.07 | 0.11× memcpy | – |", markdown, StringComparison.Ordinal);
+        using var doc = JsonDocument.Parse(report.ToJson());
+        var peer = Assert.Single(doc.RootElement.GetProperty("torch_peer").EnumerateArray());
+        Assert.Equal(4.0, peer.GetProperty("per_tensor_seconds").GetDouble());
+        var row = doc.RootElement.GetProperty("configurations").EnumerateArray()
+            .Single(c => c.GetProperty("method").GetString() == "broadcast" && c.GetProperty("ranks").GetInt32() == 2 && c.GetProperty("size").GetInt64() == GiB);
+        Assert.Equal((2.0, 1.0), (row.GetProperty("ratio_to_torch_per_tensor").GetDouble(), row.GetProperty("ratio_to_torch_bucketed").GetDouble()));
+        Assert.DoesNotContain("vs torch", Report().ToMarkdown(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Json_ConfigurationFigures()
     {
         using var doc = JsonDocument.Parse(Report().ToJson());

@@ -48,7 +48,7 @@ public sealed class RegistryOwnershipTests
         }
         Assert.Equal((0L, NativeBuffer.Alignment), (pool.LeasedBytes, pool.IdleBytes)); // Given back, not freed.
 
-        var rented = pool.Rent(16, out var reused);
+        var rented = pool.Rent(16, shared: false, out var reused);
         Assert.True(reused);
         Assert.Equal(address, rented.Address);
         pool.Return(rented); // The pool owns it again and frees it when disposed.

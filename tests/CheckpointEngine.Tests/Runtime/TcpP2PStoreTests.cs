@@ -35,6 +35,36 @@ public sealed class TcpP2PStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task Read_StripedOverSeveralConnections_LandsBitExact()
+    {
+        const int Size = 40 << 20;
+        using var source = NativeBuffer.Allocate(Size);
+        using var target = NativeBuffer.Allocate(Size);
+        var bytes = source.AsSpan(0, Size);
+        for (var i = 0; i < bytes.Length; i++)
+        {
+            bytes[i] = (byte)(i * 13 + (i >> 13));
+        }
+        _owner.Register("big/0", source.Address, Size);
+        P2PRead[] reads = [new("big/0", 0, 17 << 20, target.Address), new("big/0", 17 << 20, 3, target.Address + (17 << 20)), new("big/0", (17 << 20) + 3, Size - (17 << 20) - 3, target.Address + (17 << 20) + 3)];
+        Assert.Equal(4, TcpP2PStore.Stripe(reads, 4).Count);
+        await _reader.ReadAsync(_owner.Address, reads, Deadline, TestContext.Current.CancellationToken);
+        Assert.True(source.AsSpan(0, Size).SequenceEqual(target.AsSpan(0, Size)));
+    }
+
+    [Fact]
+    public void Stripe_CutsIntoAboutEqualRunsInOrder_NoneTooSmall()
+    {
+        P2PRead[] reads = [new("a", 100, 30 << 20, 1000), new("b", 0, 10 << 20, 1 << 40)];
+        var stripes = TcpP2PStore.Stripe(reads, 4);
+        Assert.Equal([10 << 20, 10 << 20, 10 << 20, 10 << 20], stripes.Select(s => s.Sum(r => r.Length)));
+        Assert.Equal(new P2PRead("a", 100 + (20 << 20), 10 << 20, 1000 + (20 << 20)), Assert.Single(stripes[2]));
+        Assert.Equal(reads[1], Assert.Single(stripes[3]));
+        P2PRead[] small = [new("a", 0, 5 << 20, 0), new("b", 0, 1, 0)];
+        Assert.Equal(small, Assert.Single(TcpP2PStore.Stripe(small, 4))); // Under 8 MiB: one connection.
+    }
+
+    [Fact]
     public async Task StalledReader_IsDroppedAtTheSendDeadline_NamingIt()
     {
         var log = new LogLines();

@@ -112,7 +112,7 @@ public sealed partial class TcpP2PStore
         var socket = default(Socket);
         try
         {
-            socket = _connections.TryGetValue(owner, out var s) ? s : Connect(owner, deadline);
+            socket = _connections.TryGetValue(owner, out var s) ? s : Connect(owner, owner, deadline);
             var request = new StoreProtocol.Writer().Int32(LeaseRequest).Int32(buffers.Count);
             foreach (var name in buffers)
             {

@@ -10,8 +10,10 @@ namespace CheckpointEngine.Runtime.P2P;
 /// <summary>
 /// P2P reads over TCP. Each rank serves its registered buffers (the update path never takes part): a
 /// request lists (buffer, offset, length) ranges, the reply is a status byte and then the raw bytes of
-/// every range in order, sent straight from the registered memory. Readers keep one connection per
-/// owner. Every connection opens with the <see cref="Security.Handshake"/>, accepted asynchronously;
+/// every range in order, sent straight from the registered memory. A read is striped over several
+/// connections to its owner (<see cref="ConnectionsPerOwner"/>, kept open), each served by its own thread
+/// there, so copies into and out of the kernel run side by side; receive buffers grow with the kernel's
+/// autotuning (up to net.ipv4.tcp_rmem) instead of a fixed size. Every connection opens with the <see cref="Security.Handshake"/>, accepted asynchronously;
 /// only an authenticated reader gets a thread of its own, and one that stops taking its reply for
 /// <see cref="SendDeadline"/> is dropped.
 /// </summary>
@@ -22,6 +24,9 @@ public sealed partial class TcpP2PStore : IP2PStore
 
     /// <summary>The most one send call hands the socket: a reader must take this much per <see cref="SendDeadline"/>.</summary>
     private const int SendChunk = 4 << 20;
+
+    /// <summary>A read smaller than this per connection is not striped further.</summary>
+    private const long MinStripe = 8 << 20;
 
     private readonly Socket _listener;
     private readonly CancellationTokenSource _stop = new();
@@ -63,6 +68,9 @@ public sealed partial class TcpP2PStore : IP2PStore
     /// closed, logged naming it); also the longest <see cref="Unregister"/> waits for reads in flight.
     /// </summary>
     internal TimeSpan SendDeadline { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Connections a read from one owner is striped over.</summary>
+    internal int ConnectionsPerOwner { get; set; } = 4;
 
     public void Register(string name, nint address, long length)
     {
@@ -232,20 +240,50 @@ public sealed partial class TcpP2PStore : IP2PStore
         }
     }
 
-    public Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default) =>
-        Task.Factory.StartNew(() => Read(owner, reads, timeout, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    /// <summary>Reads every range, striped over up to <see cref="ConnectionsPerOwner"/> connections read at once; the first failure is raised.</summary>
+    public Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default)
+    {
+        var stripes = Stripe(reads, ConnectionsPerOwner);
+        return Task.WhenAll(stripes.Select((stripe, i) =>
+            Task.Factory.StartNew(() => Read(owner, i, stripe, timeout, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default)));
+    }
 
-    private unsafe void Read(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
+    /// <summary>The reads cut into at most <paramref name="count"/> runs of about equal bytes (none below <see cref="MinStripe"/>), in order.</summary>
+    internal static List<List<P2PRead>> Stripe(IReadOnlyList<P2PRead> reads, int count)
+    {
+        var total = reads.Sum(r => r.Length);
+        var per = Math.Max(MinStripe, (total + count - 1) / Math.Max(1, count));
+        var stripes = new List<List<P2PRead>> { new() };
+        long filled = 0;
+        foreach (var read in reads)
+        {
+            for (long at = 0; at < read.Length;) // Empty ranges need no bytes: left out.
+            {
+                if (filled == per)
+                {
+                    stripes.Add([]);
+                    filled = 0;
+                }
+                var n = Math.Min(read.Length - at, per - filled);
+                stripes[^1].Add(read with { Offset = read.Offset + at, Length = n, Destination = read.Destination + (nint)at });
+                (at, filled) = (at + n, filled + n);
+            }
+        }
+        return stripes;
+    }
+
+    private unsafe void Read(string owner, int stripe, List<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + timeout;
-        var gate = _connectionLocks.GetOrAdd(owner, _ => new SemaphoreSlim(1, 1));
+        var key = $"{owner}#{stripe}";
+        var gate = _connectionLocks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
         if (!gate.Wait(timeout, ct))
         {
             throw new P2PException($"P2P read from {owner}: another read from it did not finish within {timeout.TotalSeconds:F0} s");
         }
         try
         {
-            var socket = _connections.TryGetValue(owner, out var s) ? s : Connect(owner, deadline);
+            var socket = _connections.TryGetValue(key, out var s) ? s : Connect(owner, key, deadline);
             try
             {
                 var request = new StoreProtocol.Writer().Int32(reads.Count);
@@ -275,7 +313,7 @@ public sealed partial class TcpP2PStore : IP2PStore
             catch (Exception e)
             {
                 // Whatever went wrong, the connection's state is unknown now: never reuse it.
-                if (_connections.TryRemove(owner, out var broken))
+                if (_connections.TryRemove(key, out var broken))
                 {
                     broken.Dispose();
                 }
@@ -292,14 +330,14 @@ public sealed partial class TcpP2PStore : IP2PStore
         }
     }
 
-    private Socket Connect(string owner, DateTime deadline)
+    private Socket Connect(string owner, string key, DateTime deadline)
     {
         var colon = owner.LastIndexOf(':');
         if (colon <= 0 || !IPAddress.TryParse(owner[..colon], out var ip) || !int.TryParse(owner[(colon + 1)..], out var port))
         {
             throw new P2PException($"'{owner}' is not a P2P address (IP:port)");
         }
-        var socket = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = SocketBuffer };
+        var socket = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true }; // Receive buffer: autotuned.
         try
         {
             using (var cts = new CancellationTokenSource(Remaining(deadline)))
@@ -311,7 +349,7 @@ public sealed partial class TcpP2PStore : IP2PStore
             {
                 Handshake.ConnectAsync(stream, new Handshake.Claim(-1), owner, cts.Token).GetAwaiter().GetResult();
             }
-            _connections[owner] = socket;
+            _connections[key] = socket;
             return socket;
         }
         catch (HandshakeException e)

@@ -5,7 +5,7 @@ changed): the next one delivers everything and shows the layout again.
 """
 
 from .receiver import receive_update
-from .recorder import record
+from .recorder import log, record
 
 
 def merge(a, b):
@@ -37,13 +37,19 @@ class ShardAware:
         self.layout = None
         self.recordings = None
         self.declared = None
+        self.unrecordable = None  # Why the loaders could not be recorded: this worker then receives every byte.
 
     def wants(self):
         """The wants frame for the next update, or None while the layout is unknown."""
-        if self.layout is None:
+        if self.layout is None or self.unrecordable is not None:
             return None
         if self.recordings is None:
-            self.recordings = [record(module, load, self.layout) for module, load in self.targets]
+            try:
+                self.recordings = [record(module, load, self.layout) for module, load in self.targets]
+            except Exception as e:  # Correctness never depends on the recorder: declare nothing, receive everything.
+                self.unrecordable = "%s: %s" % (type(e).__name__, e)
+                log.warning("shard-aware: the loaders cannot be recorded (%s); this worker receives every byte", self.unrecordable)
+                return None
             tensors = {}
             for r in self.recordings:
                 for name, want in r.wants().items():

@@ -94,6 +94,23 @@ class RecorderTests(unittest.TestCase):
         wants = recorder.record(model, load, layout_of(checkpoint)).wants()
         self.assertEqual(wants, {"a": {"dim": 0, "slices": [[2, 2]]}, "b": "whole", "c": {"dim": 0, "slices": [[2, 2]]}})
 
+    def test_ModelThatCannotBeRecorded_DeclaresNothing_AndSaysWhy(self):
+        # Not a torch Module (no state_dict(keep_vars=...)): the worker keeps receiving whole tensors.
+        class Plain:
+            def __init__(self):
+                self.weights = {"a": torch.zeros(4, 2)}
+
+            def state_dict(self):
+                return self.weights
+
+        model = Plain()
+        shard = ShardAware([(model, lambda weights: None)])
+        shard.layout = layout_of(model.weights)
+        with self.assertLogs("ckpt_engine_worker", "WARNING") as logs:
+            self.assertIsNone(shard.wants())
+        self.assertIn("the loaders cannot be recorded (TypeError", logs.output[0])
+        self.assertIsNone(shard.wants())  # Not tried again.
+
     def test_Translate_ViewOutsideItsSlice_IsNone(self):
         self.assertEqual(recorder.translate((2 * 3, [2, 3], [3, 1]), [4, 3], 0, [(2, 2)]), (0, [2, 3], [3, 1]))
         self.assertEqual(recorder.translate((2, [4], [3]), [4, 3], 1, [(0, 1), (2, 1)]), (1, [4], [2]))

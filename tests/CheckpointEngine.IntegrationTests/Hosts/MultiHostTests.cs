@@ -177,7 +177,7 @@ public sealed class MultiHostTests : IDisposable
         var ownerUrls = await StartWorkers(net, "o", [0, 1]);
         var joinerUrls = await StartWorkers(net, "j", [2]);
         var owners = RunWorld(net, "o", [0, 1], ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], transport: transport, ucxTls: UcxAcrossHosts(transport));
-        await WaitForFile(metas, owners);
+        await RankCluster.WaitForFileAsync(metas, owners, "the owners saved their metas");
         var joiners = await RunWorld(net, "j", [2], ["p2p-join", string.Join(',', joinerUrls), "2", metas], transport: transport, ucxTls: UcxAcrossHosts(transport));
         File.WriteAllText(metas + ".done", "");
         var ownerResults = await owners;
@@ -363,20 +363,6 @@ public sealed class MultiHostTests : IDisposable
             }
             Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"never {bytes} bytes to host {host}");
             await Task.Delay(20, TestContext.Current.CancellationToken);
-        }
-    }
-
-    private static async Task WaitForFile(string path, Task<RankCluster.Result[]> running)
-    {
-        var clock = Stopwatch.StartNew();
-        while (!File.Exists(path))
-        {
-            if (running.IsCompleted)
-            {
-                Assert.Fail("the owners stopped before saving their metas:\n" + string.Join("\n", (await running).Select(r => r.Output)));
-            }
-            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "the owners never saved their metas");
-            await Task.Delay(50, TestContext.Current.CancellationToken);
         }
     }
 }

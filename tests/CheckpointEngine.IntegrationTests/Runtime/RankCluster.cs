@@ -106,4 +106,20 @@ internal static class RankCluster
         var path = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "CheckpointEngine.Tests.Rank", config, "CheckpointEngine.Tests.Rank.dll"));
         return File.Exists(path) ? path : throw new FileNotFoundException("rank program not built", path);
     }
+
+    /// <summary>Polls for a file that rank processes create (their state, seen from outside), failing if they stop first or past a deadline.</summary>
+    public static async Task WaitForFileAsync(string path, Task<Result[]> running, string what)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!File.Exists(path))
+        {
+            if (running.IsCompleted)
+            {
+                var results = await running;
+                Assert.Fail($"the ranks stopped before {what}:\n" + string.Join("\n", results.Select(r => r.Output)));
+            }
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"never: {what}");
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
+    }
 }

@@ -422,7 +422,7 @@ public sealed class UpdateEndToEndTests : IDisposable
         var ownerUrls = await StartWorkers(4, 2);
         var joinerUrls = await StartWorkers(JoinerId, 2, 2);
         var owners = RunWorld(4, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId, transport: transport);
-        await WaitForFile(metas, owners, "the owners saved their metas");
+        await RankCluster.WaitForFileAsync(metas, owners, "the owners saved their metas");
         var ownersBefore = await BucketsLoaded(ownerUrls);
 
         var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId, transport: transport);
@@ -452,14 +452,14 @@ public sealed class UpdateEndToEndTests : IDisposable
         var joinerUrls = await StartWorkers(JoinerId, 2, 2, "--reload-delay-ms", "300");
         var killOwners = new TaskCompletionSource();
         var owners = RunWorld(2, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId, killOwners.Task, SmallBuckets, transport: transport);
-        await WaitForFile(metas, owners, "the owners saved their metas");
+        await RankCluster.WaitForFileAsync(metas, owners, "the owners saved their metas");
         // The joiners' deadline lies beyond the cluster's: a joiner that waited for it would be killed and print no result.
         var started = Path.Combine(_dir, "joining");
         var joiners = RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas, started], JoinerId, maxBucketGb: SmallBuckets, timeoutS: NeverReached, transport: transport);
         // Each joiner marks the moment its update triggers its worker; its reads then follow at the worker's pace
         // (two buckets staged ahead, 300 ms per reload), so most of them are still to come.
-        await WaitForFile(started + ".0", joiners, "the joiners' updates started");
-        await WaitForFile(started + ".1", joiners, "the joiners' updates started");
+        await RankCluster.WaitForFileAsync(started + ".0", joiners, "the joiners' updates started");
+        await RankCluster.WaitForFileAsync(started + ".1", joiners, "the joiners' updates started");
         killOwners.SetResult(); // Every owner process, mid-update.
         await owners;
         var results = await joiners;
@@ -472,20 +472,4 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     private const string SmallBuckets = "0.00006103515625"; // 64 KiB
-
-    /// <summary>Polls for a file that rank processes create (their state, seen from outside), failing if they stop first or past a deadline.</summary>
-    private static async Task WaitForFile(string path, Task<RankCluster.Result[]> running, string what)
-    {
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        while (!File.Exists(path))
-        {
-            if (running.IsCompleted)
-            {
-                var results = await running;
-                Assert.Fail($"the ranks stopped before {what}:\n" + string.Join("\n", results.Select(r => r.Output)));
-            }
-            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"never: {what}");
-            await Task.Delay(50, TestContext.Current.CancellationToken);
-        }
-    }
 }

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the unpacked payload (see scripts/gpu-check.sh): needs no .NET, no network.
 #   gpu-check/run.sh [SIZE]      SIZE of the synthetic checkpoints, default 4GiB
-# Steps, each under its own time limit (coreutils timeout), all within GPU_CHECK_BUDGET_S (default 300 s):
+# Steps, each under its own time limit (coreutils timeout), all within GPU_CHECK_BUDGET_S (default 360 s):
 #   1. the CLI starts (host backend, 8 MiB)
 #   2. the GPU unit tests (trait Category=GPU): device copies, IPC handles, one-rank NCCL broadcast,
 #      all-reduce and sub-communicator, and both receivers refusing a cuda-ipc attach larger than its allocation
 #   3. a SIZE update on one GPU to the .NET reference worker, broadcast then P2P staging (`--method all`)
-#   4. the same to the Python worker (torch, CUDA IPC), both methods; both workers verified byte for byte
+#   4. the same to the Python worker (torch, CUDA IPC), both methods; both workers verified byte for byte;
+#      then an update whose worker checks every tensor's CRC-32 on the GPU side (`--verify`), a plain torch
+#      baseline on the same checkpoint and GPU (pinned host memory, load_state_dict) timed against our warm
+#      broadcast update, and FP8 registration (`update --quantize fp8`) into a torch model on the GPU,
+#      compared with the FP8 copy `ckpt-engine quantize` writes
 #   5. a plain pinned cuMemcpyHtoD of SIZE (the baseline of the figures)
 # Each step is PASS, FAIL, TIMEOUT (names the step and its limit), NOT RUN (no time left) or SKIPPED
 # (dry run only); the run passes when every step passes or is skipped. Figures (H2D stage against the baseline, target >= 0.9; wall time per stage) are printed
@@ -29,7 +33,7 @@ app="$here/app"
 dry="${GPU_CHECK_DRY_RUN:-0}"
 size="${1:-4GiB}"
 [ "$dry" = 1 ] && size="${1:-64MiB}"
-budget="${GPU_CHECK_BUDGET_S:-300}"
+budget="${GPU_CHECK_BUDGET_S:-360}"
 deadline=$((SECONDS + budget))
 export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 # No ICU needed on the GPU machine.
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
@@ -211,7 +215,7 @@ outcome ".NET worker update (broadcast + P2P)" "$( [ "$rc" = 0 ] && echo "both v
 
 say "4/5 the same to the Python worker (torch on $torch_device, $py)"
 CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" GPU_CHECK_TORCH_DEVICE="$torch_device" GPU_CHECK_LOGS="$results" \
-  run 180 "$results/python.log" "$results/python.err" "$here/python/tests/gpu_check_worker.sh" "$app/ckpt-engine" "$size" "$data"
+  run 240 "$results/python.log" "$results/python.err" "$here/python/tests/gpu_check_worker.sh" "$app/ckpt-engine" "$size" "$data"
 if [ "$rc" = 0 ]; then
   outcome "Python worker update (broadcast + P2P)" "$(grep '^python worker:' "$results/python.log" | tail -n 1)"
 else
@@ -236,12 +240,15 @@ if [ "$dry" = 1 ]; then
 fi
 
 say "figures (reported, never failing the run):"
-"$py" - "$results/demo.json" "$results/baseline.txt" "$results/figures.json" <<'PY' | tee -a "$results/console.log"
+"$py" - "$results/demo.json" "$results/baseline.txt" "$results/figures.json" "$results/python.log" <<'PY' | tee -a "$results/console.log"
 import json, os, sys
-demo, baseline, out = sys.argv[1:]
+demo, baseline, out, python = sys.argv[1:]
 lines = [json.loads(l) for l in open(demo) if l.strip()] if os.path.exists(demo) else []
 base = dict(kv.split("=", 1) for kv in open(baseline).read().split()) if os.path.exists(baseline) else {}
-figures = {"methods": lines, "pinned_h2d_gbps": float(base["gbps"]) if "gbps" in base else None, "h2d_ratio_target": 0.9}
+torch_line = [l.strip() for l in open(python) if l.startswith("torch baseline:")][-1:] if os.path.exists(python) else []
+figures = {"methods": lines, "pinned_h2d_gbps": float(base["gbps"]) if "gbps" in base else None, "h2d_ratio_target": 0.9,
+           "torch_baseline": torch_line[0] if torch_line else None}
+print("  " + (torch_line[0] if torch_line else "torch baseline: not measured (see python.log)"))
 for d in lines:
     if not d.get("bytes"):
         continue

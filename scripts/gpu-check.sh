@@ -11,7 +11,7 @@
 #                                               run gpu-check/run.sh [SIZE] (SIZE default 4GiB)
 # or by hand:  mkdir -p D && xz -dc gpu-check.tar.xz | tar -C D -xf - && D/gpu-check/run.sh
 #   without xz: python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' gpu-check.tar.xz D
-# run.sh's header says what one GPU covers and what needs two; it ends within GPU_CHECK_BUDGET_S (300 s)
+# run.sh's header says what one GPU covers and what needs two; it ends within GPU_CHECK_BUDGET_S (360 s)
 # and writes every log, trace and JSON result to $OUT/gpu-check-results.tar.gz.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -4,6 +4,9 @@ extension (CUDA IPC), then a byte-for-byte comparison of its weights with the ch
 
   gpu_check_worker.py serve CHECKPOINT_DIR         prints "listening on http://127.0.0.1:PORT"
   gpu_check_worker.py verify CHECKPOINT_DIR URL    exit 0 when every tensor equals the files'
+  gpu_check_worker.py baseline CHECKPOINT_DIR OURS_S
+      the same bytes as a user would move them: the files read into pinned host memory, then a torch
+      Module's load_state_dict on the device (best of 3, synchronized); prints both times and their ratio
 
 GPU_CHECK_TORCH_DEVICE=cpu keeps the model on the CPU (the check's dry run, with `--device host`).
 """
@@ -14,6 +17,7 @@ import mmap
 import os
 import struct
 import sys
+import time
 import types
 import urllib.request
 
@@ -86,11 +90,57 @@ def verify(directory, url):
     return 0
 
 
+class Baseline(torch.nn.Module):
+    """The checkpoint's tensors as a Module's parameters (names with '.' escaped, as Modules require)."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.weights = torch.nn.ParameterDict({
+            name.replace(".", "__"): torch.nn.Parameter(torch.zeros(shape, dtype=dtypes.torch_dtype(dtype), device=DEVICE), requires_grad=False)
+            for _, name, dtype, shape, _, _ in inventory(directory)})
+
+
+def baseline(directory, ours):
+    """Times load_state_dict from pinned host memory into a Module on the device (best of 3)."""
+    state, total = {}, 0
+    for path, name, dtype, shape, begin, end in inventory(directory):
+        with open(path, "rb") as f:
+            f.seek(begin)
+            raw = bytearray(f.read(end - begin))
+        host = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        host = host.view(dtypes.torch_dtype(dtype)).reshape(shape)
+        state["weights." + name.replace(".", "__")] = host.pin_memory() if DEVICE == "cuda" else host.clone()
+        total += end - begin
+    model = Baseline(directory)
+    best = float("inf")
+    for _ in range(3):
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.load_state_dict(state)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    held = model.state_dict()
+    wrong = [k for k, v in state.items() if not torch.equal(held[k].cpu().reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))]
+    if wrong:
+        print("torch baseline: %d tensors differ after load_state_dict, e.g. %s" % (len(wrong), ", ".join(wrong[:3])))
+        return 1
+    gbps = total / best / 1e9
+    line = "torch baseline: load_state_dict of %.2f GiB from pinned host memory on %s: %.3f s (%.2f GB/s)" % (total / 2**30, DEVICE, best, gbps)
+    if ours == ours:  # Not NaN: our warm broadcast update was timed.
+        line += "; our warm broadcast update: %.3f s (%.2f GB/s); time ours/torch %.2f" % (ours, total / ours / 1e9, ours / best)
+    print(line)
+    return 0
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "serve":
         e2e_worker.serve([Worker(sys.argv[2])])
     elif len(sys.argv) == 4 and sys.argv[1] == "verify":
         sys.exit(verify(sys.argv[2], sys.argv[3]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "baseline":
+        sys.exit(baseline(sys.argv[2], float(sys.argv[3])))
     else:
         sys.exit(__doc__)
 

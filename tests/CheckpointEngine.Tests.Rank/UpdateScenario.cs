@@ -61,6 +61,7 @@ internal static class UpdateScenario
             try
             {
                 var report = await ps.UpdateAsync("ckpt", UpdateMode.Broadcast, trigger, options);
+                var finished = DateTimeOffset.UtcNow; // Lines the ranks up in a trace: taken before anything else is done.
                 Console.WriteLine($"update {u} ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} {report.Slots}");
                 Console.WriteLine($"network {u} {report.NetworkBytesReceived} {report.RelayedBuckets}");
                 Console.WriteLine($"declarations {u} {report.DeclarationBytes}");
@@ -71,7 +72,7 @@ internal static class UpdateScenario
                 }
                 if (tracePath is not null)
                 {
-                    var trace = await UpdateTrace.GatherAsync(world.Group, "ckpt", "broadcast", report, DateTimeOffset.UtcNow, timeout, CancellationToken.None);
+                    var trace = await UpdateTrace.GatherAsync(world.Group, "ckpt", "broadcast", report, finished, timeout, CancellationToken.None);
                     if (world.Rank == 0)
                     {
                         ChromeTraceWriter.WriteFile(trace, UpdateTrace.PathFor(tracePath, u.ToString(CultureInfo.InvariantCulture)));

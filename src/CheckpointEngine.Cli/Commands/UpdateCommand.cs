@@ -154,7 +154,7 @@ internal static class UpdateCommand
                     if (TraceLeg.Totals(trace.Legs()) is { Count: > 0 } legs)
                     {
                         var (link, bytes, _, _, rate) = legs[0];
-                        stdout.WriteLine($"update ({m}): slowest link {link}: {Rate(rate)} over {ByteSize.Format(bytes)} (the shorter of its sender's blocked and its receiver's waiting time)");
+                        stdout.WriteLine($"update ({m}): slowest link {link}: {Rate(rate)} over {ByteSize.Format(bytes)} (over the shorter of its two ends' times)");
                     }
                 }
                 if (tracePath is not null && world.Rank == 0 && trace is not null)

@@ -92,9 +92,9 @@ internal static class ChromeTraceWriter
             w.WriteNumber("bytes", l.Bytes);
             w.WriteNumber("from", l.From);
             w.WriteNumber("to", l.To);
-            w.WriteNumber("sender_blocked_us", Math.Round(l.SenderBlocked.TotalMicroseconds, 1));
-            w.WriteNumber("receiver_waited_us", Math.Round(l.ReceiverWaited.TotalMicroseconds, 1));
-            if (TraceLeg.Rate(l.Bytes, l.SenderBlocked, l.ReceiverWaited) is var rate && double.IsFinite(rate))
+            w.WriteNumber("sender_us", Math.Round(l.SenderTime.TotalMicroseconds, 1));
+            w.WriteNumber("receiver_us", Math.Round(l.ReceiverTime.TotalMicroseconds, 1));
+            if (TraceLeg.Rate(l.Bytes, l.SenderTime, l.ReceiverTime) is var rate && double.IsFinite(rate))
             {
                 w.WriteNumber("gbps", Math.Round(rate / 1e9, 4));
             }
@@ -114,7 +114,7 @@ internal static class ChromeTraceWriter
         {
             // Slowest first: the link that holds the update back leads.
             w.WriteString("links", string.Join("; ", totals.Select(t => string.Create(CultureInfo.InvariantCulture,
-                $"{t.Link} {(double.IsFinite(t.Rate) ? $"{t.Rate / 1e9:F3} GB/s" : "never waited")} ({t.Bytes} bytes; sender blocked {t.SenderBlocked.TotalSeconds:F3} s, receiver waited {t.ReceiverWaited.TotalSeconds:F3} s)"))));
+                $"{t.Link} {(double.IsFinite(t.Rate) ? $"{t.Rate / 1e9:F3} GB/s" : "never waited")} ({t.Bytes} bytes; sender {t.SenderTime.TotalSeconds:F3} s, receiver {t.ReceiverTime.TotalSeconds:F3} s)"))));
             w.WriteString("slowest_link", totals[0].Link);
         }
         w.WriteEndObject();

@@ -49,7 +49,7 @@ internal sealed record UpdateTrace(string Checkpoint, string Method, IReadOnlyLi
         return spans;
     }
 
-    /// <summary>The data-link legs between hosts, one per bucket and pair of ranks: both ends' views paired, in the receiver's time.</summary>
+    /// <summary>The data-link legs between hosts, one per bucket and pair of ranks: both ends' views paired (see <see cref="TraceLeg"/>), in the receiver's time.</summary>
     public IReadOnlyList<TraceLeg> Legs()
     {
         if (Ranks.Count == 0)
@@ -63,10 +63,12 @@ internal sealed record UpdateTrace(string Checkpoint, string Method, IReadOnlyLi
             {
                 var (sent, received) = (g.Where(x => x.l.Sent).ToList(), g.Where(x => !x.l.Sent).ToList());
                 var seen = received.Count > 0 ? received : sent; // An end missing from the trace: the other speaks for both.
-                var start = seen.Min(x => x.Shift + x.l.Start.TotalMicroseconds);
-                var (blocked, waited) = (Busy(sent.Count > 0 ? sent : seen), Busy(seen));
+                var (start, end) = (seen.Min(x => x.Shift + x.l.Start.TotalMicroseconds), seen.Max(x => x.Shift + x.l.End.TotalMicroseconds));
+                // The sender's time runs on until its last bytes arrive: a few MB of a bucket sit in the kernel's buffers when its last send returns.
+                var tail = sent.Count > 0 ? Math.Max(0, end - sent.Max(x => x.Shift + x.l.End.TotalMicroseconds)) : 0;
                 return new TraceLeg(g.Key.Bucket, g.Key.From, g.Key.To, received.FirstOrDefault().l?.PeerHost ?? $"rank {g.Key.From}",
-                    sent.FirstOrDefault().l?.PeerHost ?? $"rank {g.Key.To}", seen.Sum(x => x.l.Bytes), start, seen.Max(x => x.Shift + x.l.End.TotalMicroseconds) - start, blocked, waited);
+                    sent.FirstOrDefault().l?.PeerHost ?? $"rank {g.Key.To}", seen.Sum(x => x.l.Bytes), start, end - start,
+                    Busy(sent.Count > 0 ? sent : seen) + TimeSpan.FromMicroseconds(tail), Busy(seen));
             })
             .OrderBy(l => l.StartUs)];
 

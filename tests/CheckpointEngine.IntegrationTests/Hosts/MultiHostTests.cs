@@ -3,9 +3,11 @@ using System.Globalization;
 using System.Net.Http.Json;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Hosting.Tracing;
 using CheckpointEngine.IntegrationTests.Runtime;
 using CheckpointEngine.IntegrationTests.Server;
 using CheckpointEngine.Runtime.P2P;
+using CheckpointEngine.Tests.Support;
 
 namespace CheckpointEngine.IntegrationTests.Hosts;
 
@@ -88,7 +90,7 @@ public sealed class MultiHostTests : IDisposable
     /// <summary>A world of two ranks on each of <paramref name="hosts"/>, its store on the first; rank r runs on hosts[r / 2].</summary>
     private Task<RankCluster.Result[]> RunWorld(NetnsHosts net, string world, int[] hosts, string[] args, Func<int, string?>? tokenOf = null,
         string timeoutS = "20", string transport = P2PStores.Tcp, string connectTimeoutS = "15", string? ucxTls = null,
-        string maxBucketGb = "0.0009765625" /* 1 MiB */) =>
+        string maxBucketGb = "0.0009765625" /* 1 MiB */, string? trace = null) =>
         RankCluster.RunAsync(hosts.Length * RanksPerHost, args, r =>
         {
             var env = new Dictionary<string, string>
@@ -104,6 +106,10 @@ public sealed class MultiHostTests : IDisposable
             if (ucxTls is not null)
             {
                 env["UCX_TLS"] = ucxTls;
+            }
+            if (trace is not null)
+            {
+                env["TEST_TRACE_FILE"] = trace;
             }
             if ((tokenOf is null ? Token : tokenOf(r)) is { } token)
             {
@@ -300,6 +306,63 @@ public sealed class MultiHostTests : IDisposable
         TestContext.Current.TestOutputHelper?.WriteLine(
             $"link {rate}: raw TCP {raw / 1e9:F3} GB/s; per worker {bytes / seconds / 1e9:F3} GB/s ({bytes / seconds / raw:F2}x raw); host 1's network leg {network / 1e9:F3} GB/s ({network / raw:F2}x raw)");
         Assert.True(network <= raw * 1.25, $"host 1 took {network / 1e9:F3} GB/s over a link that streams {raw / 1e9:F3} GB/s");
+    }
+
+    /// <summary>
+    /// Three hosts, host 1's link at 200 Mbit/s: the trace's link track says which legs of the broadcast chain are slow. Every leg
+    /// into or out of host 1 crosses the shaped link, the legs between hosts 0 and 2 do not (though they carry buckets that crossed it
+    /// before or will after: their receiver waits, or their sender blocks, but not both); rates compared as a ratio, never in seconds.
+    /// Unshaped, veth streams 0.5–2 GB/s on a busy 2-core machine: 20–80× the shaped link; the test asks for 5×.
+    /// </summary>
+    [Fact]
+    public async Task Trace_OverAShapedLink_NamesTheShapedHostsLegsAsTheSlowOnes()
+    {
+        var net = Hosts(3);
+        net.Shape(1, "200mbit");
+        var dir = WriteCheckpoint(mib: 24);
+        int[] hosts = [0, 1, 2];
+        var urls = await StartWorkers(net, "l", hosts);
+        var trace = Path.Combine(_dir, "trace.json");
+        var results = await RunWorld(net, "l", hosts, UpdateArgs(dir, urls, 1), timeoutS: "120", maxBucketGb: "0.0078125" /* 8 MiB */, trace: trace);
+        AssertOk(results);
+        await AssertHold(net, dir, hosts, urls);
+        var file = UpdateTrace.PathFor(trace, "1");
+        var (legs, slowest) = LinkLegs(file);
+        var host1 = net.Addresses[1].ToString();
+        var shaped = legs.Where(l => l.Link.Split(" → ").Contains(host1)).ToList();
+        var free = legs.Except(shaped).ToList();
+        var table = string.Join("\n", legs.Select(l => $"{l.Link}: {l.Bytes} bytes, {l.Rate / 1e9:F4} GB/s"));
+        TestContext.Current.TestOutputHelper?.WriteLine(table);
+        Assert.True(shaped.Count > 0 && free.Count > 0, $"legs both through host 1 and around it expected:\n{table}");
+        Assert.True(shaped.Max(l => l.Rate) * 5 < free.Min(l => l.Rate), $"the legs through host 1 ({host1}) are not the slow ones:\n{table}");
+        Assert.Contains(host1, slowest);
+        // Each rank's own report names the same: its legs to or from host 1 are slower than those around it (per peer host, both ends' lines).
+        var lines = results.SelectMany(r => r.Output.Split('\n').Where(l => l.StartsWith("link 1 ", StringComparison.Ordinal))).ToList();
+        Assert.Contains(lines, l => l.Contains($" {host1} ", StringComparison.Ordinal));
+
+        var svg = Path.Combine(_dir, "trace.svg");
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("trace", "render", file, "--out", svg);
+        Assert.True(code == 0, stderr + stdout);
+        var drawn = System.Xml.Linq.XDocument.Load(svg).Descendants(System.Xml.Linq.XName.Get("text", "http://www.w3.org/2000/svg")).Select(t => t.Value).ToList();
+        Assert.Contains(drawn, t => t.StartsWith("links · ", StringComparison.Ordinal) && t.Contains(host1, StringComparison.Ordinal));
+    }
+
+    /// <summary>The link legs of a trace file, summed per link over its buckets (rate: bytes over the shorter of both ends' times), and its slowest link.</summary>
+    private static (List<(string Link, long Bytes, double Rate)> Legs, string Slowest) LinkLegs(string file)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(file));
+        var events = doc.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+        var threads = events.Where(e => e.GetProperty("ph").GetString() == "M" && e.GetProperty("name").GetString() == "thread_name")
+            .ToDictionary(e => (e.GetProperty("pid").GetInt32(), e.GetProperty("tid").GetInt32()), e => e.GetProperty("args").GetProperty("name").GetString()!);
+        var legs = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("cat").GetString() == "link")
+            .GroupBy(e => threads[(e.GetProperty("pid").GetInt32(), e.GetProperty("tid").GetInt32())])
+            .Select(g =>
+            {
+                var bytes = g.Sum(e => e.GetProperty("args").GetProperty("bytes").GetInt64());
+                var us = Math.Min(g.Sum(e => e.GetProperty("args").GetProperty("sender_us").GetDouble()), g.Sum(e => e.GetProperty("args").GetProperty("receiver_us").GetDouble()));
+                return (g.Key, bytes, us > 0 ? bytes / us * 1e6 : double.PositiveInfinity);
+            }).ToList();
+        return (legs, doc.RootElement.GetProperty("otherData").GetProperty("slowest_link").GetString()!);
     }
 
     /// <summary>Bytes per second of one TCP stream from host <paramref name="from"/> to host <paramref name="to"/> (sockets made in their namespaces).</summary>

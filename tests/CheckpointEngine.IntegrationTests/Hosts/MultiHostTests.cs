@@ -166,6 +166,19 @@ public sealed class MultiHostTests : IDisposable
         Assert.All(results, r => Assert.True(NetworkBytes(r, 2) > 0 && int.Parse(r.Line("network 2 ").Split(' ')[3], CultureInfo.InvariantCulture) > 0, $"rank {r.Rank}: {r.Line("network 2")}"));
         var host0 = NetworkBytes(results[0], 1);
         Assert.True(NetworkBytes(results[0], 2) + NetworkBytes(results[1], 2) <= host0, $"host 0 took {results[0].Line("network 2")} + {results[1].Line("network 2")} against {host0} whole");
+        // Every shard holds exactly the bytes of its slices (each tensor's slice cut out of the source, packed), none of the others'.
+        var slices = Enumerable.Range(0, RanksPerHost).Select(i => ReferenceWorkers.SliceDigests(dir, i, RanksPerHost)).ToArray();
+        Assert.NotEqual(slices[0].OrderBy(kv => kv.Key, StringComparer.Ordinal), slices[1].OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        foreach (var (url, g) in urls.Select((u, g) => (u, g)))
+        {
+            using var http = net.Http(hosts[g]);
+            var shards = await ReferenceWorkers.DigestsAsync(url, http);
+            Assert.Equal(RanksPerHost, shards.Count);
+            foreach (var i in Enumerable.Range(0, RanksPerHost))
+            {
+                Assert.Equal(slices[i].OrderBy(kv => kv.Key, StringComparer.Ordinal), shards[DeviceId("s", g * RanksPerHost + i)].OrderBy(kv => kv.Key, StringComparer.Ordinal));
+            }
+        }
     }
 
     /// <summary>Owners on hosts 0 and 1; a new instance on host 2, which was never part of their world, joins by P2P reads over the network.</summary>

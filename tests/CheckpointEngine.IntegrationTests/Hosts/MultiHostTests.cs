@@ -186,18 +186,35 @@ public sealed class MultiHostTests : IDisposable
     [MemberData(nameof(P2PStores.Transports), MemberType = typeof(P2PStores))]
     public async Task Join_FromAHostOutsideTheFleet_ReadsTheOwnersOverTheNetwork(string transport)
     {
+        var net = Hosts(3);
+        var dir = WriteCheckpoint(mib: 32);
+        var (perWorker, metas) = await JoinAsync(net, dir, transport, "0.0009765625" /* 1 MiB */);
+        var raw = await RawStream(net, 0, 2, 64L << 20);
+        TestContext.Current.TestOutputHelper?.WriteLine($"P2P join over {transport}: raw TCP {raw / 1e9:F3} GB/s; per worker {perWorker / 1e9:F3} GB/s ({perWorker / raw:F2}x raw)");
+        // Every owner published an address of its own host: host 2 has no other way to their memory than its link.
+        Assert.Contains($"\"{net.Addresses[0]}", metas);
+        Assert.Contains($"\"{net.Addresses[1]}", metas);
+    }
+
+    /// <summary>
+    /// Owners (world "o", a worker each) on hosts 0 and 1 of <paramref name="net"/>; a joiner world ("j") on host 2 reads
+    /// <paramref name="dir"/> from them over <paramref name="transport"/>; its worker holds every tensor bit-exact. Returns the
+    /// joiner's bytes per second per worker and the owners' metas (JSON).
+    /// </summary>
+    private async Task<(double PerWorker, string Metas)> JoinAsync(NetnsHosts net, string dir, string transport, string maxBucketGb, string tag = "")
+    {
         if (transport == P2PStores.Ucx)
         {
             P2PStores.RequireUcx();
         }
-        var net = Hosts(3);
-        var dir = WriteCheckpoint(mib: 32);
-        var metas = Path.Combine(_dir, "metas.json");
-        var ownerUrls = await StartWorkers(net, "o", [0, 1]);
-        var joinerUrls = await StartWorkers(net, "j", [2]);
-        var owners = RunWorld(net, "o", [0, 1], ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], transport: transport, ucxTls: UcxAcrossHosts(transport));
+        var metas = Path.Combine(_dir, $"metas{tag}{transport}.json");
+        var ownerUrls = await StartWorkers(net, $"o{tag}{transport}", [0, 1]);
+        var joinerUrls = await StartWorkers(net, $"j{tag}{transport}", [2]);
+        var owners = RunWorld(net, $"o{tag}{transport}", [0, 1], ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], transport: transport,
+            ucxTls: UcxAcrossHosts(transport), maxBucketGb: maxBucketGb, timeoutS: "120");
         await RankCluster.WaitForFileAsync(metas, owners, "the owners saved their metas");
-        var joiners = await RunWorld(net, "j", [2], ["p2p-join", string.Join(',', joinerUrls), "2", metas], transport: transport, ucxTls: UcxAcrossHosts(transport));
+        var joiners = await RunWorld(net, $"j{tag}{transport}", [2], ["p2p-join", string.Join(',', joinerUrls), "2", metas], transport: transport,
+            ucxTls: UcxAcrossHosts(transport), maxBucketGb: maxBucketGb, timeoutS: "120");
         File.WriteAllText(metas + ".done", "");
         var ownerResults = await owners;
         foreach (var r in joiners)
@@ -206,14 +223,8 @@ public sealed class MultiHostTests : IDisposable
         }
         Assert.All(ownerResults, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
         await AssertHold(net, dir, [2], joinerUrls);
-        var raw = await RawStream(net, 0, 2, 64L << 20);
         var f = joiners[0].Line("update 1 ok").Split(' ');
-        var perWorker = long.Parse(f[3], CultureInfo.InvariantCulture) / double.Parse(f[4], CultureInfo.InvariantCulture);
-        TestContext.Current.TestOutputHelper?.WriteLine($"P2P join over {transport}: raw TCP {raw / 1e9:F3} GB/s; per worker {perWorker / 1e9:F3} GB/s ({perWorker / raw:F2}x raw)");
-        // Every owner published an address of its own host: host 2 has no other way to their memory than its link.
-        var addresses = JsonDocument.Parse(File.ReadAllText(metas)).RootElement.GetRawText();
-        Assert.Contains($"\"{net.Addresses[0]}", addresses);
-        Assert.Contains($"\"{net.Addresses[1]}", addresses);
+        return (long.Parse(f[3], CultureInfo.InvariantCulture) / double.Parse(f[4], CultureInfo.InvariantCulture), File.ReadAllText(metas));
     }
 
     /// <summary>
@@ -307,18 +318,29 @@ public sealed class MultiHostTests : IDisposable
         var net = Hosts(2);
         net.Shape(1, rate);
         var dir = WriteCheckpoint(mib: 32);
-        int[] hosts = [0, 1];
-        var urls = await StartWorkers(net, "r", hosts);
         var raw = await RawStream(net, 0, 1, 64L << 20);
-        var results = await RunWorld(net, "r", hosts, UpdateArgs(dir, urls, 2), timeoutS: "120", maxBucketGb: "0.0078125" /* 8 MiB */);
+        var (perWorker, network, _) = await BroadcastAsync(net, dir, "0.0078125" /* 8 MiB */);
+        TestContext.Current.TestOutputHelper?.WriteLine(
+            $"link {rate}: raw TCP {raw / 1e9:F3} GB/s; per worker {perWorker / 1e9:F3} GB/s ({perWorker / raw:F2}x raw); host 1's network leg {network / 1e9:F3} GB/s ({network / raw:F2}x raw)");
+        Assert.True(network <= raw * 1.25, $"host 1 took {network / 1e9:F3} GB/s over a link that streams {raw / 1e9:F3} GB/s");
+    }
+
+    /// <summary>
+    /// Two updates of <paramref name="dir"/> by two ranks on each of hosts 0 and 1 (a worker each), the second measured and traced
+    /// (when <paramref name="trace"/> is given): every shard bit-exact; returns bytes per second per worker, host 1's leader's network
+    /// ingress rate and the trace's slowest link.
+    /// </summary>
+    private async Task<(double PerWorker, double Network, string? SlowestLink)> BroadcastAsync(NetnsHosts net, string dir, string maxBucketGb, string? trace = null, string tag = "")
+    {
+        int[] hosts = [0, 1];
+        var urls = await StartWorkers(net, $"r{tag}", hosts);
+        var results = await RunWorld(net, $"r{tag}", hosts, UpdateArgs(dir, urls, 2), timeoutS: "120", maxBucketGb: maxBucketGb, trace: trace);
         AssertOk(results, 2);
         await AssertHold(net, dir, hosts, urls);
         var f = results[2].Line("update 2 ok").Split(' ');
-        var (bytes, seconds) = (long.Parse(f[3], CultureInfo.InvariantCulture), double.Parse(f[4], CultureInfo.InvariantCulture));
-        var network = NetworkBytes(results[2], 2) / seconds;
-        TestContext.Current.TestOutputHelper?.WriteLine(
-            $"link {rate}: raw TCP {raw / 1e9:F3} GB/s; per worker {bytes / seconds / 1e9:F3} GB/s ({bytes / seconds / raw:F2}x raw); host 1's network leg {network / 1e9:F3} GB/s ({network / raw:F2}x raw)");
-        Assert.True(network <= raw * 1.25, $"host 1 took {network / 1e9:F3} GB/s over a link that streams {raw / 1e9:F3} GB/s");
+        var seconds = double.Parse(f[4], CultureInfo.InvariantCulture);
+        var slowest = trace is null ? null : LinkLegs(UpdateTrace.PathFor(trace, "2")).Slowest;
+        return (long.Parse(f[3], CultureInfo.InvariantCulture) / seconds, NetworkBytes(results[2], 2) / seconds, slowest);
     }
 
     /// <summary>
@@ -376,6 +398,47 @@ public sealed class MultiHostTests : IDisposable
                 return (g.Key, bytes, us > 0 ? bytes / us * 1e6 : double.PositiveInfinity);
             }).ToList();
         return (legs, doc.RootElement.GetProperty("otherData").GetProperty("slowest_link").GetString()!);
+    }
+
+    /// <summary>
+    /// The cross-host bench (<c>scripts/hosts.sh bench</c> runs it; skipped otherwise): three hosts, host 1's link shaped or not; one raw
+    /// TCP stream over each link measured against, in the same run; a broadcast between hosts 0 and 1 (two ranks and a worker each, the
+    /// second of two updates measured and traced) and a P2P join from host 2 of owners on hosts 0 and 1, per transport. Writes a
+    /// Markdown table of per-worker GB/s and ratios to the raw stream. Settings from CKPT_HOSTS_BENCH_* (see the script).
+    /// </summary>
+    [Fact]
+    public async Task Bench_AcrossHosts_PerWorkerAgainstARawStream()
+    {
+        Assert.SkipUnless(Environment.GetEnvironmentVariable("CKPT_HOSTS_BENCH") == "1", "a bench, not a test: scripts/hosts.sh bench runs it");
+        string Setting(string name, string fallback) => Environment.GetEnvironmentVariable($"CKPT_HOSTS_BENCH_{name}") is { Length: > 0 } v ? v : fallback;
+        var (mib, bucketMib, shape) = (int.Parse(Setting("MIB", "64"), CultureInfo.InvariantCulture), double.Parse(Setting("BUCKET_MIB", "8"), CultureInfo.InvariantCulture), Setting("SHAPE", "off"));
+        var bucketGb = (bucketMib / 1024).ToString("R", CultureInfo.InvariantCulture);
+        var net = Hosts(3);
+        net.Shape(1, shape);
+        var dir = WriteCheckpoint(mib);
+        var link = shape == "off" ? "unshaped" : $"host 1's link at {shape} (tbf)";
+        var rows = new List<string>();
+        void Row(string what, double raw, double perWorker, string note = "") => // The raw stream over the link the case's bytes cross (host 1's).
+            rows.Add(string.Create(CultureInfo.InvariantCulture, $"| {what} | {raw / 1e9:F3} GB/s | {perWorker / 1e9:F3} GB/s | {perWorker / raw:F2}x | {note} |"));
+
+        var raw01 = await RawStream(net, 0, 1, 64L << 20);
+        var trace = Path.Combine(_dir, "bench-trace.json");
+        var (perWorker, network, slowest) = await BroadcastAsync(net, dir, bucketGb, trace);
+        Row($"broadcast, hosts 0 and 1 × 2 ranks, {mib} MiB, {bucketMib} MiB buckets, {link}", raw01, perWorker,
+            string.Create(CultureInfo.InvariantCulture, $"host 1's network leg {network / 1e9:F3} GB/s ({network / raw01:F2}x); slowest link in the trace {slowest}"));
+        var raw12 = await RawStream(net, 1, 2, 64L << 20);
+        foreach (var transport in Setting("TRANSPORTS", "tcp,ucx").Split(','))
+        {
+            var (join, _) = await JoinAsync(net, dir, transport, bucketGb, tag: "b");
+            Row($"P2P join over {transport}{(transport == P2PStores.Ucx ? " (UCX_TLS=tcp)" : "")}, host 2 reads hosts 0 and 1, {mib} MiB, {bucketMib} MiB buckets, {link}", raw12, join);
+        }
+        var table = string.Join("\n", ["| case | raw TCP stream | per worker | ratio to raw | note |", "|---|---|---|---|---|", .. rows]);
+        TestContext.Current.TestOutputHelper?.WriteLine(table);
+        if (Environment.GetEnvironmentVariable("CKPT_HOSTS_BENCH_OUT") is { Length: > 0 } output)
+        {
+            File.WriteAllText(output, table + "\n");
+            File.Copy(UpdateTrace.PathFor(trace, "2"), Path.ChangeExtension(output, ".trace.json"), overwrite: true);
+        }
     }
 
     /// <summary>Bytes per second of one TCP stream from host <paramref name="from"/> to host <paramref name="to"/> (sockets made in their namespaces).</summary>

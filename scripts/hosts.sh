@@ -14,6 +14,10 @@
 #   scripts/hosts.sh kill WORLD I             SIGKILLs every process in host I at once (a machine failure)
 #   scripts/hosts.sh down WORLD               kills every process inside, removes namespaces and links
 #   scripts/hosts.sh sweep [MINUTES]          downs every ckpt-* world older than MINUTES (default 60)
+#   scripts/hosts.sh bench [--mib N] [--bucket-mib N] [--shape RATE] [--transports tcp,ucx] [--out FILE.md] [--configuration C]
+#                                             the cross-host bench (the multi-host tests' runner, its own world): raw TCP
+#                                             stream per link, broadcast hosts 0↔1, P2P join from host 2 per transport; prints a
+#                                             Markdown table (per-worker GB/s, ratio to the raw stream); FILE.trace.json beside it
 # WORLD must start with "ckpt-" (sweep finds leftovers by that prefix). Example:
 #   sudo scripts/hosts.sh up ckpt-demo 2 && sudo scripts/hosts.sh run ckpt-demo 1 ping -c1 10.77.N.1
 set -euo pipefail
@@ -127,6 +131,31 @@ sweep() {
   done
 }
 
+bench() {
+  local mib=64 bucket=8 shape=off transports=tcp,ucx out="" config=Release
+  while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || die "bench: $1 needs a value"
+    case "$1" in
+      --mib) mib=$2 ;; --bucket-mib) bucket=$2 ;; --shape) shape=$2 ;; --transports) transports=$2 ;; --out) out=$2 ;; --configuration) config=$2 ;;
+      *) die "bench: unknown option '$1'" ;;
+    esac
+    shift 2
+  done
+  [[ "$mib" =~ ^[0-9]+$ ]] || die "bench: --mib '$mib' is not a whole number"
+  [[ "$bucket" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "bench: --bucket-mib '$bucket' is not a number"
+  [[ "$shape" == off || "$shape" =~ ^[0-9]+(k|m|g)?bit$ ]] || die "bench: --shape '$shape' is not off or like 400mbit"
+  local root tests
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  tests="$root/tests/CheckpointEngine.IntegrationTests"
+  out=${out:-$(mktemp -d /tmp/ckpt-hosts-bench.XXXXXX)/bench.md}
+  dotnet build "$tests" -c "$config" -v q -clp:ErrorsOnly --nologo >&2
+  CKPT_HOSTS_BENCH=1 CKPT_HOSTS_BENCH_MIB=$mib CKPT_HOSTS_BENCH_BUCKET_MIB=$bucket CKPT_HOSTS_BENCH_SHAPE=$shape \
+    CKPT_HOSTS_BENCH_TRANSPORTS=$transports CKPT_HOSTS_BENCH_OUT=$out \
+    dotnet test --project "$tests" -c "$config" --no-build -- --filter-method '*Bench_AcrossHosts*' >&2 || die "bench: the run failed (its output is above)"
+  cat "$out"
+  echo "(table in $out, the broadcast's trace in ${out%.*}.trace.json)" >&2
+}
+
 [ "$(id -u)" = 0 ] || [ "${1:-}" = check ] || die "needs root (network namespaces)"
 case "${1:-}" in
   check) check ;;
@@ -137,5 +166,6 @@ case "${1:-}" in
   kill) [ $# -eq 3 ] || die "usage: kill WORLD I"; kill_host "$2" "$3" ;;
   down) [ $# -eq 2 ] || die "usage: down WORLD"; down "$2" ;;
   sweep) sweep "${2:-60}" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  bench) shift; bench "$@" ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

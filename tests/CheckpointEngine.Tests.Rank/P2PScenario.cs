@@ -13,7 +13,9 @@ using CheckpointEngine.Server;
 /// Elastic join. "p2p-owner DIR URLS TP METAS": register a share, gather metas, broadcast-update the own
 /// workers, save the metas (rank 0), then keep serving P2P reads until METAS.done appears.
 /// "p2p-join URLS TP METAS [STARTED]": register nothing, load the metas, and P2P-update the own workers from the owners;
-/// with STARTED, each rank creates the file STARTED.RANK when its update triggers its worker (the reads follow at once).
+/// with STARTED, each rank creates the file STARTED.RANK when its update triggers its worker (the reads follow at once);
+/// TEST_UPDATES of them (default 1), each printing "update U ok BYTES SECONDS BUCKETS over TRANSPORT" and
+/// "stages U setup S read S broadcast S reload S total S".
 /// </summary>
 internal static class P2PScenario
 {
@@ -56,17 +58,26 @@ internal static class P2PScenario
                 await inner(context, ct);
             };
         }
-        var clock = Stopwatch.StartNew();
-        try
+        // TEST_UPDATES: the first update is a cold start (connections, buffers, the worker's first attach); later ones show the steady state.
+        var updates = int.Parse(Environment.GetEnvironmentVariable("TEST_UPDATES") ?? "1", CultureInfo.InvariantCulture);
+        for (var u = 1; u <= updates; u++)
         {
-            var report = await ps.UpdateAsync("ckpt", UpdateMode.P2P(Enumerable.Range(0, world.Size)), trigger,
-                options: new UpdateOptions { Timeout = timeout });
-            Console.WriteLine($"update 1 ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} over {report.P2PTransport}");
-            Console.WriteLine($"path 1 {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")}");
-        }
-        catch (UpdateFailedException e)
-        {
-            Console.WriteLine($"update 1 failed {clock.Elapsed.TotalSeconds:F3} {e.Message}");
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                var report = await ps.UpdateAsync("ckpt", UpdateMode.P2P(Enumerable.Range(0, world.Size)), trigger,
+                    options: new UpdateOptions { Timeout = timeout });
+                Console.WriteLine($"update {u} ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} over {report.P2PTransport}");
+                Console.WriteLine($"path {u} {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")}");
+                // Where the time went: before the first bucket (setup), and each stage summed over buckets on this rank.
+                var setup = report.Buckets.Count == 0 ? report.Duration : report.Buckets.Min(b => b.HostToDeviceEnd > TimeSpan.Zero ? b.HostToDeviceStart : b.BroadcastStart);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"stages {u} setup {setup.TotalSeconds:F3} read {report.HostToDevice.TotalSeconds:F3} broadcast {report.Broadcast.TotalSeconds:F3} reload {report.Reload.TotalSeconds:F3} total {report.Duration.TotalSeconds:F3}"));
+            }
+            catch (UpdateFailedException e)
+            {
+                Console.WriteLine($"update {u} failed {clock.Elapsed.TotalSeconds:F3} {e.Message}");
+            }
         }
     }
 

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Hosting;
+using CheckpointEngine.Hosting.Tracing;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime;
 using CheckpointEngine.Runtime.Devices;
@@ -14,8 +15,9 @@ using CheckpointEngine.Server;
 /// loop. Arguments: DIR ENGINE_URLS TP UPDATES [kill-at-bucket R K [U]] (rank R dies around bucket K of update U, default 1), where ENGINE_URLS has one URL per
 /// inference group (comma-separated; group g = ranks g·TP … g·TP+TP−1).
 /// Prints "update N ok BYTES SECONDS BUCKETS SLOTS", "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS",
-/// "declarations N BYTES_OF_WANTS_RECEIVED" and "path N in-place|in-staging|staged BYTES_STAGED" per update,
-/// or "update N failed MESSAGE" and goes on.
+/// "declarations N BYTES_OF_WANTS_RECEIVED", "path N in-place|in-staging|staged BYTES_STAGED" and "link N sent|received PEER_HOST BYTES SECONDS"
+/// per peer host per update, or "update N failed MESSAGE" and goes on. With TEST_TRACE_FILE, rank 0 writes each update's trace there
+/// (the update's number before the extension).
 /// </summary>
 internal static class UpdateScenario
 {
@@ -26,6 +28,7 @@ internal static class UpdateScenario
         var kill = args.Length > 6 && args[4] == "kill-at-bucket"
             ? (Rank: int.Parse(args[5], CultureInfo.InvariantCulture), Bucket: int.Parse(args[6], CultureInfo.InvariantCulture), Update: args.Length > 7 ? int.Parse(args[7], CultureInfo.InvariantCulture) : 1)
             : ((int Rank, int Bucket, int Update)?)null;
+        var tracePath = Environment.GetEnvironmentVariable("TEST_TRACE_FILE");
         var deviceMemory = long.Parse(Environment.GetEnvironmentVariable("TEST_DEVICE_MEMORY_MB") ?? "64", CultureInfo.InvariantCulture) << 20;
         using var device = new HostDevice(world.Config.HostDeviceId, freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize);
         await using var ps = new ParameterServer(world, device);
@@ -58,10 +61,23 @@ internal static class UpdateScenario
             try
             {
                 var report = await ps.UpdateAsync("ckpt", UpdateMode.Broadcast, trigger, options);
+                var finished = DateTimeOffset.UtcNow; // Lines the ranks up in a trace: taken before anything else is done.
                 Console.WriteLine($"update {u} ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} {report.Slots}");
                 Console.WriteLine($"network {u} {report.NetworkBytesReceived} {report.RelayedBuckets}");
                 Console.WriteLine($"declarations {u} {report.DeclarationBytes}");
                 Console.WriteLine($"path {u} {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")} {report.BytesStaged}");
+                foreach (var l in report.LinkTotals())
+                {
+                    Console.WriteLine($"link {u} {(l.Sent ? "sent" : "received")} {l.PeerHost} {l.Bytes} {l.Busy.TotalSeconds:F6}");
+                }
+                if (tracePath is not null)
+                {
+                    var trace = await UpdateTrace.GatherAsync(world.Group, "ckpt", "broadcast", report, finished, timeout, CancellationToken.None);
+                    if (world.Rank == 0)
+                    {
+                        ChromeTraceWriter.WriteFile(trace, UpdateTrace.PathFor(tracePath, u.ToString(CultureInfo.InvariantCulture)));
+                    }
+                }
             }
             catch (UpdateFailedException e)
             {

@@ -151,6 +151,11 @@ internal static class UpdateCommand
                     Stage(m, report);
                     trace = await GatherTraceAsync(world, m, report, finished, ct).ConfigureAwait(false);
                     Report(m, report, trace.Efficiency(), k);
+                    if (TraceLeg.Totals(trace.Legs()) is { Count: > 0 } legs)
+                    {
+                        var (link, bytes, _, _, rate) = legs[0];
+                        stdout.WriteLine($"update ({m}): slowest link {link}: {Rate(rate)} over {ByteSize.Format(bytes)} (over the shorter of its two ends' times)");
+                    }
                 }
                 if (tracePath is not null && world.Rank == 0 && trace is not null)
                 {
@@ -249,9 +254,15 @@ internal static class UpdateCommand
                 stdout.WriteLine($"update ({method}): read over {read}");
             }
             stdout.WriteLine($"update ({method}): {efficiency.Describe(method)}");
+            foreach (var l in r.LinkTotals())
+            {
+                stdout.WriteLine($"update ({method}): link {(l.Sent ? "→" : "←")} {l.PeerHost}: {ByteSize.Format(l.Bytes)} {(l.Sent ? "sent, blocked" : "received, waited")} {l.Busy.TotalSeconds:F3} s ({Rate(l.Rate)})");
+            }
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} efficiency={efficiency.Value:F6} update={k}{(r.P2PTransport is { } t ? $" transport={t}" : "")}"));
         }
+
+        private static string Rate(double bytesPerSecond) => double.IsFinite(bytesPerSecond) ? $"{bytesPerSecond / 1e9:F3} GB/s" : "never waited";
 
         /// <summary>Polls the engine until it answers (the original's examples do the same); with --engine auto, tells vLLM from SGLang.</summary>
         private async Task<EngineApi> WaitForEngineAsync(string endpoint, string? uds, CancellationToken ct)

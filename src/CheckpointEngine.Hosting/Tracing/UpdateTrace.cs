@@ -49,6 +49,32 @@ internal sealed record UpdateTrace(string Checkpoint, string Method, IReadOnlyLi
         return spans;
     }
 
+    /// <summary>The data-link legs between hosts, one per bucket and pair of ranks: both ends' views paired (see <see cref="TraceLeg"/>), in the receiver's time.</summary>
+    public IReadOnlyList<TraceLeg> Legs()
+    {
+        if (Ranks.Count == 0)
+        {
+            return [];
+        }
+        var origin = Ranks.Min(r => r.Started);
+        return [.. Ranks.SelectMany(r => (r.Links ?? []).Select(l => (r.Rank, Shift: (r.Started - origin).TotalMicroseconds, l)))
+            .GroupBy(x => (x.l.Bucket, From: x.l.Sent ? x.Rank : x.l.Peer, To: x.l.Sent ? x.l.Peer : x.Rank))
+            .Select(g =>
+            {
+                var (sent, received) = (g.Where(x => x.l.Sent).ToList(), g.Where(x => !x.l.Sent).ToList());
+                var seen = received.Count > 0 ? received : sent; // An end missing from the trace: the other speaks for both.
+                var (start, end) = (seen.Min(x => x.Shift + x.l.Start.TotalMicroseconds), seen.Max(x => x.Shift + x.l.End.TotalMicroseconds));
+                // The sender's time runs on until its last bytes arrive: a few MB of a bucket sit in the kernel's buffers when its last send returns.
+                var tail = sent.Count > 0 ? Math.Max(0, end - sent.Max(x => x.Shift + x.l.End.TotalMicroseconds)) : 0;
+                return new TraceLeg(g.Key.Bucket, g.Key.From, g.Key.To, received.FirstOrDefault().l?.PeerHost ?? $"rank {g.Key.From}",
+                    sent.FirstOrDefault().l?.PeerHost ?? $"rank {g.Key.To}", seen.Sum(x => x.l.Bytes), start, end - start,
+                    Busy(sent.Count > 0 ? sent : seen) + TimeSpan.FromMicroseconds(tail), Busy(seen));
+            })
+            .OrderBy(l => l.StartUs)];
+
+        static TimeSpan Busy(IEnumerable<(int Rank, double Shift, Server.LinkTiming l)> ends) => TimeSpan.FromTicks(ends.Sum(x => x.l.Busy.Ticks));
+    }
+
     /// <summary>
     /// The busiest stage's time (summed over buckets, on the rank where that sum is largest) over the
     /// pipeline's wall time (first staging to last reload, over all ranks). 1.0: the stages overlap

@@ -209,10 +209,13 @@ public sealed partial class ParameterServer
                 relaying = new BucketPump.Relaying(relay, routes, proxies, proxyBuffer);
             }
             var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
+            _ = group.TakeLinkTransfers(); // Earlier updates' legs (a failed one's) are not this one's.
+            _ = relay?.TakeLinkTransfers();
             var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
                 relaying, direct, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
             var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
+            var links = LinkTimings([.. group.TakeLinkTransfers(), .. relay?.TakeLinkTransfers() ?? []], timings, clock);
 
             await Agreement.AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
             await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
@@ -222,7 +225,7 @@ public sealed partial class ParameterServer
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings)
             {
                 BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0,
-                DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true },
+                DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links,
             };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
@@ -239,6 +242,18 @@ public sealed partial class ParameterServer
             _progress = null;
             worker?.Dispose();
         }
+    }
+
+    /// <summary>Link transfers as offsets from the update's start, each with the bucket whose broadcast turn it lies in (broadcasts run one at a time).</summary>
+    private static List<LinkTiming> LinkTimings(IReadOnlyList<LinkTransfer> transfers, List<BucketTiming> buckets, Stopwatch clock)
+    {
+        var origin = Stopwatch.GetTimestamp() - clock.ElapsedTicks;
+        return [.. transfers.Select(t =>
+        {
+            var (start, end) = (Stopwatch.GetElapsedTime(origin, t.Start), Stopwatch.GetElapsedTime(origin, t.End));
+            var bucket = buckets.FindLast(b => b.BroadcastStart <= start && start <= b.BroadcastEnd)?.Index ?? -1;
+            return new LinkTiming(bucket, t.Peer, t.PeerHost, t.Sent, t.Bytes, start, end, t.Busy);
+        })];
     }
 
     /// <summary>This rank's registered segments of <paramref name="name"/> in buffer order (none when it holds nothing), or null when some buffer is not one.</summary>

@@ -114,11 +114,15 @@ internal sealed class RelayGroups : IDisposable
         return (plan.Parts, _proxyBuffer?.Address ?? 0);
     }
 
-    public long NetworkBytesReceived => _local.Values.Concat(_class.Values.SelectMany(l => l.Select(x => x.Group))).Sum(g => g.NetworkBytesReceived);
+    public long NetworkBytesReceived => Groups.Sum(g => g.NetworkBytesReceived);
+
+    public IReadOnlyList<LinkTransfer> TakeLinkTransfers() => [.. Groups.SelectMany(g => g.TakeLinkTransfers())];
+
+    private IEnumerable<ICommunicator> Groups => _local.Values.Concat(_class.Values.SelectMany(l => l.Select(x => x.Group)));
 
     public void Dispose()
     {
-        foreach (var g in _local.Values.Concat(_class.Values.SelectMany(l => l.Select(x => x.Group))))
+        foreach (var g in Groups.ToList())
         {
             g.Unshare(_shared);
             g.Dispose();

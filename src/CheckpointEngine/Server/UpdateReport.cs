@@ -22,6 +22,17 @@ public sealed record UpdateReport(
     /// <summary>Bytes this rank received from other hosts over the network (the built-in communicator counts them; 0 where it cannot tell).</summary>
     public long NetworkBytesReceived { get; init; }
 
+    /// <summary>This rank's legs on data links to and from other hosts, one per bucket and link (none on one host, or where the communicator cannot tell).</summary>
+    public IReadOnlyList<LinkTiming> Links { get; init; } = [];
+
+    /// <summary>
+    /// <see cref="Links"/> summed per peer host and direction: bytes, and seconds blocked in the socket. A slow link shows at both
+    /// its ends (its sender blocks, its receiver waits); a slow link upstream makes only receivers wait, one downstream only senders block.
+    /// </summary>
+    public IReadOnlyList<LinkTiming> LinkTotals() =>
+        [.. Links.GroupBy(l => (l.PeerHost, l.Sent)).Select(g => new LinkTiming(-1, g.First().Peer, g.Key.PeerHost, g.Key.Sent, g.Sum(l => l.Bytes),
+            g.Min(l => l.Start), g.Max(l => l.End), TimeSpan.FromTicks(g.Sum(l => l.Busy.Ticks)))).OrderBy(l => l.PeerHost, StringComparer.Ordinal).ThenBy(l => l.Sent)];
+
     /// <summary>Buckets whose parts went between hosts class by class (see <c>ClassRelay</c>) rather than whole through every host leader.</summary>
     public int RelayedBuckets { get; init; }
 

@@ -3,9 +3,11 @@ using System.Globalization;
 using System.Net.Http.Json;
 using System.Text.Json;
 using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Hosting.Tracing;
 using CheckpointEngine.IntegrationTests.Runtime;
 using CheckpointEngine.IntegrationTests.Server;
 using CheckpointEngine.Runtime.P2P;
+using CheckpointEngine.Tests.Support;
 
 namespace CheckpointEngine.IntegrationTests.Hosts;
 
@@ -88,7 +90,7 @@ public sealed class MultiHostTests : IDisposable
     /// <summary>A world of two ranks on each of <paramref name="hosts"/>, its store on the first; rank r runs on hosts[r / 2].</summary>
     private Task<RankCluster.Result[]> RunWorld(NetnsHosts net, string world, int[] hosts, string[] args, Func<int, string?>? tokenOf = null,
         string timeoutS = "20", string transport = P2PStores.Tcp, string connectTimeoutS = "15", string? ucxTls = null,
-        string maxBucketGb = "0.0009765625" /* 1 MiB */) =>
+        string maxBucketGb = "0.0009765625" /* 1 MiB */, string? trace = null, int updates = 1) =>
         RankCluster.RunAsync(hosts.Length * RanksPerHost, args, r =>
         {
             var env = new Dictionary<string, string>
@@ -100,10 +102,15 @@ public sealed class MultiHostTests : IDisposable
                 ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = maxBucketGb,
                 [P2PTransports.Variable] = transport,
                 ["TEST_TIMEOUT_S"] = timeoutS,
+                ["TEST_UPDATES"] = updates.ToString(CultureInfo.InvariantCulture),
             };
             if (ucxTls is not null)
             {
                 env["UCX_TLS"] = ucxTls;
+            }
+            if (trace is not null)
+            {
+                env["TEST_TRACE_FILE"] = trace;
             }
             if ((tokenOf is null ? Token : tokenOf(r)) is { } token)
             {
@@ -160,6 +167,19 @@ public sealed class MultiHostTests : IDisposable
         Assert.All(results, r => Assert.True(NetworkBytes(r, 2) > 0 && int.Parse(r.Line("network 2 ").Split(' ')[3], CultureInfo.InvariantCulture) > 0, $"rank {r.Rank}: {r.Line("network 2")}"));
         var host0 = NetworkBytes(results[0], 1);
         Assert.True(NetworkBytes(results[0], 2) + NetworkBytes(results[1], 2) <= host0, $"host 0 took {results[0].Line("network 2")} + {results[1].Line("network 2")} against {host0} whole");
+        // Every shard holds exactly the bytes of its slices (each tensor's slice cut out of the source, packed), none of the others'.
+        var slices = Enumerable.Range(0, RanksPerHost).Select(i => ReferenceWorkers.SliceDigests(dir, i, RanksPerHost)).ToArray();
+        Assert.NotEqual(slices[0].OrderBy(kv => kv.Key, StringComparer.Ordinal), slices[1].OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        foreach (var (url, g) in urls.Select((u, g) => (u, g)))
+        {
+            using var http = net.Http(hosts[g]);
+            var shards = await ReferenceWorkers.DigestsAsync(url, http);
+            Assert.Equal(RanksPerHost, shards.Count);
+            foreach (var i in Enumerable.Range(0, RanksPerHost))
+            {
+                Assert.Equal(slices[i].OrderBy(kv => kv.Key, StringComparer.Ordinal), shards[DeviceId("s", g * RanksPerHost + i)].OrderBy(kv => kv.Key, StringComparer.Ordinal));
+            }
+        }
     }
 
     /// <summary>Owners on hosts 0 and 1; a new instance on host 2, which was never part of their world, joins by P2P reads over the network.</summary>
@@ -167,34 +187,52 @@ public sealed class MultiHostTests : IDisposable
     [MemberData(nameof(P2PStores.Transports), MemberType = typeof(P2PStores))]
     public async Task Join_FromAHostOutsideTheFleet_ReadsTheOwnersOverTheNetwork(string transport)
     {
+        var net = Hosts(3);
+        var dir = WriteCheckpoint(mib: 32);
+        var (joiner, metas) = await JoinAsync(net, dir, transport, "0.0009765625" /* 1 MiB */);
+        var perWorker = PerWorker(joiner);
+        var raw = await RawStream(net, 0, 2, 64L << 20);
+        TestContext.Current.TestOutputHelper?.WriteLine($"P2P join over {transport}: raw TCP {raw / 1e9:F3} GB/s; per worker {perWorker / 1e9:F3} GB/s ({perWorker / raw:F2}x raw)");
+        // Every owner published an address of its own host: host 2 has no other way to their memory than its link.
+        Assert.Contains($"\"{net.Addresses[0]}", metas);
+        Assert.Contains($"\"{net.Addresses[1]}", metas);
+    }
+
+    /// <summary>
+    /// Owners (world "o", a worker each) on hosts 0 and 1 of <paramref name="net"/>; a joiner world ("j") on host 2 reads
+    /// <paramref name="dir"/> from them over <paramref name="transport"/>, <paramref name="updates"/> times; its worker holds every
+    /// tensor bit-exact. Returns the joiners' rank 0 (see <see cref="PerWorker"/>) and the owners' metas (JSON).
+    /// </summary>
+    private async Task<(RankCluster.Result Joiner, string Metas)> JoinAsync(NetnsHosts net, string dir, string transport, string maxBucketGb, string tag = "", int updates = 1)
+    {
         if (transport == P2PStores.Ucx)
         {
             P2PStores.RequireUcx();
         }
-        var net = Hosts(3);
-        var dir = WriteCheckpoint(mib: 32);
-        var metas = Path.Combine(_dir, "metas.json");
-        var ownerUrls = await StartWorkers(net, "o", [0, 1]);
-        var joinerUrls = await StartWorkers(net, "j", [2]);
-        var owners = RunWorld(net, "o", [0, 1], ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], transport: transport, ucxTls: UcxAcrossHosts(transport));
+        var metas = Path.Combine(_dir, $"metas{tag}{transport}.json");
+        var ownerUrls = await StartWorkers(net, $"o{tag}{transport}", [0, 1]);
+        var joinerUrls = await StartWorkers(net, $"j{tag}{transport}", [2]);
+        var owners = RunWorld(net, $"o{tag}{transport}", [0, 1], ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], transport: transport,
+            ucxTls: UcxAcrossHosts(transport), maxBucketGb: maxBucketGb, timeoutS: "120");
         await RankCluster.WaitForFileAsync(metas, owners, "the owners saved their metas");
-        var joiners = await RunWorld(net, "j", [2], ["p2p-join", string.Join(',', joinerUrls), "2", metas], transport: transport, ucxTls: UcxAcrossHosts(transport));
+        var joiners = await RunWorld(net, $"j{tag}{transport}", [2], ["p2p-join", string.Join(',', joinerUrls), "2", metas], transport: transport,
+            ucxTls: UcxAcrossHosts(transport), maxBucketGb: maxBucketGb, timeoutS: "120", updates: updates);
         File.WriteAllText(metas + ".done", "");
         var ownerResults = await owners;
         foreach (var r in joiners)
         {
-            Assert.True(r.ExitCode == 0 && r.Line("update 1 ").EndsWith($" over {transport}", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
+            Assert.True(r.ExitCode == 0 && r.Line($"update {updates} ").EndsWith($" over {transport}", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
         }
         Assert.All(ownerResults, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
         await AssertHold(net, dir, [2], joinerUrls);
-        var raw = await RawStream(net, 0, 2, 64L << 20);
-        var f = joiners[0].Line("update 1 ok").Split(' ');
-        var perWorker = long.Parse(f[3], CultureInfo.InvariantCulture) / double.Parse(f[4], CultureInfo.InvariantCulture);
-        TestContext.Current.TestOutputHelper?.WriteLine($"P2P join over {transport}: raw TCP {raw / 1e9:F3} GB/s; per worker {perWorker / 1e9:F3} GB/s ({perWorker / raw:F2}x raw)");
-        // Every owner published an address of its own host: host 2 has no other way to their memory than its link.
-        var addresses = JsonDocument.Parse(File.ReadAllText(metas)).RootElement.GetRawText();
-        Assert.Contains($"\"{net.Addresses[0]}", addresses);
-        Assert.Contains($"\"{net.Addresses[1]}", addresses);
+        return (joiners[0], File.ReadAllText(metas));
+    }
+
+    /// <summary>Bytes per second per worker of update <paramref name="u"/> ("update U ok BYTES SECONDS ...").</summary>
+    private static double PerWorker(RankCluster.Result r, int u = 1)
+    {
+        var f = r.Line($"update {u} ok").Split(' ');
+        return long.Parse(f[3], CultureInfo.InvariantCulture) / double.Parse(f[4], CultureInfo.InvariantCulture);
     }
 
     /// <summary>
@@ -288,18 +326,129 @@ public sealed class MultiHostTests : IDisposable
         var net = Hosts(2);
         net.Shape(1, rate);
         var dir = WriteCheckpoint(mib: 32);
-        int[] hosts = [0, 1];
-        var urls = await StartWorkers(net, "r", hosts);
         var raw = await RawStream(net, 0, 1, 64L << 20);
-        var results = await RunWorld(net, "r", hosts, UpdateArgs(dir, urls, 2), timeoutS: "120", maxBucketGb: "0.0078125" /* 8 MiB */);
+        var (perWorker, network, _) = await BroadcastAsync(net, dir, "0.0078125" /* 8 MiB */);
+        TestContext.Current.TestOutputHelper?.WriteLine(
+            $"link {rate}: raw TCP {raw / 1e9:F3} GB/s; per worker {perWorker / 1e9:F3} GB/s ({perWorker / raw:F2}x raw); host 1's network leg {network / 1e9:F3} GB/s ({network / raw:F2}x raw)");
+        Assert.True(network <= raw * 1.25, $"host 1 took {network / 1e9:F3} GB/s over a link that streams {raw / 1e9:F3} GB/s");
+    }
+
+    /// <summary>
+    /// Two updates of <paramref name="dir"/> by two ranks on each of hosts 0 and 1 (a worker each), the second measured and traced
+    /// (when <paramref name="trace"/> is given): every shard bit-exact; returns bytes per second per worker, host 1's leader's network
+    /// ingress rate and the trace's slowest link.
+    /// </summary>
+    private async Task<(double PerWorker, double Network, string? SlowestLink)> BroadcastAsync(NetnsHosts net, string dir, string maxBucketGb, string? trace = null, string tag = "")
+    {
+        int[] hosts = [0, 1];
+        var urls = await StartWorkers(net, $"r{tag}", hosts);
+        var results = await RunWorld(net, $"r{tag}", hosts, UpdateArgs(dir, urls, 2), timeoutS: "120", maxBucketGb: maxBucketGb, trace: trace);
         AssertOk(results, 2);
         await AssertHold(net, dir, hosts, urls);
         var f = results[2].Line("update 2 ok").Split(' ');
-        var (bytes, seconds) = (long.Parse(f[3], CultureInfo.InvariantCulture), double.Parse(f[4], CultureInfo.InvariantCulture));
-        var network = NetworkBytes(results[2], 2) / seconds;
-        TestContext.Current.TestOutputHelper?.WriteLine(
-            $"link {rate}: raw TCP {raw / 1e9:F3} GB/s; per worker {bytes / seconds / 1e9:F3} GB/s ({bytes / seconds / raw:F2}x raw); host 1's network leg {network / 1e9:F3} GB/s ({network / raw:F2}x raw)");
-        Assert.True(network <= raw * 1.25, $"host 1 took {network / 1e9:F3} GB/s over a link that streams {raw / 1e9:F3} GB/s");
+        var seconds = double.Parse(f[4], CultureInfo.InvariantCulture);
+        var slowest = trace is null ? null : LinkLegs(UpdateTrace.PathFor(trace, "2")).Slowest;
+        return (long.Parse(f[3], CultureInfo.InvariantCulture) / seconds, NetworkBytes(results[2], 2) / seconds, slowest);
+    }
+
+    /// <summary>
+    /// Three hosts, host 1's link at 200 Mbit/s: the trace's link track says which legs of the broadcast chain are slow. Every leg
+    /// into or out of host 1 crosses the shaped link, the legs between hosts 0 and 2 do not (though they carry buckets that crossed it
+    /// before or will after: their receiver waits, or their sender blocks, but not both); rates compared as a ratio, never in seconds.
+    /// Unshaped, veth streams 0.5–2 GB/s on a busy 2-core machine: 20–80× the shaped link; the test asks for 5×.
+    /// </summary>
+    [Fact]
+    public async Task Trace_OverAShapedLink_NamesTheShapedHostsLegsAsTheSlowOnes()
+    {
+        var net = Hosts(3);
+        net.Shape(1, "200mbit");
+        var dir = WriteCheckpoint(mib: 24);
+        int[] hosts = [0, 1, 2];
+        var urls = await StartWorkers(net, "l", hosts);
+        var trace = Path.Combine(_dir, "trace.json");
+        var results = await RunWorld(net, "l", hosts, UpdateArgs(dir, urls, 1), timeoutS: "120", maxBucketGb: "0.0078125" /* 8 MiB */, trace: trace);
+        AssertOk(results);
+        await AssertHold(net, dir, hosts, urls);
+        var file = UpdateTrace.PathFor(trace, "1");
+        var (legs, slowest) = LinkLegs(file);
+        var host1 = net.Addresses[1].ToString();
+        var shaped = legs.Where(l => l.Link.Split(" → ").Contains(host1)).ToList();
+        var free = legs.Except(shaped).ToList();
+        var table = string.Join("\n", legs.Select(l => $"{l.Link}: {l.Bytes} bytes, {l.Rate / 1e9:F4} GB/s"));
+        TestContext.Current.TestOutputHelper?.WriteLine(table);
+        Assert.True(shaped.Count > 0 && free.Count > 0, $"legs both through host 1 and around it expected:\n{table}");
+        Assert.True(shaped.Max(l => l.Rate) * 5 < free.Min(l => l.Rate), $"the legs through host 1 ({host1}) are not the slow ones:\n{table}");
+        Assert.Contains(host1, slowest);
+        // Each rank's own report names the same: its legs to or from host 1 are slower than those around it (per peer host, both ends' lines).
+        var lines = results.SelectMany(r => r.Output.Split('\n').Where(l => l.StartsWith("link 1 ", StringComparison.Ordinal))).ToList();
+        Assert.Contains(lines, l => l.Contains($" {host1} ", StringComparison.Ordinal));
+
+        var svg = Path.Combine(_dir, "trace.svg");
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("trace", "render", file, "--out", svg);
+        Assert.True(code == 0, stderr + stdout);
+        var drawn = System.Xml.Linq.XDocument.Load(svg).Descendants(System.Xml.Linq.XName.Get("text", "http://www.w3.org/2000/svg")).Select(t => t.Value).ToList();
+        Assert.Contains(drawn, t => t.StartsWith("links · ", StringComparison.Ordinal) && t.Contains(host1, StringComparison.Ordinal));
+    }
+
+    /// <summary>The link legs of a trace file, summed per link over its buckets (rate: bytes over the shorter of both ends' times), and its slowest link.</summary>
+    private static (List<(string Link, long Bytes, double Rate)> Legs, string Slowest) LinkLegs(string file)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(file));
+        var events = doc.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+        var threads = events.Where(e => e.GetProperty("ph").GetString() == "M" && e.GetProperty("name").GetString() == "thread_name")
+            .ToDictionary(e => (e.GetProperty("pid").GetInt32(), e.GetProperty("tid").GetInt32()), e => e.GetProperty("args").GetProperty("name").GetString()!);
+        var legs = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("cat").GetString() == "link")
+            .GroupBy(e => threads[(e.GetProperty("pid").GetInt32(), e.GetProperty("tid").GetInt32())])
+            .Select(g =>
+            {
+                var bytes = g.Sum(e => e.GetProperty("args").GetProperty("bytes").GetInt64());
+                var us = Math.Min(g.Sum(e => e.GetProperty("args").GetProperty("sender_us").GetDouble()), g.Sum(e => e.GetProperty("args").GetProperty("receiver_us").GetDouble()));
+                return (g.Key, bytes, us > 0 ? bytes / us * 1e6 : double.PositiveInfinity);
+            }).ToList();
+        return (legs, doc.RootElement.GetProperty("otherData").GetProperty("slowest_link").GetString()!);
+    }
+
+    /// <summary>
+    /// The cross-host bench (<c>scripts/hosts.sh bench</c> runs it; skipped otherwise): three hosts, host 1's link shaped or not; one raw
+    /// TCP stream over each link measured against, in the same run; a broadcast between hosts 0 and 1 (two ranks and a worker each, the
+    /// second of two updates measured and traced) and a P2P join from host 2 of owners on hosts 0 and 1, per transport. Writes a
+    /// Markdown table of per-worker GB/s and ratios to the raw stream. Settings from CKPT_HOSTS_BENCH_* (see the script).
+    /// </summary>
+    [Fact]
+    public async Task Bench_AcrossHosts_PerWorkerAgainstARawStream()
+    {
+        Assert.SkipUnless(Environment.GetEnvironmentVariable("CKPT_HOSTS_BENCH") == "1", "a bench, not a test: scripts/hosts.sh bench runs it");
+        string Setting(string name, string fallback) => Environment.GetEnvironmentVariable($"CKPT_HOSTS_BENCH_{name}") is { Length: > 0 } v ? v : fallback;
+        var (mib, bucketMib, shape) = (int.Parse(Setting("MIB", "64"), CultureInfo.InvariantCulture), double.Parse(Setting("BUCKET_MIB", "8"), CultureInfo.InvariantCulture), Setting("SHAPE", "off"));
+        var bucketGb = (bucketMib / 1024).ToString("R", CultureInfo.InvariantCulture);
+        var net = Hosts(3);
+        net.Shape(1, shape);
+        var dir = WriteCheckpoint(mib);
+        var link = shape == "off" ? "unshaped" : $"host 1's link at {shape} (tbf)";
+        var rows = new List<string>();
+        void Row(string what, double raw, double perWorker, string note = "") => // The raw stream over the link the case's bytes cross (host 1's).
+            rows.Add(string.Create(CultureInfo.InvariantCulture, $"| {what} | {raw / 1e9:F3} GB/s | {perWorker / 1e9:F3} GB/s | {perWorker / raw:F2}x | {note} |"));
+
+        var raw01 = await RawStream(net, 0, 1, 64L << 20);
+        var trace = Path.Combine(_dir, "bench-trace.json");
+        var (perWorker, network, slowest) = await BroadcastAsync(net, dir, bucketGb, trace);
+        Row($"broadcast, hosts 0 and 1 × 2 ranks, {mib} MiB, {bucketMib} MiB buckets, {link}", raw01, perWorker,
+            string.Create(CultureInfo.InvariantCulture, $"host 1's network leg {network / 1e9:F3} GB/s ({network / raw01:F2}x); slowest link in the trace {slowest}"));
+        var raw12 = await RawStream(net, 1, 2, 64L << 20);
+        foreach (var transport in Setting("TRANSPORTS", "tcp,ucx").Split(','))
+        {
+            // The first update is a cold start (connections, buffers, the worker's first attach): the second is measured, the first noted.
+            var (joiner, _) = await JoinAsync(net, dir, transport, bucketGb, tag: "b", updates: 2);
+            Row($"P2P join over {transport}{(transport == P2PStores.Ucx ? " (UCX_TLS=tcp)" : "")}, host 2 reads hosts 0 and 1, {mib} MiB, {bucketMib} MiB buckets, {link}", raw12, PerWorker(joiner, 2),
+                string.Create(CultureInfo.InvariantCulture, $"second update: {joiner.Line("stages 2 ")}; the first (cold) {PerWorker(joiner, 1) / 1e9:F3} GB/s: {joiner.Line("stages 1 ")}"));
+        }
+        var table = string.Join("\n", ["| case | raw TCP stream | per worker | ratio to raw | note |", "|---|---|---|---|---|", .. rows]);
+        TestContext.Current.TestOutputHelper?.WriteLine(table);
+        if (Environment.GetEnvironmentVariable("CKPT_HOSTS_BENCH_OUT") is { Length: > 0 } output)
+        {
+            File.WriteAllText(output, table + "\n");
+            File.Copy(UpdateTrace.PathFor(trace, "2"), Path.ChangeExtension(output, ".trace.json"), overwrite: true);
+        }
     }
 
     /// <summary>Bytes per second of one TCP stream from host <paramref name="from"/> to host <paramref name="to"/> (sockets made in their namespaces).</summary>

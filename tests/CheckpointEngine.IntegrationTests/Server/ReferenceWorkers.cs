@@ -38,6 +38,26 @@ internal static class ReferenceWorkers
         return checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => Convert.ToHexStringLower(SHA256.HashData(e.File.View(e.Tensor).Span)));
     }
 
+    /// <summary>
+    /// Every tensor's SHA-256 as tensor-parallel shard <paramref name="rank"/> of <paramref name="size"/> of a <c>--shard-by-tp</c> worker holds
+    /// it: its slice cut out of the source and packed (the whole tensor where it is not split).
+    /// </summary>
+    public static Dictionary<string, string> SliceDigests(string dir, int rank, int size)
+    {
+        using var checkpoint = Checkpoint.Open(dir);
+        return checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e =>
+        {
+            var bytes = e.File.View(e.Tensor).Span;
+            var slice = CheckpointEngine.ReferenceEngine.TensorParallelSlice.For(e.Tensor.Name, e.Tensor.DType, [.. e.Tensor.Shape], bytes.Length, rank, size, shardByTp: true);
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            for (long i = 0; i < slice.Chunks; i++)
+            {
+                sha.AppendData(bytes.Slice(checked((int)(slice.SourceOffset + i * slice.SourceStride)), checked((int)slice.ChunkBytes)));
+            }
+            return Convert.ToHexStringLower(sha.GetHashAndReset());
+        });
+    }
+
     /// <summary>Per shard (device id): every tensor's SHA-256 as the worker at <paramref name="url"/> holds it.</summary>
     public static async Task<Dictionary<string, Dictionary<string, string>>> DigestsAsync(string url, HttpClient? http = null)
     {

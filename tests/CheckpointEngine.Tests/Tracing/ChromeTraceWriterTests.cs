@@ -135,6 +135,71 @@ public sealed class ChromeTraceWriterTests
         Assert.Contains("rank 3", e.Message);
     }
 
+    /// <summary>
+    /// Bucket 0 of 8 MB goes 10.0.0.1 (rank 0) → 10.0.0.2 (rank 1) → 10.0.0.3 (rank 2). The first link is slow: its sender blocked 1 ms and
+    /// its last bytes arrived 7 ms after its last send returned (kernel buffers); its receiver waited 8 ms. The second is fast: rank 1 sent
+    /// as bytes came (0.5 ms blocked, the last arrived 0.1 ms after), though rank 2 waited as long as rank 1 did.
+    /// </summary>
+    private static UpdateTrace Chain()
+    {
+        LinkTiming L(int peer, string host, bool sent, double start, double end, double busy) => new(0, peer, host, sent, 8_000_000, Ms(start), Ms(end), Ms(busy));
+        BucketTiming[] buckets = [B(0, 0, 8_000_000, 0, 1, 1, 11, 11, 12)];
+        return new UpdateTrace("c", "broadcast",
+        [
+            new RankTimeline(0, Start, Ms(12), buckets, [L(1, "10.0.0.2", true, 1.5, 3, 1)]),
+            new RankTimeline(1, Start, Ms(12), buckets, [L(0, "10.0.0.1", false, 2, 10, 8), L(2, "10.0.0.3", true, 2.1, 10.2, 0.5)]),
+            new RankTimeline(2, Start + Ms(1), Ms(11), buckets, [L(1, "10.0.0.2", false, 1.1, 9.3, 8)]), // Started 1 ms later: 2.1 to 10.3 ms.
+        ]);
+    }
+
+    [Fact]
+    public void Legs_PairBothEnds_TheSlowLinkIsSlowAtBoth_TheOneDownstreamOnlyAtItsReceiver()
+    {
+        var legs = Chain().Legs();
+        Assert.Equal(2, legs.Count);
+        var slow = Assert.Single(legs, l => l.Link == "10.0.0.1 → 10.0.0.2");
+        Assert.Equal((0, 0, 1, 8_000_000L), (slow.Bucket, slow.From, slow.To, slow.Bytes));
+        Assert.Equal((2000.0, 8000.0), (slow.StartUs, slow.DurationUs));
+        Assert.Equal((Ms(8), Ms(8)), (slow.SenderTime, slow.ReceiverTime)); // 1 ms blocked + 7 ms until its last bytes arrived.
+        var fast = Assert.Single(legs, l => l.Link == "10.0.0.2 → 10.0.0.3");
+        Assert.Equal((Ms(0.6), Ms(8)), (fast.SenderTime, fast.ReceiverTime));
+        var totals = TraceLeg.Totals(legs);
+        Assert.Equal(["10.0.0.1 → 10.0.0.2", "10.0.0.2 → 10.0.0.3"], totals.Select(t => t.Link));
+        Assert.Equal(1e9, totals[0].Rate, 3);
+        Assert.Equal(8e6 / 0.6e-3, totals[1].Rate, 3);
+    }
+
+    [Fact]
+    public void Write_Links_ATrackPerLinkAfterTheRanks_SlowestInOtherData()
+    {
+        var root = Write(Chain());
+        var meta = Events(root, "M");
+        Assert.Contains(meta, e => e.GetProperty("name").GetString() == "process_name" && e.GetProperty("pid").GetInt32() == 3 && e.GetProperty("args").GetProperty("name").GetString() == "links");
+        var link = Assert.Single(meta, e => e.GetProperty("name").GetString() == "thread_name" && e.GetProperty("args").GetProperty("name").GetString() == "10.0.0.1 → 10.0.0.2");
+        var span = Assert.Single(Events(root, "X"), e => e.GetProperty("cat").GetString() == "link" && e.GetProperty("tid").GetInt32() == link.GetProperty("tid").GetInt32());
+        Assert.Equal((3, "bucket 0", 2000.0, 8000.0), (span.GetProperty("pid").GetInt32(), span.GetProperty("name").GetString(), span.GetProperty("ts").GetDouble(), span.GetProperty("dur").GetDouble()));
+        var args = span.GetProperty("args");
+        Assert.Equal((8_000_000L, 0, 1, 8000.0, 8000.0, 1.0), (args.GetProperty("bytes").GetInt64(), args.GetProperty("from").GetInt32(), args.GetProperty("to").GetInt32(),
+            args.GetProperty("sender_us").GetDouble(), args.GetProperty("receiver_us").GetDouble(), args.GetProperty("gbps").GetDouble()));
+        Assert.Equal("10.0.0.1 → 10.0.0.2", root.GetProperty("otherData").GetProperty("slowest_link").GetString());
+        Assert.StartsWith("10.0.0.1 → 10.0.0.2 1.000 GB/s (8000000 bytes; sender 0.008 s, receiver 0.008 s); 10.0.0.2 → 10.0.0.3 13.333 GB/s", root.GetProperty("otherData").GetProperty("links").GetString());
+    }
+
+    [Fact]
+    public void Write_OneHost_NoLinksProcess()
+    {
+        var root = Write(TwoRanks());
+        Assert.DoesNotContain(Events(root, "M"), e => e.GetProperty("args").TryGetProperty("name", out var n) && n.GetString() == "links");
+        Assert.False(root.GetProperty("otherData").TryGetProperty("slowest_link", out _));
+    }
+
+    [Fact]
+    public void RankTimeline_RoundTripsLinks()
+    {
+        var timeline = Chain().Ranks[1];
+        Assert.Equal(timeline.Links, RankTimeline.FromJson(timeline.ToJson(), 1).Links);
+    }
+
     [Theory]
     [InlineData("trace.json", "p2p", "trace.p2p.json")]
     [InlineData("/tmp/a.b/trace.json", "broadcast", "/tmp/a.b/trace.broadcast.json")]

@@ -21,6 +21,9 @@ public interface ICommunicator : IDisposable
     /// <summary>Bytes this member has received from other hosts over the network so far (0 where the implementation cannot tell).</summary>
     long NetworkBytesReceived => 0;
 
+    /// <summary>The data-link legs of broadcasts between hosts since the last call, one per broadcast and link at each end (none where the implementation cannot tell).</summary>
+    IReadOnlyList<LinkTransfer> TakeLinkTransfers() => [];
+
     Task BarrierAsync(TimeSpan timeout, CancellationToken ct = default);
 
     /// <summary>Every member's blob, indexed by group rank.</summary>

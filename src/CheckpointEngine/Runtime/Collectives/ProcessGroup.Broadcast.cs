@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 using System.Net.Sockets;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime.Security;
@@ -11,10 +12,36 @@ public sealed partial class ProcessGroup
     private const int PollMicroseconds = 100_000;
     private const int SocketBufferSize = 4 << 20;
 
+    /// <summary>Link transfers kept until taken; past this many the later ones are dropped (nobody takes them).</summary>
+    private const int MaxLinkTransfers = 1 << 16;
+
+    private readonly List<LinkTransfer> _linkTransfers = [];
     private long _networkBytesReceived;
 
     /// <summary>Bytes of broadcasts received on data links from other hosts' leaders.</summary>
     public long NetworkBytesReceived => Interlocked.Read(ref _networkBytesReceived);
+
+    /// <summary>The data-link legs of broadcasts since the last call: one per broadcast and link, at each end.</summary>
+    public IReadOnlyList<LinkTransfer> TakeLinkTransfers()
+    {
+        lock (_linkTransfers)
+        {
+            var taken = _linkTransfers.ToArray();
+            _linkTransfers.Clear();
+            return taken;
+        }
+    }
+
+    private void RecordLink(int peer, bool sent, long bytes, (long Start, long End, long Busy) t)
+    {
+        lock (_linkTransfers)
+        {
+            if (_linkTransfers.Count < MaxLinkTransfers)
+            {
+                _linkTransfers.Add(new LinkTransfer(Members[peer], _topology!.Endpoints[peer].Address.ToString(), sent, bytes, t.Start, t.End, Stopwatch.GetElapsedTime(0, t.Busy)));
+            }
+        }
+    }
 
     public Task BroadcastAsync(nint buffer, long length, int root, TimeSpan timeout, CancellationToken ct = default) =>
         BroadcastCoreAsync(buffer, length, root, null, 0, timeout, ct);
@@ -119,6 +146,8 @@ public sealed partial class ProcessGroup
                 BinaryPrimitives.WriteInt64LittleEndian(header[8..], length);
                 Send(output, header, wait, next);
             }
+            // Each leg's time blocked in the socket, two timestamps a chunk: which link is slow (see LinkTransfer).
+            (long Start, long End, long Busy) received = default, sent = default;
             for (var i = 0; i < chunks && (input is not null || output is not null || shared is null && _ring is not null); i++)
             {
                 var offset = (long)i * ShmRing.ChunkSize;
@@ -126,12 +155,16 @@ public sealed partial class ProcessGroup
                 var chunk = new Span<byte>(data + offset, n);
                 if (input is not null)
                 {
+                    var t = Stopwatch.GetTimestamp();
                     Receive(input, chunk, wait, previous);
+                    received = Timed(received, t, i == 0);
                     Interlocked.Add(ref _networkBytesReceived, chunk.Length);
                 }
                 if (output is not null)
                 {
+                    var t = Stopwatch.GetTimestamp();
                     Send(output, chunk, wait, next);
+                    sent = Timed(sent, t, i == 0);
                 }
                 if (shared is not null && input is not null)
                 {
@@ -141,6 +174,14 @@ public sealed partial class ProcessGroup
                 {
                     _ring?.WriteChunk(data + offset, n, seq, length, wait);
                 }
+            }
+            if (input is not null)
+            {
+                RecordLink(previous, sent: false, length, received);
+            }
+            if (output is not null)
+            {
+                RecordLink(next, sent: true, length, sent);
             }
             if (shared is not null)
             {
@@ -154,6 +195,13 @@ public sealed partial class ProcessGroup
             _failure ??= e.Message;
             throw;
         }
+    }
+
+    /// <summary>A leg's times with one more chunk that took from <paramref name="since"/> until now.</summary>
+    private static (long Start, long End, long Busy) Timed((long Start, long End, long Busy) leg, long since, bool first)
+    {
+        var now = Stopwatch.GetTimestamp();
+        return (first ? since : leg.Start, now, leg.Busy + now - since);
     }
 
     /// <summary>The registered segment that holds [buffer, buffer + length), if any: local readers can copy from it directly.</summary>

@@ -30,7 +30,7 @@ declare -A mutate=(
     [checkpoints]='**/CheckpointEngine/Checkpoints/*.cs'
     [memory]='**/CheckpointEngine/Memory/BufferLayout.cs'
     [planning]='**/CheckpointEngine/Planning/*.cs'
-    [worker]='**/Protocol/WorkerFraming.cs **/Protocol/WorkerMessage.cs **/Receiving/ReceiveSession.cs **/Tensors/DTypes.cs'
+    [worker]='**/Protocol/WorkerFraming.cs **/Protocol/WorkerMessage.cs **/Protocol/WorkerWants.cs **/Receiving/ReceiveSession.cs **/Tensors/DTypes.cs'
 )
 
 usage() {

@@ -264,14 +264,16 @@ public sealed class WorkerWants
         {
             return Keyword(value, $"tensor '{tensor}'");
         }
-        if (!value.TryGetProperty("dim", out var dim) || !dim.TryGetInt32(out var d) || !value.TryGetProperty("slices", out var slices) || slices.ValueKind != JsonValueKind.Array)
+        if (!value.TryGetProperty("dim", out var dim) || dim.ValueKind != JsonValueKind.Number || !dim.TryGetInt32(out var d)
+            || !value.TryGetProperty("slices", out var slices) || slices.ValueKind != JsonValueKind.Array)
         {
             throw new InvalidDataException($"wants: tensor '{tensor}' must be \"whole\", \"none\" or {{\"dim\": d, \"slices\": [[start, length], ...]}}");
         }
         var ranges = new List<SliceRange>();
         foreach (var s in slices.EnumerateArray())
         {
-            if (s.ValueKind != JsonValueKind.Array || s.GetArrayLength() != 2 || !s[0].TryGetInt64(out var start) || !s[1].TryGetInt64(out var length))
+            if (s.ValueKind != JsonValueKind.Array || s.GetArrayLength() != 2 || s[0].ValueKind != JsonValueKind.Number || s[1].ValueKind != JsonValueKind.Number
+                || !s[0].TryGetInt64(out var start) || !s[1].TryGetInt64(out var length))
             {
                 throw new InvalidDataException($"wants: tensor '{tensor}': each slice must be [start, length] in integers, not {s.GetRawText()}");
             }

@@ -68,7 +68,50 @@ public sealed class WorkerWantsTests
         { TensorWant.Along(1, new SliceRange(1, 2)), DType.F4, [8, 16], "slice [1, 3) of dimension 1 does not fall on whole bytes (F4 is 4 bits an element)" },
         { TensorWant.Along(1, new SliceRange(2, 2)), DType.F4, [8, 16], null },
         { TensorWant.Along(0, new SliceRange(1, 1)), DType.F4, [8, 3], "slice [1, 2) of dimension 0 does not fall on whole bytes" },
+        // Rows of 3 F4 elements (12 bits): with two of them, the second does not start on a byte, so no column can be cut;
+        // with one row there is nothing after it to misalign.
+        { TensorWant.Along(1, new SliceRange(0, 2)), DType.F4, [2, 3], "dimension 1 cannot be sliced: its rows of 12 bits do not start on whole bytes (F4 is 4 bits an element)" },
+        { TensorWant.Along(1, new SliceRange(0, 2)), DType.F4, [1, 3], null },
+        { TensorWant.Along(1, new SliceRange(0, 16)), DType.BF16, [8, 16], null }, // A slice may end exactly at the dimension's end.
+        { TensorWant.Along(1, new SliceRange(0, 17)), DType.BF16, [8, 16], "slice [0, 17) of dimension 1 is outside [0, 16)" },
+        { TensorWant.Along(1, new SliceRange(15, 1)), DType.BF16, [8, 16], null },
+        { TensorWant.Along(1, new SliceRange(16, 1)), DType.BF16, [8, 16], "slice [16, 17) of dimension 1 is outside [0, 16)" },
+        { TensorWant.Along(1, new SliceRange(4, 4), new SliceRange(0, 4)), DType.BF16, [8, 16], null }, // Order does not matter; adjacent is not overlapping.
+        { TensorWant.Along(1, new SliceRange(4, 4), new SliceRange(0, 5)), DType.BF16, [8, 16], "slices [0, 5) and [4, 8) of dimension 1 overlap" },
+        { TensorWant.Along(1, new SliceRange(2, 2)), DType.F4, [1, 16], null },
+        { TensorWant.Along(1, new SliceRange(2, 3)), DType.F4, [1, 16], "slice [2, 5) of dimension 1 does not fall on whole bytes" },
+        { TensorWant.Along(0, new SliceRange(0, 1)), DType.BF16, [8], null }, // One dimension: no rows, every element its own index.
     };
+
+    [Fact]
+    public void Others_CannotBeSliced()
+    {
+        var e = Assert.Throws<ArgumentException>(() => new WorkerWants(new Dictionary<string, TensorWant>(), TensorWant.Along(0, new SliceRange(0, 1))));
+        Assert.StartsWith("tensors the declaration does not name can be kept whole or not at all, not sliced", e.Message, StringComparison.Ordinal);
+        Assert.Equal(TensorWant.None, new WorkerWants(new Dictionary<string, TensorWant>(), TensorWant.None).For("anything"));
+        Assert.Equal(TensorWant.Whole, new WorkerWants(new Dictionary<string, TensorWant>()).For("anything"));
+    }
+
+    [Theory]
+    [InlineData("""{"tensors":{"w":{"dim":0,"slices":[[1,2,3]]}}}""", "each slice must be [start, length] in integers, not [1,2,3]")]
+    [InlineData("""{"tensors":{"w":{"dim":0,"slices":[[1,"2"]]}}}""", "each slice must be [start, length] in integers")]
+    [InlineData("""{"tensors":{"w":{"dim":0,"slices":[1]}}}""", "each slice must be [start, length] in integers, not 1")]
+    [InlineData("""{"tensors":{"w":{"dim":"0","slices":[]}}}""", "tensor 'w' must be \"whole\", \"none\" or")]
+    [InlineData("""{"tensors":{"w":{"dim":0,"slices":{}}}}""", "tensor 'w' must be \"whole\", \"none\" or")]
+    [InlineData("""{"others":1}""", "others must be \"whole\" or \"none\", not 1")]
+    public void Parse_MalformedSlices_SaysWhat(string json, string expected) =>
+        Assert.Contains(expected, Assert.Throws<InvalidDataException>(() => WorkerWants.Parse(System.Text.Encoding.UTF8.GetBytes(json))).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void Parse_OthersNone_AndSlices_RoundTrip()
+    {
+        var wants = WorkerWants.Parse("""{"others":"none","tensors":{"b":"whole","a":{"dim":1,"slices":[[8,8],[0,4]]}}}"""u8);
+        Assert.Equal(TensorWant.None, wants.Others);
+        Assert.Equal(TensorWant.Along(1, new SliceRange(8, 8), new SliceRange(0, 4)), wants.For("a")); // As declared; the wire form sorts them.
+        Assert.Equal(TensorWant.Whole, wants.For("b"));
+        Assert.Equal(TensorWant.None, wants.For("c"));
+        Assert.Equal("""{"others":"none","tensors":{"a":{"dim":1,"slices":[[0,4],[8,8]]},"b":"whole"}}""", System.Text.Encoding.UTF8.GetString(wants.ToJson()));
+    }
 
     [Theory]
     [MemberData(nameof(Problems))]

@@ -49,6 +49,8 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
 
     byte[]? TcpP2PStore.IRemoteAccess.RemoteKey(string buffer) => _mapped.TryGetValue(buffer, out var m) ? m.RemoteKey : null;
 
+    void TcpP2PStore.IRemoteAccess.Leased(bool held) => _worker.Serving(held);
+
     public void Register(string name, nint address, long length)
     {
         if (_mapped.ContainsKey(name))

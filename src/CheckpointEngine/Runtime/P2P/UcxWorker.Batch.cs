@@ -16,6 +16,7 @@ internal sealed partial class UcxWorker
         private Exception? _failure;
         private DateTime _failedAt;
         private volatile string? _abort;
+        private int _inflightCount;
 
         public string Owner => owner;
 
@@ -39,10 +40,16 @@ internal sealed partial class UcxWorker
             }
         }
 
-        /// <summary>Polls, issues more gets, watches the deadline; true once the batch completed.</summary>
-        public bool Step()
+        public DateTime Deadline => deadline;
+
+        /// <summary>Gets issued and not completed yet (for tests: none once <see cref="Completion"/> ended).</summary>
+        public int InFlight => Volatile.Read(ref _inflightCount);
+
+        /// <summary>Polls, issues more gets, watches the deadline; <paramref name="done"/> once the batch completed. True when anything changed.</summary>
+        public bool Step(out bool done)
         {
             var ucx = worker._ucx;
+            var changed = false;
             if (_failure is null)
             {
                 Fail(_abort is { } why ? new P2PException(why)
@@ -60,6 +67,7 @@ internal sealed partial class UcxWorker
                 }
                 ucx.Free(_inflight[i]);
                 _inflight.RemoveAt(i);
+                changed = true;
                 if (status != Ucx.Ok)
                 {
                     Fail(new P2PException($"P2P read from {owner} failed: {ucx.StatusName(status)} (did the owner exit?)"));
@@ -69,6 +77,7 @@ internal sealed partial class UcxWorker
             {
                 var g = gets[_next];
                 var n = Math.Min(ChunkBytes, g.Length - _offset);
+                changed = true;
                 try
                 {
                     if (ucx.Get(_ep, g.Local + (nint)_offset, n, g.Remote + (ulong)_offset, _rkeys[g.Key]) is var request and not 0)
@@ -87,17 +96,23 @@ internal sealed partial class UcxWorker
                     (_next, _offset) = (_next + 1, 0);
                 }
             }
-            if (_inflight.Count > 0 && (_failure is null || DateTime.UtcNow - _failedAt < CloseWait))
+            Volatile.Write(ref _inflightCount, _inflight.Count);
+            done = _inflight.Count == 0 ? _failure is not null || _next == gets.Count
+                : _failure is not null && DateTime.UtcNow - _failedAt >= CloseWait;
+            if (done)
             {
-                return false;
+                // Gets that their closed endpoint did not complete within CloseWait (never seen on a healthy
+                // library) stay with the worker, which frees them and their keys once UCX completes them.
+                var stuck = _inflight.Count;
+                if (stuck > 0)
+                {
+                    worker.Orphan([.. _inflight], _rkeys);
+                    (_rkeys, _failure) = ([], new P2PException($"{_failure!.Message} ({stuck} gets did not stop within {CloseWait.TotalSeconds:F0} s of closing the endpoint)", _failure));
+                    _inflight.Clear();
+                }
+                Finish(_failure);
             }
-            if (_failure is null && _next < gets.Count)
-            {
-                return false;
-            }
-            // Requests still in flight CloseWait after their endpoint was closed are left to UCX (never seen on a healthy library).
-            Finish(_failure);
-            return true;
+            return changed || done;
         }
 
         private void Fail(Exception? failure)
@@ -107,7 +122,13 @@ internal sealed partial class UcxWorker
                 return;
             }
             (_failure, _failedAt) = (failure, DateTime.UtcNow);
-            worker.Drop(owner); // Completes the gets in flight (with an error): nothing writes into the destination afterwards.
+            foreach (var request in _inflight)
+            {
+                worker._ucx.Cancel(worker._worker, request);
+            }
+            // Closing the endpoint at once completes the gets still in flight (with an error); the batch
+            // completes only when every one has, so nothing writes into the destination afterwards.
+            worker.Drop(owner);
         }
 
         /// <summary>Frees the remote keys and completes the task.</summary>

@@ -7,7 +7,7 @@ namespace CheckpointEngine.Runtime.P2P;
 /// <summary>
 /// One UCP context and worker, driven by a thread of its own: UCX's single-threaded mode, so every UCX
 /// call (mapping, endpoints, gets, progress) runs there; other threads hand it work and wake it with
-/// <c>ucp_worker_signal</c>. While reads are in flight it polls; idle, it sleeps on the worker's
+/// <c>ucp_worker_signal</c>. While reads are in flight or leased it polls; idle, it sleeps on the worker's
 /// wake-up descriptor (an owner's worker must still answer when a reader connects).
 /// </summary>
 internal sealed unsafe partial class UcxWorker : IDisposable
@@ -25,6 +25,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     private readonly List<Batch> _batches = [];
     private readonly Dictionary<string, (byte[] Address, nint Ep)> _endpoints = new(StringComparer.Ordinal);
     private readonly List<nint> _closing = [];
+    private readonly List<(nint[] Requests, nint[] RemoteKeys)> _orphans = [];
     private readonly Thread _thread;
     private readonly Lock _wakeLock = new();
     private nint _context;
@@ -32,6 +33,8 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     private readonly bool _peerErrors;
     private int _efd;
     private volatile bool _stopping;
+    private bool _closed;
+    private int _leases;
     private int _disposed;
 
     /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (e.g. <c>NET_DEVICES</c>, <c>TLS</c>).</param>
@@ -71,8 +74,12 @@ internal sealed unsafe partial class UcxWorker : IDisposable
 
     private void Post(Action command)
     {
-        ObjectDisposedException.ThrowIf(_stopping, this);
-        _commands.Enqueue(command);
+        lock (_wakeLock)
+        {
+            // Checked under the lock that closing takes: a command is either run or refused, never lost.
+            ObjectDisposedException.ThrowIf(_closed || _worker == 0, this);
+            _commands.Enqueue(command);
+        }
         Wake();
     }
 
@@ -160,37 +167,100 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         }
     }
 
+    /// <summary>
+    /// Progresses while there is work, otherwise arms the wake-up descriptor (<c>ucp_worker_arm</c>; busy:
+    /// progress again) and sleeps on it until UCX has news (a connecting reader, a message) or
+    /// <see cref="Wake"/> is called, at most until the nearest deadline. Work is: commands, gets in
+    /// flight, leases held on this owner (see <see cref="Serving"/>), and <see cref="HotMs"/> after the
+    /// last news. UCX 1.13 arms its interfaces for receive events only, so neither a get's completion nor
+    /// a full send queue draining signals the descriptor: those are polled, yielding the core between
+    /// polls that brought nothing, so that ranks sharing few cores get theirs.
+    /// </summary>
     private void Loop()
     {
+        var hotUntil = 0L;
         while (true)
         {
+            var worked = false;
             while (_commands.TryDequeue(out var command))
             {
                 command();
+                worked = true;
             }
-            if (_stopping && _batches.Count == 0 && _closing.Count == 0)
+            if (_stopping && _batches.Count == 0 && _closing.Count == 0 && Close())
             {
                 return;
             }
-            var progressed = false;
             for (var i = 0; i < 64 && _ucx.Progress(_worker) != 0; i++)
             {
-                progressed = true;
+                worked = true;
             }
+            var inFlight = false;
             for (var i = _batches.Count - 1; i >= 0; i--)
             {
-                if (_batches[i].Step())
+                worked |= _batches[i].Step(out var done);
+                if (done)
                 {
                     _batches.RemoveAt(i);
                 }
+                else
+                {
+                    inFlight = true;
+                }
             }
-            PollClosing();
-            if (!progressed && _batches.Count == 0 && _closing.Count == 0 && _commands.IsEmpty && !_stopping && _ucx.Arm(_worker) && _commands.IsEmpty)
+            worked |= PollClosing();
+            PollOrphans();
+            if (worked)
             {
-                // Bounded sleep: a signal is never lost for long, and the loop rechecks its queue.
-                var fd = new PollFd { Fd = _efd, Events = PollIn };
-                _ = poll(&fd, 1, 100);
+                hotUntil = Environment.TickCount64 + HotMs;
+                continue;
             }
+            if (inFlight || _closing.Count > 0 || Volatile.Read(ref _leases) > 0 || Environment.TickCount64 < hotUntil)
+            {
+                Thread.Yield();
+                continue;
+            }
+            if (_commands.IsEmpty && _ucx.Arm(_worker) && _commands.IsEmpty)
+            {
+                var fd = new PollFd { Fd = _efd, Events = PollIn };
+                _ = poll(&fd, 1, SleepMs());
+            }
+        }
+    }
+
+    /// <summary>How long the thread keeps polling after it last had news, before it sleeps: replies and completions that follow closely are not left to a wake-up.</summary>
+    private const long HotMs = 2;
+
+    /// <summary>
+    /// Readers hold leases on this owner's buffers (<paramref name="held"/> counts one up or down). Their
+    /// gets may be served by this worker's progress: where UCX has no one-sided path between two processes
+    /// (UCX 1.13 between processes of a host emulates gets with messages over shared memory), and UCX does
+    /// not wake the descriptor when a full queue drains. So while a lease is held the thread keeps progressing.
+    /// </summary>
+    public void Serving(bool held)
+    {
+        Interlocked.Add(ref _leases, held ? 1 : -1);
+        Wake();
+    }
+
+    /// <summary>How long the progress thread may sleep: until the nearest deadline, at most 100 ms (a lost event is never waited on for long).</summary>
+    private int SleepMs()
+    {
+        var ms = 100.0;
+        foreach (var b in _batches)
+        {
+            ms = Math.Min(ms, (b.Deadline - DateTime.UtcNow).TotalMilliseconds + 1);
+        }
+        return (int)Math.Clamp(ms, 0, 100);
+    }
+
+    /// <summary>Stops taking commands when none is queued (one that raced in runs first); true once closed.</summary>
+    private bool Close()
+    {
+        lock (_wakeLock)
+        {
+            _closed = _commands.IsEmpty;
+            return _closed;
         }
     }
 
@@ -232,15 +302,43 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         }
     }
 
-    private void PollClosing()
+    /// <summary>Frees the closes that completed; true when any did.</summary>
+    private bool PollClosing()
     {
+        var any = false;
         for (var i = _closing.Count - 1; i >= 0; i--)
         {
             if (_ucx.Status(_closing[i]) != Ucx.InProgress)
             {
                 _ucx.Free(_closing[i]);
                 _closing.RemoveAt(i);
+                any = true;
             }
+        }
+        return any;
+    }
+
+    /// <summary>Keeps gets of a finished batch that UCX has not completed; they and their remote keys are freed once it has.</summary>
+    private void Orphan(nint[] requests, nint[] remoteKeys) => _orphans.Add((requests, remoteKeys));
+
+    private void PollOrphans()
+    {
+        for (var i = _orphans.Count - 1; i >= 0; i--)
+        {
+            var (requests, keys) = _orphans[i];
+            if (requests.Any(r => _ucx.Status(r) == Ucx.InProgress))
+            {
+                continue;
+            }
+            foreach (var r in requests)
+            {
+                _ucx.Free(r);
+            }
+            foreach (var k in keys.Where(k => k != 0))
+            {
+                _ucx.DestroyRkey(k);
+            }
+            _orphans.RemoveAt(i);
         }
     }
 
@@ -253,10 +351,21 @@ internal sealed unsafe partial class UcxWorker : IDisposable
                 Drop(owner);
             }
             var until = DateTime.UtcNow + CloseWait;
-            while (_closing.Count > 0 && DateTime.UtcNow < until)
+            while ((_closing.Count > 0 || _orphans.Count > 0) && DateTime.UtcNow < until)
             {
                 _ = _ucx.Progress(_worker);
                 PollClosing();
+                PollOrphans();
+            }
+            if (_orphans.Count > 0)
+            {
+                // Gets UCX never completed may still write: leaving the worker (and its memory) alive is safer than destroying it under them.
+                lock (_wakeLock)
+                {
+                    _worker = 0;
+                }
+                _context = 0;
+                return;
             }
             lock (_wakeLock)
             {

@@ -10,10 +10,16 @@ namespace CheckpointEngine.Runtime.P2P;
 /// and remote keys are capabilities: a reader gets them only through a lease on the owner's
 /// token-authenticated <see cref="TcpP2PStore"/> connection, never from the metas. That TCP store is also
 /// this store's <see cref="Address"/>, and it still serves plain TCP reads to readers that use TCP.
+/// Serving and reading use separate workers: a reader's worker that must be destroyed under a read it
+/// could not cut off (see <see cref="UcxWorker.Retired"/>) is replaced without touching what this rank serves.
 /// </summary>
 public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
 {
     private readonly UcxWorker _worker;
+    private readonly IReadOnlyDictionary<string, string> _settings;
+    private readonly bool _peerErrors;
+    private readonly Lock _readerLock = new();
+    private UcxWorker? _reader;
     private readonly TcpP2PStore _control;
     private readonly ConcurrentDictionary<string, (nint Memh, byte[] RemoteKey)> _mapped = new(StringComparer.Ordinal);
     private int _disposed;
@@ -23,7 +29,8 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
     /// <exception cref="Interop.BackendUnavailableException">UCX is not installed here; the message says what was tried and how to fix it.</exception>
     public UcxP2PStore(IPAddress address, string? token, IReadOnlyDictionary<string, string>? settings = null, bool peerErrors = false)
     {
-        _worker = new UcxWorker(settings ?? new Dictionary<string, string>(), peerErrors);
+        (_settings, _peerErrors) = (settings ?? new Dictionary<string, string>(), peerErrors);
+        _worker = new UcxWorker(_settings, peerErrors);
         try
         {
             _control = new TcpP2PStore(address, token, this);
@@ -41,6 +48,27 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
 
     /// <summary>The same buffers over plain TCP: for a reader that chose the tcp transport per update.</summary>
     public IP2PStore Tcp => _control;
+
+    /// <summary>The UCX worker that serves this rank's buffers (for tests: a paused progress thread).</summary>
+    internal UcxWorker Worker => _worker;
+
+    /// <summary>The UCX worker reads run on, made on first use and again after one retired.</summary>
+    internal UcxWorker Reader
+    {
+        get
+        {
+            lock (_readerLock)
+            {
+                ObjectDisposedException.ThrowIf(_disposed != 0, this);
+                if (_reader is null || _reader.Retired)
+                {
+                    _reader?.Dispose();
+                    _reader = new UcxWorker(_settings, _peerErrors);
+                }
+                return _reader;
+            }
+        }
+    }
 
     /// <summary>The control store (its handshake and send deadline are settable for tests).</summary>
     internal TcpP2PStore Control => _control;
@@ -103,7 +131,7 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
                 gets.Add(new UcxGet(key, (ulong)(b.Address + r.Offset), r.Destination, r.Length));
             }
         }
-        var batch = _worker.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        var batch = Reader.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
         // One-sided reads do not notice an owner that exits; its control connection closing does.
         while (Task.WhenAny(batch.Completion, Task.Delay(50, CancellationToken.None)).GetAwaiter().GetResult() != batch.Completion)
         {
@@ -123,11 +151,17 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
             return;
         }
         _control.Dispose(); // Leases end here: no reader holds a remote key that opens memory about to go.
-        foreach (var (_, mapping) in _mapped)
+        foreach (var name in _mapped.Keys)
         {
-            _worker.Unmap(mapping.Memh);
+            if (_mapped.TryRemove(name, out var mapping)) // An Unregister racing this one unmaps what it removed.
+            {
+                _worker.Unmap(mapping.Memh);
+            }
         }
-        _mapped.Clear();
+        lock (_readerLock)
+        {
+            _reader?.Dispose();
+        }
         _worker.Dispose();
     }
 }

@@ -20,6 +20,9 @@ internal sealed partial class UcxWorker
 
         public string Owner => owner;
 
+        /// <summary>Why the batch failed, once it has.</summary>
+        public Exception? Failure => _failure;
+
         public Task Completion => _done.Task;
 
         /// <summary>Fails the batch (from any thread): gets in flight are cut off, and it completes once none is.</summary>
@@ -97,19 +100,13 @@ internal sealed partial class UcxWorker
                 }
             }
             Volatile.Write(ref _inflightCount, _inflight.Count);
-            done = _inflight.Count == 0 ? _failure is not null || _next == gets.Count
-                : _failure is not null && DateTime.UtcNow - _failedAt >= CloseWait;
+            if (_inflight.Count > 0 && _failure is not null && DateTime.UtcNow - _failedAt >= StuckWait)
+            {
+                worker.Retire(); // Gets nothing could stop: only destroying the worker keeps their replies out of the destination.
+            }
+            done = _inflight.Count == 0 && (_failure is not null || _next == gets.Count);
             if (done)
             {
-                // Gets that their closed endpoint did not complete within CloseWait (never seen on a healthy
-                // library) stay with the worker, which frees them and their keys once UCX completes them.
-                var stuck = _inflight.Count;
-                if (stuck > 0)
-                {
-                    worker.Orphan([.. _inflight], _rkeys);
-                    (_rkeys, _failure) = ([], new P2PException($"{_failure!.Message} ({stuck} gets did not stop within {CloseWait.TotalSeconds:F0} s of closing the endpoint)", _failure));
-                    _inflight.Clear();
-                }
                 Finish(_failure);
             }
             return changed || done;
@@ -131,14 +128,20 @@ internal sealed partial class UcxWorker
             worker.Drop(owner);
         }
 
-        /// <summary>Frees the remote keys and completes the task.</summary>
-        public void Finish(Exception? failure)
+        /// <summary>Frees the remote keys (on the progress thread, while the worker exists).</summary>
+        public void DestroyKeys()
         {
             foreach (var rkey in _rkeys.Where(k => k != 0))
             {
                 worker._ucx.DestroyRkey(rkey);
             }
             _rkeys = [];
+        }
+
+        /// <summary>Frees the remote keys and completes the task.</summary>
+        public void Finish(Exception? failure)
+        {
+            DestroyKeys();
             if (failure is null)
             {
                 _done.TrySetResult();

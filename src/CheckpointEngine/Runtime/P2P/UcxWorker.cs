@@ -20,12 +20,14 @@ internal sealed unsafe partial class UcxWorker : IDisposable
 
     private static readonly TimeSpan CloseWait = TimeSpan.FromSeconds(10);
 
+    /// <summary>How long a cut-off read's gets may take to complete once canceled and their endpoint closed, before the worker retires (see <see cref="Retire"/>).</summary>
+    internal static readonly TimeSpan StuckWait = TimeSpan.FromSeconds(1);
+
     private readonly Ucx _ucx;
-    private readonly ConcurrentQueue<Action> _commands = new();
+    private readonly ConcurrentQueue<(Action Run, Action<Exception> Refuse)> _commands = new();
     private readonly List<Batch> _batches = [];
     private readonly Dictionary<string, (byte[] Address, nint Ep)> _endpoints = new(StringComparer.Ordinal);
     private readonly List<nint> _closing = [];
-    private readonly List<(nint[] Requests, nint[] RemoteKeys)> _orphans = [];
     private readonly Thread _thread;
     private readonly Lock _wakeLock = new();
     private nint _context;
@@ -33,8 +35,10 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     private readonly bool _peerErrors;
     private int _efd;
     private volatile bool _stopping;
+    private volatile bool _retired;
     private bool _closed;
     private int _leases;
+    private int _inFlight;
     private int _disposed;
 
     /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (e.g. <c>NET_DEVICES</c>, <c>TLS</c>).</param>
@@ -58,7 +62,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     public T Invoke<T>(Func<T> action)
     {
         var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        Post(() =>
+        Post(e => done.TrySetException(e), () =>
         {
             try
             {
@@ -72,13 +76,14 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         return done.Task.GetAwaiter().GetResult();
     }
 
-    private void Post(Action command)
+    /// <summary>Queues <paramref name="command"/> for the progress thread; a worker that retires first calls <paramref name="refuse"/> instead.</summary>
+    private void Post(Action<Exception> refuse, Action command)
     {
         lock (_wakeLock)
         {
             // Checked under the lock that closing takes: a command is either run or refused, never lost.
             ObjectDisposedException.ThrowIf(_closed || _worker == 0, this);
-            _commands.Enqueue(command);
+            _commands.Enqueue((command, refuse));
         }
         Wake();
     }
@@ -115,7 +120,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         var batch = new Batch(this, owner, address, remoteKeys, gets, deadline, ct);
         var registration = ct.Register(Wake);
         _ = batch.Completion.ContinueWith(_ => registration.Dispose(), TaskScheduler.Default);
-        Post(() => Start(batch));
+        Post(e => batch.Finish(e), () => Start(batch));
         return batch;
     }
 
@@ -182,9 +187,13 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         while (true)
         {
             var worked = false;
+            if (_retired)
+            {
+                return;
+            }
             while (_commands.TryDequeue(out var command))
             {
-                command();
+                command.Run();
                 worked = true;
             }
             if (_stopping && _batches.Count == 0 && _closing.Count == 0 && Close())
@@ -209,7 +218,11 @@ internal sealed unsafe partial class UcxWorker : IDisposable
                 }
             }
             worked |= PollClosing();
-            PollOrphans();
+            Volatile.Write(ref _inFlight, _batches.Sum(b => b.InFlight));
+            if (_inFlight > 0)
+            {
+                GetsInFlight?.Invoke();
+            }
             if (worked)
             {
                 hotUntil = Environment.TickCount64 + HotMs;
@@ -227,6 +240,15 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             }
         }
     }
+
+    /// <summary>Gets issued and not completed: for tests, none once a read's task ended.</summary>
+    internal int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>Raised on the progress thread while gets are in flight (for tests that act mid-read).</summary>
+    internal event Action? GetsInFlight;
+
+    /// <summary>Holds the progress thread until <paramref name="release"/> ends (at most a minute): for tests, an owner whose gets are not served.</summary>
+    internal void Pause(Task release) => Post(_ => { }, () => release.Wait(TimeSpan.FromMinutes(1)));
 
     /// <summary>How long the thread keeps polling after it last had news, before it sleeps: replies and completions that follow closely are not left to a wake-up.</summary>
     private const long HotMs = 2;
@@ -318,32 +340,32 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         return any;
     }
 
-    /// <summary>Keeps gets of a finished batch that UCX has not completed; they and their remote keys are freed once it has.</summary>
-    private void Orphan(nint[] requests, nint[] remoteKeys) => _orphans.Add((requests, remoteKeys));
+    /// <summary>
+    /// This worker is done: a cut-off read left gets that neither completed nor were canceled (UCX 1.13
+    /// cannot cancel gets it emulates with messages: only the owner's reply ends them, and that reply would
+    /// write into memory the reader has taken back). The progress thread stops, destroys the worker (so no
+    /// reply can land any more), then fails every read still on it; the store reads with a new worker.
+    /// </summary>
+    private void Retire() => _retired = true;
 
-    private void PollOrphans()
-    {
-        for (var i = _orphans.Count - 1; i >= 0; i--)
-        {
-            var (requests, keys) = _orphans[i];
-            if (requests.Any(r => _ucx.Status(r) == Ucx.InProgress))
-            {
-                continue;
-            }
-            foreach (var r in requests)
-            {
-                _ucx.Free(r);
-            }
-            foreach (var k in keys.Where(k => k != 0))
-            {
-                _ucx.DestroyRkey(k);
-            }
-            _orphans.RemoveAt(i);
-        }
-    }
+    /// <summary>The worker retired after a read it could not cut off (see <see cref="Retire"/>); reads need a new one.</summary>
+    public bool Retired => _retired;
 
     private void Teardown()
     {
+        if (_retired)
+        {
+            lock (_wakeLock)
+            {
+                _closed = true; // Nothing is queued past this point.
+            }
+            foreach (var b in _batches)
+            {
+                b.DestroyKeys();
+            }
+            _closing.Clear(); // Freed with the worker.
+            _endpoints.Clear();
+        }
         if (_worker != 0)
         {
             foreach (var owner in _endpoints.Keys.ToList())
@@ -351,26 +373,16 @@ internal sealed unsafe partial class UcxWorker : IDisposable
                 Drop(owner);
             }
             var until = DateTime.UtcNow + CloseWait;
-            while ((_closing.Count > 0 || _orphans.Count > 0) && DateTime.UtcNow < until)
+            while (_closing.Count > 0 && DateTime.UtcNow < until)
             {
                 _ = _ucx.Progress(_worker);
                 PollClosing();
-                PollOrphans();
-            }
-            if (_orphans.Count > 0)
-            {
-                // Gets UCX never completed may still write: leaving the worker (and its memory) alive is safer than destroying it under them.
-                lock (_wakeLock)
-                {
-                    _worker = 0;
-                }
-                _context = 0;
-                return;
             }
             lock (_wakeLock)
             {
                 _ucx.DestroyWorker(_worker);
                 _worker = 0;
+                _inFlight = 0; // Gets of a destroyed worker cannot land.
             }
         }
         if (_context != 0)
@@ -378,7 +390,18 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             _ucx.Cleanup(_context);
             _context = 0;
         }
+        var gone = new ObjectDisposedException(nameof(UcxWorker));
+        foreach (var b in _batches)
+        {
+            b.Finish(b.Failure ?? new P2PException($"P2P read from {b.Owner} stopped: this reader's UCX worker was reset after a read it could not cut off"));
+        }
+        _batches.Clear();
+        while (_commands.TryDequeue(out var command))
+        {
+            command.Refuse(gone);
+        }
     }
+
 
     public void Dispose()
     {

@@ -1,3 +1,4 @@
+using System.Net;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime.P2P;
 using CheckpointEngine.Tests.Support;
@@ -130,5 +131,33 @@ public sealed class UcxP2PStoreTests : IDisposable
         var e = await Assert.ThrowsAsync<P2PException>(() => read.WaitAsync(Deadline, Ct));
         Assert.Contains(owner.Address, e.Message); // "stopped: this P2P store is closing", or its lease's connection seen closed first.
         AssertRetired(worker);
+    }
+
+    [Fact]
+    public async Task Read_FromAnotherHost_WithNoUcxTransportThere_FailsAtOnceSayingWhatToChange_AndSameHostReadsWork()
+    {
+        P2PStores.RequireUcx();
+        // As a rank makes it by default without an RDMA device: UCX's TCP transport off, so nothing reaches other hosts.
+        var reader = P2PTransports.Create(P2PTransport.Ucx, IPAddress.Loopback, "secret", [], ucxTlsSet: false);
+        _owned.Add(reader);
+        var e = await Assert.ThrowsAsync<P2PException>(() => reader.ReadAsync("192.0.2.1:9", [new("ckpt/0", 0, 64, _target.Address)], TimeSpan.FromMinutes(10), Ct)
+            .WaitAsync(Deadline, Ct)); // Allowed 10 minutes, failed within the guard: at once, not at its deadline.
+        Assert.StartsWith("P2P read from 192.0.2.1:9 over ucx: the owner is on another host", e.Message);
+        Assert.Contains("--p2p-transport tcp", e.Message);
+        Assert.Contains("UCX_TLS", e.Message);
+
+        var owner = Store();
+        owner.Register("ckpt/0", _source.Address, Size);
+        await reader.ReadAsync(owner.Address, [new("ckpt/0", 0, Size, _target.Address)], Deadline, Ct);
+        Assert.True(_source.AsSpan(0, Size).SequenceEqual(_target.AsSpan(0, Size)));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Auto_WithoutAnRdmaDevice_NeverChoosesUcx(bool ucxTlsSet)
+    {
+        using var store = P2PTransports.Create(P2PTransport.Auto, IPAddress.Loopback, "secret", [], ucxTlsSet);
+        Assert.Equal("tcp", store.Transport);
     }
 }

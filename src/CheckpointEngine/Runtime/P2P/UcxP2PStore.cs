@@ -18,6 +18,7 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
     private readonly UcxWorker _worker;
     private readonly IReadOnlyDictionary<string, string> _settings;
     private readonly bool _peerErrors;
+    private readonly bool _sameHostOnly;
     private readonly Lock _readerLock = new();
     private UcxWorker? _reader;
     private readonly TcpP2PStore _control;
@@ -26,10 +27,11 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
 
     /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (<c>NET_DEVICES</c>, <c>TLS</c>; see <see cref="P2PTransports.Create(P2PTransport, IPAddress, string?, IReadOnlyList{RdmaDevice}, bool)"/>).</param>
     /// <param name="peerErrors">Endpoints that report a failed owner (RDMA, TCP); without, only the control connection tells (shared memory).</param>
+    /// <param name="sameHostOnly">UCX has no transport to other hosts (no RDMA device, and UCX's TCP transport left off): a read from an owner elsewhere fails at once, saying what to change.</param>
     /// <exception cref="Interop.BackendUnavailableException">UCX is not installed here; the message says what was tried and how to fix it.</exception>
-    public UcxP2PStore(IPAddress address, string? token, IReadOnlyDictionary<string, string>? settings = null, bool peerErrors = false)
+    public UcxP2PStore(IPAddress address, string? token, IReadOnlyDictionary<string, string>? settings = null, bool peerErrors = false, bool sameHostOnly = false)
     {
-        (_settings, _peerErrors) = (settings ?? new Dictionary<string, string>(), peerErrors);
+        (_settings, _peerErrors, _sameHostOnly) = (settings ?? new Dictionary<string, string>(), peerErrors, sameHostOnly);
         _worker = new UcxWorker(_settings, peerErrors);
         try
         {
@@ -115,6 +117,11 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
     private void Read(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + timeout;
+        if (_sameHostOnly && !OnThisHost(owner))
+        {
+            throw new P2PException($"P2P read from {owner} over ucx: the owner is on another host, and UCX here reaches other hosts only over RDMA (no device found) or " +
+                $"its TCP transport, which is off by default ({UnreachableHint})");
+        }
         var names = reads.Select(r => r.Buffer).Distinct(StringComparer.Ordinal).ToList();
         using var lease = _control.TakeLease(owner, names, deadline, ct);
         var gets = new List<UcxGet>(reads.Count);
@@ -142,6 +149,21 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
         }
         batch.Completion.GetAwaiter().GetResult();
         lease.End(deadline, ct);
+    }
+
+    /// <summary>What to do when UCX cannot reach an owner.</summary>
+    internal const string UnreachableHint = "use --p2p-transport tcp, or set UCX_TLS to transports that reach it, e.g. UCX_TLS=tcp, knowing that UCX's TCP transport does not check remote keys";
+
+    /// <summary>Whether <paramref name="owner"/> (IP:port) is an address of this host.</summary>
+    private static bool OnThisHost(string owner)
+    {
+        var colon = owner.LastIndexOf(':');
+        if (colon <= 0 || !IPAddress.TryParse(owner[..colon].Trim('[', ']'), out var ip))
+        {
+            return true; // Not an address: the lease names the problem.
+        }
+        return IPAddress.IsLoopback(ip) || System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
+            .Any(n => n.GetIPProperties().UnicastAddresses.Any(a => a.Address.Equals(ip)));
     }
 
     public void Dispose()

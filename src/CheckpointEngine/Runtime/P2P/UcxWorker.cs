@@ -293,6 +293,10 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             batch.Open();
             _batches.Add(batch);
         }
+        catch (UcxException e) when (e.Call == "ucp_ep_create")
+        {
+            batch.Finish(new P2PException($"P2P read from {batch.Owner} over ucx: UCX has no transport to this owner ({e.Message}); {UcxP2PStore.UnreachableHint}", e));
+        }
         catch (Exception e)
         {
             batch.Finish(e is P2PException ? e : new P2PException($"P2P read from {batch.Owner} failed: {e.Message}", e));

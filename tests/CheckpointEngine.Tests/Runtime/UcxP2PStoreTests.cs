@@ -2,6 +2,7 @@ using System.Net;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime.P2P;
 using CheckpointEngine.Tests.Support;
+using static CheckpointEngine.Runtime.Rendezvous.StoreProtocol;
 
 namespace CheckpointEngine.Tests.Runtime;
 
@@ -159,5 +160,29 @@ public sealed class UcxP2PStoreTests : IDisposable
     {
         using var store = P2PTransports.Create(P2PTransport.Auto, IPAddress.Loopback, "secret", [], ucxTlsSet);
         Assert.Equal("tcp", store.Transport);
+    }
+
+    [Fact]
+    public async Task LeaseRequest_WithoutTheHandshake_GetsNoWorkerAddressOrKey_JustTheClose()
+    {
+        var owner = Store();
+        owner.Register("ckpt/0", _source.Address, Size);
+        var colon = owner.Address.LastIndexOf(':');
+        using var socket = await RawPeer.ConnectAsync(new IPEndPoint(IPAddress.Loopback, int.Parse(owner.Address[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture)));
+        await socket.SendAsync(new Writer().Int32(-1).Int32(1).String("ckpt/0").ToFrame(), Ct).AsTask().WaitAsync(Deadline, Ct);
+        var got = new byte[64 << 10];
+        var total = 0;
+        try
+        {
+            int n;
+            while ((n = await socket.ReceiveAsync(got.AsMemory(total), Ct).AsTask().WaitAsync(Deadline, Ct)) > 0)
+            {
+                total += n;
+            }
+        }
+        catch (System.Net.Sockets.SocketException)
+        {
+        }
+        Assert.Equal(0, total);
     }
 }

@@ -138,7 +138,16 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
                 gets.Add(new UcxGet(key, (ulong)(b.Address + r.Offset), r.Destination, r.Length));
             }
         }
-        var batch = Reader.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        UcxWorker.Batch batch;
+        try
+        {
+            batch = Reader.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        }
+        catch (ObjectDisposedException) when (_disposed == 0)
+        {
+            // The reader's worker retired just now (another read it could not cut off): a new one takes this read.
+            batch = Reader.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        }
         // One-sided reads do not notice an owner that exits; its control connection closing does.
         while (Task.WhenAny(batch.Completion, Task.Delay(50, CancellationToken.None)).GetAwaiter().GetResult() != batch.Completion)
         {

@@ -120,7 +120,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         var batch = new Batch(this, owner, address, remoteKeys, gets, deadline, ct);
         var registration = ct.Register(Wake);
         _ = batch.Completion.ContinueWith(_ => registration.Dispose(), TaskScheduler.Default);
-        Post(e => batch.Finish(e), () => Start(batch));
+        Post(e => batch.Finish(new P2PException($"P2P read from {owner} stopped: this reader's UCX worker was reset after a read it could not cut off", e)), () => Start(batch));
         return batch;
     }
 
@@ -405,7 +405,6 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             command.Refuse(gone);
         }
     }
-
 
     public void Dispose()
     {

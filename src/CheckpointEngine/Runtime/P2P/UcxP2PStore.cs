@@ -161,7 +161,7 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
     }
 
     /// <summary>What to do when UCX cannot reach an owner.</summary>
-    internal const string UnreachableHint = "use --p2p-transport tcp, or set UCX_TLS to transports that reach it, e.g. UCX_TLS=tcp, knowing that UCX's TCP transport does not check remote keys";
+    internal const string UnreachableHint = "use --p2p-transport tcp, or set UCX_TLS on owners and readers alike to transports that reach each other, e.g. UCX_TLS=tcp, knowing that UCX's TCP transport does not check remote keys";
 
     /// <summary>Whether <paramref name="owner"/> (IP:port) is an address of this host.</summary>
     private static bool OnThisHost(string owner)

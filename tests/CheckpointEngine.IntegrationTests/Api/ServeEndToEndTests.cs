@@ -8,6 +8,8 @@ using System.Text.Json;
 using CheckpointEngine.Checkpoints;
 using CheckpointEngine.Hosting;
 using CheckpointEngine.IntegrationTests.Runtime;
+using CheckpointEngine.Runtime.P2P;
+using CheckpointEngine.Tests.Support;
 
 namespace CheckpointEngine.IntegrationTests.Api;
 
@@ -69,8 +71,9 @@ public sealed class ServeEndToEndTests : IDisposable
         return JsonDocument.Parse(text).RootElement.Clone();
     }
 
-    [Fact]
-    public async Task TwoServeRanks_BroadcastThenP2PUpdate_ThroughTheApi_WorkerHoldsEveryTensor()
+    [Theory]
+    [MemberData(nameof(P2PStores.Transports), MemberType = typeof(P2PStores))]
+    public async Task TwoServeRanks_BroadcastThenP2PUpdate_ThroughTheApi_WorkerHoldsEveryTensor(string transport)
     {
         // The checkpoint in four files; each rank registers two.
         var tensors = Enumerable.Range(0, 24).Select(i => TestTensor.Random($"layers.{i / 3}.w{i % 3}", i % 2 == 0 ? DType.BF16 : DType.F32, [16 + i, 8])).ToArray();
@@ -92,6 +95,7 @@ public sealed class ServeEndToEndTests : IDisposable
             ["MASTER_PORT"] = port,
             ["CKPT_ENGINE_TOKEN"] = Token,
             ["CKPT_ENGINE_DEVICE_ID"] = $"api-e2e-{_id}-{r}",
+            [P2PTransports.Variable] = transport,
         })));
         var clients = Enumerable.Range(0, 2).Select(r =>
         {
@@ -109,11 +113,11 @@ public sealed class ServeEndToEndTests : IDisposable
             var gathered = await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/gather-metas")));
             Assert.All(gathered, g => Assert.Equal(tensors.Length, g.GetProperty("tensors").GetInt32()));
 
-            foreach (var (body, mode) in new[] { ($"{{\"update_url\": \"{workerUrl}\", \"timeout\": 30}}", "broadcast"), ($"{{\"ranks\": [0, 1], \"update_url\": \"{workerUrl}\", \"timeout\": 30, \"p2p_transport\": \"tcp\"}}", "p2p") })
+            foreach (var (body, mode) in new[] { ($"{{\"update_url\": \"{workerUrl}\", \"timeout\": 30}}", "broadcast"), ($"{{\"ranks\": [0, 1], \"update_url\": \"{workerUrl}\", \"timeout\": 30, \"p2p_transport\": \"{transport}\"}}", "p2p") })
             {
                 var reports = await Task.WhenAll(clients.Select(c => OkAsync(c, "/v1/checkpoints/step/update", body)));
                 Assert.All(reports, r => Assert.Equal((mode, tensors.Sum(t => t.Bytes.LongLength)), (r.GetProperty("mode").GetString(), r.GetProperty("bytes").GetInt64())));
-                Assert.All(reports, r => Assert.Equal(mode == "p2p" ? "tcp" : null, r.TryGetProperty("p2p_transport", out var t) ? t.GetString() : null));
+                Assert.All(reports, r => Assert.Equal(mode == "p2p" ? transport : null, r.TryGetProperty("p2p_transport", out var t) ? t.GetString() : null));
                 using var http = new HttpClient { BaseAddress = new Uri(workerUrl) };
                 var digest = await http.GetFromJsonAsync<JsonElement>("/v1/weights/digest", TestContext.Current.CancellationToken);
                 var expected = tensors.ToDictionary(t => t.Name, t => t.Sha256).OrderBy(kv => kv.Key, StringComparer.Ordinal);

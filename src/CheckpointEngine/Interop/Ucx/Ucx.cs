@@ -145,6 +145,7 @@ internal sealed unsafe class Ucx
     private readonly delegate* unmanaged<ucp_ep_h, nint, nuint, ulong, ucp_rkey_h, UcpRequestParam*, ucs_status_ptr_t> _getNbx;
     private readonly delegate* unmanaged<nint, int> _requestCheckStatus;
     private readonly delegate* unmanaged<nint, void> _requestFree;
+    private readonly delegate* unmanaged<ucp_worker_h, nint, void> _requestCancel;
     private readonly delegate* unmanaged<int, byte*> _statusString;
 
     private Ucx(nint lib)
@@ -175,6 +176,7 @@ internal sealed unsafe class Ucx
         _getNbx = (delegate* unmanaged<ucp_ep_h, nint, nuint, ulong, ucp_rkey_h, UcpRequestParam*, ucs_status_ptr_t>)F("ucp_get_nbx");
         _requestCheckStatus = (delegate* unmanaged<nint, int>)F("ucp_request_check_status");
         _requestFree = (delegate* unmanaged<nint, void>)F("ucp_request_free");
+        _requestCancel = (delegate* unmanaged<ucp_worker_h, nint, void>)F("ucp_request_cancel");
         _statusString = (delegate* unmanaged<int, byte*>)F("ucs_status_string"); // libucs, found through libucp's dependencies.
         uint major, minor, release;
         _getVersion(&major, &minor, &release);
@@ -367,6 +369,9 @@ internal sealed unsafe class Ucx
     public int Status(nint request) => _requestCheckStatus(request);
 
     public void Free(nint request) => _requestFree(request);
+
+    /// <summary>Asks UCX to cancel <paramref name="request"/>; it still completes (canceled or done) through progress and must then be freed.</summary>
+    public void Cancel(ucp_worker_h worker, nint request) => _requestCancel(worker, request);
 
     private static bool IsError(nint r) => (nuint)r >= unchecked((nuint)(nint)ErrLast);
 

@@ -61,6 +61,6 @@ public static class P2PTransports
         {
             settings["TLS"] = DefaultUcxTransports;
         }
-        return new UcxP2PStore(address, token, settings, peerErrors: rdma.Count > 0 || ucxTlsSet);
+        return new UcxP2PStore(address, token, settings, peerErrors: rdma.Count > 0 || ucxTlsSet, sameHostOnly: rdma.Count == 0 && !ucxTlsSet);
     }
 }

@@ -33,6 +33,9 @@ public sealed partial class TcpP2PStore
 
         /// <summary>The packed remote key of a registered buffer, or null when the buffer is not mapped for one-sided reads.</summary>
         byte[]? RemoteKey(string buffer);
+
+        /// <summary>A reader holds a lease (<c>true</c>) or ended it (<c>false</c>): its gets may need this owner's progress.</summary>
+        void Leased(bool held);
     }
 
     /// <summary>One buffer of a lease: where it lies in the owner and the key that opens it.</summary>
@@ -80,13 +83,21 @@ public sealed partial class TcpP2PStore
                 socket.Send(new StoreProtocol.Writer().String(problem).ToFrame().Span);
                 return;
             }
-            socket.Send([0]);
-            socket.Send(grant.ToFrame().Span);
-            // Held until the reader is done: its next frame must end the lease.
-            var end = Frame(stream) ?? throw new IOException("the reader left during its lease");
-            if (end.Length != 4 || BitConverter.ToInt32(end) != LeaseEnd)
+            _remote!.Leased(true);
+            try
             {
-                throw new InvalidDataException("a lease was not ended by its reader");
+                socket.Send([0]);
+                socket.Send(grant.ToFrame().Span);
+                // Held until the reader is done: its next frame must end the lease.
+                var end = Frame(stream) ?? throw new IOException("the reader left during its lease");
+                if (end.Length != 4 || BitConverter.ToInt32(end) != LeaseEnd)
+                {
+                    throw new InvalidDataException("a lease was not ended by its reader");
+                }
+            }
+            finally
+            {
+                _remote.Leased(false);
             }
             socket.Send([0]);
         }

@@ -10,20 +10,29 @@ namespace CheckpointEngine.Runtime.P2P;
 /// and remote keys are capabilities: a reader gets them only through a lease on the owner's
 /// token-authenticated <see cref="TcpP2PStore"/> connection, never from the metas. That TCP store is also
 /// this store's <see cref="Address"/>, and it still serves plain TCP reads to readers that use TCP.
+/// Serving and reading use separate workers: a reader's worker that must be destroyed under a read it
+/// could not cut off (see <see cref="UcxWorker.Retired"/>) is replaced without touching what this rank serves.
 /// </summary>
 public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
 {
     private readonly UcxWorker _worker;
+    private readonly IReadOnlyDictionary<string, string> _settings;
+    private readonly bool _peerErrors;
+    private readonly bool _sameHostOnly;
+    private readonly Lock _readerLock = new();
+    private UcxWorker? _reader;
     private readonly TcpP2PStore _control;
     private readonly ConcurrentDictionary<string, (nint Memh, byte[] RemoteKey)> _mapped = new(StringComparer.Ordinal);
     private int _disposed;
 
     /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (<c>NET_DEVICES</c>, <c>TLS</c>; see <see cref="P2PTransports.Create(P2PTransport, IPAddress, string?, IReadOnlyList{RdmaDevice}, bool)"/>).</param>
     /// <param name="peerErrors">Endpoints that report a failed owner (RDMA, TCP); without, only the control connection tells (shared memory).</param>
+    /// <param name="sameHostOnly">UCX has no transport to other hosts (no RDMA device, and UCX's TCP transport left off): a read from an owner elsewhere fails at once, saying what to change.</param>
     /// <exception cref="Interop.BackendUnavailableException">UCX is not installed here; the message says what was tried and how to fix it.</exception>
-    public UcxP2PStore(IPAddress address, string? token, IReadOnlyDictionary<string, string>? settings = null, bool peerErrors = false)
+    public UcxP2PStore(IPAddress address, string? token, IReadOnlyDictionary<string, string>? settings = null, bool peerErrors = false, bool sameHostOnly = false)
     {
-        _worker = new UcxWorker(settings ?? new Dictionary<string, string>(), peerErrors);
+        (_settings, _peerErrors, _sameHostOnly) = (settings ?? new Dictionary<string, string>(), peerErrors, sameHostOnly);
+        _worker = new UcxWorker(_settings, peerErrors);
         try
         {
             _control = new TcpP2PStore(address, token, this);
@@ -42,12 +51,35 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
     /// <summary>The same buffers over plain TCP: for a reader that chose the tcp transport per update.</summary>
     public IP2PStore Tcp => _control;
 
+    /// <summary>The UCX worker that serves this rank's buffers (for tests: a paused progress thread).</summary>
+    internal UcxWorker Worker => _worker;
+
+    /// <summary>The UCX worker reads run on, made on first use and again after one retired.</summary>
+    internal UcxWorker Reader
+    {
+        get
+        {
+            lock (_readerLock)
+            {
+                ObjectDisposedException.ThrowIf(_disposed != 0, this);
+                if (_reader is null || _reader.Retired)
+                {
+                    _reader?.Dispose();
+                    _reader = new UcxWorker(_settings, _peerErrors);
+                }
+                return _reader;
+            }
+        }
+    }
+
     /// <summary>The control store (its handshake and send deadline are settable for tests).</summary>
     internal TcpP2PStore Control => _control;
 
     ReadOnlySpan<byte> TcpP2PStore.IRemoteAccess.WorkerAddress => _worker.Address;
 
     byte[]? TcpP2PStore.IRemoteAccess.RemoteKey(string buffer) => _mapped.TryGetValue(buffer, out var m) ? m.RemoteKey : null;
+
+    void TcpP2PStore.IRemoteAccess.Leased(bool held) => _worker.Serving(held);
 
     public void Register(string name, nint address, long length)
     {
@@ -85,6 +117,11 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
     private void Read(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + timeout;
+        if (_sameHostOnly && !OnThisHost(owner))
+        {
+            throw new P2PException($"P2P read from {owner} over ucx: the owner is on another host, and UCX here reaches other hosts only over RDMA (no device found) or " +
+                $"its TCP transport, which is off by default ({UnreachableHint})");
+        }
         var names = reads.Select(r => r.Buffer).Distinct(StringComparer.Ordinal).ToList();
         using var lease = _control.TakeLease(owner, names, deadline, ct);
         var gets = new List<UcxGet>(reads.Count);
@@ -101,7 +138,16 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
                 gets.Add(new UcxGet(key, (ulong)(b.Address + r.Offset), r.Destination, r.Length));
             }
         }
-        var batch = _worker.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        UcxWorker.Batch batch;
+        try
+        {
+            batch = Reader.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        }
+        catch (ObjectDisposedException) when (_disposed == 0)
+        {
+            // The reader's worker retired just now (another read it could not cut off): a new one takes this read.
+            batch = Reader.Read(owner, lease.WorkerAddress, [.. lease.Buffers.Select(b => b.RemoteKey)], gets, deadline, ct);
+        }
         // One-sided reads do not notice an owner that exits; its control connection closing does.
         while (Task.WhenAny(batch.Completion, Task.Delay(50, CancellationToken.None)).GetAwaiter().GetResult() != batch.Completion)
         {
@@ -114,6 +160,21 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
         lease.End(deadline, ct);
     }
 
+    /// <summary>What to do when UCX cannot reach an owner.</summary>
+    internal const string UnreachableHint = "use --p2p-transport tcp, or set UCX_TLS on owners and readers alike to transports that reach each other, e.g. UCX_TLS=tcp, knowing that UCX's TCP transport does not check remote keys";
+
+    /// <summary>Whether <paramref name="owner"/> (IP:port) is an address of this host.</summary>
+    private static bool OnThisHost(string owner)
+    {
+        var colon = owner.LastIndexOf(':');
+        if (colon <= 0 || !IPAddress.TryParse(owner[..colon].Trim('[', ']'), out var ip))
+        {
+            return true; // Not an address: the lease names the problem.
+        }
+        return IPAddress.IsLoopback(ip) || System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
+            .Any(n => n.GetIPProperties().UnicastAddresses.Any(a => a.Address.Equals(ip)));
+    }
+
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
@@ -121,11 +182,17 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
             return;
         }
         _control.Dispose(); // Leases end here: no reader holds a remote key that opens memory about to go.
-        foreach (var (_, mapping) in _mapped)
+        foreach (var name in _mapped.Keys)
         {
-            _worker.Unmap(mapping.Memh);
+            if (_mapped.TryRemove(name, out var mapping)) // An Unregister racing this one unmaps what it removed.
+            {
+                _worker.Unmap(mapping.Memh);
+            }
         }
-        _mapped.Clear();
+        lock (_readerLock)
+        {
+            _reader?.Dispose();
+        }
         _worker.Dispose();
     }
 }

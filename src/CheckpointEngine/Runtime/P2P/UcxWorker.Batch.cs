@@ -16,8 +16,12 @@ internal sealed partial class UcxWorker
         private Exception? _failure;
         private DateTime _failedAt;
         private volatile string? _abort;
+        private int _inflightCount;
 
         public string Owner => owner;
+
+        /// <summary>Why the batch failed, once it has.</summary>
+        public Exception? Failure => _failure;
 
         public Task Completion => _done.Task;
 
@@ -39,10 +43,16 @@ internal sealed partial class UcxWorker
             }
         }
 
-        /// <summary>Polls, issues more gets, watches the deadline; true once the batch completed.</summary>
-        public bool Step()
+        public DateTime Deadline => deadline;
+
+        /// <summary>Gets issued and not completed yet (for tests: none once <see cref="Completion"/> ended).</summary>
+        public int InFlight => Volatile.Read(ref _inflightCount);
+
+        /// <summary>Polls, issues more gets, watches the deadline; <paramref name="done"/> once the batch completed. True when anything changed.</summary>
+        public bool Step(out bool done)
         {
             var ucx = worker._ucx;
+            var changed = false;
             if (_failure is null)
             {
                 Fail(_abort is { } why ? new P2PException(why)
@@ -60,6 +70,7 @@ internal sealed partial class UcxWorker
                 }
                 ucx.Free(_inflight[i]);
                 _inflight.RemoveAt(i);
+                changed = true;
                 if (status != Ucx.Ok)
                 {
                     Fail(new P2PException($"P2P read from {owner} failed: {ucx.StatusName(status)} (did the owner exit?)"));
@@ -69,6 +80,7 @@ internal sealed partial class UcxWorker
             {
                 var g = gets[_next];
                 var n = Math.Min(ChunkBytes, g.Length - _offset);
+                changed = true;
                 try
                 {
                     if (ucx.Get(_ep, g.Local + (nint)_offset, n, g.Remote + (ulong)_offset, _rkeys[g.Key]) is var request and not 0)
@@ -87,17 +99,17 @@ internal sealed partial class UcxWorker
                     (_next, _offset) = (_next + 1, 0);
                 }
             }
-            if (_inflight.Count > 0 && (_failure is null || DateTime.UtcNow - _failedAt < CloseWait))
+            Volatile.Write(ref _inflightCount, _inflight.Count);
+            if (_inflight.Count > 0 && _failure is not null && DateTime.UtcNow - _failedAt >= StuckWait)
             {
-                return false;
+                worker.Retire(); // Gets nothing could stop: only destroying the worker keeps their replies out of the destination.
             }
-            if (_failure is null && _next < gets.Count)
+            done = _inflight.Count == 0 && (_failure is not null || _next == gets.Count);
+            if (done)
             {
-                return false;
+                Finish(_failure);
             }
-            // Requests still in flight CloseWait after their endpoint was closed are left to UCX (never seen on a healthy library).
-            Finish(_failure);
-            return true;
+            return changed || done;
         }
 
         private void Fail(Exception? failure)
@@ -107,17 +119,29 @@ internal sealed partial class UcxWorker
                 return;
             }
             (_failure, _failedAt) = (failure, DateTime.UtcNow);
-            worker.Drop(owner); // Completes the gets in flight (with an error): nothing writes into the destination afterwards.
+            foreach (var request in _inflight)
+            {
+                worker._ucx.Cancel(worker._worker, request);
+            }
+            // Closing the endpoint at once completes the gets still in flight (with an error); the batch
+            // completes only when every one has, so nothing writes into the destination afterwards.
+            worker.Drop(owner);
         }
 
-        /// <summary>Frees the remote keys and completes the task.</summary>
-        public void Finish(Exception? failure)
+        /// <summary>Frees the remote keys (on the progress thread, while the worker exists).</summary>
+        public void DestroyKeys()
         {
             foreach (var rkey in _rkeys.Where(k => k != 0))
             {
                 worker._ucx.DestroyRkey(rkey);
             }
             _rkeys = [];
+        }
+
+        /// <summary>Frees the remote keys and completes the task.</summary>
+        public void Finish(Exception? failure)
+        {
+            DestroyKeys();
             if (failure is null)
             {
                 _done.TrySetResult();

@@ -7,7 +7,7 @@ namespace CheckpointEngine.Runtime.P2P;
 /// <summary>
 /// One UCP context and worker, driven by a thread of its own: UCX's single-threaded mode, so every UCX
 /// call (mapping, endpoints, gets, progress) runs there; other threads hand it work and wake it with
-/// <c>ucp_worker_signal</c>. While reads are in flight it polls; idle, it sleeps on the worker's
+/// <c>ucp_worker_signal</c>. While reads are in flight or leased it polls; idle, it sleeps on the worker's
 /// wake-up descriptor (an owner's worker must still answer when a reader connects).
 /// </summary>
 internal sealed unsafe partial class UcxWorker : IDisposable
@@ -20,8 +20,11 @@ internal sealed unsafe partial class UcxWorker : IDisposable
 
     private static readonly TimeSpan CloseWait = TimeSpan.FromSeconds(10);
 
+    /// <summary>How long a cut-off read's gets may take to complete once canceled and their endpoint closed, before the worker retires (see <see cref="Retire"/>).</summary>
+    internal static readonly TimeSpan StuckWait = TimeSpan.FromSeconds(1);
+
     private readonly Ucx _ucx;
-    private readonly ConcurrentQueue<Action> _commands = new();
+    private readonly ConcurrentQueue<(Action Run, Action<Exception> Refuse)> _commands = new();
     private readonly List<Batch> _batches = [];
     private readonly Dictionary<string, (byte[] Address, nint Ep)> _endpoints = new(StringComparer.Ordinal);
     private readonly List<nint> _closing = [];
@@ -32,6 +35,10 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     private readonly bool _peerErrors;
     private int _efd;
     private volatile bool _stopping;
+    private volatile bool _retired;
+    private bool _closed;
+    private int _leases;
+    private int _inFlight;
     private int _disposed;
 
     /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (e.g. <c>NET_DEVICES</c>, <c>TLS</c>).</param>
@@ -55,7 +62,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     public T Invoke<T>(Func<T> action)
     {
         var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        Post(() =>
+        Post(e => done.TrySetException(e), () =>
         {
             try
             {
@@ -69,10 +76,15 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         return done.Task.GetAwaiter().GetResult();
     }
 
-    private void Post(Action command)
+    /// <summary>Queues <paramref name="command"/> for the progress thread; a worker that retires first calls <paramref name="refuse"/> instead.</summary>
+    private void Post(Action<Exception> refuse, Action command)
     {
-        ObjectDisposedException.ThrowIf(_stopping, this);
-        _commands.Enqueue(command);
+        lock (_wakeLock)
+        {
+            // Checked under the lock that closing takes: a command is either run or refused, never lost.
+            ObjectDisposedException.ThrowIf(_closed || _worker == 0, this);
+            _commands.Enqueue((command, refuse));
+        }
         Wake();
     }
 
@@ -108,7 +120,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         var batch = new Batch(this, owner, address, remoteKeys, gets, deadline, ct);
         var registration = ct.Register(Wake);
         _ = batch.Completion.ContinueWith(_ => registration.Dispose(), TaskScheduler.Default);
-        Post(() => Start(batch));
+        Post(e => batch.Finish(new P2PException($"P2P read from {owner} stopped: this reader's UCX worker was reset after a read it could not cut off", e)), () => Start(batch));
         return batch;
     }
 
@@ -160,37 +172,117 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         }
     }
 
+    /// <summary>
+    /// Progresses while there is work, otherwise arms the wake-up descriptor (<c>ucp_worker_arm</c>; busy:
+    /// progress again) and sleeps on it until UCX has news (a connecting reader, a message) or
+    /// <see cref="Wake"/> is called, at most until the nearest deadline. Work is: commands, gets in
+    /// flight, leases held on this owner (see <see cref="Serving"/>), and <see cref="HotMs"/> after the
+    /// last news. UCX 1.13 arms its interfaces for receive events only, so neither a get's completion nor
+    /// a full send queue draining signals the descriptor: those are polled, yielding the core between
+    /// polls that brought nothing, so that ranks sharing few cores get theirs.
+    /// </summary>
     private void Loop()
     {
+        var hotUntil = 0L;
         while (true)
         {
-            while (_commands.TryDequeue(out var command))
-            {
-                command();
-            }
-            if (_stopping && _batches.Count == 0 && _closing.Count == 0)
+            var worked = false;
+            if (_retired)
             {
                 return;
             }
-            var progressed = false;
+            while (_commands.TryDequeue(out var command))
+            {
+                command.Run();
+                worked = true;
+            }
+            if (_stopping && _batches.Count == 0 && _closing.Count == 0 && Close())
+            {
+                return;
+            }
             for (var i = 0; i < 64 && _ucx.Progress(_worker) != 0; i++)
             {
-                progressed = true;
+                worked = true;
             }
+            var inFlight = false;
             for (var i = _batches.Count - 1; i >= 0; i--)
             {
-                if (_batches[i].Step())
+                worked |= _batches[i].Step(out var done);
+                if (done)
                 {
                     _batches.RemoveAt(i);
                 }
+                else
+                {
+                    inFlight = true;
+                }
             }
-            PollClosing();
-            if (!progressed && _batches.Count == 0 && _closing.Count == 0 && _commands.IsEmpty && !_stopping && _ucx.Arm(_worker) && _commands.IsEmpty)
+            worked |= PollClosing();
+            Volatile.Write(ref _inFlight, _batches.Sum(b => b.InFlight));
+            if (_inFlight > 0)
             {
-                // Bounded sleep: a signal is never lost for long, and the loop rechecks its queue.
-                var fd = new PollFd { Fd = _efd, Events = PollIn };
-                _ = poll(&fd, 1, 100);
+                GetsInFlight?.Invoke();
             }
+            if (worked)
+            {
+                hotUntil = Environment.TickCount64 + HotMs;
+                continue;
+            }
+            if (inFlight || _closing.Count > 0 || Volatile.Read(ref _leases) > 0 || Environment.TickCount64 < hotUntil)
+            {
+                Thread.Yield();
+                continue;
+            }
+            if (_commands.IsEmpty && _ucx.Arm(_worker) && _commands.IsEmpty)
+            {
+                var fd = new PollFd { Fd = _efd, Events = PollIn };
+                _ = poll(&fd, 1, SleepMs());
+            }
+        }
+    }
+
+    /// <summary>Gets issued and not completed: for tests, none once a read's task ended.</summary>
+    internal int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>Raised on the progress thread while gets are in flight (for tests that act mid-read).</summary>
+    internal event Action? GetsInFlight;
+
+    /// <summary>Holds the progress thread until <paramref name="release"/> ends (at most a minute): for tests, an owner whose gets are not served.</summary>
+    internal void Pause(Task release) => Post(_ => { }, () => release.Wait(TimeSpan.FromMinutes(1)));
+
+    /// <summary>How long the thread keeps polling after it last had news, before it sleeps: replies and completions that follow closely are not left to a wake-up.</summary>
+    private const long HotMs = 2;
+
+    /// <summary>
+    /// Readers hold leases on this owner's buffers (<paramref name="held"/> counts one up or down). Their
+    /// gets may be served by this worker's progress: where UCX has no one-sided path between two processes
+    /// (UCX 1.13 between processes of a host emulates gets with messages over shared memory), and UCX does
+    /// not wake the descriptor when a full queue drains. So while a lease is held the thread keeps progressing.
+    /// </summary>
+    public void Serving(bool held)
+    {
+        Interlocked.Add(ref _leases, held ? 1 : -1);
+        Wake();
+    }
+
+    /// <summary>How long the progress thread may sleep: until the nearest deadline, at most 100 ms (a lost event is never waited on for long).</summary>
+    private int SleepMs()
+    {
+        var ms = 100.0;
+        foreach (var b in _batches)
+        {
+            ms = Math.Min(ms, (b.Deadline - DateTime.UtcNow).TotalMilliseconds + 1);
+        }
+        return (int)Math.Clamp(ms, 0, 100);
+    }
+
+    /// <summary>Stops taking commands when none is queued (one that raced in runs first); true once closed.</summary>
+    private bool Close()
+    {
+        lock (_wakeLock)
+        {
+            _closed = _commands.IsEmpty;
+            return _closed;
         }
     }
 
@@ -200,6 +292,10 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         {
             batch.Open();
             _batches.Add(batch);
+        }
+        catch (UcxException e) when (e.Call == "ucp_ep_create")
+        {
+            batch.Finish(new P2PException($"P2P read from {batch.Owner} over ucx: UCX has no transport to this owner ({e.Message}); {UcxP2PStore.UnreachableHint}", e));
         }
         catch (Exception e)
         {
@@ -232,20 +328,48 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         }
     }
 
-    private void PollClosing()
+    /// <summary>Frees the closes that completed; true when any did.</summary>
+    private bool PollClosing()
     {
+        var any = false;
         for (var i = _closing.Count - 1; i >= 0; i--)
         {
             if (_ucx.Status(_closing[i]) != Ucx.InProgress)
             {
                 _ucx.Free(_closing[i]);
                 _closing.RemoveAt(i);
+                any = true;
             }
         }
+        return any;
     }
+
+    /// <summary>
+    /// This worker is done: a cut-off read left gets that neither completed nor were canceled (UCX 1.13
+    /// cannot cancel gets it emulates with messages: only the owner's reply ends them, and that reply would
+    /// write into memory the reader has taken back). The progress thread stops, destroys the worker (so no
+    /// reply can land any more), then fails every read still on it; the store reads with a new worker.
+    /// </summary>
+    private void Retire() => _retired = true;
+
+    /// <summary>The worker retired after a read it could not cut off (see <see cref="Retire"/>); reads need a new one.</summary>
+    public bool Retired => _retired;
 
     private void Teardown()
     {
+        if (_retired)
+        {
+            lock (_wakeLock)
+            {
+                _closed = true; // Nothing is queued past this point.
+            }
+            foreach (var b in _batches)
+            {
+                b.DestroyKeys();
+            }
+            _closing.Clear(); // Freed with the worker.
+            _endpoints.Clear();
+        }
         if (_worker != 0)
         {
             foreach (var owner in _endpoints.Keys.ToList())
@@ -262,12 +386,23 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             {
                 _ucx.DestroyWorker(_worker);
                 _worker = 0;
+                _inFlight = 0; // Gets of a destroyed worker cannot land.
             }
         }
         if (_context != 0)
         {
             _ucx.Cleanup(_context);
             _context = 0;
+        }
+        var gone = new ObjectDisposedException(nameof(UcxWorker));
+        foreach (var b in _batches)
+        {
+            b.Finish(b.Failure ?? new P2PException($"P2P read from {b.Owner} stopped: this reader's UCX worker was reset after a read it could not cut off"));
+        }
+        _batches.Clear();
+        while (_commands.TryDequeue(out var command))
+        {
+            command.Refuse(gone);
         }
     }
 

@@ -76,7 +76,7 @@ case "${1:-}" in
     listing="$(tar -tzf "$results")"
     echo "gpu-check: dry run: $results holds $(echo "$listing" | grep -c -v '/$') files: $(echo "$listing" | sed -n 's|^gpu-check-results/\(.\)|\1|p' | tr '\n' ' ')"
     for f in console.log steps.tsv nccl-probe.txt host.json tests.log demo.json demo-trace.broadcast.json demo-trace.p2p.json \
-      python.log python-worker.err python-trace.p2p.json figures.json; do
+      python.log python-updates.log python-worker-bf16.err python-trace.p2p.json figures.json; do
       grep -qx "gpu-check-results/$f" <<<"$listing" || { echo "gpu-check: dry run: the results archive lacks $f" >&2; code=1; }
     done
     exit "$code"

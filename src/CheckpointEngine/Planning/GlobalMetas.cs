@@ -158,7 +158,7 @@ public sealed record GlobalMetas(string Checkpoint, IReadOnlyList<RankMetas> Ran
         JsonElement Get(JsonElement parent, string name, JsonValueKind kind, string where) =>
             parent.ValueKind == JsonValueKind.Object && parent.TryGetProperty(name, out var v) && v.ValueKind == kind
                 ? v
-                : throw new CheckpointFormatException(source, $"{where}: '{name}' is missing or not a {kind.ToString().ToLowerInvariant()}");
+                : throw new CheckpointFormatException(source, $"{where}: '{name}' is missing or not a JSON {kind.ToString().ToLowerInvariant()}");
     }
 
     private static RankMetas ReadRank(JsonElement r, string where, string source, Getter get)

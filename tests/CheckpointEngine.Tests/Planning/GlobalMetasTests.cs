@@ -86,6 +86,36 @@ public sealed class GlobalMetasTests : IDisposable
         Assert.Contains("ranks[0].buffers[0].tensors[0]: " + expected, e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("{\"version\":99999999999,\"checkpoint\":\"x\",\"ranks\":[]}", "metas.json: metas hold a number out of range")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":{}}", "metas.json: metas: 'ranks' is missing or not a JSON array")]
+    [InlineData("{\"version\":1,\"checkpoint\":7,\"ranks\":[]}", "metas.json: metas: 'checkpoint' is missing or not a JSON string")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"tensors\":[]}]}]}", "ranks[0].buffers[0]: 'address' is missing")]
+    [InlineData("{oops", "metas.json: metas are not valid JSON: ")]
+    public void Parse_BadInput_MessageSaysWhere(string json, string expected) =>
+        Assert.Contains(expected, Assert.Throws<CheckpointFormatException>(() => GlobalMetas.Parse(Encoding.UTF8.GetBytes(json), "metas.json")).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void Load_MissingFile_SaysItCannotReadIt()
+    {
+        var path = Path.Combine(_dir, "absent.json");
+        var e = Assert.Throws<CheckpointFormatException>(() => GlobalMetas.Load(path));
+        Assert.StartsWith($"{path}: cannot read metas: ", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void SavedFile_HasEveryFieldAndNoLeftoverTemp()
+    {
+        var path = Path.Combine(_dir, "metas.json");
+        Sample().Save(path);
+        var text = File.ReadAllText(path);
+        foreach (var field in new[] { "\"version\":1", "\"checkpoint\":\"step-7\"", "\"net_device\"", "\"p2p_address\":\"127.0.0.1:1234\"" })
+        {
+            Assert.Contains(field, text, StringComparison.Ordinal);
+        }
+        Assert.False(File.Exists(path + ".tmp"));
+    }
+
     [Fact]
     public void RankJson_RoundTrips()
     {

@@ -63,6 +63,14 @@ public class ReceiverAssignmentTests
     }
 
     [Fact]
+    public void Assign_AnEmptyReceiverGroup_IsABug()
+    {
+        var e = Assert.Throws<ArgumentException>(() => ReceiverAssignment.Assign([(0, "b0")], _ => "nic0", [[1], []]));
+        Assert.StartsWith("every receiver group needs at least one rank", e.Message, StringComparison.Ordinal);
+        Assert.Throws<ArgumentException>(() => ReceiverAssignment.Assign([(0, "b0")], _ => "nic0", []));
+    }
+
+    [Fact]
     public void Assign_NoBuckets_IsEmpty() =>
         Assert.Empty(ReceiverAssignment.Assign(Array.Empty<(int, string)>(), o => "x", [[0]]));
 

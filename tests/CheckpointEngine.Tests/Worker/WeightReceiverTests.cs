@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using CheckpointEngine.Checkpoints;
+using CheckpointEngine.Memory;
 using CheckpointEngine.Tests.Support;
 using CheckpointEngine.Worker;
 
@@ -217,6 +218,94 @@ public sealed class WeightReceiverTests : IDisposable
         Assert.False(called);
         _ps.CloseConnection();
         Assert.Equal(reply.Error, (await Fails<WeightReceiveException>(task)).Message);
+    }
+
+    [Fact]
+    public async Task Receive_FurtherSegments_TensorsNameThemByIndex_AnIndexPastTheLastIsRefused()
+    {
+        using var registered = SharedMemorySegment.Create("ckpt-test-reg-" + Guid.NewGuid().ToString("N")[..16], 4096);
+        var t = TestTensor.Random("w", DType.F32, [4]);
+        unsafe
+        {
+            t.Bytes.CopyTo(new Span<byte>(registered.Pointer + 4096 - 16, 16));
+        }
+        var (task, got) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach with { Segments = [new SegmentRef(registered.Name, registered.Size)] }));
+        var main = _ps.Place([Tensors[1]]);
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new LoadMessage(0, [new WireTensor("w", "F32", [4], 4096 - 16, 16, Segment: 1), main[0] with { Segment = 0 }])));
+        Assert.Equal(t.Bytes, got["w"].Bytes); // Segment 1 is the first further one; 0 is the device buffer.
+        Assert.Equal(Tensors[1].Bytes, got[Tensors[1].Name].Bytes);
+        var reply = await _ps.SendAsync(new LoadMessage(1, [new WireTensor("w", "F32", [4], 0, 16, Segment: 2)]));
+        Assert.Equal(new WorkerReply(false, "load of bucket 1: tensor 'w' (#0): segment 2 was not attached (this update attached 2)"), reply);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_NegativeSegmentIndex_IsRefused()
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var reply = await _ps.SendAsync(new LoadMessage(0, [new WireTensor("w", "F32", [4], 0, 16, Segment: -1)]));
+        Assert.Equal(new WorkerReply(false, "load of bucket 0: tensor 'w' (#0): segment -1 was not attached (this update attached 1)"), reply);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    public static TheoryData<string, long, string> BadFurtherSegments() => new()
+    {
+        { "shm", 0, "attach: every further segment needs a name and a positive size, got ['seg' of 0]" },
+        { "shm", -8, "attach: every further segment needs a name and a positive size, got ['seg' of -8]" },
+        { "cuda-ipc", 64, "attach: further segments come only with a 'shm' buffer, not 'cuda-ipc'" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadFurtherSegments))]
+    public async Task Receive_BadFurtherSegment_IsRefusedBeforeMapping(string kind, long size, string expected)
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        var reply = await _ps.SendAsync(_ps.Attach with { Kind = kind, Segments = [new SegmentRef("ok", 64), new SegmentRef("seg", size)] });
+        Assert.False(reply.Ok);
+        Assert.Equal(kind == "shm" ? expected.Replace("got [", "got ['ok' of 64, ", StringComparison.Ordinal) : expected, reply.Error);
+        await AssertOnlyFailureFollows(_ps, reply);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    public static TheoryData<TensorPart, long[], string> BadParts() => new()
+    {
+        { new TensorPart(0, [[0, 2]], [4, 4, 1]), [2, 4], "part of full shape [4, 4, 1] does not match shape [2, 4]" },
+        { new TensorPart(0, [[0, 2, 1]], [4, 4]), [2, 4], "part of full shape [4, 4] does not match shape [2, 4]" },
+        { new TensorPart(0, [[0, 2]], [4, 4]), [3, 4], "part shape [2, 4] (slices of [4, 4] along dimension 0) is not shape [3, 4]" },
+        { new TensorPart(0, [[3, 2]], [4, 4]), [2, 4], "part: slice [3, 5) of dimension 0 is outside [0, 4)" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadParts))]
+    public async Task Receive_PartThatDoesNotDescribeTheTensor_IsRefused(TensorPart part, long[] shape, string expected)
+    {
+        var (task, _) = Receive();
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach));
+        var bytes = shape.Aggregate(4L, (a, b) => a * b);
+        var reply = await _ps.SendAsync(new LoadMessage(0, [new WireTensor("w", "F32", shape, 0, bytes, Part: part)]));
+        Assert.Equal(new WorkerReply(false, $"load of bucket 0: tensor 'w' (#0): {expected}"), reply);
+        _ps.CloseConnection();
+        await Fails<WeightReceiveException>(task);
+    }
+
+    [Fact]
+    public async Task Receive_PartThatFits_IsHandedWithIt()
+    {
+        var (task, got) = Receive();
+        var half = TestTensor.Random("w", DType.F32, [2, 4]);
+        var wire = _ps.Place([half])[0] with { Part = new TensorPart(0, [[2, 2]], [4, 4]) };
+        await _ps.UpdateAsync([wire]);
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Equal(half.Bytes, got["w"].Bytes);
     }
 
     [Fact]

@@ -84,6 +84,20 @@ public sealed class WorkerWantsTests
     };
 
     [Fact]
+    public void TensorWant_EqualOnlyWithTheSameKindDimensionAndSlices()
+    {
+        var a = TensorWant.Along(0, new SliceRange(0, 4));
+        Assert.Equal(a, TensorWant.Along(0, new SliceRange(0, 4)));
+        Assert.NotEqual(a, TensorWant.Along(1, new SliceRange(0, 4)));
+        Assert.NotEqual(a, TensorWant.Along(0, new SliceRange(0, 2)));
+        Assert.NotEqual(TensorWant.Whole, TensorWant.None);
+        Assert.NotEqual(TensorWant.Along(0), TensorWant.Whole);
+        Assert.False(a.Equals(null));
+        Assert.Equal("dimension 1: [0, 4), [8, 10)", TensorWant.Along(1, new SliceRange(0, 4), new SliceRange(8, 2)).ToString());
+        Assert.Throws<ArgumentNullException>(() => new WorkerWants(null!));
+    }
+
+    [Fact]
     public void Others_CannotBeSliced()
     {
         var e = Assert.Throws<ArgumentException>(() => new WorkerWants(new Dictionary<string, TensorWant>(), TensorWant.Along(0, new SliceRange(0, 1))));

@@ -6,6 +6,20 @@ namespace CheckpointEngine.Tests.Support;
 /// <summary>Runs programs for tests, always under a deadline.</summary>
 public static class TestProcess
 {
+    /// <summary>Kills every process (and its children) that is still running, waits for each, and disposes them all.</summary>
+    public static void KillAndDispose(IEnumerable<Process> processes)
+    {
+        foreach (var p in processes)
+        {
+            if (!p.HasExited)
+            {
+                p.Kill(entireProcessTree: true);
+                p.WaitForExit();
+            }
+            p.Dispose();
+        }
+    }
+
     /// <summary>Runs a program to its end under a deadline (killing it past that); returns its exit code and its output, both streams.</summary>
     public static async Task<(int Code, string Output)> RunAsync(string program, IEnumerable<string> args, TimeSpan deadline,
         string? workingDirectory = null, IDictionary<string, string>? environment = null)

@@ -24,15 +24,7 @@ public sealed class ServeEndToEndTests : IDisposable
 
     public void Dispose()
     {
-        foreach (var p in _processes)
-        {
-            if (!p.HasExited)
-            {
-                p.Kill(entireProcessTree: true);
-                p.WaitForExit();
-            }
-            p.Dispose();
-        }
+        TestProcess.KillAndDispose(_processes);
         _temp.Dispose();
     }
 

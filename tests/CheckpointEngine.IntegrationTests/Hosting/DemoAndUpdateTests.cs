@@ -15,12 +15,7 @@ public sealed class DemoAndUpdateTests : IDisposable
 
     public void Dispose()
     {
-        foreach (var w in _workers.Where(w => !w.HasExited))
-        {
-            w.Kill(entireProcessTree: true);
-            w.WaitForExit();
-        }
-        _workers.ForEach(w => w.Dispose());
+        TestProcess.KillAndDispose(_workers);
         Directory.Delete(_dir, true);
     }
 

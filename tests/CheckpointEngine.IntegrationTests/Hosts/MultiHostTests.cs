@@ -28,15 +28,7 @@ public sealed class MultiHostTests : IDisposable
 
     public void Dispose()
     {
-        foreach (var w in _workers)
-        {
-            if (!w.HasExited)
-            {
-                w.Kill(entireProcessTree: true);
-                w.WaitForExit();
-            }
-            w.Dispose();
-        }
+        TestProcess.KillAndDispose(_workers);
         _hosts?.Dispose();
         Directory.Delete(_dir, true);
     }

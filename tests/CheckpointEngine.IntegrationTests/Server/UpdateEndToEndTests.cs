@@ -23,15 +23,7 @@ public sealed class UpdateEndToEndTests : IDisposable
 
     public void Dispose()
     {
-        foreach (var w in _workers)
-        {
-            if (!w.HasExited)
-            {
-                w.Kill(entireProcessTree: true);
-                w.WaitForExit();
-            }
-            w.Dispose();
-        }
+        TestProcess.KillAndDispose(_workers);
         Directory.Delete(_dir, true);
         SharedMemorySegment.SweepAbandoned(TimeSpan.Zero); // Device segments of ranks this test killed.
     }

@@ -1,9 +1,9 @@
 using CheckpointEngine.Simulation;
 using CheckpointEngine.Simulation.Calibration;
 
-namespace CheckpointEngine.Tests.Simulation;
+namespace CheckpointEngine.IntegrationTests.Simulation;
 
-/// <summary>The calibration: fitted on the original's 8/16-GPU rows, the 256-GPU rows predicted. One run shared by the tests.</summary>
+/// <summary>Whole-model simulations, here rather than in the unit tests: under mutation testing's instrumentation they outlive its per-test coverage limit. The calibration: fitted on the original's 8/16-GPU rows, the 256-GPU rows predicted. One run shared by the tests.</summary>
 public sealed class ReproductionTests(ReproductionTests.Fixture fixture) : IClassFixture<ReproductionTests.Fixture>
 {
     public sealed class Fixture

@@ -158,3 +158,41 @@ public sealed class SampleCheckpointSeedTests : IDisposable
         Assert.Contains("5 shards for 4 layers", e.Message);
     }
 }
+
+/// <summary>"Deterministic for a seed, across runs and machines": the bytes are pinned, so a change to the layout, names or generator shows.</summary>
+public sealed class SampleCheckpointPinnedTests : IDisposable
+{
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    private static string Sha256(byte[] bytes) => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+
+    [Fact]
+    public void Write_ThreeLayersInTwoShards_IsTheSameEverywhere()
+    {
+        // Shard 0 holds layers 0 and 1 (ceil(3 / 2) per shard) and the embeddings; shard 1 layer 2, the norm and the head.
+        var dir = _dir.File("s");
+        SampleCheckpoint.Write(dir, 1 << 16, shards: 2, layers: 3, seed: 1);
+        var digests = Directory.GetFiles(dir).Order(StringComparer.Ordinal).Select(f => $"{Path.GetFileName(f)} {Sha256(File.ReadAllBytes(f))}");
+        Assert.Equal([
+            "model-00001-of-00002.safetensors ca306817602dcfd411967fa3ef7fd1f87cf9acc98d49ed4b07cb5caa854e9950",
+            "model-00002-of-00002.safetensors b15e66e452e006d0862c358ce3451d1aeb5924e0a242f758dd2e94299985d8b8",
+            "model.safetensors.index.json 49223e43fe07dcf425e9ae55cbee726f714c4bd1603365b6faa8c29046d84950",
+        ], digests);
+        using var ckpt = Checkpoint.Open(dir);
+        Assert.Equal(["model.layers.0.", "model.layers.1."], ckpt.Files[0].Header.Tensors.Select(t => t.Name).Where(n => n.StartsWith("model.layers.", StringComparison.Ordinal)).Select(n => n[..15]).Distinct());
+    }
+
+    [Theory]
+    [InlineData(13, DType.U8, "09ff33c70a35322b91b0ddb92d6ceb2792921b19f4e756aeaec9d9c1dc78116c")]
+    [InlineData((1 << 20) + 5, DType.U8, "0cfadfaa93de8f5f08f90fa46c44a5285dc3506632ea6f160010d72f7e8227a1")]
+    [InlineData(21, DType.BOOL, "9b25c81a7ce1ad45e8d8a73cf9af31cccbd76f5de3ebb680f49e1c2c56698fdc")]
+    public void Filler_OddLengthsAndChunkEdges_AreTheSameEverywhere(int length, DType dtype, string sha256)
+    {
+        using var stream = new MemoryStream();
+        SampleCheckpoint.Filler(SampleCheckpoint.Mix(3, 4), length, dtype)(stream);
+        Assert.Equal(length, stream.Length);
+        Assert.Equal(sha256, Sha256(stream.ToArray()));
+    }
+}

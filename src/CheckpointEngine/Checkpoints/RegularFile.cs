@@ -114,7 +114,7 @@ public static class RegularFile
         new FileInfo($"/proc/self/fd/{fd}").LinkTarget ?? throw new CheckpointEngineException($"cannot tell which file descriptor {fd} refers to");
 
     /// <summary>Where there is no statx (not Linux): the runtime's checks, which refuse directories but not FIFOs.</summary>
-    private static SafeFileHandle? PortableOpen(string path, out string? problem)
+    internal static SafeFileHandle? PortableOpen(string path, out string? problem)
     {
         try
         {

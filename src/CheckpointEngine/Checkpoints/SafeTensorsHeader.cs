@@ -82,11 +82,8 @@ public sealed class SafeTensorsHeader
                     tensors.Add(ReadTensor(ref reader, name, source));
                 }
             }
-            // Anything after the closing brace other than whitespace makes the reader throw here.
-            if (reader.Read())
-            {
-                throw Error(source, "unexpected content after the header object", LengthPrefixSize + reader.TokenStartIndex);
-            }
+            // Anything after the closing brace other than whitespace makes the reader throw here (one root value only).
+            reader.Read();
         }
         catch (JsonException e)
         {

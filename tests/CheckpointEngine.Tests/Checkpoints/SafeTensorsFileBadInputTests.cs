@@ -215,6 +215,10 @@ public sealed class SafeTensorsFileBadInputTests : IDisposable
     [InlineData("null")]
     public void Open_EntryNotObject_Throws(string entry) => OpenBad("{\"w\":" + entry + "}", 0, "entry is not an object", "w");
 
+    [Fact]
+    public void Open_SubByteTensorNotFillingWholeBytes_SaysSoWithItsDTypeAndShape() =>
+        OpenBad("{" + Entry("w", "F4", "3", 0, 2) + "}", 2, "3 elements of F4 (4 bits each) do not fill whole bytes (dtype F4, shape [3])", "w");
+
     [Theory]
     [InlineData("F32", "1", 0, 8, 4)]
     [InlineData("F32", "2", 0, 12, 8)]
@@ -223,6 +227,7 @@ public sealed class SafeTensorsFileBadInputTests : IDisposable
     [InlineData("F6_E2M3", "4", 0, 4, 3)]
     [InlineData("F32", "", 0, 0, 4)]
     [InlineData("F32", "0", 0, 4, 0)]
+    [InlineData("F32", "2", 4, 8, 8)]
     public void Open_ByteLengthNotShapeTimesDTypeSize_Throws(string dtype, string shape, long begin, long end, long expected)
     {
         var header = "{" + Entry("w", dtype, shape, begin, end) + "}";

@@ -196,8 +196,11 @@ public sealed record GlobalMetas(string Checkpoint, IReadOnlyList<RankMetas> Ran
             }
             buffers.Add(new BufferMeta(size, get(b, "address", JsonValueKind.Number, bwhere).GetInt64(), metas));
         }
-        var p2p = r.TryGetProperty("p2p_address", out var p) && p.ValueKind == JsonValueKind.String ? p.GetString() : null;
-        var net = r.TryGetProperty("net_device", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString() : null;
-        return new RankMetas(get(r, "rank", JsonValueKind.Number, where).GetInt32(), get(r, "device_id", JsonValueKind.String, where).GetString()!, p2p, buffers, net);
+        // Optional: absent or null in metas of ranks without a P2P store or network device.
+        string? Optional(string name) => !r.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
+            : v.ValueKind == JsonValueKind.String ? v.GetString()
+            : throw new CheckpointFormatException(source, $"{where}: '{name}' is not a JSON string or null");
+        return new RankMetas(get(r, "rank", JsonValueKind.Number, where).GetInt32(), get(r, "device_id", JsonValueKind.String, where).GetString()!,
+            Optional("p2p_address"), buffers, Optional("net_device"));
     }
 }

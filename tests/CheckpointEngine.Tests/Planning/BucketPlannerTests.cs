@@ -72,4 +72,17 @@ public class BucketPlannerTests
         var order = BucketPlanner.Interleave([a, b, c]).Select(x => (x.Owner, x.Index)).ToList();
         Assert.Equal([(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2)], order);
     }
+
+    [Fact]
+    public void Cut_ATensorEndingExactlyAtTheBucketSize_StaysInTheBucket_AndTheNextBucketKeepsTheBuffersSpacing()
+    {
+        var owner = Owner(0, [100, 100, 100, 100]); // At 0, 256, 512 and 768 in the buffer.
+        Assert.Equal([0L, 256L, 512L], owner.Buffers[0].Metas.Take(3).Select(m => m.Offset));
+        Assert.Equal([3, 1], BucketPlanner.Cut(owner, 612).Select(b => b.Items.Count));
+        var buckets = BucketPlanner.Cut(owner, 611);
+        Assert.Equal([2, 2], buckets.Select(b => b.Items.Count));
+        Assert.Equal([0L, 256L], buckets[1].Items.Select(m => m.Offset)); // The range opened at buffer offset 512.
+        Assert.Equal([new BucketRange(0, 512, 356, 0)], buckets[1].Ranges);
+    }
 }
+

@@ -109,4 +109,13 @@ public class BucketSizingTests
     [Fact]
     public void MaxBucketSize_Unset_IsTheDefault() =>
         Assert.Equal(BucketSizing.DefaultMaxBucketSize, CheckpointEngine.Runtime.RankConfig.FromEnvironment(new Dictionary<string, string>()).MaxBucketSize);
+
+    [Fact]
+    public void Plan_UsesOnlyTheGivenFractionOfFreeMemory()
+    {
+        var e = Assert.Throws<CheckpointEngineException>(() => BucketSizing.Plan(1000, 300, 10_000, fraction: 0.5));
+        Assert.Equal("not enough device memory: the largest tensor (300 bytes) needs two buffers of 512 bytes, but only 500 of 1000 free bytes are usable (fraction 0.5)", e.Message);
+        Assert.Equal(2, BucketSizing.Plan(2048, 300, 10_000, fraction: 0.5).StagingSlots + BucketSizing.Plan(2048, 300, 10_000, fraction: 0.5).BroadcastSlots);
+    }
 }
+

@@ -59,4 +59,25 @@ public sealed class ClassRelayTests
         var relay = ClassRelay.For(0, [0, 1], [0, 1])!;
         Assert.True(relay.Pays([600, 600], 1000, [0, 1]));
     }
+
+    [Fact]
+    public void For_AClassWithAMemberHere_IsHeadedByThatMember_EvenWhenItIsNotTheFirstLocalRank()
+    {
+        // Host 0 holds ranks 0 (class 1) and 1 (class 0); class 0's other member is on host 1.
+        var relay = ClassRelay.For(0, [0, 0, 1, 1], [1, 0, 0, 1])!;
+        var class0 = relay.Relays.Single(r => r.Class == 0);
+        Assert.Equal([1, 2], class0.Members);
+        Assert.False(class0.Proxy);
+    }
+
+    [Fact]
+    public void Pays_CountsWhatEachReceivingHostTakesIn_NotTheHeadsHost()
+    {
+        // Ranks 0 and 1 on host 0 head classes 0 and 1; host 1 receives class 0 only, host 2 class 1 only.
+        int[] hostOf = [0, 0, 1, 2];
+        var relay = ClassRelay.For(0, hostOf, [0, 1, 0, 1])!;
+        Assert.True(relay.Pays([60, 60], 100, hostOf)); // Each receiving host takes 60 of 100; host 0 sends 120 but receives nothing.
+        Assert.False(relay.Pays([60, 160], 100, hostOf)); // Host 2 would take 160.
+    }
 }
+

@@ -92,6 +92,8 @@ public sealed class GlobalMetasTests : IDisposable
     [InlineData("{\"version\":1,\"checkpoint\":7,\"ranks\":[]}", "metas.json: metas: 'checkpoint' is missing or not a JSON string")]
     [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[{\"size\":8,\"tensors\":[]}]}]}", "ranks[0].buffers[0]: 'address' is missing")]
     [InlineData("{oops", "metas.json: metas are not valid JSON: ")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[],\"p2p_address\":5}]}", "metas.json: ranks[0]: 'p2p_address' is not a JSON string or null")]
+    [InlineData("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[],\"net_device\":[]}]}", "metas.json: ranks[0]: 'net_device' is not a JSON string or null")]
     public void Parse_BadInput_MessageSaysWhere(string json, string expected) =>
         Assert.Contains(expected, Assert.Throws<CheckpointFormatException>(() => GlobalMetas.Parse(Encoding.UTF8.GetBytes(json), "metas.json")).Message, StringComparison.Ordinal);
 
@@ -123,5 +125,15 @@ public sealed class GlobalMetasTests : IDisposable
         var back = GlobalMetas.RankFromJson(GlobalMetas.RankToJson(rank), "rank 0");
         Assert.Equal(rank.Buffers[0].Metas.Select(m => (m.Name, m.Offset, m.ByteLength)), back.Buffers[0].Metas.Select(m => (m.Name, m.Offset, m.ByteLength)));
         Assert.Equal("127.0.0.1:1234", back.P2PAddress);
+    }
+
+    [Theory]
+    [InlineData("", null, null)]
+    [InlineData(",\"p2p_address\":null,\"net_device\":null", null, null)]
+    [InlineData(",\"p2p_address\":\"10.0.0.1:7\",\"net_device\":\"mlx5_0\"", "10.0.0.1:7", "mlx5_0")]
+    public void Parse_OptionalAddresses_AbsentNullOrText(string fields, string? p2p, string? net)
+    {
+        var rank = GlobalMetas.Parse(Encoding.UTF8.GetBytes("{\"version\":1,\"checkpoint\":\"x\",\"ranks\":[{\"rank\":0,\"device_id\":\"d\",\"buffers\":[]" + fields + "}]}"), "metas.json").Ranks[0];
+        Assert.Equal((p2p, net), (rank.P2PAddress, rank.NetDevice));
     }
 }

@@ -34,8 +34,14 @@ public sealed partial class TcpP2PStore
         /// <summary>The packed remote key of a registered buffer, or null when the buffer is not mapped for one-sided reads.</summary>
         byte[]? RemoteKey(string buffer);
 
-        /// <summary>A reader holds a lease (<c>true</c>) or ended it (<c>false</c>): its gets may need this owner's progress.</summary>
-        void Leased(bool held);
+        /// <summary>A reader holds a lease until the result is disposed: its gets may need this owner's progress.</summary>
+        IDisposable Hold();
+
+        /// <summary>
+        /// <see cref="Unregister"/> cut off leases or reads at the send deadline (every one held then; none can
+        /// be granted until this returns); <paramref name="buffer"/> is about to go. Called under the buffers' lock.
+        /// </summary>
+        void CutOff(string buffer);
     }
 
     /// <summary>One buffer of a lease: where it lies in the owner and the key that opens it.</summary>
@@ -83,8 +89,7 @@ public sealed partial class TcpP2PStore
                 socket.Send(new StoreProtocol.Writer().String(problem).ToFrame().Span);
                 return;
             }
-            _remote!.Leased(true);
-            try
+            using (_remote!.Hold())
             {
                 socket.Send([0]);
                 socket.Send(grant.ToFrame().Span);
@@ -94,10 +99,6 @@ public sealed partial class TcpP2PStore
                 {
                     throw new InvalidDataException("a lease was not ended by its reader");
                 }
-            }
-            finally
-            {
-                _remote.Leased(false);
             }
             socket.Send([0]);
         }

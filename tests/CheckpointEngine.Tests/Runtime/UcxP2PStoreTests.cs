@@ -212,14 +212,37 @@ public sealed class UcxP2PStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task Lease_HeldByAStalledReaderPastItsDeadline_IsDropped_AndTheOwnerStopsPollingForIt()
+    {
+        var owner = Store();
+        owner.Register("ckpt/0", _source.Address, Size);
+        owner.Control.SendDeadline = TimeSpan.FromMilliseconds(200);
+        var reader = Store();
+        // A reader that takes a lease for a read of 300 ms and then does nothing (a stopped process, say).
+        using var lease = reader.Control.TakeLease(owner.Address, ["ckpt/0"], DateTime.UtcNow + TimeSpan.FromMilliseconds(300), Ct);
+        Assert.Equal(1, owner.Worker.Leases); // Counted before the grant was sent: the owner polls for this reader now.
+        var sleeping = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        owner.Worker.Sleeping += () => sleeping.TrySetResult();
+
+        await sleeping.Task.WaitAsync(Deadline, Ct); // Polling as long as the lease is held: it sleeps only once it was dropped.
+        Assert.Equal(0, owner.Worker.Leases);
+        var e = Assert.Throws<P2PException>(() => lease.End(DateTime.UtcNow + Deadline, Ct));
+        Assert.Equal($"P2P owner {owner.Address} closed the connection mid-read (did it exit?)", e.Message);
+    }
+
+    [Fact]
     public async Task Read_WhoseEndpointFails_OwnersWorkerGoneUnderUcxTcp_FailsNamingTheOwner_WithoutRetiring_AndReadsFromOthersWork()
     {
         var (owner, reader, worker, inFlight) = await HeldPair("tcp");
         var read = reader.ReadAsync(owner.Address, [new("ckpt/0", 0, Size, _target.Address)], TimeSpan.FromMinutes(10), Ct);
         await inFlight.WaitAsync(Deadline, Ct);
         // The owner's worker goes (its control connection stays): only UCX's endpoint can tell the reader.
-        var gone = Task.Run(owner.Worker.Dispose, Ct);
-        _release.SetResult();
+        var served = owner.Worker;
+        var told = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        served.StopRequested += () => told.TrySetResult();
+        var gone = Task.Run(served.Dispose, Ct);
+        await told.Task.WaitAsync(Deadline, Ct);
+        _release.SetResult(); // Told to stop first, it serves none of the gets on its way out.
         await gone.WaitAsync(Deadline, Ct);
 
         var e = await Assert.ThrowsAsync<P2PException>(() => read.WaitAsync(Deadline, Ct));

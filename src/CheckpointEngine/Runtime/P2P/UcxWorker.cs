@@ -310,6 +310,9 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         }
     }
 
+    /// <summary>Raised by <see cref="Dispose"/> once the thread was told to stop (for tests: it progresses no more).</summary>
+    internal event Action? StopRequested;
+
     /// <summary>Leases held on this owner now (for tests).</summary>
     internal int Leases => Volatile.Read(ref _leases);
 
@@ -499,6 +502,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             return;
         }
         _stopping = true;
+        StopRequested?.Invoke();
         Wake();
         _thread.Join();
         _self.Free();

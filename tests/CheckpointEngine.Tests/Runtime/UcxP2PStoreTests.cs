@@ -294,7 +294,7 @@ public sealed class UcxP2PStoreTests : IDisposable
         owner.Register("ckpt/0", _source.Address, Size);
         var colon = owner.Address.LastIndexOf(':');
         using var socket = await RawPeer.ConnectAsync(new IPEndPoint(IPAddress.Loopback, int.Parse(owner.Address[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture)));
-        await socket.SendAsync(new Writer().Int32(-1).Int32(1).String("ckpt/0").ToFrame(), Ct).AsTask().WaitAsync(Deadline, Ct);
+        await socket.SendAsync(new Writer().Int32(-1).Int32(1).String("ckpt/0").Int64(60_000).ToFrame(), Ct).AsTask().WaitAsync(Deadline, Ct);
         var got = new byte[64 << 10];
         var total = 0;
         try

@@ -162,7 +162,7 @@ public sealed class P2PStoreTests : IDisposable
         await socket.ConnectAsync(IPAddress.Loopback, int.Parse(owner.Address[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture), Ct);
         var stream = new NetworkStream(socket);
         await new Handshake("secret", Handshake.P2P).ConnectAsync(stream, new Handshake.Claim(-1), owner.Address, Ct).WaitAsync(Deadline, Ct);
-        await stream.WriteAsync(new Writer().Int32(-1).Int32(1).String("ckpt/0").ToFrame(), Ct);
+        await stream.WriteAsync(new Writer().Int32(-1).Int32(1).String("ckpt/0").Int64(60_000).ToFrame(), Ct); // For a read of a minute.
         var status = new byte[1];
         await stream.ReadExactlyAsync(status, Ct).AsTask().WaitAsync(Deadline, Ct);
         Assert.Equal(0, status[0]);

@@ -34,13 +34,15 @@ internal struct UcpWorkerParams
     [FieldOffset(8)] public int ThreadMode;
 }
 
-/// <summary><c>ucp_ep_params_t</c> of UCX 1.13 (104 bytes): a remote worker address and the error mode.</summary>
+/// <summary><c>ucp_ep_params_t</c> of UCX 1.13 (104 bytes): a remote worker address, the error mode and the error handler.</summary>
 [StructLayout(LayoutKind.Explicit, Size = 104)]
-internal struct UcpEpParams
+internal unsafe struct UcpEpParams
 {
     [FieldOffset(0)] public ulong FieldMask;
     [FieldOffset(8)] public nint Address;
     [FieldOffset(16)] public int ErrMode;
+    [FieldOffset(24)] public delegate* unmanaged<nint, nint, int, void> ErrHandler;
+    [FieldOffset(32)] public nint ErrHandlerArg;
 }
 
 /// <summary><c>ucp_mem_map_params_t</c> of UCX 1.13 (40 bytes): map memory that exists already.</summary>
@@ -89,6 +91,7 @@ internal sealed unsafe class Ucx
     public const int ThreadModeSingle = 0;
     public const ulong EpParamFieldRemoteAddress = 1;
     public const ulong EpParamFieldErrHandlingMode = 2;
+    public const ulong EpParamFieldErrHandler = 4;
     public const int ErrHandlingModePeer = 1;
     public const ulong MemMapParamFieldAddress = 1;
     public const ulong MemMapParamFieldLength = 2;
@@ -286,16 +289,25 @@ internal sealed unsafe class Ucx
     public void Signal(ucp_worker_h worker) => _ = _workerSignal(worker);
 
     /// <summary>
-    /// An endpoint to the worker at <paramref name="address"/>. With <paramref name="peerErrors"/>, where the
-    /// transports can (RDMA, TCP), peer failures complete its requests with an error; UCX 1.13's
+    /// An endpoint to the worker at <paramref name="address"/>. With <paramref name="onError"/>, where the
+    /// transports can (RDMA, TCP), a failed peer fails its requests and UCX calls <paramref name="onError"/>
+    /// (<c>arg</c>, the endpoint, the status) from progress, after which the endpoint must be closed; UCX 1.13's
     /// shared-memory transports cannot (UCX logs that, and the endpoint is made without), so callers
     /// watch the owner through its control connection as well.
     /// </summary>
-    public ucp_ep_h Connect(ucp_worker_h worker, ReadOnlySpan<byte> address, bool peerErrors)
+    public ucp_ep_h Connect(ucp_worker_h worker, ReadOnlySpan<byte> address, delegate* unmanaged<nint, ucp_ep_h, int, void> onError, nint arg)
     {
         fixed (byte* a = address)
         {
-            var p = new UcpEpParams { FieldMask = EpParamFieldRemoteAddress | (peerErrors ? EpParamFieldErrHandlingMode : 0), Address = (nint)a, ErrMode = ErrHandlingModePeer };
+            var peerErrors = onError != null;
+            var p = new UcpEpParams
+            {
+                FieldMask = EpParamFieldRemoteAddress | (peerErrors ? EpParamFieldErrHandlingMode | EpParamFieldErrHandler : 0),
+                Address = (nint)a,
+                ErrMode = ErrHandlingModePeer,
+                ErrHandler = onError,
+                ErrHandlerArg = arg,
+            };
             ucp_ep_h ep;
             var status = _epCreate(worker, &p, &ep);
             if (status == ErrUnreachable && peerErrors)
@@ -325,6 +337,8 @@ internal sealed unsafe class Ucx
     }
 
     public void Unmap(ucp_context_h context, ucp_mem_h memh) => Check(_memUnmap(context, memh), "ucp_mem_unmap");
+
+    public int TryUnmap(ucp_context_h context, ucp_mem_h memh) => _memUnmap(context, memh);
 
     public byte[] PackRkey(ucp_context_h context, ucp_mem_h memh)
     {

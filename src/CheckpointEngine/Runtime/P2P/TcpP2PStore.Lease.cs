@@ -1,5 +1,7 @@
 using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
 using CheckpointEngine.Runtime.Rendezvous;
+using CheckpointEngine.Runtime.Security;
 
 namespace CheckpointEngine.Runtime.P2P;
 
@@ -13,10 +15,10 @@ namespace CheckpointEngine.Runtime.P2P;
 /// </summary>
 /// <remarks>
 /// <code>
-/// reader → owner  Int32 −1, count, names           (a read request starts with a count ≥ 0 instead)
+/// reader → owner  Int32 −1, count, names, Int64 ms (a read request starts with a count ≥ 0 instead; ms: the read's time left)
 /// owner → reader  0, frame(worker address, count, (address, length, remote key) per name) | 1, frame(why)
 /// ... the reader's one-sided reads ...
-/// reader → owner  Int32 −2
+/// reader → owner  Int32 −2                         (at the latest ms + the send deadline after the grant, else the owner drops the reader)
 /// owner → reader  0                                (the buffers stayed registered throughout)
 /// </code>
 /// </remarks>
@@ -34,8 +36,14 @@ public sealed partial class TcpP2PStore
         /// <summary>The packed remote key of a registered buffer, or null when the buffer is not mapped for one-sided reads.</summary>
         byte[]? RemoteKey(string buffer);
 
-        /// <summary>A reader holds a lease (<c>true</c>) or ended it (<c>false</c>): its gets may need this owner's progress.</summary>
-        void Leased(bool held);
+        /// <summary>A reader holds a lease until the result is disposed: its gets may need this owner's progress.</summary>
+        IDisposable Hold();
+
+        /// <summary>
+        /// <see cref="Unregister"/> cut off leases or reads at the send deadline (every one held then; none can
+        /// be granted until this returns); <paramref name="buffer"/> is about to go. Called under the buffers' lock.
+        /// </summary>
+        void CutOff(string buffer);
     }
 
     /// <summary>One buffer of a lease: where it lies in the owner and the key that opens it.</summary>
@@ -51,6 +59,11 @@ public sealed partial class TcpP2PStore
         for (var i = 0; i < names.Length; i++)
         {
             names[i] = reader.String();
+        }
+        var holdMs = reader.Int64();
+        if (holdMs < 0)
+        {
+            throw new InvalidDataException($"a lease asked to be held for {holdMs} ms");
         }
         socket.SendTimeout = (int)Math.Clamp(SendDeadline.TotalMilliseconds, 1, int.MaxValue);
         _buffersLock.EnterReadLock(); // Unregister waits until the reader is done, or drops it after SendDeadline.
@@ -83,21 +96,17 @@ public sealed partial class TcpP2PStore
                 socket.Send(new StoreProtocol.Writer().String(problem).ToFrame().Span);
                 return;
             }
-            _remote!.Leased(true);
-            try
+            using (_remote!.Hold())
             {
                 socket.Send([0]);
                 socket.Send(grant.ToFrame().Span);
-                // Held until the reader is done: its next frame must end the lease.
-                var end = Frame(stream) ?? throw new IOException("the reader left during its lease");
+                // Held until the reader is done: its next frame must end the lease, by its own deadline and the send
+                // deadline; a stalled reader would otherwise keep this owner polling for it.
+                var end = AwaitLeaseEnd(stream, peer, TimeSpan.FromMilliseconds(Math.Min(holdMs, int.MaxValue)) + SendDeadline) ?? throw new IOException("the reader left during its lease");
                 if (end.Length != 4 || BitConverter.ToInt32(end) != LeaseEnd)
                 {
                     throw new InvalidDataException("a lease was not ended by its reader");
                 }
-            }
-            finally
-            {
-                _remote.Leased(false);
             }
             socket.Send([0]);
         }
@@ -105,6 +114,21 @@ public sealed partial class TcpP2PStore
         {
             _answering.TryRemove(socket, out _);
             _buffersLock.ExitReadLock();
+        }
+    }
+
+    private byte[]? AwaitLeaseEnd(NetworkStream stream, string peer, TimeSpan limit)
+    {
+        using var held = new CancellationTokenSource(TimeSpan.FromMilliseconds(Math.Min(limit.TotalMilliseconds, int.MaxValue)));
+        try
+        {
+            return StoreProtocol.ReadFrameAsync(stream, held.Token).GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException)
+        {
+            Handshake.Logger.LogWarning("{Listener}: dropped the reader at {Peer}: it held its lease {Seconds:0.###} s, past its read's deadline and the send deadline",
+                Handshake.P2P, peer, limit.TotalSeconds);
+            throw new IOException("a lease was held past its deadline");
         }
     }
 
@@ -129,6 +153,7 @@ public sealed partial class TcpP2PStore
             {
                 request.String(name);
             }
+            request.Int64(Remaining(deadline));
             socket.SendTimeout = Remaining(deadline);
             socket.Send(request.ToFrame().Span);
             var status = new byte[1];

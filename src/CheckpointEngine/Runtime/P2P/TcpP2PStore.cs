@@ -94,7 +94,8 @@ public sealed partial class TcpP2PStore : IP2PStore
     /// </summary>
     public void Unregister(string name)
     {
-        if (!_buffersLock.TryEnterWriteLock(SendDeadline))
+        var cut = !_buffersLock.TryEnterWriteLock(SendDeadline);
+        if (cut)
         {
             foreach (var (socket, peer) in _answering)
             {
@@ -106,6 +107,10 @@ public sealed partial class TcpP2PStore : IP2PStore
         }
         try
         {
+            if (cut)
+            {
+                _remote?.CutOff(name);
+            }
             _buffers.Remove(name);
         }
         finally

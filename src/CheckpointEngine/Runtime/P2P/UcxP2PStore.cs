@@ -15,14 +15,15 @@ namespace CheckpointEngine.Runtime.P2P;
 /// </summary>
 public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
 {
-    private readonly UcxWorker _worker;
+    private volatile UcxWorker _worker;
     private readonly IReadOnlyDictionary<string, string> _settings;
     private readonly bool _peerErrors;
     private readonly bool _sameHostOnly;
     private readonly Lock _readerLock = new();
     private UcxWorker? _reader;
     private readonly TcpP2PStore _control;
-    private readonly ConcurrentDictionary<string, (nint Memh, byte[] RemoteKey)> _mapped = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Mapping> _mapped = new(StringComparer.Ordinal);
+    private readonly Lock _mapLock = new();
     private int _disposed;
 
     /// <param name="settings">UCX settings on top of its <c>UCX_*</c> environment (<c>NET_DEVICES</c>, <c>TLS</c>; see <see cref="P2PTransports.Create(P2PTransport, IPAddress, string?, IReadOnlyList{RdmaDevice}, bool)"/>).</param>
@@ -51,7 +52,7 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
     /// <summary>The same buffers over plain TCP: for a reader that chose the tcp transport per update.</summary>
     public IP2PStore Tcp => _control;
 
-    /// <summary>The UCX worker that serves this rank's buffers (for tests: a paused progress thread).</summary>
+    /// <summary>The UCX worker that serves this rank's buffers (for tests: a paused progress thread); a new one after a lease was cut off.</summary>
     internal UcxWorker Worker => _worker;
 
     /// <summary>The UCX worker reads run on, made on first use and again after one retired.</summary>
@@ -79,16 +80,59 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
 
     byte[]? TcpP2PStore.IRemoteAccess.RemoteKey(string buffer) => _mapped.TryGetValue(buffer, out var m) ? m.RemoteKey : null;
 
-    void TcpP2PStore.IRemoteAccess.Leased(bool held) => _worker.Serving(held);
+    IDisposable TcpP2PStore.IRemoteAccess.Hold() => _worker.Hold();
+
+    /// <summary>
+    /// Leases were cut off at the send deadline, and their readers' gets may still be on their way here. UCX
+    /// emulates gets between processes of a host and over its TCP transport with messages that carry a bare
+    /// address, which this worker's progress would answer from memory that is about to go (after unmapping
+    /// too: nothing checks the key). So the worker that served them is destroyed before the buffer goes, and
+    /// a new one maps the other buffers: their keys change, and every lease was cut off with the others.
+    /// </summary>
+    void TcpP2PStore.IRemoteAccess.CutOff(string buffer)
+    {
+        lock (_mapLock)
+        {
+            var old = _worker;
+            var stale = _mapped.Values.Select(m => m.Memh).ToList();
+            _mapped.TryRemove(buffer, out _);
+            try
+            {
+                var fresh = new UcxWorker(_settings, _peerErrors);
+                _worker = fresh;
+                foreach (var (name, m) in _mapped)
+                {
+                    var (memh, key) = fresh.Map(m.Address, m.Length);
+                    _mapped[name] = m with { Memh = memh, RemoteKey = key, Worker = fresh };
+                }
+            }
+            finally
+            {
+                try
+                {
+                    stale.ForEach(old.Unmap);
+                }
+                finally
+                {
+                    old.Dispose(); // Destroyed here, it answers nothing any more.
+                }
+            }
+        }
+    }
 
     public void Register(string name, nint address, long length)
     {
-        if (_mapped.ContainsKey(name))
+        Mapping mapping;
+        lock (_mapLock) // Not while a cut-off replaces the worker.
         {
-            throw new InvalidOperationException($"P2P buffer '{name}' is already registered");
+            if (_mapped.ContainsKey(name))
+            {
+                throw new InvalidOperationException($"P2P buffer '{name}' is already registered");
+            }
+            var (memh, key) = _worker.Map(address, Math.Max(length, 1));
+            mapping = new Mapping(address, Math.Max(length, 1), memh, key, _worker);
+            _mapped[name] = mapping;
         }
-        var mapping = _worker.Map(address, Math.Max(length, 1));
-        _mapped[name] = mapping;
         try
         {
             _control.Register(name, address, length);
@@ -96,7 +140,7 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
         catch
         {
             _mapped.TryRemove(name, out _);
-            _worker.Unmap(mapping.Memh);
+            mapping.Worker.Unmap(mapping.Memh);
             throw;
         }
     }
@@ -107,9 +151,12 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
         _control.Unregister(name);
         if (_mapped.TryRemove(name, out var mapping))
         {
-            _worker.Unmap(mapping.Memh);
+            mapping.Worker.Unmap(mapping.Memh);
         }
     }
+
+    /// <summary>A buffer mapped for one-sided reads, by the worker that serves it.</summary>
+    private readonly record struct Mapping(nint Address, long Length, nint Memh, byte[] RemoteKey, UcxWorker Worker);
 
     public Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default) =>
         Task.Factory.StartNew(() => Read(owner, reads, timeout, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
@@ -186,7 +233,7 @@ public sealed class UcxP2PStore : IP2PStore, TcpP2PStore.IRemoteAccess
         {
             if (_mapped.TryRemove(name, out var mapping)) // An Unregister racing this one unmaps what it removed.
             {
-                _worker.Unmap(mapping.Memh);
+                mapping.Worker.Unmap(mapping.Memh);
             }
         }
         lock (_readerLock)

@@ -28,6 +28,9 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     private readonly List<Batch> _batches = [];
     private readonly Dictionary<string, (byte[] Address, nint Ep)> _endpoints = new(StringComparer.Ordinal);
     private readonly List<nint> _closing = [];
+    private readonly List<nint> _failedEndpoints = [];
+    private readonly HashSet<nint> _maps = [];
+    private GCHandle _self;
     private readonly Thread _thread;
     private readonly Lock _wakeLock = new();
     private nint _context;
@@ -49,10 +52,19 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     {
         _peerErrors = peerErrors;
         _ucx = Ucx.Instance;
+        _self = GCHandle.Alloc(this);
         var started = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
         _thread = new Thread(() => Run(settings, started)) { IsBackground = true, Name = "ucx-progress" };
         _thread.Start();
-        Address = started.Task.GetAwaiter().GetResult();
+        try
+        {
+            Address = started.Task.GetAwaiter().GetResult();
+        }
+        catch
+        {
+            _self.Free();
+            throw;
+        }
     }
 
     /// <summary>This worker's address: a capability, handed only to authenticated readers.</summary>
@@ -94,7 +106,9 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         var memh = _ucx.Map(_context, address, length);
         try
         {
-            return (memh, _ucx.PackRkey(_context, memh));
+            var key = _ucx.PackRkey(_context, memh);
+            _maps.Add(memh);
+            return (memh, key);
         }
         catch
         {
@@ -103,11 +117,24 @@ internal sealed unsafe partial class UcxWorker : IDisposable
         }
     });
 
-    public void Unmap(nint memh) => Invoke(() =>
+    /// <summary>Unmaps <paramref name="memh"/>; nothing to do once this worker is gone (its context took every mapping with it).</summary>
+    public void Unmap(nint memh)
     {
-        _ucx.Unmap(_context, memh);
-        return 0;
-    });
+        try
+        {
+            Invoke(() =>
+            {
+                if (_maps.Remove(memh))
+                {
+                    _ucx.Unmap(_context, memh);
+                }
+                return 0;
+            });
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+    }
 
     /// <summary>
     /// Starts reading every get from the worker at <paramref name="address"/> (known to readers as
@@ -176,7 +203,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     /// Progresses while there is work, otherwise arms the wake-up descriptor (<c>ucp_worker_arm</c>; busy:
     /// progress again) and sleeps on it until UCX has news (a connecting reader, a message) or
     /// <see cref="Wake"/> is called, at most until the nearest deadline. Work is: commands, gets in
-    /// flight, leases held on this owner (see <see cref="Serving"/>), and <see cref="HotMs"/> after the
+    /// flight, leases held on this owner (see <see cref="Hold"/>), and <see cref="HotMs"/> after the
     /// last news. UCX 1.13 arms its interfaces for receive events only, so neither a get's completion nor
     /// a full send queue draining signals the descriptor: those are polled, yielding the core between
     /// polls that brought nothing, so that ranks sharing few cores get theirs.
@@ -204,6 +231,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             {
                 worked = true;
             }
+            worked |= DropFailed();
             var inFlight = false;
             for (var i = _batches.Count - 1; i >= 0; i--)
             {
@@ -235,6 +263,7 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             }
             if (_commands.IsEmpty && _ucx.Arm(_worker) && _commands.IsEmpty)
             {
+                Sleeping?.Invoke();
                 var fd = new PollFd { Fd = _efd, Events = PollIn };
                 _ = poll(&fd, 1, SleepMs());
             }
@@ -254,16 +283,41 @@ internal sealed unsafe partial class UcxWorker : IDisposable
     private const long HotMs = 2;
 
     /// <summary>
-    /// Readers hold leases on this owner's buffers (<paramref name="held"/> counts one up or down). Their
-    /// gets may be served by this worker's progress: where UCX has no one-sided path between two processes
-    /// (UCX 1.13 between processes of a host emulates gets with messages over shared memory), and UCX does
-    /// not wake the descriptor when a full queue drains. So while a lease is held the thread keeps progressing.
+    /// A reader holds a lease on this owner's buffers until the result is disposed. Its gets may be served by
+    /// this worker's progress: where UCX has no one-sided path between two processes (UCX 1.13 between
+    /// processes of a host emulates gets with messages over shared memory), and UCX does not wake the
+    /// descriptor when a full queue drains. So while a lease is held the thread keeps progressing. The hold
+    /// counts on this worker, whichever serves the store when it ends.
     /// </summary>
-    public void Serving(bool held)
+    public IDisposable Hold()
     {
-        Interlocked.Add(ref _leases, held ? 1 : -1);
+        Interlocked.Increment(ref _leases);
         Wake();
+        return new Held(this);
     }
+
+    private sealed class Held(UcxWorker worker) : IDisposable
+    {
+        private int _done;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) == 0)
+            {
+                Interlocked.Decrement(ref worker._leases);
+                worker.Wake();
+            }
+        }
+    }
+
+    /// <summary>Raised by <see cref="Dispose"/> once the thread was told to stop (for tests: it progresses no more).</summary>
+    internal event Action? StopRequested;
+
+    /// <summary>Leases held on this owner now (for tests).</summary>
+    internal int Leases => Volatile.Read(ref _leases);
+
+    /// <summary>Raised on the progress thread each time it goes to sleep on the wake-up descriptor (for tests: it stopped polling).</summary>
+    internal event Action? Sleeping;
 
     /// <summary>How long the progress thread may sleep: until the nearest deadline, at most 100 ms (a lost event is never waited on for long).</summary>
     private int SleepMs()
@@ -314,9 +368,37 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             }
             Drop(owner);
         }
-        var ep = _ucx.Connect(_worker, address, _peerErrors);
+        var ep = _peerErrors ? _ucx.Connect(_worker, address, &OnEndpointError, GCHandle.ToIntPtr(_self)) : _ucx.Connect(_worker, address, null, 0);
         _endpoints[owner] = (address, ep);
         return ep;
+    }
+
+    /// <summary>UCX reports a failed endpoint (its peer died or its connection broke; it failed the endpoint's requests already), from within progress.</summary>
+    [UnmanagedCallersOnly]
+    private static void OnEndpointError(nint arg, nint ep, int status)
+    {
+        if (GCHandle.FromIntPtr(arg).Target is UcxWorker worker)
+        {
+            worker._failedEndpoints.Add(ep); // Closed after progress returns, not from inside it.
+        }
+    }
+
+    /// <summary>Closes the endpoints UCX reported failed that are still in use (a read's failure may have closed one first); true when any was.</summary>
+    private bool DropFailed()
+    {
+        if (_failedEndpoints.Count == 0)
+        {
+            return false;
+        }
+        foreach (var ep in _failedEndpoints)
+        {
+            if (_endpoints.FirstOrDefault(e => e.Value.Ep == ep).Key is { } owner)
+            {
+                Drop(owner); // The next read from this owner makes a new endpoint.
+            }
+        }
+        _failedEndpoints.Clear();
+        return true;
     }
 
     /// <summary>Closes the endpoint to <paramref name="owner"/> at once: its requests in flight complete with an error.</summary>
@@ -382,6 +464,11 @@ internal sealed unsafe partial class UcxWorker : IDisposable
                 _ = _ucx.Progress(_worker);
                 PollClosing();
             }
+            foreach (var memh in _maps)
+            {
+                _ = _ucx.TryUnmap(_context, memh); // Mappings nobody took back: UCX 1.13 aborts on a context that goes with them.
+            }
+            _maps.Clear();
             lock (_wakeLock)
             {
                 _ucx.DestroyWorker(_worker);
@@ -389,8 +476,10 @@ internal sealed unsafe partial class UcxWorker : IDisposable
                 _inFlight = 0; // Gets of a destroyed worker cannot land.
             }
         }
-        if (_context != 0)
+        if (_context != 0 && !_retired)
         {
+            // A retired worker's context is left behind: UCX 1.13 asserts (aborting the process) when a context goes
+            // while registrations of requests it never finished are in use (its TCP transport's, for one).
             _ucx.Cleanup(_context);
             _context = 0;
         }
@@ -413,8 +502,10 @@ internal sealed unsafe partial class UcxWorker : IDisposable
             return;
         }
         _stopping = true;
+        StopRequested?.Invoke();
         Wake();
         _thread.Join();
+        _self.Free();
     }
 
     private const short PollIn = 1;

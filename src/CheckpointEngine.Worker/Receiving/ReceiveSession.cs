@@ -369,16 +369,7 @@ internal sealed class ReceiveSession : IDisposable
         {
             return $"pitch {pitch} must be positive";
         }
-        long product = 1;
-        foreach (var d in t.Shape.Take(part.Dim))
-        {
-            if (d != 0 && product > long.MaxValue / d)
-            {
-                return $"the rows of shape [{string.Join(", ", t.Shape)}] before dimension {part.Dim} overflow a 64-bit count";
-            }
-            product *= d;
-        }
-        rows = product;
+        rows = t.Shape.Take(part.Dim).Aggregate(1L, (a, b) => a * b); // The shape's element count fits (checked with nbytes), so its rows do.
         var row = rows == 0 ? 0 : t.NBytes / rows;
         if (pitch < row)
         {

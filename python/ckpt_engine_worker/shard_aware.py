@@ -89,7 +89,8 @@ class ShardAware:
                             recording.load_part(name, t, dim, slices)
 
         try:
-            summary = receive_update(ticket, load, finish, device=device, idle_timeout=idle_timeout, wants=wants)
+            # Parts are copied by load_part through their strides: column slices may stay where they lie (strided).
+            summary = receive_update(ticket, load, finish, device=device, idle_timeout=idle_timeout, wants=wants, strided=True)
         except BaseException:
             self.layout = self.recordings = self.declared = None
             raise

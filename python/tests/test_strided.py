@@ -142,6 +142,7 @@ class StridedShardAwareTests(unittest.TestCase):
                         self.assertIsNotNone(shard.wants())
                     sharded, in_place = self.update(shard, server, second)
                     self.assertGreater(in_place, 0)
+                    self.assertEqual(shard.parts_in_place, in_place)
                     self.assertEqual(sharded.bytes, declared_bytes(second, server.wants))
                     reference = engine.Model(rank, tp)
                     reference.load_weights(list(second.items()))

@@ -6,7 +6,7 @@ namespace CheckpointEngine.Tests.Server;
 
 /// <summary>
 /// One rank on the host backend, its worker keeping a column slice: a receiver that takes strided parts reads it as rows in the
-/// registered segment (nothing gathered into the slot); one that does not gets it packed by the rank, as before. Same bytes.
+/// registered segment, or where it was staged (nothing gathered into the slot); one that does not gets it packed by the rank, as before. Same bytes.
 /// </summary>
 public sealed class StridedPartInPlaceTests
 {
@@ -22,16 +22,21 @@ public sealed class StridedPartInPlaceTests
     /// <summary>Columns [8, 20) of the [16, 40] tensor, packed.</summary>
     private static byte[] Expected() => [.. Enumerable.Range(0, 16).SelectMany(r => Weights.Skip((r * 40) + 8).Take(12))];
 
+    /// <param name="sharedMemory">False: the registered buffers are private, so the bucket is staged first; its stager's worker then reads it in the staging buffer.</param>
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public async Task Update_ColumnSlice_StridedReceiverReadsItInPlace_PackedOneGetsItGathered(bool strided)
+    [InlineData(true, true)]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    public async Task Update_ColumnSlice_StridedReceiverReadsItInPlace_PackedOneGetsItGathered(bool strided, bool sharedMemory)
     {
-        await using var rank = await SingleRank.StartAsync(new NamedTensor("o.weight", DType.U8, [16, 40], Weights), new NamedTensor("norm", DType.U8, [7], Norm));
+        await using var rank = await SingleRank.StartAsync();
+        rank.Server.Registry.SharedMemory = sharedMemory;
+        rank.Server.RegisterCheckpoint("cols", [], [new NamedTensor("o.weight", DType.U8, [16, 40], Weights), new NamedTensor("norm", DType.U8, [7], Norm)]);
         for (var u = 0; u < 2; u++)
         {
             var received = new Dictionary<string, (byte[] Bytes, bool Packed)>(StringComparer.Ordinal);
-            var report = await rank.Server.UpdateAsync("step-1", UpdateMode.Broadcast, (context, ct) => WeightReceiver.ReceiveAsync(context.Sockets.Single().Ticket.ToString(),
+            var report = await rank.Server.UpdateAsync("cols", UpdateMode.Broadcast, (context, ct) => WeightReceiver.ReceiveAsync(context.Sockets.Single().Ticket.ToString(),
                 Columns, strided, (_, tensors) =>
                 {
                     foreach (var t in tensors)
@@ -42,7 +47,7 @@ public sealed class StridedPartInPlaceTests
                     }
                 }, null, SingleRank.Deadline, ct), new UpdateOptions { Timeout = SingleRank.Deadline }, TestContext.Current.CancellationToken);
 
-            Assert.True(report.InPlace);
+            Assert.Equal(sharedMemory, report.InPlace);
             Assert.Equal(strided ? 0 : 16 * 12, report.BytesGathered);
             Assert.Equal(16 * 12 + 7, report.BytesDelivered);
             Assert.Equal(Expected(), received["o.weight"].Bytes);

@@ -79,6 +79,17 @@ public sealed class StridedPartReceiverTests : IDisposable
     }
 
     [Fact]
+    public async Task Receive_PartInPlace_ChecksumsCoverItsRowsInOrder()
+    {
+        (uint Crc, string Sha)? sums = null;
+        var task = WeightReceiver.ReceiveAsync(_ps.Ticket.ToString(), (_, tensors) => sums = (TensorChecksum.Crc32(tensors[0]), TensorHash.Sha256Hex(tensors[0])),
+            null, FakeParameterServer.StepDeadline, null, TestContext.Current.CancellationToken, stridedParts: true);
+        await _ps.UpdateAsync([Part(_ps.Place([Whole])[0].Offset + 12)]);
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        Assert.Equal((ReferenceCrc32.Of(Expected()), TensorHash.Sha256Hex(Expected())), sums);
+    }
+
+    [Fact]
     public async Task Receive_PartInPlace_SpanIsRefusedNamingRowsAndPitch()
     {
         string? error = null;

@@ -61,7 +61,7 @@ class ReceiveSummary:
         return "ReceiveSummary(%r)" % (self.as_dict(),)
 
 
-def receive_update(ticket, load, finish=None, device=None, idle_timeout=None, wants=None):
+def receive_update(ticket, load, finish=None, device=None, idle_timeout=None, wants=None, strided=False):
     """Receives one update with the `ticket` the parameter server handed the engine ("address#session";
     "@name" is an abstract socket, see protocol.address_for), retrying the connection until it listens.
     The listening process must run as this process's user; the session key proves to it that this
@@ -74,6 +74,9 @@ def receive_update(ticket, load, finish=None, device=None, idle_timeout=None, wa
     wants: what this worker keeps, {"others": "whole"|"none", "tensors": {name: "whole" | "none" |
         {"dim": d, "slices": [[start, length], ...]}}} (see recorder.py); the parameter server then
         sends only that, and tensors it slices reach `load` as parts (see Weights.parts). None: everything.
+    strided: `load` also takes a part of one slice along a later dimension where it lies inside its whole tensor
+        (a column slice in the owners' memory, one host): a non-contiguous view, to be copied with `copy_` rather
+        than `view`-ed; nothing copies it before `load` does. False: every part arrives packed (contiguous).
     Returns a ReceiveSummary after "finish"; raises ValueError for a malformed ticket, else
     WeightUpdateAborted (also when the server refused the session key) or WeightReceiveError.
     """
@@ -90,15 +93,19 @@ def receive_update(ticket, load, finish=None, device=None, idle_timeout=None, wa
         if refusal:
             raise WeightReceiveError(refusal + " (is another user's process squatting this device's socket name?)")
         try:
-            # "segments": this receiver maps the owners' registered segments an attach may name beside its buffer.
-            if wants is None:
-                send(sock, {"session": session, "segments": True}, idle)
-            else:
-                send(sock, {"session": session, "wants": True, "segments": True}, idle)
+            # "segments": this receiver maps the owners' registered segments an attach may name beside its buffer;
+            # "strided": it takes parts in place (see `strided`).
+            hello = {"session": session, "segments": True}
+            if wants is not None:
+                hello["wants"] = True
+            if strided:
+                hello["strided"] = True
+            send(sock, hello, idle)
+            if wants is not None:
                 send(sock, wants, idle)
         except OSError as e:
             raise WeightReceiveError("lost the parameter server at %s while sending the session key: %s" % (address, e)) from None
-        return _Session(address, sock, load, finish, device, idle).run()
+        return _Session(address, sock, load, finish, device, idle, strided).run()
 
 
 def describe(error):
@@ -112,7 +119,8 @@ class _Session:
     """One update on one connection: the protocol's state machine (attach, load*, release, finish;
     abort at any point), message validation, and the buffer while attached."""
 
-    def __init__(self, address, sock, load, finish, device, idle):
+    def __init__(self, address, sock, load, finish, device, idle, strided=False):
+        self.strided = strided
         self.address = address
         self.sock = sock
         self.load = load
@@ -294,7 +302,20 @@ class _Session:
                 return [], 0, "%s: segment %r was not attached (this update attached %d)" % (what, index, len(self.registered) + 1)
             segment = self.registered[index - 1] if index else self.segment
             size = segment.size
-            if type(offset) is not int or offset < 0 or offset > size - nbytes:
+            part = None
+            if t.get("part") is not None:
+                part, error = _part(t["part"], shape)
+                if error:
+                    return [], 0, "%s: part %s" % (what, error)
+            pitch, rows, extent = t.get("pitch"), 1, nbytes
+            if pitch is not None:
+                rows, extent, error = self._strided(t, part, shape, nbytes)
+                if error:
+                    return [], 0, "%s: %s" % (what, error)
+            if type(offset) is not int or offset < 0 or offset > size - extent:
+                if extent != nbytes:
+                    return [], 0, "%s: bytes [%r, %r) (%d rows of %d bytes, %d bytes apart) are outside segment %s of %d bytes" % (
+                        what, offset, offset + extent if type(offset) is int else None, rows, nbytes // rows, pitch, segment.name, size)
                 return [], 0, "%s: bytes [%r, %r) are outside segment %s of %d bytes" % (
                     what, offset, offset + nbytes if type(offset) is int else None, segment.name, size)
             crc = t.get("crc32")
@@ -310,17 +331,41 @@ class _Session:
                 actual = segment.sha256(offset, nbytes)
                 if actual != str(checksum).lower():
                     return [], 0, "%s has sha256 %s, expected %s" % (what, actual, str(checksum).lower())
-            if t.get("part") is not None:
-                part, error = _part(t["part"], shape)
-                if error:
-                    return [], 0, "%s: part %s" % (what, error)
+            if part is not None:
                 weights.parts[name] = part
             try:
-                weights.append((name, segment.view(dtype, shape, offset, nbytes)))
+                if pitch is not None:
+                    weights.append((name, segment.strided_view(dtype, shape, part[0], offset, pitch, extent)))
+                else:
+                    weights.append((name, segment.view(dtype, shape, offset, nbytes)))
             except (ValueError, RuntimeError) as e:
                 return [], 0, "%s: %s" % (what, e)
             total += nbytes
         return weights, total, None
+
+    def _strided(self, t, part, shape, nbytes):
+        """(rows, bytes from the first row's start to the last row's end, None) of a part said to lie in place
+        ("pitch": its rows that far apart inside its whole tensor), or (1, nbytes, why not)."""
+        pitch = t["pitch"]
+        if not self.strided:
+            return 1, nbytes, "pitch %r sent to a worker that takes packed parts only (its hello did not say \"strided\")" % (pitch,)
+        if part is None or len(part[1]) != 1:
+            return 1, nbytes, ("pitch %r comes without a part" % (pitch,) if part is None
+                               else "pitch %r comes with a part of %d slices (it describes one)" % (pitch, len(part[1])))
+        if t.get("crc32") is not None or t.get("sha256") is not None:
+            return 1, nbytes, "a part in place carries no checksum (checksums cover whole tensors)"
+        if type(pitch) is not int or pitch <= 0:
+            return 1, nbytes, "pitch %r must be a positive integer" % (pitch,)
+        rows = 1
+        for n in shape[:part[0]]:
+            rows *= n
+        row = nbytes // rows if rows else 0
+        if pitch < row:
+            return 1, nbytes, "pitch %d is smaller than a row of the part (%d bytes)" % (pitch, row)
+        extent = (rows - 1) * pitch + row if rows else 0
+        if extent >= 1 << 63:
+            return 1, nbytes, "%d rows %d bytes apart overflow a 64-bit offset" % (rows, pitch)
+        return rows, extent, None
 
     # --- plumbing -------------------------------------------------------------------------------
 

@@ -184,9 +184,10 @@ def extent(source, full_shape):
     return ranges, walks, index
 
 
-def translate(source, full_shape, dim, slices):
-    """The same view as `source` (of the full tensor) in the part holding `slices` along `dim`, packed:
-    (offset, sizes, strides) of the part's contiguous layout; None when the view leaves its slice."""
+def translate(source, full_shape, dim, slices, part_strides=None):
+    """The same view as `source` (of the full tensor) in the part holding `slices` along `dim`: (offset,
+    sizes, strides) in the part's elements, laid out with `part_strides` (default: packed, contiguous; a
+    part in place has its whole tensor's strides); None when the view leaves its slice."""
     found = extent(source, full_shape)
     if found is None:
         return None
@@ -201,7 +202,7 @@ def translate(source, full_shape, dim, slices):
         return None
     part_shape = list(full_shape)
     part_shape[dim] = sum(length for _, length in slices)
-    part = _contiguous_strides(part_shape)
+    part = list(part_strides) if part_strides is not None else _contiguous_strides(part_shape)
     index = list(index)
     index[dim] = lo - start + at
     offset = sum(i * s for i, s in zip(index, part))
@@ -285,17 +286,16 @@ class Recording:
         return {"dim": best[1], "slices": [[lo, hi - lo] for lo, hi in best[2]]}
 
     def load_part(self, name, part, dim, slices):
-        """Copies every recorded sink of `name` out of `part` (its slices along `dim`, packed) into the
-        parameters; raises naming the tensor when the part does not hold a sink's elements or a
-        parameter changed since recording."""
+        """Copies every recorded sink of `name` out of `part` (its slices along `dim`, packed, or in place
+        inside the whole tensor: read through its strides, no copy first) into the parameters; raises naming
+        the tensor when the part does not hold a sink's elements or a parameter changed since recording."""
         sinks = self.sinks.get(name)
         if not sinks:
             raise LookupError("tensor '%s' arrived as a part, but its loader was not recorded copying it" % name)
         full_shape = list(self.layout[name][1])
-        flat = part.reshape(-1)
         with torch.no_grad():
             for sink in sinks:
-                source = translate(sink.source, full_shape, dim, slices)
+                source = translate(sink.source, full_shape, dim, slices, part.stride())
                 if source is None:
                     raise ValueError("tensor '%s': the part (dimension %d, slices %s) does not hold what its loader copies into '%s'"
                                      % (name, dim, slices, sink.param))
@@ -303,7 +303,7 @@ class Recording:
                 if (tuple(p.shape), tuple(p.stride()), p.dtype) != sink.param_geometry:
                     raise ValueError("parameter '%s' is %s %s now, %s %s when its loader was recorded (the model changed: record again)" % (
                         sink.param, p.dtype, tuple(p.shape), sink.param_geometry[2], sink.param_geometry[0]))
-                src = flat.as_strided(source[1], source[2], flat.storage_offset() + source[0])
+                src = part.as_strided(source[1], source[2], part.storage_offset() + source[0])
                 if sink.convert is not None:
                     src = src.to(sink.convert)
                 rel, sizes, strides = sink.target

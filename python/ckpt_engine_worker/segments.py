@@ -69,6 +69,28 @@ class Segment:
         flat = self._whole[offset:offset + nbytes]
         return (flat.view(dtype) if dtype != torch.uint8 else flat).view(shape)
 
+    def strided_view(self, dtype_name, shape, dim, offset, pitch, extent):
+        """A part that lies in place inside its whole tensor, without a copy: `shape` (the part's), in rows (one per index of
+        the dimensions before `dim`) `pitch` bytes apart, the first at `offset`, `extent` bytes from the first to the end of
+        the last. Host memory only. Raises UnsupportedDType for a dtype this torch lacks, ValueError for a misaligned row."""
+        if self._fetch is not None or self.kind != "shm":
+            raise ValueError("parts in place come only in shared memory, not in a %s buffer" % self.kind)
+        dtype = dtypes.torch_dtype(dtype_name)
+        item = torch.empty(0, dtype=dtype).element_size()
+        if offset % item or pitch % item:
+            raise ValueError("offset %d or pitch %d is not a multiple of the %d-byte size of %s" % (offset, pitch, item, dtype_name))
+        if extent == 0:
+            return torch.empty(shape, dtype=dtype)
+        flat = self._whole[offset:offset + extent]
+        base = flat.view(dtype) if dtype != torch.uint8 else flat
+        strides, step = [0] * len(shape), 1
+        for i in range(len(shape) - 1, dim - 1, -1):  # Inside a row: contiguous.
+            strides[i], step = step, step * shape[i]
+        step = pitch // item
+        for i in range(dim - 1, -1, -1):  # Across rows: the whole tensor's pitch.
+            strides[i], step = step, step * shape[i]
+        return base.as_strided(shape, strides)
+
     def sha256(self, offset, nbytes):
         """Hex SHA-256 of a byte range (a copy to the host first when the buffer is on a GPU)."""
         if isinstance(self._owner, mmap.mmap):

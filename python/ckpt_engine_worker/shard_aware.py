@@ -38,6 +38,7 @@ class ShardAware:
         self.recordings = None
         self.declared = None
         self.unrecordable = None  # Why the loaders could not be recorded: this worker then receives every byte.
+        self.parts_in_place = 0  # Parts the last update handed where they lie in the owners' memory (strided views), not packed.
 
     def wants(self):
         """The wants frame for the next update, or None while the layout is unknown."""
@@ -73,6 +74,7 @@ class ShardAware:
         """Receives one update (see receive_update) and returns its summary."""
         wants = self.wants()
         seen = {}
+        self.parts_in_place = 0
 
         def load(weights):
             if wants is None:
@@ -87,9 +89,11 @@ class ShardAware:
                         if name in weights.parts and recording.sinks.get(name):
                             dim, slices, _ = weights.parts[name]
                             recording.load_part(name, t, dim, slices)
+                            self.parts_in_place += 0 if i or t.is_contiguous() else 1
 
         try:
-            summary = receive_update(ticket, load, finish, device=device, idle_timeout=idle_timeout, wants=wants)
+            # Parts are copied by load_part through their strides: column slices may stay where they lie (strided).
+            summary = receive_update(ticket, load, finish, device=device, idle_timeout=idle_timeout, wants=wants, strided=True)
         except BaseException:
             self.layout = self.recordings = self.declared = None
             raise

@@ -8,8 +8,8 @@ only what each rank's recorded loaders keep).
 writes one checkpoint per seed to DIR/seed-S (safetensors, two shards), then prints
 "listening on http://127.0.0.1:PORT". Device ids: $CKPT_ENGINE_DEVICE_ID with {local_rank} = the
 device's index (instance * tp + rank); each instance's update names its own devices. GET /v1/check/S: per worker, the tensors whose bytes differ from the same rank loaded
-from seed S's full checkpoint with its loaders, the bytes of its last update and the bytes its
-declaration names.
+from seed S's full checkpoint with its loaders, the bytes of its last update, the bytes its
+declaration names and how many parts its last update handed in place (strided views of the owners' memory).
 """
 
 import argparse
@@ -52,6 +52,7 @@ def check(workers, tp, seed):
         shard = w.shard
         out.append({"device_id": w.device_id, "differ": differ, "last_bytes": w.last_bytes,
                     "declared_bytes": shard.wanted_bytes() if shard is not None and shard.declared else None,
+                    "parts_in_place": shard.parts_in_place if shard is not None else 0,
                     "full_bytes": sum(t.numel() * t.element_size() for t in full.values())})
     return {"workers": out}
 

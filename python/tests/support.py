@@ -79,6 +79,7 @@ class FakeServer:
         hello = json.loads(protocol.read_frame(self.conn, timeout))
         self.wants = None
         self.maps_segments = hello.pop("segments", False) is True
+        self.takes_strided = hello.pop("strided", False) is True
         if hello == {"session": self.session, "wants": True}:
             self.wants = json.loads(protocol.read_frame(self.conn, timeout))
         elif hello != {"session": self.session}:
@@ -92,11 +93,12 @@ class FakeServer:
     def attach(self):
         return self.call({"type": "attach", "kind": "shm", "handle": self.segment, "size": self.size, "device_id": "dev-0"})
 
-    def pack(self, tensors, start=0, checksums=False, crc32=False, wants=None):
+    def pack(self, tensors, start=0, checksums=False, crc32=False, wants=None, in_place=False):
         """Writes tensors at 256-byte aligned offsets from `start`; returns their wire descriptions. With
         `wants` (a worker's declaration), only what it keeps, sliced tensors as parts, as the parameter
-        server sends them."""
-        wire, offset, parts = [], start, {}
+        server sends them; with `in_place` too, a part of one slice along a later dimension is described
+        where it lies in its whole tensor (written whole), with a "pitch", as to a worker that takes them."""
+        wire, offset, parts, whole = [], start, {}, {}
         if wants is not None:
             tensors, parts = dict(tensors), {}
             for name in list(tensors):
@@ -106,13 +108,19 @@ class FakeServer:
                 elif want != "whole":
                     t, d = tensors[name], want["dim"]
                     parts[name] = {"dim": d, "slices": want["slices"], "full_shape": list(t.shape)}
+                    if in_place and d > 0 and len(want["slices"]) == 1:
+                        whole[name] = (t, want["slices"][0][0] * t.stride(d) * t.element_size(), t.stride(d - 1) * t.element_size())
                     tensors[name] = torch.cat([t.narrow(d, s, n) for s, n in want["slices"]], d)
         for name, t in tensors.items():
             n = t.numel() * t.element_size()
-            if n:
-                flat = t.contiguous().reshape(-1).view(torch.uint8)
-                torch.frombuffer(self.memory, dtype=torch.uint8)[offset:offset + n].copy_(flat)
-            entry = {"name": name, "dtype": dtypes.wire_name(t.dtype), "shape": list(t.shape), "offset": offset, "nbytes": n}
+            written, first, pitch = whole.get(name, (t, 0, None))
+            size = written.numel() * written.element_size()
+            if size:
+                flat = written.contiguous().reshape(-1).view(torch.uint8)
+                torch.frombuffer(self.memory, dtype=torch.uint8)[offset:offset + size].copy_(flat)
+            entry = {"name": name, "dtype": dtypes.wire_name(t.dtype), "shape": list(t.shape), "offset": offset + first, "nbytes": n}
+            if pitch is not None:
+                entry["pitch"] = pitch
             if checksums:
                 entry["sha256"] = tensor_sha256(t)
             if crc32:
@@ -120,7 +128,7 @@ class FakeServer:
             if name in parts:
                 entry["part"] = parts[name]
             wire.append(entry)
-            offset += (n + 255) // 256 * 256
+            offset += (size + 255) // 256 * 256
         return wire
 
     def close(self):

@@ -124,7 +124,7 @@ public sealed partial class ReferenceWorker
         try
         {
             var summary = await WeightReceiver.ReceiveAsync(socket, _options.DeclareWants ? shard.Wants() : null, (bucket, tensors) => LoadBucket(shard, bucket, tensors), null, _options.IdleTimeout,
-                _options.CorruptTensor is null ? null : (_, views) => Corrupt(views), ct)
+                _options.CorruptTensor is null ? null : (_, views) => Corrupt(views), _options.StridedParts, ct)
                 .ConfigureAwait(false);
             return new(shard, summary, null);
         }

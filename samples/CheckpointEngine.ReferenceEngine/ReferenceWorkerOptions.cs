@@ -29,6 +29,12 @@ public sealed record ReferenceWorkerOptions
     /// <summary>With <see cref="ShardByTp"/>, declare the slices each shard keeps (the default), so the parameter server sends only those; off: every byte arrives and the shard cuts its slice out.</summary>
     public bool DeclareWants { get; init; } = true;
 
+    /// <summary>
+    /// Take declared parts in place where they lie (a column slice inside its whole tensor in the owners' memory, copied row by row into
+    /// the shard) rather than packed by the rank first (the default); off: every part arrives packed, as to an older worker.
+    /// </summary>
+    public bool StridedParts { get; init; } = true;
+
     /// <summary>Update number <see cref="FailAtUpdate"/> fails at this bucket (fault injection); the others succeed.</summary>
     public int? FailAtBucket { get; init; }
 

@@ -7,13 +7,16 @@ namespace CheckpointEngine.ReferenceEngine;
 /// copy: <see cref="Chunks"/> pieces of <see cref="ChunkBytes"/>, the first at <see cref="SourceOffset"/>
 /// and each <see cref="SourceStride"/> bytes after the previous one, packed together in the shard.
 /// Column-parallel projections (q/k/v/gate/up) split rows; row-parallel ones (o/down) split columns,
-/// as vLLM's linear layers do. Anything else, and any split that does not divide evenly or whose
+/// as vLLM's linear layers do, and their FP8 block scales with them. Anything else, and any split that does not divide evenly or whose
 /// elements are smaller than a byte, is kept whole.
 /// </summary>
 internal readonly record struct TensorParallelSlice(long[] Shape, long SourceOffset, long Chunks, long ChunkBytes, long SourceStride)
 {
-    private static readonly string[] RowSplit = ["q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight"];
-    private static readonly string[] ColumnSplit = ["o_proj.weight", "down_proj.weight"];
+    // FP8 block scales (weight_scale_inv, one per 128 × 128 block) go with their weight's split, as vLLM shards them.
+    private static readonly string[] RowSplit = ["q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight",
+        "q_proj.weight_scale_inv", "k_proj.weight_scale_inv", "v_proj.weight_scale_inv", "gate_proj.weight_scale_inv", "up_proj.weight_scale_inv"];
+
+    private static readonly string[] ColumnSplit = ["o_proj.weight", "down_proj.weight", "o_proj.weight_scale_inv", "down_proj.weight_scale_inv"];
 
     public long ByteLength => Chunks * ChunkBytes;
 

@@ -15,7 +15,7 @@ using CheckpointEngine.Server;
 /// loop. Arguments: DIR ENGINE_URLS TP UPDATES [kill-at-bucket R K [U]] (rank R dies around bucket K of update U, default 1), where ENGINE_URLS has one URL per
 /// inference group (comma-separated; group g = ranks g·TP … g·TP+TP−1).
 /// Prints "update N ok BYTES SECONDS BUCKETS SLOTS", "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS",
-/// "declarations N BYTES_OF_WANTS_RECEIVED", "path N in-place|in-staging|staged BYTES_STAGED" and "link N sent|received PEER_HOST BYTES SECONDS"
+/// "declarations N BYTES_OF_WANTS_RECEIVED", "path N in-place|in-staging|staged BYTES_STAGED", "gathered N BYTES_GATHERED_INTO_SLOTS" and "link N sent|received PEER_HOST BYTES SECONDS"
 /// per peer host per update, or "update N failed MESSAGE" and goes on. With TEST_TRACE_FILE, rank 0 writes each update's trace there
 /// (the update's number before the extension).
 /// </summary>
@@ -66,6 +66,7 @@ internal static class UpdateScenario
                 Console.WriteLine($"network {u} {report.NetworkBytesReceived} {report.RelayedBuckets}");
                 Console.WriteLine($"declarations {u} {report.DeclarationBytes}");
                 Console.WriteLine($"path {u} {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")} {report.BytesStaged}");
+                Console.WriteLine($"gathered {u} {report.BytesGathered}");
                 foreach (var l in report.LinkTotals())
                 {
                     Console.WriteLine($"link {u} {(l.Sent ? "sent" : "received")} {l.PeerHost} {l.Bytes} {l.Busy.TotalSeconds:F6}");

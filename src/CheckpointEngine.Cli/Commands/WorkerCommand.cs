@@ -5,7 +5,7 @@ using CheckpointEngine.ReferenceEngine;
 namespace CheckpointEngine.Cli.Commands;
 
 /// <summary>
-/// <c>ckpt-engine worker --listen HOST:PORT --tp N [--device-ids ...] [--shard-by-tp] [--fail-at-bucket K [--fail-at-update N]] [--corrupt-tensor NAME]</c>:
+/// <c>ckpt-engine worker --listen HOST:PORT --tp N [--device-ids ...] [--shard-by-tp [--packed-parts]] [--fail-at-bucket K [--fail-at-update N]] [--corrupt-tensor NAME]</c>:
 /// runs the reference inference worker until Ctrl-C or SIGTERM.
 /// </summary>
 internal static class WorkerCommand
@@ -19,6 +19,7 @@ internal static class WorkerCommand
         var tp = new Option<int>("--tp") { Description = "tensor-parallel shards, one per device", DefaultValueFactory = _ => DefaultTp };
         var deviceIds = new Option<string?>("--device-ids") { Description = "comma-separated device id of each shard (default: host-<machine>-<i>)" };
         var shardByTp = new Option<bool>("--shard-by-tp") { Description = "each shard keeps only its tensor-parallel slice of projection weights" };
+        var packed = new Option<bool>("--packed-parts") { Description = "take declared parts packed by the rank, never in place row by row (as an older worker)" };
         var failAt = new Option<int?>("--fail-at-bucket") { Description = "fail an update at this bucket (fault injection; the first update, or --fail-at-update)" };
         var failUpdate = new Option<int>("--fail-at-update") { Description = "which update --fail-at-bucket fails, counted from 1", DefaultValueFactory = _ => 1 };
         failUpdate.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--fail-at-update must be at least 1"); });
@@ -43,7 +44,7 @@ internal static class WorkerCommand
         idle.Validators.Add(r => { if (!(r.GetValueOrDefault<double>() > 0)) r.AddError("--idle-timeout must be a positive number of seconds"); });
         var command = new Command("worker", "Run the reference inference worker (a stand-in for a vLLM server with N tensor-parallel shards).")
         {
-            listen, allowRemote, tp, deviceIds, shardByTp, failAt, failUpdate, corrupt, delay, idle,
+            listen, allowRemote, tp, deviceIds, shardByTp, packed, failAt, failUpdate, corrupt, delay, idle,
         };
         command.Validators.Add(r =>
         {
@@ -65,6 +66,7 @@ internal static class WorkerCommand
                 TensorParallel = result.GetValue(tp),
                 DeviceIds = result.GetValue(deviceIds) is { } ids ? SplitIds(ids) : null,
                 ShardByTp = result.GetValue(shardByTp),
+                StridedParts = !result.GetValue(packed),
                 FailAtBucket = result.GetValue(failAt),
                 FailAtUpdate = result.GetValue(failUpdate),
                 CorruptTensor = result.GetValue(corrupt),

@@ -8,11 +8,14 @@ namespace CheckpointEngine.Worker;
 /// key with an abort and a closed connection. <see cref="Wants"/>: a second frame follows with the
 /// worker's <see cref="WorkerWants"/> (read only once the key is right). <see cref="Segments"/>: the worker maps the further
 /// shared-memory segments an attach may name and reads tensors out of whichever a load says (see <see cref="AttachMessage.Segments"/>).
+/// <see cref="Strided"/>: the worker takes a part of one slice along a dimension past the first where it lies in its whole tensor, row
+/// by row (see <see cref="WireTensor.Pitch"/>), instead of packed; workers that do not say so get packed parts.
 /// </summary>
 public sealed record WorkerHello(
     [property: JsonPropertyName("session")] string Session,
     [property: JsonPropertyName("wants")] bool Wants = false,
-    [property: JsonPropertyName("segments")] bool Segments = false)
+    [property: JsonPropertyName("segments")] bool Segments = false,
+    [property: JsonPropertyName("strided")] bool Strided = false)
 {
     /// <summary>The largest hello frame the parameter server reads.</summary>
     public const int MaxFrame = 4 << 10;

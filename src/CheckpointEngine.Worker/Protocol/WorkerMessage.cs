@@ -56,6 +56,10 @@ public sealed record AbortMessage([property: JsonPropertyName("reason")] string 
 /// it is given; one that ignores unknown fields (older workers) just loads. <see cref="Part"/>: only the slices the worker
 /// declared it keeps (see <see cref="WorkerWants"/>), packed; <see cref="Shape"/> is then the part's shape. <see cref="Segment"/>:
 /// which attached segment <see cref="Offset"/> is in (null or 0: the attach's buffer; i ≥ 1: <see cref="AttachMessage.Segments"/>[i − 1]).
+/// <see cref="Pitch"/> (only to a worker whose hello said <see cref="WorkerHello.Strided"/>, and only with a <see cref="Part"/> of one
+/// slice): the part is not packed but lies in place inside its whole tensor, in rows (one per index of the dimensions before
+/// <see cref="TensorPart.Dim"/>, each <see cref="NBytes"/> / rows bytes), the first at <see cref="Offset"/> and each <see cref="Pitch"/> bytes after
+/// the one before (the whole tensor's row stride at that dimension).
 /// </summary>
 public sealed record WireTensor(
     [property: JsonPropertyName("name")] string Name,
@@ -74,7 +78,10 @@ public sealed record WireTensor(
     TensorPart? Part = null,
     [property: JsonPropertyName("segment")]
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
-    int? Segment = null);
+    int? Segment = null,
+    [property: JsonPropertyName("pitch")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    long? Pitch = null);
 
 /// <summary>
 /// Which part of a tensor of <see cref="FullShape"/> a load carries: the indices <see cref="Slices"/> (each

@@ -53,7 +53,7 @@ internal sealed class ReceiveSession : IDisposable
         {
             throw new WeightReceiveException(refusal + " (is another user's process squatting this device's socket name?)");
         }
-        await WriteAsync(new WorkerHello(session, wants is not null, Segments: Arrived is null), "the session key", ct).ConfigureAwait(false);
+        await WriteAsync(new WorkerHello(session, wants is not null, Segments: Arrived is null, Strided: TakesStrided), "the session key", ct).ConfigureAwait(false);
         if (wants is not null)
         {
             await WriteRawAsync(WorkerFraming.Frame(wants.ToJson()), "the wants", ct).ConfigureAwait(false);
@@ -172,6 +172,11 @@ internal sealed class ReceiveSession : IDisposable
     /// </summary>
     public BucketHandler? Arrived { get; init; }
 
+    /// <summary>The handler takes parts in place (see <see cref="ReceivedTensor.IsPacked"/>); not with <see cref="Arrived"/>, which gets no owners' memory.</summary>
+    public bool Strided { get; init; }
+
+    private bool TakesStrided => Strided && Arrived is null;
+
     private async Task LoadAsync(LoadMessage load, CancellationToken ct)
     {
         var valid = TryViews(load, out var views, out var error);
@@ -286,14 +291,22 @@ internal sealed class ReceiveSession : IDisposable
             var name = segment?.Name ?? _cudaBuffer!.Name;
             var size = segment?.Size ?? _cudaBuffer!.Size;
             var pointer = segment is null ? _cudaBuffer!.Pointer : segment.Pointer;
-            if (t.Offset < 0 || t.Offset > size - t.NBytes)
-            {
-                error = $"{what}: bytes [{t.Offset}, {t.Offset + t.NBytes}) are outside segment '{name}' of {size} bytes";
-                return false;
-            }
             if (t.Part is { } part && PartProblem(part, dtype, t.Shape) is { } wrong)
             {
                 error = $"{what}: {wrong}";
+                return false;
+            }
+            var (rows, extent) = (1L, t.NBytes);
+            if (t.Pitch is { } pitch && StridedProblem(t, pitch, segment is null, out rows, out extent) is { } bad)
+            {
+                error = $"{what}: {bad}";
+                return false;
+            }
+            if (t.Offset < 0 || t.Offset > size - extent)
+            {
+                error = t.Pitch is { } p && extent != t.NBytes
+                    ? $"{what}: bytes [{t.Offset}, {t.Offset + extent}) ({rows} rows of {t.NBytes / rows} bytes, {p} bytes apart) are outside segment '{name}' of {size} bytes"
+                    : $"{what}: bytes [{t.Offset}, {t.Offset + t.NBytes}) are outside segment '{name}' of {size} bytes";
                 return false;
             }
             if (t.Sha256 is { } sum && (sum.Length != 64 || !sum.All(char.IsAsciiHexDigit)))
@@ -306,7 +319,7 @@ internal sealed class ReceiveSession : IDisposable
                 error = $"{what}: crc32 '{crc}' is not 8 hex digits";
                 return false;
             }
-            result[i] = new ReceivedTensor(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes, pointer + t.Offset, context, t.Part);
+            result[i] = new ReceivedTensor(t.Name, dtype, [.. t.Shape], t.Offset, t.NBytes, pointer + t.Offset, context, t.Part, rows, t.Pitch ?? 0);
         }
         views = result;
         error = "";
@@ -327,6 +340,47 @@ internal sealed class ReceiveSession : IDisposable
         }
         return part.PartShape().SequenceEqual(shape) ? null
             : $"part shape [{string.Join(", ", part.PartShape())}] (slices of [{string.Join(", ", part.FullShape)}] along dimension {part.Dim}) is not shape [{string.Join(", ", shape)}]";
+    }
+
+    /// <summary>
+    /// Why a part said to lie in place (<see cref="WireTensor.Pitch"/>) cannot be read so, or null; else its rows and the bytes from its
+    /// first to its last (rows − 1 pitches and a row), which must lie in the segment. The part has been checked already.
+    /// </summary>
+    private string? StridedProblem(WireTensor t, long pitch, bool onDevice, out long rows, out long extent)
+    {
+        (rows, extent) = (1, t.NBytes);
+        if (!TakesStrided)
+        {
+            return $"pitch {pitch} sent to a worker that takes packed parts only (its hello did not say \"strided\")";
+        }
+        if (t.Part is not { Slices.Length: 1 } part)
+        {
+            return t.Part is null ? $"pitch {pitch} comes without a part" : $"pitch {pitch} comes with a part of {t.Part.Slices.Length} slices (it describes one)";
+        }
+        if (onDevice)
+        {
+            return $"pitch {pitch}: parts in place come only in shared memory, not in a CUDA buffer";
+        }
+        if (t.Sha256 is not null || t.Crc32 is not null)
+        {
+            return "a part in place carries no checksum (checksums cover whole tensors)";
+        }
+        if (pitch <= 0)
+        {
+            return $"pitch {pitch} must be positive";
+        }
+        rows = t.Shape.Take(part.Dim).Aggregate(1L, (a, b) => a * b); // The shape's element count fits (checked with nbytes), so its rows do.
+        var row = rows == 0 ? 0 : t.NBytes / rows;
+        if (pitch < row)
+        {
+            return $"pitch {pitch} is smaller than a row of the part ({row} bytes)";
+        }
+        if (rows > 1 && (rows - 1 > (long.MaxValue - row) / pitch))
+        {
+            return $"{rows} rows {pitch} bytes apart overflow a 64-bit offset";
+        }
+        extent = rows == 0 ? 0 : ((rows - 1) * pitch) + row;
+        return null;
     }
 
     /// <summary>

@@ -97,9 +97,18 @@ public static unsafe class TensorChecksum
     /// </summary>
     public static uint Crc32(ReceivedTensor view)
     {
-        if (!view.OnDevice)
+        if (!view.OnDevice && view.IsPacked)
         {
             return Crc32Parallel(view.Pointer, view.Length);
+        }
+        if (!view.OnDevice)
+        {
+            var rows = 0u;
+            for (long i = 0; i < view.Rows; i++)
+            {
+                rows = Combine(rows, Crc32Parallel(view.Pointer + (i * view.Pitch), view.RowBytes), view.RowBytes); // A part in place: its rows in order.
+            }
+            return rows;
         }
         using var host = NativeBuffer.Allocate(Math.Max(1, Math.Min(view.Length, 4 * Piece)));
         var crc = 0u;

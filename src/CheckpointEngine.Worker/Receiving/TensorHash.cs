@@ -27,9 +27,18 @@ public static unsafe class TensorHash
     /// <summary>Hashes a tensor's bytes wherever they are (GPU memory is copied to the host first).</summary>
     public static string Sha256Hex(ReceivedTensor view)
     {
-        if (!view.OnDevice)
+        if (!view.OnDevice && view.IsPacked)
         {
             return Sha256Hex(view.Pointer, view.Length);
+        }
+        if (!view.OnDevice)
+        {
+            using var rows = IncrementalHash.CreateHash(HashAlgorithmName.SHA256); // A part in place: its rows in order.
+            for (long i = 0; i < view.Rows; i++)
+            {
+                rows.AppendData(view.Row(i));
+            }
+            return Convert.ToHexStringLower(rows.GetHashAndReset());
         }
         using var host = NativeBuffer.Allocate(Math.Max(1, view.Length));
         view.CopyTo(host.Pointer);

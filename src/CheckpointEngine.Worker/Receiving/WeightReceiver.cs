@@ -45,8 +45,18 @@ public static class WeightReceiver
 
     /// <param name="arrived">Fault injection (the reference engine's --corrupt-tensor): sees each bucket's views before they are checked and handled.</param>
     internal static Task<ReceiveSummary> ReceiveAsync(string ticket, WorkerWants? wants, BucketHandler onBucket, Func<CancellationToken, ValueTask>? postLoad,
-        TimeSpan? idleTimeout, BucketHandler? arrived, CancellationToken cancellationToken) =>
-        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, arrived, wants);
+        TimeSpan? idleTimeout, BucketHandler? arrived, bool stridedParts, CancellationToken cancellationToken) =>
+        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, arrived, wants, stridedParts);
+
+    /// <summary>
+    /// As <see cref="ReceiveAsync(string, WorkerWants?, BucketHandler, Func{CancellationToken, ValueTask}?, TimeSpan?, CancellationToken)"/>;
+    /// with <paramref name="stridedParts"/> the handler also takes parts where they lie inside their whole tensors (a column slice, in
+    /// the owners' memory on one host: <see cref="ReceivedTensor.IsPacked"/> false), so that nothing copies them before the handler
+    /// does: it must read such a tensor by <see cref="ReceivedTensor.Row"/> or <see cref="ReceivedTensor.CopyTo(byte*)"/>, not by its span.
+    /// </summary>
+    public static Task<ReceiveSummary> ReceiveAsync(string ticket, WorkerWants? wants, bool stridedParts, BucketHandler onBucket,
+        Func<CancellationToken, ValueTask>? postLoad = null, TimeSpan? idleTimeout = null, CancellationToken cancellationToken = default) =>
+        ReceiveAsync(ticket, onBucket, postLoad, idleTimeout, connectRetrying: null, cancellationToken, wants: wants, stridedParts: stridedParts);
 
     /// <summary>
     /// As <see cref="ReceiveAsync(string, BucketHandler, Func{CancellationToken, ValueTask}?, TimeSpan?, CancellationToken)"/>,
@@ -60,14 +70,14 @@ public static class WeightReceiver
     /// <param name="connectRetrying">Called with each failed connection attempt before the receiver waits to try again (tests await it instead of sleeping).</param>
     internal static async Task<ReceiveSummary> ReceiveAsync(string ticket, BucketHandler onBucket,
         Func<CancellationToken, ValueTask>? postLoad, TimeSpan? idleTimeout, Action<SocketException>? connectRetrying, CancellationToken cancellationToken,
-        BucketHandler? arrived = null, WorkerWants? wants = null)
+        BucketHandler? arrived = null, WorkerWants? wants = null, bool stridedParts = false)
     {
         var parsed = WorkerTicket.Parse(ticket);
         ArgumentNullException.ThrowIfNull(onBucket);
         var idle = idleTimeout ?? DefaultIdleTimeout;
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idle, TimeSpan.Zero, nameof(idleTimeout));
         var socket = await ConnectAsync(parsed.Address, idle, connectRetrying, cancellationToken).ConfigureAwait(false);
-        using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle) { Arrived = arrived };
+        using var session = new ReceiveSession(parsed.Address, socket, onBucket, postLoad, idle) { Arrived = arrived, Strided = stridedParts };
         return await session.RunAsync(parsed.Session, wants, cancellationToken).ConfigureAwait(false);
     }
 

@@ -7,13 +7,17 @@ namespace CheckpointEngine.Planning;
 /// One tensor of a part: where it lies in the packed part, and which slices of it (null: whole).
 /// <see cref="Source"/>: where it lies in the bucket when it is one contiguous run there (a whole tensor, rows), so
 /// a rank that holds the whole bucket can hand it to its worker where it is; null when it must be gathered.
+/// <see cref="Pitch"/>: set when the part is one slice along a dimension past the first and its worker takes such parts in
+/// place: its rows lie <see cref="Pitch"/> bytes apart in the bucket from <see cref="Source"/> on (the whole tensor's row stride).
 /// </summary>
-public sealed record PartTensor(ParameterMeta Meta, long Offset, long ByteLength, long[] Shape, TensorPart? Slices, long? Source);
+public sealed record PartTensor(ParameterMeta Meta, long Offset, long ByteLength, long[] Shape, TensorPart? Slices, long? Source, long? Pitch = null);
 
 /// <summary>
 /// What one worker keeps of a bucket, packed (each tensor 256-byte aligned where its place in the bucket
 /// allows, its slices concatenated along their dimension): the byte runs that cut it out of the bucket, in increasing source order, each
-/// landing at or before its source offset (so a part can also be cut out of the bucket in place).
+/// landing at or before its source offset (so a part can also be cut out of the bucket in place). <see cref="GatheredRuns"/>: the runs
+/// a rank that holds the whole bucket still copies to hand its worker the part (tensors that are neither one run of the bucket nor,
+/// to a worker that takes them, strided rows of it).
 /// </summary>
 public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartTensor> Tensors, long Size, IReadOnlyList<ByteRun> GatheredRuns)
 {
@@ -22,9 +26,11 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
 
     /// <summary>
     /// The part of <paramref name="bucket"/> a worker declaring <paramref name="wants"/> keeps. The wants
-    /// must have been checked against the checkpoint (<see cref="WorkerWants.Problems"/>).
+    /// must have been checked against the checkpoint (<see cref="WorkerWants.Problems"/>). <paramref name="strided"/>: the worker
+    /// takes one slice along a dimension past the first as rows where they lie (<see cref="PartTensor.Pitch"/>); several slices
+    /// along such a dimension are gathered still.
     /// </summary>
-    public static BucketPart Of(H2DBucket bucket, WorkerWants wants)
+    public static BucketPart Of(H2DBucket bucket, WorkerWants wants, bool strided = false)
     {
         var runs = new List<ByteRun>();
         var gathered = new List<ByteRun>(); // The runs of tensors that are not one contiguous run in the bucket.
@@ -49,11 +55,12 @@ public sealed record BucketPart(IReadOnlyList<ByteRun> Runs, IReadOnlyList<PartT
                 ? new TensorPart(want.Dimension, [.. want.Slices.OrderBy(s => s.Start).Select(s => new[] { s.Start, s.Length })], [.. meta.Shape])
                 : null;
             var bytes = own.Sum(r => r.Length);
-            tensors.Add(new PartTensor(meta, start, bytes, part?.PartShape() ?? [.. meta.Shape], part, own.Count <= 1 ? own.FirstOrDefault().Source : null));
+            var pitch = strided && own.Count > 1 && want.Slices.Count == 1 ? TensorWant.Around(meta.Shape, want.Dimension).Inner * meta.Shape[want.Dimension] * meta.DType.BitSize() / 8 : (long?)null;
+            tensors.Add(new PartTensor(meta, start, bytes, part?.PartShape() ?? [.. meta.Shape], part, own.Count <= 1 || pitch is not null ? own.FirstOrDefault().Source : null, pitch));
             foreach (var r in own)
             {
                 Add(runs, r.Source, r.Destination, r.Length);
-                if (own.Count > 1)
+                if (own.Count > 1 && pitch is null)
                 {
                     Add(gathered, r.Source, r.Destination, r.Length);
                 }

@@ -34,7 +34,8 @@ internal static class BucketPump
     }
 
     /// <summary>
-    /// The bucket loop; returns per-bucket stage times. <paramref name="reloaded"/> hears how many buckets are in the workers.
+    /// The bucket loop; returns per-bucket stage times and the bytes this rank gathered into its slots to hand its worker parts of
+    /// buckets it holds (in place, or as their stager: the column slices of a worker that does not take strided parts). <paramref name="reloaded"/> hears how many buckets are in the workers.
     /// Each rank stages the buckets it sends into its staging buffers ahead of their turn (all stagers copy at
     /// once), as soon as the reload of the bucket a staging buffer held before is agreed on. Bucket k is
     /// broadcast from its stager's staging buffer into the others' broadcast buffer k mod B; every worker
@@ -44,11 +45,12 @@ internal static class BucketPump
     /// worker's part that are not one run there; reloads and agreements go as before. With a staged <paramref name="direct"/>,
     /// buckets are staged as ever and every worker reads bucket k in its stager's staging buffer (the ranks agree it is staged first).
     /// </summary>
-    public static async Task<List<BucketTiming>> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
+    public static async Task<(List<BucketTiming> Timings, long Gathered)> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
         WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, IReadOnlyList<IReadOnlyList<(long Offset, long Length)>?>? wanted,
         Relaying? relay, DirectSources? direct, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
+        long gathered = 0;
         var own = Enumerable.Range(0, steps.Count).Where(k => direct is not { Staged: false } && steps[k].Stager == group.Rank).ToList();
         var ordinal = new Dictionary<int, int>(own.Select((k, j) => KeyValuePair.Create(k, j)));
         // Where bucket k lies on this rank: its staging buffer if this rank sends it, else a broadcast buffer.
@@ -114,9 +116,15 @@ internal static class BucketPump
         }
 
         // This member's part of bucket k from its stager (group rank root in g): the whole bucket if its worker declared nothing.
-        Task BroadcastPart(ICommunicator g, int k, int root) => parts is null
-            ? g.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct)
-            : g.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, root, ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct);
+        Task BroadcastPart(ICommunicator g, int k, int root)
+        {
+            if (parts is null)
+            {
+                return g.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct);
+            }
+            gathered += ReadsInPlace(k) ? parts[k].GatheredRuns.Sum(r => r.Length) : 0;
+            return g.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, root, ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct);
+        }
 
         // Across hosts: the members on the stager's host take their parts from it (a proxy takes the whole bucket and cuts the parts
         // of the classes it stands for too), then each class relays its part from its head there to its members elsewhere (all
@@ -194,6 +202,7 @@ internal static class BucketPump
                     if (!direct.Staged && parts?[k].GatheredRuns is { Count: > 0 } runs)
                     {
                         var (bucket, slot) = (steps[k].Bucket, Slot(k));
+                        gathered += runs.Sum(r => r.Length);
                         await Task.Run(() => direct.Gather(bucket, runs, slot), ct).ConfigureAwait(false);
                     }
                 }
@@ -224,21 +233,26 @@ internal static class BucketPump
             await stop.CancelAsync().ConfigureAwait(false);
             await Task.WhenAll(staged.Values).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
         }
-        return steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList();
+        return (steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList(), gathered);
     }
 
     /// <summary>The tensors of a worker's part of a bucket, at their offsets in the device buffer; checksums cover whole tensors, so only those carry one.</summary>
     private static List<WireTensor> Wire(BucketPart part, bool holdsBucket, nint bucketOffset, nint slotOffset, bool verify) =>
         part.Tensors.Select(t => new WireTensor(t.Meta.Name, t.Meta.DType.Name(), t.Shape, BucketPart.Place(t, holdsBucket, bucketOffset, slotOffset), t.ByteLength,
-            Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices)).ToList();
+            Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices,
+            Pitch: holdsBucket ? t.Pitch : null)).ToList();
 
-    /// <summary>The tensors of a worker's part of a bucket read in place: single runs where they lie in the owner's segment, the rest gathered into the slot.</summary>
+    /// <summary>
+    /// The tensors of a worker's part of a bucket read in place: single runs (and, to a worker that takes them, strided rows) where
+    /// they lie in the owner's segment, the rest gathered into the slot.
+    /// </summary>
     private static List<WireTensor> Wire(H2DBucket bucket, BucketPart part, DirectSources direct, nint slotOffset, bool verify) =>
         part.Tensors.Select(t =>
         {
             var (segment, offset) = t.Source is { } source ? direct.Locate(-1, bucket, source) : (0, slotOffset + t.Offset);
             return new WireTensor(t.Meta.Name, t.Meta.DType.Name(), t.Shape, offset, t.ByteLength,
-                Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices, Segment: segment == 0 ? null : segment);
+                Crc32: verify && t.Slices is null && t.Meta.Crc32 is { } crc ? TensorChecksum.Hex(crc) : null, Part: t.Slices, Segment: segment == 0 ? null : segment,
+                Pitch: t.Pitch);
         }).ToList();
 
     /// <summary>The tensors of bucket <paramref name="k"/> where they lie in the memory the workers map (the owner's registered segments, or the stager's device buffer).</summary>

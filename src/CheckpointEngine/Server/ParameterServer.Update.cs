@@ -192,7 +192,9 @@ public sealed partial class ParameterServer
             direct = direct is { Staged: true } && classes.Any(c => c.Wants is not null) ? null : direct; // Parts are cut per rank: staged and broadcast.
             // Parts are cut out of buckets in host memory, or on GPUs by NCCL's communicator on its stream.
             var cuts = Device.HostAccessible || group is NcclCommunicator;
-            var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
+            // A worker that takes strided parts gets its column slices where they lie in host memory (the owners' segments, or its stager's buffer): not gathered.
+            var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, worker.TakesStrided && Device.HostAccessible,
+                classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
             // Between hosts, each class's part travels on its own where that moves fewer bytes (see ClassRelay), once some worker declared what it keeps.
             // Every worker must have declared what it keeps (a worker that keeps everything takes the whole bucket anyway). Host memory
             // only: there the members on the stager's host copy just their parts; on GPUs the stager's node would first spread the whole
@@ -211,7 +213,7 @@ public sealed partial class ParameterServer
             var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
             _ = group.TakeLinkTransfers(); // Earlier updates' legs (a failed one's) are not this one's.
             _ = relay?.TakeLinkTransfers();
-            var timings = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
+            var (timings, gathered) = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
                 relaying, direct, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
             var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
@@ -225,7 +227,7 @@ public sealed partial class ParameterServer
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings)
             {
                 BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0,
-                DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links,
+                DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links, BytesGathered = gathered,
             };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
@@ -370,16 +372,17 @@ public sealed partial class ParameterServer
     /// all). Planned once per bucket layout and set of declarations and reused while they stay the same (the RL loop
     /// re-registers the same layout every step); the layout is compared exactly, tensor by tensor, never by a hash.
     /// </summary>
+    /// <param name="strided">This worker takes one slice along a later dimension as rows where they lie (see <see cref="PartTensor.Pitch"/>).</param>
     /// <param name="digests">The classes' digests as exchanged ("" for a worker that declared nothing), in the order of <paramref name="classes"/>.</param>
     private (List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted, List<long[]> ClassBytes) PlanFor(List<BucketStep> steps, WorkerWants? mine,
-        List<string> digests, List<WorkerWants?> classes)
+        bool strided, List<string> digests, List<WorkerWants?> classes)
     {
-        var key = (mine?.Digest() ?? "") + "|" + string.Join(",", digests);
+        var key = (mine?.Digest() ?? "") + (strided ? "|strided|" : "|") + string.Join(",", digests);
         if (_partsPlan is { } plan && plan.Wants == key && SameLayout(plan.Buckets, steps))
         {
             return (plan.Parts, plan.Wanted, plan.ClassBytes);
         }
-        var parts = mine is null ? null : steps.Select(s => BucketPart.Of(s.Bucket, mine)).ToList();
+        var parts = mine is null ? null : steps.Select(s => BucketPart.Of(s.Bucket, mine, strided)).ToList();
         var wanted = classes.Any(c => c is null) ? null : steps.Select(s => BucketPart.Wanted(s.Bucket, classes)).ToList();
         var classBytes = steps.Select(s => classes.Select(c => BucketPart.BytesOf(s.Bucket, c)).ToArray()).ToList();
         _partsPlan = (key, steps.Select(s => s.Bucket).ToList(), parts, wanted, classBytes);

@@ -13,6 +13,12 @@ public sealed record UpdateReport(
     /// <summary>The bytes this rank copied to its device buffer as a stager: only what some worker keeps, when every worker declared it.</summary>
     public long BytesStaged { get; init; }
 
+    /// <summary>
+    /// Bytes this rank copied into its slots to hand its worker a part of a bucket that lies on this rank (in the owners' memory, or in
+    /// its own staging buffer): the column slices of a worker that takes packed parts only; 0 when its worker takes them in place.
+    /// </summary>
+    public long BytesGathered { get; init; }
+
     /// <summary>Distinct declarations of what the members' workers keep (workers that declared nothing count as one).</summary>
     public int WorkerClasses { get; init; }
 

@@ -215,12 +215,33 @@ internal static class BucketPump
                     await BroadcastPart(group, k, steps[k].Stager).ConfigureAwait(false);
                 }
                 times[k].BroadcastEnd = clock.Elapsed;
+                Task? agreeing = null;
                 if (reload is not null)
                 {
-                    await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
+                    // In place on one host no buffer waits for the agreement: once its worker has loaded bucket k - 1 without a
+                    // fault, a rank hands it bucket k while the ranks agree on k - 1 (a fault elsewhere fails the update one load later).
+                    agreeing = AgreeReloadAsync(reload, k - 1);
+                    if (direct is not { Staged: false } || await reload.ConfigureAwait(false) is not null || stagingFailure is not null)
+                    {
+                        await agreeing.ConfigureAwait(false);
+                        agreeing = null;
+                    }
                 }
                 times[k].ReloadStart = clock.Elapsed;
                 reload = Reload(k);
+                if (agreeing is not null)
+                {
+                    try
+                    {
+                        await agreeing.ConfigureAwait(false);
+                    }
+                    catch
+                    {
+                        // The worker answers the load in flight before it hears of the failure.
+                        await reload.ContinueWith(static _ => { }, TaskScheduler.Default).ConfigureAwait(false);
+                        throw;
+                    }
+                }
             }
             if (reload is not null)
             {

@@ -330,6 +330,8 @@ public sealed class UpdateEndToEndTests : IDisposable
             Assert.StartsWith("update 1 failed", failed);
             Assert.Contains("injected failure at bucket 1", failed); // Agreed on at the bucket, not a deadline's error.
             Assert.StartsWith("update 2 ok", r.Line("update 2 "));
+            // In place: the rank whose worker did not fail had handed it bucket 2 while the ranks agreed on bucket 1.
+            Assert.StartsWith("path 2 in-place", r.Line("path 2 "));
         }
         await AssertWorkersHold(dir, urls, 2);
     }

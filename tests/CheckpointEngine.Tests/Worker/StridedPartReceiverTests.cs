@@ -113,6 +113,19 @@ public sealed class StridedPartReceiverTests : IDisposable
     }
 
     [Fact]
+    public async Task Receive_AColumnSliceOfNoRows_LoadsEmpty_EvenAtTheSegmentEnd()
+    {
+        // A [0, 8] tensor's columns [3, 5): no rows, no bytes; it touches nothing, so even the segment's end is a valid place.
+        var (task, got) = Receive();
+        await _ps.UpdateAsync([new WireTensor("o.weight", "F32", [0, 2], Size, 0, Part: new TensorPart(1, [[3, 2]], [0, 8]), Pitch: 32)]);
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        var (rows, rowBytes, _, _, bytes, byRow) = got["o.weight"];
+        Assert.Equal((0L, 0L), (rows, rowBytes));
+        Assert.Empty(bytes);
+        Assert.Empty(byRow);
+    }
+
+    [Fact]
     public async Task Receive_LastRowOneBytePastTheSegmentEnd_IsRefused()
     {
         var offset = Size - (3 * 32) - 8 + 1;

@@ -100,11 +100,11 @@ internal sealed class WorkerLink : IDisposable
             WorkerConnection? worker = null;
             try
             {
-                (refusal, var declares, var segments, var strided) = await CheckAsync(socket, ticket, ct).ConfigureAwait(false);
-                if (refusal is null)
+                (refusal, var said) = await CheckAsync(socket, ticket, ct).ConfigureAwait(false);
+                if (said is not null)
                 {
-                    worker = new WorkerConnection(socket, DeviceId) { MapsSegments = segments, TakesStrided = strided };
-                    if (declares)
+                    worker = new WorkerConnection(socket, DeviceId) { MapsSegments = said.Segments, TakesStrided = said.Strided };
+                    if (said.Wants)
                     {
                         await worker.ReadWantsAsync(HelloTimeout, ct).ConfigureAwait(false);
                     }
@@ -127,14 +127,14 @@ internal sealed class WorkerLink : IDisposable
     }
 
     /// <summary>
-    /// Null when the peer is this update's worker (and whether it declares wants next, maps further segments, takes strided parts), else why not.
+    /// The hello of this update's worker (whether it declares wants next, maps further segments, takes strided parts), else why not.
     /// Reads at most a hello frame, under <see cref="HelloTimeout"/>.
     /// </summary>
-    private async Task<(string? Refusal, bool DeclaresWants, bool MapsSegments, bool Strided)> CheckAsync(Socket socket, WorkerTicket ticket, CancellationToken ct)
+    private async Task<(string? Refusal, WorkerHello? Hello)> CheckAsync(Socket socket, WorkerTicket ticket, CancellationToken ct)
     {
         if (PeerCredentials.Refusal(socket, "a process connecting") is { } refusal)
         {
-            return (refusal, false, false, false);
+            return (refusal, null);
         }
         using var stream = new NetworkStream(socket, ownsSocket: false);
         using var hello = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -144,24 +144,24 @@ internal sealed class WorkerLink : IDisposable
             var frame = await WorkerFraming.ReadFrameAsync(stream, WorkerHello.MaxFrame, hello.Token).ConfigureAwait(false);
             if (frame is null)
             {
-                return ("a connection closed before presenting a session key", false, false, false);
+                return ("a connection closed before presenting a session key", null);
             }
             var said = WorkerFraming.Decode<WorkerHello>(frame);
             if (ticket.Accepts(said.Session))
             {
-                return (null, said.Wants, said.Segments, said.Strided);
+                return (null, said);
             }
             const string why = "the session key is not this update's (a worker of an earlier update, or a stale ticket)";
             await WorkerFraming.WriteAsync<WorkerMessage>(stream, new AbortMessage($"device '{DeviceId}': {why}"), hello.Token).ConfigureAwait(false);
-            return (why, false, false, false);
+            return (why, null);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
-            return ($"a connection presented no session key within {HelloTimeout.TotalSeconds:F0} s", false, false, false);
+            return ($"a connection presented no session key within {HelloTimeout.TotalSeconds:F0} s", null);
         }
         catch (Exception e) when (e is IOException or SocketException or InvalidDataException)
         {
-            return ($"a connection sent no valid hello: {e.Message}", false, false, false);
+            return ($"a connection sent no valid hello: {e.Message}", null);
         }
     }
 

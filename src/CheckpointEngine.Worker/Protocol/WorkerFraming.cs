@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
 
 namespace CheckpointEngine.Worker;
 
@@ -18,6 +19,7 @@ public static class WorkerFraming
         AllowOutOfOrderMetadataProperties = true,
         RespectNullableAnnotations = true,
         RespectRequiredConstructorParameters = true,
+        TypeInfoResolver = JsonTypeInfoResolver.Combine(WorkerJson.Default, new DefaultJsonTypeInfoResolver()),
     };
 
     public static async Task WriteAsync<T>(Stream stream, T message, CancellationToken ct = default)

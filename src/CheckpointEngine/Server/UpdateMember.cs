@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.Server;
@@ -18,7 +19,7 @@ internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddr
 
     public WorkerSocket Socket => new(Rank, DeviceId, new WorkerTicket(WorkerAddress, Session));
 
-    public byte[] ToBytes() => JsonSerializer.SerializeToUtf8Bytes(this);
+    public byte[] ToBytes() => JsonSerializer.SerializeToUtf8Bytes(this, UpdateMemberJson.Default.UpdateMember);
 
     /// <summary>A member's announcement, checked: it must come from <paramref name="rank"/> and name everything.</summary>
     public static UpdateMember Parse(byte[] bytes, int rank)
@@ -26,7 +27,7 @@ internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddr
         UpdateMember? member;
         try
         {
-            member = JsonSerializer.Deserialize<UpdateMember>(bytes);
+            member = JsonSerializer.Deserialize(bytes, UpdateMemberJson.Default.UpdateMember);
         }
         catch (JsonException e)
         {
@@ -37,3 +38,7 @@ internal sealed record UpdateMember(int Rank, string DeviceId, string WorkerAddr
             : throw new UpdateFailedException($"rank {rank} sent an incomplete worker announcement (rank {member?.Rank}, device '{member?.DeviceId}', socket '{member?.WorkerAddress}', net device '{member?.NetDevice}', host '{member?.HostId}')");
     }
 }
+
+/// <summary>The announcement's JSON contract, generated at compile time (no reflection in a process's first update).</summary>
+[JsonSerializable(typeof(UpdateMember))]
+internal sealed partial class UpdateMemberJson : JsonSerializerContext;

@@ -15,12 +15,24 @@ public static class EngineProbe
     private const string SglangRoute = "/update_weights_from_ipc";
 
     /// <summary>
+    /// As <see cref="WaitAsync(HttpClient, string, EngineApi?, TimeSpan, CancellationToken)"/>, through the client the trigger posts with
+    /// (see <see cref="EngineTrigger.ClientFor"/>): over TCP the connection the probe opens stays in the trigger's pool, so a process's
+    /// first update does not open one (nor warm up the HTTP stack) inside its timed path.
+    /// </summary>
+    public static async Task<EngineApi> WaitAsync(string endpoint, string? uds, uint? engineUid, EngineApi? api, TimeSpan timeout, CancellationToken ct = default)
+    {
+        using var own = uds is null ? null : EngineTrigger.UnixSocketClient(uds, engineUid);
+        return await WaitAsync(own ?? EngineTrigger.ClientFor(null), endpoint, api, timeout, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
     /// Polls <paramref name="endpoint"/> until the engine is ready: <paramref name="api"/>'s ready path answers 200,
     /// or, with <paramref name="api"/> null, until one of the two surfaces is recognised. Returns the surface.
     /// </summary>
     /// <exception cref="UpdateFailedException">Nothing recognisable answered within <paramref name="timeout"/>; names what was last seen.</exception>
     public static async Task<EngineApi> WaitAsync(HttpClient http, string endpoint, EngineApi? api, TimeSpan timeout, CancellationToken ct = default)
     {
+        ArgumentNullException.ThrowIfNull(http);
         var root = endpoint.TrimEnd('/');
         var deadline = DateTime.UtcNow + timeout;
         var last = "no answer";
@@ -69,9 +81,14 @@ public static class EngineProbe
 
     private static bool Ok(HttpStatusCode status) => (int)status is >= 200 and < 300;
 
+    /// <summary>How long one probe may wait for an answer (the client's own timeout may be infinite, as the trigger's is).</summary>
+    private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(5);
+
     private static async Task<HttpStatusCode> StatusAsync(HttpClient http, string url, CancellationToken ct)
     {
-        using var response = await http.GetAsync(url, HttpCompletionOption.ResponseHeadersRead, ct).ConfigureAwait(false);
+        using var request = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        request.CancelAfter(RequestTimeout);
+        using var response = await http.GetAsync(url, HttpCompletionOption.ResponseHeadersRead, request.Token).ConfigureAwait(false);
         return response.StatusCode;
     }
 }

@@ -29,6 +29,12 @@ public static class EngineTrigger
         return Post(engineUrl, uds, engineUid, api, context => context.Sockets.Where(s => s.Rank / inferenceGroupSize == context.Rank / inferenceGroupSize).ToList());
     }
 
+    /// <summary>
+    /// The client the trigger posts with to an engine on TCP (<paramref name="uds"/> null): one per process, whose pooled connections a
+    /// readiness probe through it leaves open for the first update. For a Unix socket, a new client the caller disposes.
+    /// </summary>
+    public static HttpClient ClientFor(string? uds, uint? engineUid = null) => uds is null ? Tcp : UnixSocketClient(uds, engineUid);
+
     /// <summary>The path that answers 200 once the engine takes updates.</summary>
     public static string ReadyPath(EngineApi api) => api == EngineApi.Sglang ? "/ping" : "/health";
 

@@ -9,7 +9,7 @@ namespace CheckpointEngine.Cli.Bench;
 
 /// <summary>
 /// One rank of a bench configuration (the hidden <c>bench rank</c> command): the flow of <c>update</c>
-/// (join, register this rank's share with pooled buffers, gather metas, update through the engine's
+/// (join, register this rank's share with pooled buffers, gather metas, wait for the engine, update through the engine's
 /// HTTP trigger), but <c>updates</c> times in one process. <c>update</c> does one update per launch,
 /// and the first update of a process pays for JIT and first-touch of its buffers (ten times the
 /// steady state on a small machine), which is not what the RL loop's repeated updates see.
@@ -30,6 +30,7 @@ internal static class BenchRank
             ps.RegisterCheckpoint(CheckpointName, CheckpointSplit.ByTensor(checkpoint, world.Rank, world.Size), options: new RegisterOptions { UsePool = true });
         }
         await ps.GatherMetasAsync(CheckpointName, timeout, ct).ConfigureAwait(false);
+        await Hosting.EngineProbe.WaitAsync(endpoint, null, null, Hosting.EngineApi.Vllm, timeout, ct).ConfigureAwait(false); // As update waits for its engine.
         var trigger = Hosting.EngineTrigger.Http(endpoint, groupSize);
         var options = new UpdateOptions { Timeout = timeout, Verify = method == BenchSettings.Verify }; // A verified broadcast.
         for (var k = 0; k < updates; k++)

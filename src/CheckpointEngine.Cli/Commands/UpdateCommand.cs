@@ -265,11 +265,7 @@ internal static class UpdateCommand
         private static string Rate(double bytesPerSecond) => double.IsFinite(bytesPerSecond) ? $"{bytesPerSecond / 1e9:F3} GB/s" : "never waited";
 
         /// <summary>Polls the engine until it answers (the original's examples do the same); with --engine auto, tells vLLM from SGLang.</summary>
-        private async Task<EngineApi> WaitForEngineAsync(string endpoint, string? uds, CancellationToken ct)
-        {
-            using var http = uds is null ? new HttpClient() : EngineTrigger.UnixSocketClient(uds);
-            http.Timeout = TimeSpan.FromSeconds(5);
-            return await EngineProbe.WaitAsync(http, endpoint, engineApi, timeout, ct).ConfigureAwait(false);
-        }
+        private Task<EngineApi> WaitForEngineAsync(string endpoint, string? uds, CancellationToken ct) =>
+            EngineProbe.WaitAsync(endpoint, uds, null, engineApi, timeout, ct);
     }
 }

@@ -71,4 +71,32 @@ public sealed class EngineProbeTests
         var named = await Assert.ThrowsAsync<UpdateFailedException>(() => EngineProbe.WaitAsync(http, url, EngineApi.Vllm, TimeSpan.FromSeconds(1), TestContext.Current.CancellationToken));
         Assert.Contains($"the inference engine at {url} did not become healthy (/health) within 1 s (last: /health: HTTP 503)", named.Message, StringComparison.Ordinal);
     }
+
+    /// <summary>
+    /// Waiting for the engine through the trigger's client leaves its connection in the trigger's pool: the first update's
+    /// post goes over the connection the probe opened, not a new one (so it does not open one inside the timed update).
+    /// </summary>
+    [Fact]
+    public async Task Probe_ThroughTheTriggersClient_TheFirstPostReusesItsConnection()
+    {
+        var connections = new System.Collections.Concurrent.ConcurrentQueue<(string Path, string Connection)>();
+        var (app, url) = await StartAsync(a =>
+        {
+            a.Use(async (http, next) =>
+            {
+                connections.Enqueue((http.Request.Path, http.Connection.Id));
+                await next(http);
+            });
+            a.MapGet("/health", () => Results.Ok());
+            a.MapPost("/collective_rpc", () => Results.Ok());
+        });
+        await using var _ = app;
+
+        Assert.Equal(EngineApi.Vllm, await EngineProbe.WaitAsync(url, null, null, EngineApi.Vllm, Deadline, TestContext.Current.CancellationToken));
+        var socket = new WorkerSocket(0, "probe-0", CheckpointEngine.Worker.WorkerTicket.New("@probe-test"));
+        await EngineTrigger.Http(url, 1)(new UpdateContext("probe", 0, [socket]), TestContext.Current.CancellationToken);
+
+        Assert.Equal(["/health", "/collective_rpc"], connections.Select(c => c.Path));
+        Assert.Single(connections.Select(c => c.Connection).Distinct());
+    }
 }

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using CheckpointEngine.Memory;
 using CheckpointEngine.Runtime.Rendezvous;
 
@@ -76,21 +77,25 @@ public sealed partial class ProcessGroup : ICommunicator
         }
     }
 
-    private sealed record MemberInfo(string HostId, string Address, int Port, int Pid, string Nonce);
+    internal sealed record MemberInfo(string HostId, string Address, int Port, int Pid, string Nonce);
+
+    /// <summary>The member announcement's JSON contract, generated at compile time (a P2P update makes a group each time).</summary>
+    [JsonSerializable(typeof(MemberInfo))]
+    internal sealed partial class MemberInfoJson : JsonSerializerContext;
 
     /// <summary>Learns where every member lives, then sets up the shared-memory ring of this host.</summary>
     private async Task ConnectAsync(TimeSpan timeout, CancellationToken ct)
     {
         var me = new MemberInfo(_world.HostId, _world.DataEndpoint.Address.ToString(), _world.DataEndpoint.Port, Environment.ProcessId,
             Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
-        var blobs = await AllGatherAsync(JsonSerializer.SerializeToUtf8Bytes(me), timeout, ct).ConfigureAwait(false);
+        var blobs = await AllGatherAsync(JsonSerializer.SerializeToUtf8Bytes(me, MemberInfoJson.Default.MemberInfo), timeout, ct).ConfigureAwait(false);
         if (_previousUid is { } previous)
         {
             // Every member is here, so every member is done with the previous group of these members (one per P2P
             // update): its last keys, which its members could not drop while another might still read them, go now.
             await _world.Store.DeletePrefixAsync($"g/{previous}/", ct).ConfigureAwait(false);
         }
-        var infos = blobs.Select(b => JsonSerializer.Deserialize<MemberInfo>(b)!).ToArray();
+        var infos = blobs.Select(b => JsonSerializer.Deserialize(b, MemberInfoJson.Default.MemberInfo)!).ToArray();
         _topology = new Topology(infos.Select(i => i.HostId).ToArray(), infos.Select(i => new IPEndPoint(IPAddress.Parse(i.Address), i.Port)).ToArray());
         var local = _topology.LocalMembers(Rank);
         if (local.Length > 1)

@@ -228,7 +228,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         {
             return metas; // No rank holds it (a mistyped name): nothing to keep, here or in the store, for every name ever asked.
         }
-        SetMetas(metas);
+        Remember(metas);
         // Device buffers are allocated now, not in the first update, and faulted in (first touches cost more than the copies) unless
         // every rank is on this host with its buffers in shared segments: then workers will read those in place and leave them untouched.
         var wait = timeout ?? TimeSpan.FromSeconds(300);
@@ -279,8 +279,24 @@ public sealed partial class ParameterServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Uses metas gathered elsewhere (saved by a running fleet) for updates of <see cref="GlobalMetas.Checkpoint"/>.</summary>
+    /// <summary>
+    /// Uses metas gathered elsewhere (saved by a running fleet) for updates of <see cref="GlobalMetas.Checkpoint"/>: a joiner's. Its device
+    /// buffers (and, for a device the host cannot address, the page-locked bucket its P2P reads land in) are allocated now, sized from
+    /// this rank's free memory, and faulted in, since a P2P update stages into them: its first update does not pay for either.
+    /// </summary>
+    /// <exception cref="ServerBusyException">Another operation runs on this rank.</exception>
     public void SetMetas(GlobalMetas metas)
+    {
+        ArgumentNullException.ThrowIfNull(metas);
+        using var _ = _gate.Enter($"setting the metas of '{metas.Checkpoint}'");
+        Remember(metas);
+        if (metas.AllTensors.Any() && PrepareDeviceMemory(metas, Device.FreeMemory, prefault: true) is { } sizing && !Device.HostAccessible)
+        {
+            StagingFor(sizing);
+        }
+    }
+
+    private void Remember(GlobalMetas metas)
     {
         lock (_lock)
         {
@@ -310,7 +326,8 @@ public sealed partial class ParameterServer : IAsyncDisposable
     /// <paramref name="prefault"/> (an update that stages into them). An update whose sizing comes out differently (other options,
     /// less free memory) allocates its own as before.
     /// </summary>
-    private void PrepareDeviceMemory(GlobalMetas metas, long free, bool prefault)
+    /// <returns>The sizing the buffers were made for; null when there is too little memory (the update will say so).</returns>
+    private BucketSizing? PrepareDeviceMemory(GlobalMetas metas, long free, bool prefault)
     {
         BucketSizing sizing;
         try
@@ -320,7 +337,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         }
         catch (CheckpointEngineException)
         {
-            return; // Too little memory: the update says so.
+            return null;
         }
         var buffer = DeviceBufferFor(sizing, Group);
         if (prefault && !_deviceFaulted)
@@ -328,6 +345,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
             buffer.SharedSegment?.Prefault();
             _deviceFaulted = true;
         }
+        return sizing;
     }
 
     /// <summary>

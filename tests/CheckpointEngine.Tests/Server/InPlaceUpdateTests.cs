@@ -117,4 +117,38 @@ public sealed class DeviceMemoryAheadTests
         Assert.Equal(allocated, ps.DeviceBytes); // The update used the buffers allocated ahead.
         Assert.Equal(Weights, received["w"]);
     }
+
+    /// <summary>A joiner that loads a fleet's metas allocates its device buffers then and faults them in: its P2P updates stage into them.</summary>
+    [Fact]
+    public async Task SetMetas_OnAJoiner_AllocatesDeviceBuffersAndFaultsThemIn()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var owner = await RankHost.StartAsync(new CheckpointEngine.Runtime.RankConfig { DeviceId = $"ahead-owner-{Guid.NewGuid():N}", HostDeviceMemory = 16 << 20 },
+            device: "host", ct: ct);
+        owner.Server.RegisterCheckpoint("step-1", [], [new NamedTensor("w", DType.U8, [Weights.Length], Weights)]);
+        var metas = await owner.Server.GatherMetasAsync("step-1", SingleRank.Deadline, ct);
+        await using var joiner = await RankHost.StartAsync(new CheckpointEngine.Runtime.RankConfig { DeviceId = $"ahead-joiner-{Guid.NewGuid():N}", HostDeviceMemory = 16 << 20 },
+            device: "host", ct: ct);
+        Assert.Equal(0, joiner.Server.DeviceBytes);
+
+        joiner.Server.SetMetas(metas);
+
+        Assert.Same(metas, joiner.Server.GetMetas("step-1"));
+        Assert.True(joiner.Server.DeviceBytes > 0);
+        Assert.Equal(joiner.Server.DeviceBytes, joiner.Server.PreparedDeviceBytes);
+    }
+
+    /// <summary>Metas of a checkpoint no rank holds (nothing to size buffers for) are kept, and nothing is allocated.</summary>
+    [Fact]
+    public async Task SetMetas_OfNoTensors_KeepsThemAndAllocatesNothing()
+    {
+        await using var joiner = await RankHost.StartAsync(new CheckpointEngine.Runtime.RankConfig { DeviceId = $"ahead-empty-{Guid.NewGuid():N}", HostDeviceMemory = 16 << 20 },
+            device: "host", ct: TestContext.Current.CancellationToken);
+        var metas = new CheckpointEngine.Planning.GlobalMetas("nothing", [new CheckpointEngine.Planning.RankMetas(0, joiner.Server.Device.Id, null, [])]);
+
+        joiner.Server.SetMetas(metas);
+
+        Assert.Same(metas, joiner.Server.GetMetas("nothing"));
+        Assert.Equal(0, joiner.Server.DeviceBytes);
+    }
 }

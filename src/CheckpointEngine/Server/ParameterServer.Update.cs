@@ -174,12 +174,14 @@ public sealed partial class ParameterServer
             {
                 failure = e.Message;
             }
-            await Agreement.AgreeAsync(group, failure, "attaching the worker", timeout, ct).ConfigureAwait(false);
+            // One round settles the attach and tells every member what comes next needs: whether each worker maps the owners'
+            // segments, and each worker's declaration (its digest) and the declarations each member already knows.
+            var said = (await Agreement.AgreeAsync(group, failure, AttachState.Of(worker!, _knownWants.Keys).ToBytes(), "attaching the worker", timeout, ct)
+                .ConfigureAwait(false)).Select((b, r) => AttachState.Parse(b, group.Members[r])).ToList();
             if (direct is not null)
             {
                 // Workers read the owners' memory in place only when every one of them mapped it (older workers do not).
-                var maps = await group.AllGatherAsync([worker!.MapsSegments ? (byte)1 : (byte)0], timeout, ct).ConfigureAwait(false);
-                direct = maps.All(m => m is [1]) ? direct : null;
+                direct = said.All(m => m.Maps) ? direct : null;
                 DropPeerBuffers(direct is { Staged: false } ? direct.Segments : []);
             }
 
@@ -188,7 +190,7 @@ public sealed partial class ParameterServer
             // Every member learns the distinct declarations (one list per class of workers that keep the same bytes); stagers
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
             // host can reach, and on GPUs with NCCL).
-            var (classes, classOf, listBytes) = await ExchangeWantsAsync(group, worker!.Wants, timeout, ct).ConfigureAwait(false);
+            var (classes, classOf, listBytes) = await ExchangeWantsAsync(group, worker!.Wants, said, timeout, ct).ConfigureAwait(false);
             direct = direct is { Staged: true } && classes.Any(c => c.Wants is not null) ? null : direct; // Parts are cut per rank: staged and broadcast.
             // Parts are cut out of buckets in host memory, or on GPUs by NCCL's communicator on its stream.
             var cuts = Device.HostAccessible || group is NcclCommunicator;
@@ -219,8 +221,12 @@ public sealed partial class ParameterServer
             var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
             var links = LinkTimings([.. group.TakeLinkTransfers(), .. relay?.TakeLinkTransfers() ?? []], timings, clock);
 
-            await Agreement.AgreeAsync(group, await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false), "releasing the buffer", timeout, ct).ConfigureAwait(false);
-            await Agreement.AgreeAsync(group, await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false), "the post-load hook", timeout, ct).ConfigureAwait(false);
+            // Release and the post-load hook settle in one round: every bucket is loaded everywhere already (each was agreed), so a
+            // worker's hook runs on whole weights whatever another worker's release does.
+            var ending = await worker!.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false) is { } released
+                ? $"releasing the buffer: {released}"
+                : await worker.CallAsync(new FinishMessage(), timeout, ct).ConfigureAwait(false);
+            await Agreement.AgreeAsync(group, ending, "the end of the update", timeout, ct).ConfigureAwait(false);
             await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
             var delivered = parts?.Sum(p => p.Bytes) ?? steps.Sum(s => s.Bucket.Items.Sum(i => i.ByteLength));
             var staged = direct is { Staged: false } ? 0 : steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
@@ -293,21 +299,22 @@ public sealed partial class ParameterServer
     /// everything). Costs O(classes), not O(members × tensors): members exchange 64-character digests, and only the lowest
     /// member of each class sends its list.
     /// </summary>
-    private async Task<(List<(string Digest, WorkerWants? Wants)> Classes, int[] ClassOf, long ListBytes)> ExchangeWantsAsync(ICommunicator group, WorkerWants? wants, TimeSpan timeout, CancellationToken ct)
+    private async Task<(List<(string Digest, WorkerWants? Wants)> Classes, int[] ClassOf, long ListBytes)> ExchangeWantsAsync(ICommunicator group, WorkerWants? wants,
+        List<AttachState> said, TimeSpan timeout, CancellationToken ct)
     {
         var digest = wants?.Digest() ?? "";
-        var digests = (await group.AllGatherAsync(Encoding.ASCII.GetBytes(digest), timeout, ct).ConfigureAwait(false)).Select(Encoding.ASCII.GetString).ToList();
+        var digests = said.Select(m => m.Digest).ToList();
         var known = new Dictionary<string, WorkerWants>(_knownWants, StringComparer.Ordinal);
         if (wants is not null)
         {
             known[digest] = wants;
         }
         // The lists go round only when some member lacks one (the first update, or new declarations): an RL loop's later
-        // updates exchange digests and one byte each, not a list per class (Kimi-K2 at TP 16: 9.7 MB each).
-        var lacking = digests.Any(d => d.Length > 0 && !known.ContainsKey(d));
-        var missing = await group.AllGatherAsync([lacking ? (byte)1 : (byte)0], timeout, ct).ConfigureAwait(false);
+        // updates exchange digests with the attach, not a list per class (Kimi-K2 at TP 16: 9.7 MB each). Every member decides
+        // alike from what all said: nothing goes round when all knew the same declarations and those hold every digest.
+        var complete = said.All(m => m.Known == said[0].Known) && digests.All(d => d.Length == 0 || known.ContainsKey(d));
         long listBytes = 0;
-        if (missing.Any(m => m is [1]))
+        if (!complete)
         {
             var leads = digest.Length > 0 && digests.IndexOf(digest) == group.Rank;
             var lists = await group.AllGatherAsync(leads ? wants!.ToJson() : [], timeout, ct).ConfigureAwait(false);

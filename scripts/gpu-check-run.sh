@@ -4,7 +4,9 @@
 # Steps, each under its own time limit (coreutils timeout), all within GPU_CHECK_BUDGET_S (default 360 s):
 #   1. the CLI starts (host backend, 8 MiB)
 #   2. the GPU unit tests (trait Category=GPU): device copies, IPC handles, one-rank NCCL broadcast,
-#      all-reduce and sub-communicator, and both receivers refusing a cuda-ipc attach larger than its allocation
+#      all-reduce and sub-communicator, a part cut out on the device, NCCL's grouped send and receive (a
+#      one-rank communicator sending to itself inside ncclGroupStart/End) and the one-rank scatter, and both
+#      receivers refusing a cuda-ipc attach larger than its allocation
 #   3. a SIZE update on one GPU to the .NET reference worker, broadcast then P2P staging (`--method all`)
 #   4. the same to the Python worker (torch, CUDA IPC), both methods; both workers verified byte for byte;
 #      then an update whose worker checks every tensor's CRC-32 on the GPU side (`--verify`), a plain torch
@@ -17,9 +19,13 @@
 # and archived, never failing the run.
 # What one GPU covers: the driver calls on real hardware, page-locking, IPC handles opened by another
 # process (.NET and torch), NCCL's unique id, non-blocking init and one-rank collectives (which move no
-# data), P2P staging through the page-locked host bucket, and throughput. What needs two GPUs: any NCCL
-# broadcast that moves data between GPUs, sub-communicators of a subset of ranks, aborts with a dead or
-# hung peer, cross-GPU IPC (a worker on another GPU opening the handle), and all of it at TP > 1.
+# data), NCCL's group semantics with a non-blocking communicator (send and receive to itself) and the
+# scatter's root cutting its own part (a shard-aware update on one GPU declares nothing: the reference
+# worker keeps every tensor whole at TP 1), P2P staging through the page-locked host bucket, and throughput. What
+# needs two GPUs: any NCCL broadcast, send or receive that moves data between GPUs (so the scatter of parts
+# to other members, and the class relays over class communicators), sub-communicators of a subset of
+# ranks, aborts with a dead or hung peer, cross-GPU IPC (a worker on another GPU opening the handle), and
+# all of it at TP > 1 (the stand-in NCCL in the tests covers their logic on every CI machine).
 # Results: one archive of every log, trace and JSON result, $OUT/gpu-check-results.tar.gz (under the
 # work folder when OUT is unset; its path is printed). NCCL_DEBUG=WARN puts NCCL's warnings in the logs.
 # Environment: PYTHON (default: the first of python3, /usr/bin/python3 that has torch),

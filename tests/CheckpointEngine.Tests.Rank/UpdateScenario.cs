@@ -16,7 +16,8 @@ using CheckpointEngine.Server;
 /// inference group (comma-separated; group g = ranks g·TP … g·TP+TP−1).
 /// Prints "update N ok BYTES SECONDS BUCKETS SLOTS", "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS",
 /// "declarations N BYTES_OF_WANTS_RECEIVED", "path N in-place|in-staging|staged BYTES_STAGED", "gathered N BYTES_GATHERED_INTO_SLOTS" and "link N sent|received PEER_HOST BYTES SECONDS"
-/// per peer host per update, or "update N failed MESSAGE" and goes on. With TEST_TRACE_FILE, rank 0 writes each update's trace there
+/// per peer host per update, "received N BYTES_INTO_THE_DEVICE SCATTERED_BUCKETS" (counted by NCCL groups), or "update N failed MESSAGE" and goes on.
+/// With TEST_DEVICE=cuda the rank runs the CUDA backend (device LOCAL_RANK, NCCL; in tests the stand-ins). With TEST_TRACE_FILE, rank 0 writes each update's trace there
 /// (the update's number before the extension).
 /// </summary>
 internal static class UpdateScenario
@@ -30,8 +31,9 @@ internal static class UpdateScenario
             : ((int Rank, int Bucket, int Update)?)null;
         var tracePath = Environment.GetEnvironmentVariable("TEST_TRACE_FILE");
         var deviceMemory = long.Parse(Environment.GetEnvironmentVariable("TEST_DEVICE_MEMORY_MB") ?? "64", CultureInfo.InvariantCulture) << 20;
-        using var device = new HostDevice(world.Config.HostDeviceId, freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize);
-        await using var ps = new ParameterServer(world, device);
+        using var backend = Environment.GetEnvironmentVariable("TEST_DEVICE") == "cuda" ? await Backend.CreateAsync(world, DeviceKind.Cuda, timeout) : null;
+        using var host = backend is null ? new HostDevice(world.Config.HostDeviceId, freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize) : null;
+        await using var ps = new ParameterServer(world, backend?.Device ?? host!, group: backend?.Group);
         var options = new UpdateOptions { Timeout = timeout };
         for (var u = 1; u <= updates; u++)
         {
@@ -67,6 +69,7 @@ internal static class UpdateScenario
                 Console.WriteLine($"declarations {u} {report.DeclarationBytes}");
                 Console.WriteLine($"path {u} {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")} {report.BytesStaged}");
                 Console.WriteLine($"gathered {u} {report.BytesGathered}");
+                Console.WriteLine($"received {u} {report.BytesReceived} {report.ScatteredBuckets}");
                 foreach (var l in report.LinkTotals())
                 {
                     Console.WriteLine($"link {u} {(l.Sent ? "sent" : "received")} {l.PeerHost} {l.Bytes} {l.Busy.TotalSeconds:F6}");

@@ -12,7 +12,15 @@ namespace CheckpointEngine.Server;
 internal static class BucketPump
 {
     /// <summary>A shard-aware update's parts between hosts: the groups, each bucket's relay (null: the plain way), and this member's proxy parts.</summary>
-    public sealed record Relaying(RelayGroups Groups, ClassRelay?[] Routes, ProxyPart?[] Proxies, nint ProxyBuffer);
+    /// <param name="Whole">Per class: its workers declared nothing, so its relay carries the whole bucket, from where it lies.</param>
+    public sealed record Relaying(RelayGroups Groups, ClassRelay?[] Routes, ProxyPart?[] Proxies, nint ProxyBuffer, IReadOnlyList<bool> Whole);
+
+    /// <summary>
+    /// A shard-aware update on GPUs: each bucket is scattered from its stager, every member receiving only its part (see
+    /// <see cref="ICommunicator.ScatterPartsAsync"/>). <paramref name="ClassOf"/>: each member's class; <paramref name="ClassParts"/>: for the buckets
+    /// this member stages, every class's part (null: a class that declared nothing, which takes the whole bucket); null for the others.
+    /// </summary>
+    public sealed record Scattering(int[] ClassOf, IReadOnlyList<BucketPart?[]?> ClassParts);
 
     /// <summary>When each stage of one bucket started and ended on this rank (offsets from the update's start), set as the loop runs.</summary>
     private sealed class BucketStamps
@@ -47,7 +55,7 @@ internal static class BucketPump
     /// </summary>
     public static async Task<(List<BucketTiming> Timings, long Gathered)> RunAsync(ICommunicator group, List<BucketStep> steps, BucketSizing sizing, nint device,
         WorkerConnection worker, bool agreeOnStaging, bool verify, IReadOnlyList<BucketPart>? parts, IReadOnlyList<IReadOnlyList<(long Offset, long Length)>?>? wanted,
-        Relaying? relay, DirectSources? direct, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
+        Relaying? relay, Scattering? scatter, DirectSources? direct, TimeSpan timeout, Stopwatch clock, Action<int> reloaded, CancellationToken ct)
     {
         var times = steps.Select(_ => new BucketStamps()).ToArray();
         long gathered = 0;
@@ -126,6 +134,18 @@ internal static class BucketPump
             return g.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, root, ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct);
         }
 
+        // Bucket k scattered among g's members (their ranks in the update's group: members), each receiving only its part: the whole bucket
+        // where it declared nothing or must take it whole (a proxy). Only the root, the stager, reads the other members' runs.
+        Task ScatterPart(ICommunicator g, int k, int root, int[] members, Func<int, bool> whole)
+        {
+            var runs = whole(group.Rank) || parts is null ? null : ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs;
+            gathered += runs is not null && ReadsInPlace(k) ? runs.Sum(r => r.Length) : 0;
+            var memberRuns = g.Rank == root && scatter!.ClassParts[k] is { } classParts
+                ? members.Select(m => whole(m) ? null : classParts[scatter.ClassOf[m]]?.Runs).ToList()
+                : null;
+            return g.ScatterPartsAsync(Where(k), steps[k].Bucket.Size, root, runs, memberRuns, Slot(k), timeout, ct);
+        }
+
         // Across hosts: the members on the stager's host take their parts from it (a proxy takes the whole bucket and cuts the parts
         // of the classes it stands for too), then each class relays its part from its head there to its members elsewhere (all
         // classes at once, each over its own group).
@@ -137,21 +157,32 @@ internal static class BucketPump
             {
                 var local = groups.Local(route.Host);
                 var root = Array.IndexOf(route.Local, steps[k].Stager);
-                if (proxy is null)
+                if (scatter is not null)
+                {
+                    // A proxy takes the whole bucket to cut the parts of the classes it stands for.
+                    await ScatterPart(local, k, root, route.Local, m => route.ProxiedBy(m).Any()).ConfigureAwait(false);
+                }
+                else if (proxy is null)
                 {
                     await BroadcastPart(local, k, root).ConfigureAwait(false);
                 }
                 else
                 {
                     await local.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct).ConfigureAwait(false);
+                }
+                if (proxy is not null)
+                {
                     await local.CopyRunsAsync(proxy.Runs, Where(k), relay.ProxyBuffer, timeout, ct).ConfigureAwait(false);
-                    await local.CopyRunsAsync(ReadsInPlace(k) ? parts![k].GatheredRuns : parts![k].Runs, Where(k), Slot(k), timeout, ct).ConfigureAwait(false);
+                    if (parts is not null)
+                    {
+                        await local.CopyRunsAsync(ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Where(k), Slot(k), timeout, ct).ConfigureAwait(false);
+                    }
                 }
             }
             foreach (var (r, g) in groups.Relays(route.Host))
             {
-                var (address, size) = r.Proxy && r.Head == me
-                    ? (relay.ProxyBuffer + (nint)proxy!.Classes[r.Class].Offset, proxy.Classes[r.Class].Size)
+                var (address, size) = r.Proxy && r.Head == me ? (relay.ProxyBuffer + (nint)proxy!.Classes[r.Class].Offset, proxy.Classes[r.Class].Size)
+                    : relay.Whole[r.Class] ? (Where(k), steps[k].Bucket.Size) // A class that declared nothing: the bucket, where it lies.
                     : (Slot(k), parts![k].Size);
                 await g.BroadcastAsync(address, size, 0, timeout, ct).ConfigureAwait(false);
             }
@@ -209,6 +240,10 @@ internal static class BucketPump
                 else if (relay?.Routes[k] is { } route)
                 {
                     await RelayAsync(k, route).ConfigureAwait(false);
+                }
+                else if (scatter is not null)
+                {
+                    await ScatterPart(group, k, steps[k].Stager, [.. Enumerable.Range(0, group.Size)], _ => false).ConfigureAwait(false);
                 }
                 else
                 {

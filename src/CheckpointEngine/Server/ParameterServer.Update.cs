@@ -197,11 +197,12 @@ public sealed partial class ParameterServer
             // A worker that takes strided parts gets its column slices where they lie in host memory (the owners' segments, or its stager's buffer): not gathered.
             var (parts, wanted, classBytes) = PlanFor(steps, worker.Wants is { } wants && cuts ? wants : null, worker.TakesStrided && Device.HostAccessible,
                 classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList());
-            // Between hosts, each class's part travels on its own where that moves fewer bytes (see ClassRelay), once some worker declared what it keeps.
-            // Every worker must have declared what it keeps (a worker that keeps everything takes the whole bucket anyway). Host memory
-            // only: there the members on the stager's host copy just their parts; on GPUs the stager's node would first spread the whole
-            // bucket over NVLink, one bucket at a time, which costs more than the relay saves (simulate shows the comparison).
-            var relay = classes.All(c => c.Wants is not null) && Device.HostAccessible
+            // Between hosts, each class's part travels on its own where that moves no more bytes into any host than the plain way (see
+            // ClassRelay.Pays), once some worker declared what it keeps (a class that declared nothing relays the whole bucket). On the host
+            // backend the members on the stager's host copy just their parts out of its shared buffer; on GPUs the stager scatters the parts
+            // among them with NCCL sends and receives, and each class broadcasts over its own NCCL communicator.
+            var declared = classes.Any(c => c.Wants is not null);
+            var relay = declared && cuts
                 ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
                 : null;
             using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.
@@ -210,15 +211,21 @@ public sealed partial class ParameterServer
             {
                 var routes = relay.Routes(steps, classBytes);
                 var (proxies, proxyBuffer) = relay.ProxyParts(steps, routes, [.. classes.Select(c => c.Wants)]);
-                relaying = new BucketPump.Relaying(relay, routes, proxies, proxyBuffer);
+                relaying = new BucketPump.Relaying(relay, routes, proxies, proxyBuffer, [.. classes.Select(c => c.Wants is null)]);
             }
+            // On GPUs a declared update scatters each bucket from its stager: every member's NVLink ingress is its part, not the bucket.
+            var scatter = declared && !Device.HostAccessible && group is NcclCommunicator
+                ? new BucketPump.Scattering(classOf, ClassPartsFor(steps, group.Rank, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList()))
+                : null;
             var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
+            var receivedBefore = group.BytesReceived + (relay?.BytesReceived ?? 0);
             _ = group.TakeLinkTransfers(); // Earlier updates' legs (a failed one's) are not this one's.
             _ = relay?.TakeLinkTransfers();
             var (timings, gathered) = await BucketPump.RunAsync(group, steps, sizing, device.Address, worker!, agreeOnStaging, options.Verify, parts, wanted,
-                relaying, direct, timeout, clock,
+                relaying, scatter, direct, timeout, clock,
                 done => _progress = _progress! with { BucketsDone = done, BytesDone = steps.Take(done).Sum(s => s.Bucket.Size) }, ct).ConfigureAwait(false);
             var network = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0) - networkBefore;
+            var received = group.BytesReceived + (relay?.BytesReceived ?? 0) - receivedBefore;
             var links = LinkTimings([.. group.TakeLinkTransfers(), .. relay?.TakeLinkTransfers() ?? []], timings, clock);
 
             // Release and the post-load hook settle in one round: every bucket is loaded everywhere already (each was agreed), so a
@@ -233,7 +240,7 @@ public sealed partial class ParameterServer
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings)
             {
                 BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0,
-                DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links, BytesGathered = gathered,
+                DeclarationBytes = listBytes, BytesReceived = received, ScatteredBuckets = scatter is null ? 0 : steps.Count, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links, BytesGathered = gathered,
             };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
@@ -395,6 +402,22 @@ public sealed partial class ParameterServer
         _partsPlan = (key, steps.Select(s => s.Bucket).ToList(), parts, wanted, classBytes);
         PartPlans++;
         return (parts, wanted, classBytes);
+    }
+
+    /// <summary>
+    /// For the buckets this member stages (null for the others), every class's part (null: a class that declared nothing): what a scattering
+    /// root sends each member. Planned once per bucket layout, stagers and set of declarations, like <see cref="PlanFor"/>.
+    /// </summary>
+    private List<BucketPart?[]?> ClassPartsFor(List<BucketStep> steps, int member, List<string> digests, List<WorkerWants?> classes)
+    {
+        var key = $"{member}|{string.Join(",", digests)}|{string.Join(",", steps.Select(s => s.Stager))}";
+        if (_classPartsPlan is { } plan && plan.Key == key && SameLayout(plan.Buckets, steps))
+        {
+            return plan.Parts;
+        }
+        var parts = steps.Select(s => s.Stager == member ? classes.Select(c => c is null ? null : BucketPart.Of(s.Bucket, c)).ToArray() : null).ToList();
+        _classPartsPlan = (key, steps.Select(s => s.Bucket).ToList(), parts);
+        return parts;
     }
 
     internal static bool SameLayout(List<H2DBucket> planned, List<BucketStep> steps)

@@ -33,6 +33,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
     /// <summary>The last worker part plan: the declaration's digest, the bucket layout it was made for, and the parts (updates run one at a time).</summary>
     private (string Wants, List<H2DBucket> Buckets, List<BucketPart>? Parts, List<IReadOnlyList<(long Offset, long Length)>?>? Wanted, List<long[]> ClassBytes)? _partsPlan;
 
+    /// <summary>The last scatter plan: every class's part of the buckets this member stages (see <c>ClassPartsFor</c>).</summary>
+    private (string Key, List<H2DBucket> Buckets, List<BucketPart?[]?> Parts)? _classPartsPlan;
+
     /// <summary>How many times a worker part plan was made (not reused); for tests.</summary>
     internal int PartPlans { get; private set; }
 

@@ -116,6 +116,8 @@ internal sealed class RelayGroups : IDisposable
 
     public long NetworkBytesReceived => Groups.Sum(g => g.NetworkBytesReceived);
 
+    public long BytesReceived => Groups.Sum(g => g.BytesReceived);
+
     public IReadOnlyList<LinkTransfer> TakeLinkTransfers() => [.. Groups.SelectMany(g => g.TakeLinkTransfers())];
 
     private IEnumerable<ICommunicator> Groups => _local.Values.Concat(_class.Values.SelectMany(l => l.Select(x => x.Group)));
@@ -144,11 +146,14 @@ internal sealed record ProxyPart(IReadOnlyList<ByteRun> Runs, IReadOnlyDictionar
         long at = 0;
         foreach (var r in proxied)
         {
-            var part = BucketPart.Of(bucket, classes[r.Class]!);
+            // A class that declared nothing takes the whole bucket: copied too, since the proxy may cut its own part in place.
+            var (partRuns, size) = classes[r.Class] is { } wants && BucketPart.Of(bucket, wants) is var part
+                ? (part.Runs, part.Size)
+                : ([new ByteRun(0, 0, bucket.Size)], bucket.Size);
             at = BucketSizing.Align(at);
-            runs.AddRange(part.Runs.Select(run => run with { Destination = at + run.Destination }));
-            places[r.Class] = (at, part.Size);
-            at += part.Size;
+            runs.AddRange(partRuns.Select(run => run with { Destination = at + run.Destination }));
+            places[r.Class] = (at, size);
+            at += size;
         }
         return new ProxyPart(runs, places, at);
     }

@@ -28,6 +28,15 @@ public sealed record UpdateReport(
     /// <summary>Bytes this rank received from other hosts over the network (the built-in communicator counts them; 0 where it cannot tell).</summary>
     public long NetworkBytesReceived { get; init; }
 
+    /// <summary>
+    /// Bytes this rank's device buffers took in from other ranks through the update's collectives (broadcasts, the scatter's receives, the
+    /// class relays), counted by communicators that can (NCCL); 0 on the host backend, whose network bytes are <see cref="NetworkBytesReceived"/>.
+    /// </summary>
+    public long BytesReceived { get; init; }
+
+    /// <summary>Buckets scattered from their stager, each member receiving only its part (a shard-aware update on GPUs).</summary>
+    public int ScatteredBuckets { get; init; }
+
     /// <summary>This rank's legs on data links to and from other hosts, one per bucket and link (none on one host, or where the communicator cannot tell).</summary>
     public IReadOnlyList<LinkTiming> Links { get; init; } = [];
 

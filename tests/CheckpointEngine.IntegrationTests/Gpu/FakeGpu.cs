@@ -73,6 +73,14 @@ internal static class FakeGpu
         ["FAKE_CUDA_UUID_SALT"] = ((uint)Random.Shared.Next()).ToString(System.Globalization.CultureInfo.InvariantCulture),
     };
 
+    /// <summary>The UUID the stand-in driver started with <paramref name="environment"/> gives device <paramref name="device"/> (as fake_cuda.c makes it): what a worker's shard names.</summary>
+    public static string DeviceUuid(int device, IReadOnlyDictionary<string, string> environment)
+    {
+        var salt = uint.Parse(environment["FAKE_CUDA_UUID_SALT"], System.Globalization.CultureInfo.InvariantCulture);
+        var raw = Enumerable.Range(0, 16).Select(i => (byte)(i < 12 ? 0x10 * device + i : (int)(salt >> (8 * (i - 12))))).ToArray();
+        return CheckpointEngine.Interop.Cuda.CudaDriver.FormatUuid(raw);
+    }
+
     /// <summary>
     /// The stand-ins' shared memory in /dev/shm (device allocations, NCCL's rendezvous) whose creating process has exited: names carry
     /// the creator's pid (fakecuda-PID-N, fakenccl-PID-...), and what live processes hold (another test run's) is none of this run's business.

@@ -128,6 +128,6 @@ public sealed class FakeGpuTests : IDisposable
         await p.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromMinutes(2), TestContext.Current.CancellationToken);
         var text = await output + await errors;
         Assert.True(p.ExitCode == 0, text);
-        Assert.Contains("Total: 4, Errors: 0, Failed: 0, Skipped: 0", text, StringComparison.Ordinal);
+        Assert.Contains("Total: 5, Errors: 0, Failed: 0, Skipped: 0", text, StringComparison.Ordinal);
     }
 }

@@ -30,10 +30,13 @@ public sealed class MultiProcessTests
         Assert.All(results, r => Assert.Contains("broadcast ok", r.Output));
     }
 
-    [Fact]
-    public async Task SubGroups_RepeatedWithoutKeyClashes()
+    /// <param name="ranksPerHost">3: ranks 0, 2 share a host and 4 is alone on another in the sub-group 0, 2, 4 (a class relay's shape): all three meet in its ring's barriers.</param>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(3)]
+    public async Task SubGroups_RepeatedWithoutKeyClashes(int ranksPerHost)
     {
-        var results = await RankCluster.RunAsync(5, ["subgroups"]);
+        var results = await RankCluster.RunAsync(5, ["subgroups"], r => ranksPerHost > 0 ? Env(("CKPT_ENGINE_HOST_ID", $"host{r / ranksPerHost}"), ("TEST_TIMEOUT_S", "20")) : null);
         AssertAllSucceeded(results);
         Assert.Equal("subgroups ok 0,2,4", results[0].Line("subgroups"));
         Assert.Equal("subgroups ok 1,3", results[1].Line("subgroups"));

@@ -83,4 +83,52 @@ internal static class ReferenceWorkers
         }
         Assert.Equal(shards, seen);
     }
+
+    /// <summary>A checkpoint of tensor-parallel layers only (every tensor split between the shards, bar one norm), for relays between hosts.</summary>
+    public static string WriteLayers(string root, int layers = 6)
+    {
+        var rng = new Random(7);
+        TensorToWrite T(string name, DType dtype, params long[] shape)
+        {
+            var b = new byte[dtype.ByteLength(shape)];
+            rng.NextBytes(b);
+            return TensorToWrite.FromBytes(name, dtype, shape, b);
+        }
+        var dir = Path.Combine(root, "layers");
+        Directory.CreateDirectory(dir);
+        SafeTensorsWriter.Write(Path.Combine(dir, "model.safetensors"), [T("model.norm.weight", DType.F32, 64),
+            .. Enumerable.Range(0, layers).SelectMany(i => new[]
+            {
+                T($"layers.{i}.q_proj.weight", DType.BF16, 384, 256), T($"layers.{i}.o_proj.weight", DType.F16, 256, 384), T($"layers.{i}.up_proj.weight", DType.F8_E4M3, 512, 192),
+            })]);
+        return dir;
+    }
+
+    /// <summary>Every shard's slices put back together have the source tensor's checksum, and every tensor kept whole is bit-exact.</summary>
+    public static async Task AssertSlicesAssembleAsync(string dir, IEnumerable<string> urls)
+    {
+        var expected = SourceDigests(dir);
+        using var checkpoint = Checkpoint.Open(dir);
+        var crcs = checkpoint.AllTensors().ToDictionary(e => e.Tensor.Name, e => System.IO.Hashing.Crc32.HashToUInt32(e.File.View(e.Tensor).Span).ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        foreach (var url in urls)
+        {
+            var doc = await http.GetFromJsonAsync<JsonElement>(url + "/v1/weights/digest", TestContext.Current.CancellationToken);
+            var assembled = doc.GetProperty("assembled_crc32").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
+            Assert.NotEmpty(assembled);
+            foreach (var (name, crc) in assembled)
+            {
+                Assert.Equal(crcs[name], crc);
+            }
+            foreach (var shard in doc.GetProperty("shards").EnumerateArray())
+            {
+                var sliced = shard.GetProperty("sliced").EnumerateArray().Select(e => e.GetString()!).ToHashSet();
+                Assert.Equal(assembled.Keys.ToHashSet(), sliced);
+                foreach (var t in shard.GetProperty("tensors").EnumerateObject().Where(t => !sliced.Contains(t.Name)))
+                {
+                    Assert.Equal(expected[t.Name], t.Value.GetString());
+                }
+            }
+        }
+    }
 }

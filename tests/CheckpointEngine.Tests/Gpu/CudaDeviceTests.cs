@@ -93,6 +93,88 @@ public sealed class CudaDeviceTests
         Assert.Equal(OnHost(original, runs, half), intoSlot);
     }
 
+    /// <summary>
+    /// NCCL's grouped point-to-point calls on one GPU: a one-rank communicator sends a buffer to itself and receives it in one
+    /// <c>ncclGroupStart</c>/<c>ncclGroupEnd</c> (the non-blocking communicator's group end may return in progress: polled); then the
+    /// communicator's scatter on one rank, which cuts the root's own part on the device (strided rows, a whole tensor) as the host would.
+    /// </summary>
+    [Fact]
+    public async Task Nccl_OneRankGroup_SendsToItself_AndScattersItsOwnPart()
+    {
+        RequireGpu();
+        var ct = TestContext.Current.CancellationToken;
+        await using var world = await World.JoinAsync(new RankConfig(), ct);
+        using var backend = await Backend.CreateAsync(world, DeviceKind.Cuda, TimeSpan.FromSeconds(60), ct: ct);
+        var device = (CudaDevice)backend.Device;
+        const int size = 1 << 20;
+        using var from = device.AllocateShared(size);
+        using var into = device.AllocateShared(size);
+        var original = new byte[size];
+        new Random(5).NextBytes(original);
+        Upload(device, original, from.Address);
+
+        var (nccl, cuda) = (Interop.Nccl.Nccl.Instance, CudaDriver.Instance);
+        cuda.SetCurrent(device.Context);
+        var stream = cuda.CreateStream();
+        var done = cuda.CreateEvent();
+        var comm = nccl.StartInit(1, nccl.UniqueId(), 0);
+        try
+        {
+            await Until(() => nccl.AsyncError(comm) != Interop.Nccl.Nccl.InProgress, "init");
+            Assert.Equal(Interop.Nccl.Nccl.Success, nccl.AsyncError(comm));
+            cuda.SetCurrent(device.Context);
+            nccl.GroupStart();
+            nccl.Send(from.Address, size, 0, comm, stream);
+            nccl.Receive(into.Address, size, 0, comm, stream);
+            var end = nccl.GroupEnd(comm);
+            Assert.True(end is Interop.Nccl.Nccl.Success or Interop.Nccl.Nccl.InProgress, $"ncclGroupEnd returned {end}");
+            await Until(() => nccl.AsyncError(comm) != Interop.Nccl.Nccl.InProgress, "the group");
+            Assert.Equal(Interop.Nccl.Nccl.Success, nccl.AsyncError(comm));
+            cuda.SetCurrent(device.Context);
+            cuda.Record(done, stream);
+            await Until(() => { cuda.SetCurrent(device.Context); return cuda.IsDone(done); }, "the stream");
+            Assert.Equal(original, Download(device, into.Address, size));
+        }
+        finally
+        {
+            nccl.Destroy(comm);
+            cuda.SetCurrent(device.Context);
+            cuda.DestroyEvent(done);
+            cuda.DestroyStream(stream);
+        }
+
+        var runs = Enumerable.Range(0, 32).Select(r => new CheckpointEngine.Memory.ByteRun(4096 + r * 512 + 128, r * 128, 128)) // Columns of a 32 × 512-byte matrix.
+            .Append(new CheckpointEngine.Memory.ByteRun(100_000, 4096, 30_000)) // A whole tensor.
+            .ToList();
+        Upload(device, new byte[size], into.Address);
+        await backend.Group.ScatterPartsAsync(from.Address, size, 0, runs, [null], into.Address, TimeSpan.FromSeconds(30), ct);
+        Assert.Equal(Packed(original, runs, size), Download(device, into.Address, size));
+
+        static async Task Until(Func<bool> done, string what)
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while (!done())
+            {
+                if (DateTime.UtcNow > deadline)
+                {
+                    throw new TimeoutException($"NCCL: {what} did not finish within 30 s");
+                }
+                await Task.Delay(1);
+            }
+        }
+    }
+
+    /// <summary>The runs of <paramref name="bytes"/> copied into <paramref name="size"/> zero bytes on the host.</summary>
+    private static unsafe byte[] Packed(byte[] bytes, List<CheckpointEngine.Memory.ByteRun> runs, int size)
+    {
+        var result = new byte[size];
+        fixed (byte* from = bytes, to = result)
+        {
+            CheckpointEngine.Memory.ByteRun.CopyAll(runs, (nint)from, (nint)to);
+        }
+        return result;
+    }
+
     private static unsafe void Upload(CudaDevice device, byte[] bytes, nint address)
     {
         fixed (byte* p = bytes)

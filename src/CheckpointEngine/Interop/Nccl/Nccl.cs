@@ -70,7 +70,7 @@ public sealed class NcclException(string call, int code, string message) : Check
 
 /// <summary>
 /// NCCL (<c>libnccl.so.2</c>), loaded on first use. Only what the communicator needs: unique ids,
-/// non-blocking init, broadcast and all-reduce, error polling, abort and destroy.
+/// non-blocking init, broadcast and all-reduce, point-to-point send and receive fused in groups, error polling, abort and destroy.
 /// </summary>
 public sealed unsafe class Nccl
 {
@@ -121,6 +121,10 @@ public sealed unsafe class Nccl
     private readonly delegate* unmanaged<nint, byte*> _getLastError;
     private readonly delegate* unmanaged<nint, nint, nuint, int, int, nint, nint, int> _broadcast;
     private readonly delegate* unmanaged<nint, nint, nuint, int, int, nint, nint, int> _allReduce;
+    private readonly delegate* unmanaged<nint, nuint, int, int, nint, nint, int> _send;
+    private readonly delegate* unmanaged<nint, nuint, int, int, nint, nint, int> _recv;
+    private readonly delegate* unmanaged<int> _groupStart;
+    private readonly delegate* unmanaged<int> _groupEnd;
 
     private Nccl(nint lib)
     {
@@ -135,6 +139,10 @@ public sealed unsafe class Nccl
         _getLastError = (delegate* unmanaged<nint, byte*>)F("ncclGetLastError");
         _broadcast = (delegate* unmanaged<nint, nint, nuint, int, int, nint, nint, int>)F("ncclBroadcast");
         _allReduce = (delegate* unmanaged<nint, nint, nuint, int, int, nint, nint, int>)F("ncclAllReduce");
+        _send = (delegate* unmanaged<nint, nuint, int, int, nint, nint, int>)F("ncclSend");
+        _recv = (delegate* unmanaged<nint, nuint, int, int, nint, nint, int>)F("ncclRecv");
+        _groupStart = (delegate* unmanaged<int>)F("ncclGroupStart");
+        _groupEnd = (delegate* unmanaged<int>)F("ncclGroupEnd");
         int version;
         Check(_getVersion(&version), "ncclGetVersion", 0);
         Version = version;
@@ -183,6 +191,23 @@ public sealed unsafe class Nccl
 
     public int AllReduce(nint buffer, long count, int dtype, int op, nint comm, nint stream) =>
         Check(_allReduce(buffer, buffer, (nuint)count, dtype, op, comm, stream), "ncclAllReduce", comm);
+
+    /// <summary>ncclSend(sendbuff, count, datatype, peer, comm, stream): <paramref name="peer"/> must receive as many bytes (NCCL 2.7 and later).</summary>
+    public int Send(nint buffer, long bytes, int peer, nint comm, nint stream) =>
+        Check(_send(buffer, (nuint)bytes, Uint8, peer, comm, stream), $"ncclSend({bytes} bytes to rank {peer})", comm);
+
+    /// <summary>ncclRecv(recvbuff, count, datatype, peer, comm, stream): <paramref name="peer"/> must send as many bytes.</summary>
+    public int Receive(nint buffer, long bytes, int peer, nint comm, nint stream) =>
+        Check(_recv(buffer, (nuint)bytes, Uint8, peer, comm, stream), $"ncclRecv({bytes} bytes from rank {peer})", comm);
+
+    /// <summary>
+    /// Opens a group on this thread (groups are per thread): the sends and receives until <see cref="GroupEnd"/> are issued together, so
+    /// a rank that sends and receives in one group cannot deadlock.
+    /// </summary>
+    public void GroupStart() => Check(_groupStart(), "ncclGroupStart", 0);
+
+    /// <summary>Issues the group's operations; on a non-blocking communicator it returns in progress, and <see cref="AsyncError"/> is polled until it is not.</summary>
+    public int GroupEnd(nint comm) => Check(_groupEnd(), "ncclGroupEnd", comm);
 
     /// <summary>Stops every operation of the communicator and frees it (safe while a peer is gone).</summary>
     public void Abort(nint comm) => _ = _commAbort(comm);

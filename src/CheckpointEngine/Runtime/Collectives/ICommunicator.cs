@@ -53,6 +53,21 @@ public interface ICommunicator : IDisposable
     }
 
     /// <summary>
+    /// A part broadcast in which each member receives only its own part, packed into <paramref name="destination"/> (what
+    /// <see cref="BroadcastPartAsync"/> leaves there): the root sends each member its part alone and cuts its own. <paramref name="runs"/>:
+    /// this member's runs; null: the whole bucket, into <paramref name="buffer"/> (as <see cref="BroadcastAsync"/>).
+    /// <paramref name="memberRuns"/>: on the root, every member's runs by group rank (null entries: the whole bucket; its own entry is not
+    /// read); null on the others. The default is today's part broadcast (everything to every member, each cuts its own); NCCL groups
+    /// scatter with grouped sends and receives.
+    /// </summary>
+    Task ScatterPartsAsync(nint buffer, long length, int root, IReadOnlyList<CheckpointEngine.Memory.ByteRun>? runs,
+        IReadOnlyList<IReadOnlyList<CheckpointEngine.Memory.ByteRun>?>? memberRuns, nint destination, TimeSpan timeout, CancellationToken ct = default) =>
+        runs is null ? BroadcastAsync(buffer, length, root, timeout, ct) : BroadcastPartAsync(buffer, length, root, runs, destination, timeout, ct);
+
+    /// <summary>Bytes this member's device buffers took in from other members through this group's data collectives so far (0 where the implementation does not count them).</summary>
+    long BytesReceived => 0;
+
+    /// <summary>
     /// Copies <paramref name="runs"/> from <paramref name="source"/> to <paramref name="destination"/> in this member's memory, in order,
     /// where the group's buffers live (the same buffer when the runs never land past their source). The default copies host memory.
     /// </summary>

@@ -27,6 +27,9 @@ public sealed class NcclCommunicator : ICommunicator
     private ulong _scratch;
     private long _scratchSize;
     private ulong _cutScratch;
+    private ulong _packed;
+    private long _packedSize;
+    private long _received;
     private string? _failure;
     private int _disposed;
 
@@ -128,7 +131,113 @@ public sealed class NcclCommunicator : ICommunicator
             throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is not a rank of group '{Name}' (size {Size})");
         }
         return RunAsync($"broadcast of {length} bytes from rank {Members[root]}", timeout,
-            () => _nccl.Broadcast(buffer, length, root, _comm, _stream), ct);
+            () => _nccl.Broadcast(buffer, length, root, _comm, _stream), ct, Rank == root ? 0 : length);
+    }
+
+    public long BytesReceived => Interlocked.Read(ref _received);
+
+    /// <summary>The bytes a part fills packed: up to the end of its last run.</summary>
+    public static long PackedSize(IReadOnlyList<CheckpointEngine.Memory.ByteRun> runs) => runs.Count == 0 ? 0 : runs.Max(r => r.Destination + r.Length);
+
+    /// <summary>
+    /// The scatter inside a node: the root packs each member's part on its device (strided copies, as <see cref="CopyRunsAsync"/> cuts) into a
+    /// staging area kept from bucket to bucket (grown only when a bucket needs more) and sends it with <c>ncclSend</c>; a part that is one run
+    /// of the bucket, or the whole bucket, goes straight from the bucket. Each member receives its part with <c>ncclRecv</c> straight into
+    /// <paramref name="destination"/>; all in one <c>ncclGroupStart</c>/<c>ncclGroupEnd</c>, after the root's copies on the stream. The root
+    /// cuts its own part as before. Deadlines, abort and errors as for every collective.
+    /// </summary>
+    public Task ScatterPartsAsync(nint buffer, long length, int root, IReadOnlyList<CheckpointEngine.Memory.ByteRun>? runs,
+        IReadOnlyList<IReadOnlyList<CheckpointEngine.Memory.ByteRun>?>? memberRuns, nint destination, TimeSpan timeout, CancellationToken ct = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (root < 0 || root >= Size)
+        {
+            throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is not a rank of group '{Name}' (size {Size})");
+        }
+        if (Rank != root)
+        {
+            var (into, bytes) = runs is null ? (buffer, length) : (destination, PackedSize(runs));
+            return RunAsync($"scatter of a {length}-byte bucket from rank {Members[root]} (receiving {bytes} bytes)", timeout, () =>
+            {
+                _nccl.GroupStart();
+                try
+                {
+                    if (bytes > 0)
+                    {
+                        _nccl.Receive(into, bytes, root, _comm, _stream);
+                    }
+                }
+                catch
+                {
+                    _ = _nccl.GroupEnd(_comm);
+                    throw;
+                }
+                return _nccl.GroupEnd(_comm);
+            }, ct, bytes);
+        }
+        if (memberRuns is null || memberRuns.Count != Size)
+        {
+            throw new ArgumentException($"the root of a scatter in group '{Name}' needs the runs of all {Size} members, got {memberRuns?.Count.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none"}", nameof(memberRuns));
+        }
+        // Each member's part: from the bucket where it is one run from its start (or the whole bucket), else packed in the staging area.
+        var sends = new List<(int Peer, nint From, long Bytes, IReadOnlyList<CheckpointEngine.Memory.ByteRun>? Pack, long At)>();
+        long staging = 0;
+        for (var r = 0; r < Size; r++)
+        {
+            if (r == root)
+            {
+                continue;
+            }
+            switch (memberRuns[r])
+            {
+                case null:
+                    sends.Add((r, buffer, length, null, 0));
+                    break;
+                case [var one] when one.Destination == 0:
+                    sends.Add((r, buffer + (nint)one.Source, one.Length, null, 0));
+                    break;
+                case var part:
+                    var at = CheckpointEngine.Planning.BucketSizing.Align(staging);
+                    sends.Add((r, 0, PackedSize(part), part, at));
+                    staging = at + PackedSize(part);
+                    break;
+            }
+        }
+        return RunAsync($"scatter of a {length}-byte bucket from rank {Members[root]} (sending {sends.Sum(x => x.Bytes)} bytes to {sends.Count} members)", timeout, () =>
+        {
+            if (staging > _packedSize)
+            {
+                if (_packed != 0)
+                {
+                    _cuda.Free(_packed);
+                    (_packed, _packedSize) = (0, 0);
+                }
+                _packed = _cuda.Allocate(staging);
+                _packedSize = staging;
+            }
+            foreach (var (_, _, _, pack, at) in sends.Where(x => x.Pack is not null))
+            {
+                Cut(pack!, buffer, (nint)(_packed + (ulong)at));
+            }
+            if (runs is not null)
+            {
+                Cut(runs, buffer, destination);
+            }
+            _nccl.GroupStart();
+            try
+            {
+                foreach (var (peer, from, bytes, pack, at) in sends.Where(x => x.Bytes > 0))
+                {
+                    _nccl.Send(pack is null ? from : (nint)(_packed + (ulong)at), bytes, peer, _comm, _stream);
+                }
+            }
+            catch
+            {
+                _ = _nccl.GroupEnd(_comm);
+                throw;
+            }
+            return _nccl.GroupEnd(_comm);
+        }, ct);
     }
 
     /// <summary>The broadcast, then this member's runs cut out of it on the device (see <see cref="CopyRunsAsync"/>).</summary>
@@ -149,19 +258,25 @@ public sealed class NcclCommunicator : ICommunicator
         ArgumentNullException.ThrowIfNull(runs);
         return RunAsync($"copying {runs.Count} runs on the device", timeout, () =>
         {
-            foreach (var run in CheckpointEngine.Memory.StridedRun.Fold(runs))
-            {
-                if (source == destination && run.Overlaps)
-                {
-                    CopyThroughScratch(run, (ulong)source);
-                }
-                else
-                {
-                    Copy(run, (ulong)source, (ulong)destination);
-                }
-            }
+            Cut(runs, source, destination);
             return Nccl.Success;
         }, ct);
+    }
+
+    /// <summary>Queues the copies of <paramref name="runs"/> on the stream: strided where they fold, through the scratch buffer where a cut in place overlaps itself.</summary>
+    private void Cut(IReadOnlyList<CheckpointEngine.Memory.ByteRun> runs, nint source, nint destination)
+    {
+        foreach (var run in CheckpointEngine.Memory.StridedRun.Fold(runs))
+        {
+            if (source == destination && run.Overlaps)
+            {
+                CopyThroughScratch(run, (ulong)source);
+            }
+            else
+            {
+                Copy(run, (ulong)source, (ulong)destination);
+            }
+        }
     }
 
     /// <summary>Scratch for cutting parts in place: copies that overlap go through it this many bytes at a time.</summary>
@@ -261,7 +376,7 @@ public sealed class NcclCommunicator : ICommunicator
     }
 
     /// <summary>Queues one NCCL operation on the stream and waits, with the deadline, until it has run.</summary>
-    private async Task RunAsync(string operation, TimeSpan timeout, Func<int> enqueue, CancellationToken ct)
+    private async Task RunAsync(string operation, TimeSpan timeout, Func<int> enqueue, CancellationToken ct, long received = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         if (_failure is not null)
@@ -282,6 +397,7 @@ public sealed class NcclCommunicator : ICommunicator
             _cuda.SetCurrent(_device.Context); // The poll may have moved this call to another thread: contexts are per thread.
             _cuda.Record(_done, _stream);
             await PollAsync(() => Finished(), operation, Name, _world, timeout, ct).ConfigureAwait(false);
+            Interlocked.Add(ref _received, received);
         }
         catch (Exception e) when (e is CollectiveException or NcclException or CudaException or OperationCanceledException)
         {
@@ -359,6 +475,10 @@ public sealed class NcclCommunicator : ICommunicator
         if (_cutScratch != 0)
         {
             _cuda.Free(_cutScratch);
+        }
+        if (_packed != 0)
+        {
+            _cuda.Free(_packed);
         }
         if (_scratch != 0)
         {

@@ -98,21 +98,25 @@ public sealed partial class ProcessGroup : ICommunicator
         var infos = blobs.Select(b => JsonSerializer.Deserialize(b, MemberInfoJson.Default.MemberInfo)!).ToArray();
         _topology = new Topology(infos.Select(i => i.HostId).ToArray(), infos.Select(i => new IPEndPoint(IPAddress.Parse(i.Address), i.Port)).ToArray());
         var local = _topology.LocalMembers(Rank);
-        if (local.Length > 1)
+        // The barriers are the whole group's: every member takes part when any host has a ring, also a member alone on its host.
+        if (_topology.Hosts.Any(h => h.Length > 1))
         {
             var name = $"ckpt-engine-{infos[0].Nonce}-h{_topology.HostOf[Rank]}";
             var worldRanks = local.Select(m => Members[m]).ToArray();
             var localIndex = Array.IndexOf(local, Rank);
-            if (localIndex == 0)
+            if (localIndex == 0 && local.Length > 1)
             {
                 _ring = ShmRing.Create(name, worldRanks, 0);
             }
             await BarrierAsync(timeout, ct).ConfigureAwait(false);
-            _ring ??= ShmRing.Open(name, worldRanks, localIndex);
-            await BarrierAsync(timeout, ct).ConfigureAwait(false);
-            if (localIndex == 0)
+            if (local.Length > 1)
             {
-                _ring.Unlink(); // Everyone has it mapped: no name is left behind, whatever happens later.
+                _ring ??= ShmRing.Open(name, worldRanks, localIndex);
+            }
+            await BarrierAsync(timeout, ct).ConfigureAwait(false);
+            if (localIndex == 0 && local.Length > 1)
+            {
+                _ring!.Unlink(); // Everyone has it mapped: no name is left behind, whatever happens later.
             }
         }
     }

@@ -4,6 +4,10 @@
 // each collective asynchronously on the given stream (an event recorded after it is ready when it is
 // done), reports a failure through ncclCommGetAsyncError, and stops a collective stuck on a missing
 // peer when the communicator is aborted. Works with fake_cuda's memory and streams.
+// Point-to-point sends and receives match per pair of ranks in call order (each direction numbered on its
+// own); those between ncclGroupStart and ncclGroupEnd (per thread, as in NCCL) are issued together at the
+// end, so a rank that sends and receives in one group cannot deadlock. A peer outside the communicator is
+// refused at the call, and a receive whose count differs from its send fails both with ncclInvalidUsage.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -19,7 +23,7 @@
 
 typedef struct { char internal[128]; } ncclUniqueId;
 typedef struct { size_t size; unsigned magic, version; int blocking; } ncclConfig;
-enum { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, REMOTE_ERROR = 6, IN_PROGRESS = 7 };
+enum { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, INVALID_USAGE = 5, REMOTE_ERROR = 6, IN_PROGRESS = 7 };
 enum { INT64 = 4, UINT8 = 1, SUM = 0, MAX = 2, MIN = 3 };
 
 struct comm {
@@ -28,10 +32,15 @@ struct comm {
     long seq;
     char name[100], error[200];
     int64_t *init;
+    long *sends, *receives; // Point-to-point operations issued so far, per peer: they match in this order.
     pthread_t thread;
 };
 struct header { int64_t arrived, ready, done; int64_t pad[5]; };
-struct op { struct comm *c; struct fake_stream *stream; int broadcast, root, type, reduce; const void *send; void *recv; size_t count; long seq; };
+struct p2p { struct comm *c; int send, peer; const void *data; void *into; size_t count; long seq; };
+struct op { struct comm *c; struct fake_stream *stream; int broadcast, root, type, reduce; const void *send; void *recv; size_t count; long seq;
+            struct p2p *items; int nitems; };
+// A point-to-point transfer's meeting place: the sender's count and its flags (the bytes lie in a second file).
+struct p2p_header { int64_t count, ready, done, refused; int64_t pad[4]; };
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 static double timeout_s(void) { const char *v = getenv("FAKE_NCCL_TIMEOUT_S"); return v && *v ? atof(v) : 60; }
@@ -79,6 +88,7 @@ int ncclCommInitRankConfig(struct comm **out, int size, ncclUniqueId id, int ran
     char init[160]; snprintf(init, sizeof init, "%s-init", c->name);
     c->init = open_shared(init, sizeof(struct header));
     if (!c->init) { free(c); return SYSTEM_ERROR; }
+    c->sends = calloc((size_t)size, sizeof(long)); c->receives = calloc((size_t)size, sizeof(long));
     __atomic_add_fetch(c->init, 1, __ATOMIC_ACQ_REL);
     c->state = config->blocking == 0 ? IN_PROGRESS : SUCCESS;
     if (c->state == SUCCESS && wait_for(c->init, size, c, "timed out in init") != SUCCESS) return SYSTEM_ERROR;
@@ -93,8 +103,58 @@ int ncclCommGetAsyncError(struct comm *c, int *state) {
     return SUCCESS;
 }
 
+static void *transfer(void *p) {
+    struct p2p *t = p;
+    struct comm *c = t->c;
+    int from = t->send ? c->rank : t->peer, to = t->send ? t->peer : c->rank;
+    char name[200], data_name[210];
+    snprintf(name, sizeof name, "%s-p%d-%d-%ld", c->name, from, to, t->seq);
+    snprintf(data_name, sizeof data_name, "%s-d", name);
+    struct p2p_header *h = open_shared(name, sizeof *h);
+    if (!h) { fail(c, SYSTEM_ERROR, "no shared memory"); return NULL; }
+    char what[200];
+    if (t->send) {
+        char *data = t->count ? open_shared(data_name, t->count) : NULL;
+        if (t->count && !data) { fail(c, SYSTEM_ERROR, "no shared memory"); munmap(h, sizeof *h); return NULL; }
+        if (t->count) { memcpy(data, t->data, t->count); munmap(data, t->count); }
+        __atomic_store_n(&h->count, (int64_t)t->count, __ATOMIC_RELAXED);
+        __atomic_store_n(&h->ready, 1, __ATOMIC_RELEASE);
+        snprintf(what, sizeof what, "timed out waiting for rank %d to receive a send", to);
+        if (wait_for(&h->done, 1, c, what) == SUCCESS && __atomic_load_n(&h->refused, __ATOMIC_ACQUIRE)) {
+            snprintf(what, sizeof what, "rank %d sent %zu bytes to rank %d, which receives %lld", from, t->count, to, (long long)h->refused - 1);
+            fail(c, INVALID_USAGE, what);
+        }
+        shm_unlink(data_name);
+        shm_unlink(name);
+    } else {
+        snprintf(what, sizeof what, "timed out waiting for rank %d to send", from);
+        if (wait_for(&h->ready, 1, c, what) == SUCCESS) {
+            int64_t count = __atomic_load_n(&h->count, __ATOMIC_RELAXED);
+            if ((size_t)count != t->count) {
+                __atomic_store_n(&h->refused, (int64_t)t->count + 1, __ATOMIC_RELEASE);
+                snprintf(what, sizeof what, "rank %d receives %zu bytes from rank %d, which sends %lld", to, t->count, from, (long long)count);
+                fail(c, INVALID_USAGE, what);
+            } else if (count) {
+                char *data = open_shared(data_name, t->count);
+                if (data) { memcpy(t->into, data, t->count); munmap(data, t->count); } else fail(c, SYSTEM_ERROR, "no shared memory");
+            }
+            __atomic_add_fetch(&h->done, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+    munmap(h, sizeof *h);
+    return NULL;
+}
+
 static void run(struct op *o) {
     struct comm *c = o->c;
+    if (o->nitems) { // A group's transfers progress independently: one thread each.
+        pthread_t *threads = calloc((size_t)o->nitems, sizeof *threads);
+        for (int i = 0; i < o->nitems; i++) pthread_create(&threads[i], NULL, transfer, &o->items[i]);
+        for (int i = 0; i < o->nitems; i++) pthread_join(threads[i], NULL);
+        free(threads);
+        free(o->items);
+        return;
+    }
     char name[160]; snprintf(name, sizeof name, "%s-%ld", c->name, o->seq);
     size_t width = o->broadcast ? o->count : (size_t)c->size * o->count * 8;
     size_t n = sizeof(struct header) + width;
@@ -143,10 +203,10 @@ static void *worker(void *p) {
 static int enqueue(struct op *o) {
     struct comm *c = o->c;
     int state = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
-    if (state != SUCCESS) { free(o); return state == IN_PROGRESS ? INVALID_ARGUMENT : state; }
+    if (state != SUCCESS) { free(o->items); free(o); return state == IN_PROGRESS ? INVALID_ARGUMENT : state; }
     if (c->running) pthread_join(c->thread, NULL);  // One collective at a time, in order, as on one stream.
     o->seq = ++c->seq;
-    if (c->size == 1) {
+    if (c->size == 1 && !o->nitems) {
         if (o->send != o->recv) memmove(o->recv, o->send, o->broadcast ? o->count : o->count * 8);
         free(o);
         return SUCCESS;
@@ -164,7 +224,18 @@ static struct op *make(struct comm *c, void *stream, const void *send, void *rec
     return o;
 }
 
+// The calling thread's open group (NCCL's groups are per thread): its transfers, issued at its end.
+struct pending { struct p2p t; void *stream; };
+static __thread int group_depth, group_error, npending, capacity;
+static __thread struct pending *pending;
+
+static int refuse_in_group(struct comm *c) {
+    snprintf(c->error, sizeof c->error, "fake nccl: rank %d: collectives inside a group are not supported by the stand-in", c->rank);
+    return INVALID_USAGE;
+}
+
 int ncclBroadcast(const void *send, void *recv, size_t count, int type, int root, struct comm *c, void *stream) {
+    if (group_depth) return refuse_in_group(c);
     if (type != UINT8 || root < 0 || root >= c->size || !stream) return INVALID_ARGUMENT;
     struct op *o = make(c, stream, send, recv, count);
     o->broadcast = 1; o->root = root;
@@ -172,10 +243,69 @@ int ncclBroadcast(const void *send, void *recv, size_t count, int type, int root
 }
 
 int ncclAllReduce(const void *send, void *recv, size_t count, int type, int op, struct comm *c, void *stream) {
+    if (group_depth) return refuse_in_group(c);
     if (type != INT64 || (op != SUM && op != MIN && op != MAX) || !stream) return INVALID_ARGUMENT;
     struct op *o = make(c, stream, send, recv, count);
     o->reduce = op;
     return enqueue(o);
+}
+
+// Issues the thread's pending transfers, one operation per communicator. A communicator's transfers in one group
+// must share a stream (the stand-in's limit; NCCL allows several).
+static int issue(void) {
+    int result = SUCCESS;
+    for (int i = 0; i < npending; i++) {
+        if (!pending[i].t.c) continue;
+        struct comm *c = pending[i].t.c;
+        struct op *o = make(c, pending[i].stream, NULL, NULL, 0);
+        o->items = calloc((size_t)npending, sizeof *o->items);
+        int mixed = 0;
+        for (int j = i; j < npending; j++) {
+            if (pending[j].t.c != c) continue;
+            mixed |= pending[j].stream != pending[i].stream;
+            struct p2p t = pending[j].t;
+            t.seq = t.send ? c->sends[t.peer]++ : c->receives[t.peer]++; // Issued in call order: matched in call order.
+            o->items[o->nitems++] = t;
+            pending[j].t.c = NULL;
+        }
+        int r;
+        if (mixed) {
+            snprintf(c->error, sizeof c->error, "fake nccl: rank %d: a group's transfers on one communicator must share a stream", c->rank);
+            free(o->items); free(o);
+            r = INVALID_USAGE;
+        } else {
+            r = enqueue(o);
+        }
+        if (r != SUCCESS && r != IN_PROGRESS) result = r;
+        else if (result == SUCCESS) result = r;
+    }
+    npending = 0;
+    return result;
+}
+
+static int point_to_point(int send, const void *data, void *into, size_t count, int type, int peer, struct comm *c, void *stream) {
+    if (type != UINT8 || !stream || (count && !(send ? data : into))) return group_depth ? (group_error = INVALID_ARGUMENT) : INVALID_ARGUMENT;
+    if (peer < 0 || peer >= c->size) {
+        snprintf(c->error, sizeof c->error, "fake nccl: rank %d: %s rank %d, which is not a rank of this communicator (size %d)",
+                 c->rank, send ? "send to" : "receive from", peer, c->size);
+        return group_depth ? (group_error = INVALID_ARGUMENT) : INVALID_ARGUMENT;
+    }
+    if (npending == capacity) { capacity = capacity ? 2 * capacity : 16; pending = realloc(pending, (size_t)capacity * sizeof *pending); }
+    pending[npending++] = (struct pending){ { c, send, peer, data, into, count, 0 }, stream };
+    return group_depth ? SUCCESS : issue(); // Outside a group: issued at once, as a group of one.
+}
+
+int ncclSend(const void *data, size_t count, int type, int peer, struct comm *c, void *stream) { return point_to_point(1, data, NULL, count, type, peer, c, stream); }
+int ncclRecv(void *into, size_t count, int type, int peer, struct comm *c, void *stream) { return point_to_point(0, NULL, into, count, type, peer, c, stream); }
+
+int ncclGroupStart(void) { group_depth++; return SUCCESS; }
+
+// Like NCCL: a failed call inside the group fails the group end, and nothing of the group is issued.
+int ncclGroupEnd(void) {
+    if (group_depth == 0) return INVALID_USAGE;
+    if (--group_depth) return SUCCESS;
+    if (group_error) { int e = group_error; group_error = 0; npending = 0; return e; }
+    return issue();
 }
 
 static int close_comm(struct comm *c) {
@@ -183,6 +313,7 @@ static int close_comm(struct comm *c) {
     char init[160]; snprintf(init, sizeof init, "%s-init", c->name);
     shm_unlink(init);
     munmap(c->init, sizeof(struct header));
+    free(c->sends); free(c->receives);
     free(c);
     return SUCCESS;
 }

@@ -1,0 +1,170 @@
+using System.Diagnostics;
+using System.Globalization;
+using CheckpointEngine.IntegrationTests.Runtime;
+using CheckpointEngine.IntegrationTests.Server;
+
+namespace CheckpointEngine.IntegrationTests.Gpu;
+
+/// <summary>
+/// Shard-aware updates on the CUDA backend with the stand-ins for the driver and NCCL: rank processes on "GPUs" (shared memory), NCCL
+/// between them, reference workers opening the ranks' buffers through CUDA IPC. From the second update (the shards declare their slices
+/// once they have seen the layout) each bucket is scattered from its stager with grouped NCCL sends and receives, each rank receiving
+/// only its part; with an instance on each of two hosts (<c>CKPT_ENGINE_HOST_ID</c>), each class then relays its part to the other host
+/// over its own NCCL communicator. Each rank's ingress is counted by its NCCL communicators (the report's <c>BytesReceived</c>).
+/// </summary>
+[Collection(nameof(MultiProcessTests))]
+public sealed class FakeGpuShardAwareTests : IDisposable
+{
+    private readonly HashSet<string> _before = [.. FakeGpu.Leftovers()];
+    private readonly string _dir = Directory.CreateTempSubdirectory("ckpt-gpu-shards-").FullName;
+    private readonly string _id = Guid.NewGuid().ToString("N")[..8];
+    private readonly List<Process> _workers = [];
+    private readonly Dictionary<string, string> _env = FakeGpu.Environment(8);
+
+    public void Dispose()
+    {
+        TestProcess.KillAndDispose(_workers);
+        Directory.Delete(_dir, true);
+        FakeGpu.RemoveLeftovers(_before);
+    }
+
+    /// <summary>One reference worker per instance, its shards on GPUs g·TP … g·TP+TP−1; the second declares nothing when <paramref name="plainSecond"/>.</summary>
+    private async Task<string[]> StartWorkers(int tp, int instances, bool plainSecond, params string[] extra)
+    {
+        var urls = new List<string>();
+        for (var g = 0; g < instances; g++)
+        {
+            var psi = ReferenceWorkers.Start(Enumerable.Range(g * tp, tp).Select(d => FakeGpu.DeviceUuid(d, _env)), [.. g == 1 && plainSecond ? [] : new[] { "--shard-by-tp" }, .. extra]);
+            foreach (var (k, v) in _env)
+            {
+                psi.Environment[k] = v;
+            }
+            urls.Add(await ReferenceWorkers.RunAsync(psi, _workers));
+        }
+        return [.. urls];
+    }
+
+    /// <summary>The ranks on the stand-ins, rank r on GPU r; with two hosts, instance g's ranks on host g.</summary>
+    private Task<RankCluster.Result[]> RunRanks(int tp, int instances, int hosts, string dir, string[] urls, int updates, string timeoutS = "30", params string[] extra) =>
+        RankCluster.RunAsync(tp * instances, ["update", dir, string.Join(',', urls), tp.ToString(CultureInfo.InvariantCulture), updates.ToString(CultureInfo.InvariantCulture), .. extra], r =>
+        {
+            var env = new Dictionary<string, string>(_env)
+            {
+                ["TEST_DEVICE"] = "cuda",
+                ["LOCAL_RANK"] = r.ToString(CultureInfo.InvariantCulture),
+                ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625", // 1 MiB: many buckets from every stager.
+                ["TEST_TIMEOUT_S"] = timeoutS,
+            };
+            if (hosts > 1)
+            {
+                env["CKPT_ENGINE_HOST_ID"] = $"gpu-{_id}-host{r / tp}";
+            }
+            return env;
+        }, deadline: TimeSpan.FromMinutes(3));
+
+    private static long Field(RankCluster.Result r, string prefix, int index) =>
+        long.Parse(r.Line(prefix).Split(' ')[index], CultureInfo.InvariantCulture);
+
+    /// <summary>
+    /// TP 2 and 4 over one and two instances (two instances on two hosts: the scatter and the class relays), and a second instance that
+    /// declares nothing. Every shard holds exactly its slices (put back together they are the checkpoint's, every tensor kept whole is
+    /// bit-exact); a worker that declared nothing holds everything. Each sharded rank's ingress shrank from the first update (no declarations:
+    /// every bucket whole) to the second by as much as its shard did; a rank whose worker declared nothing takes in the same as before.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 1, 1, false)]
+    [InlineData(4, 1, 1, false)]
+    [InlineData(2, 2, 1, true)]
+    [InlineData(2, 2, 2, false)]
+    [InlineData(4, 2, 2, false)]
+    [InlineData(2, 2, 2, true)]
+    public async Task Update_ShardAwareOnCuda_ScattersAndRelays_EachShardHoldsItsSlices(int tp, int instances, int hosts, bool plainSecond)
+    {
+        var dir = ReferenceWorkers.WriteLayers(_dir);
+        var urls = await StartWorkers(tp, instances, plainSecond);
+        var results = await RunRanks(tp, instances, hosts, dir, urls, updates: 2);
+        foreach (var r in results)
+        {
+            Assert.True(r.ExitCode == 0, $"rank {r.Rank} exited {r.ExitCode}:\n{string.Join("\n", results.Select(x => $"rank {x.Rank}:\n{x.Output}"))}");
+            Assert.StartsWith("update 1 ok", r.Line("update 1 "));
+            Assert.StartsWith("update 2 ok", r.Line("update 2 "));
+            var (buckets, scattered) = (Field(r, "update 2 ok", 5), Field(r, "received 2 ", 3));
+            Assert.True(scattered == buckets && buckets > 1, $"rank {r.Rank}: {r.Line("received 2 ")} of {buckets} buckets");
+            Assert.Equal(0, Field(r, "received 1 ", 3)); // Nothing declared: broadcast whole.
+            if (hosts > 1)
+            {
+                Assert.True(Field(r, "network 2 ", 3) > 0, $"rank {r.Rank}: no bucket relayed: {r.Line("network 2 ")}");
+            }
+            var (received1, received2) = (Field(r, "received 1 ", 2), Field(r, "received 2 ", 2));
+            var (delivered1, delivered2) = (Field(r, "update 1 ok", 3), Field(r, "update 2 ok", 3));
+            Assert.True(received1 > 0, r.Line("received 1 "));
+            var plain = plainSecond && r.Rank >= tp;
+            if (plain)
+            {
+                Assert.True(received2 == received1 && delivered2 == delivered1, $"rank {r.Rank} (declares nothing): {r.Line("received 1 ")} / {r.Line("received 2 ")}");
+                continue;
+            }
+            if (plainSecond && hosts > 1 && r.Rank == 0)
+            {
+                // The proxy on host 0 of the class that declared nothing (it has no member there; ClassRelay picks the host's first member):
+                // it takes host 0's buckets whole to relay them, its own part of the others' only.
+                Assert.True(received2 < received1, $"rank 0 (proxy): {r.Line("received 1 ")} / {r.Line("received 2 ")}");
+                continue;
+            }
+            // The ingress against the shard of the bytes that came from other ranks (own buckets never cross a link): about 1.
+            var ratio = received2 / (received1 * (double)delivered2 / delivered1);
+            TestContext.Current.TestOutputHelper?.WriteLine(FormattableString.Invariant(
+                $"rank {r.Rank}: received {received2} of {received1} bytes; shard {delivered2} of {delivered1}; ingress ÷ shard of others' buckets {ratio:F3}"));
+            Assert.True(delivered2 < delivered1 && ratio <= 1.05, $"rank {r.Rank}: received {received2} of {received1}, delivered {delivered2} of {delivered1} (ratio {ratio:F3})");
+        }
+        await ReferenceWorkers.AssertSlicesAssembleAsync(dir, plainSecond ? urls.Take(1) : urls);
+        if (plainSecond)
+        {
+            await ReferenceWorkers.AssertHoldAsync(dir, [(urls[1], null)], tp);
+        }
+        Assert.Empty(FakeGpu.Leftovers().Except(_before)); // Every allocation, IPC mapping, transfer and communicator cleaned up after itself.
+    }
+
+    /// <summary>
+    /// A worker failing at a bucket of a scattered and relayed update (two hosts, TP 2) fails every rank with its message, without
+    /// waiting for a deadline; the next updates work (the third declares nothing again, the fourth scatters and relays).
+    /// </summary>
+    [Fact]
+    public async Task Update_ShardAwareOnCuda_WorkerFails_EveryRankRaisesIt_NextUpdatesWork()
+    {
+        var dir = ReferenceWorkers.WriteLayers(_dir);
+        var urls = await StartWorkers(2, 2, false, "--fail-at-bucket", "1", "--fail-at-update", "2");
+        var results = await RunRanks(2, 2, 2, dir, urls, updates: 4, timeoutS: "600");
+        foreach (var r in results)
+        {
+            Assert.True(r.ExitCode == 0, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
+            Assert.StartsWith("update 1 ok", r.Line("update 1 "));
+            Assert.StartsWith("update 2 failed", r.Line("update 2 "));
+            Assert.Contains("injected failure at bucket 1", r.Line("update 2 "));
+            Assert.StartsWith("update 3 ok", r.Line("update 3 "));
+            Assert.StartsWith("update 4 ok", r.Line("update 4 "));
+            Assert.True(Field(r, "received 4 ", 3) > 0 && Field(r, "network 4 ", 3) > 0, $"rank {r.Rank}: {r.Line("received 4 ")} / {r.Line("network 4 ")}");
+        }
+        await ReferenceWorkers.AssertSlicesAssembleAsync(dir, urls);
+    }
+
+    /// <summary>
+    /// A rank killed in a scattered and relayed update (two hosts, TP 2; rank 1 dies in the second update): the survivors, waiting in NCCL
+    /// sends, receives or broadcasts, fail without waiting for their deadline (600 s, beyond the test's), their communicators aborted.
+    /// </summary>
+    [Fact]
+    public async Task Update_ShardAwareOnCuda_RankKilledMidUpdate_SurvivorsFailWithoutWaitingForTheDeadline()
+    {
+        var dir = ReferenceWorkers.WriteLayers(_dir, layers: 24);
+        var urls = await StartWorkers(2, 2, false, "--reload-delay-ms", "100");
+        var results = await RunRanks(2, 2, 2, dir, urls, 2, "600", "kill-at-bucket", "1", "2", "2");
+        Assert.Equal(137, results[1].ExitCode);
+        foreach (var r in results.Where(r => r.Rank != 1))
+        {
+            Assert.True(r.ExitCode == 3, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
+            Assert.StartsWith("update 1 ok", r.Line("update 1 "));
+            Assert.StartsWith("update 2 failed", r.Line("update 2 "));
+            Assert.Contains("rank 1", r.Line("error"));
+        }
+    }
+}

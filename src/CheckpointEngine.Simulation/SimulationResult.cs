@@ -11,8 +11,16 @@ public sealed record SimulationResult(SimulationPlan Plan, CostModel Costs, Path
 {
     public double Seconds => CriticalPath.Time;
 
-    /// <summary>The category the critical path spends most on.</summary>
-    public CostCategory Bound => Enum.GetValues<CostCategory>().MaxBy(c => CriticalPath[c]);
+    /// <summary>What the critical path spends most on, NVLink and network counted together as links (then the larger of the two).</summary>
+    public CostCategory Bound
+    {
+        get
+        {
+            var c = CriticalPath;
+            var link = c.Network > c.NvLink ? CostCategory.Network : CostCategory.NvLink;
+            return new[] { (CostCategory.Staging, c.Staging), (link, c.Links), (CostCategory.Reload, c.Reload), (CostCategory.Latency, c.Latency) }.MaxBy(x => x.Item2).Item1;
+        }
+    }
 
     public string DescribeBound() => Bound switch
     {

@@ -124,12 +124,15 @@ public static class UpdateSimulator
 
     /// <summary>
     /// Moves buckets from their stagers to every rank: a broadcast of the whole bucket, or (shard-aware) a <see cref="BucketRoute"/>:
-    /// the scatter on the stager's node, then its class relays. Each node's scatter and each node's relays run on their own
-    /// communicators, one call at a time; the network is shared as queues of work, one per node and direction, so that moves
-    /// in flight at once from different nodes share the NICs they both use (with one move at a time the queues never wait).
+    /// the scatter on the stager's node, then its class relays. Scatters run one at a time, and so do relays; with several
+    /// stagers' buckets in flight (<see cref="SimulatedDesign.ShardAwareConcurrent"/>) each node's scatters and relays run on
+    /// their own communicators. The network is shared as queues of work, one per node and direction, so that moves in flight
+    /// at once share the NICs they both use (with one move at a time the queues never wait).
     /// </summary>
     private sealed class Links(SimulationPlan plan, CostModel costs)
     {
+        private readonly bool _perNode = plan.Scenario.Design == SimulatedDesign.ShardAwareConcurrent;
+
         private readonly Dictionary<int, PathCost> _scatters = [];
         private readonly Dictionary<int, PathCost> _relays = [];
         private readonly Dictionary<(int Node, bool Out), double> _network = [];
@@ -149,14 +152,15 @@ public static class UpdateSimulator
                 return (_broadcasts, cost.Seconds);
             }
             var scatter = costs.Scatter(route.ScatterEgress, route.ScatterIngress);
-            var scattered = _scatters[route.Node] = PathCost.Max(start, _scatters.GetValueOrDefault(route.Node)).Add(scatter);
+            var stream = _perNode ? route.Node : 0;
+            var scattered = _scatters[stream] = PathCost.Max(start, _scatters.GetValueOrDefault(stream)).Add(scatter);
             if (route.Kind == RouteKind.Scatter)
             {
                 return (scattered, scatter.Seconds);
             }
             var relay = costs.Relay(b.ShardBytes, Math.Max(route.RelayEgress, route.MaxIngress), route.HeadEgress, route.Ring);
-            var relayFrom = PathCost.Max(scattered, _relays.GetValueOrDefault(route.Node));
-            var relayed = _relays[route.Node] = Queue(relayFrom.Add(relay), relayFrom.Time,
+            var relayFrom = PathCost.Max(scattered, _relays.GetValueOrDefault(stream));
+            var relayed = _relays[stream] = Queue(relayFrom.Add(relay), relayFrom.Time,
                 [(route.Node, true, route.RelayEgress), .. route.Ingress.Select(x => (x.Node, false, x.Bytes)), .. route.Forward.Select(x => (x.Node, true, x.Bytes))]);
             return (relayed, scatter.Seconds + relay.Seconds);
         }

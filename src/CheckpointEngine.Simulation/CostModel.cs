@@ -6,7 +6,9 @@ namespace CheckpointEngine.Simulation;
 /// Charges each stage of an update on a cluster. Bulk transfers run at a link's nominal bandwidth
 /// times a fitted efficiency; every call pays a fitted fixed latency. The broadcast is a pipelined ring
 /// (NCCL's algorithm for broadcast): its bytes cross every GPU's NVLink once and, across nodes, every
-/// node's NICs once, and its first bytes need one hop per rank to reach the last.
+/// node's NICs once, and its first bytes need one hop per rank to reach the last. Shard-aware moves are priced by what
+/// crosses each link: a scatter by the stager's NVLink egress and a receiver's ingress, class relays by what a node's
+/// NICs send or take in (see <see cref="BucketRoute"/>).
 /// </summary>
 public sealed class CostModel(ClusterSpec cluster, CostParameters parameters)
 {

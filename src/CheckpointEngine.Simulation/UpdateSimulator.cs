@@ -19,7 +19,7 @@ public static class UpdateSimulator
     private static Cost Stage(SimulationPlan plan, CostModel costs, PlannedBucket b)
     {
         var fill = plan.Scenario.Method == SimulatedMethod.P2P ? costs.RdmaRead(b.Bytes) : costs.HostToDevice(b.Bytes);
-        return plan.Routes is { } routes && routes[b.Index].Kind != RouteKind.Broadcast
+        return plan.Routes is { } routes && routes[b.Index] is { Kind: not RouteKind.Broadcast } route && (route.ScatterEgress > 0 || route.RelayEgress > 0)
             ? fill with { Work = fill.Work + costs.DeviceCopy(b.Bytes).Work }
             : fill;
     }

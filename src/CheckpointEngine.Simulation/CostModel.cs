@@ -6,7 +6,9 @@ namespace CheckpointEngine.Simulation;
 /// Charges each stage of an update on a cluster. Bulk transfers run at a link's nominal bandwidth
 /// times a fitted efficiency; every call pays a fitted fixed latency. The broadcast is a pipelined ring
 /// (NCCL's algorithm for broadcast): its bytes cross every GPU's NVLink once and, across nodes, every
-/// node's NICs once, and its first bytes need one hop per rank to reach the last.
+/// node's NICs once, and its first bytes need one hop per rank to reach the last. Shard-aware moves are priced by what
+/// crosses each link: a scatter by the stager's NVLink egress and a receiver's ingress, class relays by what a node's
+/// NICs send or take in (see <see cref="BucketRoute"/>).
 /// </summary>
 public sealed class CostModel(ClusterSpec cluster, CostParameters parameters)
 {
@@ -26,22 +28,44 @@ public sealed class CostModel(ClusterSpec cluster, CostParameters parameters)
     /// <summary>
     /// A broadcast among <paramref name="ranks"/> ranks on <paramref name="nodes"/> nodes in which each GPU
     /// receives <paramref name="gpuBytes"/> and each node <paramref name="nodeBytes"/> from the network
-    /// (equal for a plain broadcast; less per GPU when each receives only its shard).
+    /// (equal for a plain broadcast); charged to the slower of its NVLink and network legs.
     /// </summary>
     public Cost Broadcast(long gpuBytes, long nodeBytes, int ranks, int nodes)
     {
         if (ranks <= 1)
         {
-            return new Cost(CostCategory.Link, 0);
+            return new Cost(CostCategory.NvLink, 0);
         }
-        var efficiency = Parameters.LinkEfficiency;
-        var link = gpuBytes / (efficiency * Cluster.NvLink);
-        if (nodes > 1)
-        {
-            link = Math.Max(link, nodeBytes / (efficiency * Cluster.NodeNetwork));
-        }
-        return new Cost(CostCategory.Link, link, Parameters.CallLatency + (ranks - 1) * HopLatency);
+        var nvlink = NvLinkSeconds(gpuBytes);
+        var network = nodes > 1 ? NetworkSeconds(nodeBytes) : 0;
+        return new Cost(network > nvlink ? CostCategory.Network : CostCategory.NvLink, Math.Max(nvlink, network), Parameters.CallLatency + (ranks - 1) * HopLatency);
     }
+
+    /// <summary>
+    /// A scatter inside one node (NCCL grouped send/recv, one launch, one hop): the sender's NVLink egress carries
+    /// <paramref name="egressBytes"/> (the other members' parts), the busiest receiver's ingress <paramref name="ingressBytes"/>.
+    /// </summary>
+    public Cost Scatter(long egressBytes, long ingressBytes) =>
+        egressBytes <= 0 ? new(CostCategory.NvLink, 0) : new(CostCategory.NvLink, NvLinkSeconds(Math.Max(egressBytes, ingressBytes)), Parameters.CallLatency + HopLatency);
+
+    /// <summary>
+    /// Class relays between nodes, all at once, each a ring broadcast of a part of <paramref name="partBytes"/> over its own
+    /// communicator: bound by the most one node sends or takes in over its NICs (<paramref name="nodeBytes"/>), the most one GPU
+    /// sends through its share of them (<paramref name="gpuBytes"/>: a head of several relays), and a part's crossing of NVLink
+    /// where a ring passes several GPUs of a node; its first bytes need a hop per member of the longest ring (<paramref name="ring"/>).
+    /// </summary>
+    public Cost Relay(long partBytes, long nodeBytes, long gpuBytes, int ring)
+    {
+        var network = Math.Max(NetworkSeconds(nodeBytes), NetworkSeconds(gpuBytes * Cluster.GpusPerNode));
+        var nvlink = NvLinkSeconds(partBytes);
+        return new Cost(network >= nvlink ? CostCategory.Network : CostCategory.NvLink, Math.Max(network, nvlink), Parameters.CallLatency + (ring - 1) * HopLatency);
+    }
+
+    /// <summary>Seconds for <paramref name="bytes"/> to cross one GPU's NVLink at the fitted efficiency.</summary>
+    public double NvLinkSeconds(long bytes) => bytes / (Parameters.LinkEfficiency * Cluster.NvLink);
+
+    /// <summary>Seconds for <paramref name="bytes"/> to cross one node's NICs, all together, at the fitted efficiency.</summary>
+    public double NetworkSeconds(long bytes) => bytes / (Parameters.LinkEfficiency * Cluster.NodeNetwork);
 
     /// <summary>A small all-reduce or all-gather among <paramref name="ranks"/> ranks (the per-bucket agreement): log₂ P latency-bound steps.</summary>
     public Cost Agreement(int ranks) =>

@@ -4,16 +4,20 @@ namespace CheckpointEngine.Simulation;
 /// A point in simulated time with the breakdown of the critical path that led to it: adding a cost
 /// charges a category; the later of two points keeps its own path.
 /// </summary>
-public readonly record struct PathCost(double Staging, double Link, double Reload, double Latency)
+public readonly record struct PathCost(double Staging, double NvLink, double Network, double Reload, double Latency)
 {
     public static PathCost Zero => default;
 
-    public double Time => Staging + Link + Reload + Latency;
+    public double Time => Staging + NvLink + Network + Reload + Latency;
+
+    /// <summary>Both kinds of link together.</summary>
+    public double Links => NvLink + Network;
 
     public PathCost Add(CostCategory category, double seconds) => category switch
     {
         CostCategory.Staging => this with { Staging = Staging + seconds },
-        CostCategory.Link => this with { Link = Link + seconds },
+        CostCategory.NvLink => this with { NvLink = NvLink + seconds },
+        CostCategory.Network => this with { Network = Network + seconds },
         CostCategory.Reload => this with { Reload = Reload + seconds },
         _ => this with { Latency = Latency + seconds },
     };
@@ -25,7 +29,8 @@ public readonly record struct PathCost(double Staging, double Link, double Reloa
     public double this[CostCategory category] => category switch
     {
         CostCategory.Staging => Staging,
-        CostCategory.Link => Link,
+        CostCategory.NvLink => NvLink,
+        CostCategory.Network => Network,
         CostCategory.Reload => Reload,
         _ => Latency,
     };

@@ -8,11 +8,29 @@ namespace CheckpointEngine.Simulation;
 /// inference worker shard per GPU, instances of <see cref="TensorParallel"/> GPUs) on a cluster.
 /// </summary>
 /// <param name="FreeMemory">Free device memory per GPU for the update's buffers; null: the cluster's.</param>
+/// <param name="InFlight">Buckets in flight at once for <see cref="SimulatedDesign.ShardAwareConcurrent"/>; null: <see cref="DefaultInFlight"/>.</param>
 public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpus, int TensorParallel,
     SimulatedMethod Method = SimulatedMethod.Broadcast, SimulatedDesign Design = SimulatedDesign.Ours,
-    long? FreeMemory = null, long MaxBucketSize = Planning.BucketSizing.DefaultMaxBucketSize)
+    long? FreeMemory = null, long MaxBucketSize = Planning.BucketSizing.DefaultMaxBucketSize, int? InFlight = null)
 {
+    /// <summary>The buckets in flight that <see cref="SimulatedDesign.ShardAwareConcurrent"/> takes unless told.</summary>
+    public const int DefaultInFlight = 4;
+
     public long Free => FreeMemory ?? Cluster.FreeMemory;
+
+    /// <summary>Buckets whose transfers may run at once: one in the loops as built.</summary>
+    public int Window => Design switch
+    {
+        SimulatedDesign.ShardAwarePipelined => 2,
+        SimulatedDesign.ShardAwareConcurrent => InFlight ?? DefaultInFlight,
+        _ => 1,
+    };
+
+    /// <summary>Whether buckets move as <see cref="BucketRoute"/>s: scatter inside the stager's node, class relays between nodes.</summary>
+    public bool Routed => Design is SimulatedDesign.ShardAware or SimulatedDesign.ShardAwarePipelined or SimulatedDesign.ShardAwareConcurrent;
+
+    /// <summary>Whether each worker reloads only its part.</summary>
+    public bool ShardAware => Routed || Design == SimulatedDesign.ShardAwareBroadcast;
 
     /// <summary>The ranks that receive the update: all (broadcast) or the first instance (P2P, as the original's benchmark).</summary>
     public int GroupRanks => Method == SimulatedMethod.Broadcast ? Gpus : Math.Min(Gpus, TensorParallel);
@@ -22,6 +40,7 @@ public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpu
         if (Gpus < 1) yield return "--gpus must be at least 1";
         if (TensorParallel < 1 || TensorParallel > Gpus || Gpus % TensorParallel != 0) yield return $"--tp {TensorParallel} must divide --gpus {Gpus}";
         foreach (var p in Cluster.Problems()) yield return p;
+        if (InFlight is { } w && (w < 1 || Design != SimulatedDesign.ShardAwareConcurrent)) yield return $"--in-flight {w}: takes a count of at least 1, with --design shard-aware-concurrent only";
         if (Model.Tensors.Count == 0) yield return $"model {Model.Name} has no tensors";
     }
 }

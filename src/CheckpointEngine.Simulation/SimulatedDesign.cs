@@ -19,9 +19,24 @@ public enum SimulatedDesign
     /// </summary>
     Ours,
 
-    /// <summary>Ours, shard-aware as built for GPUs: every GPU receives each bucket and cuts its part on the device; each reloads only its slice of split tensors.</summary>
+    /// <summary>
+    /// Ours, shard-aware, as the loop being built for GPUs runs it, one bucket at a time: the stager packs each member's part
+    /// and scatters the parts inside its node (NCCL grouped send/recv), then each class whose members are on other nodes
+    /// relays its part from its head there over its own ring, all classes at once, where the real <c>ClassRelay</c> says it
+    /// pays (else the whole bucket is broadcast); each GPU reloads only its part (<see cref="BucketRoute"/>).
+    /// </summary>
     ShardAware,
 
-    /// <summary>What-if: shard-aware with class relays between nodes on GPUs (as the host backend does): smaller rings and network ingress, plus an NVLink step per bucket.</summary>
-    ShardAwareRelay,
+    /// <summary>Ours, shard-aware as GPUs run it today: every GPU receives each bucket by broadcast and cuts its part on the device; each reloads only its part.</summary>
+    ShardAwareBroadcast,
+
+    /// <summary>What-if, not built: <see cref="ShardAware"/> with two buckets in flight, so that the scatter of bucket k+1 overlaps the relays of bucket k (their communicators differ); a part buffer more per GPU.</summary>
+    ShardAwarePipelined,
+
+    /// <summary>
+    /// What-if, not built: <see cref="ShardAware"/> with several buckets in flight (<see cref="Scenario.InFlight"/>), the schedule
+    /// taking stagers node by node in turn so that buckets in flight leave through different nodes' NICs; a part buffer more
+    /// per GPU and bucket in flight beyond the first.
+    /// </summary>
+    ShardAwareConcurrent,
 }

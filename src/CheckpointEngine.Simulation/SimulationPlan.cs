@@ -8,17 +8,19 @@ namespace CheckpointEngine.Simulation;
 /// <summary>
 /// Everything about a simulated update that does not depend on costs: each rank's registered share packed
 /// by the real <see cref="BufferLayout"/>, bucket sizing, and the buckets in the order the schedule runs
-/// them, cut and ordered by the real planner (<see cref="BucketPlanner"/>, <see cref="ReceiverAssignment"/>).
+/// them, cut and ordered by the real planner (<see cref="BucketPlanner"/>, <see cref="ReceiverAssignment"/>); shard-aware,
+/// each bucket's route as the real <see cref="ClassRelay"/> decides it.
 /// </summary>
 public sealed class SimulationPlan
 {
-    private SimulationPlan(Scenario scenario, GlobalMetas metas, long bucketSize, int slots, IReadOnlyList<PlannedBucket> buckets)
+    private SimulationPlan(Scenario scenario, GlobalMetas metas, long bucketSize, int slots, IReadOnlyList<PlannedBucket> buckets, IReadOnlyList<BucketRoute>? routes)
     {
         Scenario = scenario;
         Metas = metas;
         BucketSize = bucketSize;
         Slots = slots;
         Buckets = buckets;
+        Routes = routes;
         Steps = buckets.Count == 0 ? 0 : buckets.Max(b => b.Step) + 1;
     }
 
@@ -34,6 +36,21 @@ public sealed class SimulationPlan
     public IReadOnlyList<PlannedBucket> Buckets { get; }
 
     public int Steps { get; }
+
+    /// <summary>Per bucket, how the shard-aware loop moves it; null where buckets are broadcast whole.</summary>
+    public IReadOnlyList<BucketRoute>? Routes { get; }
+
+    /// <summary>Buffers for a bucket on its way to every rank (one in flight, one being reloaded), or one when memory is short.</summary>
+    public int BroadcastSlots => Slots >= 3 ? 2 : 1;
+
+    /// <summary>Buckets whose transfers may run at once (see <see cref="Scenario.Window"/>).</summary>
+    public int Window => Scenario.Window;
+
+    /// <summary>
+    /// Device memory per GPU that a window beyond one bucket adds to the buffers sized for the loop: a buffer per bucket
+    /// in flight beyond the first for the most that GPU holds of one (its part and those it proxies, or the bucket).
+    /// </summary>
+    public long ExtraMemory => (Window - 1) * (Routes?.Max(r => r.HeldPart) ?? BucketSize);
 
     public int GroupRanks => Scenario.GroupRanks;
 
@@ -79,6 +96,12 @@ public sealed class SimulationPlan
             }
         }
 
+        if (s.Design == SimulatedDesign.ShardAwareConcurrent)
+        {
+            // Stagers node by node in turn (within each step), so that consecutive buckets leave through different nodes.
+            var perNode = s.Cluster.GpusPerNode;
+            order = [.. order.OrderBy(o => o.Step).ThenBy(o => o.Stager % perNode).ThenBy(o => o.Stager / perNode)];
+        }
         var tp = s.TensorParallel;
         var buckets = order.Select((o, k) =>
         {
@@ -89,7 +112,7 @@ public sealed class SimulationPlan
             }
             return new PlannedBucket(k, o.Bucket.Owner, o.Stager, o.Step, o.Bucket.Size, shard, o.Bucket.Items.Count);
         }).ToList();
-        return new SimulationPlan(s, metas, size, slots, buckets);
+        return new SimulationPlan(s, metas, size, slots, buckets, s.Routed ? BucketRoute.Plan(s, buckets) : null);
     }
 
     /// <summary>

@@ -27,10 +27,17 @@ internal static class SimulateCommand
         var gpus = new Option<int>("--gpus") { Description = "GPUs in the cluster (one rank each)", DefaultValueFactory = _ => 16 };
         var tp = new Option<int>("--tp") { Description = "tensor-parallel size of one inference instance", DefaultValueFactory = _ => 16 };
         var method = new Option<string>("--method") { Description = "broadcast (every rank) or p2p (the first instance reads from all owners)", DefaultValueFactory = _ => "broadcast" };
-        var design = new Option<string>("--design") { Description = "original (MoonshotAI's schedule), ours (as built), shard-aware (as built for GPUs) or shard-aware-relay (what-if: class relays between nodes)", DefaultValueFactory = _ => "ours" };
+        var design = new Option<string>("--design")
+        {
+            Description = "original (MoonshotAI's schedule), ours (as built), shard-aware (the GPU loop being built: scatter in the stager's node, class relays between nodes), "
+                + "shard-aware-broadcast (as GPUs run it today: every GPU receives the bucket), or the what-ifs shard-aware-pipelined (the scatter of k+1 overlaps the relays of k) "
+                + "and shard-aware-concurrent (several stagers' buckets in flight, see --in-flight)",
+            DefaultValueFactory = _ => "ours",
+        };
+        var inFlight = new Option<int?>("--in-flight") { Description = $"buckets in flight at once for --design shard-aware-concurrent (default {Scenario.DefaultInFlight})" };
         var json = new Option<bool>("--json") { Description = "print one JSON document" };
         var trace = new Option<string?>("--trace") { Description = $"write the simulated timeline as a Chrome/Perfetto trace (a process per node, named by its first rank; at most {MaxTraceNodes} nodes)" };
-        var reproduce = new Option<bool>("--reproduce") { Description = "fit the cost model on the original's 8/16-GPU rows, predict its 256-GPU rows, and print every row with ours and shard-aware" };
+        var reproduce = new Option<bool>("--reproduce") { Description = "fit the cost model on the original's 8/16-GPU rows, predict its 256-GPU rows, and print every row with ours and shard-aware (by broadcast as today, and as the loop being built)" };
         var perNode = new Option<int?>("--gpus-per-node") { Description = "override the cluster's GPUs per node" };
         var free = new Option<string?>("--free-memory") { Description = "override the free device memory per GPU for update buffers, e.g. 18GiB" };
         var maxBucket = new Option<string?>("--max-bucket-size") { Description = "largest bucket, e.g. 4GiB (default 8GiB, as both engines)" };
@@ -40,7 +47,7 @@ internal static class SimulateCommand
         var nic = new Option<double?>("--nic-gbps") { Description = "override GB/s per NIC and direction" };
         var command = new Command("simulate", "Simulate an update on a GPU cluster with the real planner and a cost model calibrated on the original's published table.")
         {
-            model, cluster, gpus, tp, method, design, json, trace, reproduce, perNode, free, maxBucket, h2d, nvlink, nics, nic,
+            model, cluster, gpus, tp, method, design, inFlight, json, trace, reproduce, perNode, free, maxBucket, h2d, nvlink, nics, nic,
         };
         command.SetAction(result =>
         {
@@ -80,7 +87,7 @@ internal static class SimulateCommand
             };
             var scenario = new Scenario(inventory, spec, result.GetValue(gpus), result.GetValue(tp),
                 Parse<SimulatedMethod>(result.GetValue(method)!, "--method"), Parse<SimulatedDesign>(result.GetValue(design)!, "--design"),
-                MaxBucketSize: Size(result.GetValue(maxBucket), "--max-bucket-size") ?? Planning.BucketSizing.DefaultMaxBucketSize);
+                MaxBucketSize: Size(result.GetValue(maxBucket), "--max-bucket-size") ?? Planning.BucketSizing.DefaultMaxBucketSize, InFlight: result.GetValue(inFlight));
             var outcome = UpdateSimulator.Run(SimulationPlan.Build(scenario), CostParameters.Calibrated);
             if (result.GetValue(json))
             {
@@ -119,11 +126,23 @@ internal static class SimulateCommand
               checkpoint {ByteSize.Format(s.Model.TotalBytes)} in {s.Model.Tensors.Count} tensors over {s.Gpus} owners; {r.Plan.GroupRanks} ranks receive
               buckets of {ByteSize.Format(r.Plan.BucketSize)} × {r.Plan.Slots} device buffers; {r.Plan.Buckets.Count} buckets in {r.Plan.Steps} steps
               time {r.Seconds:F2} s, bound by {r.DescribeBound()}
-              critical path: staging {c.Staging:F2} s, links {c.Link:F2} s, reload {c.Reload:F2} s, latency {c.Latency:F2} s
-              busy: staging {r.StagingBusy:F2} s (busiest GPU), broadcast {r.BroadcastBusy:F2} s, reload {r.ReloadBusy:F2} s
+              critical path: staging {c.Staging:F2} s, NVLink {c.NvLink:F2} s, network {c.Network:F2} s, reload {c.Reload:F2} s, latency {c.Latency:F2} s
+              busy: staging {r.StagingBusy:F2} s (busiest GPU), {(r.Plan.Routes is null ? "broadcast" : "moves (scatters and relays)")} {r.BroadcastBusy:F2} s, reload {r.ReloadBusy:F2} s{Routes(r.Plan)}
               cost model: {r.Costs.Parameters} (calibrated on the original's published rows: simulate --reproduce)
             """;
         w.WriteLine(text.ToString(CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>The shard-aware routes and, beyond one bucket in flight, what the window costs in memory.</summary>
+    private static string Routes(SimulationPlan p)
+    {
+        if (p.Routes is null)
+        {
+            return "";
+        }
+        var kinds = Enum.GetValues<RouteKind>().Select(k => $"{p.Routes.Count(r => r.Kind == k)} {Kebab(k.ToString())}");
+        var window = p.Window > 1 ? $"; {p.Window} buckets in flight: {ByteSize.Format(p.ExtraMemory)} more device memory per GPU" : "";
+        return $"\n  routes: {string.Join(", ", kinds)}{window}";
     }
 
     private static string ResultJson(SimulationResult r)
@@ -154,8 +173,20 @@ internal static class SimulateCommand
         w.WriteNumber("slots", r.Plan.Slots);
         w.WriteNumber("buckets", r.Plan.Buckets.Count);
         w.WriteNumber("steps", r.Plan.Steps);
+        w.WriteNumber("in_flight", r.Plan.Window);
+        w.WriteNumber("extra_memory_per_gpu", r.Plan.ExtraMemory);
+        if (r.Plan.Routes is { } routes)
+        {
+            w.WriteStartObject("routes");
+            foreach (var kind in Enum.GetValues<RouteKind>())
+            {
+                w.WriteNumber(Kebab(kind.ToString()), routes.Count(x => x.Kind == kind));
+            }
+            w.WriteEndObject();
+        }
         w.WriteNumber("seconds", Math.Round(r.Seconds, 4));
         w.WriteString("bound", Kebab(r.Bound.ToString()));
+        w.WriteString("bound_by", r.DescribeBound());
         w.WriteStartObject("critical_path");
         foreach (var category in Enum.GetValues<CostCategory>())
         {
@@ -200,8 +231,10 @@ internal static class SimulateCommand
                 w.WriteNumber("original_s", Math.Round(row.Predicted, 3));
                 w.WriteNumber("error", Math.Round(row.Error, 4));
                 w.WriteNumber("ours_s", Math.Round(row.Ours.Seconds, 3));
+                w.WriteNumber("shard_aware_broadcast_s", Math.Round(row.ShardAwareBroadcast.Seconds, 3));
                 w.WriteNumber("shard_aware_s", Math.Round(row.ShardAware.Seconds, 3));
                 w.WriteString("ours_bound", Kebab(row.Ours.Bound.ToString()));
+                w.WriteString("shard_aware_bound", Kebab(row.ShardAware.Bound.ToString()));
                 w.WriteEndObject();
             }
             w.WriteEndArray();

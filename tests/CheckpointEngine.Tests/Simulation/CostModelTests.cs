@@ -18,7 +18,7 @@ public sealed class CostModelTests
         var c = Costs.Broadcast(2_000_000_000, 2_000_000_000, ranks: 8, nodes: 1);
         Assert.Equal(2e9 / (0.5 * 400e9), c.Work, 9);
         Assert.Equal(1e-3 + 7 * CostModel.HopLatency, c.Latency, 12);
-        Assert.Equal(CostCategory.Link, c.Category);
+        Assert.Equal(CostCategory.NvLink, c.Category);
     }
 
     [Fact]
@@ -67,9 +67,9 @@ public sealed class CostModelTests
     public void PathCost_KeepsTheBreakdownOfTheLaterPath()
     {
         var a = PathCost.Zero.Add(new Cost(CostCategory.Staging, 2));
-        var b = PathCost.Zero.Add(new Cost(CostCategory.Link, 1, 0.5)).Add(new Cost(CostCategory.Reload, 1));
+        var b = PathCost.Zero.Add(new Cost(CostCategory.Network, 1, 0.5)).Add(new Cost(CostCategory.Reload, 1));
         var later = PathCost.Max(a, b);
-        Assert.Equal((2.5, 0.0, 1.0, 1.0, 0.5), (later.Time, later.Staging, later.Link, later.Reload, later.Latency));
+        Assert.Equal((2.5, 0.0, 1.0, 1.0, 0.5), (later.Time, later.Staging, later.Network, later.Reload, later.Latency));
     }
 
     [Fact]

@@ -23,7 +23,10 @@ public sealed class SimulateCommandTests : IDisposable
         Assert.Equal("shard-aware", root.GetProperty("design").GetString());
         Assert.True(root.GetProperty("seconds").GetDouble() > 0);
         Assert.Equal(4, root.GetProperty("slots").GetInt32()); // Two broadcast and two staging buffers.
-        Assert.Contains(root.GetProperty("bound").GetString(), new[] { "staging", "link", "reload", "latency" });
+        Assert.Contains(root.GetProperty("bound").GetString(), new[] { "staging", "nv-link", "network", "reload", "latency" });
+        var routes = root.GetProperty("routes");
+        Assert.Equal(root.GetProperty("buckets").GetInt32(), routes.GetProperty("scatter").GetInt32()); // One node: scattered, never relayed.
+        Assert.Equal(0, routes.GetProperty("scatter-and-relay").GetInt32() + routes.GetProperty("broadcast").GetInt32());
     }
 
     [Fact]
@@ -54,6 +57,8 @@ public sealed class SimulateCommandTests : IDisposable
     [InlineData("--model", "kimi-k2", "--design", "fast")]
     [InlineData("--model", "kimi-k2", "--gpus", "24", "--tp", "16")]
     [InlineData("--model", "kimi-k2", "--nics", "3")]
+    [InlineData("--model", "kimi-k2", "--design", "shard-aware", "--in-flight", "3")]
+    [InlineData("--model", "kimi-k2", "--design", "shard-aware-concurrent", "--in-flight", "0")]
     public void BadInput_IsOneLineNamingTheOption(params string[] args)
     {
         var (code, _, stderr) = Run(["simulate", .. args]);

@@ -10,17 +10,23 @@ public sealed class UpdateSimulatorTests
     private static readonly CostParameters Costs = new(0.7, 1e-4, 80e9, 0.8, 0.2);
     private static readonly long Free = (long)(Small.LargestTensor * 3.6 / 0.9);
 
-    private static SimulationResult Run(SimulatedDesign design, SimulatedMethod method = SimulatedMethod.Broadcast, int gpus = 16, long? free = null, CostParameters? costs = null) =>
-        UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, 8, method, design, free ?? Free)), costs ?? Costs);
+    private static SimulationResult Run(SimulatedDesign design, SimulatedMethod method = SimulatedMethod.Broadcast, int gpus = 16, long? free = null, CostParameters? costs = null,
+        int tp = 8, int? inFlight = null) =>
+        UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, tp, method, design, free ?? Free, InFlight: inFlight)), costs ?? Costs);
 
     [Theory]
-    [InlineData(SimulatedDesign.Original, SimulatedMethod.Broadcast)]
-    [InlineData(SimulatedDesign.Ours, SimulatedMethod.Broadcast)]
-    [InlineData(SimulatedDesign.Ours, SimulatedMethod.P2P)]
-    [InlineData(SimulatedDesign.ShardAware, SimulatedMethod.Broadcast)]
-    public void Stages_RespectTheirDependencies(SimulatedDesign design, SimulatedMethod method)
+    [InlineData(SimulatedDesign.Original, SimulatedMethod.Broadcast, 8)]
+    [InlineData(SimulatedDesign.Ours, SimulatedMethod.Broadcast, 8)]
+    [InlineData(SimulatedDesign.Ours, SimulatedMethod.P2P, 8)]
+    [InlineData(SimulatedDesign.ShardAwareBroadcast, SimulatedMethod.Broadcast, 8)]
+    [InlineData(SimulatedDesign.ShardAware, SimulatedMethod.Broadcast, 8)]
+    [InlineData(SimulatedDesign.ShardAware, SimulatedMethod.Broadcast, 16)]
+    [InlineData(SimulatedDesign.ShardAware, SimulatedMethod.P2P, 16)]
+    [InlineData(SimulatedDesign.ShardAwarePipelined, SimulatedMethod.Broadcast, 16)]
+    [InlineData(SimulatedDesign.ShardAwareConcurrent, SimulatedMethod.Broadcast, 16)]
+    public void Stages_RespectTheirDependencies(SimulatedDesign design, SimulatedMethod method, int tp)
     {
-        var r = Run(design, method);
+        var r = Run(design, method, gpus: 32, tp: tp);
         var previousReload = 0.0;
         foreach (var b in r.Buckets)
         {
@@ -29,7 +35,7 @@ public sealed class UpdateSimulatorTests
             previousReload = b.ReloadEnd;
         }
         Assert.True(r.Seconds >= r.Buckets[^1].ReloadEnd);
-        Assert.Equal(r.Seconds, r.CriticalPath.Staging + r.CriticalPath.Link + r.CriticalPath.Reload + r.CriticalPath.Latency, 9);
+        Assert.Equal(r.Seconds, r.CriticalPath.Staging + r.CriticalPath.NvLink + r.CriticalPath.Network + r.CriticalPath.Reload + r.CriticalPath.Latency, 9);
     }
 
     [Fact]
@@ -50,28 +56,13 @@ public sealed class UpdateSimulatorTests
     }
 
     [Fact]
-    public void ShardAware_EveryGpuStillReceivesTheBucket_ButReloadsOnlyItsSlice()
+    public void ShardAwareBroadcast_EveryGpuStillReceivesTheBucket_ButReloadsOnlyItsSlice()
     {
         var ours = Run(SimulatedDesign.Ours);
-        var shardAware = Run(SimulatedDesign.ShardAware);
+        var shardAware = Run(SimulatedDesign.ShardAwareBroadcast);
         Assert.Equal(ours.BroadcastBusy, shardAware.BroadcastBusy, 9);
         Assert.True(shardAware.ReloadBusy < ours.ReloadBusy / 2, $"reload busy {shardAware.ReloadBusy} s against {ours.ReloadBusy} s");
         Assert.True(shardAware.Seconds < ours.Seconds);
-    }
-
-    [Fact]
-    public void ShardAwareRelay_HalvesANodesNetworkIngress_ButAddsAnNvLinkStepPerBucket()
-    {
-        // Instances of 16 GPUs over nodes of 8: each node needs about half of each bucket, which the class relays carry, after the
-        // stager's node spread the whole bucket over NVLink. Few nodes: the NVLink step costs more than the network saves.
-        SimulationResult Sim(int gpus, SimulatedDesign d) =>
-            UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, 16, SimulatedMethod.Broadcast, d, Free)), Costs);
-        var (plain, relay) = (Sim(32, SimulatedDesign.ShardAware), Sim(32, SimulatedDesign.ShardAwareRelay));
-        Assert.True(relay.BroadcastBusy > plain.BroadcastBusy, $"relayed {relay.BroadcastBusy} s against {plain.BroadcastBusy} s");
-        Assert.Equal(plain.ReloadBusy, relay.ReloadBusy, 9);
-        // Many nodes: a ring over every rank pays its fill latency per bucket; a class's ring spans one member per instance.
-        (plain, relay) = (Sim(1024, SimulatedDesign.ShardAware), Sim(1024, SimulatedDesign.ShardAwareRelay));
-        Assert.True(relay.Seconds < plain.Seconds, $"relayed {relay.Seconds} s against {plain.Seconds} s");
     }
 
     [Fact]
@@ -101,12 +92,72 @@ public sealed class UpdateSimulatorTests
     }
 
     [Fact]
-    public void ShardAware_ReloadsLess()
+    public void ShardAwareBroadcast_ReloadsLess()
     {
         var bytesOnly = Costs with { CallLatency = 1e-9 };
         var ours = Run(SimulatedDesign.Ours, costs: bytesOnly);
-        var shard = Run(SimulatedDesign.ShardAware, costs: bytesOnly);
+        var shard = Run(SimulatedDesign.ShardAwareBroadcast, costs: bytesOnly);
         Assert.True(shard.ReloadBusy < ours.ReloadBusy / 4);
         Assert.Equal(ours.BroadcastBusy, shard.BroadcastBusy, 9); // The root still sends every byte.
+    }
+
+    /// <summary>Instances of 16 GPUs over nodes of 8, two of them: every bucket is scattered on its stager's node, then relayed.</summary>
+    private static SimulationResult Relayed(SimulatedDesign design, int? inFlight = null, CostParameters? costs = null) =>
+        Run(design, gpus: 32, tp: 16, inFlight: inFlight, costs: costs);
+
+    [Fact]
+    public void ShardAware_OneBucketAtATime_EachMovesByItsScatterThenItsRelays()
+    {
+        var r = Relayed(SimulatedDesign.ShardAware);
+        var previous = 0.0;
+        foreach (var (b, route) in r.Buckets.Zip(r.Plan.Routes!))
+        {
+            Assert.Equal(RouteKind.ScatterAndRelay, route.Kind);
+            var scatter = r.Costs.Scatter(route.ScatterEgress, route.ScatterIngress);
+            var relay = r.Costs.Relay(b.Bucket.ShardBytes, Math.Max(route.RelayEgress, route.MaxIngress), route.HeadEgress, route.Ring);
+            Assert.Equal(scatter.Seconds + relay.Seconds, b.BroadcastEnd - b.BroadcastStart, 9);
+            Assert.True(b.BroadcastStart >= previous - 1e-12, $"bucket {b.Bucket.Index} moved before bucket {b.Bucket.Index - 1} arrived");
+            previous = b.BroadcastEnd;
+        }
+        Assert.Equal(r.Costs.Reload(0).Latency * r.Buckets.Count + r.Buckets.Sum(b => b.Bucket.ShardBytes) / Costs.ReloadBandwidth, r.ReloadBusy, 9);
+    }
+
+    [Fact]
+    public void ShardAware_OneNode_TheScatterMovesLessThanABroadcast()
+    {
+        var scatter = Run(SimulatedDesign.ShardAware, gpus: 8);
+        var broadcast = Run(SimulatedDesign.ShardAwareBroadcast, gpus: 8);
+        Assert.All(scatter.Plan.Routes!, r => Assert.Equal(RouteKind.Scatter, r.Kind));
+        Assert.True(scatter.BroadcastBusy < broadcast.BroadcastBusy, $"scatters {scatter.BroadcastBusy} s against broadcasts {broadcast.BroadcastBusy} s");
+        Assert.Equal(broadcast.ReloadBusy, scatter.ReloadBusy, 9);
+    }
+
+    /// <summary>The most moves under way at once.</summary>
+    private static int InFlight(SimulationResult r) =>
+        r.Buckets.Max(b => r.Buckets.Count(o => o.BroadcastStart <= b.BroadcastStart + 1e-12 && o.BroadcastEnd > b.BroadcastStart + 1e-12));
+
+    [Fact]
+    public void Pipelined_TheNextScatterOverlapsTheseRelays_TwoMovesAtMost()
+    {
+        var built = Relayed(SimulatedDesign.ShardAware);
+        var pipelined = Relayed(SimulatedDesign.ShardAwarePipelined);
+        Assert.Equal(1, InFlight(built));
+        Assert.Equal(2, InFlight(pipelined));
+        Assert.True(pipelined.Seconds < built.Seconds, $"pipelined {pipelined.Seconds} s against {built.Seconds} s");
+        Assert.Equal(built.BroadcastBusy, pipelined.BroadcastBusy, 9); // The same calls, overlapped.
+    }
+
+    [Fact]
+    public void Concurrent_KeepsItsWindow_AndNeverBeatsTheBusiestNodesNetworkIngress()
+    {
+        var bytesOnly = Costs with { CallLatency = 1e-9, ReloadBandwidth = 1e13 };
+        var concurrent = Relayed(SimulatedDesign.ShardAwareConcurrent, inFlight: 3, costs: bytesOnly);
+        var pipelined = Relayed(SimulatedDesign.ShardAwarePipelined, costs: bytesOnly);
+        Assert.Equal(3, InFlight(concurrent));
+        Assert.True(concurrent.Seconds < pipelined.Seconds, $"concurrent {concurrent.Seconds} s against {pipelined.Seconds} s");
+        // However many move at once, each node's NICs take in the parts of its classes, bucket after bucket.
+        var ingress = concurrent.Plan.Routes!.SelectMany(r => r.Ingress).GroupBy(x => x.Node).Max(g => g.Sum(x => x.Bytes));
+        var moving = concurrent.Buckets[^1].BroadcastEnd - concurrent.Buckets.Min(b => b.BroadcastStart);
+        Assert.True(moving >= concurrent.Costs.NetworkSeconds(ingress) - 1e-9, $"moved in {moving} s, under the {concurrent.Costs.NetworkSeconds(ingress)} s a node needs to take in its parts");
     }
 }

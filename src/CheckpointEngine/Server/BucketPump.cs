@@ -17,10 +17,12 @@ internal static class BucketPump
 
     /// <summary>
     /// A shard-aware update on GPUs: each bucket is scattered from its stager, every member receiving only its part (see
-    /// <see cref="ICommunicator.ScatterPartsAsync"/>). <paramref name="ClassOf"/>: each member's class; <paramref name="ClassParts"/>: for the buckets
-    /// this member stages, every class's part (null: a class that declared nothing, which takes the whole bucket); null for the others.
+    /// <see cref="ICommunicator.ScatterPartsAsync"/>). <paramref name="OneHost"/>: every member is on one host (buckets not relayed are scattered
+    /// among all; across hosts they are broadcast, and only a relay's local step scatters). <paramref name="ClassOf"/>: each member's class;
+    /// <paramref name="ClassParts"/>: for the buckets this member stages, every class's part (null: a class that declared nothing, which takes
+    /// the whole bucket); null for the others.
     /// </summary>
-    public sealed record Scattering(int[] ClassOf, IReadOnlyList<BucketPart?[]?> ClassParts);
+    public sealed record Scattering(bool OneHost, int[] ClassOf, IReadOnlyList<BucketPart?[]?> ClassParts);
 
     /// <summary>When each stage of one bucket started and ended on this rank (offsets from the update's start), set as the loop runs.</summary>
     private sealed class BucketStamps
@@ -241,7 +243,7 @@ internal static class BucketPump
                 {
                     await RelayAsync(k, route).ConfigureAwait(false);
                 }
-                else if (scatter is not null)
+                else if (scatter is { OneHost: true })
                 {
                     await ScatterPart(group, k, steps[k].Stager, [.. Enumerable.Range(0, group.Size)], _ => false).ConfigureAwait(false);
                 }

@@ -202,7 +202,8 @@ public sealed partial class ParameterServer
             // backend the members on the stager's host copy just their parts out of its shared buffer; on GPUs the stager scatters the parts
             // among them with NCCL sends and receives, and each class broadcasts over its own NCCL communicator.
             var declared = classes.Any(c => c.Wants is not null);
-            var relay = declared && cuts
+            var hostCount = members.Select(m => m.HostId).Distinct(StringComparer.Ordinal).Count();
+            var relay = declared && cuts && (options.ClassRelays ?? (Device.HostAccessible || hostCount >= GpuRelayHosts))
                 ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
                 : null;
             using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.
@@ -213,9 +214,11 @@ public sealed partial class ParameterServer
                 var (proxies, proxyBuffer) = relay.ProxyParts(steps, routes, [.. classes.Select(c => c.Wants)]);
                 relaying = new BucketPump.Relaying(relay, routes, proxies, proxyBuffer, [.. classes.Select(c => c.Wants is null)]);
             }
-            // On GPUs a declared update scatters each bucket from its stager: every member's NVLink ingress is its part, not the bucket.
+            // On GPUs a declared update scatters each bucket from its stager among the members of its host (all of them, or a relay's local
+            // step): every member's NVLink ingress is its part, not the bucket. Between hosts a bucket goes the plain way (one broadcast ring,
+            // the stager's egress one bucket) unless it is relayed: a scatter to every member would send each remote class its part apart.
             var scatter = declared && !Device.HostAccessible && group is NcclCommunicator
-                ? new BucketPump.Scattering(classOf, ClassPartsFor(steps, group.Rank, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList()))
+                ? new BucketPump.Scattering(hostCount == 1, classOf, ClassPartsFor(steps, group.Rank, classes.Select(c => c.Digest).ToList(), classes.Select(c => c.Wants).ToList()))
                 : null;
             var networkBefore = group.NetworkBytesReceived + (relay?.NetworkBytesReceived ?? 0);
             var receivedBefore = group.BytesReceived + (relay?.BytesReceived ?? 0);
@@ -240,7 +243,7 @@ public sealed partial class ParameterServer
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings)
             {
                 BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0,
-                DeclarationBytes = listBytes, BytesReceived = received, ScatteredBuckets = scatter is null ? 0 : steps.Count, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links, BytesGathered = gathered,
+                DeclarationBytes = listBytes, BytesReceived = received, ScatteredBuckets = scatter is null ? 0 : scatter.OneHost ? steps.Count : relaying?.Routes.Count(r => r is not null) ?? 0, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links, BytesGathered = gathered,
             };
         }
         catch (Exception e) when (e is UpdateFailedException or CollectiveException)
@@ -355,6 +358,13 @@ public sealed partial class ParameterServer
     /// The relay groups for this update's hosts and classes (null on one host): the world's are kept for later updates
     /// while hosts and classes stay the same; a P2P update's are made for it alone.
     /// </summary>
+    /// <summary>
+    /// From how many hosts on a GPU update relays classes by default (see <see cref="UpdateOptions.ClassRelays"/>): the simulator's crossover
+    /// for Kimi-K2 and DeepSeek-V3.1 on H20 nodes of 8 GPUs at tensor parallel 16 lies between 64 and 96 hosts (512 and 768 GPUs); below it, a
+    /// whole-bucket broadcast ring is faster. Not yet measured on a GPU cluster.
+    /// </summary>
+    public const int GpuRelayHosts = 96;
+
     private async Task<RelayGroups?> RelaysFor(ICommunicator group, List<string> hostIds, int[] classOf, List<BucketStep> steps, List<long[]> classBytes,
         DeviceBuffer device, TimeSpan timeout, CancellationToken ct)
     {

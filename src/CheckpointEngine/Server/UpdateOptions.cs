@@ -20,6 +20,14 @@ public sealed record UpdateOptions
     /// </summary>
     public bool Verify { get; init; }
 
+    /// <summary>
+    /// Whether a shard-aware update across hosts relays each class's part over its own group (see <see cref="ClassRelay"/>), for the buckets
+    /// where that moves no more bytes into any host than the plain way. Null (auto): on the host backend, yes; on GPUs, from
+    /// <see cref="ParameterServer.GpuRelayHosts"/> hosts on, where the simulator prices the relays below a whole-bucket broadcast ring
+    /// (below it, one bucket at a time, the stager's node sends every class's part and the relays wait for the scatter: slower).
+    /// </summary>
+    public bool? ClassRelays { get; init; }
+
     /// <summary>How a P2P update reads: tcp (always possible), ucx (when the rank's store runs UCX); null or auto: the rank's store as it was started.</summary>
     public Runtime.P2P.P2PTransport? P2PTransport { get; init; }
 }

@@ -58,6 +58,7 @@ public sealed partial class ReferenceWorker : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         var deviceIds = Validate(options);
+        _ = Task.Run(WorkerFraming.Prime, CancellationToken.None); // As an engine would at start: its first update finds the protocol's contracts ready.
         var ip = ListenHosts.Resolve(options.Host);
         if (!options.AllowRemote && !IPAddress.IsLoopback(ip))
         {

@@ -73,6 +73,7 @@ public sealed partial class ParameterServer : IAsyncDisposable
         _p2p = p2p ?? P2PTransports.Create(world.Config, world.AdvertiseAddress);
         NetDevice = world.Config.NetDevice ?? world.HostId;
         Telemetry = new UpdateTelemetry(this);
+        _ = Task.Run(WorkerFraming.Prime); // Off the caller's path: the first update then finds the worker protocol's contracts ready.
     }
 
     public World World { get; }

@@ -129,4 +129,12 @@ public class WorkerFramingTests
     [Fact]
     public async Task Read_EmptyStream_ReturnsNull() =>
         Assert.Null(await WorkerFraming.ReadAsync<WorkerReply>(new MemoryStream(), TestContext.Current.CancellationToken));
+
+    /// <summary>Priming builds every frame the protocol has, with each optional field set, and reads it back under the strict options.</summary>
+    [Fact]
+    public void Prime_EncodesAndDecodesEveryFrame_Twice() => Assert.Null(Record.Exception(() =>
+    {
+        WorkerFraming.Prime();
+        WorkerFraming.Prime();
+    }));
 }

@@ -45,6 +45,12 @@ internal static class UpdateCommand
         var quantize = new Option<string?>("--quantize") { Description = "convert while registering: fp8 (block-scaled E4M3, as `quantize` writes it; the checkpoint's config.json is followed)" };
         quantize.AcceptOnlyFromAmong("fp8");
         var verify = new Option<bool>("--verify") { Description = "send each tensor's registration-time CRC-32; the workers check what they received and fail the update on a mismatch" };
+        var relays = new Option<string>("--class-relays")
+        {
+            Description = "shard-aware updates across hosts: relay each class's part over its own group (on), never (off), or auto (on the host backend; on GPUs from 96 hosts)",
+            DefaultValueFactory = _ => "auto",
+        };
+        relays.AcceptOnlyFromAmong("auto", "on", "off");
         var device = DeviceOption.Create();
         var allowNoToken = AllowNoTokenOption.Create();
         var transport = P2PTransportOption.Create();
@@ -55,7 +61,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, engine, sleep, timeout, repeat, trace, device, quantize, verify, allowNoToken, transport,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, engine, sleep, timeout, repeat, trace, device, quantize, verify, allowNoToken, transport, relays,
         };
         command.Validators.Add(r =>
         {
@@ -78,7 +84,7 @@ internal static class UpdateCommand
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
                 result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine) switch { "vllm" => EngineApi.Vllm, "sglang" => EngineApi.Sglang, _ => null }, result.GetValue(transport),
-                Environment.GetEnvironmentVariable(ProgressLine.Variable) == "lines");
+                Environment.GetEnvironmentVariable(ProgressLine.Variable) == "lines", result.GetValue(relays) switch { "on" => true, "off" => false, _ => null });
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
@@ -96,7 +102,7 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport, bool progressLines)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport, bool progressLines, bool? classRelays)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
@@ -138,7 +144,7 @@ internal static class UpdateCommand
             var api = await WaitForEngineAsync(endpoint, uds, ct).ConfigureAwait(false);
             Phase($"wait for the engine ({(engineApi is null ? "detected " : "")}{api.ToString().ToLowerInvariant()})", clock);
             var trigger = EngineTrigger.Http(endpoint, groupSize, uds, api: api);
-            var options = new UpdateOptions { Timeout = timeout, Verify = verifying };
+            var options = new UpdateOptions { Timeout = timeout, Verify = verifying, ClassRelays = classRelays };
             var methods = method == "all" ? ["broadcast", "p2p"] : new[] { method };
             foreach (var m in methods)
             {

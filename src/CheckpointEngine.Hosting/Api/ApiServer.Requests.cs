@@ -13,7 +13,7 @@ namespace CheckpointEngine.Hosting.Api;
 public sealed partial class ApiServer
 {
     private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...], \"quantize\": null}";
-    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null, \"engine\": \"vllm\"}";
+    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null, \"engine\": \"vllm\", \"class_relays\": null}";
     private const string GatherExample = "{\"timeout\": 300} (or no body)";
     private const double DefaultTimeoutSeconds = 300;
     private const double MaxTimeoutSeconds = 7 * 24 * 3600;
@@ -25,6 +25,9 @@ public sealed partial class ApiServer
     {
         /// <summary>How a P2P update reads ("p2p_transport"); null: the rank's store as started.</summary>
         public P2PTransport? P2PTransport { get; init; }
+
+        /// <summary>Whether a shard-aware update relays classes between hosts ("class_relays", see <see cref="UpdateOptions.ClassRelays"/>); null: auto.</summary>
+        public bool? ClassRelays { get; init; }
     }
 
     /// <summary>The body as JSON; null when it is empty and <paramref name="required"/> is false.</summary>
@@ -156,7 +159,7 @@ public sealed partial class ApiServer
 
     private UpdateRequest ParseUpdate(JsonElement root)
     {
-        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify", "p2p_transport", "engine");
+        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify", "p2p_transport", "engine", "class_relays");
         P2PTransport? transport = null;
         if (root.TryGetProperty("p2p_transport", out var pt) && pt.ValueKind != JsonValueKind.Null)
         {
@@ -168,6 +171,11 @@ public sealed partial class ApiServer
         if (root.TryGetProperty("verify", out var v) && v.ValueKind != JsonValueKind.Null)
         {
             verify = v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw Bad($"\"verify\" must be true or false, not {v.GetRawText()}");
+        }
+        bool? relays = null;
+        if (root.TryGetProperty("class_relays", out var cr) && cr.ValueKind != JsonValueKind.Null)
+        {
+            relays = cr.ValueKind is JsonValueKind.True or JsonValueKind.False ? cr.GetBoolean() : throw Bad($"\"class_relays\" must be true, false or null (auto), not {cr.GetRawText()}");
         }
         string? url = null;
         if (root.TryGetProperty("update_url", out var u) && u.ValueKind != JsonValueKind.Null)
@@ -203,7 +211,7 @@ public sealed partial class ApiServer
             throw Bad($"\"update_url\": {host} is not a loopback address, and the update would send this rank's worker sockets there; " +
                 $"to allow it, start serve with --allow-engine-host {host} (or {RankConfig.AllowEngineHostsVariable})");
         }
-        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify, Engine(root)) { P2PTransport = transport };
+        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify, Engine(root)) { P2PTransport = transport, ClassRelays = relays };
     }
 
     /// <summary>A list of distinct ranks of this world; absent or null is empty.</summary>

@@ -66,6 +66,7 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
         { "POST", Update, "{\"timeout\": 0}", 400, "\"timeout\" must be a positive number of seconds" },
         { "POST", Update, "{\"verify\": \"yes\"}", 400, "\"verify\" must be true or false, not \"yes\"" },
         { "POST", Update, "{\"verify\": 1}", 400, "\"verify\" must be true or false, not 1" },
+        { "POST", Update, "{\"class_relays\": \"auto\"}", 400, "\"class_relays\" must be true, false or null (auto), not \"auto\"" },
         { "POST", Update, "{\"p2p_transport\": \"rdma\"}", 400, "\"p2p_transport\" must be \"tcp\", \"ucx\", \"auto\" or null, not \"rdma\"" },
         { "POST", Update, "{\"engine\": \"auto\"}", 400, "\"engine\" must be \"vllm\" (/collective_rpc) or \"sglang\" (/update_weights_from_ipc), not \"auto\"" },
         { "POST", Update, "{\"engine\": \"SGLang\"}", 400, "\"engine\" must be \"vllm\" (/collective_rpc) or \"sglang\" (/update_weights_from_ipc), not \"SGLang\"" },

@@ -81,13 +81,16 @@ internal static class UpdateCommand
         });
         command.SetAction(async (result, ct) =>
         {
+            // Ctrl-C or SIGTERM (a launcher stopping its ranks) cancels: the rank leaves through its disposals (its segments go with
+            // it) instead of dying where it stands. A synchronous Invoke does not turn SIGTERM into cancellation by itself.
+            using var stop = new StopSignal(ct);
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
                 result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine) switch { "vllm" => EngineApi.Vllm, "sglang" => EngineApi.Sglang, _ => null }, result.GetValue(transport),
                 Environment.GetEnvironmentVariable(ProgressLine.Variable) == "lines", result.GetValue(relays) switch { "on" => true, "off" => false, _ => null });
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
-                result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), ct).ConfigureAwait(false);
+                result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), stop.Token).ConfigureAwait(false);
         });
         return command;
     }
@@ -175,7 +178,16 @@ internal static class UpdateCommand
             {
                 Stage("serving");
                 stdout.WriteLine($"serving P2P reads for {sleep.TotalSeconds:F0} s");
-                await Task.Delay(sleep, ct).ConfigureAwait(false);
+                try
+                {
+                    await Task.Delay(sleep, ct).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (ct.IsCancellationRequested)
+                {
+                    stdout.WriteLine("stopped while serving"); // The update is done: stopping the fleet is how serving ends.
+                    Stage("done");
+                    return 0;
+                }
             }
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Owners leave together: nobody is mid-read.
             Stage("done");

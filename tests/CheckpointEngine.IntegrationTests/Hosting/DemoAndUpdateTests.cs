@@ -124,6 +124,64 @@ public sealed class DemoAndUpdateTests : IDisposable
     }
 
     /// <summary>
+    /// Stopping a fleet that serves P2P reads after its update (SIGTERM to the launcher, as an operator or a scheduler would): the ranks
+    /// say they stopped while serving and leave through their disposals, so none of the shared-memory segments they made is left behind
+    /// for the next start's sweep (a segment whose creator is gone is one nobody holds a lock on).
+    /// </summary>
+    [Fact]
+    public async Task LaunchUpdate_SigtermWhileServing_RanksStopCleanly_NoSegmentLeft()
+    {
+        var ckpt = Path.Combine(_dir, "ckpt");
+        SampleCheckpoint.Write(ckpt, 2 << 20, shards: 2, layers: 2);
+        var worker = await StartWorker("stop");
+        var before = Segments();
+        var result = await CkptEngineScript.RunAsync(Devices("stop"), async launcher =>
+        {
+            await AssertHoldsWithin(ckpt, worker, TimeSpan.FromSeconds(60)); // The update is done: the ranks serve now.
+            using var kill = Process.Start("kill", ["-TERM", launcher.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!;
+            await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
+        }, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", ckpt, "--endpoint", worker, "--inference-parallel-size", "2", "--sleep-time", "120", "--timeout", "60");
+
+        Assert.True(result.Code == 143, result.Err + result.Out);
+        Assert.Contains("[rank 0] stopped while serving", result.Out);
+        Assert.Contains("[rank 1] stopped while serving", result.Out);
+        Assert.DoesNotContain(Segments().Except(before), Abandoned);
+    }
+
+    private static HashSet<string> Segments() => [.. Directory.EnumerateFiles("/dev/shm", "ckpt-engine-*")];
+
+    /// <summary>Nobody holds the creator's shared lock: its process is gone without removing it (a live one's segment cannot be locked whole).</summary>
+    private static bool Abandoned(string path)
+    {
+        try
+        {
+            using var whole = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.None);
+            return true;
+        }
+        catch (IOException)
+        {
+            return false; // Locked by its live creator (another test's), or removed meanwhile.
+        }
+    }
+
+    private static async Task AssertHoldsWithin(string dir, string url, TimeSpan deadline)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                await AssertHolds(dir, url);
+                return;
+            }
+            catch (Exception) when (clock.Elapsed < deadline)
+            {
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+            }
+        }
+    }
+
+    /// <summary>
     /// Operator's view, not on a terminal (a pipe, as in CI): the ranks' lines pass through as before, their progress comes as the
     /// launcher's own "progress:" lines (at most one a second, and the last state at the end) and a summary table closes the run.
     /// </summary>

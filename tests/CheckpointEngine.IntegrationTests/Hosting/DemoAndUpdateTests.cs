@@ -35,6 +35,17 @@ public sealed class DemoAndUpdateTests : IDisposable
         });
     }
 
+    /// <summary>Shard-aware demos verify at one shard too (nothing is sliced: every tensor is kept whole) as at two (the slices put together).</summary>
+    [Theory]
+    [InlineData("1")]
+    [InlineData("2")]
+    public async Task Demo_ShardByTp_Verified(string ranks)
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("demo", "--ranks", ranks, "--size", "8MiB", "--method", "broadcast", "--shard-by-tp", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        Assert.True(JsonDocument.Parse(stdout.Trim()).RootElement.GetProperty("verified").GetBoolean(), stdout);
+    }
+
     [Fact]
     public async Task Demo_Summary_SaysVerified()
     {

@@ -13,8 +13,8 @@ internal sealed record Baseline(string Key, string Label, long Bytes, double Sec
     /// <summary>
     /// What a method (and case) is compared with: a broadcast on one host, a registration and the shared-memory
     /// collective are copying (memcpy), and so is a UCX P2P update (one-sided reads: one copy by the kernel or the NIC);
-    /// a TCP P2P update and the collective's TCP chain are TCP.
+    /// a TCP P2P update (an elastic join's too) and the collective's TCP chain are TCP.
     /// </summary>
     public static string For(string method, string? @case = null) =>
-        method is "p2p" or BenchSettings.P2PTcp || (method == BenchSettings.Collective && @case == CollectiveBench.TcpChain) ? Tcp : Memcpy;
+        method is "p2p" or BenchSettings.P2PTcp or BenchSettings.P2PJoin || (method == BenchSettings.Collective && @case == CollectiveBench.TcpChain) ? Tcp : Memcpy;
 }

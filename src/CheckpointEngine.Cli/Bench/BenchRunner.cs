@@ -153,6 +153,10 @@ internal static class BenchRunner
 
         public async Task<ConfigurationResult> MeasureAsync(long bytes, int repeat, TextWriter progress, CancellationToken ct)
         {
+            if (Method == BenchSettings.P2PJoin)
+            {
+                return await MeasureJoinAsync(bytes, repeat, progress, ct).ConfigureAwait(false);
+            }
             var timeout = RankLaunch.Timeout(bytes, Ranks);
             var updates = repeat + 1;
             var environment = new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]);
@@ -176,6 +180,68 @@ internal static class BenchRunner
             progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
             return new ConfigurationResult(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self());
+        }
+
+        /// <summary>
+        /// An elastic join: owner ranks (a world of their own) register, gather, save the metas and serve; once the metas are there, as many
+        /// joiner ranks (another world, the same token) load them and update the worker over P2P, timed as any configuration; then the
+        /// owners are told to stop through a file and must exit cleanly.
+        /// </summary>
+        private async Task<ConfigurationResult> MeasureJoinAsync(long bytes, int repeat, TextWriter progress, CancellationToken ct)
+        {
+            var timeout = RankLaunch.Timeout(bytes, Ranks);
+            var updates = repeat + 1;
+            var work = Path.Combine(Path.GetDirectoryName(Dir)!, $"join-{Ranks}");
+            Directory.CreateDirectory(work);
+            var (metas, stop) = (Path.Combine(work, "metas.json"), Path.Combine(work, "stop"));
+            var token = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
+            var environment = new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]);
+            if (BucketSize is { } b)
+            {
+                environment[RankConfig.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture);
+            }
+            LaunchOptions Launch(string role, int n, Func<int, string> deviceId) => new()
+            {
+                NProc = n,
+                Command = Launcher.SelfCommand([.. RankArguments(updates, timeout * (updates + 2)), "--role", role, "--metas-file", metas, "--stop-file", stop]),
+                Environment = environment,
+                Token = token,
+                RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = deviceId(r) },
+            };
+            progress.WriteLine($"bench: {Name}: {Ranks} owner and {Ranks} joiner rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");
+            var (ownerOut, ownerErr) = (new StringWriter(), new StringWriter());
+            using var ownersStop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var owners = Launcher.RunAsync(Launch(BenchRank.OwnerRole, Ranks, r => $"{Ids[r]}-owner"), ownerOut, ownerErr, ownersStop.Token);
+            try
+            {
+                var waited = Stopwatch.StartNew();
+                while (!File.Exists(metas))
+                {
+                    if (owners.IsCompleted || waited.Elapsed > timeout)
+                    {
+                        throw new Server.UpdateFailedException($"bench {Name}: the owners {(owners.IsCompleted ? $"exited (code {(owners.IsCompletedSuccessfully ? owners.Result : -1)})" : $"did not save their metas within {timeout.TotalSeconds:F0} s")} before the joiners could start:\n  {ownerErr}{ownerOut}");
+                    }
+                    await Task.Delay(50, ct).ConfigureAwait(false);
+                }
+                var (slowest, peaks) = await RankLaunch.RunAsync(Name, Method, Launch(BenchRank.JoinerRole, Ranks, r => Ids[r]), updates, timeout * (updates + 1), ct,
+                    notSampled: BenchRank.OwnerRole).ConfigureAwait(false);
+                progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
+                await File.WriteAllTextAsync(stop, "", ct).ConfigureAwait(false);
+                var exit = await owners.WaitAsync(timeout, ct).ConfigureAwait(false);
+                return exit == 0
+                    ? new ConfigurationResult(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self())
+                    : throw new Server.UpdateFailedException($"bench {Name}: the owners exited with code {exit}:\n  {ownerErr}");
+            }
+            finally
+            {
+                File.WriteAllText(stop, ""); // However the joiners ended, the owners stop serving (the launch is cancelled if they do not).
+                if (!owners.IsCompleted)
+                {
+                    await ownersStop.CancelAsync().ConfigureAwait(false);
+                }
+                await owners.ContinueWith(static _ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            }
         }
     }
 }

@@ -28,7 +28,11 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     /// it receives every byte and cuts its slices out, or it declares them and receives only those (shard-aware; from the second update, once it has seen the layout).
     /// </remarks>
     /// <c>p2p-tcp</c> and <c>p2p-ucx</c> are P2P updates over one transport (what <c>--p2p-transport tcp,ucx</c> turns <c>p2p</c> into).
-    public static readonly string[] UpdateMethods = ["broadcast", "p2p", P2PTcp, P2PUcx, Verify, TpFull, TpSharded];
+    /// <c>p2p-join</c>: an elastic join. As many owner ranks as joiners register the checkpoint, gather and save its metas and serve;
+    /// the joiners (another world) load the metas and update the worker over P2P, reading from the owners.
+    public static readonly string[] UpdateMethods = ["broadcast", "p2p", P2PTcp, P2PUcx, Verify, TpFull, TpSharded, P2PJoin];
+
+    public const string P2PJoin = "p2p-join";
 
     public const string P2PTcp = "p2p-tcp";
 
@@ -38,7 +42,7 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     public static bool IsP2P(string method, out string? transport)
     {
         transport = method switch { P2PTcp => "tcp", P2PUcx => "ucx", _ => null };
-        return method == "p2p" || transport is not null;
+        return method is "p2p" or P2PJoin || transport is not null;
     }
 
     /// <summary>The methods with "p2p" replaced by one P2P method per transport of <paramref name="transports"/> (comma-separated tcp, ucx, auto).</summary>

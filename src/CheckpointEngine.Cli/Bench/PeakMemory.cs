@@ -13,10 +13,12 @@ internal sealed class PeakMemory : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _sampling;
     private readonly int _expected;
+    private readonly string? _except;
 
-    private PeakMemory(int expected, TimeSpan interval)
+    private PeakMemory(int expected, TimeSpan interval, string? except)
     {
         _expected = expected;
+        _except = except;
         _sampling = Task.Run(() => SampleAsync(interval));
     }
 
@@ -25,7 +27,8 @@ internal sealed class PeakMemory : IAsyncDisposable
     /// (a peak reached in the last interval before a child exits can be missed). Looks for new
     /// children until <paramref name="expected"/> have been seen.
     /// </summary>
-    public static PeakMemory SampleChildren(int expected, TimeSpan interval) => new(expected, interval);
+    /// <param name="except">Children with this argument on their command line are not sampled (others this process started alongside).</param>
+    public static PeakMemory SampleChildren(int expected, TimeSpan interval, string? except = null) => new(expected, interval, except);
 
     /// <summary>True where /proc has VmHWM (Linux).</summary>
     public static bool Supported => ReadPeak("self") is not null;
@@ -77,7 +80,8 @@ internal sealed class PeakMemory : IAsyncDisposable
                     // A child that has not exec'd yet still runs our command in our (vforked) memory: not a rank yet.
                     foreach (var pid in Children(self).Where(p => !_children.ContainsKey(p)))
                     {
-                        if (CommandLine(pid.ToString(CultureInfo.InvariantCulture)) is { } command && command != ownCommand)
+                        if (CommandLine(pid.ToString(CultureInfo.InvariantCulture)) is { } command && command != ownCommand
+                            && (_except is null || !command.Split('\0').Contains(_except, StringComparer.Ordinal)))
                         {
                             _children[pid] = (RankOf(pid), 0);
                         }

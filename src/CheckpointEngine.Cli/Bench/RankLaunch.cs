@@ -17,15 +17,16 @@ internal static class RankLaunch
     /// and the peak memory of each rank. Throws naming <paramref name="name"/> with the launch's last lines when
     /// a rank fails, a rank misses an update, or the launch outlives <paramref name="limit"/>.
     /// </summary>
+    /// <param name="notSampled">Child processes with this argument (others this process runs alongside) are left out of the peaks.</param>
     public static async Task<(IReadOnlyList<ResultLine> Slowest, IReadOnlyDictionary<int, long> Peaks)> RunAsync(string name, string method, LaunchOptions options,
-        int updates, TimeSpan limit, CancellationToken ct)
+        int updates, TimeSpan limit, CancellationToken ct, string? notSampled = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         var output = new StringWriter();
         var errors = new StringWriter();
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(limit);
-        var sampler = PeakMemory.Supported ? PeakMemory.SampleChildren(options.NProc, BenchRunner.SampleInterval) : null;
+        var sampler = PeakMemory.Supported ? PeakMemory.SampleChildren(options.NProc, BenchRunner.SampleInterval, notSampled) : null;
         int exit;
         IReadOnlyDictionary<int, long> peaks = new Dictionary<int, long>();
         try

@@ -108,15 +108,27 @@ internal static class BenchCommand
         var updates = new Option<int>("--updates") { DefaultValueFactory = _ => 1 };
         var timeout = new Option<double>("--timeout") { DefaultValueFactory = _ => 300 };
         var trace = new Option<string?>("--trace");
+        var role = new Option<string?>("--role");
+        role.AcceptOnlyFromAmong(BenchRank.OwnerRole, BenchRank.JoinerRole);
+        var metasFile = new Option<string?>("--metas-file");
+        var stopFile = new Option<string?>("--stop-file");
         updates.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--updates must be at least 1"); });
         timeout.Validators.Add(r => { if (!(r.GetValueOrDefault<double>() > 0)) r.AddError("--timeout must be a positive number of seconds"); });
         var command = new Command(RankCommand) { Hidden = true };
-        foreach (var o in new Option[] { path, endpoint, groupSize, method, updates, timeout, trace })
+        foreach (var o in new Option[] { path, endpoint, groupSize, method, updates, timeout, trace, role, metasFile, stopFile })
         {
             command.Options.Add(o);
         }
+        command.Validators.Add(r =>
+        {
+            if (r.GetValue(role) is { } given && (r.GetValue(metasFile) is null || given == BenchRank.OwnerRole && r.GetValue(stopFile) is null))
+            {
+                r.AddError("--role needs --metas-file (and an owner --stop-file)");
+            }
+        });
         command.SetAction((result, ct) => BenchRank.RunAsync(result.GetValue(path)!, result.GetValue(endpoint)!, result.GetValue(groupSize),
-            result.GetValue(method)!, result.GetValue(updates), TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), stdout, ct));
+            result.GetValue(method)!, result.GetValue(updates), TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), stdout, ct,
+            result.GetValue(role), result.GetValue(metasFile), result.GetValue(stopFile)));
         return command;
     }
 

@@ -80,6 +80,26 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
         Assert.InRange(bytes["tp-sharded"], bytes["tp-full"] / 3, bytes["tp-full"] - 1);
     }
 
+    /// <summary>
+    /// An elastic join: two owner ranks serve while two joiner ranks (another world) load the saved metas and update over P2P; the row
+    /// is compared with TCP, every update delivered the whole checkpoint, and the owners stopped cleanly (nothing of theirs left).
+    /// </summary>
+    [Fact]
+    public async Task Bench_P2PJoin_JoinersUpdateFromServingOwners_LeavesNothing()
+    {
+        var before = Leftovers.Now();
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "p2p,p2p-join", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToDictionary(c => c.GetProperty("method").GetString()!);
+        Assert.Equal(["p2p", "p2p-join"], configs.Keys);
+        var join = configs["p2p-join"];
+        Assert.Equal(Baseline.Tcp, join.GetProperty("baseline").GetString());
+        Assert.Equal(configs["p2p"].GetProperty("bytes").GetInt64(), join.GetProperty("bytes").GetInt64()); // The whole checkpoint, as the owners' own P2P update.
+        Assert.True(join.GetProperty("first_update_seconds").GetDouble() > 0 && join.GetProperty("ratio_to_baseline").GetDouble() > 0, join.ToString());
+        before.AssertNoneAdded();
+    }
+
     [Fact]
     public async Task Bench_Collective_SharedMemoryAndTcpChainRows_LeavesNothing()
     {

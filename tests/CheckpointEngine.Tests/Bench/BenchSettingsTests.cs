@@ -52,7 +52,7 @@ public sealed class BenchSettingsTests
         Assert.True(BenchSettings.TryParseMethods("p2p,broadcast", out var methods, out _));
         Assert.Equal(["p2p", "broadcast"], methods);
         Assert.False(BenchSettings.TryParseMethods("broadcast,nccl", out _, out var message));
-        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p, p2p-tcp, p2p-ucx, verify, tp-full, tp-sharded, registration, collective, quantize", message);
+        Assert.Equal("--method: 'nccl' is not one of broadcast, p2p, p2p-tcp, p2p-ucx, verify, tp-full, tp-sharded, p2p-join, registration, collective, quantize", message);
     }
 
     [Fact]
@@ -120,12 +120,14 @@ public sealed class BenchSettingsTests
         Assert.False(BenchSettings.IsP2P("broadcast", out _));
         Assert.Equal(Baseline.Tcp, Baseline.For(BenchSettings.P2PTcp));
         Assert.Equal(Baseline.Memcpy, Baseline.For(BenchSettings.P2PUcx));
+        Assert.True(BenchSettings.IsP2P(BenchSettings.P2PJoin, out transport) && transport is null); // A join reads as the ranks' store does.
+        Assert.Equal(Baseline.Tcp, Baseline.For(BenchSettings.P2PJoin));
     }
 
     [Theory]
     [InlineData("--ranks 1,0", "--ranks: '0' is not a rank count in [1, 64]")]
     [InlineData("--size 256MiB,10KB", "--size: '10KB' is not a size of at least 1MiB")]
-    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p, p2p-tcp, p2p-ucx, verify, tp-full, tp-sharded, registration, collective, quantize")]
+    [InlineData("--method broadcast,all", "--method: 'all' is not one of broadcast, p2p, p2p-tcp, p2p-ucx, verify, tp-full, tp-sharded, p2p-join, registration, collective, quantize")]
     [InlineData("--ranks 1 --method collective", "--method collective broadcasts from rank 0 to the others: give --ranks with a count of at least 2 (got --ranks 1)")]
     [InlineData("--bucket-size 0", "--bucket-size: '0' is not a size of at least 1MiB")]
     [InlineData("--repeat 0", "--repeat must be in [1, 100]")]

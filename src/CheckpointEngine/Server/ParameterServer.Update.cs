@@ -355,16 +355,16 @@ public sealed partial class ParameterServer
     }
 
     /// <summary>
-    /// The relay groups for this update's hosts and classes (null on one host): the world's are kept for later updates
-    /// while hosts and classes stay the same; a P2P update's are made for it alone.
-    /// </summary>
-    /// <summary>
     /// From how many hosts on a GPU update relays classes by default (see <see cref="UpdateOptions.ClassRelays"/>): the simulator's crossover
     /// for Kimi-K2 and DeepSeek-V3.1 on H20 nodes of 8 GPUs at tensor parallel 16 lies between 64 and 96 hosts (512 and 768 GPUs); below it, a
     /// whole-bucket broadcast ring is faster. Not yet measured on a GPU cluster.
     /// </summary>
     public const int GpuRelayHosts = 96;
 
+    /// <summary>
+    /// The relay groups for this update's hosts and classes (null on one host): the world's are kept for later updates
+    /// while hosts and classes stay the same; a P2P update's are made for it alone.
+    /// </summary>
     private async Task<RelayGroups?> RelaysFor(ICommunicator group, List<string> hostIds, int[] classOf, List<BucketStep> steps, List<long[]> classBytes,
         DeviceBuffer device, TimeSpan timeout, CancellationToken ct)
     {

@@ -34,9 +34,10 @@ public enum SimulatedDesign
     ShardAwarePipelined,
 
     /// <summary>
-    /// What-if, not built: <see cref="ShardAware"/> with several buckets in flight (<see cref="Scenario.InFlight"/>), the schedule
-    /// taking stagers node by node in turn so that buckets in flight leave through different nodes' NICs; a part buffer more
-    /// per GPU and bucket in flight beyond the first.
+    /// <see cref="ShardAware"/> with several buckets in flight (<see cref="Scenario.InFlight"/>), the schedule taking stagers node by node
+    /// in turn so that buckets in flight leave through different nodes' NICs; a part buffer more per GPU and bucket in flight beyond the
+    /// first. Built as an option (<c>UpdateOptions.BucketsInFlight</c>, <c>update --buckets-in-flight</c>; its slots are whole buckets,
+    /// not parts), off by default until measured on a GPU cluster.
     /// </summary>
     ShardAwareConcurrent,
 }

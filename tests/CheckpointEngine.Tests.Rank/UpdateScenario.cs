@@ -17,7 +17,7 @@ using CheckpointEngine.Server;
 /// Prints "update N ok BYTES SECONDS BUCKETS SLOTS", "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS",
 /// "declarations N BYTES_OF_WANTS_RECEIVED", "path N in-place|in-staging|staged BYTES_STAGED", "gathered N BYTES_GATHERED_INTO_SLOTS" and "link N sent|received PEER_HOST BYTES SECONDS"
 /// per peer host per update, "received N BYTES_INTO_THE_DEVICE SCATTERED_BUCKETS" (counted by NCCL groups), or "update N failed MESSAGE" and goes on.
-/// TEST_CLASS_RELAYS=on|off sets UpdateOptions.ClassRelays (unset: auto). With TEST_DEVICE=cuda the rank runs the CUDA backend (device LOCAL_RANK, NCCL; in tests the stand-ins). With TEST_TRACE_FILE, rank 0 writes each update's trace there
+/// TEST_CLASS_RELAYS=on|off sets UpdateOptions.ClassRelays (unset: auto), TEST_BUCKETS_IN_FLIGHT=N UpdateOptions.BucketsInFlight. With TEST_DEVICE=cuda the rank runs the CUDA backend (device LOCAL_RANK, NCCL; in tests the stand-ins). With TEST_TRACE_FILE, rank 0 writes each update's trace there
 /// (the update's number before the extension).
 /// </summary>
 internal static class UpdateScenario
@@ -35,7 +35,8 @@ internal static class UpdateScenario
         using var host = backend is null ? new HostDevice(world.Config.HostDeviceId, freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize) : null;
         await using var ps = new ParameterServer(world, backend?.Device ?? host!, group: backend?.Group);
         var relays = Environment.GetEnvironmentVariable("TEST_CLASS_RELAYS") switch { "on" => true, "off" => false, _ => (bool?)null };
-        var options = new UpdateOptions { Timeout = timeout, ClassRelays = relays };
+        var inFlight = int.Parse(Environment.GetEnvironmentVariable("TEST_BUCKETS_IN_FLIGHT") ?? "1", CultureInfo.InvariantCulture);
+        var options = new UpdateOptions { Timeout = timeout, ClassRelays = relays, BucketsInFlight = inFlight };
         for (var u = 1; u <= updates; u++)
         {
             using (var checkpoint = Checkpoint.Open(dir))
@@ -71,6 +72,8 @@ internal static class UpdateScenario
                 Console.WriteLine($"path {u} {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")} {report.BytesStaged}");
                 Console.WriteLine($"gathered {u} {report.BytesGathered}");
                 Console.WriteLine($"received {u} {report.BytesReceived} {report.ScatteredBuckets}");
+                // Buckets whose move began before the one before it had ended (several in flight).
+                Console.WriteLine($"overlap {u} {report.Buckets.Zip(report.Buckets.Skip(1)).Count(p => p.Second.BroadcastStart < p.First.BroadcastEnd)}");
                 foreach (var l in report.LinkTotals())
                 {
                     Console.WriteLine($"link {u} {(l.Sent ? "sent" : "received")} {l.PeerHost} {l.Bytes} {l.Busy.TotalSeconds:F6}");

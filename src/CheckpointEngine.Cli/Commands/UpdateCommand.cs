@@ -51,6 +51,12 @@ internal static class UpdateCommand
             DefaultValueFactory = _ => "auto",
         };
         relays.AcceptOnlyFromAmong("auto", "on", "off");
+        var inFlight = new Option<int>("--buckets-in-flight")
+        {
+            Description = "relayed buckets that may move at once (shard-aware updates across hosts; each beyond the first takes a broadcast buffer), 1 to 8",
+            DefaultValueFactory = _ => 1,
+        };
+        inFlight.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 8) r.AddError("--buckets-in-flight must be in [1, 8]"); });
         var device = DeviceOption.Create();
         var allowNoToken = AllowNoTokenOption.Create();
         var transport = P2PTransportOption.Create();
@@ -61,7 +67,7 @@ internal static class UpdateCommand
         trace.Validators.Add(ValidateTracePath);
         var command = new Command("update", "Register this rank's share of a checkpoint and update the inference engine (run on every rank).")
         {
-            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, engine, sleep, timeout, repeat, trace, device, quantize, verify, allowNoToken, transport, relays,
+            path, endpoint, groupSize, method, name, saveMetas, loadMetas, metasFrom, uds, engine, sleep, timeout, repeat, trace, device, quantize, verify, allowNoToken, transport, relays, inFlight,
         };
         command.Validators.Add(r =>
         {
@@ -87,7 +93,7 @@ internal static class UpdateCommand
             var fp8 = result.GetValue(quantize) is not null && result.GetValue(path) is { } p ? Fp8Quantization.ForCheckpoint(p) : null;
             var run = new Run(stdout, result.GetValue(name)!, TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), result.GetValue(repeat), result.GetValue(device), fp8,
                 result.GetValue(allowNoToken), result.GetValue(verify), result.GetValue(engine) switch { "vllm" => EngineApi.Vllm, "sglang" => EngineApi.Sglang, _ => null }, result.GetValue(transport),
-                Environment.GetEnvironmentVariable(ProgressLine.Variable) == "lines", result.GetValue(relays) switch { "on" => true, "off" => false, _ => null });
+                Environment.GetEnvironmentVariable(ProgressLine.Variable) == "lines", result.GetValue(relays) switch { "on" => true, "off" => false, _ => null }, result.GetValue(inFlight));
             return await run.ExecuteAsync(result.GetValue(path), result.GetValue(endpoint)!, result.GetValue(groupSize),
                 result.GetValue(path) is not null ? result.GetValue(method)! : "p2p", result.GetValue(saveMetas), result.GetValue(loadMetas), result.GetValue(metasFrom),
                 result.GetValue(uds), TimeSpan.FromSeconds(result.GetValue(sleep)), stop.Token).ConfigureAwait(false);
@@ -105,7 +111,7 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport, bool progressLines, bool? classRelays)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport, bool progressLines, bool? classRelays, int bucketsInFlight)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)
@@ -147,7 +153,7 @@ internal static class UpdateCommand
             var api = await WaitForEngineAsync(endpoint, uds, ct).ConfigureAwait(false);
             Phase($"wait for the engine ({(engineApi is null ? "detected " : "")}{api.ToString().ToLowerInvariant()})", clock);
             var trigger = EngineTrigger.Http(endpoint, groupSize, uds, api: api);
-            var options = new UpdateOptions { Timeout = timeout, Verify = verifying, ClassRelays = classRelays };
+            var options = new UpdateOptions { Timeout = timeout, Verify = verifying, ClassRelays = classRelays, BucketsInFlight = bucketsInFlight };
             var methods = method == "all" ? ["broadcast", "p2p"] : new[] { method };
             foreach (var m in methods)
             {

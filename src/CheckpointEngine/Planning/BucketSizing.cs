@@ -12,13 +12,16 @@ namespace CheckpointEngine.Planning;
 /// </summary>
 public sealed record BucketSizing(long BucketSize, int Slots)
 {
+    /// <summary>Buckets that may move at once (see <see cref="Server.UpdateOptions.BucketsInFlight"/>): each beyond the first has a broadcast buffer of its own.</summary>
+    public int InFlight { get; init; } = 1;
+
     public const double DefaultFraction = 0.9;
     public const long DefaultMaxBucketSize = 8L << 30;
 
     public long DeviceBytes => BucketSize * Slots;
 
     /// <summary>Buffers a received bucket lands in, in turn: two, or one when only two buffers fit.</summary>
-    public int BroadcastSlots => Slots >= 3 ? 2 : 1;
+    public int BroadcastSlots => InFlight > 1 ? InFlight + 1 : Slots >= 3 ? 2 : 1;
 
     /// <summary>Buffers this rank's own buckets are staged in ahead of their broadcast.</summary>
     public int StagingSlots => Slots - BroadcastSlots;
@@ -35,8 +38,10 @@ public sealed record BucketSizing(long BucketSize, int Slots)
     /// checkpoint does not claim gigabytes).
     /// </summary>
     /// <exception cref="CheckpointEngineException">The largest tensor does not fit twice in the usable memory.</exception>
+    /// <param name="inFlight">Buckets that may move at once: with more than one, <paramref name="inFlight"/> + 1 broadcast buffers and two
+    /// staging buffers; fewer in flight where the memory does not hold that many buffers of the largest tensor.</param>
     public static BucketSizing Plan(long freeBytes, long largestTensor, long largestOwnerBytes,
-        double fraction = DefaultFraction, long maxBucketSize = DefaultMaxBucketSize)
+        double fraction = DefaultFraction, long maxBucketSize = DefaultMaxBucketSize, int inFlight = 1)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(freeBytes);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(fraction);
@@ -47,10 +52,14 @@ public sealed record BucketSizing(long BucketSize, int Slots)
             throw new CheckpointEngineException(
                 $"not enough device memory: the largest tensor ({largestTensor} bytes) needs two buffers of {largest} bytes, but only {usable} of {freeBytes} free bytes are usable (fraction {fraction})");
         }
-        var slots = largest * 4 <= usable ? 4 : largest * 3 <= usable ? 3 : 2;
+        while (inFlight > 1 && largest * (inFlight + 3) > usable)
+        {
+            inFlight--;
+        }
+        var slots = inFlight > 1 ? inFlight + 3 : largest * 4 <= usable ? 4 : largest * 3 <= usable ? 3 : 2;
         var size = Math.Min(usable / slots, Math.Min(Math.Max(maxBucketSize, 1), Align(Math.Max(largestOwnerBytes, 1))));
         size = Math.Max(largest, size / 256 * 256);
-        return new BucketSizing(size, slots);
+        return new BucketSizing(size, slots) { InFlight = Math.Max(inFlight, 1) };
     }
 
 

@@ -13,7 +13,11 @@ internal static class BucketPump
 {
     /// <summary>A shard-aware update's parts between hosts: the groups, each bucket's relay (null: the plain way), and this member's proxy parts.</summary>
     /// <param name="Whole">Per class: its workers declared nothing, so its relay carries the whole bucket, from where it lies.</param>
-    public sealed record Relaying(RelayGroups Groups, ClassRelay?[] Routes, ProxyPart?[] Proxies, nint ProxyBuffer, IReadOnlyList<bool> Whole);
+    public sealed record Relaying(RelayGroups Groups, ClassRelay?[] Routes, ProxyPart?[] Proxies, nint ProxyBuffer, IReadOnlyList<bool> Whole)
+    {
+        /// <summary>Bytes between the proxy buffers of buckets in flight at once (bucket k's is k mod in-flight).</summary>
+        public long ProxyStride { get; init; }
+    }
 
     /// <summary>
     /// A shard-aware update on GPUs: each bucket is scattered from its stager, every member receiving only its part (see
@@ -130,10 +134,10 @@ internal static class BucketPump
         {
             if (parts is null)
             {
-                return g.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct);
+                return g.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, stop.Token);
             }
-            gathered += ReadsInPlace(k) ? parts[k].GatheredRuns.Sum(r => r.Length) : 0;
-            return g.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, root, ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, ct);
+            Interlocked.Add(ref gathered, ReadsInPlace(k) ? parts[k].GatheredRuns.Sum(r => r.Length) : 0);
+            return g.BroadcastPartAsync(Where(k), steps[k].Bucket.Size, root, ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Slot(k), timeout, stop.Token);
         }
 
         // Bucket k scattered among g's members (their ranks in the update's group: members), each receiving only its part: the whole bucket
@@ -141,11 +145,11 @@ internal static class BucketPump
         Task ScatterPart(ICommunicator g, int k, int root, int[] members, Func<int, bool> whole)
         {
             var runs = whole(group.Rank) || parts is null ? null : ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs;
-            gathered += runs is not null && ReadsInPlace(k) ? runs.Sum(r => r.Length) : 0;
+            Interlocked.Add(ref gathered, runs is not null && ReadsInPlace(k) ? runs.Sum(r => r.Length) : 0);
             var memberRuns = g.Rank == root && scatter!.ClassParts[k] is { } classParts
                 ? members.Select(m => whole(m) ? null : classParts[scatter.ClassOf[m]]?.Runs).ToList()
                 : null;
-            return g.ScatterPartsAsync(Where(k), steps[k].Bucket.Size, root, runs, memberRuns, Slot(k), timeout, ct);
+            return g.ScatterPartsAsync(Where(k), steps[k].Bucket.Size, root, runs, memberRuns, Slot(k), timeout, stop.Token);
         }
 
         // Across hosts: the members on the stager's host take their parts from it (a proxy takes the whole bucket and cuts the parts
@@ -155,6 +159,7 @@ internal static class BucketPump
         {
             var (me, groups) = (group.Rank, relay!.Groups);
             var proxy = relay.Proxies[k];
+            var proxyBuffer = relay.ProxyBuffer + (nint)(k % sizing.InFlight * relay.ProxyStride);
             if (route.Local.Contains(me))
             {
                 var local = groups.Local(route.Host);
@@ -170,29 +175,92 @@ internal static class BucketPump
                 }
                 else
                 {
-                    await local.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, ct).ConfigureAwait(false);
+                    await local.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, stop.Token).ConfigureAwait(false);
                 }
                 if (proxy is not null)
                 {
-                    await local.CopyRunsAsync(proxy.Runs, Where(k), relay.ProxyBuffer, timeout, ct).ConfigureAwait(false);
+                    await local.CopyRunsAsync(proxy.Runs, Where(k), proxyBuffer, timeout, stop.Token).ConfigureAwait(false);
                     if (parts is not null)
                     {
-                        await local.CopyRunsAsync(ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Where(k), Slot(k), timeout, ct).ConfigureAwait(false);
+                        await local.CopyRunsAsync(ReadsInPlace(k) ? parts[k].GatheredRuns : parts[k].Runs, Where(k), Slot(k), timeout, stop.Token).ConfigureAwait(false);
                     }
                 }
             }
             foreach (var (r, g) in groups.Relays(route.Host))
             {
-                var (address, size) = r.Proxy && r.Head == me ? (relay.ProxyBuffer + (nint)proxy!.Classes[r.Class].Offset, proxy.Classes[r.Class].Size)
+                var (address, size) = r.Proxy && r.Head == me ? (proxyBuffer + (nint)proxy!.Classes[r.Class].Offset, proxy.Classes[r.Class].Size)
                     : relay.Whole[r.Class] ? (Where(k), steps[k].Bucket.Size) // A class that declared nothing: the bucket, where it lies.
                     : (Slot(k), parts![k].Size);
-                await g.BroadcastAsync(address, size, 0, timeout, ct).ConfigureAwait(false);
+                await g.BroadcastAsync(address, size, 0, timeout, stop.Token).ConfigureAwait(false);
             }
         }
 
         // A bucket this rank could not copy to its device is still broadcast (its buffer holds stale bytes), so that
         // nobody waits for it; the failure is then reported in the next agreement, and every rank raises it.
         string? stagingFailure = null;
+
+        // Several buckets in flight (relayed ones only: their groups are their stager host's, never the update's group, whose collectives
+        // stay in loop order): bucket j moves ahead once its broadcast buffer is free, after the last bucket of the same stager host (the
+        // same groups, in the same order on every member), while the loop still waits for earlier buckets.
+        var moves = new Task?[steps.Count];
+        var lastOfHost = new Dictionary<int, Task>();
+        bool MovesAhead(int j) => sizing.InFlight > 1 && !agreeOnStaging && direct is null && relay?.Routes[j] is not null;
+        void MoveAhead(int j)
+        {
+            var host = relay!.Groups.HostOf[steps[j].Stager];
+            moves[j] = lastOfHost[host] = MoveAsync(lastOfHost.GetValueOrDefault(host) ?? Task.CompletedTask);
+
+            async Task MoveAsync(Task before)
+            {
+                await before.ConfigureAwait(false);
+                if ((staged.TryGetValue(j, out var stage) ? await stage.ConfigureAwait(false) : null) is { } failure)
+                {
+                    Interlocked.CompareExchange(ref stagingFailure, $"copying bucket {j} to its device failed: {failure}", null);
+                }
+                times[j].BroadcastStart = clock.Elapsed;
+                await RelayAsync(j, relay.Routes[j]!).ConfigureAwait(false);
+                times[j].BroadcastEnd = clock.Elapsed;
+            }
+        }
+
+        // Bucket k from its stager to every member, in loop order: once staged (P2P: agreed on, so no one waits for a broadcast that will
+        // not come), read in place, relayed, scattered or broadcast.
+        async Task MoveInOrderAsync(int k)
+        {
+            var failure = staged.TryGetValue(k, out var stage) ? await stage.ConfigureAwait(false) : null;
+            if (agreeOnStaging || direct is { Staged: true })
+            {
+                // Also when workers read the stager's buffer in place: nobody loads bucket k before it is there.
+                await Agreement.AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
+            }
+            else if (failure is not null)
+            {
+                stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
+            }
+            times[k].BroadcastStart = clock.Elapsed;
+            if (direct is not null)
+            {
+                if (!direct.Staged && parts?[k].GatheredRuns is { Count: > 0 } runs)
+                {
+                    var (bucket, slot) = (steps[k].Bucket, Slot(k));
+                    Interlocked.Add(ref gathered, runs.Sum(r => r.Length));
+                    await Task.Run(() => direct.Gather(bucket, runs, slot), ct).ConfigureAwait(false);
+                }
+            }
+            else if (relay?.Routes[k] is { } route)
+            {
+                await RelayAsync(k, route).ConfigureAwait(false);
+            }
+            else if (scatter is { OneHost: true })
+            {
+                await ScatterPart(group, k, steps[k].Stager, [.. Enumerable.Range(0, group.Size)], _ => false).ConfigureAwait(false);
+            }
+            else
+            {
+                await BroadcastPart(group, k, steps[k].Stager).ConfigureAwait(false);
+            }
+            times[k].BroadcastEnd = clock.Elapsed;
+        }
 
         async Task AgreeReloadAsync(Task<string?> reload, int k)
         {
@@ -218,40 +286,16 @@ internal static class BucketPump
                     await AgreeReloadAsync(reload, k - 1).ConfigureAwait(false);
                     reload = null;
                 }
-                var failure = staged.TryGetValue(k, out var stage) ? await stage.ConfigureAwait(false) : null;
-                if (agreeOnStaging || direct is { Staged: true })
+                // Buckets k .. k + InFlight - 1 may move now: the reloads up to k - 2 are agreed, so their buffers (of InFlight + 1) are free.
+                // A bucket that moves in loop order (not relayed) is a barrier: nothing after it moves ahead of it.
+                for (var j = k; j < Math.Min(steps.Count, k + sizing.InFlight) && (moves[j] is not null || MovesAhead(j)); j++)
                 {
-                    // Also when workers read the stager's buffer in place: nobody loads bucket k before it is there.
-                    // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
-                    await Agreement.AgreeAsync(group, failure, $"reading bucket {k} from rank {steps[k].Bucket.Owner} of the owners", timeout, ct).ConfigureAwait(false);
-                }
-                else if (failure is not null)
-                {
-                    stagingFailure ??= $"copying bucket {k} to its device failed: {failure}";
-                }
-                times[k].BroadcastStart = clock.Elapsed;
-                if (direct is not null)
-                {
-                    if (!direct.Staged && parts?[k].GatheredRuns is { Count: > 0 } runs)
+                    if (moves[j] is null)
                     {
-                        var (bucket, slot) = (steps[k].Bucket, Slot(k));
-                        gathered += runs.Sum(r => r.Length);
-                        await Task.Run(() => direct.Gather(bucket, runs, slot), ct).ConfigureAwait(false);
+                        MoveAhead(j);
                     }
                 }
-                else if (relay?.Routes[k] is { } route)
-                {
-                    await RelayAsync(k, route).ConfigureAwait(false);
-                }
-                else if (scatter is { OneHost: true })
-                {
-                    await ScatterPart(group, k, steps[k].Stager, [.. Enumerable.Range(0, group.Size)], _ => false).ConfigureAwait(false);
-                }
-                else
-                {
-                    await BroadcastPart(group, k, steps[k].Stager).ConfigureAwait(false);
-                }
-                times[k].BroadcastEnd = clock.Elapsed;
+                await (moves[k] ?? MoveInOrderAsync(k)).ConfigureAwait(false);
                 Task? agreeing = null;
                 if (reload is not null)
                 {
@@ -290,6 +334,7 @@ internal static class BucketPump
             // A failed update leaves staging copies waiting for buffers that will not be freed: stop them.
             await stop.CancelAsync().ConfigureAwait(false);
             await Task.WhenAll(staged.Values).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            await Task.WhenAll(moves.OfType<Task>()).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false); // Cut off with the groups.
         }
         return (steps.Select((s, k) => times[k].Timing(k, s.Bucket)).ToList(), gathered);
     }

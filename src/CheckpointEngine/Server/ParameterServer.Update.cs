@@ -34,6 +34,10 @@ public sealed partial class ParameterServer
         UpdateOptions? options = null, CancellationToken ct = default)
     {
         options ??= new UpdateOptions();
+        if (options.BucketsInFlight is < 1 or > 8)
+        {
+            throw new ArgumentException($"BucketsInFlight {options.BucketsInFlight} is outside [1, 8]", nameof(options));
+        }
         if (mode.Method == UpdateMethod.P2P && (mode.Ranks.IsEmpty || mode.Ranks.Distinct().Count() != mode.Ranks.Length || mode.Ranks.Any(r => r < 0 || r >= World.Size)))
         {
             throw new ArgumentException($"ranks [{string.Join(", ", mode.Ranks)}] must be distinct ranks of this world (size {World.Size})", nameof(mode));
@@ -144,7 +148,8 @@ public sealed partial class ParameterServer
 
         // Bucket size from the smallest free device memory over the members.
         var free = (await group.AllReduceAsync([Device.FreeMemory], ReduceOp.Min, timeout, ct).ConfigureAwait(false))[0];
-        var sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize ?? World.Config.MaxBucketSize);
+        var sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize ?? World.Config.MaxBucketSize,
+            options.BucketsInFlight);
         var device = DeviceBufferFor(sizing, group);
 
         // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
@@ -155,6 +160,11 @@ public sealed partial class ParameterServer
             .Select((b, r) => UpdateMember.Parse(b, group.Members[r]))
             .ToList();
         var steps = plan(sizing, members.Select(m => m.NetDevice).ToList());
+        if (sizing.InFlight > 1)
+        {
+            // Buckets that move at once leave through different hosts: the stagers' buckets taken host by host, each host's in their order.
+            steps = ByHostInTurn(steps, [.. members.Select(m => m.HostId)]);
+        }
         var direct = DirectFor(name, mode, members, metas) ?? StagedFor(members, steps, sizing);
         _deviceFaulted |= direct is not { Staged: false }; // A staged update touches them.
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -211,8 +221,8 @@ public sealed partial class ParameterServer
             if (relay is not null)
             {
                 var routes = relay.Routes(steps, classBytes);
-                var (proxies, proxyBuffer) = relay.ProxyParts(steps, routes, [.. classes.Select(c => c.Wants)]);
-                relaying = new BucketPump.Relaying(relay, routes, proxies, proxyBuffer, [.. classes.Select(c => c.Wants is null)]);
+                var (proxies, proxyBuffer, proxyStride) = relay.ProxyParts(steps, routes, [.. classes.Select(c => c.Wants)], sizing.InFlight);
+                relaying = new BucketPump.Relaying(relay, routes, proxies, proxyBuffer, [.. classes.Select(c => c.Wants is null)]) { ProxyStride = proxyStride };
             }
             // On GPUs a declared update scatters each bucket from its stager among the members of its host (all of them, or a relay's local
             // step): every member's NVLink ingress is its part, not the bucket. Between hosts a bucket goes the plain way (one broadcast ring,
@@ -252,6 +262,9 @@ public sealed partial class ParameterServer
             {
                 await worker.AbortAsync(e.Message).ConfigureAwait(false);
             }
+            // Relays cut off mid-way (several buckets in flight, or an aborted communicator) leave their groups out of step: the next update makes new ones.
+            _relay?.Dispose();
+            _relay = null;
             await triggerCts.CancelAsync().ConfigureAwait(false);
             throw e as UpdateFailedException ?? new UpdateFailedException($"update of '{name}' failed on rank {Rank}: {e.Message}", e);
         }
@@ -352,6 +365,16 @@ public sealed partial class ParameterServer
         var firsts = digests.Where((d, r) => digests.IndexOf(d) == r).ToList();
         _knownWants = firsts.Where(d => d.Length > 0).ToDictionary(d => d, d => known[d], StringComparer.Ordinal); // This update's classes only.
         return ([.. firsts.Select(d => (d, d.Length == 0 ? null : known[d]))], [.. digests.Select(d => firsts.IndexOf(d))], listBytes);
+    }
+
+    /// <summary>
+    /// <paramref name="steps"/> reordered so that consecutive buckets come from stagers on different hosts where it can be: the first of each
+    /// host's buckets (hosts in order of their first bucket), then the second of each, and so on; each host's buckets keep their order.
+    /// </summary>
+    internal static List<BucketStep> ByHostInTurn(List<BucketStep> steps, string[] hostOf)
+    {
+        var byHost = steps.GroupBy(s => hostOf[s.Stager], StringComparer.Ordinal).Select(g => g.ToList()).ToList();
+        return [.. Enumerable.Range(0, byHost.Count == 0 ? 0 : byHost.Max(h => h.Count)).SelectMany(i => byHost.Where(h => i < h.Count).Select(h => h[i]))];
     }
 
     /// <summary>

@@ -20,6 +20,7 @@ internal sealed class RelayGroups : IDisposable
     private readonly DeviceBuffer _shared;
     private readonly IDevice _device;
     private DeviceBuffer? _proxyBuffer;
+    private long _proxyStride;
     private (List<H2DBucket> Buckets, ProxyPart?[] Parts)? _proxyPlan;
 
     private RelayGroups(string key, int[] hostOf, int member, DeviceBuffer shared, IDevice device)
@@ -95,23 +96,24 @@ internal sealed class RelayGroups : IDisposable
 
     /// <summary>
     /// The parts this member relays as a proxy, per bucket (null where none), packed one class after another, and where they lie:
-    /// planned once per bucket layout, with a buffer as large as the largest.
+    /// planned once per bucket layout, with <paramref name="copies"/> buffers as large as the largest (one per bucket in flight), the
+    /// first at Buffer and each <c>Stride</c> bytes after the one before.
     /// </summary>
-    public (ProxyPart?[] Parts, nint Buffer) ProxyParts(List<BucketStep> steps, ClassRelay?[] routes, IReadOnlyList<WorkerWants?> classes)
+    public (ProxyPart?[] Parts, nint Buffer, long Stride) ProxyParts(List<BucketStep> steps, ClassRelay?[] routes, IReadOnlyList<WorkerWants?> classes, int copies = 1)
     {
         if (_proxyPlan is not { } plan || !ParameterServer.SameLayout(plan.Buckets, steps))
         {
             var parts = steps.Select((s, k) => routes[k]?.ProxiedBy(Member).ToList() is { Count: > 0 } proxied ? ProxyPart.Of(s.Bucket, proxied, classes) : null).ToArray();
             plan = (steps.Select(s => s.Bucket).ToList(), parts);
             _proxyPlan = plan;
-            var size = parts.Max(p => p?.Size ?? 0);
-            if (size > (_proxyBuffer?.Size ?? 0))
-            {
-                _proxyBuffer?.Dispose();
-                _proxyBuffer = _device.AllocateShared(size);
-            }
+            _proxyStride = BucketSizing.Align(parts.Max(p => p?.Size ?? 0));
         }
-        return (plan.Parts, _proxyBuffer?.Address ?? 0);
+        if (_proxyStride * copies > (_proxyBuffer?.Size ?? 0))
+        {
+            _proxyBuffer?.Dispose();
+            _proxyBuffer = _device.AllocateShared(_proxyStride * copies);
+        }
+        return (plan.Parts, _proxyBuffer?.Address ?? 0, _proxyStride);
     }
 
     public long NetworkBytesReceived => Groups.Sum(g => g.NetworkBytesReceived);

@@ -46,7 +46,11 @@ public sealed class FakeGpuShardAwareTests : IDisposable
 
     /// <summary>The ranks on the stand-ins, rank r on GPU r; with two hosts, instance g's ranks on host g.</summary>
     /// <param name="relays">UpdateOptions.ClassRelays: "on" (the tests' default, for the relays to run at two hosts), "off", or "auto" (on GPUs, from <c>ParameterServer.GpuRelayHosts</c> hosts).</param>
-    private Task<RankCluster.Result[]> RunRanks(int tp, int instances, int hosts, string dir, string[] urls, int updates, string timeoutS = "30", string relays = "on", params string[] extra) =>
+    private Task<RankCluster.Result[]> RunRanks(int tp, int instances, int hosts, string dir, string[] urls, int updates, string timeoutS = "30", string relays = "on",
+        params string[] extra) => RunRanks(tp, instances, hosts, dir, urls, updates, 1, timeoutS, relays, extra);
+
+    private Task<RankCluster.Result[]> RunRanks(int tp, int instances, int hosts, string dir, string[] urls, int updates, int inFlight, string timeoutS, string relays,
+        params string[] extra) =>
         RankCluster.RunAsync(tp * instances, ["update", dir, string.Join(',', urls), tp.ToString(CultureInfo.InvariantCulture), updates.ToString(CultureInfo.InvariantCulture), .. extra], r =>
         {
             var env = new Dictionary<string, string>(_env)
@@ -56,6 +60,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
                 ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625", // 1 MiB: many buckets from every stager.
                 ["TEST_TIMEOUT_S"] = timeoutS,
                 ["TEST_CLASS_RELAYS"] = relays,
+                ["TEST_BUCKETS_IN_FLIGHT"] = inFlight.ToString(CultureInfo.InvariantCulture),
             };
             if (hosts > 1)
             {
@@ -131,6 +136,30 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     }
 
     /// <summary>
+    /// Three buckets in flight on GPUs (TP 4 over two instances on two hosts, relays on): the relays of buckets from the two hosts' stagers
+    /// overlap, each over its host's groups; every shard still holds exactly its slices, twice in a row (the groups are kept), and nothing
+    /// is left behind.
+    /// </summary>
+    [Fact]
+    public async Task Update_ShardAwareOnCuda_BucketsInFlight_EachShardHoldsItsSlices()
+    {
+        var dir = ReferenceWorkers.WriteLayers(_dir);
+        var urls = await StartWorkers(4, 2, false);
+        var results = await RunRanks(4, 2, 2, dir, urls, 3, 3, "30", "on");
+        foreach (var r in results)
+        {
+            Assert.True(r.ExitCode == 0, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
+            Assert.StartsWith("update 3 ok", r.Line("update 3 "));
+            Assert.True(Field(r, "network 3 ", 3) > 1, r.Line("network 3 ")); // Several buckets relayed.
+        }
+        // Buckets moved at once: on some rank a bucket's relay began before the one before it had ended.
+        Assert.Contains(results, r => Field(r, "overlap 2 ", 2) + Field(r, "overlap 3 ", 2) > 0);
+        Assert.All(results, r => Assert.Equal(0, Field(r, "overlap 1 ", 2))); // Nothing declared: one bucket at a time, broadcast whole.
+        await ReferenceWorkers.AssertSlicesAssembleAsync(dir, urls);
+        Assert.Empty(FakeGpu.Leftovers().Except(_before));
+    }
+
+    /// <summary>
     /// By default GPUs relay classes only from <c>ParameterServer.GpuRelayHosts</c> hosts: at two hosts, TP 2 over two instances, no
     /// bucket is relayed or scattered (a scatter to every member would send each remote class its part apart); each bucket is broadcast whole
     /// and cut on the device, as before the scatter, and every shard still holds exactly its slices.
@@ -157,12 +186,14 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     /// A worker failing at a bucket of a scattered and relayed update (two hosts, TP 2) fails every rank with its message, without
     /// waiting for a deadline; the next updates work (the third declares nothing again, the fourth scatters and relays).
     /// </summary>
-    [Fact]
-    public async Task Update_ShardAwareOnCuda_WorkerFails_EveryRankRaisesIt_NextUpdatesWork()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public async Task Update_ShardAwareOnCuda_WorkerFails_EveryRankRaisesIt_NextUpdatesWork(int inFlight)
     {
         var dir = ReferenceWorkers.WriteLayers(_dir);
         var urls = await StartWorkers(2, 2, false, "--fail-at-bucket", "1", "--fail-at-update", "2");
-        var results = await RunRanks(2, 2, 2, dir, urls, updates: 4, timeoutS: "600");
+        var results = await RunRanks(2, 2, 2, dir, urls, 4, inFlight, "600", "on");
         foreach (var r in results)
         {
             Assert.True(r.ExitCode == 0, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
@@ -180,12 +211,14 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     /// A rank killed in a scattered and relayed update (two hosts, TP 2; rank 1 dies in the second update): the survivors, waiting in NCCL
     /// sends, receives or broadcasts, fail without waiting for their deadline (600 s, beyond the test's), their communicators aborted.
     /// </summary>
-    [Fact]
-    public async Task Update_ShardAwareOnCuda_RankKilledMidUpdate_SurvivorsFailWithoutWaitingForTheDeadline()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public async Task Update_ShardAwareOnCuda_RankKilledMidUpdate_SurvivorsFailWithoutWaitingForTheDeadline(int inFlight)
     {
         var dir = ReferenceWorkers.WriteLayers(_dir, layers: 24);
         var urls = await StartWorkers(2, 2, false, "--reload-delay-ms", "100");
-        var results = await RunRanks(2, 2, 2, dir, urls, 2, "600", "on", "kill-at-bucket", "1", "2", "2");
+        var results = await RunRanks(2, 2, 2, dir, urls, 2, inFlight, "600", "on", "kill-at-bucket", "1", "2", "2");
         Assert.Equal(137, results[1].ExitCode);
         foreach (var r in results.Where(r => r.Rank != 1))
         {

@@ -233,12 +233,13 @@ public sealed class UpdateEndToEndTests : IDisposable
     /// a head on the stager's host over its own group, so each rank's network ingress is its part, not the whole bucket through its
     /// host's leader. TP 2, an instance on each host: a host takes in no more than before. TP 4, one instance spanning both hosts:
     /// the classes of the other host have proxies on the stager's, and each host takes in only its classes' parts, about half.
-    /// Every shard holds exactly its slices.
+    /// Every shard holds exactly its slices; the same with three buckets in flight (relays of buckets from the two hosts' stagers at once).
     /// </summary>
     [Theory]
-    [InlineData(2)]
-    [InlineData(4)]
-    public async Task Update_ShardAwareAcrossHosts_ClassesRelayTheirParts(int tp)
+    [InlineData(2, 1)]
+    [InlineData(4, 1)]
+    [InlineData(4, 3)]
+    public async Task Update_ShardAwareAcrossHosts_ClassesRelayTheirParts(int tp, int inFlight)
     {
         var dir = WriteLayers();
         var urls = await StartWorkers(4, tp, "--shard-by-tp");
@@ -249,6 +250,7 @@ public sealed class UpdateEndToEndTests : IDisposable
                 ["CKPT_ENGINE_HOST_ID"] = $"e2e-{_id}-host{r / 2}",
                 ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625",
                 ["TEST_TIMEOUT_S"] = "30",
+                ["TEST_BUCKETS_IN_FLIGHT"] = inFlight.ToString(System.Globalization.CultureInfo.InvariantCulture),
             });
         AssertAllOk(results, 2);
         Assert.All(results, r => Assert.StartsWith("path 2 staged ", r.Line("path 2 "))); // Two hosts: staged and broadcast as before.
@@ -268,6 +270,9 @@ public sealed class UpdateEndToEndTests : IDisposable
             var most = tp == 2 ? before : before * 3 / 4;
             Assert.True(after <= most, $"host of ranks {host}, {host + 1}: {results[host].Line("network 2")} / {results[host + 1].Line("network 2")} against {results[host].Line("network 1")}");
         }
+        // With several in flight, some rank's relays of two buckets overlapped; with one, never.
+        Assert.True(inFlight > 1 == results.Any(r => int.Parse(r.Line("overlap 2 ").Split(' ')[2], System.Globalization.CultureInfo.InvariantCulture) > 0),
+            string.Join("\n", results.Select(r => r.Line("overlap 2 "))));
         await AssertSlicesAssemble(dir, urls);
     }
 

@@ -18,6 +18,28 @@ public class BucketSizingTests
         Assert.Equal([16 * GiB, 24 * GiB, 16 * GiB], new[] { s.StagingOffset(0), s.StagingOffset(1), s.StagingOffset(2) });
     }
 
+    /// <summary>Three buckets in flight: a broadcast buffer each and one for the reload, two staging buffers, in the same memory (smaller buckets).</summary>
+    [Fact]
+    public void Plan_ThreeInFlight_FourBroadcastAndTwoStagingBuffers()
+    {
+        var s = BucketSizing.Plan(70 * GiB, 1 << 20, 500 * GiB, fraction: 1.0, maxBucketSize: 64 * GiB, inFlight: 3);
+        Assert.Equal((6, 3), (s.Slots, s.InFlight));
+        Assert.Equal((4, 2), (s.BroadcastSlots, s.StagingSlots));
+        Assert.Equal(70 * GiB / 6 / 256 * 256, s.BucketSize);
+        Assert.Equal([0, 3 * s.BucketSize, 0], new[] { s.BroadcastOffset(0), s.BroadcastOffset(3), s.BroadcastOffset(4) });
+        Assert.Equal(4 * s.BucketSize, s.StagingOffset(2));
+    }
+
+    /// <summary>Too little memory for that many buffers of the largest tensor: fewer in flight, down to one (the usual four buffers).</summary>
+    [Fact]
+    public void Plan_InFlightBeyondTheMemory_FewerInFlight()
+    {
+        var five = BucketSizing.Plan(10 * GiB, 2 * GiB, 500 * GiB, fraction: 1.0, inFlight: 3);
+        Assert.Equal((5, 2, 3), (five.Slots, five.InFlight, five.BroadcastSlots));
+        var one = BucketSizing.Plan(9 * GiB, 2 * GiB, 500 * GiB, fraction: 1.0, inFlight: 3);
+        Assert.Equal((4, 1, 2), (one.Slots, one.InFlight, one.BroadcastSlots));
+    }
+
     [Fact]
     public void Plan_LargestTensorOverAQuarter_ThreeBuffersWithOneForStaging()
     {

@@ -308,7 +308,7 @@ public sealed partial class ApiServer
         }
         var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds, request.EngineUid, request.Engine);
         // Failures are recorded by the parameter server's telemetry and logged with their message as the request's 500.
-        var report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify, P2PTransport = request.P2PTransport, ClassRelays = request.ClassRelays }, _stopping.Token).ConfigureAwait(false);
+        var report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify, P2PTransport = request.P2PTransport, ClassRelays = request.ClassRelays, BucketsInFlight = request.BucketsInFlight }, _stopping.Token).ConfigureAwait(false);
         if (takesPart)
         {
             _log.LogInformation("updated '{Checkpoint}': {Bytes} bytes in {Buckets} bucket(s), {Seconds:0.000} s", name, report.BytesDelivered, report.Buckets.Count, report.Duration.TotalSeconds);

@@ -13,7 +13,7 @@ namespace CheckpointEngine.Hosting.Api;
 public sealed partial class ApiServer
 {
     private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...], \"quantize\": null}";
-    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null, \"engine\": \"vllm\", \"class_relays\": null}";
+    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null, \"engine\": \"vllm\", \"class_relays\": null, \"buckets_in_flight\": 1}";
     private const string GatherExample = "{\"timeout\": 300} (or no body)";
     private const double DefaultTimeoutSeconds = 300;
     private const double MaxTimeoutSeconds = 7 * 24 * 3600;
@@ -28,6 +28,9 @@ public sealed partial class ApiServer
 
         /// <summary>Whether a shard-aware update relays classes between hosts ("class_relays", see <see cref="UpdateOptions.ClassRelays"/>); null: auto.</summary>
         public bool? ClassRelays { get; init; }
+
+        /// <summary>Relayed buckets that may move at once ("buckets_in_flight", see <see cref="UpdateOptions.BucketsInFlight"/>).</summary>
+        public int BucketsInFlight { get; init; } = 1;
     }
 
     /// <summary>The body as JSON; null when it is empty and <paramref name="required"/> is false.</summary>
@@ -159,7 +162,7 @@ public sealed partial class ApiServer
 
     private UpdateRequest ParseUpdate(JsonElement root)
     {
-        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify", "p2p_transport", "engine", "class_relays");
+        OnlyFields(root, UpdateExample, "ranks", "update_url", "inference_group_ranks", "timeout", "uds", "verify", "p2p_transport", "engine", "class_relays", "buckets_in_flight");
         P2PTransport? transport = null;
         if (root.TryGetProperty("p2p_transport", out var pt) && pt.ValueKind != JsonValueKind.Null)
         {
@@ -176,6 +179,13 @@ public sealed partial class ApiServer
         if (root.TryGetProperty("class_relays", out var cr) && cr.ValueKind != JsonValueKind.Null)
         {
             relays = cr.ValueKind is JsonValueKind.True or JsonValueKind.False ? cr.GetBoolean() : throw Bad($"\"class_relays\" must be true, false or null (auto), not {cr.GetRawText()}");
+        }
+        var inFlight = 1;
+        if (root.TryGetProperty("buckets_in_flight", out var bf) && bf.ValueKind != JsonValueKind.Null)
+        {
+            inFlight = bf.ValueKind == JsonValueKind.Number && bf.TryGetInt32(out var n) && n is >= 1 and <= 8
+                ? n
+                : throw Bad($"\"buckets_in_flight\" must be a whole number from 1 to 8, not {bf.GetRawText()}");
         }
         string? url = null;
         if (root.TryGetProperty("update_url", out var u) && u.ValueKind != JsonValueKind.Null)
@@ -211,7 +221,7 @@ public sealed partial class ApiServer
             throw Bad($"\"update_url\": {host} is not a loopback address, and the update would send this rank's worker sockets there; " +
                 $"to allow it, start serve with --allow-engine-host {host} (or {RankConfig.AllowEngineHostsVariable})");
         }
-        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify, Engine(root)) { P2PTransport = transport, ClassRelays = relays };
+        return new UpdateRequest(Ranks(root, "ranks"), url, Ranks(root, "inference_group_ranks"), Timeout(root), uds, engineUid, verify, Engine(root)) { P2PTransport = transport, ClassRelays = relays, BucketsInFlight = inFlight };
     }
 
     /// <summary>A list of distinct ranks of this world; absent or null is empty.</summary>

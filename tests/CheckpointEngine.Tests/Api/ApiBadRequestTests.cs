@@ -67,6 +67,8 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
         { "POST", Update, "{\"verify\": \"yes\"}", 400, "\"verify\" must be true or false, not \"yes\"" },
         { "POST", Update, "{\"verify\": 1}", 400, "\"verify\" must be true or false, not 1" },
         { "POST", Update, "{\"class_relays\": \"auto\"}", 400, "\"class_relays\" must be true, false or null (auto), not \"auto\"" },
+        { "POST", Update, "{\"buckets_in_flight\": 9}", 400, "\"buckets_in_flight\" must be a whole number from 1 to 8, not 9" },
+        { "POST", Update, "{\"buckets_in_flight\": 1.5}", 400, "\"buckets_in_flight\" must be a whole number from 1 to 8, not 1.5" },
         { "POST", Update, "{\"p2p_transport\": \"rdma\"}", 400, "\"p2p_transport\" must be \"tcp\", \"ucx\", \"auto\" or null, not \"rdma\"" },
         { "POST", Update, "{\"engine\": \"auto\"}", 400, "\"engine\" must be \"vllm\" (/collective_rpc) or \"sglang\" (/update_weights_from_ipc), not \"auto\"" },
         { "POST", Update, "{\"engine\": \"SGLang\"}", 400, "\"engine\" must be \"vllm\" (/collective_rpc) or \"sglang\" (/update_weights_from_ipc), not \"SGLang\"" },

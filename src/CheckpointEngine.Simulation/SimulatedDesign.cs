@@ -36,8 +36,8 @@ public enum SimulatedDesign
     /// <summary>
     /// <see cref="ShardAware"/> with several buckets in flight (<see cref="Scenario.InFlight"/>), the schedule taking stagers node by node
     /// in turn so that buckets in flight leave through different nodes' NICs; a part buffer more per GPU and bucket in flight beyond the
-    /// first. Built as an option (<c>UpdateOptions.BucketsInFlight</c>, <c>update --buckets-in-flight</c>; its slots are whole buckets,
-    /// not parts), off by default until measured on a GPU cluster.
+    /// first. Built as an option (<c>UpdateOptions.BucketsInFlight</c>, <c>update --buckets-in-flight</c>), off by default until measured
+    /// on a GPU cluster; buckets are sized as it sizes them (in-flight + 3 buffers in the same memory).
     /// </summary>
     ShardAwareConcurrent,
 }

@@ -47,10 +47,11 @@ public sealed class SimulationPlan
     public int Window => Scenario.Window;
 
     /// <summary>
-    /// Device memory per GPU that a window beyond one bucket adds to the buffers sized for the loop: a buffer per bucket
-    /// in flight beyond the first for the most that GPU holds of one (its part and those it proxies, or the bucket).
+    /// Device memory per GPU that a window beyond one bucket adds to the buffers sized for the loop: for the pipelined what-if a
+    /// buffer per bucket in flight beyond the first for the most that GPU holds of one (its part and those it proxies, or the
+    /// bucket); none for several in flight, which is sized as built: the same memory in more buffers of smaller buckets.
     /// </summary>
-    public long ExtraMemory => (Window - 1) * (Routes?.Max(r => r.HeldPart) ?? BucketSize);
+    public long ExtraMemory => Scenario.Design == SimulatedDesign.ShardAwareConcurrent ? 0 : (Window - 1) * (Routes?.Max(r => r.HeldPart) ?? BucketSize);
 
     public int GroupRanks => Scenario.GroupRanks;
 
@@ -67,7 +68,8 @@ public sealed class SimulationPlan
         var original = s.Design == SimulatedDesign.Original;
         var (size, slots) = original
             ? OriginalSizing(s.Free, metas.LargestTensor, s.MaxBucketSize)
-            : BucketSizing.Plan(s.Free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), maxBucketSize: s.MaxBucketSize) is var b ? (b.BucketSize, b.Slots) : default;
+            : BucketSizing.Plan(s.Free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), maxBucketSize: s.MaxBucketSize,
+                inFlight: s.Design == SimulatedDesign.ShardAwareConcurrent ? s.Window : 1) is var b ? (b.BucketSize, b.Slots) : default;
         var perOwner = metas.Ranks.Select(r => BucketPlanner.Cut(r, size)).ToList();
 
         List<(H2DBucket Bucket, int Stager, int Step)> order;

@@ -141,7 +141,8 @@ internal static class SimulateCommand
             return "";
         }
         var kinds = Enum.GetValues<RouteKind>().Select(k => $"{p.Routes.Count(r => r.Kind == k)} {Kebab(k.ToString())}");
-        var window = p.Window > 1 ? $"; {p.Window} buckets in flight: {ByteSize.Format(p.ExtraMemory)} more device memory per GPU" : "";
+        var window = p.Window <= 1 ? "" : p.ExtraMemory > 0 ? $"; {p.Window} buckets in flight: {ByteSize.Format(p.ExtraMemory)} more device memory per GPU"
+            : $"; {p.Window} buckets in flight, in {p.Slots} buffers of {ByteSize.Format(p.BucketSize)}";
         return $"\n  routes: {string.Join(", ", kinds)}{window}";
     }
 

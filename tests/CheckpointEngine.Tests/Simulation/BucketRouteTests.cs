@@ -76,7 +76,7 @@ public sealed class BucketRouteTests
     }
 
     [Fact]
-    public void Concurrent_TakesStagersNodeByNode_AndPaysABufferPerExtraBucketInFlight()
+    public void Concurrent_TakesStagersNodeByNode_InTheSameMemory()
     {
         var built = Plan(32, 16);
         var concurrent = Plan(32, 16, SimulatedDesign.ShardAwareConcurrent, inFlight: 3);
@@ -84,7 +84,8 @@ public sealed class BucketRouteTests
         var nodes = concurrent.Buckets.Select(b => ClusterPresets.H20.NodeOf(b.Stager)).ToList();
         Assert.True(nodes.Zip(nodes.Skip(1)).Count(p => p.First == p.Second) < nodes.Count / 4, "consecutive buckets should mostly leave through different nodes");
         Assert.Equal(0, built.ExtraMemory);
-        Assert.Equal(2 * concurrent.Routes!.Max(r => r.HeldPart), concurrent.ExtraMemory);
+        Assert.Equal(0, concurrent.ExtraMemory); // As built: the same memory, split into more buffers where it holds them.
+        Assert.True(concurrent.Slots >= built.Slots);
         Assert.Equal(concurrent.Routes!.Max(r => r.HeldPart), Plan(32, 16, SimulatedDesign.ShardAwarePipelined).ExtraMemory);
     }
 

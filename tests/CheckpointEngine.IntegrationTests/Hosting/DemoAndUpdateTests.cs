@@ -136,8 +136,8 @@ public sealed class DemoAndUpdateTests : IDisposable
 
     /// <summary>
     /// Stopping a fleet that serves P2P reads after its update (SIGTERM to the launcher, as an operator or a scheduler would): the ranks
-    /// say they stopped while serving and leave through their disposals, so none of the shared-memory segments they made is left behind
-    /// for the next start's sweep (a segment whose creator is gone is one nobody holds a lock on).
+    /// say they stopped while serving and leave through their disposals, so none of the shared-memory segments they had mapped (read
+    /// from their /proc maps while they served) is left behind for the next start's sweep.
     /// </summary>
     [Fact]
     public async Task LaunchUpdate_SigtermWhileServing_RanksStopCleanly_NoSegmentLeft()
@@ -145,10 +145,13 @@ public sealed class DemoAndUpdateTests : IDisposable
         var ckpt = Path.Combine(_dir, "ckpt");
         SampleCheckpoint.Write(ckpt, 2 << 20, shards: 2, layers: 2);
         var worker = await StartWorker("stop");
-        var before = Segments();
+        var segments = new List<string>();
         var result = await CkptEngineScript.RunAsync(Devices("stop"), async launcher =>
         {
             await AssertHoldsWithin(ckpt, worker, TimeSpan.FromSeconds(60)); // The update is done: the ranks serve now.
+            var ranks = Children(launcher.Id).ToList();
+            Assert.Equal(2, ranks.Count);
+            segments.AddRange(ranks.SelectMany(SharedMemoryMapped).Distinct());
             using var kill = Process.Start("kill", ["-TERM", launcher.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!;
             await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
         }, "launch", "--nproc", "2", "--", "update", "--checkpoint-path", ckpt, "--endpoint", worker, "--inference-parallel-size", "2", "--sleep-time", "120", "--timeout", "60");
@@ -156,24 +159,19 @@ public sealed class DemoAndUpdateTests : IDisposable
         Assert.True(result.Code == 143, result.Err + result.Out);
         Assert.Contains("[rank 0] stopped while serving", result.Out);
         Assert.Contains("[rank 1] stopped while serving", result.Out);
-        Assert.DoesNotContain(Segments().Except(before), Abandoned);
+        Assert.NotEmpty(segments); // Each rank had its registered buffers and device buffer mapped.
+        Assert.DoesNotContain(segments, File.Exists);
     }
 
-    private static HashSet<string> Segments() => [.. Directory.EnumerateFiles("/dev/shm", "ckpt-engine-*")];
+    /// <summary>The children of a process, from every one of its threads' lists (whichever thread started them).</summary>
+    private static IEnumerable<int> Children(int pid) =>
+        Directory.EnumerateDirectories($"/proc/{pid}/task").SelectMany(t => File.ReadAllText(Path.Combine(t, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Select(c => int.Parse(c, System.Globalization.CultureInfo.InvariantCulture));
 
-    /// <summary>Nobody holds the creator's shared lock: its process is gone without removing it (a live one's segment cannot be locked whole).</summary>
-    private static bool Abandoned(string path)
-    {
-        try
-        {
-            using var whole = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.None);
-            return true;
-        }
-        catch (IOException)
-        {
-            return false; // Locked by its live creator (another test's), or removed meanwhile.
-        }
-    }
+    /// <summary>The project's shared-memory segments a process has mapped (still named: an unlinked one reads "(deleted)").</summary>
+    private static IEnumerable<string> SharedMemoryMapped(int pid) =>
+        File.ReadLines($"/proc/{pid}/maps").Select(l => l.IndexOf("/dev/shm/ckpt-engine-", StringComparison.Ordinal) is var at and >= 0 ? l[at..] : null)
+            .OfType<string>().Where(p => !p.EndsWith(" (deleted)", StringComparison.Ordinal));
 
     private static async Task AssertHoldsWithin(string dir, string url, TimeSpan deadline)
     {

@@ -159,11 +159,7 @@ internal static class BenchRunner
             }
             var timeout = RankLaunch.Timeout(bytes, Ranks);
             var updates = repeat + 1;
-            var environment = new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]);
-            if (BucketSize is { } b)
-            {
-                environment[RankConfig.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture);
-            }
+            var environment = RankVariables();
             if (BenchSettings.IsP2P(Method, out var transport) && transport is not null)
             {
                 environment[RankConfig.P2PTransportVariable] = transport;
@@ -177,10 +173,27 @@ internal static class BenchRunner
             };
             progress.WriteLine($"bench: {Name}: {Ranks} rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");
             var (slowest, peaks) = await RankLaunch.RunAsync(Name, Method, options, updates, timeout * (updates + 1), ct).ConfigureAwait(false);
+            ReportTimes(progress, slowest);
+            return Result(slowest, peaks);
+        }
+
+        /// <summary>What every rank of the configuration gets: the device backend's variable and, when given, the largest bucket.</summary>
+        private Dictionary<string, string?> RankVariables()
+        {
+            var environment = new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]);
+            if (BucketSize is { } b)
+            {
+                environment[RankConfig.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture);
+            }
+            return environment;
+        }
+
+        private void ReportTimes(TextWriter progress, IReadOnlyList<ResultLine> slowest) =>
             progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
-            return new ConfigurationResult(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self());
-        }
+
+        private ConfigurationResult Result(IReadOnlyList<ResultLine> slowest, IReadOnlyDictionary<int, long> peaks) =>
+            new(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self());
 
         /// <summary>
         /// An elastic join: owner ranks (a world of their own) register, gather, save the metas and serve; once the metas are there, as many
@@ -195,11 +208,7 @@ internal static class BenchRunner
             Directory.CreateDirectory(work);
             var (metas, stop) = (Path.Combine(work, "metas.json"), Path.Combine(work, "stop"));
             var token = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
-            var environment = new Dictionary<string, string?>([Commands.DeviceOption.RankVariable(Device)]);
-            if (BucketSize is { } b)
-            {
-                environment[RankConfig.MaxBucketSizeVariable] = (b / (double)(1L << 30)).ToString("R", CultureInfo.InvariantCulture);
-            }
+            var environment = RankVariables();
             LaunchOptions Launch(string role, int n, Func<int, string> deviceId) => new()
             {
                 NProc = n,
@@ -225,12 +234,11 @@ internal static class BenchRunner
                 }
                 var (slowest, peaks) = await RankLaunch.RunAsync(Name, Method, Launch(BenchRank.JoinerRole, Ranks, r => Ids[r]), updates, timeout * (updates + 1), ct,
                     notSampled: BenchRank.OwnerRole).ConfigureAwait(false);
-                progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
+                ReportTimes(progress, slowest);
                 await File.WriteAllTextAsync(stop, "", ct).ConfigureAwait(false);
                 var exit = await owners.WaitAsync(timeout, ct).ConfigureAwait(false);
                 return exit == 0
-                    ? new ConfigurationResult(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self())
+                    ? Result(slowest, peaks)
                     : throw new Server.UpdateFailedException($"bench {Name}: the owners exited with code {exit}:\n  {ownerErr}");
             }
             finally

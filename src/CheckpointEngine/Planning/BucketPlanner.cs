@@ -70,10 +70,10 @@ public static class BucketPlanner
     }
 
     /// <summary>The update order: step i takes bucket i of every owner (owners in rank order), so owners take turns.</summary>
-    public static IReadOnlyList<H2DBucket> Interleave(IEnumerable<IReadOnlyList<H2DBucket>> perOwner)
+    public static IReadOnlyList<T> Interleave<T>(IEnumerable<IReadOnlyList<T>> perOwner)
     {
         var lists = perOwner.ToList();
-        var schedule = new List<H2DBucket>();
+        var schedule = new List<T>();
         for (var i = 0; lists.Any(l => i < l.Count); i++)
         {
             schedule.AddRange(lists.Where(l => i < l.Count).Select(l => l[i]));

@@ -371,11 +371,8 @@ public sealed partial class ParameterServer
     /// <paramref name="steps"/> reordered so that consecutive buckets come from stagers on different hosts where it can be: the first of each
     /// host's buckets (hosts in order of their first bucket), then the second of each, and so on; each host's buckets keep their order.
     /// </summary>
-    internal static List<BucketStep> ByHostInTurn(List<BucketStep> steps, string[] hostOf)
-    {
-        var byHost = steps.GroupBy(s => hostOf[s.Stager], StringComparer.Ordinal).Select(g => g.ToList()).ToList();
-        return [.. Enumerable.Range(0, byHost.Count == 0 ? 0 : byHost.Max(h => h.Count)).SelectMany(i => byHost.Where(h => i < h.Count).Select(h => h[i]))];
-    }
+    internal static List<BucketStep> ByHostInTurn(List<BucketStep> steps, string[] hostOf) =>
+        [.. BucketPlanner.Interleave(steps.GroupBy(s => hostOf[s.Stager], StringComparer.Ordinal).Select(g => (IReadOnlyList<BucketStep>)g.ToList()))];
 
     /// <summary>
     /// From how many hosts on a GPU update relays classes by default (see <see cref="UpdateOptions.ClassRelays"/>): the simulator's crossover

@@ -94,8 +94,9 @@ def receive_update(ticket, load, finish=None, device=None, idle_timeout=None, wa
             raise WeightReceiveError(refusal + " (is another user's process squatting this device's socket name?)")
         try:
             # "segments": this receiver maps the owners' registered segments an attach may name beside its buffer;
-            # "strided": it takes parts in place (see `strided`).
-            hello = {"session": session, "segments": True}
+            # "strided": it takes parts in place (see `strided`); "prepares": it takes a session that only prepares (an attach
+            # with "prepare": it maps what the attach names, then the session ends at "release": no loads, no finish hook).
+            hello = {"session": session, "segments": True, "prepares": True}
             if wants is not None:
                 hello["wants"] = True
             if strided:
@@ -135,6 +136,7 @@ class _Session:
         self.buckets = self.tensors = self.bytes = 0
         self.last_bucket = -1
         self.failure = None
+        self.preparing = False  # The attach said "prepare": the session ends at release and takes no load.
 
     def run(self):
         try:
@@ -159,10 +161,15 @@ class _Session:
                     raise WeightUpdateAborted(str(message.get("reason") or "the parameter server aborted the update"))
                 if kind == "attach" and self.phase == "connected":
                     self._attach(message)
+                elif kind == "load" and self.phase == "attached" and self.preparing:
+                    self._fail("'load' in a session that only prepares (its attach said \"prepare\")")
                 elif kind == "load" and self.phase == "attached":
                     self._load(message)
                 elif kind == "release" and self.phase == "attached":
                     self._end_of_buckets()
+                    if self.preparing and self.phase == "released":
+                        # This receiver maps per update: a prepare has checked the way here (engine, socket, ticket, mappings) and ends.
+                        return ReceiveSummary(self.device_id, 0, 0, 0, time.monotonic() - self.started)
                 elif kind == "finish" and self.phase == "released":
                     if self._finish():
                         return ReceiveSummary(self.device_id, self.buckets, self.tensors, self.bytes,
@@ -204,6 +211,7 @@ class _Session:
             self._fail(error)
             return
         self.device_id = device_id
+        self.preparing = message.get("prepare") is True
         self.phase = "attached"
         self._reply(True)
 

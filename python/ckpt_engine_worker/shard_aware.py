@@ -97,7 +97,7 @@ class ShardAware:
         except BaseException:
             self.layout = self.recordings = self.declared = None
             raise
-        if wants is None:
+        if wants is None and summary.buckets > 0:  # A prepare moves nothing: the layout is still to be seen.
             self.layout = seen
         return summary
 

@@ -80,6 +80,7 @@ class FakeServer:
         self.wants = None
         self.maps_segments = hello.pop("segments", False) is True
         self.takes_strided = hello.pop("strided", False) is True
+        self.prepares = hello.pop("prepares", False) is True
         if hello == {"session": self.session, "wants": True}:
             self.wants = json.loads(protocol.read_frame(self.conn, timeout))
         elif hello != {"session": self.session}:

@@ -56,6 +56,27 @@ class ReceiverTests(unittest.TestCase):
         self.assertEqual({n: tensor_sha256(t) for n, t in self.loaded.items()}, {n: tensor_sha256(t) for n, t in tensors.items()})
         self.assertEqual({n: (t.dtype, t.shape) for n, t in self.loaded.items()}, {n: (t.dtype, t.shape) for n, t in tensors.items()})
 
+    def test_Prepare_MapsThenEndsAtRelease_WithoutLoadsOrTheFinishHook_ALoadIsRefused(self):
+        worker = self.start()
+        self.assertTrue(self.server.prepares)
+        attach = {"type": "attach", "kind": "shm", "handle": self.server.segment, "size": self.server.size, "device_id": "dev-0", "prepare": True}
+        self.assertEqual(self.server.call(attach), {"ok": True})
+        self.assertEqual(shm_mappings(self.server.segment), 2)
+        self.assertEqual(self.server.call({"type": "release"}), {"ok": True})
+        summary, error = worker.outcome()
+        self.assertIsNone(error)
+        self.assertEqual((summary.buckets, summary.tensors, summary.device_id, self.finished), (0, 0, "dev-0", 0))
+        self.assertEqual(shm_mappings(self.server.segment), 1)  # This receiver maps per update.
+
+        worker = self.start()
+        self.assertEqual(self.server.call(attach), {"ok": True})
+        reply = self.server.call({"type": "load", "bucket": 0, "tensors": self.server.pack(sample_tensors())})
+        self.assertEqual(reply, {"ok": False, "error": "'load' in a session that only prepares (its attach said \"prepare\")"})
+        self.assertEqual(self.loaded, {})
+        self.server.conn.close()
+        _, error = worker.outcome()
+        self.assertIsInstance(error, WeightReceiveError)
+
     def test_RegisteredSegments_TensorsLoadFromWhicheverTheyName_ReadOnly_UnmappedAtRelease(self):
         owner = FakeServer(listen=False)  # Another rank's registered memory on this host.
         self.addCleanup(owner.close)

@@ -158,6 +158,24 @@ class ShardAwareUpdateTests(unittest.TestCase):
                     reference.load_weights(list(second.items()))
                     self.assertEqual([], same_state(model, reference))
 
+    def test_APrepareFirst_LeavesTheLayoutUnseen_TheFirstUpdateStillRecordsIt(self):
+        server = FakeServer(size=1 << 20)
+        self.addCleanup(server.close)
+        model = engine.Model(0, 2)
+        shard = ShardAware([(model, model.load_weights)])
+        w = Worker(lambda: shard.receive(server.ticket, idle_timeout=10))
+        w.start()
+        server.accept()
+        attach = {"type": "attach", "kind": "shm", "handle": server.segment, "size": server.size, "device_id": "dev-0", "prepare": True}
+        self.assertEqual(server.call(attach), {"ok": True})
+        self.assertEqual(server.call({"type": "release"}), {"ok": True})
+        self.assertEqual(w.outcome()[0].buckets, 0)
+        self.assertIsNone(shard.wants())  # Nothing seen yet: the next update declares nothing and is recorded.
+        self.update(shard, server, engine.checkpoint(seed=5))
+        self.assertIsNone(server.wants)
+        with self.assertLogs("ckpt_engine_worker", "WARNING"):
+            self.assertIsNotNone(shard.wants())
+
     def test_BadPart_FailsTheLoadNamingTheTensor(self):
         server = FakeServer()
         self.addCleanup(server.close)

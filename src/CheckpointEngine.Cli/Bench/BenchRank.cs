@@ -31,7 +31,7 @@ internal static class BenchRank
     /// <param name="metasPath">The owners' metas: rank 0 of the owners writes them (whole, then renamed), the joiners load them.</param>
     /// <param name="stopPath">Owners serve until this file exists (or <paramref name="timeout"/> passes).</param>
     public static async Task<int> RunAsync(string path, string endpoint, int groupSize, string method, int updates, TimeSpan timeout, string? tracePath,
-        TextWriter stdout, CancellationToken ct, string? role = null, string? metasPath = null, string? stopPath = null)
+        TextWriter stdout, CancellationToken ct, string? role = null, string? metasPath = null, string? stopPath = null, bool prepare = false)
     {
         await using var rank = await RankHost.StartAsync(RankConfig.FromEnvironment(), timeout: timeout, ct: ct).ConfigureAwait(false); // The runner sets the backend's variable.
         var (world, ps) = (rank.World, rank.Server);
@@ -55,10 +55,17 @@ internal static class BenchRank
         await Hosting.EngineProbe.WaitAsync(endpoint, null, null, Hosting.EngineApi.Vllm, timeout, ct).ConfigureAwait(false); // As update waits for its engine.
         var trigger = Hosting.EngineTrigger.Http(endpoint, groupSize);
         var options = new UpdateOptions { Timeout = timeout, Verify = method == BenchSettings.Verify }; // A verified broadcast.
+        var mode = BenchSettings.IsP2P(method, out _) ? UpdateMode.P2P(Enumerable.Range(0, world.Size)) : UpdateMode.Broadcast;
+        if (prepare)
+        {
+            await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false);
+            var p = await ps.PrepareAsync(CheckpointName, mode, trigger, options, ct).ConfigureAwait(false);
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"result method={method} bytes=0 seconds={p.Duration.TotalSeconds:F6} buckets=0 prepare=1"));
+        }
         for (var k = 0; k < updates; k++)
         {
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Every update starts with every rank ready.
-            var r = await ps.UpdateAsync(CheckpointName, BenchSettings.IsP2P(method, out _) ? UpdateMode.P2P(Enumerable.Range(0, world.Size)) : UpdateMode.Broadcast, trigger, options, ct).ConfigureAwait(false);
+            var r = await ps.UpdateAsync(CheckpointName, mode, trigger, options, ct).ConfigureAwait(false);
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}{(r.P2PTransport is { } t ? $" transport={t}" : "")}"));
             stdout.Flush();

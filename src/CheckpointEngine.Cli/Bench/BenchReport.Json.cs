@@ -90,6 +90,7 @@ internal sealed partial record BenchReport
         Array(w, "samples", c.Samples, (w, s) => Value(w, s.Seconds));
         w.WriteEndObject();
         Number(w, "first_update_seconds", c.First?.Seconds);
+        Number(w, "prepare_seconds", c.Prepared?.Seconds);
         Number(w, "gbps_per_worker", c.GbpsPerWorker);
         w.WriteString("baseline", baseline?.Key);
         Number(w, "ratio_to_baseline", baseline is null ? null : c.GbpsPerWorker / baseline.Gbps);

@@ -21,7 +21,10 @@ internal sealed partial record BenchReport
         if (HasUpdates)
         {
             sb.Append("**Updates**: the median (min–max) of ").Append(Settings.Repeat).Append(Settings.Repeat == 1 ? " update" : " updates")
-                .Append(" after a warm-up update in the same rank processes; *first s* is that warm-up, the first update of fresh processes (what a one-shot `update` sees). ")
+                .Append(" after a warm-up update in the same rank processes; *first s* is that warm-up, the first update of fresh processes, ")
+                .Append(Settings.Prepare
+                    ? "after the ranks prepared it (*prepare s*: the workers mapped and faulted in what the update reads, as a serving rank has them do ahead of its first update). "
+                    : "unprepared (`--no-prepare`: what a one-shot `update` sees). ")
                 .Append("GB/s per worker is the bytes each worker received over the update's seconds; ")
                 .Append("broadcast is compared with single-thread memcpy, P2P with one loopback TCP connection; stage sums are the largest over the ranks and overlap.\n\n");
         }

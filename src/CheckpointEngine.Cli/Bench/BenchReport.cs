@@ -38,6 +38,7 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         "--repeat " + Settings.Repeat.ToString(Invariant),
         Settings.Model is { } m ? "--model " + m : null,
         Settings.Device == Runtime.DeviceKind.Cuda ? "--device cuda" : null,
+        Settings.Prepare ? null : "--no-prepare",
     }.Where(s => s is not null));
 
     public string MachineLine =>
@@ -66,7 +67,7 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         }
         if (HasUpdates)
         {
-            w.WriteLine($"updates: median of {Settings.Repeat} after a warm-up update in the same rank processes (the warm-up is 'first s'); GB/s per worker = bytes each worker received / update seconds; stage sums are the largest over the ranks and overlap");
+            w.WriteLine($"updates: median of {Settings.Repeat} after a warm-up update in the same rank processes (the warm-up is 'first s'{(Settings.Prepare ? ", after a prepare: 'prepare s'" : ", unprepared")}); GB/s per worker = bytes each worker received / update seconds; stage sums are the largest over the ranks and overlap");
         }
         foreach (var note in MethodNotes)
         {
@@ -152,11 +153,12 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
 
     private Table ConfigurationTable(bool markdown)
     {
-        // The peer's column only where it was measured.
+        // The peer's column only where it was measured, the prepare's only where the ranks prepared.
         var peers = Peers.Count > 0;
+        var prepared = Configurations.Any(c => c.Prepared is not null);
         var t = new Table(["method", "ranks", "size", "per worker", "seconds (min–max)", "GB/s per worker", "vs baseline", .. peers ? ["vs torch (tensor / bucketed)"] : System.Array.Empty<string>(),
-            "first s", "buckets", "stage s", "broadcast s", "reload s", "peak RSS per rank", "bench process"],
-            [false, true, false, true, true, true, false, .. peers ? [false] : System.Array.Empty<bool>(), true, true, true, true, true, true, true]);
+            "first s", .. prepared ? ["prepare s"] : System.Array.Empty<string>(), "buckets", "stage s", "broadcast s", "reload s", "peak RSS per rank", "bench process"],
+            [false, true, false, true, true, true, false, .. peers ? [false] : System.Array.Empty<bool>(), true, .. prepared ? [true] : System.Array.Empty<bool>(), true, true, true, true, true, true]);
         foreach (var c in Ordered)
         {
             var s = c.Seconds;
@@ -164,7 +166,7 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
             var ratio = baseline is null ? "" : $"{F(c.GbpsPerWorker / baseline.Gbps, 2)}× {(baseline.Key == Baseline.Tcp ? "TCP" : "memcpy")}";
             t.Add([c.Label, c.Ranks.ToString(Invariant), BenchSettings.SizeLabel(c.Size), ByteSize.Format(c.Bytes),
                 $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio, .. peers ? [PeerRatio(c)] : System.Array.Empty<string>(),
-                F(c.First?.Seconds ?? double.NaN, 3), c.Buckets > 0 ? c.Buckets.ToString(Invariant) : "–",
+                F(c.First?.Seconds ?? double.NaN, 3), .. prepared ? [c.Prepared is { } p ? F(p.Seconds, 3) : "–"] : System.Array.Empty<string>(), c.Buckets > 0 ? c.Buckets.ToString(Invariant) : "–",
                 F(c.Stage, 3), F(c.Broadcast, 3), F(c.Reload, 3), RankPeakText(c, markdown), c.HostPeak is { } h ? ByteSize.Format(h) : "–"]);
         }
         return t;

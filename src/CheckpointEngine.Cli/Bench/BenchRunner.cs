@@ -92,7 +92,7 @@ internal static class BenchRunner
                             worker.AllocateWeights(checkpoint.AllTensors().Select(e => (e.Tensor.Name, e.Tensor.DType, e.Tensor.Shape.ToArray())));
                         }
                         hostPeakReset &= PeakMemory.ResetSelf();
-                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device);
+                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device) { Prepare = settings.Prepare };
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
                     }
                     // The peer: torch.distributed broadcasts of the same checkpoint between as many processes, where a Python has torch.
@@ -137,6 +137,8 @@ internal static class BenchRunner
     private sealed record Configuration(string Method, int Ranks, long Size, string Dir, Uri Worker, IReadOnlyList<string> Ids, long? BucketSize, string? TraceDirectory,
         Runtime.DeviceKind Device)
     {
+        public bool Prepare { get; init; }
+
         private string Name => $"{Method}, {Ranks} rank{(Ranks == 1 ? "" : "s")}, {BenchSettings.SizeLabel(Size)}";
 
         private List<string> RankArguments(int updates, TimeSpan timeout)
@@ -144,6 +146,10 @@ internal static class BenchRunner
             List<string> args = ["bench", BenchCommand.RankCommand, "--checkpoint-path", Dir, "--endpoint", Worker.ToString(),
                 "--inference-parallel-size", Ranks.ToString(CultureInfo.InvariantCulture), "--update-method", Method,
                 "--updates", updates.ToString(CultureInfo.InvariantCulture), "--timeout", RankLaunch.Seconds(timeout)];
+            if (Prepare)
+            {
+                args.Add("--prepare");
+            }
             if (TraceDirectory is not null)
             {
                 args.AddRange(["--trace", Path.Combine(TraceDirectory, $"trace-{Method}-{Ranks}r-{BenchSettings.SizeLabel(Size)}.json")]);
@@ -172,9 +178,9 @@ internal static class BenchRunner
                 RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = Ids[r] },
             };
             progress.WriteLine($"bench: {Name}: {Ranks} rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");
-            var (slowest, peaks) = await RankLaunch.RunAsync(Name, Method, options, updates, timeout * (updates + 1), ct).ConfigureAwait(false);
-            ReportTimes(progress, slowest);
-            return Result(slowest, peaks);
+            var (slowest, peaks, prepared) = await RankLaunch.RunAsync(Name, Method, options, updates, timeout * (updates + 1), ct).ConfigureAwait(false);
+            ReportTimes(progress, slowest, prepared);
+            return Result(slowest, peaks, prepared);
         }
 
         /// <summary>What every rank of the configuration gets: the device backend's variable and, when given, the largest bucket.</summary>
@@ -188,12 +194,12 @@ internal static class BenchRunner
             return environment;
         }
 
-        private void ReportTimes(TextWriter progress, IReadOnlyList<ResultLine> slowest) =>
+        private void ReportTimes(TextWriter progress, IReadOnlyList<ResultLine> slowest, ResultLine? prepared) =>
             progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"bench: {Name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
+                $"bench: {Name}: {(prepared is null ? "" : $"prepared in {prepared.Seconds:F3} s, then ")}{string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
 
-        private ConfigurationResult Result(IReadOnlyList<ResultLine> slowest, IReadOnlyDictionary<int, long> peaks) =>
-            new(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self());
+        private ConfigurationResult Result(IReadOnlyList<ResultLine> slowest, IReadOnlyDictionary<int, long> peaks, ResultLine? prepared) =>
+            new(Method, Ranks, Size, slowest[^1].Bytes, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self()) { Prepared = prepared };
 
         /// <summary>
         /// An elastic join: owner ranks (a world of their own) register, gather, save the metas and serve; once the metas are there, as many
@@ -232,13 +238,13 @@ internal static class BenchRunner
                     }
                     await Task.Delay(50, ct).ConfigureAwait(false);
                 }
-                var (slowest, peaks) = await RankLaunch.RunAsync(Name, Method, Launch(BenchRank.JoinerRole, Ranks, r => Ids[r]), updates, timeout * (updates + 1), ct,
+                var (slowest, peaks, prepared) = await RankLaunch.RunAsync(Name, Method, Launch(BenchRank.JoinerRole, Ranks, r => Ids[r]), updates, timeout * (updates + 1), ct,
                     notSampled: BenchRank.OwnerRole).ConfigureAwait(false);
-                ReportTimes(progress, slowest);
+                ReportTimes(progress, slowest, prepared);
                 await File.WriteAllTextAsync(stop, "", ct).ConfigureAwait(false);
                 var exit = await owners.WaitAsync(timeout, ct).ConfigureAwait(false);
                 return exit == 0
-                    ? Result(slowest, peaks)
+                    ? Result(slowest, peaks, prepared)
                     : throw new Server.UpdateFailedException($"bench {Name}: the owners exited with code {exit}:\n  {ownerErr}");
             }
             finally

@@ -14,6 +14,13 @@ namespace CheckpointEngine.Cli.Bench;
 internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<long> Sizes, IReadOnlyList<string> Methods, long? BucketSize, int Repeat, string? TraceDirectory = null,
     Runtime.DeviceKind Device = Runtime.DeviceKind.Host, string? Model = null)
 {
+    /// <summary>
+    /// Whether the ranks prepare the update (see <see cref="Server.ParameterServer.PrepareAsync"/>) before their first one, as a serving rank
+    /// does ahead of it: the first update then runs with the workers' mappings in place. False: the first update maps them itself, as a
+    /// one-shot <c>update</c> runs it.
+    /// </summary>
+    public bool Prepare { get; init; } = true;
+
     public const int MaxRanks = 64;
     public const int MaxRepeat = 100;
     public const long MinSize = 1L << 20;

@@ -40,7 +40,7 @@ internal static class CollectiveBench
             },
         };
         progress.WriteLine($"bench: {name}: {ranks} rank processes, {broadcasts} broadcasts each");
-        var (slowest, peaks) = await RankLaunch.RunAsync(name, BenchSettings.Collective, options, broadcasts, timeout * (broadcasts + 1), ct).ConfigureAwait(false);
+        var (slowest, peaks, _) = await RankLaunch.RunAsync(name, BenchSettings.Collective, options, broadcasts, timeout * (broadcasts + 1), ct).ConfigureAwait(false);
         progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"bench: {name}: {string.Join(", ", slowest.Select(l => l.Seconds.ToString("F3", CultureInfo.InvariantCulture)))} s (the first is the warm-up)"));
         return new ConfigurationResult(BenchSettings.Collective, ranks, size, size, slowest[0], slowest.Skip(1).ToList(), peaks, PeakMemory.Self(), @case);

@@ -11,6 +11,9 @@ internal sealed record ConfigurationResult(string Method, int Ranks, long Size, 
     IReadOnlyDictionary<int, long> RankPeaks, long? HostPeak, string? Case = null)
 {
     /// <summary>The row's name: the method, and its case in parentheses.</summary>
+    /// <summary>The slowest rank's prepare before the first update (see <see cref="BenchSettings.Prepare"/>), or null.</summary>
+    public ResultLine? Prepared { get; init; }
+
     public string Label => Case is null ? Method : $"{Method} ({Case})";
 
     public Spread Seconds => Spread.Of(Samples.Select(s => s.Seconds));

@@ -14,11 +14,11 @@ internal static class RankLaunch
     /// Runs the ranks of <paramref name="options"/>, each printing one result line of <paramref name="method"/> per
     /// update (<c>update=K</c>), and returns per update the slowest rank's line (the update is over when its last
     /// rank is) with each stage's largest sum over the ranks (in P2P the slowest rank may have staged nothing),
-    /// and the peak memory of each rank. Throws naming <paramref name="name"/> with the launch's last lines when
+    /// and the peak memory of each rank, and the slowest rank's prepare line (<c>prepare=1</c>) when the ranks prepared first. Throws naming <paramref name="name"/> with the launch's last lines when
     /// a rank fails, a rank misses an update, or the launch outlives <paramref name="limit"/>.
     /// </summary>
     /// <param name="notSampled">Child processes with this argument (others this process runs alongside) are left out of the peaks.</param>
-    public static async Task<(IReadOnlyList<ResultLine> Slowest, IReadOnlyDictionary<int, long> Peaks)> RunAsync(string name, string method, LaunchOptions options,
+    public static async Task<(IReadOnlyList<ResultLine> Slowest, IReadOnlyDictionary<int, long> Peaks, ResultLine? Prepared)> RunAsync(string name, string method, LaunchOptions options,
         int updates, TimeSpan limit, CancellationToken ct, string? notSampled = null)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -45,7 +45,9 @@ internal static class RankLaunch
                 await sampler.DisposeAsync().ConfigureAwait(false);
             }
         }
-        var slowest = ResultLine.ParseAll(output.ToString()).Where(l => l.Method == method)
+        var lines = ResultLine.ParseAll(output.ToString()).Where(l => l.Method == method).ToList();
+        var prepared = lines.Where(l => l.Prepare).MaxBy(l => l.Seconds);
+        var slowest = lines.Where(l => !l.Prepare)
             .GroupBy(l => l.Update).Where(g => g.Count() == options.NProc).OrderBy(g => g.Key)
             .Select(g => g.MaxBy(l => l.Seconds)! with { Stage = g.Max(l => l.Stage), Broadcast = g.Max(l => l.Broadcast), Reload = g.Max(l => l.Reload) })
             .ToList();
@@ -53,7 +55,7 @@ internal static class RankLaunch
         {
             throw Failed(name, exit != 0 ? $"failed (exit {exit})" : $"reported {slowest.Count} of {updates} updates from every rank", output, errors);
         }
-        return (slowest, peaks);
+        return (slowest, peaks, prepared);
     }
 
     /// <summary>Generous: a slow machine must not fail the benchmark, a hung rank must not hang it.</summary>

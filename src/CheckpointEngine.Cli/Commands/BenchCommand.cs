@@ -28,6 +28,7 @@ internal static class BenchCommand
         var repeat = new Option<int>("--repeat") { Description = "measured updates (registrations, broadcasts) per configuration, after one warm-up in the same processes", DefaultValueFactory = _ => 3 };
         var json = new Option<bool>("--json") { Description = "print one JSON document instead of the table" };
         var output = new Option<string?>("--out") { Description = "also write a markdown report (machine, date, tables) to this file" };
+        var noPrepare = new Option<bool>("--no-prepare") { Description = "do not prepare the workers before the first update (what a serving rank does ahead of it): the first update maps what it reads itself, as a one-shot update runs it" };
         var trace = new Option<string?>("--trace") { Description = "write each configuration's last update as a Chrome/Perfetto trace into this directory (trace-METHOD-Nr-SIZE.json)" };
         trace.Validators.Add(r => { if (r.GetValueOrDefault<string?>() is { } d && !Directory.Exists(d)) r.AddError($"--trace {d}: directory does not exist"); });
         ranks.Validators.Add(r => { if (!BenchSettings.TryParseRanks(r.GetValueOrDefault<string>() ?? "", out _, out var e)) r.AddError(e); });
@@ -57,7 +58,7 @@ internal static class BenchCommand
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > BenchSettings.MaxRepeat) r.AddError($"--repeat must be in [1, {BenchSettings.MaxRepeat}]"); });
         var command = new Command("bench", "Benchmark updates, registration and collectives on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
         {
-            ranks, size, method, bucket, repeat, json, output, trace, device, model, transports, Rank(stdout), CollectiveRank(stdout), ShmReader(stdout), CudaCopy(stdout),
+            ranks, size, method, bucket, repeat, json, output, trace, noPrepare, device, model, transports, Rank(stdout), CollectiveRank(stdout), ShmReader(stdout), CudaCopy(stdout),
         };
         command.Validators.Add(r =>
         {
@@ -78,7 +79,7 @@ internal static class BenchCommand
             _ = BenchSettings.TryParseMethods(result.GetValue(method)!, out var listed, out _);
             _ = BenchSettings.TryExpandTransports(listed, result.GetValue(transports), out var m, out _);
             long? b = result.GetValue(bucket) is { } text && ByteSize.TryParse(text, out var n) ? n : null;
-            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), DeviceOption.Choose(result.GetValue(device)), result.GetValue(model)), stderr, ct).ConfigureAwait(false);
+            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), DeviceOption.Choose(result.GetValue(device)), result.GetValue(model)) { Prepare = !result.GetValue(noPrepare) }, stderr, ct).ConfigureAwait(false);
             if (result.GetValue(json))
             {
                 stdout.WriteLine(report.ToJson());
@@ -112,10 +113,11 @@ internal static class BenchCommand
         role.AcceptOnlyFromAmong(BenchRank.OwnerRole, BenchRank.JoinerRole);
         var metasFile = new Option<string?>("--metas-file");
         var stopFile = new Option<string?>("--stop-file");
+        var prepare = new Option<bool>("--prepare");
         updates.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--updates must be at least 1"); });
         timeout.Validators.Add(r => { if (!(r.GetValueOrDefault<double>() > 0)) r.AddError("--timeout must be a positive number of seconds"); });
         var command = new Command(RankCommand) { Hidden = true };
-        foreach (var o in new Option[] { path, endpoint, groupSize, method, updates, timeout, trace, role, metasFile, stopFile })
+        foreach (var o in new Option[] { path, endpoint, groupSize, method, updates, timeout, trace, role, metasFile, stopFile, prepare })
         {
             command.Options.Add(o);
         }
@@ -128,7 +130,7 @@ internal static class BenchCommand
         });
         command.SetAction((result, ct) => BenchRank.RunAsync(result.GetValue(path)!, result.GetValue(endpoint)!, result.GetValue(groupSize),
             result.GetValue(method)!, result.GetValue(updates), TimeSpan.FromSeconds(result.GetValue(timeout)), result.GetValue(trace), stdout, ct,
-            result.GetValue(role), result.GetValue(metasFile), result.GetValue(stopFile)));
+            result.GetValue(role), result.GetValue(metasFile), result.GetValue(stopFile), result.GetValue(prepare)));
         return command;
     }
 

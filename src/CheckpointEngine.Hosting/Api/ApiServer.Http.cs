@@ -39,7 +39,8 @@ public sealed partial class ApiServer
         _app.MapDelete("/v1/checkpoints/{name}", (RequestDelegate)UnregisterAsync);
         _app.MapGet("/v1/checkpoints/{name}", (RequestDelegate)DescribeAsync);
         _app.MapPost("/v1/checkpoints/{name}/gather-metas", (RequestDelegate)GatherMetasAsync);
-        _app.MapPost("/v1/checkpoints/{name}/update", (RequestDelegate)UpdateAsync);
+        _app.MapPost("/v1/checkpoints/{name}/update", (RequestDelegate)(http => UpdateAsync(http, prepare: false)));
+        _app.MapPost("/v1/checkpoints/{name}/prepare", (RequestDelegate)(http => UpdateAsync(http, prepare: true)));
         _app.MapPrometheusScrapingEndpoint("/metrics");
     }
 
@@ -295,7 +296,8 @@ public sealed partial class ApiServer
         }).ConfigureAwait(false);
     }
 
-    private async Task UpdateAsync(HttpContext http)
+    /// <param name="prepare">The prepare endpoint: the same body, <see cref="ParameterServer.PrepareAsync"/> instead of the update (nothing moves).</param>
+    private async Task UpdateAsync(HttpContext http, bool prepare)
     {
         var name = CheckpointName(http);
         var request = ParseUpdate((await ReadJsonAsync(http, required: true, UpdateExample).ConfigureAwait(false))!.Value);
@@ -308,8 +310,15 @@ public sealed partial class ApiServer
         }
         var trigger = request.UpdateUrl is null ? null : EngineTrigger.Http(request.UpdateUrl, request.InferenceGroupRanks, request.Uds, request.EngineUid, request.Engine);
         // Failures are recorded by the parameter server's telemetry and logged with their message as the request's 500.
-        var report = await ParameterServer.UpdateAsync(name, mode, trigger, new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify, P2PTransport = request.P2PTransport, ClassRelays = request.ClassRelays, BucketsInFlight = request.BucketsInFlight }, _stopping.Token).ConfigureAwait(false);
-        if (takesPart)
+        var options = new UpdateOptions { Timeout = request.Timeout, Verify = request.Verify, P2PTransport = request.P2PTransport, ClassRelays = request.ClassRelays, BucketsInFlight = request.BucketsInFlight };
+        var report = prepare
+            ? await ParameterServer.PrepareAsync(name, mode, trigger, options, _stopping.Token).ConfigureAwait(false)
+            : await ParameterServer.UpdateAsync(name, mode, trigger, options, _stopping.Token).ConfigureAwait(false);
+        if (takesPart && prepare)
+        {
+            _log.LogInformation("prepared the update of '{Checkpoint}': {Seconds:0.000} s", name, report.Duration.TotalSeconds);
+        }
+        else if (takesPart)
         {
             _log.LogInformation("updated '{Checkpoint}': {Bytes} bytes in {Buckets} bucket(s), {Seconds:0.000} s", name, report.BytesDelivered, report.Buckets.Count, report.Duration.TotalSeconds);
         }

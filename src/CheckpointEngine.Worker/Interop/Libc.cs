@@ -64,6 +64,10 @@ internal static unsafe partial class Libc
     [LibraryImport(LibName, SetLastError = true)]
     public static partial int madvise(nint addr, nuint length, int advice);
 
+    /// <summary>Per page of [addr, addr + length), bit 0 set when it is in memory (for a file mapping: in the file's page cache, mapped here or not).</summary>
+    [LibraryImport(LibName, SetLastError = true)]
+    public static partial int mincore(nint addr, nuint length, byte* vec);
+
     [LibraryImport(LibName, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int statfs(string path, StatFs* buf);
 

@@ -10,12 +10,14 @@ namespace CheckpointEngine.Worker;
 /// shared-memory segments an attach may name and reads tensors out of whichever a load says (see <see cref="AttachMessage.Segments"/>).
 /// <see cref="Strided"/>: the worker takes a part of one slice along a dimension past the first where it lies in its whole tensor, row
 /// by row (see <see cref="WireTensor.Pitch"/>), instead of packed; workers that do not say so get packed parts.
+/// <see cref="Prepares"/>: the worker takes a session that only prepares (see <see cref="AttachMessage.Prepare"/>).
 /// </summary>
 public sealed record WorkerHello(
     [property: JsonPropertyName("session")] string Session,
     [property: JsonPropertyName("wants")] bool Wants = false,
     [property: JsonPropertyName("segments")] bool Segments = false,
-    [property: JsonPropertyName("strided")] bool Strided = false)
+    [property: JsonPropertyName("strided")] bool Strided = false,
+    [property: JsonPropertyName("prepares")] bool Prepares = false)
 {
     /// <summary>The largest hello frame the parameter server reads.</summary>
     public const int MaxFrame = 4 << 10;

@@ -34,6 +34,9 @@ internal sealed class ReceiveSession : IDisposable
     private long _bytes;
     private int _lastBucket = -1;
 
+    /// <summary>The attach said this session only prepares: it ends at "release", and takes no load.</summary>
+    private bool _preparing;
+
     /// <summary>Set once a reply said "not ok": from then on the update can only end in failure.</summary>
     private WeightReceiveException? _failure;
 
@@ -53,7 +56,7 @@ internal sealed class ReceiveSession : IDisposable
         {
             throw new WeightReceiveException(refusal + " (is another user's process squatting this device's socket name?)");
         }
-        await WriteAsync(new WorkerHello(session, wants is not null, Segments: Arrived is null, Strided: TakesStrided), "the session key", ct).ConfigureAwait(false);
+        await WriteAsync(new WorkerHello(session, wants is not null, Segments: Arrived is null, Strided: TakesStrided, Prepares: true), "the session key", ct).ConfigureAwait(false);
         if (wants is not null)
         {
             await WriteRawAsync(WorkerFraming.Frame(wants.ToJson()), "the wants", ct).ConfigureAwait(false);
@@ -103,6 +106,9 @@ internal sealed class ReceiveSession : IDisposable
                 case AttachMessage attach when _phase == Phase.Connected:
                     await AttachAsync(attach, ct).ConfigureAwait(false);
                     break;
+                case LoadMessage when _phase == Phase.Attached && _preparing:
+                    await FailAsync("'load' in a session that only prepares (its attach said \"prepare\")", null, ct).ConfigureAwait(false);
+                    break;
                 case LoadMessage load when _phase == Phase.Attached:
                     await LoadAsync(load, ct).ConfigureAwait(false);
                     break;
@@ -110,6 +116,10 @@ internal sealed class ReceiveSession : IDisposable
                     Unmap();
                     _phase = Phase.Released;
                     await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
+                    if (_preparing)
+                    {
+                        return new ReceiveSummary(_deviceId, 0, 0, 0, Stopwatch.GetElapsedTime(_started));
+                    }
                     break;
                 case FinishMessage when _phase == Phase.Released:
                     if (await FinishAsync(ct).ConfigureAwait(false))
@@ -148,6 +158,15 @@ internal sealed class ReceiveSession : IDisposable
             if (attach.Kind == "shm")
             {
                 (_segment, _registered) = SegmentMappings.Acquire(_address, attach.Handle, attach.Size, attach.Segments ?? []);
+                if (attach.Prepare)
+                {
+                    // Loads will read the owners' segments in place, else this buffer: fault in now the pages that hold data (a hole
+                    // stays one: reading it would allocate memory nobody writes, such as a buffer's unused slots).
+                    foreach (var s in _registered.Length > 0 ? _registered.Distinct() : [_segment])
+                    {
+                        _ = s.PrefaultResident();
+                    }
+                }
             }
             else
             {
@@ -162,6 +181,7 @@ internal sealed class ReceiveSession : IDisposable
             return;
         }
         _deviceId = attach.DeviceId;
+        _preparing = attach.Prepare;
         _phase = Phase.Attached;
         await ReplyAsync(WorkerReply.Success, ct).ConfigureAwait(false);
     }

@@ -30,8 +30,23 @@ public sealed partial class ParameterServer
     /// <param name="trigger">Tells the inference engine to connect its workers (called on every taking part rank, see <see cref="UpdateContext"/>); null when workers connect on their own.</param>
     /// <exception cref="ServerBusyException">Another operation runs on this rank.</exception>
     /// <exception cref="UpdateFailedException">The update failed on some rank; every rank that took part raises the same cause.</exception>
-    public async Task<UpdateReport> UpdateAsync(string name, UpdateMode mode, Func<UpdateContext, CancellationToken, Task>? trigger,
-        UpdateOptions? options = null, CancellationToken ct = default)
+    public Task<UpdateReport> UpdateAsync(string name, UpdateMode mode, Func<UpdateContext, CancellationToken, Task>? trigger,
+        UpdateOptions? options = null, CancellationToken ct = default) => UpdateAsync(name, mode, trigger, options, prepare: false, ct);
+
+    /// <summary>
+    /// Readies the next update of <paramref name="name"/> without moving a byte, so that the first update runs as a warm one: the
+    /// ranks size and plan it as <see cref="UpdateAsync(string, UpdateMode, Func{UpdateContext, CancellationToken, Task}?, UpdateOptions?, CancellationToken)"/>
+    /// would, the engine connects its workers, each worker maps what the update will read (on one host, the owners' registered
+    /// memory) and faults it in, keeping it mapped, and the ranks learn the workers' declarations. Call it after registering and
+    /// gathering metas, while the engine serves: no weight changes. Collective, with the same arguments and failures as an update;
+    /// a worker that cannot prepare (an older one: its hello does not offer it) fails it on every rank, naming its device.
+    /// The report has no buckets.
+    /// </summary>
+    public Task<UpdateReport> PrepareAsync(string name, UpdateMode mode, Func<UpdateContext, CancellationToken, Task>? trigger,
+        UpdateOptions? options = null, CancellationToken ct = default) => UpdateAsync(name, mode, trigger, options, prepare: true, ct);
+
+    private async Task<UpdateReport> UpdateAsync(string name, UpdateMode mode, Func<UpdateContext, CancellationToken, Task>? trigger,
+        UpdateOptions? options, bool prepare, CancellationToken ct)
     {
         options ??= new UpdateOptions();
         if (options.BucketsInFlight is < 1 or > 8)
@@ -46,19 +61,19 @@ public sealed partial class ParameterServer
         {
             return new UpdateReport(name, Rank, 0, 0, 0, TimeSpan.Zero, []);
         }
-        using var _ = _gate.Enter($"an update of '{name}'");
+        using var _ = _gate.Enter($"{(prepare ? "a prepare" : "an update")} of '{name}'");
         using var closing = CancellationTokenSource.CreateLinkedTokenSource(ct, _closing.Token);
         ct = closing.Token;
         _updating = true;
-        using var telemetry = Telemetry.Start(name, mode);
+        using var telemetry = Telemetry.Start(name, mode, prepare);
         try
         {
             if (mode.Method == UpdateMethod.Broadcast)
             {
-                return telemetry.Completed(await BroadcastUpdateAsync(name, trigger, options, ct).ConfigureAwait(false));
+                return telemetry.Completed(await BroadcastUpdateAsync(name, trigger, options, prepare, ct).ConfigureAwait(false));
             }
             using var group = await Group.CreateSubGroupAsync("p2p", [.. mode.Ranks], options.Timeout, ct).ConfigureAwait(false);
-            return telemetry.Completed(await P2PUpdateAsync(name, group, trigger, options, ct).ConfigureAwait(false));
+            return telemetry.Completed(await P2PUpdateAsync(name, group, trigger, options, prepare, ct).ConfigureAwait(false));
         }
         catch (Exception e) when (telemetry.Failed(e))
         {
@@ -66,7 +81,7 @@ public sealed partial class ParameterServer
         }
         catch (CollectiveException e)
         {
-            throw new UpdateFailedException($"update of '{name}' failed on rank {Rank}: {e.Message}", e);
+            throw new UpdateFailedException($"{(prepare ? "prepare" : "update")} of '{name}' failed on rank {Rank}: {e.Message}", e);
         }
         finally
         {
@@ -74,7 +89,7 @@ public sealed partial class ParameterServer
         }
     }
 
-    private async Task<UpdateReport> BroadcastUpdateAsync(string name, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
+    private async Task<UpdateReport> BroadcastUpdateAsync(string name, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, bool prepare, CancellationToken ct)
     {
         var metas = GetMetas(name) ?? await GatherAsync(name, options.Timeout, ct).ConfigureAwait(false);
         Registry.TryGet(name, out var local);
@@ -92,10 +107,10 @@ public sealed partial class ParameterServer
                 .Select(b => new BucketStep(b, b.Owner, (slot, wanted) => Task.Run(() => Device.CopyHostToDevice(
                     b.Ranges.SelectMany(r => BucketPart.Cut(r, wanted).Select(c => new HostCopy(local!.Buffers[r.Buffer].Address + (nint)c.Source, slot + (nint)c.BucketOffset, c.Length))).ToArray()), ct)))
                 .ToList();
-        return await RunAsync(name, UpdateMode.Broadcast, Group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
+        return await RunAsync(name, UpdateMode.Broadcast, Group, metas, Plan, trigger, options, prepare, ct).ConfigureAwait(false);
     }
 
-    private async Task<UpdateReport> P2PUpdateAsync(string name, ICommunicator group, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
+    private async Task<UpdateReport> P2PUpdateAsync(string name, ICommunicator group, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, bool prepare, CancellationToken ct)
     {
         var metas = GetMetas(name) ?? throw new UpdateFailedException(
             $"a P2P update of '{name}' needs the owners' metas: gather them on the owners and load them here (GlobalMetas.Load, then SetMetas)");
@@ -129,13 +144,13 @@ public sealed partial class ParameterServer
                 .Select(a => new BucketStep(a.Bucket, a.Receiver, (slot, wanted) => Read(a.Bucket, slot, wanted)))
                 .ToList();
         }
-        var report = await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, ct).ConfigureAwait(false);
+        var report = await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, prepare, ct).ConfigureAwait(false);
         return report with { P2PTransport = store.Transport };
     }
 
     /// <summary>Sizes, plans and runs an update among the members of <paramref name="group"/>.</summary>
     private async Task<UpdateReport> RunAsync(string name, UpdateMode mode, ICommunicator group, GlobalMetas metas, Func<BucketSizing, IReadOnlyList<string>, List<BucketStep>> plan,
-        Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, CancellationToken ct)
+        Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, bool prepare, CancellationToken ct)
     {
         // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
         var agreeOnStaging = mode.Method == UpdateMethod.P2P;
@@ -178,7 +193,8 @@ public sealed partial class ParameterServer
             {
                 worker = await _worker.AcceptAsync(ticket, triggered, timeout, ct).ConfigureAwait(false);
                 var registered = direct is not null && worker.MapsSegments ? direct.Segments : null;
-                failure = WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id, registered), timeout, ct).ConfigureAwait(false);
+                failure = prepare && !worker.Prepares ? $"the worker of device '{Device.Id}' cannot prepare (its hello does not offer it: an older worker); its first update maps what it reads itself"
+                    : WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id, registered, prepare), timeout, ct).ConfigureAwait(false);
             }
             catch (UpdateFailedException e)
             {
@@ -201,6 +217,14 @@ public sealed partial class ParameterServer
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
             // host can reach, and on GPUs with NCCL).
             var (classes, classOf, listBytes) = await ExchangeWantsAsync(group, worker!.Wants, said, timeout, ct).ConfigureAwait(false);
+            if (prepare)
+            {
+                // Nothing moves: the worker keeps what it mapped, and the session ends at the release (no post-load hook).
+                var kept = await worker.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false) is { } error ? $"releasing the buffer: {error}" : null;
+                await Agreement.AgreeAsync(group, kept, "the end of the prepare", timeout, ct).ConfigureAwait(false);
+                await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
+                return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, 0, clock.Elapsed, []) { WorkerClasses = classes.Count, DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true } };
+            }
             direct = direct is { Staged: true } && classes.Any(c => c.Wants is not null) ? null : direct; // Parts are cut per rank: staged and broadcast.
             // Parts are cut out of buckets in host memory, or on GPUs by NCCL's communicator on its stream.
             var cuts = Device.HostAccessible || group is NcclCommunicator;

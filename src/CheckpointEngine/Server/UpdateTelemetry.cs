@@ -61,7 +61,8 @@ public sealed class UpdateTelemetry : IDisposable
     public LastUpdate? Last => _last;
 
     /// <summary>Opens an update: its activity, and the scope agreements are recorded in.</summary>
-    internal Scope Start(string checkpoint, UpdateMode mode) => new(this, checkpoint, mode);
+    /// <param name="prepare">A prepare (see <see cref="ParameterServer.PrepareAsync"/>): an activity of its own, and nothing in the update metrics.</param>
+    internal Scope Start(string checkpoint, UpdateMode mode, bool prepare = false) => new(this, checkpoint, mode, prepare);
 
     /// <summary>Records the time an agreement waited, for the update running in this flow (if any).</summary>
     internal static void AgreementWaited(TimeSpan wait) => Running.Value?._agreement.Record(wait.TotalSeconds, Running.Value._rank);
@@ -98,19 +99,24 @@ public sealed class UpdateTelemetry : IDisposable
         private readonly Activity? _activity;
         private readonly UpdateTelemetry? _outer;
         private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
+        private readonly bool _prepare;
 
-        public Scope(UpdateTelemetry owner, string checkpoint, UpdateMode mode)
+        public Scope(UpdateTelemetry owner, string checkpoint, UpdateMode mode, bool prepare)
         {
-            (_owner, _mode) = (owner, mode);
+            (_owner, _mode, _prepare) = (owner, mode, prepare);
             _outer = Running.Value;
-            Running.Value = owner;
-            _activity = Source.StartActivity("update");
+            Running.Value = prepare ? null : owner;
+            _activity = Source.StartActivity(prepare ? "prepare" : "update");
             _activity?.SetTag("checkpoint", checkpoint).SetTag("method", mode.Name).SetTag("rank", owner._rank.Value);
         }
 
         /// <summary>Records a successful update (its figures, and an activity per bucket stage from its timings) and returns its report.</summary>
         public UpdateReport Completed(UpdateReport report)
         {
+            if (_prepare)
+            {
+                return report;
+            }
             var method = new KeyValuePair<string, object?>("method", _mode.Name);
             _owner._duration.Record(report.Duration.TotalSeconds, _owner._rank, method);
             _owner._updates.Add(1, _owner._rank, method);
@@ -131,6 +137,11 @@ public sealed class UpdateTelemetry : IDisposable
         public bool Failed(Exception e)
         {
             var cause = Cause(e);
+            if (_prepare)
+            {
+                _activity?.SetStatus(ActivityStatusCode.Error, e.Message).SetTag("cause", cause);
+                return false;
+            }
             _owner._failures.Add(1, _owner._rank, new("method", _mode.Name), new("cause", cause));
             _activity?.SetStatus(ActivityStatusCode.Error, e.Message).SetTag("cause", cause);
             return false;

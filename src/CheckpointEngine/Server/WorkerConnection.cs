@@ -19,6 +19,9 @@ internal sealed class WorkerConnection(Socket socket, string deviceId) : IDispos
     /// <summary>Its hello said it takes a part of one slice along a later dimension in place, as rows a pitch apart (see <see cref="WireTensor.Pitch"/>).</summary>
     public bool TakesStrided { get; init; }
 
+    /// <summary>Its hello said it takes a session that only prepares (see <see cref="AttachMessage.Prepare"/>).</summary>
+    public bool Prepares { get; init; }
+
     /// <summary>Why its declaration could not be read (the update then fails at attach on every rank).</summary>
     public string? WantsError { get; private set; }
 

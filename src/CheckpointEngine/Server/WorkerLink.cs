@@ -103,7 +103,7 @@ internal sealed class WorkerLink : IDisposable
                 (refusal, var said) = await CheckAsync(socket, ticket, ct).ConfigureAwait(false);
                 if (said is not null)
                 {
-                    worker = new WorkerConnection(socket, DeviceId) { MapsSegments = said.Segments, TakesStrided = said.Strided };
+                    worker = new WorkerConnection(socket, DeviceId) { MapsSegments = said.Segments, TakesStrided = said.Strided, Prepares = said.Prepares };
                     if (said.Wants)
                     {
                         await worker.ReadWantsAsync(HelloTimeout, ct).ConfigureAwait(false);

@@ -29,6 +29,7 @@ public sealed class BenchCommandTests
         Assert.True(config.GetProperty("bytes").GetInt64() > 0);
         Assert.True(config.GetProperty("gbps_per_worker").GetDouble() > 0);
         Assert.True(config.GetProperty("ratio_to_baseline").GetDouble() > 0);
+        Assert.True(config.GetProperty("prepare_seconds").GetDouble() > 0); // The ranks prepared the first update (the default).
         var baselines = doc.RootElement.GetProperty("baselines");
         foreach (var key in new[] { Baseline.Memcpy, Baseline.MemcpyAllThreads, Baseline.SharedMemory, Baseline.Tcp })
         {

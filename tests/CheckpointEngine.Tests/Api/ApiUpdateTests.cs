@@ -85,6 +85,33 @@ public sealed class ApiUpdateTests
     }
 
     [Fact]
+    public async Task Prepare_MovesNothingAndCountsNoUpdate_ThenTheUpdateIsBitExact()
+    {
+        await using var h = await ApiHarness.StartAsync();
+        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions
+        {
+            DeviceIds = [h.Device.Id],
+            IdleTimeout = TimeSpan.FromSeconds(30),
+        }, cancellationToken: TestContext.Current.CancellationToken);
+        var (files, tensors) = h.WriteModel();
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/gather-metas")).Status);
+        var before = await WorkerDigestAsync(worker);
+
+        var body = $"{{\"update_url\": \"{worker.Address}\", \"timeout\": 30}}";
+        var (status, report) = await h.PostAsync("/v1/checkpoints/step-1/prepare", body);
+
+        Assert.True(status == HttpStatusCode.OK, report.ToString());
+        Assert.Equal((0L, 0, true), (report.GetProperty("bytes").GetInt64(), report.GetProperty("buckets").GetInt32(), report.GetProperty("took_part").GetBoolean()));
+        Assert.Equal(before, await WorkerDigestAsync(worker)); // The engine's weights are untouched.
+        Assert.DoesNotContain("ckpt_engine_updates_total", await h.MetricsAsync(), StringComparison.Ordinal);
+        (status, report) = await h.PostAsync("/v1/checkpoints/step-1/update", body);
+        Assert.True(status == HttpStatusCode.OK, report.ToString());
+        Assert.Equal(tensors.ToDictionary(t => t.Name, t => t.Sha256).OrderBy(kv => kv.Key, StringComparer.Ordinal),
+            (await WorkerDigestAsync(worker)).OrderBy(kv => kv.Key, StringComparer.Ordinal));
+    }
+
+    [Fact]
     public async Task WhileUpdateRuns_OtherCollectivesAndDeleteGet409_ThenEngineFailureIs500WithItsMessage()
     {
         await using var h = await ApiHarness.StartAsync();

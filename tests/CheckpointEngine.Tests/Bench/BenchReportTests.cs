@@ -84,6 +84,23 @@ public sealed class BenchReportTests
     }
 
     [Fact]
+    public void Prepared_ItsSecondsBesideTheFirstUpdate_AndTheCommandSaysWhenTheRunDidNotPrepare()
+    {
+        var report = Report();
+        var c = report.Configurations[0];
+        report = report with { Configurations = [c with { Prepared = Line(c.Method, 0.125, 0) with { Prepare = true } }] };
+        Assert.Contains("| first s | prepare s |", report.ToMarkdown(), StringComparison.Ordinal);
+        Assert.Contains("| 2.500 | 0.125 | 4 |", report.ToMarkdown(), StringComparison.Ordinal); // first s, prepare s, buckets.
+        using (var doc = JsonDocument.Parse(report.ToJson()))
+        {
+            Assert.Equal(0.125, doc.RootElement.GetProperty("configurations")[0].GetProperty("prepare_seconds").GetDouble());
+        }
+        Assert.DoesNotContain("--no-prepare", report.CommandLine, StringComparison.Ordinal);
+        Assert.EndsWith(" --no-prepare", (report with { Settings = report.Settings with { Prepare = false } }).CommandLine, StringComparison.Ordinal);
+        Assert.Contains("unprepared (`--no-prepare`", (report with { Settings = report.Settings with { Prepare = false } }).ToMarkdown(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Json_UnmeasuredFigures_AreNull()
     {
         var report = Report(ranksSampled: false);
@@ -92,6 +109,7 @@ public sealed class BenchReportTests
         using var doc = JsonDocument.Parse(report.ToJson());
         var only = doc.RootElement.GetProperty("configurations")[0];
         Assert.Equal(JsonValueKind.Null, only.GetProperty("first_update_seconds").ValueKind);
+        Assert.Equal(JsonValueKind.Null, only.GetProperty("prepare_seconds").ValueKind);
         Assert.Equal(JsonValueKind.Null, only.GetProperty("stage_seconds").GetProperty("stage").ValueKind);
         Assert.Equal(JsonValueKind.Null, only.GetProperty("peak_rss_bytes").GetProperty("ranks")[0].ValueKind);
         Assert.False(doc.RootElement.GetProperty("peak_memory").GetProperty("ranks_sampled").GetBoolean());

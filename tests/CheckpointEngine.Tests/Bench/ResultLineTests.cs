@@ -22,6 +22,15 @@ public sealed class ResultLineTests
         Assert.Equal(0, r.Update);
     }
 
+    [Fact]
+    public void Parse_Prepare_IsMarked_AnUpdateIsNot()
+    {
+        Assert.True(ResultLine.TryParse("[rank 1] result method=broadcast bytes=0 seconds=0.250000 buckets=0 prepare=1", out var prepare));
+        Assert.Equal((true, 0.25), (prepare.Prepare, prepare.Seconds));
+        Assert.True(ResultLine.TryParse("[rank 1] result method=broadcast bytes=9 seconds=0.5 buckets=1 update=0", out var update));
+        Assert.False(update.Prepare);
+    }
+
     [Theory]
     [InlineData("[rank 0] update (p2p): 1.0 MiB in 0.5 s")]
     [InlineData("[rank 0] result method=p2p bytes=x seconds=1")]

@@ -83,6 +83,49 @@ public sealed class InPlaceUpdateTests
         Assert.Equal(WeightsB, received["b"]);
     }
 
+    [Fact]
+    public async Task Prepare_MovesNothing_TheWorkerKeepsTheRegisteredSegmentMapped_TheUpdateAfterIsBitExact()
+    {
+        await using var rank = await StartAsync();
+        Assert.True(rank.Server.Registry.TryGet("step-1", out var checkpoint));
+        var segment = Assert.Single(checkpoint.Buffers).Segment!;
+        var loads = 0;
+        var hooks = 0;
+        var prepared = await rank.Server.PrepareAsync("step-1", UpdateMode.Broadcast, (context, ct) => WeightReceiver.ReceiveAsync(context.Sockets.Single().Ticket.ToString(),
+            (_, _) => loads++, _ => { hooks++; return ValueTask.CompletedTask; }, SingleRank.Deadline, ct), new UpdateOptions { Timeout = SingleRank.Deadline }, TestContext.Current.CancellationToken);
+
+        Assert.Empty(prepared.Buckets);
+        Assert.Equal((0L, 0, 0, true), (prepared.BytesDelivered, loads, hooks, prepared.InPlace));
+        Assert.Contains(File.ReadLines("/proc/self/maps"), l => l.Contains(" r--s ", StringComparison.Ordinal) && l.EndsWith(segment.Path, StringComparison.Ordinal));
+        Assert.Null(rank.Server.Telemetry.Last); // A prepare is not an update.
+        var (report, received) = await rank.UpdateAsync();
+        Assert.True(report.InPlace);
+        Assert.Equal(WeightsA, received["a"]);
+        Assert.Equal(WeightsB, received["b"]);
+    }
+
+    [Fact]
+    public async Task Prepare_AWorkerThatCannotPrepare_FailsItNamingTheDevice_TheUpdateAfterWorks()
+    {
+        await using var rank = await StartAsync();
+        var error = await Assert.ThrowsAsync<UpdateFailedException>(() => rank.Server.PrepareAsync("step-1", UpdateMode.Broadcast, async (context, ct) =>
+        {
+            var ticket = context.Sockets.Single().Ticket;
+            using var socket = await WeightReceiver.ConnectAsync(ticket.Address, SingleRank.Deadline, null, ct);
+            using var stream = new NetworkStream(socket);
+            await WorkerFraming.WriteAsync(stream, new WorkerHello(ticket.Session, Segments: true), ct); // An older worker: no "prepares".
+            while (await WorkerFraming.ReadAsync<WorkerMessage>(stream, ct) is { } message)
+            {
+                Assert.IsType<AbortMessage>(message); // Nothing else reaches it.
+                await WorkerFraming.WriteAsync(stream, WorkerReply.Success, ct);
+            }
+        }, new UpdateOptions { Timeout = SingleRank.Deadline }, TestContext.Current.CancellationToken));
+
+        Assert.Contains($"the worker of device '{rank.Server.Device.Id}' cannot prepare", error.Message, StringComparison.Ordinal);
+        var (_, received) = await rank.UpdateAsync();
+        Assert.Equal(WeightsA, received["a"]);
+    }
+
     private static unsafe byte[] Bytes(SharedMemorySegment segment, long offset, long length) =>
         new ReadOnlySpan<byte>(segment.Pointer + offset, checked((int)length)).ToArray();
 }

@@ -91,12 +91,16 @@ internal sealed class FakeParameterServer : IDisposable
         _stream = new NetworkStream(_connection, ownsSocket: true);
         var hello = await WorkerFraming.ReadAsync<WorkerHello>(_stream, TestContext.Current.CancellationToken).WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
         Assert.Equal(Ticket.Session, hello?.Session);
+        Hello = hello;
         if (hello!.Wants)
         {
             var frame = await WorkerFraming.ReadFrameAsync(_stream, TestContext.Current.CancellationToken).WaitAsync(StepDeadline, TestContext.Current.CancellationToken);
             DeclaredWants = WorkerWants.Parse(frame);
         }
     }
+
+    /// <summary>The worker's hello.</summary>
+    public WorkerHello? Hello { get; private set; }
 
     /// <summary>What the worker declared it keeps, if it did.</summary>
     public WorkerWants? DeclaredWants { get; private set; }

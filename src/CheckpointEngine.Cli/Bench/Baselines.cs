@@ -109,37 +109,62 @@ public static unsafe class Baselines
 
     internal const string BenchShmReader = "shm-read";
 
-    /// <summary>Seconds to push <paramref name="bytes"/> through one loopback TCP connection between two threads, in 4 MiB writes.</summary>
-    public static double RawTcp(long bytes)
+    /// <summary>
+    /// Seconds to push <paramref name="bytes"/> through each of <paramref name="connections"/> loopback TCP connections at once
+    /// (a sending and a receiving thread each, 4 MiB writes): with one, the link's speed; with N, what bounds each of N receivers.
+    /// </summary>
+    public static double RawTcp(long bytes, int connections = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(connections);
         using var src = Touched(bytes);
-        using var dst = Touched(bytes);
+        var targets = Enumerable.Range(0, connections).Select(_ => Touched(bytes)).ToList();
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(1);
-        using var sender = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { SendBufferSize = TcpChunk };
-        sender.Connect(listener.LocalEndPoint!);
-        using var receiver = listener.Accept();
-        receiver.ReceiveBufferSize = TcpChunk;
-        receiver.ReceiveTimeout = 60_000; // Deadline: a stuck loopback must not hang the benchmark.
-        var (s, d) = (src.Address, dst.Address);
-        return Best(() =>
+        var pairs = new List<(Socket Sender, Socket Receiver)>();
+        try
         {
-            var receive = Task.Factory.StartNew(() =>
+            listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            listener.Listen(connections);
+            for (var i = 0; i < connections; i++)
             {
-                for (long got = 0; got < bytes;)
-                {
-                    var n = receiver.Receive(new Span<byte>((byte*)(d + (nint)got), (int)Math.Min(TcpChunk, bytes - got)));
-                    got += n > 0 ? n : throw new IOException("loopback connection closed early");
-                }
-            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-            for (long sent = 0; sent < bytes;)
-            {
-                sent += sender.Send(new ReadOnlySpan<byte>((byte*)(s + (nint)sent), (int)Math.Min(TcpChunk, bytes - sent)));
+                var sender = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { SendBufferSize = TcpChunk };
+                sender.Connect(listener.LocalEndPoint!);
+                var receiver = listener.Accept();
+                receiver.ReceiveBufferSize = TcpChunk;
+                receiver.ReceiveTimeout = sender.SendTimeout = 60_000; // Deadline: a stuck loopback must not hang the benchmark.
+                pairs.Add((sender, receiver));
             }
-            receive.GetAwaiter().GetResult();
-        });
+            var s = src.Address;
+            return Best(() => Task.WaitAll([.. pairs.SelectMany((p, i) => new[]
+            {
+                Dedicated(() =>
+                {
+                    for (long got = 0, d = targets[i].Address; got < bytes;)
+                    {
+                        var n = p.Receiver.Receive(new Span<byte>((byte*)(d + (nint)got), (int)Math.Min(TcpChunk, bytes - got)));
+                        got += n > 0 ? n : throw new IOException("loopback connection closed early");
+                    }
+                }),
+                Dedicated(() =>
+                {
+                    for (long sent = 0; sent < bytes;)
+                    {
+                        sent += p.Sender.Send(new ReadOnlySpan<byte>((byte*)(s + (nint)sent), (int)Math.Min(TcpChunk, bytes - sent)));
+                    }
+                }),
+            })]));
+        }
+        finally
+        {
+            foreach (var (sender, receiver) in pairs)
+            {
+                sender.Dispose();
+                receiver.Dispose();
+            }
+            targets.ForEach(t => t.Dispose());
+        }
     }
+
+    private static Task Dedicated(Action work) => Task.Factory.StartNew(work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     /// <summary>Faults every page in, so what is measured next is copying, not first-touch faults.</summary>
     public static void Touch(nint address, long length)

@@ -94,6 +94,9 @@ internal sealed partial record BenchReport
         Number(w, "gbps_per_worker", c.GbpsPerWorker);
         w.WriteString("baseline", baseline?.Key);
         Number(w, "ratio_to_baseline", baseline is null ? null : c.GbpsPerWorker / baseline.Gbps);
+        var atOnce = AtOnceFor(c);
+        w.WriteString("baseline_at_once", atOnce?.Key);
+        Number(w, "ratio_to_baseline_at_once", atOnce is null ? null : c.GbpsPerWorker / atOnce.Gbps);
         var peer = PeerFor(c);
         Number(w, "ratio_to_torch_per_tensor", peer is null ? null : c.GbpsPerWorker / peer.PerTensorGbps);
         Number(w, "ratio_to_torch_bucketed", peer is null ? null : c.GbpsPerWorker / peer.BucketedGbps);

@@ -27,6 +27,10 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
 
     public Baseline? BaselineFor(ConfigurationResult c) => Baselines.FirstOrDefault(b => b.Key == Baseline.For(c.Method, c.Case));
 
+    /// <summary>An update row's baseline with as many copies or connections at once as it has ranks (their workers receive at once), or null.</summary>
+    public Baseline? AtOnceFor(ConfigurationResult c) =>
+        c.Case is null && c.Ranks > 1 ? Baselines.FirstOrDefault(b => b.Key == Baseline.AtOnce(Baseline.For(c.Method), c.Ranks)) : null;
+
     /// <summary>The command line that repeats this run.</summary>
     public string CommandLine => string.Join(' ', new[]
     {
@@ -156,16 +160,18 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         // The peer's column only where it was measured, the prepare's only where the ranks prepared.
         var peers = Peers.Count > 0;
         var prepared = Configurations.Any(c => c.Prepared is not null);
-        var t = new Table(["method", "ranks", "size", "per worker", "seconds (min–max)", "GB/s per worker", "vs baseline", .. peers ? ["vs torch (tensor / bucketed)"] : System.Array.Empty<string>(),
+        var atOnce = Configurations.Any(c => AtOnceFor(c) is not null);
+        var t = new Table(["method", "ranks", "size", "per worker", "seconds (min–max)", "GB/s per worker", "vs baseline", .. atOnce ? ["vs N at once"] : System.Array.Empty<string>(), .. peers ? ["vs torch (tensor / bucketed)"] : System.Array.Empty<string>(),
             "first s", .. prepared ? ["prepare s"] : System.Array.Empty<string>(), "buckets", "stage s", "broadcast s", "reload s", "peak RSS per rank", "bench process"],
-            [false, true, false, true, true, true, false, .. peers ? [false] : System.Array.Empty<bool>(), true, .. prepared ? [true] : System.Array.Empty<bool>(), true, true, true, true, true, true]);
+            [false, true, false, true, true, true, false, .. atOnce ? [false] : System.Array.Empty<bool>(), .. peers ? [false] : System.Array.Empty<bool>(), true, .. prepared ? [true] : System.Array.Empty<bool>(), true, true, true, true, true, true]);
         foreach (var c in Ordered)
         {
             var s = c.Seconds;
             var baseline = BaselineFor(c);
             var ratio = baseline is null ? "" : $"{F(c.GbpsPerWorker / baseline.Gbps, 2)}× {(baseline.Key == Baseline.Tcp ? "TCP" : "memcpy")}";
             t.Add([c.Label, c.Ranks.ToString(Invariant), BenchSettings.SizeLabel(c.Size), ByteSize.Format(c.Bytes),
-                $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio, .. peers ? [PeerRatio(c)] : System.Array.Empty<string>(),
+                $"{F(s.Median, 3)} ({F(s.Min, 3)}–{F(s.Max, 3)})", F(c.GbpsPerWorker, 2), ratio,
+                .. atOnce ? [AtOnceFor(c) is { } n ? $"{F(c.GbpsPerWorker / n.Gbps, 2)}× {c.Ranks} at once" : "–"] : System.Array.Empty<string>(), .. peers ? [PeerRatio(c)] : System.Array.Empty<string>(),
                 F(c.First?.Seconds ?? double.NaN, 3), .. prepared ? [c.Prepared is { } p ? F(p.Seconds, 3) : "–"] : System.Array.Empty<string>(), c.Buckets > 0 ? c.Buckets.ToString(Invariant) : "–",
                 F(c.Stage, 3), F(c.Broadcast, 3), F(c.Reload, 3), RankPeakText(c, markdown), c.HostPeak is { } h ? ByteSize.Format(h) : "–"]);
         }

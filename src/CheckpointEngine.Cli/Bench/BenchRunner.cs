@@ -28,7 +28,8 @@ internal static class BenchRunner
     public static async Task<BenchReport> RunAsync(BenchSettings settings, TextWriter progress, CancellationToken ct = default)
     {
         var date = DateTimeOffset.UtcNow;
-        var baselines = MeasureBaselines(Math.Clamp(settings.Sizes.Max(), 64L << 20, 1L << 30), progress);
+        var baselines = MeasureBaselines(Math.Clamp(settings.Sizes.Max(), 64L << 20, 1L << 30), progress,
+            settings.Methods.Any(m => BenchSettings.UpdateMethods.Contains(m)) ? [.. settings.Ranks.Where(r => r > 1).Distinct()] : []);
         var results = new List<ConfigurationResult>();
         var peers = new List<TorchPeer.Result>();
         var hostPeakReset = true;
@@ -118,7 +119,8 @@ internal static class BenchRunner
         return new BenchReport(MachineInfo.Current(), date, settings, baselines, results, sampled, hostPeakReset) { Peers = peers };
     }
 
-    private static List<Baseline> MeasureBaselines(long bytes, TextWriter progress)
+    /// <param name="atOnce">Rank counts whose workers receive at once: each gets a memcpy and a TCP baseline with as many copies or connections at once.</param>
+    private static List<Baseline> MeasureBaselines(long bytes, TextWriter progress, IReadOnlyList<int> atOnce)
     {
         progress.WriteLine($"bench: measuring baselines over {ByteSize.Format(bytes)}");
         var threads = Environment.ProcessorCount;
@@ -130,6 +132,17 @@ internal static class BenchRunner
             new Baseline(Baseline.SharedMemory, "shared memory, 2 processes", bytes, copyOut,
                 $"copy-out of a /dev/shm segment another process wrote in {write.ToString("F4", CultureInfo.InvariantCulture)} s"),
             new Baseline(Baseline.Tcp, "TCP loopback, 1 connection", bytes, Baselines.RawTcp(bytes)),
+            .. atOnce.SelectMany(n =>
+            {
+                // Each of n threads copies its bytes (n workers each reloading what they received), each of n connections carries them;
+                // at most 4 GiB of buffers in all: the rate, not the size, is the figure.
+                var each = Math.Clamp((2L << 30) / n, 16L << 20, bytes);
+                return new[]
+                {
+                    new Baseline(Baseline.AtOnce(Baseline.Memcpy, n), $"memcpy, {n} threads at once (per thread)", each, Baselines.MemcpyParallel(each * n, n)),
+                    new Baseline(Baseline.AtOnce(Baseline.Tcp, n), $"TCP loopback, {n} connections at once (per connection)", each, Baselines.RawTcp(each, n)),
+                };
+            }),
         ];
     }
 

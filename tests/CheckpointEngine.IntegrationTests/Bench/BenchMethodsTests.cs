@@ -97,6 +97,11 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
         Assert.Equal(Baseline.Tcp, join.GetProperty("baseline").GetString());
         Assert.Equal(configs["p2p"].GetProperty("bytes").GetInt64(), join.GetProperty("bytes").GetInt64()); // The whole checkpoint, as the owners' own P2P update.
         Assert.True(join.GetProperty("first_update_seconds").GetDouble() > 0 && join.GetProperty("ratio_to_baseline").GetDouble() > 0, join.ToString());
+        // Two joiners receive at once: each row is also compared with two loopback connections at once, measured in the run.
+        var atOnce = Baseline.AtOnce(Baseline.Tcp, 2);
+        Assert.Equal(atOnce, join.GetProperty("baseline_at_once").GetString());
+        Assert.True(doc.RootElement.GetProperty("baselines").GetProperty(atOnce).GetProperty("gbps").GetDouble() > 0);
+        Assert.True(join.GetProperty("ratio_to_baseline_at_once").GetDouble() > 0, join.ToString());
         before.AssertNoneAdded();
     }
 

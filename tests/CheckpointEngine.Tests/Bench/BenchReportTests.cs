@@ -101,6 +101,25 @@ public sealed class BenchReportTests
     }
 
     [Fact]
+    public void AtOnce_RowsOfSeveralRanks_AreAlsoComparedWithAsManyStreamsAtOnce()
+    {
+        var report = Report();
+        Assert.DoesNotContain("vs N at once", report.ToMarkdown(), StringComparison.Ordinal); // Not measured: no column.
+        // Two threads at once copy 5 GB/s each, two connections at once carry 2 GB/s each.
+        report = report with { Baselines = [.. report.Baselines, new Baseline(Baseline.AtOnce(Baseline.Memcpy, 2), "memcpy, 2 threads at once (per thread)", GiB, GiB / 5e9),
+            new Baseline(Baseline.AtOnce(Baseline.Tcp, 2), "TCP loopback, 2 connections at once (per connection)", GiB, GiB / 2e9)] };
+        var md = report.ToMarkdown();
+        Assert.Contains("| broadcast | 2 | 1GiB | 1.00 GiB | 2.000 (1.800–2.200) | 0.54 | 0.05× memcpy | 0.11× 2 at once |", md, StringComparison.Ordinal);
+        Assert.Contains("| p2p | 2 | 1GiB | 1.00 GiB | 4.000 (3.600–4.400) | 0.27 | 0.07× TCP | 0.13× 2 at once |", md, StringComparison.Ordinal);
+        Assert.Contains("| broadcast | 1 | 1GiB | 1.00 GiB | 1.000 (0.900–1.100) | 1.07 | 0.11× memcpy | – |", md, StringComparison.Ordinal);
+        using var doc = JsonDocument.Parse(report.ToJson());
+        var p2p = doc.RootElement.GetProperty("configurations").EnumerateArray()
+            .Single(c => c.GetProperty("method").GetString() == "p2p" && c.GetProperty("ranks").GetInt32() == 2 && c.GetProperty("size").GetInt64() == GiB);
+        Assert.Equal(Baseline.AtOnce(Baseline.Tcp, 2), p2p.GetProperty("baseline_at_once").GetString());
+        Assert.Equal(GiB / 4.0 / 2e9, p2p.GetProperty("ratio_to_baseline_at_once").GetDouble(), tolerance: 1e-6); // Rounded to 6 places.
+    }
+
+    [Fact]
     public void Json_UnmeasuredFigures_AreNull()
     {
         var report = Report(ranksSampled: false);

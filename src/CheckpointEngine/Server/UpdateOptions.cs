@@ -33,6 +33,10 @@ public sealed record UpdateOptions
     /// relays of the next buckets staged on other hosts (their own groups, their own NICs) while earlier ones still move, in an order that
     /// takes stagers host by host; the device buffers get one broadcast slot more per extra bucket (smaller buckets in the same memory).
     /// The simulator prices three in flight below the issue's targets at 256 GPUs; not yet measured on a GPU cluster. At most 8.
+    /// On GPUs it stays off by default until a multi-GPU run has shown it safe: buckets from different stager hosts then run NCCL
+    /// operations on several communicators at once, which a member may issue in another order than its peers (each host's chain is
+    /// ordered, the chains are not), and NCCL kernels that wait on each other across communicators can deadlock a device whose SMs they
+    /// fill (NCCL asks for the same order on every rank, or NCCL_LAUNCH_ORDER_IMPLICIT from 2.26).
     /// </summary>
     public int BucketsInFlight { get; init; } = 1;
 

@@ -36,7 +36,7 @@ public sealed record UpdateOptions
     /// On GPUs it stays off by default until a multi-GPU run has shown it safe: buckets from different stager hosts then run NCCL
     /// operations on several communicators at once, which a member may issue in another order than its peers (each host's chain is
     /// ordered, the chains are not), and NCCL kernels that wait on each other across communicators can deadlock a device whose SMs they
-    /// fill (NCCL asks for the same order on every rank, or NCCL_LAUNCH_ORDER_IMPLICIT from 2.26).
+    /// fill (NCCL's guide asks that operations on several communicators be submitted in the same order on every rank).
     /// </summary>
     public int BucketsInFlight { get; init; } = 1;
 

@@ -67,7 +67,7 @@ internal static class BenchRank
             await world.Group.BarrierAsync(timeout, ct).ConfigureAwait(false); // Every update starts with every rank ready.
             var r = await ps.UpdateAsync(CheckpointName, mode, trigger, options, ct).ConfigureAwait(false);
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} update={k}{(r.P2PTransport is { } t ? $" transport={t}" : "")}"));
+                $"result method={method} bytes={r.BytesDelivered} seconds={r.Duration.TotalSeconds:F6} buckets={r.Buckets.Count} stage={r.HostToDevice.TotalSeconds:F6} broadcast={r.Broadcast.TotalSeconds:F6} reload={r.Reload.TotalSeconds:F6} network={r.NetworkBytesReceived} update={k}{(r.P2PTransport is { } t ? $" transport={t}" : "")}"));
             stdout.Flush();
             if (tracePath is not null && k == updates - 1)
             {

@@ -102,6 +102,7 @@ internal sealed partial record BenchReport
         Number(w, "ratio_to_torch_bucketed", peer is null ? null : c.GbpsPerWorker / peer.BucketedGbps);
         Number(w, "seconds_per_gib", c.SecondsPerGiB);
         w.WriteNumber("buckets", c.Buckets);
+        w.WriteNumber("network_bytes_per_rank", c.NetworkBytes);
         w.WriteStartObject("stage_seconds");
         Number(w, "stage", c.Stage);
         Number(w, "broadcast", c.Broadcast);

@@ -25,11 +25,15 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
     public TorchPeer.Result? PeerFor(ConfigurationResult c) => BenchSettings.UpdateMethods.Contains(c.Method, StringComparer.Ordinal)
         ? Peers.FirstOrDefault(p => p.Ranks == c.Ranks && p.Size == c.Size) : null;
 
-    public Baseline? BaselineFor(ConfigurationResult c) => Baselines.FirstOrDefault(b => b.Key == Baseline.For(c.Method, c.Case));
+    public Baseline? BaselineFor(ConfigurationResult c) => Baselines.FirstOrDefault(b => b.Key == BaselineKey(c));
 
     /// <summary>An update row's baseline with as many copies or connections at once as it has ranks (their workers receive at once), or null.</summary>
     public Baseline? AtOnceFor(ConfigurationResult c) =>
-        c.Case is null && c.Ranks > 1 ? Baselines.FirstOrDefault(b => b.Key == Baseline.AtOnce(Baseline.For(c.Method), c.Ranks)) : null;
+        c.Case is null && c.Ranks > 1 ? Baselines.FirstOrDefault(b => b.Key == Baseline.AtOnce(BaselineKey(c), c.Ranks)) : null;
+
+    /// <summary>With ranks on separate hosts every update crosses loopback TCP: TCP bounds it; else as <see cref="Baseline.For"/>.</summary>
+    private string BaselineKey(ConfigurationResult c) =>
+        Settings.SeparateHosts && c.Case is null && c.Ranks > 1 && BenchSettings.UpdateMethods.Contains(c.Method) ? Baseline.Tcp : Baseline.For(c.Method, c.Case);
 
     /// <summary>The command line that repeats this run.</summary>
     public string CommandLine => string.Join(' ', new[]
@@ -43,6 +47,7 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
         Settings.Model is { } m ? "--model " + m : null,
         Settings.Device == Runtime.DeviceKind.Cuda ? "--device cuda" : null,
         Settings.Prepare ? null : "--no-prepare",
+        Settings.SeparateHosts ? "--separate-hosts" : null,
     }.Where(s => s is not null));
 
     public string MachineLine =>

@@ -93,7 +93,7 @@ internal static class BenchRunner
                             worker.AllocateWeights(checkpoint.AllTensors().Select(e => (e.Tensor.Name, e.Tensor.DType, e.Tensor.Shape.ToArray())));
                         }
                         hostPeakReset &= PeakMemory.ResetSelf();
-                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device) { Prepare = settings.Prepare };
+                        var run = new Configuration(method, ranks, size, dir, worker.Address, ids, settings.BucketSize, settings.TraceDirectory, settings.Device) { Prepare = settings.Prepare, SeparateHosts = settings.SeparateHosts };
                         results.Add(await run.MeasureAsync(bytes, settings.Repeat, progress, ct).ConfigureAwait(false));
                     }
                     // The peer: torch.distributed broadcasts of the same checkpoint between as many processes, where a Python has torch.
@@ -152,6 +152,8 @@ internal static class BenchRunner
     {
         public bool Prepare { get; init; }
 
+        public bool SeparateHosts { get; init; }
+
         private string Name => $"{Method}, {Ranks} rank{(Ranks == 1 ? "" : "s")}, {BenchSettings.SizeLabel(Size)}";
 
         private List<string> RankArguments(int updates, TimeSpan timeout)
@@ -188,7 +190,9 @@ internal static class BenchRunner
                 NProc = Ranks,
                 Command = Launcher.SelfCommand(RankArguments(updates, timeout)),
                 Environment = environment,
-                RankEnvironment = r => new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = Ids[r] },
+                RankEnvironment = r => SeparateHosts
+                    ? new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = Ids[r], [RankConfig.HostIdVariable] = $"{Ids[r]}-host" }
+                    : new Dictionary<string, string?> { [RankConfig.DeviceIdVariable] = Ids[r] },
             };
             progress.WriteLine($"bench: {Name}: {Ranks} rank process{(Ranks == 1 ? "" : "es")}, {updates} updates each");
             var (slowest, peaks, prepared) = await RankLaunch.RunAsync(Name, Method, options, updates, timeout * (updates + 1), ct).ConfigureAwait(false);

@@ -21,6 +21,12 @@ internal sealed record BenchSettings(IReadOnlyList<int> Ranks, IReadOnlyList<lon
     /// </summary>
     public bool Prepare { get; init; } = true;
 
+    /// <summary>
+    /// Each rank of an update configuration poses as its own host (its own <see cref="Runtime.RankConfig.HostIdVariable"/>): buckets cross
+    /// loopback TCP as between hosts (shard-aware ones by class relays), and workers cannot read the owners' memory in place.
+    /// </summary>
+    public bool SeparateHosts { get; init; }
+
     public const int MaxRanks = 64;
     public const int MaxRepeat = 100;
     public const long MinSize = 1L << 20;

@@ -29,5 +29,8 @@ internal sealed record ConfigurationResult(string Method, int Ranks, long Size, 
 
     public double Reload => Spread.Of(Samples.Select(s => s.Reload)).Median;
 
+    /// <summary>The most bytes a rank received from other hosts in an update (the largest over the ranks, median over the samples).</summary>
+    public long NetworkBytes => Samples.Count == 0 ? 0 : (long)Spread.Of(Samples.Select(s => (double)s.Network)).Median;
+
     public int Buckets => Samples.Count == 0 ? 0 : Samples.Max(s => s.Buckets);
 }

@@ -49,7 +49,7 @@ internal static class RankLaunch
         var prepared = lines.Where(l => l.Prepare).MaxBy(l => l.Seconds);
         var slowest = lines.Where(l => !l.Prepare)
             .GroupBy(l => l.Update).Where(g => g.Count() == options.NProc).OrderBy(g => g.Key)
-            .Select(g => g.MaxBy(l => l.Seconds)! with { Stage = g.Max(l => l.Stage), Broadcast = g.Max(l => l.Broadcast), Reload = g.Max(l => l.Reload) })
+            .Select(g => g.MaxBy(l => l.Seconds)! with { Stage = g.Max(l => l.Stage), Broadcast = g.Max(l => l.Broadcast), Reload = g.Max(l => l.Reload), Network = g.Max(l => l.Network) })
             .ToList();
         if (exit != 0 || slowest.Count != updates)
         {

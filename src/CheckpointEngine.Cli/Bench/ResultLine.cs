@@ -16,6 +16,9 @@ internal sealed record ResultLine(int Rank, string Method, long Bytes, double Se
     /// <summary>The line of a prepare (<c>prepare=1</c>, see <see cref="Server.ParameterServer.PrepareAsync"/>), not of an update.</summary>
     public bool Prepare { get; init; }
 
+    /// <summary>Bytes the rank received from other hosts (<c>network=N</c>); 0 when absent.</summary>
+    public long Network { get; init; }
+
     private const string Marker = "result method=";
 
     /// <summary>Parses a line as the launcher forwards it (<c>[rank R] result ...</c>) or bare (rank -1); false for any other line.</summary>
@@ -50,7 +53,8 @@ internal sealed record ResultLine(int Rank, string Method, long Bytes, double Se
         }
         int I(string key) => fields.TryGetValue(key, out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
         result = new ResultLine(rank, method, bytes, D("seconds"), I("buckets"), D("stage"), D("broadcast"), D("reload"), I("update"),
-            double.IsNaN(D("efficiency")) ? 0 : D("efficiency")) { Transport = fields.GetValueOrDefault("transport"), Prepare = fields.GetValueOrDefault("prepare") == "1" };
+            double.IsNaN(D("efficiency")) ? 0 : D("efficiency")) { Transport = fields.GetValueOrDefault("transport"), Prepare = fields.GetValueOrDefault("prepare") == "1",
+            Network = fields.TryGetValue("network", out var net) && long.TryParse(net, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0 };
         return true;
     }
 

@@ -29,6 +29,7 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print one JSON document instead of the table" };
         var output = new Option<string?>("--out") { Description = "also write a markdown report (machine, date, tables) to this file" };
         var noPrepare = new Option<bool>("--no-prepare") { Description = "do not prepare the workers before the first update (what a serving rank does ahead of it): the first update maps what it reads itself, as a one-shot update runs it" };
+        var separateHosts = new Option<bool>("--separate-hosts") { Description = "each rank of an update poses as its own host: buckets cross loopback TCP as between hosts (shard-aware ones by class relays), and workers cannot read the owners' memory in place" };
         var trace = new Option<string?>("--trace") { Description = "write each configuration's last update as a Chrome/Perfetto trace into this directory (trace-METHOD-Nr-SIZE.json)" };
         trace.Validators.Add(r => { if (r.GetValueOrDefault<string?>() is { } d && !Directory.Exists(d)) r.AddError($"--trace {d}: directory does not exist"); });
         ranks.Validators.Add(r => { if (!BenchSettings.TryParseRanks(r.GetValueOrDefault<string>() ?? "", out _, out var e)) r.AddError(e); });
@@ -58,7 +59,7 @@ internal static class BenchCommand
         repeat.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > BenchSettings.MaxRepeat) r.AddError($"--repeat must be in [1, {BenchSettings.MaxRepeat}]"); });
         var command = new Command("bench", "Benchmark updates, registration and collectives on this machine against memcpy, shared-memory and TCP baselines measured in the same run.")
         {
-            ranks, size, method, bucket, repeat, json, output, trace, noPrepare, device, model, transports, Rank(stdout), CollectiveRank(stdout), ShmReader(stdout), CudaCopy(stdout),
+            ranks, size, method, bucket, repeat, json, output, trace, noPrepare, separateHosts, device, model, transports, Rank(stdout), CollectiveRank(stdout), ShmReader(stdout), CudaCopy(stdout),
         };
         command.Validators.Add(r =>
         {
@@ -79,7 +80,7 @@ internal static class BenchCommand
             _ = BenchSettings.TryParseMethods(result.GetValue(method)!, out var listed, out _);
             _ = BenchSettings.TryExpandTransports(listed, result.GetValue(transports), out var m, out _);
             long? b = result.GetValue(bucket) is { } text && ByteSize.TryParse(text, out var n) ? n : null;
-            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), DeviceOption.Choose(result.GetValue(device)), result.GetValue(model)) { Prepare = !result.GetValue(noPrepare) }, stderr, ct).ConfigureAwait(false);
+            var report = await BenchRunner.RunAsync(new BenchSettings(r, s, m, b, result.GetValue(repeat), result.GetValue(trace), DeviceOption.Choose(result.GetValue(device)), result.GetValue(model)) { Prepare = !result.GetValue(noPrepare), SeparateHosts = result.GetValue(separateHosts) }, stderr, ct).ConfigureAwait(false);
             if (result.GetValue(json))
             {
                 stdout.WriteLine(report.ToJson());

@@ -78,6 +78,22 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
         Assert.Equal(["tp-full", "tp-sharded"], bytes.Keys);
         // The sample's q/k/v/gate/up and o/down projections are halved for each of 2 shards; embeddings, norms and the head stay whole.
         Assert.InRange(bytes["tp-sharded"], bytes["tp-full"] / 3, bytes["tp-full"] - 1);
+        Assert.All(doc.RootElement.GetProperty("configurations").EnumerateArray(), c => Assert.Equal(0, c.GetProperty("network_bytes_per_rank").GetInt64())); // One host.
+    }
+
+    [Fact]
+    public async Task Bench_SeparateHosts_BucketsCrossTcp_TheShardAwareWorkersTakeInOnlyTheirClassesParts()
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "tp-full,tp-sharded", "--repeat", "1", "--separate-hosts", "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.EndsWith(" --separate-hosts", doc.RootElement.GetProperty("command").GetString(), StringComparison.Ordinal);
+        var rows = doc.RootElement.GetProperty("configurations").EnumerateArray().ToDictionary(c => c.GetProperty("method").GetString()!, c => c.Clone());
+        Assert.All(rows.Values, r => Assert.Equal(Baseline.Tcp, r.GetProperty("baseline").GetString()));
+        var (full, sharded) = (rows["tp-full"].GetProperty("network_bytes_per_rank").GetInt64(), rows["tp-sharded"].GetProperty("network_bytes_per_rank").GetInt64());
+        // Each rank owns half: a full update brings the other half's whole buckets over the network, a shard-aware one only this rank's class's part of them.
+        Assert.InRange(full, rows["tp-full"].GetProperty("bytes").GetInt64() / 3, rows["tp-full"].GetProperty("bytes").GetInt64());
+        Assert.InRange(sharded, 1, full - 1);
     }
 
     /// <summary>

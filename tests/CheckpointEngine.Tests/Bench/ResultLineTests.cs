@@ -27,8 +27,9 @@ public sealed class ResultLineTests
     {
         Assert.True(ResultLine.TryParse("[rank 1] result method=broadcast bytes=0 seconds=0.250000 buckets=0 prepare=1", out var prepare));
         Assert.Equal((true, 0.25), (prepare.Prepare, prepare.Seconds));
-        Assert.True(ResultLine.TryParse("[rank 1] result method=broadcast bytes=9 seconds=0.5 buckets=1 update=0", out var update));
-        Assert.False(update.Prepare);
+        Assert.True(ResultLine.TryParse("[rank 1] result method=broadcast bytes=9 seconds=0.5 buckets=1 network=4096 update=0", out var update));
+        Assert.Equal((false, 4096L), (update.Prepare, update.Network));
+        Assert.Equal(0, prepare.Network);
     }
 
     [Theory]

@@ -22,8 +22,9 @@ public abstract record WorkerMessage;
 /// worker whose hello said it maps them, host backend): further shared-memory segments, the owners' registered
 /// memory on this host, that loads read tensors out of in place (a tensor's <see cref="WireTensor.Segment"/> i ≥ 1 is Segments[i − 1]).
 /// <see cref="Prepare"/> (only to a worker whose hello said <see cref="WorkerHello.Prepares"/>): this session moves nothing; the worker maps
-/// what the attach names, faults it in (the further segments; the buffer when there are none) and keeps it mapped for the next update,
-/// then the session ends at "release": no loads, no "finish", no post-load hook. The first real update then finds everything mapped.
+/// what the attach names and keeps it mapped for the next update, with <see cref="Prefault"/> also faulting in the pages of the further
+/// segments that hold data (the owners' memory, which loads will read whole), then the session ends at "release": no loads, no "finish",
+/// no post-load hook. The first real update then finds everything mapped.
 /// </summary>
 public sealed record AttachMessage(
     [property: JsonPropertyName("kind")] string Kind,
@@ -35,7 +36,10 @@ public sealed record AttachMessage(
     IReadOnlyList<SegmentRef>? Segments = null,
     [property: JsonPropertyName("prepare")]
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
-    bool Prepare = false) : WorkerMessage;
+    bool Prepare = false,
+    [property: JsonPropertyName("prefault")]
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    bool Prefault = false) : WorkerMessage;
 
 /// <summary>A shared-memory segment under /dev/shm by name, and the bytes of it a worker maps.</summary>
 public sealed record SegmentRef(

@@ -158,11 +158,11 @@ internal sealed class ReceiveSession : IDisposable
             if (attach.Kind == "shm")
             {
                 (_segment, _registered) = SegmentMappings.Acquire(_address, attach.Handle, attach.Size, attach.Segments ?? []);
-                if (attach.Prepare)
+                if (attach.Prepare && attach.Prefault)
                 {
-                    // Loads will read the owners' segments in place, else this buffer: fault in now the pages that hold data (a hole
-                    // stays one: reading it would allocate memory nobody writes, such as a buffer's unused slots).
-                    foreach (var s in _registered.Length > 0 ? _registered.Distinct() : [_segment])
+                    // Loads will read the owners' segments in place: fault in now their pages that hold data (a hole stays one: reading
+                    // it would allocate memory nobody writes).
+                    foreach (var s in _registered.Distinct())
                     {
                         _ = s.PrefaultResident();
                     }

@@ -194,7 +194,8 @@ public sealed partial class ParameterServer
                 worker = await _worker.AcceptAsync(ticket, triggered, timeout, ct).ConfigureAwait(false);
                 var registered = direct is not null && worker.MapsSegments ? direct.Segments : null;
                 failure = prepare && !worker.Prepares ? $"the worker of device '{Device.Id}' cannot prepare (its hello does not offer it: an older worker); its first update maps what it reads itself"
-                    : WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id, registered, prepare), timeout, ct).ConfigureAwait(false);
+                    : WantsFailure(worker, metas) ?? await worker.CallAsync(new AttachMessage(device.Kind, device.Handle, device.Size, Device.Id, registered, prepare,
+                        Prefault: prepare && direct is { Staged: false }), timeout, ct).ConfigureAwait(false);
             }
             catch (UpdateFailedException e)
             {

@@ -6,8 +6,9 @@ using CheckpointEngine.Worker;
 namespace CheckpointEngine.Tests.Worker;
 
 /// <summary>
-/// A session that only prepares (the attach says "prepare"): the worker maps what the attach names, faults in the pages that hold
-/// data (never a hole), keeps the mappings, and the session ends at "release" without loads, "finish" or the post-load hook.
+/// A session that only prepares (the attach says "prepare"): the worker maps what the attach names, with "prefault" faults in the
+/// further segments' pages that hold data (never a hole), keeps the mappings, and the session ends at "release" without loads,
+/// "finish" or the post-load hook.
 /// </summary>
 public sealed class PrepareSessionTests : IDisposable
 {
@@ -33,7 +34,7 @@ public sealed class PrepareSessionTests : IDisposable
         await _ps.AcceptAsync();
         Assert.True(_ps.Hello!.Prepares);
 
-        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach with { Segments = [new SegmentRef(registered.Name, registered.Size)], Prepare = true }));
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach with { Segments = [new SegmentRef(registered.Name, registered.Size)], Prepare = true, Prefault = true }));
         Assert.Equal(64L * Page, ReadOnlyMappingRss(registered.Path)); // In this process's page tables now: the first update faults nothing there.
         FakeParameterServer.AssertOk(await _ps.SendAsync(new ReleaseMessage()));
         var summary = await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
@@ -44,6 +45,24 @@ public sealed class PrepareSessionTests : IDisposable
         Assert.Equal(64L * Page, ReadOnlyMappingRss(registered.Path)); // Kept mapped for the update that follows.
         WeightReceiver.ReleaseMappings();
         Assert.Equal(-1, ReadOnlyMappingRss(registered.Path));
+    }
+
+    [Fact]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public async Task Prepare_WithoutPrefault_OnlyMaps()
+    {
+        using var registered = SharedMemorySegment.Create("ckpt-test-prep-" + Guid.NewGuid().ToString("N")[..16], 16 * Page);
+        unsafe
+        {
+            new Span<byte>(registered.Pointer, 16 * Page).Fill(7);
+        }
+        var task = WeightReceiver.ReceiveAsync(_ps.Ticket.ToString(), (_, _) => { }, null, FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        await _ps.AcceptAsync();
+        FakeParameterServer.AssertOk(await _ps.SendAsync(_ps.Attach with { Segments = [new SegmentRef(registered.Name, registered.Size)], Prepare = true }));
+        Assert.Equal(0, ReadOnlyMappingRss(registered.Path)); // Mapped, nothing faulted in: the update reads only what it needs.
+        FakeParameterServer.AssertOk(await _ps.SendAsync(new ReleaseMessage()));
+        await task.WaitAsync(FakeParameterServer.StepDeadline, TestContext.Current.CancellationToken);
+        WeightReceiver.ReleaseMappings();
     }
 
     [Fact]

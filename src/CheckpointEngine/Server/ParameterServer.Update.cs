@@ -107,7 +107,7 @@ public sealed partial class ParameterServer
                 .Select(b => new BucketStep(b, b.Owner, (slot, wanted) => Task.Run(() => Device.CopyHostToDevice(
                     b.Ranges.SelectMany(r => BucketPart.Cut(r, wanted).Select(c => new HostCopy(local!.Buffers[r.Buffer].Address + (nint)c.Source, slot + (nint)c.BucketOffset, c.Length))).ToArray()), ct)))
                 .ToList();
-        return await RunAsync(name, UpdateMode.Broadcast, Group, metas, Plan, trigger, options, prepare, ct).ConfigureAwait(false);
+        return await RunAsync(name, UpdateMode.Broadcast, Group, metas, Plan, trigger, options, prepare, null, ct).ConfigureAwait(false);
     }
 
     private async Task<UpdateReport> P2PUpdateAsync(string name, ICommunicator group, Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, bool prepare, CancellationToken ct)
@@ -144,13 +144,16 @@ public sealed partial class ParameterServer
                 .Select(a => new BucketStep(a.Bucket, a.Receiver, (slot, wanted) => Read(a.Bucket, slot, wanted)))
                 .ToList();
         }
-        var report = await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, prepare, ct).ConfigureAwait(false);
+        // A prepare opens the connections to the owners this rank will read from.
+        Task Connect(List<BucketStep> steps) => Task.WhenAll(steps.Where(s => s.Stager == group.Rank).Select(s => metas.Ranks[s.Bucket.Owner].P2PAddress!)
+            .Distinct(StringComparer.Ordinal).Select(owner => store.ConnectAsync(owner, options.Timeout, ct)));
+        var report = await RunAsync(name, UpdateMode.P2P(group.Members), group, metas, Plan, trigger, options, prepare, Connect, ct).ConfigureAwait(false);
         return report with { P2PTransport = store.Transport };
     }
 
     /// <summary>Sizes, plans and runs an update among the members of <paramref name="group"/>.</summary>
     private async Task<UpdateReport> RunAsync(string name, UpdateMode mode, ICommunicator group, GlobalMetas metas, Func<BucketSizing, IReadOnlyList<string>, List<BucketStep>> plan,
-        Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, bool prepare, CancellationToken ct)
+        Func<UpdateContext, CancellationToken, Task>? trigger, UpdateOptions options, bool prepare, Func<List<BucketStep>, Task>? connect, CancellationToken ct)
     {
         // A P2P read can fail (an owner died): the others must not wait for a broadcast that will not come.
         var agreeOnStaging = mode.Method == UpdateMethod.P2P;
@@ -181,7 +184,12 @@ public sealed partial class ParameterServer
             steps = ByHostInTurn(steps, [.. members.Select(m => m.HostId)]);
         }
         var direct = DirectFor(name, mode, members, metas) ?? StagedFor(members, steps, sizing);
+        if (prepare && !_deviceFaulted && direct is not { Staged: false })
+        {
+            device.SharedSegment?.Prefault(); // The update will stage into it: fault it in now, not in its first buckets.
+        }
         _deviceFaulted |= direct is not { Staged: false }; // A staged update touches them.
+        var connecting = prepare && connect is not null ? connect(steps) : Task.CompletedTask;
         using var triggerCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var context = new UpdateContext(name, Rank, members.Select(m => m.Socket).ToList());
         var triggered = trigger is null ? Task.CompletedTask : Task.Run(() => trigger(context, triggerCts.Token), triggerCts.Token);
@@ -222,6 +230,7 @@ public sealed partial class ParameterServer
             {
                 // Nothing moves: the worker keeps what it mapped, and the session ends at the release (no post-load hook).
                 var kept = await worker.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false) is { } error ? $"releasing the buffer: {error}" : null;
+                kept ??= await connecting.ContinueWith(t => t.Exception?.InnerException?.Message, TaskScheduler.Default).ConfigureAwait(false);
                 await Agreement.AgreeAsync(group, kept, "the end of the prepare", timeout, ct).ConfigureAwait(false);
                 await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
                 return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, 0, clock.Elapsed, []) { WorkerClasses = classes.Count, DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true } };

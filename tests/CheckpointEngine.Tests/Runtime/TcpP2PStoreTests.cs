@@ -53,6 +53,24 @@ public sealed class TcpP2PStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task Connect_OpensTheStripesConnectionsOnce_TheReadAfterUsesThem_NobodyListening_NamesTheOwner()
+    {
+        await _reader.ConnectAsync(_owner.Address, Deadline, TestContext.Current.CancellationToken);
+        Assert.Equal(4, _reader.OpenConnections);
+        await _reader.ConnectAsync(_owner.Address, Deadline, TestContext.Current.CancellationToken);
+        Assert.Equal(4, _reader.OpenConnections); // Open already: none more.
+        await _reader.ReadAsync(_owner.Address, [new("ckpt/0", 0, 3 << 20, _target.Address)], Deadline, TestContext.Current.CancellationToken);
+        Assert.True(_source.AsSpan(0, 3 << 20).SequenceEqual(_target.AsSpan(0, 3 << 20)));
+        Assert.Equal(4, _reader.OpenConnections);
+
+        using var closed = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        closed.Bind(new IPEndPoint(IPAddress.Loopback, 0)); // Bound, not listening: connections are refused.
+        var nobody = closed.LocalEndPoint!.ToString()!;
+        var error = await Assert.ThrowsAsync<P2PException>(() => _reader.ConnectAsync(nobody, Deadline, TestContext.Current.CancellationToken));
+        Assert.Contains($"cannot connect to P2P owner {nobody}", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Stripe_CutsIntoAboutEqualRunsInOrder_NoneTooSmall()
     {
         P2PRead[] reads = [new("a", 100, 30 << 20, 1000), new("b", 0, 10 << 20, 1 << 40)];

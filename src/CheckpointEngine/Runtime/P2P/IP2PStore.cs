@@ -20,6 +20,10 @@ public interface IP2PStore : IDisposable
     /// <summary>Reads every range from the store at <paramref name="owner"/>, in one batch, into local memory.</summary>
     /// <exception cref="P2PException">The owner refused, vanished or did not answer within <paramref name="timeout"/>.</exception>
     Task ReadAsync(string owner, IReadOnlyList<P2PRead> reads, TimeSpan timeout, CancellationToken ct = default);
+
+    /// <summary>Opens what reads from <paramref name="owner"/> go through (connections), so that the first read does not wait for it. Optional.</summary>
+    /// <exception cref="P2PException">The owner refused or did not answer within <paramref name="timeout"/>.</exception>
+    Task ConnectAsync(string owner, TimeSpan timeout, CancellationToken ct = default) => Task.CompletedTask;
 }
 
 /// <summary>Copy <see cref="Length"/> bytes at <see cref="Offset"/> of the owner's buffer <see cref="Buffer"/> to <see cref="Destination"/>.</summary>

@@ -69,6 +69,9 @@ public sealed partial class TcpP2PStore : IP2PStore
     /// </summary>
     internal TimeSpan SendDeadline { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>The reading connections open now, to every owner.</summary>
+    internal int OpenConnections => _connections.Count;
+
     /// <summary>Connections a read from one owner is striped over.</summary>
     internal int ConnectionsPerOwner { get; set; } = 4;
 
@@ -252,6 +255,29 @@ public sealed partial class TcpP2PStore : IP2PStore
         return Task.WhenAll(stripes.Select((stripe, i) =>
             Task.Factory.StartNew(() => Read(owner, i, stripe, timeout, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default)));
     }
+
+    /// <summary>Opens the <see cref="ConnectionsPerOwner"/> connections reads from <paramref name="owner"/> are striped over (those not open yet).</summary>
+    public Task ConnectAsync(string owner, TimeSpan timeout, CancellationToken ct = default) =>
+        Task.WhenAll(Enumerable.Range(0, ConnectionsPerOwner).Select(i => Task.Factory.StartNew(() =>
+        {
+            var key = $"{owner}#{i}";
+            var gate = _connectionLocks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
+            if (!gate.Wait(timeout, ct))
+            {
+                throw new P2PException($"P2P connection to {owner}: a read from it did not finish within {timeout.TotalSeconds:F0} s");
+            }
+            try
+            {
+                if (!_connections.ContainsKey(key))
+                {
+                    Connect(owner, key, DateTime.UtcNow + timeout);
+                }
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default)));
 
     /// <summary>The reads cut into at most <paramref name="count"/> runs of about equal bytes (none below <see cref="MinStripe"/>), in order.</summary>
     internal static List<List<P2PRead>> Stripe(IReadOnlyList<P2PRead> reads, int count)

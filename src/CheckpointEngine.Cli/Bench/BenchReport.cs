@@ -27,9 +27,14 @@ internal sealed partial record BenchReport(MachineInfo Machine, DateTimeOffset D
 
     public Baseline? BaselineFor(ConfigurationResult c) => Baselines.FirstOrDefault(b => b.Key == BaselineKey(c));
 
-    /// <summary>An update row's baseline with as many copies or connections at once as it has ranks (their workers receive at once), or null.</summary>
+    /// <summary>
+    /// An update row's baseline with as many copies or connections at once as it has ranks, or null: on one host every worker copies at
+    /// once (memcpy); over TCP only ranks on separate hosts each read (on one host the lowest rank reads for all, one stream).
+    /// </summary>
     public Baseline? AtOnceFor(ConfigurationResult c) =>
-        c.Case is null && c.Ranks > 1 ? Baselines.FirstOrDefault(b => b.Key == Baseline.AtOnce(BaselineKey(c), c.Ranks)) : null;
+        c.Case is null && c.Ranks > 1 && (BaselineKey(c) == Baseline.Memcpy || Settings.SeparateHosts)
+            ? Baselines.FirstOrDefault(b => b.Key == Baseline.AtOnce(BaselineKey(c), c.Ranks))
+            : null;
 
     /// <summary>With ranks on separate hosts every update crosses loopback TCP: TCP bounds it; else as <see cref="Baseline.For"/>.</summary>
     private string BaselineKey(ConfigurationResult c) =>

@@ -29,7 +29,7 @@ internal static class BenchRunner
     {
         var date = DateTimeOffset.UtcNow;
         var baselines = MeasureBaselines(Math.Clamp(settings.Sizes.Max(), 64L << 20, 1L << 30), progress,
-            settings.Methods.Any(m => BenchSettings.UpdateMethods.Contains(m)) ? [.. settings.Ranks.Where(r => r > 1).Distinct()] : []);
+            settings.Methods.Any(m => BenchSettings.UpdateMethods.Contains(m)) ? [.. settings.Ranks.Where(r => r > 1).Distinct()] : [], settings.SeparateHosts);
         var results = new List<ConfigurationResult>();
         var peers = new List<TorchPeer.Result>();
         var hostPeakReset = true;
@@ -119,8 +119,9 @@ internal static class BenchRunner
         return new BenchReport(MachineInfo.Current(), date, settings, baselines, results, sampled, hostPeakReset) { Peers = peers };
     }
 
-    /// <param name="atOnce">Rank counts whose workers receive at once: each gets a memcpy and a TCP baseline with as many copies or connections at once.</param>
-    private static List<Baseline> MeasureBaselines(long bytes, TextWriter progress, IReadOnlyList<int> atOnce)
+    /// <param name="atOnce">Rank counts whose workers receive at once: each gets a memcpy baseline with as many copies at once, and with
+    /// <paramref name="separateHosts"/> (every rank reads over TCP) a TCP one with as many connections at once.</param>
+    private static List<Baseline> MeasureBaselines(long bytes, TextWriter progress, IReadOnlyList<int> atOnce, bool separateHosts)
     {
         progress.WriteLine($"bench: measuring baselines over {ByteSize.Format(bytes)}");
         var threads = Environment.ProcessorCount;
@@ -137,11 +138,10 @@ internal static class BenchRunner
                 // Each of n threads copies its bytes (n workers each reloading what they received), each of n connections carries them;
                 // at most 4 GiB of buffers in all: the rate, not the size, is the figure.
                 var each = Math.Clamp((2L << 30) / n, 16L << 20, bytes);
-                return new[]
-                {
-                    new Baseline(Baseline.AtOnce(Baseline.Memcpy, n), $"memcpy, {n} threads at once (per thread)", each, Baselines.MemcpyParallel(each * n, n)),
-                    new Baseline(Baseline.AtOnce(Baseline.Tcp, n), $"TCP loopback, {n} connections at once (per connection)", each, Baselines.RawTcp(each, n)),
-                };
+                Baseline memcpy = new(Baseline.AtOnce(Baseline.Memcpy, n), $"memcpy, {n} threads at once (per thread)", each, Baselines.MemcpyParallel(each * n, n));
+                return separateHosts
+                    ? [memcpy, new Baseline(Baseline.AtOnce(Baseline.Tcp, n), $"TCP loopback, {n} connections at once (per connection)", each, Baselines.RawTcp(each, n))]
+                    : new[] { memcpy };
             }),
         ];
     }

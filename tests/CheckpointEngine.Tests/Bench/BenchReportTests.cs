@@ -110,8 +110,11 @@ public sealed class BenchReportTests
             new Baseline(Baseline.AtOnce(Baseline.Tcp, 2), "TCP loopback, 2 connections at once (per connection)", GiB, GiB / 2e9)] };
         var md = report.ToMarkdown();
         Assert.Contains("| broadcast | 2 | 1GiB | 1.00 GiB | 2.000 (1.800–2.200) | 0.54 | 0.05× memcpy | 0.11× 2 at once |", md, StringComparison.Ordinal);
-        Assert.Contains("| p2p | 2 | 1GiB | 1.00 GiB | 4.000 (3.600–4.400) | 0.27 | 0.07× TCP | 0.13× 2 at once |", md, StringComparison.Ordinal);
+        Assert.Contains("| p2p | 2 | 1GiB | 1.00 GiB | 4.000 (3.600–4.400) | 0.27 | 0.07× TCP | – |", md, StringComparison.Ordinal); // One host: one rank reads for all.
         Assert.Contains("| broadcast | 1 | 1GiB | 1.00 GiB | 1.000 (0.900–1.100) | 1.07 | 0.11× memcpy | – |", md, StringComparison.Ordinal);
+        // Ranks on separate hosts: every rank reads over TCP, every row against TCP and as many connections at once.
+        report = report with { Settings = report.Settings with { SeparateHosts = true } };
+        Assert.Contains("| broadcast | 2 | 1GiB | 1.00 GiB | 2.000 (1.800–2.200) | 0.54 | 0.13× TCP | 0.27× 2 at once |", report.ToMarkdown(), StringComparison.Ordinal);
         using var doc = JsonDocument.Parse(report.ToJson());
         var p2p = doc.RootElement.GetProperty("configurations").EnumerateArray()
             .Single(c => c.GetProperty("method").GetString() == "p2p" && c.GetProperty("ranks").GetInt32() == 2 && c.GetProperty("size").GetInt64() == GiB);

@@ -114,13 +114,19 @@ internal static class SoakRunner
         }
     }
 
-    /// <summary>One RL step: register step k on every rank, gather its metas, update the engine, unregister step k−1.</summary>
+    /// <summary>One RL step: register step k on every rank, gather its metas (the first step: and prepare), update the engine, unregister step k−1.</summary>
     private static async Task RoundAsync(int round, List<HttpClient> ranks, IReadOnlyList<string> files, string engine, double timeout, CancellationToken ct)
     {
         var name = SoakSettings.StepName(round);
         await Task.WhenAll(ranks.Select((c, r) => CallAsync(c, HttpMethod.Post, $"/v1/checkpoints/{name}/files",
             new JsonObject { ["files"] = new JsonArray([.. files.Where((_, i) => i % ranks.Count == r).Select(f => (JsonNode)f)]) }, ct))).ConfigureAwait(false);
         await Task.WhenAll(ranks.Select(c => CallAsync(c, HttpMethod.Post, $"/v1/checkpoints/{name}/gather-metas", new JsonObject { ["timeout"] = timeout }, ct))).ConfigureAwait(false);
+        if (round == 1)
+        {
+            // As a driver does once: the first update then runs as a warm one.
+            await Task.WhenAll(ranks.Select(c => CallAsync(c, HttpMethod.Post, $"/v1/checkpoints/{name}/prepare",
+                new JsonObject { ["update_url"] = engine, ["timeout"] = timeout }, ct))).ConfigureAwait(false);
+        }
         var updates = await Task.WhenAll(ranks.Select(c => CallAsync(c, HttpMethod.Post, $"/v1/checkpoints/{name}/update",
             new JsonObject { ["update_url"] = engine, ["timeout"] = timeout }, ct))).ConfigureAwait(false);
         // A round that moved nothing would measure nothing.

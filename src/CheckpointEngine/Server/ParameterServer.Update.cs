@@ -221,7 +221,7 @@ public sealed partial class ParameterServer
             }
 
             var total = steps.Sum(s => s.Bucket.Size);
-            _progress = new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
+            _progress = prepare ? null : new UpdateProgress(name, mode.Name, DateTimeOffset.UtcNow - clock.Elapsed, 0, steps.Count, 0, total);
             // Every member learns the distinct declarations (one list per class of workers that keep the same bytes); stagers
             // then stage only the bytes some worker keeps. A worker that declared what it keeps gets only that (on devices the
             // host can reach, and on GPUs with NCCL).

@@ -36,8 +36,9 @@ public sealed partial class ParameterServer
     /// <summary>
     /// Readies the next update of <paramref name="name"/> without moving a byte, so that the first update runs as a warm one: the
     /// ranks size and plan it as <see cref="UpdateAsync(string, UpdateMode, Func{UpdateContext, CancellationToken, Task}?, UpdateOptions?, CancellationToken)"/>
-    /// would, the engine connects its workers, each worker maps what the update will read (on one host, the owners' registered
-    /// memory) and faults it in, keeping it mapped, and the ranks learn the workers' declarations. Call it after registering and
+    /// would, the engine connects its workers, each worker maps what the update will read and keeps it mapped (on one host, the owners'
+    /// registered memory, faulted in), P2P ranks open their connections to the owners, a rank that will stage faults its device buffer
+    /// in, and the ranks learn the workers' declarations. Call it after registering and
     /// gathering metas, while the engine serves: no weight changes. Collective, with the same arguments and failures as an update;
     /// a worker that cannot prepare (an older one: its hello does not offer it) fails it on every rank, naming its device.
     /// The report has no buckets.
@@ -229,9 +230,9 @@ public sealed partial class ParameterServer
             if (prepare)
             {
                 // Nothing moves: the worker keeps what it mapped, and the session ends at the release (no post-load hook).
-                var kept = await worker.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false) is { } error ? $"releasing the buffer: {error}" : null;
-                kept ??= await connecting.ContinueWith(t => t.Exception?.InnerException?.Message, TaskScheduler.Default).ConfigureAwait(false);
-                await Agreement.AgreeAsync(group, kept, "the end of the prepare", timeout, ct).ConfigureAwait(false);
+                var unprepared = await worker.CallAsync(new ReleaseMessage(), timeout, ct).ConfigureAwait(false) is { } error ? $"releasing the buffer: {error}" : null;
+                unprepared ??= await connecting.ContinueWith(t => t.Exception?.InnerException?.Message, TaskScheduler.Default).ConfigureAwait(false);
+                await Agreement.AgreeAsync(group, unprepared, "the end of the prepare", timeout, ct).ConfigureAwait(false);
                 await AwaitTriggerAsync(triggered, timeout).ConfigureAwait(false);
                 return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, 0, clock.Elapsed, []) { WorkerClasses = classes.Count, DeclarationBytes = listBytes, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true } };
             }

@@ -16,19 +16,28 @@ public sealed class ApiUpdateTests
         return shard.GetProperty("tensors").EnumerateObject().ToDictionary(t => t.Name, t => t.Value.GetString()!);
     }
 
+    private static Task<ReferenceWorker> StartWorkerAsync(ApiHarness h) => ReferenceWorker.StartAsync(new ReferenceWorkerOptions
+    {
+        DeviceIds = [h.Device.Id],
+        IdleTimeout = TimeSpan.FromSeconds(30),
+    }, cancellationToken: TestContext.Current.CancellationToken);
+
+    /// <summary>Registers the harness's model as "step-1" and gathers its metas; returns its tensors.</summary>
+    private static async Task<TestTensor[]> RegisterAndGatherAsync(ApiHarness h)
+    {
+        var (files, tensors) = h.WriteModel();
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/gather-metas")).Status);
+        return tensors;
+    }
+
     [Fact]
     public async Task Update_IntoReferenceWorker_HoldsEveryTensorBitForBit_AndMetricsShowIt()
     {
         await using var h = await ApiHarness.StartAsync();
-        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions
-        {
-            DeviceIds = [h.Device.Id],
-            IdleTimeout = TimeSpan.FromSeconds(30),
-        }, cancellationToken: TestContext.Current.CancellationToken);
-        var (files, tensors) = h.WriteModel();
+        await using var worker = await StartWorkerAsync(h);
+        var tensors = await RegisterAndGatherAsync(h);
         var bytes = tensors.Sum(t => t.Bytes.LongLength);
-        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files))).Status);
-        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/gather-metas")).Status);
 
         var (status, report) = await h.PostAsync("/v1/checkpoints/step-1/update", JsonSerializer.Serialize(new
         {
@@ -88,14 +97,8 @@ public sealed class ApiUpdateTests
     public async Task Prepare_MovesNothingAndCountsNoUpdate_ThenTheUpdateIsBitExact()
     {
         await using var h = await ApiHarness.StartAsync();
-        await using var worker = await ReferenceWorker.StartAsync(new ReferenceWorkerOptions
-        {
-            DeviceIds = [h.Device.Id],
-            IdleTimeout = TimeSpan.FromSeconds(30),
-        }, cancellationToken: TestContext.Current.CancellationToken);
-        var (files, tensors) = h.WriteModel();
-        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/files", RegisterBody.Files(files))).Status);
-        Assert.Equal(HttpStatusCode.OK, (await h.PostAsync("/v1/checkpoints/step-1/gather-metas")).Status);
+        await using var worker = await StartWorkerAsync(h);
+        var tensors = await RegisterAndGatherAsync(h);
         var before = await WorkerDigestAsync(worker);
 
         var body = $"{{\"update_url\": \"{worker.Address}\", \"timeout\": 30}}";

@@ -77,6 +77,15 @@ public sealed unsafe class SharedMemorySegment : IDisposable
     /// </summary>
     public void Prefault() => Populate(0, Size);
 
+    /// <summary>As <see cref="Prefault()"/>, for the bytes [<paramref name="offset"/>, <paramref name="offset"/> + <paramref name="length"/>) only.</summary>
+    public void Prefault(long offset, long length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Size - offset);
+        Populate(offset, length);
+    }
+
     /// <summary>
     /// Faults in the pages of the mapping that hold data already (written by the segment's owner), and leaves its holes alone: reading a
     /// hole of a shared-memory file allocates it. Returns the bytes faulted in (0 where the kernel cannot tell: not Linux).

@@ -185,9 +185,18 @@ public sealed partial class ParameterServer
             steps = ByHostInTurn(steps, [.. members.Select(m => m.HostId)]);
         }
         var direct = DirectFor(name, mode, members, metas) ?? StagedFor(members, steps, sizing);
-        if (prepare && !_deviceFaulted && direct is not { Staged: false })
+        if (prepare && !_deviceFaulted && direct is not { Staged: false } && device.SharedSegment is { } segment)
         {
-            device.SharedSegment?.Prefault(); // The update will stage into it: fault it in now, not in its first buckets.
+            // The update will stage into it: fault it in now, not in its first buckets. Workers that read buckets where they were
+            // staged leave the broadcast slots untouched: then only the staging slots this rank fills.
+            if (direct is { Staged: true })
+            {
+                segment.Prefault(sizing.StagingOffset(0), Math.Min(steps.Count(s => s.Stager == group.Rank), sizing.StagingSlots) * sizing.BucketSize);
+            }
+            else
+            {
+                segment.Prefault();
+            }
         }
         _deviceFaulted |= direct is not { Staged: false }; // A staged update touches them.
         var connecting = prepare && connect is not null ? connect(steps) : Task.CompletedTask;

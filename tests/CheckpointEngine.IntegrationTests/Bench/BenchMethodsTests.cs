@@ -16,13 +16,19 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
     /// The peer: torch.distributed broadcasts of the same checkpoint between as many processes, measured in the same run (the
     /// script checks that every rank's model holds the owners' bytes, or reports nothing); every update row gets its ratio to it.
     /// </summary>
+    /// <summary>Runs <c>bench</c> at 8 MiB, one measured update, with <paramref name="args"/>; its JSON once it exited 0.</summary>
+    private static async Task<JsonDocument> BenchAsync(params string[] args)
+    {
+        var (code, stdout, stderr) = await CkptEngineScript.RunAsync(["bench", "--size", "8MiB", "--repeat", "1", "--json", .. args]);
+        Assert.True(code == 0, stderr + stdout);
+        return JsonDocument.Parse(stdout);
+    }
+
     [Fact]
     public async Task Bench_Broadcast_MeasuresTheTorchPeerOnTheSameCheckpoint_AndRatiosToIt()
     {
         Assert.NotEmpty(torch.TorchVersion);
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "broadcast", "--repeat", "1", "--json");
-        Assert.True(code == 0, stderr + stdout);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = await BenchAsync("--ranks", "2", "--method", "broadcast");
         var peer = Assert.Single(doc.RootElement.GetProperty("torch_peer").EnumerateArray());
         var config = Assert.Single(doc.RootElement.GetProperty("configurations").EnumerateArray());
         Assert.Equal((2, config.GetProperty("bytes").GetInt64()), (peer.GetProperty("ranks").GetInt32(), peer.GetProperty("bytes").GetInt64()));
@@ -34,9 +40,7 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
     public async Task Bench_Registration_ThreeCasesAgainstMemcpy_LeavesNothing()
     {
         var before = Leftovers.Now();
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "1", "--size", "8MiB", "--method", "registration", "--repeat", "1", "--json");
-        Assert.True(code == 0, stderr + stdout);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = await BenchAsync("--ranks", "1", "--method", "registration");
         var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToList();
         Assert.Equal([RegistrationBench.Fresh, RegistrationBench.Pooled, RegistrationBench.InPlace], configs.Select(c => c.GetProperty("case").GetString()));
         foreach (var c in configs)
@@ -53,9 +57,7 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
     [Fact]
     public async Task Bench_Quantize_OneAndAllThreadsAgainstMemcpy()
     {
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "1", "--size", "8MiB", "--method", "quantize", "--repeat", "1", "--json");
-        Assert.True(code == 0, stderr + stdout);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = await BenchAsync("--ranks", "1", "--method", "quantize");
         var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToList();
         Assert.Equal(Environment.ProcessorCount > 1 ? [QuantizeBench.OneThread, QuantizeBench.AllThreads] : [QuantizeBench.OneThread],
             configs.Select(c => c.GetProperty("case").GetString()));
@@ -71,9 +73,7 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
     [Fact]
     public async Task Bench_TpFullAndTpSharded_TheShardAwareWorkerReceivesOnlyItsSlices()
     {
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "tp-full,tp-sharded", "--repeat", "1", "--json");
-        Assert.True(code == 0, stderr + stdout);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = await BenchAsync("--ranks", "2", "--method", "tp-full,tp-sharded");
         var bytes = doc.RootElement.GetProperty("configurations").EnumerateArray().ToDictionary(c => c.GetProperty("method").GetString()!, c => c.GetProperty("bytes").GetInt64());
         Assert.Equal(["tp-full", "tp-sharded"], bytes.Keys);
         // The sample's q/k/v/gate/up and o/down projections are halved for each of 2 shards; embeddings, norms and the head stay whole.
@@ -84,9 +84,7 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
     [Fact]
     public async Task Bench_SeparateHosts_BucketsCrossTcp_TheShardAwareWorkersTakeInOnlyTheirClassesParts()
     {
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "tp-full,tp-sharded", "--repeat", "1", "--separate-hosts", "--json");
-        Assert.True(code == 0, stderr + stdout);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = await BenchAsync("--ranks", "2", "--method", "tp-full,tp-sharded", "--separate-hosts");
         Assert.EndsWith(" --separate-hosts", doc.RootElement.GetProperty("command").GetString(), StringComparison.Ordinal);
         var rows = doc.RootElement.GetProperty("configurations").EnumerateArray().ToDictionary(c => c.GetProperty("method").GetString()!, c => c.Clone());
         Assert.All(rows.Values, r => Assert.Equal(Baseline.Tcp, r.GetProperty("baseline").GetString()));
@@ -108,9 +106,7 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
     public async Task Bench_P2PJoin_JoinersUpdateFromServingOwners_LeavesNothing()
     {
         var before = Leftovers.Now();
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "p2p,p2p-join", "--repeat", "1", "--json");
-        Assert.True(code == 0, stderr + stdout);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = await BenchAsync("--ranks", "2", "--method", "p2p,p2p-join");
         var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToDictionary(c => c.GetProperty("method").GetString()!);
         Assert.Equal(["p2p", "p2p-join"], configs.Keys);
         var join = configs["p2p-join"];
@@ -125,9 +121,7 @@ public sealed class BenchMethodsTests(Python.PythonTorch torch) : IClassFixture<
     public async Task Bench_Collective_SharedMemoryAndTcpChainRows_LeavesNothing()
     {
         var before = Leftovers.Now();
-        var (code, stdout, stderr) = await CkptEngineScript.RunAsync("bench", "--ranks", "2", "--size", "8MiB", "--method", "collective", "--repeat", "1", "--json");
-        Assert.True(code == 0, stderr + stdout);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = await BenchAsync("--ranks", "2", "--method", "collective");
         var configs = doc.RootElement.GetProperty("configurations").EnumerateArray().ToList();
         Assert.Equal([CollectiveBench.SharedMemory, CollectiveBench.TcpChain], configs.Select(c => c.GetProperty("case").GetString()));
         Assert.Equal([Baseline.Memcpy, Baseline.Tcp], configs.Select(c => c.GetProperty("baseline").GetString()));

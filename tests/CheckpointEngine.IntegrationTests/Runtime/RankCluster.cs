@@ -15,6 +15,19 @@ internal static class RankCluster
         public string Line(string prefix) => Output.Split('\n').FirstOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal))?.Trim() ?? "";
     }
 
+    /// <summary>Rank <paramref name="killed"/> was killed in the second update: every survivor did the first, failed the second naming it, and exited 3.</summary>
+    public static void AssertKilledMidSecondUpdate(IReadOnlyList<Result> results, int killed)
+    {
+        Assert.Equal(137, results[killed].ExitCode);
+        foreach (var r in results.Where(r => r.Rank != killed))
+        {
+            Assert.True(r.ExitCode == 3, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
+            Assert.StartsWith("update 1 ok", r.Line("update 1 "));
+            Assert.StartsWith("update 2 failed", r.Line("update 2 "));
+            Assert.Contains($"rank {killed}", r.Line("error"));
+        }
+    }
+
     /// <param name="ranks">World size.</param>
     /// <param name="args">Scenario and its arguments.</param>
     /// <param name="env">Per-rank extra variables (may return null).</param>

@@ -261,11 +261,7 @@ public sealed partial class TcpP2PStore : IP2PStore
         Task.WhenAll(Enumerable.Range(0, ConnectionsPerOwner).Select(i => Task.Factory.StartNew(() =>
         {
             var key = $"{owner}#{i}";
-            var gate = _connectionLocks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
-            if (!gate.Wait(timeout, ct))
-            {
-                throw new P2PException($"P2P connection to {owner}: a read from it did not finish within {timeout.TotalSeconds:F0} s");
-            }
+            var gate = Acquire(owner, key, timeout, ct);
             try
             {
                 if (!_connections.ContainsKey(key))
@@ -303,15 +299,19 @@ public sealed partial class TcpP2PStore : IP2PStore
         return stripes;
     }
 
+    /// <summary>The connection <paramref name="key"/> to <paramref name="owner"/>, held: one read (or connect) at a time on it.</summary>
+    private SemaphoreSlim Acquire(string owner, string key, TimeSpan timeout, CancellationToken ct)
+    {
+        var gate = _connectionLocks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
+        return gate.Wait(timeout, ct) ? gate
+            : throw new P2PException($"P2P read from {owner}: another read from it did not finish within {timeout.TotalSeconds:F0} s");
+    }
+
     private unsafe void Read(string owner, int stripe, List<P2PRead> reads, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = DateTime.UtcNow + timeout;
         var key = $"{owner}#{stripe}";
-        var gate = _connectionLocks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
-        if (!gate.Wait(timeout, ct))
-        {
-            throw new P2PException($"P2P read from {owner}: another read from it did not finish within {timeout.TotalSeconds:F0} s");
-        }
+        var gate = Acquire(owner, key, timeout, ct);
         try
         {
             var socket = _connections.TryGetValue(key, out var s) ? s : Connect(owner, key, deadline);

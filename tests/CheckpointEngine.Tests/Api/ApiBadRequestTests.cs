@@ -56,6 +56,7 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
         { "DELETE", "/v1/checkpoints/unknown", null, 404, "checkpoint 'unknown' is not registered on rank 0 (registered: known)" },
         { "POST", "/v1/checkpoints/unknown/update", "{}", 404, "checkpoint 'unknown' is neither registered on rank 0" },
         { "POST", "/v1/checkpoints/unknown/gather-metas", null, 404, "no rank of the world holds checkpoint 'unknown'" },
+        { "POST", "/v1/checkpoints/unknown/prepare", "{}", 404, "checkpoint 'unknown' is neither registered on rank 0" },
         // Update bodies.
         { "POST", Update, "{\"ranks\": [1]}", 400, "ranks[0]: 1 is not a rank of this world (ranks 0..0)" },
         { "POST", Update, "{\"ranks\": [-1]}", 400, "ranks[0]: -1 is not a rank of this world" },
@@ -68,6 +69,7 @@ public sealed class ApiBadRequestTests(ApiBadRequestFixture fixture) : IClassFix
         { "POST", Update, "{\"verify\": 1}", 400, "\"verify\" must be true or false, not 1" },
         { "POST", Update, "{\"class_relays\": \"auto\"}", 400, "\"class_relays\" must be true, false or null (auto), not \"auto\"" },
         { "POST", Update, "{\"buckets_in_flight\": 9}", 400, "\"buckets_in_flight\" must be a whole number from 1 to 8, not 9" },
+        { "POST", "/v1/checkpoints/known/prepare", "{\"ranks\": [1]}", 400, "ranks[0]: 1 is not a rank of this world (ranks 0..0)" }, // The update's body, checked alike.
         { "POST", Update, "{\"buckets_in_flight\": 1.5}", 400, "\"buckets_in_flight\" must be a whole number from 1 to 8, not 1.5" },
         { "POST", Update, "{\"p2p_transport\": \"rdma\"}", 400, "\"p2p_transport\" must be \"tcp\", \"ucx\", \"auto\" or null, not \"rdma\"" },
         { "POST", Update, "{\"engine\": \"auto\"}", 400, "\"engine\" must be \"vllm\" (/collective_rpc) or \"sglang\" (/update_weights_from_ipc), not \"auto\"" },

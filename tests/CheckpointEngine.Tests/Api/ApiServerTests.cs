@@ -149,7 +149,7 @@ public sealed class ApiServerTests
         foreach (var client in new[] { anonymous, wrong, basic })
         {
             foreach (var (method, path) in new[] { (HttpMethod.Get, "/v1/healthz"), (HttpMethod.Get, "/metrics"), (HttpMethod.Get, "/v1/checkpoints"),
-                (HttpMethod.Post, "/v1/checkpoints/x/gather-metas"), (HttpMethod.Delete, "/v1/checkpoints/x"), (HttpMethod.Get, "/nowhere") })
+                (HttpMethod.Post, "/v1/checkpoints/x/gather-metas"), (HttpMethod.Post, "/v1/checkpoints/x/prepare"), (HttpMethod.Delete, "/v1/checkpoints/x"), (HttpMethod.Get, "/nowhere") })
             {
                 var (status, body) = await h.SendAsync(method, path, client: client);
                 Assert.Equal(HttpStatusCode.Unauthorized, status);

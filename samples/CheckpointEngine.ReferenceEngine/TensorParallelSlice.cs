@@ -1,3 +1,4 @@
+using CheckpointEngine.Memory;
 using CheckpointEngine.Worker;
 
 namespace CheckpointEngine.ReferenceEngine;
@@ -60,10 +61,7 @@ internal readonly record struct TensorParallelSlice(long[] Shape, long SourceOff
     /// <summary>Copies the slice out of the whole tensor at <paramref name="source"/> into <paramref name="destination"/> (packed).</summary>
     public unsafe void CopyTo(byte* source, byte* destination)
     {
-        for (long i = 0; i < Chunks; i++)
-        {
-            Buffer.MemoryCopy(source + SourceOffset + i * SourceStride, destination + i * ChunkBytes, ChunkBytes, ChunkBytes);
-        }
+        StreamingCopy.CopyRows(source + SourceOffset, SourceStride, destination, ChunkBytes, ChunkBytes, Chunks);
     }
 
     private static bool EndsWithAny(string name, string[] suffixes)

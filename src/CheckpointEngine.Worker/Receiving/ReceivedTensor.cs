@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using CheckpointEngine.Interop.Cuda;
+using CheckpointEngine.Memory;
 
 namespace CheckpointEngine.Worker;
 
@@ -69,15 +70,11 @@ public readonly unsafe struct ReceivedTensor(string name, DType dtype, Immutable
         }
         else if (IsPacked)
         {
-            Buffer.MemoryCopy(Pointer, destination, Length, Length);
+            StreamingCopy.Copy(Pointer, destination, Length);
         }
         else
         {
-            var row = RowBytes;
-            for (long i = 0; i < Rows; i++)
-            {
-                Buffer.MemoryCopy(Pointer + (i * Pitch), destination + (i * row), row, row);
-            }
+            StreamingCopy.CopyRows(Pointer, Pitch, destination, RowBytes, RowBytes, Rows);
         }
     }
 

@@ -9,9 +9,10 @@ public readonly record struct ByteRun(long Source, long Destination, long Length
     /// </summary>
     public static unsafe void CopyAll(IReadOnlyList<ByteRun> runs, nint source, nint destination)
     {
+        using var copy = new StreamingCopy.Batch(runs.Sum(r => r.Length));
         foreach (var r in runs)
         {
-            Buffer.MemoryCopy((void*)(source + (nint)r.Source), (void*)(destination + (nint)r.Destination), r.Length, r.Length);
+            copy.Copy((byte*)(source + (nint)r.Source), (byte*)(destination + (nint)r.Destination), r.Length);
         }
     }
 }

@@ -86,11 +86,11 @@ internal sealed class DirectSources
     /// <summary>Copies <paramref name="runs"/> of the bucket (each inside one tensor, so inside one range) out of its owner's memory to <paramref name="destination"/>.</summary>
     public unsafe void Gather(H2DBucket bucket, IReadOnlyList<ByteRun> runs, nint destination)
     {
+        using var copy = new StreamingCopy.Batch(runs.Sum(r => r.Length));
         foreach (var run in runs)
         {
             var (segment, offset) = Locate(-1, bucket, run.Source);
-            var source = Address(bucket.Owner, segment) + (nint)offset;
-            Buffer.MemoryCopy((void*)source, (void*)(destination + (nint)run.Destination), run.Length, run.Length);
+            copy.Copy((byte*)(Address(bucket.Owner, segment) + (nint)offset), (byte*)(destination + (nint)run.Destination), run.Length);
         }
     }
 

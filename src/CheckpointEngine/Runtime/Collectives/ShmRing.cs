@@ -147,7 +147,7 @@ internal sealed unsafe class ShmRing : IDisposable
                 WaitUntil(word, v => v != have, wait, writerWorldRank);
                 continue;
             }
-            Buffer.MemoryCopy(source + copied, destination + copied, available - copied, available - copied);
+            StreamingCopy.Copy(source + copied, destination + copied, available - copied);
             copied = available;
         }
     }
@@ -156,6 +156,7 @@ internal sealed unsafe class ShmRing : IDisposable
     public void CopyRunsDirect(byte* destination, byte* source, long total, IReadOnlyList<Memory.ByteRun> runs, in WaitContext wait, int writerWorldRank)
     {
         var word = (int*)(Board(_broadcast) + 64);
+        using var copy = new StreamingCopy.Batch(runs.Sum(r => r.Length));
         foreach (var r in runs)
         {
             while (true)
@@ -167,7 +168,7 @@ internal sealed unsafe class ShmRing : IDisposable
                 }
                 WaitUntil(word, v => v != chunks, wait, writerWorldRank);
             }
-            Buffer.MemoryCopy(source + r.Source, destination + r.Destination, r.Length, r.Length);
+            copy.Copy(source + r.Source, destination + r.Destination, r.Length);
         }
     }
 

@@ -29,9 +29,15 @@ public sealed class HostDevice(string id, long? freeMemory = null, int localRank
 
     public unsafe void CopyHostToDevice(ReadOnlySpan<HostCopy> copies)
     {
+        long total = 0;
         foreach (var c in copies)
         {
-            Buffer.MemoryCopy((void*)c.Source, (void*)c.Destination, c.Length, c.Length);
+            total += c.Length;
+        }
+        using var copy = new StreamingCopy.Batch(total);
+        foreach (var c in copies)
+        {
+            copy.Copy((byte*)c.Source, (byte*)c.Destination, c.Length);
         }
     }
 

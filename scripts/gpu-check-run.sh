@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the unpacked payload (see scripts/gpu-check.sh): needs no .NET, no network.
 #   gpu-check/run.sh [SIZE]      SIZE of the synthetic checkpoints, default 4GiB
-# Steps, each under its own time limit (coreutils timeout), all within GPU_CHECK_BUDGET_S (default 360 s):
+# Steps, each under its own time limit (coreutils timeout), all within GPU_CHECK_BUDGET_S (default 420 s):
 #   1. the CLI starts (host backend, 8 MiB)
 #   2. the GPU unit tests (trait Category=GPU): device copies, IPC handles, one-rank NCCL broadcast,
 #      all-reduce and sub-communicator, a part cut out on the device, NCCL's grouped send and receive (a
@@ -14,6 +14,9 @@
 #      broadcast update, and FP8 registration (`update --quantize fp8`) into a torch model on the GPU,
 #      compared with the FP8 copy `ckpt-engine quantize` writes
 #   5. a plain pinned cuMemcpyHtoD of SIZE (the baseline of the figures)
+#   6. the host backend's figures on this machine's cores (no GPU involved): `bench --device host` of 2 ranks x 1 GiB,
+#      broadcast, P2P, joiners and the TP-2 engine full and shard-aware, on one host and posing as two hosts
+#      (--separate-hosts); figures only: a run with no time left for it skips it
 # Each step is PASS, FAIL, TIMEOUT (names the step and its limit), NOT RUN (no time left) or SKIPPED
 # (dry run only); the run passes when every step passes or is skipped. Figures (H2D stage against the baseline, target >= 0.9; wall time per stage) are printed
 # and archived, never failing the run.
@@ -39,7 +42,7 @@ app="$here/app"
 dry="${GPU_CHECK_DRY_RUN:-0}"
 size="${1:-4GiB}"
 [ "$dry" = 1 ] && size="${1:-64MiB}"
-budget="${GPU_CHECK_BUDGET_S:-360}"
+budget="${GPU_CHECK_BUDGET_S:-420}"
 deadline=$((SECONDS + budget))
 export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 # No ICU needed on the GPU machine.
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
@@ -185,12 +188,12 @@ else
 fi
 { command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi; } >"$results/nvidia-smi.txt" 2>&1 && say "$(timeout 10 nvidia-smi -L 2>/dev/null | head -4)"
 
-say "1/5 the CLI starts (host backend)"
+say "1/6 the CLI starts (host backend)"
 run 45 "$results/host.json" "$results/host.err" "$app/ckpt-engine" demo --device host --ranks 1 --size 8MiB --method broadcast --json
 outcome "CLI starts" "$(tail -n 3 "$results/host.err" 2>/dev/null)"
 [ "$rc" = 0 ] || exit 1 # Nothing else can run.
 
-say "2/5 GPU unit tests"
+say "2/6 GPU unit tests"
 run 90 "$results/tests.log" "$results/tests.err" "$app/CheckpointEngine.Tests" -trait "Category=GPU" -noColor
 summary="$(grep -E 'Total:' "$results/tests.log" 2>/dev/null | tail -n 1 | sed 's/^ *//')"
 if [ "$rc" = 0 ] && [ -z "$summary" ]; then
@@ -207,7 +210,7 @@ fi
 
 device=cuda torch_device=cuda
 [ "$dry" = 1 ] && device=host torch_device=cpu
-say "3/5 update of a $size checkpoint to the .NET worker on one $device device: broadcast, then P2P"
+say "3/6 update of a $size checkpoint to the .NET worker on one $device device: broadcast, then P2P"
 CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" run 120 "$results/demo.json" "$results/demo.err" \
   "$app/ckpt-engine" demo --device "$device" --ranks 1 --size "$size" --method all --json --trace "$results/demo-trace.json"
 if [ "$rc" = 0 ] && ! "$py" - "$results/demo.json" <<'PY'; then
@@ -219,7 +222,7 @@ PY
 fi
 outcome ".NET worker update (broadcast + P2P)" "$( [ "$rc" = 0 ] && echo "both verified" || { tail -n 5 "$results/demo.err"; cat "$results/demo.json"; } 2>/dev/null )"
 
-say "4/5 the same to the Python worker (torch on $torch_device, $py)"
+say "4/6 the same to the Python worker (torch on $torch_device, $py)"
 CKPT_ENGINE_MAX_BUCKET_SIZE_GB="${CKPT_ENGINE_MAX_BUCKET_SIZE_GB:-1}" GPU_CHECK_TORCH_DEVICE="$torch_device" GPU_CHECK_LOGS="$results" \
   run 240 "$results/python.log" "$results/python.err" "$here/python/tests/gpu_check_worker.sh" "$app/ckpt-engine" "$size" "$data"
 if [ "$rc" = 0 ]; then
@@ -229,12 +232,39 @@ else
   [ "$rc" = 125 ] || tail -n 20 "$results/python.log" "$results/python.err"
 fi
 
-say "5/5 plain pinned cuMemcpyHtoD of $size (the figures' baseline)"
+say "5/6 plain pinned cuMemcpyHtoD of $size (the figures' baseline)"
 if [ "$dry" = 1 ]; then
   record "H2D baseline" SKIPPED "needs a GPU"
 else
   run 60 "$results/baseline.txt" "$results/baseline.err" "$app/ckpt-engine" bench cuda-h2d-baseline "$size"
   outcome "H2D baseline" "$(cat "$results/baseline.txt" "$results/baseline.err" 2>/dev/null | tail -n 3)"
+fi
+
+bench_size=1GiB bench_repeat=5
+[ "$dry" = 1 ] && bench_size=64MiB bench_repeat=1
+say "6/6 host-backend figures on $(nproc) cores: bench of 2 ranks x $bench_size, one host and two"
+# The host path's targets (memcpy and TCP ratios, shard-aware time) measured where the workers do not share two cores.
+run 150 "$results/bench-host.json" "$results/bench-host.err" "$app/ckpt-engine" bench --device host --ranks 2 --size "$bench_size" \
+  --method broadcast,p2p,p2p-join,tp-full,tp-sharded --repeat "$bench_repeat" --json --out "$results/bench-host.md"
+if [ "$rc" = 0 ]; then
+  run 150 "$results/bench-hosts.json" "$results/bench-hosts.err" "$app/ckpt-engine" bench --device host --ranks 2 --size "$bench_size" \
+    --method tp-full,tp-sharded --repeat "$bench_repeat" --separate-hosts --json --out "$results/bench-hosts.md"
+fi
+if [ "$rc" = 125 ]; then
+  record "host-backend figures" SKIPPED "no time left of the check's $budget s"
+elif [ "$rc" = 0 ]; then
+  # One line: each configuration's median seconds and its ratio to its baseline (memcpy or TCP, measured in the same run).
+  "$py" - "$results/bench-host.json" "$results/bench-hosts.json" >"$results/bench-summary.txt" 2>&1 <<'PY' || rc=1
+import json, sys
+rows = []
+for path, where in zip(sys.argv[1:], ("", " (two hosts)")):
+    d = json.load(open(path))
+    rows += ["%s%s %.3f s %.2fx %s" % (c["method"], where, c["seconds"]["median"], c["ratio_to_baseline"], c["baseline"]) for c in d["configurations"]]
+print("%d cores: %s" % (d["machine"]["cores"], "; ".join(rows)))
+PY
+  outcome "host-backend figures" "$(cat "$results/bench-summary.txt")"
+else
+  outcome "host-backend figures" "$(tail -n 5 "$results/bench-host.err" "$results/bench-hosts.err" 2>/dev/null)"
 fi
 
 if [ "$dry" = 1 ]; then

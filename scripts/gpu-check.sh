@@ -11,7 +11,7 @@
 #                                               run gpu-check/run.sh [SIZE] (SIZE default 4GiB)
 # or by hand:  mkdir -p D && xz -dc gpu-check.tar.xz | tar -C D -xf - && D/gpu-check/run.sh
 #   without xz: python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' gpu-check.tar.xz D
-# run.sh's header says what one GPU covers and what needs two; it ends within GPU_CHECK_BUDGET_S (360 s)
+# run.sh's header says what one GPU covers and what needs two; it ends within GPU_CHECK_BUDGET_S (420 s)
 # and writes every log, trace and JSON result to $OUT/gpu-check-results.tar.gz.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,7 +76,7 @@ case "${1:-}" in
     listing="$(tar -tzf "$results")"
     echo "gpu-check: dry run: $results holds $(echo "$listing" | grep -c -v '/$') files: $(echo "$listing" | sed -n 's|^gpu-check-results/\(.\)|\1|p' | tr '\n' ' ')"
     for f in console.log steps.tsv nccl-probe.txt host.json tests.log demo.json demo-trace.broadcast.json demo-trace.p2p.json \
-      python.log python-updates.log python-worker-bf16.err python-trace.p2p.json figures.json; do
+      python.log python-updates.log python-worker-bf16.err python-trace.p2p.json figures.json bench-host.md bench-hosts.md bench-host.json bench-hosts.json; do
       grep -qx "gpu-check-results/$f" <<<"$listing" || { echo "gpu-check: dry run: the results archive lacks $f" >&2; code=1; }
     done
     exit "$code"

@@ -2,10 +2,10 @@
 it attaches, hand every bucket's tensors (views, no copies) to the engine's loader, run the post-load
 hook, and answer every message. One call receives one update.
 
-The buffer is unmapped at every release (and on abort or failure): on GPUs the parameter server may
-free its memory only after every importer closed the IPC handle, and a host segment left mapped would
-keep a stale buffer's memory alive in the engine. Re-mapping a host segment is cheap because its
-pages are populated in one call.
+A CUDA buffer is closed at every release (and on abort or failure): the parameter server may free its
+memory only after every importer closed the IPC handle. Host segments stay mapped between updates (see
+segments.HostMappings), as the .NET receiver keeps them: mapping them again and faulting their pages in
+would cost more than the copies; an attach naming other segments, and any failure, unmaps them.
 """
 
 import socket
@@ -15,7 +15,7 @@ import traceback
 from . import dtypes
 from .cuda import device_uuid
 from .protocol import PeerClosed, ProtocolError, connect, decode, parse_ticket, peer_refusal, read_frame, send
-from .segments import open_segment, open_shm
+from .segments import HOST_MAPPINGS, open_segment, open_shm
 
 DEFAULT_IDLE_TIMEOUT = 120.0
 """How long the parameter server may take to listen, or stay silent between messages (seconds)."""
@@ -137,6 +137,7 @@ class _Session:
         self.last_bucket = -1
         self.failure = None
         self.preparing = False  # The attach said "prepare": the session ends at release and takes no load.
+        self.kept = False  # The buffer and registered segments are HOST_MAPPINGS' (host memory), kept for the next update.
 
     def run(self):
         try:
@@ -168,7 +169,7 @@ class _Session:
                 elif kind == "release" and self.phase == "attached":
                     self._end_of_buckets()
                     if self.preparing and self.phase == "released":
-                        # This receiver maps per update: a prepare has checked the way here (engine, socket, ticket, mappings) and ends.
+                        # A prepare has checked the way here (engine, socket, ticket) and mapped what the attach named: host segments stay mapped.
                         return ReceiveSummary(self.device_id, 0, 0, 0, time.monotonic() - self.started)
                 elif kind == "finish" and self.phase == "released":
                     if self._finish():
@@ -197,10 +198,18 @@ class _Session:
             self._fail("attach: 'segments' must be a list of {handle, size > 0} beside a 'shm' buffer, got %r" % (extra,))
             return
         error = None
-        try:
-            self.segment = open_segment(kind, handle, size, self.device)
-        except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
-            error = "attach: cannot map %s segment '%s' of %d bytes: %s" % (kind, handle if kind == "shm" else "(handle)", size, describe(e))
+        if kind == "shm":
+            try:
+                self.segment, self.registered = HOST_MAPPINGS.acquire(self.address, handle, size, [(r["handle"], r["size"]) for r in extra])
+                self.kept = True
+            except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
+                error = "attach: cannot map shm segment '%s' of %d bytes or the registered segments beside it: %s" % (handle, size, describe(e))
+            extra = []
+        else:
+            try:
+                self.segment = open_segment(kind, handle, size, self.device)
+            except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
+                error = "attach: cannot map %s segment '(handle)' of %d bytes: %s" % (kind, size, describe(e))
         for r in extra if error is None else []:
             try:
                 self.registered.append(open_shm(r["handle"], r["size"], writable=False))
@@ -256,8 +265,15 @@ class _Session:
 
     def _end_of_buckets(self):
         segments = [self.segment] + self.registered
-        self.segment, self.registered = None, []
-        kept = [(s.name, n) for s, n in ((s, s.release()) for s in segments) if n]
+        if self.kept:
+            # Kept for the next update, unless a loader kept views of them: then they go (unmapped when those are freed).
+            kept = [(s.name, n) for s, n in ((s, s.outstanding()) for s in segments) if n]
+            if not kept:
+                self.segment, self.registered, self.kept = None, [], False
+                HOST_MAPPINGS.give_back(self.address)
+        else:
+            self.segment, self.registered = None, []
+            kept = [(s.name, n) for s, n in ((s, s.release()) for s in segments) if n]
         if kept:
             self._fail("release: %d reference(s) to tensors in segment %s outlived the loader; the loader must copy "
                        "what it keeps (the buffer is reused), it is unmapped when they are freed" % (sum(n for _, n in kept), kept[0][0]))
@@ -385,8 +401,13 @@ class _Session:
         self._reply(False, error)
 
     def _release(self):
+        """Unmaps what this session still holds: after a failure or abort (the normal end hands kept mappings back first)."""
         segments = ([self.segment] if self.segment is not None else []) + self.registered
         self.segment, self.registered = None, []
+        if self.kept:
+            self.kept = False
+            HOST_MAPPINGS.drop(self.address)
+            return
         for segment in segments:
             segment.release()
 

@@ -11,6 +11,7 @@ import hashlib
 import mmap
 import os
 import sys
+import threading
 import warnings
 import zlib
 
@@ -33,6 +34,7 @@ class Segment:
         self.name = name
         self.size = size
         self._close = close
+        self._make_whole = make_whole
         self._synchronize = synchronize
         self._fetch = fetch
         owner = open_owner()
@@ -116,6 +118,20 @@ class Segment:
         if self._synchronize is not None and self._whole is not None:
             self._synchronize()
 
+    def outstanding(self):
+        """How many references to the mapping's memory outlived their views' use (tensors a loader kept instead of copying),
+        as `release` counts them, but leaving it mapped. Views share the whole tensor's storage, so the whole tensor is let
+        go while counting and made again after (a header over the same mapping: nothing is read)."""
+        if self._whole is None:
+            return 0
+        self._whole = None
+        extra = sys.getrefcount(self._owner) - (self._baseline - 1)  # The baseline counted a local name too.
+        if extra > 0:
+            gc.collect()
+            extra = sys.getrefcount(self._owner) - (self._baseline - 1)
+        self._whole = self._make_whole(self._owner)
+        return max(0, extra)
+
     def release(self):
         """Unmaps the buffer now if nothing views it; else leaves that to the last view's finalizer.
         Returns the number of references that outlived the update (0 when all is well)."""
@@ -131,6 +147,11 @@ class Segment:
         if extra <= 0:
             self._close(owner)
         return max(0, extra)
+
+    def fits(self, name, size):
+        """Whether this is still a mapping of /dev/shm/<name> with at least `size` bytes (a name that is gone was unregistered)."""
+        return (self.kind == "shm" and self._whole is not None and self.name == name and self.size >= size
+                and os.path.exists(os.path.join(SHM_DIRECTORY, name)))
 
     @property
     def released(self):
@@ -169,9 +190,9 @@ def tensor_crc32(tensor):
 
 
 def open_shm(name, size, writable=True):
-    """Maps the first `size` bytes of /dev/shm/<name>: read-write with its pages populated up front, or
-    read-only and not populated (another rank's memory that every worker on the host reads, which may
-    have holes that reading up front would fill)."""
+    """Maps the first `size` bytes of /dev/shm/<name>, read-write or read-only (another rank's memory that every
+    worker on the host reads). Pages are faulted in as they are read, not up front: a segment may have holes (a
+    rank's device slots that an update in place never fills), and populating them would allocate memory."""
     if not name or "/" in name or name in (".", ".."):
         raise ValueError("'%s' is not a valid shared memory segment name" % name)
     path = os.path.join(SHM_DIRECTORY, name)
@@ -180,7 +201,7 @@ def open_shm(name, size, writable=True):
         length = os.fstat(fd).st_size
         if length < size:
             raise ValueError("shared memory segment %s is %d bytes, expected at least %d" % (path, length, size))
-        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if writable else 0)
+        flags = mmap.MAP_SHARED
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         return Segment("shm", name, size, lambda: mmap.mmap(fd, size, flags=flags, prot=prot), _flat, lambda m: m.close())
     finally:
@@ -225,3 +246,88 @@ def open_segment(kind, handle, size, device=None):
     if kind == "cuda-ipc":
         return open_cuda_ipc(handle, size, device)
     raise ValueError("segment kind '%s' is not supported (this worker maps 'shm' and 'cuda-ipc')" % kind)
+
+
+class HostMappings:
+    """Keeps each device socket's shared-memory buffer mapped between updates, with the owners' registered segments an
+    attach named beside it. The parameter server keeps its device buffer while the bucket layout is unchanged (and pooled
+    registrations keep their segments), so the next update names the same segments: mapping them again and faulting
+    every page in cost more than the copies themselves. A different buffer for the same socket replaces the old mapping,
+    registered segments an attach no longer names are unmapped then (their memory is freed once their owner unregistered
+    them), a failure unmaps all of the socket's, and a mapping an update is using is never unmapped under it.
+    Only host memory ("shm"): CUDA IPC handles are closed at every release, so the parameter server may free its memory."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_address = {}  # socket address -> _Kept
+
+    def acquire(self, address, name, size, registered):
+        """(buffer, [registered segments in their order]) for an update on `address`: kept mappings where the attach names
+        the same segments (still there, large enough), fresh ones for the rest; marked in use until `give_back` or `drop`."""
+        with self._lock:
+            kept = self._by_address.get(address)
+            if kept is not None and kept.in_use:
+                raise RuntimeError("device socket %s is already receiving an update" % address)
+            if kept is not None and not kept.buffer.fits(name, size):
+                del self._by_address[address]
+                kept.close()
+                kept = None
+            if kept is None:
+                kept = self._by_address[address] = _Kept(open_shm(name, size))
+            try:
+                mapped, named = [], {}
+                for handle, nbytes in registered:
+                    segment = named.get(handle)
+                    if segment is None:
+                        segment = kept.registered.pop(handle, None)
+                        if segment is not None and not segment.fits(handle, nbytes):
+                            segment.release()
+                            segment = None
+                        segment = named[handle] = segment or open_shm(handle, nbytes, writable=False)
+                    mapped.append(segment)
+                kept.drop_registered()  # Those no longer named.
+                kept.registered = named
+            except BaseException:
+                del self._by_address[address]
+                kept.close()
+                raise
+            kept.in_use = True
+            return kept.buffer, mapped
+
+    def give_back(self, address):
+        """The update on `address` is done with its mappings; they stay for the next one."""
+        with self._lock:
+            kept = self._by_address.get(address)
+            if kept is not None:
+                kept.in_use = False
+
+    def drop(self, address):
+        """Unmaps the socket's buffer and the registered segments beside it (after a failure they may be gone for good)."""
+        with self._lock:
+            kept = self._by_address.pop(address, None)
+        if kept is not None:
+            kept.close()
+
+    def addresses(self):
+        with self._lock:
+            return sorted(self._by_address)
+
+
+class _Kept:
+    def __init__(self, buffer):
+        self.buffer = buffer
+        self.registered = {}  # name -> Segment, read-only
+        self.in_use = False
+
+    def drop_registered(self):
+        for segment in self.registered.values():
+            segment.release()
+        self.registered = {}
+
+    def close(self):
+        self.buffer.release()
+        self.drop_registered()
+
+
+HOST_MAPPINGS = HostMappings()
+"""The process's kept host mappings (one entry per device socket this process receives on)."""

@@ -11,7 +11,7 @@ import threading
 import torch
 
 from ckpt_engine_worker import dtypes, protocol
-from ckpt_engine_worker.segments import tensor_crc32, tensor_sha256
+from ckpt_engine_worker.segments import HOST_MAPPINGS, tensor_crc32, tensor_sha256
 
 _names = itertools.count()
 
@@ -136,6 +136,7 @@ class FakeServer:
         for s in (self.conn, self.listener):
             if s is not None:
                 s.close()
+        HOST_MAPPINGS.drop(self.address)  # A receiver in this process keeps its host mappings for the next update: not past this server.
         self.memory.close()
         try:
             os.unlink("/dev/shm/" + self.segment)

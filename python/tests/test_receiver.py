@@ -34,7 +34,7 @@ class ReceiverTests(unittest.TestCase):
         self.server.accept()
         return worker
 
-    def test_Update_DeliversEveryTensorBitExact_AndUnmaps(self):
+    def test_Update_DeliversEveryTensorBitExact_AndKeepsTheMapping(self):
         tensors = sample_tensors()
         worker = self.start()
         self.assertEqual(self.server.attach(), {"ok": True})
@@ -46,7 +46,7 @@ class ReceiverTests(unittest.TestCase):
         second = self.server.pack({n: tensors[n] for n in names[half:]}, start=32768)
         self.assertEqual(self.server.call({"type": "load", "bucket": 1, "tensors": second}), {"ok": True})
         self.assertEqual(self.server.call({"type": "release"}), {"ok": True})
-        self.assertEqual(shm_mappings(self.server.segment), 1)
+        self.assertEqual(shm_mappings(self.server.segment), 2)  # Kept for the next update.
         self.assertEqual(self.finished, 0)
         self.assertEqual(self.server.call({"type": "finish"}), {"ok": True})
         summary, error = worker.outcome()
@@ -66,7 +66,7 @@ class ReceiverTests(unittest.TestCase):
         summary, error = worker.outcome()
         self.assertIsNone(error)
         self.assertEqual((summary.buckets, summary.tensors, summary.device_id, self.finished), (0, 0, "dev-0", 0))
-        self.assertEqual(shm_mappings(self.server.segment), 1)  # This receiver maps per update.
+        self.assertEqual(shm_mappings(self.server.segment), 2)  # Kept: the update that follows finds it mapped.
 
         worker = self.start()
         self.assertEqual(self.server.call(attach), {"ok": True})
@@ -100,6 +100,48 @@ class ReceiverTests(unittest.TestCase):
         _, error = worker.outcome()
         self.assertIsInstance(error, WeightReceiveError)
         self.assertEqual({n: tensor_sha256(self.loaded[n]) for n in names}, {n: tensor_sha256(tensors[n]) for n in names})
+
+    def update(self, attach, tensors, owner):
+        """One whole update on a fresh session: attach, one bucket read in place in `owner`'s memory (the attach's first
+        registered segment), release, finish; the loader must hold every tensor bit-exact."""
+        worker = self.start()
+        self.assertEqual(self.server.call(attach), {"ok": True})
+        wire = [dict(t, segment=1) for t in owner.pack(tensors)]
+        self.assertEqual(self.server.call({"type": "load", "bucket": 0, "tensors": wire}), {"ok": True})
+        self.assertEqual(self.server.call({"type": "release"}), {"ok": True})
+        self.assertEqual(self.server.call({"type": "finish"}), {"ok": True})
+        self.assertIsNone(worker.outcome()[1])
+        self.assertEqual({n: tensor_sha256(self.loaded[n]) for n in tensors}, {n: tensor_sha256(tensors[n]) for n in tensors})
+
+    def test_HostMappings_KeptAcrossUpdates_ReplacedWhenTheAttachNamesOthers(self):
+        from ckpt_engine_worker import segments
+
+        self.owners = [FakeServer(listen=False), FakeServer(listen=False)]  # Registered memory of other ranks on this host.
+        for owner in self.owners:
+            self.addCleanup(owner.close)
+        tensors = sample_tensors()
+        attach = {"type": "attach", "kind": "shm", "handle": self.server.segment, "size": self.server.size, "device_id": "dev-0",
+                  "segments": [{"handle": self.owners[0].segment, "size": self.owners[0].size}]}
+        with mock.patch.object(segments, "open_shm", wraps=segments.open_shm) as opened:
+            self.update(attach, tensors, self.owners[0])
+            self.update(attach, tensors, self.owners[0])  # The same segments: nothing mapped again.
+            self.assertEqual([c.args[0] for c in opened.call_args_list], [self.server.segment, self.owners[0].segment])
+            self.assertEqual((shm_mappings(self.server.segment), shm_mappings(self.owners[0].segment)), (2, 2))
+
+            # The next attach names another owner's segment: the one no longer named is unmapped, the buffer stays.
+            other = dict(attach, segments=[{"handle": self.owners[1].segment, "size": self.owners[1].size}])
+            self.update(other, tensors, self.owners[1])
+            self.assertEqual(opened.call_args_list[-1].args[0], self.owners[1].segment)
+            self.assertEqual((shm_mappings(self.owners[0].segment), shm_mappings(self.owners[1].segment)), (1, 2))
+
+            # An attach that fails (a buffer larger than the segment) unmaps everything kept for this socket.
+            worker = self.start()
+            reply = self.server.call(dict(other, size=self.server.size * 2))
+            self.assertFalse(reply["ok"])
+            self.assertIn("attach: cannot map shm segment '%s'" % self.server.segment, reply["error"])
+            self.assertEqual(self.server.call({"type": "abort", "reason": "test"}), {"ok": True})
+            self.assertIsInstance(worker.outcome()[1], WeightReceiveError)
+            self.assertEqual((shm_mappings(self.server.segment), shm_mappings(self.owners[1].segment)), (1, 1))
 
     def test_RegisteredSegment_ViewsAreReadOnly(self):
         from ckpt_engine_worker.segments import open_shm

@@ -283,3 +283,50 @@ class CudaIpcTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HostMappingsTests(unittest.TestCase):
+    """The mappings a receiver keeps between updates, per device socket."""
+
+    def setUp(self):
+        self.buffer = FakeServer(listen=False)
+        self.owner = FakeServer(listen=False)
+        self.addCleanup(self.owner.close)
+        self.addCleanup(self.buffer.close)
+        self.mappings = segments.HostMappings()
+        self.addCleanup(self.mappings.drop, "@dev")
+
+    def test_SameSegments_Reused_LargerOrGone_MappedAgain(self):
+        half = self.buffer.size // 2
+        first, registered = self.mappings.acquire("@dev", self.buffer.segment, half, [(self.owner.segment, 64), (self.owner.segment, 64)])
+        self.assertIs(registered[0], registered[1])  # Named twice, mapped once.
+        self.mappings.give_back("@dev")
+        again, registered_again = self.mappings.acquire("@dev", self.buffer.segment, half, [(self.owner.segment, 64)])
+        self.assertEqual((again, registered_again[0]), (first, registered[0]))
+        self.mappings.give_back("@dev")
+        larger, _ = self.mappings.acquire("@dev", self.buffer.segment, self.buffer.size, [(self.owner.segment, 64)])
+        self.assertIsNot(larger, first)
+        self.assertTrue(first.released)
+        self.assertEqual(shm_mappings(self.buffer.segment), 2)  # This one's own mapping and the new one: the old is gone.
+        self.mappings.give_back("@dev")
+        os.unlink("/dev/shm/" + self.owner.segment)  # Its owner unregistered it: a stale mapping is not reused.
+        with self.assertRaises(FileNotFoundError):
+            self.mappings.acquire("@dev", self.buffer.segment, self.buffer.size, [(self.owner.segment, 64)])
+        self.assertEqual(self.mappings.addresses(), [])  # The failed acquire let go of everything for the socket.
+        self.assertTrue(larger.released)
+
+    def test_InUse_IsNotMappedUnderAnUpdate(self):
+        self.mappings.acquire("@dev", self.buffer.segment, 64, [])
+        with self.assertRaisesRegex(RuntimeError, "device socket @dev is already receiving an update"):
+            self.mappings.acquire("@dev", self.buffer.segment, 64, [])
+        self.mappings.give_back("@dev")
+        self.mappings.acquire("@dev", self.buffer.segment, 64, [])
+
+    def test_Outstanding_CountsKeptViews_AndLeavesTheMappingUsable(self):
+        seg = segments.open_shm(self.buffer.segment, self.buffer.size)
+        self.addCleanup(seg.release)
+        view = seg.view("F32", [4], 0, 16)
+        self.assertEqual(seg.outstanding(), 1)
+        del view
+        self.assertEqual(seg.outstanding(), 0)
+        self.assertEqual(seg.view("U8", [2], 8, 2).tolist(), list(seg._whole[8:10].tolist()))

@@ -202,6 +202,10 @@ class _Session:
             try:
                 self.segment, self.registered = HOST_MAPPINGS.acquire(self.address, handle, size, [(r["handle"], r["size"]) for r in extra])
                 self.kept = True
+                if message.get("prepare") is True and message.get("prefault") is True:
+                    # Loads will read the owners' segments in place: fault in now their pages that hold data (not their holes).
+                    for segment in {id(s): s for s in self.registered}.values():
+                        segment.prefault_resident()
             except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
                 error = "attach: cannot map shm segment '%s' of %d bytes or the registered segments beside it: %s" % (handle, size, describe(e))
             extra = []

@@ -77,6 +77,24 @@ class ReceiverTests(unittest.TestCase):
         _, error = worker.outcome()
         self.assertIsInstance(error, WeightReceiveError)
 
+    def test_Prepare_WithPrefault_FaultsInTheOwnersPagesThatHoldData_AndKeepsThem(self):
+        from ckpt_engine_worker.segments import HOST_MAPPINGS
+        from test_segments import mapped_kib
+
+        owner = FakeServer(listen=False)
+        self.addCleanup(owner.close)
+        owner.pack(sample_tensors())  # Writes the tensors at the segment's start; the rest stays a hole.
+        worker = self.start()
+        attach = {"type": "attach", "kind": "shm", "handle": self.server.segment, "size": self.server.size, "device_id": "dev-0",
+                  "segments": [{"handle": owner.segment, "size": owner.size}], "prepare": True, "prefault": True}
+        self.assertEqual(self.server.call(attach), {"ok": True})
+        self.assertEqual(self.server.call({"type": "release"}), {"ok": True})
+        self.assertIsNone(worker.outcome()[1])
+        kept = HOST_MAPPINGS._by_address[self.server.address].registered[owner.segment]
+        resident = mapped_kib(kept._whole.data_ptr())
+        self.assertGreater(resident, 0)
+        self.assertLess(resident, owner.size >> 10)  # Only the pages that hold data.
+
     def test_RegisteredSegments_TensorsLoadFromWhicheverTheyName_ReadOnly_UnmappedAtRelease(self):
         owner = FakeServer(listen=False)  # Another rank's registered memory on this host.
         self.addCleanup(owner.close)

@@ -330,3 +330,32 @@ class HostMappingsTests(unittest.TestCase):
         del view
         self.assertEqual(seg.outstanding(), 0)
         self.assertEqual(seg.view("U8", [2], 8, 2).tolist(), list(seg._whole[8:10].tolist()))
+
+
+class PrefaultTests(unittest.TestCase):
+    def test_PrefaultResident_MapsThePagesThatHoldData_AndFillsNoHole(self):
+        owner = FakeServer(listen=False, size=64 << 12)  # 64 pages; the owner wrote the first 8 and the last one.
+        self.addCleanup(owner.close)
+        owner.memory[:8 << 12] = b"\x01" * (8 << 12)
+        owner.memory[63 << 12:] = b"\x02" * (1 << 12)
+        path = "/dev/shm/" + owner.segment
+        allocated = os.stat(path).st_blocks
+        seg = segments.open_shm(owner.segment, owner.size, writable=False)
+        self.addCleanup(seg.release)
+        self.assertEqual(mapped_kib(seg._whole.data_ptr()), 0)  # Mapped, nothing faulted in yet.
+        self.assertEqual(seg.prefault_resident(), 9 << 12)
+        self.assertEqual(mapped_kib(seg._whole.data_ptr()), 9 * 4)
+        self.assertEqual(os.stat(path).st_blocks, allocated)  # No hole was read.
+
+
+def mapped_kib(address):
+    """Resident KiB of this process's mapping that starts at `address` (its pages in our page tables), from /proc/self/smaps."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(" ", 1)[0]
+            if "-" in first and ":" not in first:
+                inside = int(first.split("-")[0], 16) == address
+            elif inside and line.startswith("Rss:"):
+                return int(line.split()[1])
+    raise AssertionError("no mapping starts at %#x" % address)

@@ -12,6 +12,7 @@ import mmap
 import os
 import sys
 import threading
+import time
 import warnings
 import zlib
 
@@ -189,8 +190,11 @@ class Segment:
 
     def fits(self, name, size):
         """Whether this is still a mapping of /dev/shm/<name> with at least `size` bytes (a name that is gone was unregistered)."""
-        return (self.kind == "shm" and self._whole is not None and self.name == name and self.size >= size
-                and os.path.exists(os.path.join(SHM_DIRECTORY, name)))
+        return self.name == name and self.size >= size and self.exists()
+
+    def exists(self):
+        """Whether this host mapping's segment still has its name (its owner has not unlinked it)."""
+        return self.kind == "shm" and self._whole is not None and os.path.exists(os.path.join(SHM_DIRECTORY, self.name))
 
     @property
     def released(self):
@@ -293,12 +297,17 @@ class HostMappings:
     registrations keep their segments), so the next update names the same segments: mapping them again and faulting
     every page in cost more than the copies themselves. A different buffer for the same socket replaces the old mapping,
     registered segments an attach no longer names are unmapped then (their memory is freed once their owner unregistered
-    them), a failure unmaps all of the socket's, and a mapping an update is using is never unmapped under it.
+    them), a failure unmaps all of the socket's, and a mapping an update is using is never unmapped under it. Between
+    updates a sweep every SWEEP_SECONDS unmaps the segments whose names are gone (a one-shot `update` whose ranks exited, a
+    checkpoint unregistered), so their memory is not pinned here until the next update.
     Only host memory ("shm"): CUDA IPC handles are closed at every release, so the parameter server may free its memory."""
+
+    SWEEP_SECONDS = 2.0
 
     def __init__(self):
         self._lock = threading.Lock()
         self._by_address = {}  # socket address -> _Kept
+        self._sweeping = False
 
     def acquire(self, address, name, size, registered):
         """(buffer, [registered segments in their order]) for an update on `address`: kept mappings where the attach names
@@ -334,11 +343,44 @@ class HostMappings:
             return kept.buffer, mapped
 
     def give_back(self, address):
-        """The update on `address` is done with its mappings; they stay for the next one."""
+        """The update on `address` is done with its mappings; they stay for the next one (while their segments exist)."""
         with self._lock:
             kept = self._by_address.get(address)
             if kept is not None:
                 kept.in_use = False
+            if self._by_address and not self._sweeping:
+                self._sweeping = True
+                threading.Thread(target=self._sweep, name="ckpt-engine-host-mappings", daemon=True).start()
+
+    def sweep_once(self):
+        """Unmaps what no update uses and whose segment is gone: a socket's whole entry when its buffer is, else the
+        registered segments that are. Returns whether anything is still kept."""
+        gone = []
+        with self._lock:
+            for address, kept in list(self._by_address.items()):
+                if kept.in_use:
+                    continue
+                if not kept.buffer.exists():
+                    gone.append(self._by_address.pop(address))
+                    continue
+                for name in [n for n, segment in kept.registered.items() if not segment.exists()]:
+                    gone.append(kept.registered.pop(name))
+            left = bool(self._by_address)
+        for item in gone:
+            if isinstance(item, _Kept):
+                item.close()
+            else:
+                item.release()
+        return left
+
+    def _sweep(self):
+        while True:
+            time.sleep(self.SWEEP_SECONDS)
+            left = self.sweep_once()
+            with self._lock:
+                if not (left and self._by_address):
+                    self._sweeping = False
+                    return
 
     def drop(self, address):
         """Unmaps the socket's buffer and the registered segments beside it (after a failure they may be gone for good)."""

@@ -315,6 +315,20 @@ class HostMappingsTests(unittest.TestCase):
         self.assertEqual(self.mappings.addresses(), [])  # The failed acquire let go of everything for the socket.
         self.assertTrue(larger.released)
 
+    def test_Sweep_UnmapsWhatIsGone_NeverWhatAnUpdateUses(self):
+        buffer, (registered,) = self.mappings.acquire("@dev", self.buffer.segment, 64, [(self.owner.segment, 64)])
+        os.unlink("/dev/shm/" + self.owner.segment)  # Its owner unregistered it.
+        self.assertTrue(self.mappings.sweep_once())
+        self.assertFalse(registered.released)  # In use: left alone.
+        self.mappings.give_back("@dev")
+        self.assertTrue(self.mappings.sweep_once())
+        self.assertTrue(registered.released)
+        self.assertFalse(buffer.released)  # Still there: kept.
+        os.unlink("/dev/shm/" + self.buffer.segment)  # The ranks exited (a one-shot update).
+        self.assertFalse(self.mappings.sweep_once())
+        self.assertTrue(buffer.released)
+        self.assertEqual(self.mappings.addresses(), [])
+
     def test_InUse_IsNotMappedUnderAnUpdate(self):
         self.mappings.acquire("@dev", self.buffer.segment, 64, [])
         with self.assertRaisesRegex(RuntimeError, "device socket @dev is already receiving an update"):

@@ -192,6 +192,26 @@ public class StoreOperationTests
     }
 
     [Fact]
+    public async Task Gather_SetsWaitsAndDropsThePreviousKeyOnceAllAreThere_InOneRoundTrip()
+    {
+        using var h = StoreHarness.Start();
+        var (a, b) = ((await h.ConnectAsync(0)).WithPrefix("g"), (await h.ConnectAsync(1)).WithPrefix("g"));
+        await a.SetAsync("1/0", [9], Ct).WaitAsync(Deadline, Ct); // Each member's key of the previous call.
+        await b.SetAsync("1/1", [9], Ct).WaitAsync(Deadline, Ct);
+        var first = a.GatherAsync("2/0", [1], "1/0", ["2/0", "2/1"], TimeSpan.FromMinutes(10), Ct);
+        await h.UntilAsync(s => s.PendingWaits == 1, "the first member waiting");
+        Assert.NotNull(await b.GetAsync("1/0", Ct).WaitAsync(Deadline, Ct)); // Not dropped while a member may still read it.
+        var second = await b.GatherAsync("2/1", [2], "1/1", ["2/0", "2/1"], TimeSpan.FromMinutes(10), Ct).WaitAsync(Deadline, Ct);
+        Assert.Equal([[1], [2]], second);
+        Assert.Equal([[1], [2]], await first.WaitAsync(Deadline, Ct));
+        Assert.Null(await a.GetAsync("1/0", Ct).WaitAsync(Deadline, Ct));
+        Assert.Null(await a.GetAsync("1/1", Ct).WaitAsync(Deadline, Ct));
+        var e = await Assert.ThrowsAsync<StoreTimeoutException>(() => a.GatherAsync("3/0", [3], "2/0", ["3/0", "3/1"], TimeSpan.FromMilliseconds(200), Ct).WaitAsync(Deadline, Ct));
+        Assert.Equal(["3/1"], e.MissingKeys);
+        Assert.NotNull(await a.GetAsync("2/0", Ct).WaitAsync(Deadline, Ct)); // A gather that timed out drops nothing.
+    }
+
+    [Fact]
     public async Task WaitGet_PresentOrNoKeys_ReturnsAtOnce()
     {
         using var h = StoreHarness.Start();

@@ -14,6 +14,12 @@ public interface IStore
     /// <summary>Waits until every key exists and returns their values in order. Throws <see cref="StoreTimeoutException"/> or <see cref="PeerDiedException"/>.</summary>
     Task<byte[][]> WaitGetAsync(IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default);
 
+    /// <summary>
+    /// One member's turn of an all-gather in one round trip: sets <paramref name="key"/>, waits as <see cref="WaitGetAsync"/> for
+    /// <paramref name="keys"/>, and once they are all there deletes <paramref name="drop"/> (null: none), the member's key of the previous call.
+    /// </summary>
+    Task<byte[][]> GatherAsync(string key, byte[] value, string? drop, IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default);
+
     /// <summary>Atomically adds to a 64-bit counter (absent counts as 0) and returns the new value.</summary>
     Task<long> AddAsync(string key, long delta, CancellationToken ct = default);
 

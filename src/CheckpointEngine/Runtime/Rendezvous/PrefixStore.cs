@@ -22,11 +22,18 @@ internal sealed class PrefixStore : IStore
 
     public Task<byte[]?> GetAsync(string key, CancellationToken ct = default) => _inner.GetAsync(K(key), ct);
 
-    public async Task<byte[][]> WaitGetAsync(IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default)
+    public Task<byte[][]> WaitGetAsync(IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default) =>
+        Unprefixed(_inner.WaitGetAsync(keys.Select(K).ToList(), timeout, ct));
+
+    public Task<byte[][]> GatherAsync(string key, byte[] value, string? drop, IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default) =>
+        Unprefixed(_inner.GatherAsync(K(key), value, drop is null ? null : K(drop), keys.Select(K).ToList(), timeout, ct));
+
+    /// <summary>A wait's values, or its timeout naming the missing keys as this view names them.</summary>
+    private async Task<byte[][]> Unprefixed(Task<byte[][]> wait)
     {
         try
         {
-            return await _inner.WaitGetAsync(keys.Select(K).ToList(), timeout, ct).ConfigureAwait(false);
+            return await wait.ConfigureAwait(false);
         }
         catch (StoreTimeoutException e)
         {

@@ -116,15 +116,25 @@ public sealed class StoreClient : IStore, IDisposable
         };
     }
 
-    public async Task<byte[][]> WaitGetAsync(IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default)
+    public Task<byte[][]> WaitGetAsync(IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default) =>
+        WaitForAsync(new Writer().Byte((byte)Op.WaitGet), keys, timeout, keys.Count == 1 ? $"wait for '{keys[0]}'" : $"wait for {keys.Count} keys", ct);
+
+    /// <summary>
+    /// One member's turn of an all-gather, in one round trip: sets <paramref name="key"/>, waits for every one of <paramref name="keys"/>
+    /// (as <see cref="WaitGetAsync"/>), and once they are all there deletes <paramref name="drop"/> (this member's key of the previous
+    /// call, which every member has read once all have set theirs of this one).
+    /// </summary>
+    public Task<byte[][]> GatherAsync(string key, byte[] value, string? drop, IReadOnlyList<string> keys, TimeSpan timeout, CancellationToken ct = default) =>
+        WaitForAsync(new Writer().Byte((byte)Op.Gather).String(key).Bytes(value).String(drop ?? ""), keys, timeout, $"gather of {keys.Count} keys (set '{key}')", ct);
+
+    private async Task<byte[][]> WaitForAsync(Writer request, IReadOnlyList<string> keys, TimeSpan timeout, string what, CancellationToken ct)
     {
-        var request = new Writer().Byte((byte)Op.WaitGet).Int32(keys.Count);
+        request.Int32(keys.Count);
         foreach (var k in keys)
         {
             request.String(k);
         }
         request.Int64(WaitMs(timeout));
-        var what = keys.Count == 1 ? $"wait for '{keys[0]}'" : $"wait for {keys.Count} keys";
         var reply = await CallAsync(request, ReplyTimeout(timeout), what, ct).ConfigureAwait(false);
         var r = new Reader(reply);
         switch ((Status)r.Byte())

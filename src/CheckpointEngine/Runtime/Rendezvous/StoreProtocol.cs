@@ -26,6 +26,9 @@ internal static class StoreProtocol
         DeletePrefix,
         WatchDead,
         Bye,
+
+        /// <summary>One member's turn of an all-gather in one round trip: set its key, wait for every member's, then drop its key of the previous call.</summary>
+        Gather,
     }
 
     public enum Status : byte

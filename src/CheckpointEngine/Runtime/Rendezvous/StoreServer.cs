@@ -206,6 +206,19 @@ public sealed class StoreServer : IDisposable
                 var timeout = WaitTime(reader.Int64());
                 return (await WaitGetAsync(keys, timeout).ConfigureAwait(false), false);
             }
+            case Op.Gather:
+            {
+                var key = reader.String();
+                Put(key, reader.Bytes());
+                var drop = reader.String();
+                var keys = new string[reader.Count(4)];
+                for (var i = 0; i < keys.Length; i++)
+                {
+                    keys[i] = reader.String();
+                }
+                // Once every member has set its key of this call, every member is past the previous one: its key there is read.
+                return (await WaitGetAsync(keys, WaitTime(reader.Int64()), drop.Length > 0 ? drop : null).ConfigureAwait(false), false);
+            }
             case Op.Add:
             {
                 var key = reader.String();
@@ -342,7 +355,8 @@ public sealed class StoreServer : IDisposable
         return Ok().Byte(swapped ? (byte)1 : (byte)0).Byte(current is null ? (byte)0 : (byte)1).Bytes(current ?? []);
     }
 
-    private async Task<Writer> WaitGetAsync(string[] keys, TimeSpan timeout)
+    /// <param name="drop">A key to delete once the values are there (with them, under the same lock): a gather's previous key.</param>
+    private async Task<Writer> WaitGetAsync(string[] keys, TimeSpan timeout, string? drop = null)
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         (HashSet<string>, TaskCompletionSource) waiter = (new HashSet<string>(keys, StringComparer.Ordinal), done);
@@ -351,7 +365,7 @@ public sealed class StoreServer : IDisposable
         {
             if (keys.All(_data.ContainsKey))
             {
-                return Values(keys);
+                return Values(keys, drop);
             }
             if (_dead is null)
             {
@@ -382,7 +396,7 @@ public sealed class StoreServer : IDisposable
         {
             if (keys.All(_data.ContainsKey))
             {
-                return Values(keys);
+                return Values(keys, drop);
             }
         }
         if (DeadReply() is { } died)
@@ -399,12 +413,17 @@ public sealed class StoreServer : IDisposable
         return missing;
     }
 
-    private Writer Values(string[] keys)
+    /// <summary>The values of <paramref name="keys"/> (call under the lock), then <paramref name="drop"/> deleted when given.</summary>
+    private Writer Values(string[] keys, string? drop = null)
     {
         var w = Ok().Int32(keys.Length);
         foreach (var k in keys)
         {
             w.Bytes(_data[k]);
+        }
+        if (drop is not null)
+        {
+            _data.Remove(drop);
         }
         return w;
     }

@@ -53,9 +53,6 @@ public sealed unsafe class SharedMemorySegment : IDisposable
     /// <summary>The start as an address, for code that cannot hold pointers (async methods).</summary>
     public nint Address => (nint)Pointer;
 
-    /// <summary>Whether this mapping was disposed (unmapped).</summary>
-    public bool IsDisposed => _pointer == null;
-
     /// <summary>A fresh name no other user can guess: <see cref="Prefix"/>, <paramref name="kind"/>, and 128 random bits.</summary>
     public static string NewName(string kind) => $"{Prefix}{kind}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16))}";
 

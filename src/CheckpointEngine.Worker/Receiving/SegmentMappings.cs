@@ -8,9 +8,7 @@ namespace CheckpointEngine.Worker;
 /// registrations keep their segments), so the next update names the same segments and the worker skips mapping
 /// them again and faulting every page in (which costs more than the copy itself). A different segment for the same
 /// device replaces the old mapping, registered segments the attach no longer names are unmapped (their memory is
-/// freed once the owner unregistered them), and mappings in use by a running update are never unmapped under it. Between
-/// updates a sweep every <see cref="SweepPeriod"/> unmaps the segments whose names are gone (a one-shot update whose ranks
-/// exited, a checkpoint unregistered), so their memory is not pinned here until the next update.
+/// freed once the owner unregistered them), and mappings in use by a running update are never unmapped under it.
 /// </summary>
 internal static class SegmentMappings
 {
@@ -40,11 +38,6 @@ internal static class SegmentMappings
     }
 
     private static readonly Dictionary<string, Entry> ByDevice = new(StringComparer.Ordinal);
-
-    /// <summary>How often kept mappings are checked for segments that are gone (while any are kept).</summary>
-    public static readonly TimeSpan SweepPeriod = TimeSpan.FromSeconds(2);
-
-    private static readonly Timer Sweeper = new(_ => SweepOnce());
 
     /// <summary>
     /// The mapping of <paramref name="name"/> for this device socket (reused when it is the same segment), marked in use, and
@@ -110,7 +103,7 @@ internal static class SegmentMappings
         }
     }
 
-    /// <summary>The update is done with the buffer; the mappings stay for the next one (while their segments exist).</summary>
+    /// <summary>The update is done with the buffer; the mappings stay for the next one.</summary>
     public static void Return(string socketAddress)
     {
         lock (ByDevice)
@@ -118,47 +111,7 @@ internal static class SegmentMappings
             if (ByDevice.TryGetValue(socketAddress, out var entry))
             {
                 entry.InUse = false;
-                Sweeper.Change(SweepPeriod, SweepPeriod);
             }
-        }
-    }
-
-    /// <summary>
-    /// Unmaps what no update uses and whose segment is gone: a device's whole entry when its buffer is, else the registered segments
-    /// that are; stops the sweep when nothing is kept. Returns whether anything is still kept.
-    /// </summary>
-    internal static bool SweepOnce()
-    {
-        lock (ByDevice)
-        {
-            foreach (var (address, entry) in ByDevice.Where(kv => !kv.Value.InUse).ToList())
-            {
-                if (!File.Exists(entry.Segment.Path))
-                {
-                    ByDevice.Remove(address);
-                    entry.Dispose();
-                    continue;
-                }
-                foreach (var (name, segment) in entry.Registered.Where(kv => !File.Exists(kv.Value.Path)).ToList())
-                {
-                    entry.Registered.Remove(name);
-                    segment.Dispose();
-                }
-            }
-            if (ByDevice.Count == 0)
-            {
-                Sweeper.Change(Timeout.Infinite, Timeout.Infinite);
-            }
-            return ByDevice.Count > 0;
-        }
-    }
-
-    /// <summary>The device sockets with kept mappings (for tests).</summary>
-    internal static List<string> Addresses()
-    {
-        lock (ByDevice)
-        {
-            return [.. ByDevice.Keys];
         }
     }
 

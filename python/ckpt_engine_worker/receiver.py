@@ -15,7 +15,7 @@ import traceback
 from . import dtypes
 from .cuda import device_uuid
 from .protocol import PeerClosed, ProtocolError, connect, decode, parse_ticket, peer_refusal, read_frame, send
-from .segments import HOST_MAPPINGS, open_segment, open_shm
+from .segments import HOST_MAPPINGS, open_segment
 
 DEFAULT_IDLE_TIMEOUT = 120.0
 """How long the parameter server may take to listen, or stay silent between messages (seconds)."""
@@ -208,18 +208,11 @@ class _Session:
                         segment.prefault_resident()
             except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
                 error = "attach: cannot map shm segment '%s' of %d bytes or the registered segments beside it: %s" % (handle, size, describe(e))
-            extra = []
-        else:
+        else:  # Further segments come only beside a "shm" buffer (checked above).
             try:
                 self.segment = open_segment(kind, handle, size, self.device)
             except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
                 error = "attach: cannot map %s segment '(handle)' of %d bytes: %s" % (kind, size, describe(e))
-        for r in extra if error is None else []:
-            try:
-                self.registered.append(open_shm(r["handle"], r["size"], writable=False))
-            except Exception as e:  # noqa: BLE001 - any failure to map goes back as text
-                error = "attach: cannot map registered segment '%s' of %d bytes: %s" % (r["handle"], r["size"], describe(e))
-                break
         if error:
             self._fail(error)
             return

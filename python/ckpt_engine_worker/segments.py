@@ -140,28 +140,28 @@ class Segment:
         go while counting and made again after (a header over the same mapping: nothing is read)."""
         if self._whole is None:
             return 0
-        self._whole = None
-        extra = sys.getrefcount(self._owner) - (self._baseline - 1)  # The baseline counted a local name too.
-        if extra > 0:
-            gc.collect()
-            extra = sys.getrefcount(self._owner) - (self._baseline - 1)
+        extra = self._views_left()
         self._whole = self._make_whole(self._owner)
-        return max(0, extra)
+        return extra
 
     def release(self):
         """Unmaps the buffer now if nothing views it; else leaves that to the last view's finalizer.
         Returns the number of references that outlived the update (0 when all is well)."""
         if self._whole is None:
             return 0
+        extra = self._views_left()
+        owner, self._owner = self._owner, None
+        if extra == 0:
+            self._close(owner)
+        return extra
+
+    def _views_left(self):
+        """Lets the whole tensor go and counts the references to the mapping beyond this object's own: views that outlived it."""
         self._whole = None
-        owner = self._owner
-        extra = sys.getrefcount(owner) - self._baseline
+        extra = sys.getrefcount(self._owner) - (self._baseline - 1)  # The baseline counted a local name too.
         if extra > 0:
             gc.collect()
-            extra = sys.getrefcount(owner) - self._baseline
-        self._owner = None
-        if extra <= 0:
-            self._close(owner)
+            extra = sys.getrefcount(self._owner) - (self._baseline - 1)
         return max(0, extra)
 
     def prefault_resident(self):
@@ -376,9 +376,9 @@ class HostMappings:
     def _sweep(self):
         while True:
             time.sleep(self.SWEEP_SECONDS)
-            left = self.sweep_once()
+            self.sweep_once()
             with self._lock:
-                if not (left and self._by_address):
+                if not self._by_address:
                     self._sweeping = False
                     return
 

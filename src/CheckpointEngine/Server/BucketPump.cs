@@ -154,29 +154,28 @@ internal static class BucketPump
 
         // Across hosts: the members on the stager's host take their parts from it (a proxy takes the whole bucket and cuts the parts
         // of the classes it stands for too), then each class relays its part from its head there to its members elsewhere (all
-        // classes at once, each over its own group).
-        async Task RelayAsync(int k, ClassRelay route)
+        // classes at once, each over its own group). <paramref name="called"/> hears once this member has called all its collectives
+        // of the bucket (those whose data this member sends wait for the local step to end; the others are called at once).
+        async Task RelayAsync(int k, ClassRelay route, TaskCompletionSource? called)
         {
             var (me, groups) = (group.Rank, relay!.Groups);
             var proxy = relay.Proxies[k];
             var proxyBuffer = relay.ProxyBuffer + (nint)(k % sizing.InFlight * relay.ProxyStride);
+            var relays = groups.Relays(route.Host);
             if (route.Local.Contains(me))
             {
                 var local = groups.Local(route.Host);
                 var root = Array.IndexOf(route.Local, steps[k].Stager);
-                if (scatter is not null)
+                var step = scatter is not null
+                    ? ScatterPart(local, k, root, route.Local, m => route.ProxiedBy(m).Any()) // A proxy takes the whole bucket to cut the parts of the classes it stands for.
+                    : proxy is null
+                        ? BroadcastPart(local, k, root)
+                        : local.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, stop.Token);
+                if (proxy is null && relays.Count == 0)
                 {
-                    // A proxy takes the whole bucket to cut the parts of the classes it stands for.
-                    await ScatterPart(local, k, root, route.Local, m => route.ProxiedBy(m).Any()).ConfigureAwait(false);
+                    called?.TrySetResult();
                 }
-                else if (proxy is null)
-                {
-                    await BroadcastPart(local, k, root).ConfigureAwait(false);
-                }
-                else
-                {
-                    await local.BroadcastAsync(Where(k), steps[k].Bucket.Size, root, timeout, stop.Token).ConfigureAwait(false);
-                }
+                await step.ConfigureAwait(false);
                 if (proxy is not null)
                 {
                     await local.CopyRunsAsync(proxy.Runs, Where(k), proxyBuffer, timeout, stop.Token).ConfigureAwait(false);
@@ -186,13 +185,16 @@ internal static class BucketPump
                     }
                 }
             }
-            foreach (var (r, g) in groups.Relays(route.Host))
+            var moving = relays.Select(x =>
             {
+                var (r, g) = x;
                 var (address, size) = r.Proxy && r.Head == me ? (proxyBuffer + (nint)proxy!.Classes[r.Class].Offset, proxy.Classes[r.Class].Size)
                     : relay.Whole[r.Class] ? (Where(k), steps[k].Bucket.Size) // A class that declared nothing: the bucket, where it lies.
                     : (Slot(k), parts![k].Size);
-                await g.BroadcastAsync(address, size, 0, timeout, stop.Token).ConfigureAwait(false);
-            }
+                return g.BroadcastAsync(address, size, 0, timeout, stop.Token);
+            }).ToList();
+            called?.TrySetResult();
+            await Task.WhenAll(moving).ConfigureAwait(false);
         }
 
         // A bucket this rank could not copy to its device is still broadcast (its buffer holds stale bytes), so that
@@ -200,26 +202,38 @@ internal static class BucketPump
         string? stagingFailure = null;
 
         // Several buckets in flight (relayed ones only: their groups are their stager host's, never the update's group, whose collectives
-        // stay in loop order): bucket j moves ahead once its broadcast buffer is free, after the last bucket of the same stager host (the
-        // same groups, in the same order on every member), while the loop still waits for earlier buckets.
+        // stay in loop order): bucket j moves ahead once its broadcast buffer is free, while the loop still waits for earlier buckets, and
+        // once the last move of the same stager host has ended (its groups run one collective at a time). The moves call their collectives
+        // in bucket order, the plan's, on every member: a move calls its first once the move before it has called its last (not when they
+        // have run), so the NCCL operations of the several groups are submitted in one order everywhere.
         var moves = new Task?[steps.Count];
         var lastOfHost = new Dictionary<int, Task>();
+        var calledBefore = Task.CompletedTask;
         bool MovesAhead(int j) => sizing.InFlight > 1 && !agreeOnStaging && direct is null && relay?.Routes[j] is not null;
         void MoveAhead(int j)
         {
-            var host = relay!.Groups.HostOf[steps[j].Stager];
-            moves[j] = lastOfHost[host] = MoveAsync(lastOfHost.GetValueOrDefault(host) ?? Task.CompletedTask);
+            var (host, called) = (relay!.Groups.HostOf[steps[j].Stager], new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+            moves[j] = lastOfHost[host] = MoveAsync(lastOfHost.GetValueOrDefault(host) ?? Task.CompletedTask, calledBefore, called);
+            calledBefore = called.Task;
 
-            async Task MoveAsync(Task before)
+            async Task MoveAsync(Task sameHost, Task calledAhead, TaskCompletionSource called)
             {
-                await before.ConfigureAwait(false);
-                if ((staged.TryGetValue(j, out var stage) ? await stage.ConfigureAwait(false) : null) is { } failure)
+                try
                 {
-                    Interlocked.CompareExchange(ref stagingFailure, $"copying bucket {j} to its device failed: {failure}", null);
+                    await sameHost.ConfigureAwait(false);
+                    await calledAhead.ConfigureAwait(false);
+                    if ((staged.TryGetValue(j, out var stage) ? await stage.ConfigureAwait(false) : null) is { } failure)
+                    {
+                        Interlocked.CompareExchange(ref stagingFailure, $"copying bucket {j} to its device failed: {failure}", null);
+                    }
+                    times[j].BroadcastStart = clock.Elapsed;
+                    await RelayAsync(j, relay.Routes[j]!, called).ConfigureAwait(false);
+                    times[j].BroadcastEnd = clock.Elapsed;
                 }
-                times[j].BroadcastStart = clock.Elapsed;
-                await RelayAsync(j, relay.Routes[j]!).ConfigureAwait(false);
-                times[j].BroadcastEnd = clock.Elapsed;
+                finally
+                {
+                    called.TrySetResult(); // Also when this move failed: the update fails, and the moves after it end with their groups.
+                }
             }
         }
 
@@ -249,7 +263,7 @@ internal static class BucketPump
             }
             else if (relay?.Routes[k] is { } route)
             {
-                await RelayAsync(k, route).ConfigureAwait(false);
+                await RelayAsync(k, route, null).ConfigureAwait(false);
             }
             else if (scatter is { OneHost: true })
             {

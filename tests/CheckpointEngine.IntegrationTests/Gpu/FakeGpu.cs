@@ -82,6 +82,60 @@ internal static class FakeGpu
     }
 
     /// <summary>
+    /// Whether one order of NCCL operations fits what every process submitted, as the stand-in logged it under <c>FAKE_NCCL_ORDER_DIR</c>
+    /// (one line per operation: its communicator and its number there, in the process's submission order). NCCL asks that operations on
+    /// several communicators be submitted in the same order on every rank; where no single order fits, some ranks wait on each other in a
+    /// cycle on a GPU. Returns such a cycle (each operation submitted before the next by some process), or null.
+    /// </summary>
+    public static string? SubmissionCycle(string dir)
+    {
+        var after = new Dictionary<string, HashSet<string>>();
+        foreach (var file in Directory.EnumerateFiles(dir, "*.log"))
+        {
+            string? previous = null;
+            foreach (var op in File.ReadLines(file))
+            {
+                after.TryAdd(op, []);
+                if (previous is not null)
+                {
+                    after[previous].Add(op);
+                }
+                previous = op;
+            }
+        }
+        // Depth-first, without recursion: an edge back to an operation on the current path closes a cycle.
+        var state = after.Keys.ToDictionary(k => k, _ => 0); // 0 unseen, 1 on the path, 2 done.
+        foreach (var start in after.Keys.Where(k => state[k] == 0).ToList())
+        {
+            var path = new List<string> { start };
+            var next = new Stack<IEnumerator<string>>([after[start].GetEnumerator()]);
+            state[start] = 1;
+            while (next.Count > 0)
+            {
+                if (!next.Peek().MoveNext())
+                {
+                    next.Pop();
+                    state[path[^1]] = 2;
+                    path.RemoveAt(path.Count - 1);
+                    continue;
+                }
+                var op = next.Peek().Current;
+                if (state[op] == 1)
+                {
+                    return string.Join(" -> ", path.Skip(path.IndexOf(op)).Append(op));
+                }
+                if (state[op] == 0)
+                {
+                    state[op] = 1;
+                    path.Add(op);
+                    next.Push(after[op].GetEnumerator());
+                }
+            }
+        }
+        return null;
+    }
+
+    /// <summary>
     /// The stand-ins' shared memory in /dev/shm (device allocations, NCCL's rendezvous) whose creating process has exited: names carry
     /// the creator's pid (fakecuda-PID-N, fakenccl-PID-...), and what live processes hold (another test run's) is none of this run's business.
     /// </summary>

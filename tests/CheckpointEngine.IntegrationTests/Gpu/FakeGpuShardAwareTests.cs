@@ -145,6 +145,8 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     {
         var dir = ReferenceWorkers.WriteLayers(_dir);
         var urls = await StartWorkers(4, 2, false);
+        var order = Directory.CreateDirectory(Path.Combine(_dir, "order")).FullName;
+        _env["FAKE_NCCL_ORDER_DIR"] = order;
         var results = await RunRanks(4, 2, 2, dir, urls, 3, 3, "30", "on");
         foreach (var r in results)
         {
@@ -155,6 +157,9 @@ public sealed class FakeGpuShardAwareTests : IDisposable
         // Buckets moved at once: on some rank a bucket's relay began before the one before it had ended.
         Assert.Contains(results, r => Field(r, "overlap 2 ", 2) + Field(r, "overlap 3 ", 2) > 0);
         Assert.All(results, r => Assert.Equal(0, Field(r, "overlap 1 ", 2))); // Nothing declared: one bucket at a time, broadcast whole.
+        Assert.Equal(8, Directory.GetFiles(order, "*.log").Length);
+        var cycle = FakeGpu.SubmissionCycle(order);
+        Assert.True(cycle is null, $"no one order fits every rank's NCCL submissions: {cycle}"); // Every rank submitted its NCCL operations in one order.
         await ReferenceWorkers.AssertSlicesAssembleAsync(dir, urls);
         Assert.Empty(FakeGpu.Leftovers().Except(_before));
     }

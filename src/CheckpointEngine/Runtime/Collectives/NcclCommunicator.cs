@@ -144,7 +144,8 @@ public sealed class NcclCommunicator : ICommunicator
     /// staging area kept from bucket to bucket (grown only when a bucket needs more) and sends it with <c>ncclSend</c>; a part that is one run
     /// of the bucket, or the whole bucket, goes straight from the bucket. Each member receives its part with <c>ncclRecv</c> straight into
     /// <paramref name="destination"/>; all in one <c>ncclGroupStart</c>/<c>ncclGroupEnd</c>, after the root's copies on the stream. The root
-    /// cuts its own part as before. Deadlines, abort and errors as for every collective.
+    /// cuts its own part as before. Empty parts are sent and received too (NCCL passes over them), so that every member submits one operation per
+    /// scatter. Deadlines, abort and errors as for every collective.
     /// </summary>
     public Task ScatterPartsAsync(nint buffer, long length, int root, IReadOnlyList<CheckpointEngine.Memory.ByteRun>? runs,
         IReadOnlyList<IReadOnlyList<CheckpointEngine.Memory.ByteRun>?>? memberRuns, nint destination, TimeSpan timeout, CancellationToken ct = default)
@@ -162,10 +163,7 @@ public sealed class NcclCommunicator : ICommunicator
                 _nccl.GroupStart();
                 try
                 {
-                    if (bytes > 0)
-                    {
-                        _nccl.Receive(into, bytes, root, _comm, _stream);
-                    }
+                    _nccl.Receive(into, bytes, root, _comm, _stream); // Empty parts too: every member submits one operation per scatter.
                 }
                 catch
                 {
@@ -226,7 +224,7 @@ public sealed class NcclCommunicator : ICommunicator
             _nccl.GroupStart();
             try
             {
-                foreach (var (peer, from, bytes, pack, at) in sends.Where(x => x.Bytes > 0))
+                foreach (var (peer, from, bytes, pack, at) in sends)
                 {
                     _nccl.Send(pack is null ? from : (nint)(_packed + (ulong)at), bytes, peer, _comm, _stream);
                 }
@@ -375,7 +373,35 @@ public sealed class NcclCommunicator : ICommunicator
         return result;
     }
 
-    /// <summary>Queues one NCCL operation on the stream and waits, with the deadline, until it has run.</summary>
+    /// <summary>
+    /// Where the next NCCL operation on a device may be submitted: after every operation called before it on that device, in any of its
+    /// communicators. NCCL asks that operations on several communicators be submitted in one order on every rank (an order that differs
+    /// between ranks can deadlock the GPUs); callers that call them in one order (the bucket loop: the plan's) thus submit them so.
+    /// </summary>
+    private sealed class SubmissionOrder
+    {
+        private readonly Lock _lock = new();
+        private Task _last = Task.CompletedTask;
+
+        /// <summary>The submission before the caller's, and the caller's own turn, to complete once it submitted (or gave up).</summary>
+        public (Task Before, TaskCompletionSource Mine) Take()
+        {
+            var mine = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_lock)
+            {
+                var before = _last;
+                _last = mine.Task;
+                return (before, mine);
+            }
+        }
+    }
+
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<CudaDevice, SubmissionOrder> Submissions = new();
+
+    /// <summary>
+    /// Queues one NCCL operation on the stream, in its turn on the device (see <see cref="SubmissionOrder"/>), and waits, with the
+    /// deadline, until it has run. The turn passes on once the operation is queued, not when it has run.
+    /// </summary>
     private async Task RunAsync(string operation, TimeSpan timeout, Func<int> enqueue, CancellationToken ct, long received = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
@@ -383,14 +409,27 @@ public sealed class NcclCommunicator : ICommunicator
         {
             throw new CollectiveException(operation, Name, [], $"the group is unusable after an earlier failure: {_failure}");
         }
-        if (!await _one.WaitAsync(timeout, ct).ConfigureAwait(false))
-        {
-            throw new CollectiveException(operation, Name, [], $"an earlier collective of this group still runs after {timeout.TotalSeconds:F1} s");
-        }
+        var (before, turn) = Submissions.GetOrCreateValue(_device).Take();
+        var holding = false;
         try
         {
+            try
+            {
+                await before.WaitAsync(timeout, ct).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                throw new CollectiveException(operation, Name, [], $"an NCCL operation called before it on this device was not submitted within {timeout.TotalSeconds:F1} s");
+            }
+            if (!await _one.WaitAsync(timeout, ct).ConfigureAwait(false))
+            {
+                throw new CollectiveException(operation, Name, [], $"an earlier collective of this group still runs after {timeout.TotalSeconds:F1} s");
+            }
+            holding = true;
             _cuda.SetCurrent(_device.Context);
-            if (enqueue() == Nccl.InProgress)
+            var state = enqueue();
+            turn.TrySetResult();
+            if (state == Nccl.InProgress)
             {
                 await PollAsync(() => StateDone(_nccl, _comm), operation, Name, _world, timeout, ct).ConfigureAwait(false);
             }
@@ -401,14 +440,19 @@ public sealed class NcclCommunicator : ICommunicator
         }
         catch (Exception e) when (e is CollectiveException or NcclException or CudaException or OperationCanceledException)
         {
-            // The peers may be gone or wedged: stop our kernels so the stream and the buffers are free again.
+            // The peers may be gone or wedged: stop our kernels so the stream and the buffers are free again. An operation that was never
+            // submitted leaves the group out of step with its peers, which may have submitted theirs: unusable too.
             _failure ??= $"{operation}: {e.Message}";
             _nccl.Abort(_comm);
             throw e as CollectiveException ?? new CollectiveException(operation, Name, [], e.Message, e);
         }
         finally
         {
-            _one.Release();
+            turn.TrySetResult();
+            if (holding)
+            {
+                _one.Release();
+            }
         }
     }
 

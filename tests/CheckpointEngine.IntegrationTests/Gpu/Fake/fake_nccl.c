@@ -8,6 +8,9 @@
 // own); those between ncclGroupStart and ncclGroupEnd (per thread, as in NCCL) are issued together at the
 // end, so a rank that sends and receives in one group cannot deadlock. A peer outside the communicator is
 // refused at the call, and a receive whose count differs from its send fails both with ncclInvalidUsage.
+// With FAKE_NCCL_ORDER_DIR set, every operation a process submits is logged there (PID.log: communicator and
+// the operation's number on it, in submission order), so a test can check that the ranks submitted operations on
+// their several communicators in one order (NCCL's rule; an order that differs between ranks can deadlock).
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -200,12 +203,28 @@ static void *worker(void *p) {
     return NULL;
 }
 
+static pthread_mutex_t order_lock = PTHREAD_MUTEX_INITIALIZER;
+static FILE *order_log;
+
+static void log_submission(struct comm *c, long seq) {
+    const char *dir = getenv("FAKE_NCCL_ORDER_DIR");
+    if (!dir || !*dir) return;
+    pthread_mutex_lock(&order_lock);
+    if (!order_log) {
+        char path[400]; snprintf(path, sizeof path, "%.300s/%d.log", dir, getpid());
+        order_log = fopen(path, "a");
+    }
+    if (order_log) { fprintf(order_log, "%s %ld\n", c->name, seq); fflush(order_log); }
+    pthread_mutex_unlock(&order_lock);
+}
+
 static int enqueue(struct op *o) {
     struct comm *c = o->c;
     int state = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
     if (state != SUCCESS) { free(o->items); free(o); return state == IN_PROGRESS ? INVALID_ARGUMENT : state; }
     if (c->running) pthread_join(c->thread, NULL);  // One collective at a time, in order, as on one stream.
     o->seq = ++c->seq;
+    log_submission(c, o->seq);
     if (c->size == 1 && !o->nitems) {
         if (o->send != o->recv) memmove(o->recv, o->send, o->broadcast ? o->count : o->count * 8);
         free(o);

@@ -35,7 +35,7 @@ internal static class UpdateScenario
         using var host = backend is null ? new HostDevice(world.Config.HostDeviceId, freeMemory: deviceMemory, localRanks: world.Config.LocalWorldSize) : null;
         await using var ps = new ParameterServer(world, backend?.Device ?? host!, group: backend?.Group);
         var relays = Environment.GetEnvironmentVariable("TEST_CLASS_RELAYS") switch { "on" => true, "off" => false, _ => (bool?)null };
-        var inFlight = int.Parse(Environment.GetEnvironmentVariable("TEST_BUCKETS_IN_FLIGHT") ?? "1", CultureInfo.InvariantCulture);
+        var inFlight = Environment.GetEnvironmentVariable("TEST_BUCKETS_IN_FLIGHT") is { Length: > 0 } n ? int.Parse(n, CultureInfo.InvariantCulture) : (int?)null;
         var options = new UpdateOptions { Timeout = timeout, ClassRelays = relays, BucketsInFlight = inFlight };
         for (var u = 1; u <= updates; u++)
         {

@@ -47,16 +47,16 @@ internal static class UpdateCommand
         var verify = new Option<bool>("--verify") { Description = "send each tensor's registration-time CRC-32; the workers check what they received and fail the update on a mismatch" };
         var relays = new Option<string>("--class-relays")
         {
-            Description = "shard-aware updates across hosts: relay each class's part over its own group (on), never (off), or auto (on the host backend; on GPUs from 96 hosts)",
+            Description = "shard-aware updates across hosts: relay each class's part over its own group (on), never (off), or auto (on the host backend; on GPUs with several buckets in flight, or from 96 hosts)",
             DefaultValueFactory = _ => "auto",
         };
         relays.AcceptOnlyFromAmong("auto", "on", "off");
-        var inFlight = new Option<int>("--buckets-in-flight")
+        var inFlight = new Option<int?>("--buckets-in-flight")
         {
-            Description = "relayed buckets that may move at once (shard-aware updates across hosts; each beyond the first takes a broadcast buffer), 1 to 8",
-            DefaultValueFactory = _ => 1,
+            Description = "relayed buckets that may move at once (shard-aware updates across hosts; each beyond the first takes a broadcast buffer), 1 to 8; "
+                + "default: 3 on GPUs once the engines declare what they keep, else 1",
         };
-        inFlight.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 8) r.AddError("--buckets-in-flight must be in [1, 8]"); });
+        inFlight.Validators.Add(r => { if (r.GetValueOrDefault<int?>() is < 1 or > 8) r.AddError("--buckets-in-flight must be in [1, 8]"); });
         var device = DeviceOption.Create();
         var allowNoToken = AllowNoTokenOption.Create();
         var transport = P2PTransportOption.Create();
@@ -111,7 +111,7 @@ internal static class UpdateCommand
         }
     }
 
-    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport, bool progressLines, bool? classRelays, int bucketsInFlight)
+    private sealed class Run(TextWriter stdout, string name, TimeSpan timeout, string? tracePath, int repeat, string? device, Fp8Quantization? fp8, bool allowNoToken, bool verifying, EngineApi? engineApi, string? transport, bool progressLines, bool? classRelays, int? bucketsInFlight)
     {
         public async Task<int> ExecuteAsync(string? path, string endpoint, int groupSize, string method, string? saveMetas, string? loadMetas, string? metasFrom,
             string? uds, TimeSpan sleep, CancellationToken ct)

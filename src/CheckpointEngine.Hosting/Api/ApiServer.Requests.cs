@@ -13,7 +13,7 @@ namespace CheckpointEngine.Hosting.Api;
 public sealed partial class ApiServer
 {
     private const string RegisterExample = "{\"files\": [\"/path/model-00001-of-00002.safetensors\", ...], \"quantize\": null}";
-    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null, \"engine\": \"vllm\", \"class_relays\": null, \"buckets_in_flight\": 1}";
+    private const string UpdateExample = "{\"ranks\": [], \"update_url\": \"http://engine:8000\", \"inference_group_ranks\": [], \"timeout\": 300, \"uds\": null, \"verify\": false, \"p2p_transport\": null, \"engine\": \"vllm\", \"class_relays\": null, \"buckets_in_flight\": null}";
     private const string GatherExample = "{\"timeout\": 300} (or no body)";
     private const double DefaultTimeoutSeconds = 300;
     private const double MaxTimeoutSeconds = 7 * 24 * 3600;
@@ -30,7 +30,7 @@ public sealed partial class ApiServer
         public bool? ClassRelays { get; init; }
 
         /// <summary>Relayed buckets that may move at once ("buckets_in_flight", see <see cref="UpdateOptions.BucketsInFlight"/>).</summary>
-        public int BucketsInFlight { get; init; } = 1;
+        public int? BucketsInFlight { get; init; }
     }
 
     /// <summary>The body as JSON; null when it is empty and <paramref name="required"/> is false.</summary>
@@ -180,7 +180,7 @@ public sealed partial class ApiServer
         {
             relays = cr.ValueKind is JsonValueKind.True or JsonValueKind.False ? cr.GetBoolean() : throw Bad($"\"class_relays\" must be true, false or null (auto), not {cr.GetRawText()}");
         }
-        var inFlight = 1;
+        int? inFlight = null;
         if (root.TryGetProperty("buckets_in_flight", out var bf) && bf.ValueKind != JsonValueKind.Null)
         {
             inFlight = bf.ValueKind == JsonValueKind.Number && bf.TryGetInt32(out var n) && n is >= 1 and <= 8

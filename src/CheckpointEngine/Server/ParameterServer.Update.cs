@@ -165,10 +165,11 @@ public sealed partial class ParameterServer
         var clock = Stopwatch.StartNew();
         var timeout = options.Timeout;
 
-        // Bucket size from the smallest free device memory over the members.
-        var free = (await group.AllReduceAsync([Device.FreeMemory], ReduceOp.Min, timeout, ct).ConfigureAwait(false))[0];
-        var sizing = BucketSizing.Plan(free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize ?? World.Config.MaxBucketSize,
-            options.BucketsInFlight);
+        // Bucket size from the smallest free device memory over the members; in the same round, whether every member's last broadcast
+        // update had declared parts on GPUs across hosts (then, by default, several relayed buckets move at once).
+        var reduced = await group.AllReduceAsync([Device.FreeMemory, _declaredAcrossHosts && mode.Method == UpdateMethod.Broadcast ? 1 : 0], ReduceOp.Min, timeout, ct).ConfigureAwait(false);
+        var sizing = BucketSizing.Plan(reduced[0], metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), options.MemoryFraction, options.MaxBucketSize ?? World.Config.MaxBucketSize,
+            options.BucketsInFlight ?? (reduced[1] == 1 ? GpuBucketsInFlight : 1));
         var device = DeviceBufferFor(sizing, group);
 
         // Every member learns every worker's ticket and network device; the trigger tells the engine; our worker connects and proves its ticket.
@@ -257,7 +258,11 @@ public sealed partial class ParameterServer
             // among them with NCCL sends and receives, and each class broadcasts over its own NCCL communicator.
             var declared = classes.Any(c => c.Wants is not null);
             var hostCount = members.Select(m => m.HostId).Distinct(StringComparer.Ordinal).Count();
-            var relay = declared && cuts && (options.ClassRelays ?? (Device.HostAccessible || hostCount >= GpuRelayHosts))
+            if (mode.Method == UpdateMethod.Broadcast)
+            {
+                _declaredAcrossHosts = declared && !Device.HostAccessible && hostCount > 1;
+            }
+            var relay = declared && cuts && (options.ClassRelays ?? (Device.HostAccessible || hostCount >= GpuRelayHosts || sizing.InFlight > 1))
                 ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
                 : null;
             using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.
@@ -419,11 +424,18 @@ public sealed partial class ParameterServer
         [.. BucketPlanner.Interleave(steps.GroupBy(s => hostOf[s.Stager], StringComparer.Ordinal).Select(g => (IReadOnlyList<BucketStep>)g.ToList()))];
 
     /// <summary>
-    /// From how many hosts on a GPU update relays classes by default (see <see cref="UpdateOptions.ClassRelays"/>): the simulator's crossover
-    /// for Kimi-K2 and DeepSeek-V3.1 on H20 nodes of 8 GPUs at tensor parallel 16 lies between 64 and 96 hosts (512 and 768 GPUs); below it, a
-    /// whole-bucket broadcast ring is faster. Not yet measured on a GPU cluster.
+    /// From how many hosts a GPU update with one bucket in flight relays classes by default (see <see cref="UpdateOptions.ClassRelays"/>): the
+    /// simulator's crossover for Kimi-K2 and DeepSeek-V3.1 on H20 nodes of 8 GPUs at tensor parallel 16 lies between 64 and 96 hosts (512 and
+    /// 768 GPUs); below it, a whole-bucket broadcast ring is faster. Not yet measured on a GPU cluster.
     /// </summary>
     public const int GpuRelayHosts = 96;
+
+    /// <summary>
+    /// Relayed buckets in flight on GPUs by default, once the engines declare what they keep (see <see cref="UpdateOptions.BucketsInFlight"/>):
+    /// with three, the simulator prices the relays below a whole-bucket broadcast ring from two hosts on (Kimi-K2 1.8 s, DeepSeek-V3.1 1.3 s
+    /// at 256 H20 GPUs, TP 16). Not yet measured on a GPU cluster.
+    /// </summary>
+    public const int GpuBucketsInFlight = 3;
 
     /// <summary>
     /// The relay groups for this update's hosts and classes (null on one host): the world's are kept for later updates

@@ -44,6 +44,9 @@ public sealed partial class ParameterServer : IAsyncDisposable
 
     /// <summary>The world group's relay groups for shard-aware updates across hosts, kept while hosts and classes stay the same.</summary>
     private RelayGroups? _relay;
+
+    /// <summary>Whether this rank's last broadcast update had declared parts on GPUs across hosts (see <see cref="UpdateOptions.BucketsInFlight"/>).</summary>
+    private bool _declaredAcrossHosts;
     private BucketSizing? _sizing;
 
     /// <summary>The device buffers' pages are in (faulted ahead, or touched by a staged update).</summary>

@@ -22,23 +22,24 @@ public sealed record UpdateOptions
 
     /// <summary>
     /// Whether a shard-aware update across hosts relays each class's part over its own group (see <see cref="ClassRelay"/>), for the buckets
-    /// where that moves no more bytes into any host than the plain way. Null (auto): on the host backend, yes; on GPUs, from
-    /// <see cref="ParameterServer.GpuRelayHosts"/> hosts on, where the simulator prices the relays below a whole-bucket broadcast ring
-    /// (below it, one bucket at a time, the stager's node sends every class's part and the relays wait for the scatter: slower).
+    /// where that moves no more bytes into any host than the plain way. Null (auto): on the host backend, yes; on GPUs, with several buckets
+    /// in flight (see <see cref="BucketsInFlight"/>), or from <see cref="ParameterServer.GpuRelayHosts"/> hosts on: the simulator prices
+    /// relays one bucket at a time above a whole-bucket broadcast ring below that (the stager's node sends every class's part, and the
+    /// relays wait for the scatter), and several in flight below it from two hosts on.
     /// </summary>
     public bool? ClassRelays { get; init; }
 
     /// <summary>
-    /// How many relayed buckets may move at once (1: one at a time, the default). With more, a shard-aware update across hosts issues the
-    /// relays of the next buckets staged on other hosts (their own groups, their own NICs) while earlier ones still move, in an order that
-    /// takes stagers host by host; the device buffers get one broadcast slot more per extra bucket (smaller buckets in the same memory).
-    /// The simulator prices three in flight below the issue's targets at 256 GPUs; not yet measured on a GPU cluster. At most 8.
-    /// On GPUs it stays off by default until a multi-GPU run has shown it safe: buckets from different stager hosts then run NCCL
-    /// operations on several communicators at once, which a member may issue in another order than its peers (each host's chain is
-    /// ordered, the chains are not), and NCCL kernels that wait on each other across communicators can deadlock a device whose SMs they
-    /// fill (NCCL's guide asks that operations on several communicators be submitted in the same order on every rank).
+    /// How many relayed buckets may move at once, 1 to 8. With more than one, a shard-aware update across hosts moves the next buckets
+    /// staged on other hosts (their own groups, their own NICs) while earlier ones still move, stagers taken host by host; the device
+    /// buffers get one broadcast slot more per extra bucket (smaller buckets in the same memory). Every member calls the moves' collectives
+    /// in bucket order and submits each device's NCCL operations in call order, so the operations of the several communicators are
+    /// submitted in one order on every rank, as NCCL asks (an order that differs between ranks can deadlock the GPUs).
+    /// Null (auto): on GPUs, <see cref="ParameterServer.GpuBucketsInFlight"/> where every rank's last broadcast update had declared parts
+    /// across hosts (an RL loop's steady state: the engines declare what they keep from their second update), else 1. The simulator
+    /// prices three in flight below the issue's targets at 256 GPUs; not yet measured on a GPU cluster.
     /// </summary>
-    public int BucketsInFlight { get; init; } = 1;
+    public int? BucketsInFlight { get; init; }
 
     /// <summary>How a P2P update reads: tcp (always possible), ucx (when the rank's store runs UCX); null or auto: the rank's store as it was started.</summary>
     public Runtime.P2P.P2PTransport? P2PTransport { get; init; }

@@ -60,7 +60,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
                 ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = "0.0009765625", // 1 MiB: many buckets from every stager.
                 ["TEST_TIMEOUT_S"] = timeoutS,
                 ["TEST_CLASS_RELAYS"] = relays,
-                ["TEST_BUCKETS_IN_FLIGHT"] = inFlight.ToString(CultureInfo.InvariantCulture),
+                ["TEST_BUCKETS_IN_FLIGHT"] = inFlight == 0 ? "" : inFlight.ToString(CultureInfo.InvariantCulture), // 0: the default.
             };
             if (hosts > 1)
             {
@@ -165,24 +165,35 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     }
 
     /// <summary>
-    /// By default GPUs relay classes only from <c>ParameterServer.GpuRelayHosts</c> hosts: at two hosts, TP 2 over two instances, no
-    /// bucket is relayed or scattered (a scatter to every member would send each remote class its part apart); each bucket is broadcast whole
-    /// and cut on the device, as before the scatter, and every shard still holds exactly its slices.
+    /// The defaults on GPUs at two hosts, TP 2 over two instances. The second update, the first with declarations, relays nothing and scatters
+    /// nothing: one bucket in flight (a relay pays from <c>ParameterServer.GpuRelayHosts</c> hosts only), so each bucket is broadcast whole
+    /// and cut on the device. From the third, every rank's last update had declared parts across hosts, so
+    /// <c>ParameterServer.GpuBucketsInFlight</c> buckets move at once, relayed, and every rank submitted its NCCL operations in one order.
+    /// Every shard holds exactly its slices.
     /// </summary>
     [Fact]
-    public async Task Update_ShardAwareOnCuda_TwoHostsByDefault_BroadcastsAndCuts_EachShardHoldsItsSlices()
+    public async Task Update_ShardAwareOnCuda_TwoHostsByDefault_BroadcastsThenRelaysSeveralInFlight_EachShardHoldsItsSlices()
     {
         var dir = ReferenceWorkers.WriteLayers(_dir);
         var urls = await StartWorkers(2, 2, false);
-        var results = await RunRanks(2, 2, 2, dir, urls, updates: 2, relays: "auto");
+        var order = Directory.CreateDirectory(Path.Combine(_dir, "order")).FullName;
+        _env["FAKE_NCCL_ORDER_DIR"] = order;
+        var results = await RunRanks(2, 2, 2, dir, urls, 3, 0, "30", "auto");
         foreach (var r in results)
         {
             Assert.True(r.ExitCode == 0, $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}");
-            Assert.StartsWith("update 2 ok", r.Line("update 2 "));
+            Assert.StartsWith("update 3 ok", r.Line("update 3 "));
             Assert.Equal(0, Field(r, "network 2 ", 3)); // No bucket relayed.
             Assert.Equal(0, Field(r, "received 2 ", 3)); // None scattered.
             Assert.True(Field(r, "update 2 ok", 3) < Field(r, "update 1 ok", 3), r.Line("update 2 ok")); // The worker took only its shard.
+            Assert.True(Field(r, "network 3 ", 3) > 1, r.Line("network 3 ")); // Relayed, from the third update on.
+            Assert.Equal(Field(r, "update 2 ok", 3), Field(r, "update 3 ok", 3));
         }
+        // A broadcast buffer more per bucket in flight beyond the first.
+        Assert.All(results, r => Assert.True(Field(r, "update 3 ok", 6) == Field(r, "update 2 ok", 6) + 2, $"{r.Line("update 2 ok")} / {r.Line("update 3 ok")}"));
+        Assert.Contains(results, r => Field(r, "overlap 3 ", 2) > 0);
+        var cycle = FakeGpu.SubmissionCycle(order);
+        Assert.True(cycle is null, $"no one order fits every rank's NCCL submissions: {cycle}");
         await ReferenceWorkers.AssertSlicesAssembleAsync(dir, urls);
         Assert.Empty(FakeGpu.Leftovers().Except(_before));
     }

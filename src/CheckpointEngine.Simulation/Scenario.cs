@@ -8,26 +8,29 @@ namespace CheckpointEngine.Simulation;
 /// inference worker shard per GPU, instances of <see cref="TensorParallel"/> GPUs) on a cluster.
 /// </summary>
 /// <param name="FreeMemory">Free device memory per GPU for the update's buffers; null: the cluster's.</param>
-/// <param name="InFlight">Buckets in flight at once for <see cref="SimulatedDesign.ShardAwareConcurrent"/>; null: <see cref="DefaultInFlight"/>.</param>
+/// <param name="InFlight">Buckets in flight at once for <see cref="SimulatedDesign.ShardAware"/>; null: as the parameter server picks by default.</param>
 public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpus, int TensorParallel,
     SimulatedMethod Method = SimulatedMethod.Broadcast, SimulatedDesign Design = SimulatedDesign.Ours,
     long? FreeMemory = null, long MaxBucketSize = Planning.BucketSizing.DefaultMaxBucketSize, int? InFlight = null)
 {
-    /// <summary>The buckets in flight that <see cref="SimulatedDesign.ShardAwareConcurrent"/> takes unless told.</summary>
-    public const int DefaultInFlight = 4;
+    /// <summary>
+    /// The buckets in flight that <see cref="SimulatedDesign.ShardAware"/> takes unless told, across nodes by broadcast (the GPU default once
+    /// the engines declare what they keep, <c>ParameterServer.GpuBucketsInFlight</c>); one inside a node, and by P2P, as built.
+    /// </summary>
+    public const int DefaultInFlight = Server.ParameterServer.GpuBucketsInFlight;
 
     public long Free => FreeMemory ?? Cluster.FreeMemory;
 
-    /// <summary>Buckets whose transfers may run at once: one in the loops as built.</summary>
+    /// <summary>Buckets whose transfers may run at once: several in the shard-aware loop across nodes by broadcast (see <see cref="DefaultInFlight"/>), else one.</summary>
     public int Window => Design switch
     {
         SimulatedDesign.ShardAwarePipelined => 2,
-        SimulatedDesign.ShardAwareConcurrent => InFlight ?? DefaultInFlight,
+        SimulatedDesign.ShardAware => InFlight ?? (Method == SimulatedMethod.Broadcast && Cluster.Nodes(GroupRanks) > 1 ? DefaultInFlight : 1),
         _ => 1,
     };
 
     /// <summary>Whether buckets move as <see cref="BucketRoute"/>s: scatter inside the stager's node, class relays between nodes.</summary>
-    public bool Routed => Design is SimulatedDesign.ShardAware or SimulatedDesign.ShardAwarePipelined or SimulatedDesign.ShardAwareConcurrent;
+    public bool Routed => Design is SimulatedDesign.ShardAware or SimulatedDesign.ShardAwarePipelined;
 
     /// <summary>Whether each worker reloads only its part.</summary>
     public bool ShardAware => Routed || Design == SimulatedDesign.ShardAwareBroadcast;
@@ -40,7 +43,7 @@ public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpu
         if (Gpus < 1) yield return "--gpus must be at least 1";
         if (TensorParallel < 1 || TensorParallel > Gpus || Gpus % TensorParallel != 0) yield return $"--tp {TensorParallel} must divide --gpus {Gpus}";
         foreach (var p in Cluster.Problems()) yield return p;
-        if (InFlight is { } w && (w < 1 || Design != SimulatedDesign.ShardAwareConcurrent)) yield return $"--in-flight {w}: takes a count of at least 1, with --design shard-aware-concurrent only";
+        if (InFlight is { } w && (w < 1 || Design != SimulatedDesign.ShardAware)) yield return $"--in-flight {w}: takes a count of at least 1, with --design shard-aware only";
         if (Model.Tensors.Count == 0) yield return $"model {Model.Name} has no tensors";
     }
 }

@@ -20,24 +20,18 @@ public enum SimulatedDesign
     Ours,
 
     /// <summary>
-    /// Ours, shard-aware, as the loop being built for GPUs runs it, one bucket at a time: the stager packs each member's part
-    /// and scatters the parts inside its node (NCCL grouped send/recv), then each class whose members are on other nodes
-    /// relays its part from its head there over its own ring, all classes at once, where the real <c>ClassRelay</c> says it
-    /// pays (else the whole bucket is broadcast); each GPU reloads only its part (<see cref="BucketRoute"/>).
+    /// Ours, shard-aware, as the GPU loop is built: the stager packs each member's part and scatters the parts inside its node (NCCL
+    /// grouped send/recv), then each class whose members are on other nodes relays its part from its head there over its own ring, all
+    /// classes at once, where the real <c>ClassRelay</c> says it pays (else the whole bucket is broadcast); each GPU reloads only its part
+    /// (<see cref="BucketRoute"/>). Across nodes by broadcast, several stagers' buckets move at once (<see cref="Scenario.Window"/>, the
+    /// GPU default of an RL loop's steady state), stagers taken node by node in turn so that they leave through different nodes' NICs,
+    /// in the same memory as one at a time (more buffers of smaller buckets); <c>--in-flight 1</c>: one bucket at a time.
     /// </summary>
     ShardAware,
 
-    /// <summary>Ours, shard-aware as GPUs run it today: every GPU receives each bucket by broadcast and cuts its part on the device; each reloads only its part.</summary>
+    /// <summary>Ours, shard-aware as GPUs run an update whose engines have not declared before (the first with declarations): every GPU receives each bucket by broadcast and cuts its part on the device; each reloads only its part.</summary>
     ShardAwareBroadcast,
 
-    /// <summary>What-if, not built: <see cref="ShardAware"/> with two buckets in flight, so that the scatter of bucket k+1 overlaps the relays of bucket k (their communicators differ); a part buffer more per GPU.</summary>
+    /// <summary>What-if, not built: <see cref="ShardAware"/> one at a time, but the scatter of bucket k+1 overlaps the relays of bucket k (their communicators differ), with a part buffer more per GPU.</summary>
     ShardAwarePipelined,
-
-    /// <summary>
-    /// <see cref="ShardAware"/> with several buckets in flight (<see cref="Scenario.InFlight"/>), the schedule taking stagers node by node
-    /// in turn so that buckets in flight leave through different nodes' NICs; a part buffer more per GPU and bucket in flight beyond the
-    /// first. Built as an option (<c>UpdateOptions.BucketsInFlight</c>, <c>update --buckets-in-flight</c>), off by default until measured
-    /// on a GPU cluster; buckets are sized as it sizes them (in-flight + 3 buffers in the same memory).
-    /// </summary>
-    ShardAwareConcurrent,
 }

@@ -51,7 +51,7 @@ public sealed class SimulationPlan
     /// buffer per bucket in flight beyond the first for the most that GPU holds of one (its part and those it proxies, or the
     /// bucket); none for several in flight, which is sized as built: the same memory in more buffers of smaller buckets.
     /// </summary>
-    public long ExtraMemory => Scenario.Design == SimulatedDesign.ShardAwareConcurrent ? 0 : (Window - 1) * (Routes?.Max(r => r.HeldPart) ?? BucketSize);
+    public long ExtraMemory => Scenario.Design == SimulatedDesign.ShardAware ? 0 : (Window - 1) * (Routes?.Max(r => r.HeldPart) ?? BucketSize);
 
     public int GroupRanks => Scenario.GroupRanks;
 
@@ -69,7 +69,7 @@ public sealed class SimulationPlan
         var (size, slots) = original
             ? OriginalSizing(s.Free, metas.LargestTensor, s.MaxBucketSize)
             : BucketSizing.Plan(s.Free, metas.LargestTensor, metas.Ranks.Max(r => r.TotalBytes), maxBucketSize: s.MaxBucketSize,
-                inFlight: s.Design == SimulatedDesign.ShardAwareConcurrent ? s.Window : 1) is var b ? (b.BucketSize, b.Slots) : default;
+                inFlight: s.Design == SimulatedDesign.ShardAware ? s.Window : 1) is var b ? (b.BucketSize, b.Slots) : default;
         var perOwner = metas.Ranks.Select(r => BucketPlanner.Cut(r, size)).ToList();
 
         List<(H2DBucket Bucket, int Stager, int Step)> order;
@@ -98,7 +98,7 @@ public sealed class SimulationPlan
             }
         }
 
-        if (s.Design == SimulatedDesign.ShardAwareConcurrent)
+        if (s.Design == SimulatedDesign.ShardAware && s.Window > 1)
         {
             // Stagers node by node in turn (within each step), so that consecutive buckets leave through different nodes.
             var perNode = s.Cluster.GpusPerNode;

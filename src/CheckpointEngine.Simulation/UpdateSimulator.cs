@@ -125,13 +125,13 @@ public static class UpdateSimulator
     /// <summary>
     /// Moves buckets from their stagers to every rank: a broadcast of the whole bucket, or (shard-aware) a <see cref="BucketRoute"/>:
     /// the scatter on the stager's node, then its class relays. Scatters run one at a time, and so do relays; with several
-    /// stagers' buckets in flight (<see cref="SimulatedDesign.ShardAwareConcurrent"/>) each node's scatters and relays run on
+    /// stagers' buckets in flight (<see cref="SimulatedDesign.ShardAware"/> across nodes) each node's scatters and relays run on
     /// their own communicators. The network is shared as queues of work, one per node and direction, so that moves in flight
     /// at once share the NICs they both use (with one move at a time the queues never wait).
     /// </summary>
     private sealed class Links(SimulationPlan plan, CostModel costs)
     {
-        private readonly bool _perNode = plan.Scenario.Design == SimulatedDesign.ShardAwareConcurrent;
+        private readonly bool _perNode = plan.Scenario.Design == SimulatedDesign.ShardAware && plan.Window > 1;
 
         private readonly Dictionary<int, PathCost> _scatters = [];
         private readonly Dictionary<int, PathCost> _relays = [];

@@ -29,15 +29,15 @@ internal static class SimulateCommand
         var method = new Option<string>("--method") { Description = "broadcast (every rank) or p2p (the first instance reads from all owners)", DefaultValueFactory = _ => "broadcast" };
         var design = new Option<string>("--design")
         {
-            Description = "original (MoonshotAI's schedule), ours (as built), shard-aware (the GPU loop being built: scatter in the stager's node, class relays between nodes), "
-                + "shard-aware-broadcast (as GPUs run it today: every GPU receives the bucket), or the what-ifs shard-aware-pipelined (the scatter of k+1 overlaps the relays of k) "
-                + "and shard-aware-concurrent (several stagers' buckets in flight, see --in-flight)",
+            Description = "original (MoonshotAI's schedule), ours (as built), shard-aware (the GPU loop as built: scatter in the stager's node, class relays between nodes, "
+                + "several stagers' buckets in flight across nodes, see --in-flight), shard-aware-broadcast (the first update with declarations: every GPU receives the bucket), "
+                + "or the what-if shard-aware-pipelined (one at a time, the scatter of k+1 overlapping the relays of k)",
             DefaultValueFactory = _ => "ours",
         };
-        var inFlight = new Option<int?>("--in-flight") { Description = $"buckets in flight at once for --design shard-aware-concurrent (default {Scenario.DefaultInFlight})" };
+        var inFlight = new Option<int?>("--in-flight") { Description = $"buckets in flight at once for --design shard-aware (default: {Scenario.DefaultInFlight} across nodes by broadcast, as built; else 1)" };
         var json = new Option<bool>("--json") { Description = "print one JSON document" };
         var trace = new Option<string?>("--trace") { Description = $"write the simulated timeline as a Chrome/Perfetto trace (a process per node, named by its first rank; at most {MaxTraceNodes} nodes)" };
-        var reproduce = new Option<bool>("--reproduce") { Description = "fit the cost model on the original's 8/16-GPU rows, predict its 256-GPU rows, and print every row with ours and shard-aware (by broadcast as today, and as the loop being built)" };
+        var reproduce = new Option<bool>("--reproduce") { Description = "fit the cost model on the original's 8/16-GPU rows, predict its 256-GPU rows, and print every row with ours and shard-aware (by broadcast, as the first update with declarations, and as built)" };
         var perNode = new Option<int?>("--gpus-per-node") { Description = "override the cluster's GPUs per node" };
         var free = new Option<string?>("--free-memory") { Description = "override the free device memory per GPU for update buffers, e.g. 18GiB" };
         var maxBucket = new Option<string?>("--max-bucket-size") { Description = "largest bucket, e.g. 4GiB (default 8GiB, as both engines)" };

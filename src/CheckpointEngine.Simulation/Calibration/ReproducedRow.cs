@@ -1,6 +1,6 @@
 namespace CheckpointEngine.Simulation.Calibration;
 
-/// <summary>One published row with the simulated original (fitted or predicted) and our designs on the same cluster: ours, shard-aware by broadcast as GPUs run it today, and shard-aware as the loop being built.</summary>
+/// <summary>One published row with the simulated original (fitted or predicted) and our designs on the same cluster: ours, shard-aware by broadcast (the first update with declarations), and shard-aware as built.</summary>
 public sealed record ReproducedRow(PublishedRow Row, SimulationResult Original, SimulationResult Ours, SimulationResult ShardAwareBroadcast, SimulationResult ShardAware)
 {
     public double Predicted => Original.Seconds;

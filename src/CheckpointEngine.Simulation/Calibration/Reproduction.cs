@@ -6,7 +6,7 @@ namespace CheckpointEngine.Simulation.Calibration;
 /// <summary>
 /// The original's published table, reproduced: the cost model is fitted on the rows that are not held out
 /// (8 and 16 GPUs), then every row is simulated with those parameters, the 256-GPU rows included, together
-/// with our schedule and shard-aware updates (by broadcast as GPUs run them today, and as the loop being built) on the same clusters.
+/// with our schedule and shard-aware updates (by broadcast, as the first update with declarations, and as built) on the same clusters.
 /// </summary>
 public sealed record Reproduction(CostParameters Fitted, IReadOnlyList<ReproducedRow> Rows)
 {
@@ -29,7 +29,7 @@ public sealed record Reproduction(CostParameters Fitted, IReadOnlyList<Reproduce
             UpdateSimulator.Run(PlanOf(r, SimulatedDesign.ShardAware), fitted)))]);
     }
 
-    /// <summary>A markdown table: published, simulated original, error, ours, shard-aware by broadcast and as being built, and what bounds ours and the latter.</summary>
+    /// <summary>A markdown table: published, simulated original, error, ours, shard-aware by broadcast and as built, and what bounds ours and the latter.</summary>
     public string ToMarkdown()
     {
         var s = new StringBuilder();

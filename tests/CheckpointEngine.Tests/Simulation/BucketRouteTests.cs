@@ -78,8 +78,9 @@ public sealed class BucketRouteTests
     [Fact]
     public void Concurrent_TakesStagersNodeByNode_InTheSameMemory()
     {
-        var built = Plan(32, 16);
-        var concurrent = Plan(32, 16, SimulatedDesign.ShardAwareConcurrent, inFlight: 3);
+        var built = Plan(32, 16, inFlight: 1);
+        var concurrent = Plan(32, 16); // Three in flight by default across nodes.
+        Assert.Equal((1, 3), (built.Window, concurrent.Window));
         Assert.Equal(built.Buckets.Select(b => (b.Owner, b.Bytes)).Order(), concurrent.Buckets.Select(b => (b.Owner, b.Bytes)).Order());
         var nodes = concurrent.Buckets.Select(b => ClusterPresets.H20.NodeOf(b.Stager)).ToList();
         Assert.True(nodes.Zip(nodes.Skip(1)).Count(p => p.First == p.Second) < nodes.Count / 4, "consecutive buckets should mostly leave through different nodes");
@@ -90,9 +91,11 @@ public sealed class BucketRouteTests
     }
 
     [Fact]
-    public void InFlight_OnlyForTheConcurrentWhatIf()
+    public void InFlight_OnlyForShardAware_OneInsideANodeOrByP2P()
     {
-        Assert.Throws<CheckpointEngineException>(() => Plan(32, 16, SimulatedDesign.ShardAware, inFlight: 2));
-        Assert.Throws<CheckpointEngineException>(() => Plan(32, 16, SimulatedDesign.ShardAwareConcurrent, inFlight: 0));
+        Assert.Throws<CheckpointEngineException>(() => Plan(32, 16, SimulatedDesign.ShardAwarePipelined, inFlight: 2));
+        Assert.Throws<CheckpointEngineException>(() => Plan(32, 16, SimulatedDesign.ShardAware, inFlight: 0));
+        Assert.Equal(1, Plan(8, 8).Window);
+        Assert.Equal(1, Plan(32, 16, method: SimulatedMethod.P2P).Window);
     }
 }

@@ -57,8 +57,9 @@ public sealed class SimulateCommandTests : IDisposable
     [InlineData("--model", "kimi-k2", "--design", "fast")]
     [InlineData("--model", "kimi-k2", "--gpus", "24", "--tp", "16")]
     [InlineData("--model", "kimi-k2", "--nics", "3")]
-    [InlineData("--model", "kimi-k2", "--design", "shard-aware", "--in-flight", "3")]
-    [InlineData("--model", "kimi-k2", "--design", "shard-aware-concurrent", "--in-flight", "0")]
+    [InlineData("--model", "kimi-k2", "--design", "shard-aware-pipelined", "--in-flight", "3")]
+    [InlineData("--model", "kimi-k2", "--design", "shard-aware", "--in-flight", "0")]
+    [InlineData("--model", "kimi-k2", "--design", "shard-aware-concurrent")]
     public void BadInput_IsOneLineNamingTheOption(params string[] args)
     {
         var (code, _, stderr) = Run(["simulate", .. args]);

@@ -349,9 +349,10 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     private static Task<RankCluster.Result[]> RunWorld(int ranks, string[] args, Func<int, string> deviceId, Task? killWhen = null, string maxBucketGb = "0.0009765625",
-        string timeoutS = "30", string transport = P2PStores.Tcp) =>
+        string timeoutS = "30", string transport = P2PStores.Tcp, int updates = 1) =>
         RankCluster.RunAsync(ranks, args, r => new Dictionary<string, string>
         {
+            ["TEST_UPDATES"] = updates.ToString(System.Globalization.CultureInfo.InvariantCulture),
             [P2PTransports.Variable] = transport,
             ["CKPT_ENGINE_DEVICE_ID"] = deviceId(r),
             ["CKPT_ENGINE_MAX_BUCKET_SIZE_GB"] = maxBucketGb,
@@ -387,6 +388,32 @@ public sealed class UpdateEndToEndTests : IDisposable
         await AssertWorkersHold(dir, joinerUrls, 2);
         await AssertWorkersHold(dir, ownerUrls, 4);
         Assert.Equal(ownersBefore, await BucketsLoaded(ownerUrls)); // Owners' workers received nothing during the join.
+    }
+
+    /// <summary>
+    /// A shard-aware join: the joining engine's shards (TP 2) declare their slices from its second update, so each joiner then reads
+    /// its buckets from the owners and hands the other joiner only that joiner's part. Every shard holds exactly its slices, and each
+    /// worker took in less than the whole checkpoint it took the first time.
+    /// </summary>
+    [Fact]
+    public async Task Join_ShardAwareJoiners_EachShardHoldsItsSlices()
+    {
+        var dir = WriteLayers();
+        var metas = Path.Combine(_dir, "metas.json");
+        var ownerUrls = await StartWorkers(2, 2);
+        var joinerUrls = await StartWorkers(JoinerId, 2, 2, "--shard-by-tp");
+        var owners = RunWorld(2, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId);
+        await RankCluster.WaitForFileAsync(metas, owners, "the owners saved their metas");
+        var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId, updates: 2);
+        File.WriteAllText(metas + ".done", "");
+        Assert.All(await owners, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
+        long Bytes(RankCluster.Result r, int update) => long.Parse(r.Line($"update {update} ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
+        foreach (var r in joiners)
+        {
+            Assert.True(r.ExitCode == 0 && r.Line("update 2 ").StartsWith("update 2 ok", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
+            Assert.True(Bytes(r, 2) < Bytes(r, 1) * 0.6, $"joiner {r.Rank}: {Bytes(r, 2)} of {Bytes(r, 1)} bytes in its declared update");
+        }
+        await ReferenceWorkers.AssertSlicesAssembleAsync(dir, joinerUrls);
     }
 
     [Theory]

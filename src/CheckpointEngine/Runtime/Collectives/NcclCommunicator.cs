@@ -226,7 +226,8 @@ public sealed class NcclCommunicator : ICommunicator
             {
                 foreach (var (peer, from, bytes, pack, at) in sends)
                 {
-                    _nccl.Send(pack is null ? from : (nint)(_packed + (ulong)at), bytes, peer, _comm, _stream);
+                    // An empty part from the bucket's address: never a null buffer (older NCCL took a null one for the other direction).
+                    _nccl.Send(pack is null ? from : bytes == 0 ? buffer : (nint)(_packed + (ulong)at), bytes, peer, _comm, _stream);
                 }
             }
             catch

@@ -46,6 +46,32 @@ internal static class NcclScenario
         }
     }
 
+    /// <summary>
+    /// The order NCCL operations are submitted in across a device's communicators: both ranks call broadcasts a1 and a2 on group a, then b1 on
+    /// group b. Rank 0 calls all three at once, while a1 waits for rank 1 (so a2 waits for a1: one collective at a time per group); rank 1
+    /// comes later and calls a2 and b1 once a1 has run. Both must submit a1, a2, b1 (the stand-in logs it): had rank 0 submitted b1 while
+    /// a2 waited, the two ranks' orders would disagree.
+    /// </summary>
+    public static async Task Order(World world, TimeSpan timeout)
+    {
+        using var backend = await Backend.CreateAsync(world, DeviceKind.Cuda, timeout);
+        using var buffer = backend.Device.AllocateShared(Size);
+        using var a = await backend.Group.CreateSubGroupAsync("a", [0, 1], timeout);
+        using var b = await backend.Group.CreateSubGroupAsync("b", [0, 1], timeout);
+        if (world.Rank == 1)
+        {
+            await Task.Delay(500);
+            await a.BroadcastAsync(buffer.Address, Size, root: 1, timeout);
+            await Task.WhenAll(a.BroadcastAsync(buffer.Address, Size, root: 1, timeout), b.BroadcastAsync(buffer.Address, Size, root: 1, timeout));
+        }
+        else
+        {
+            await Task.WhenAll(a.BroadcastAsync(buffer.Address, Size, root: 1, timeout), a.BroadcastAsync(buffer.Address, Size, root: 1, timeout),
+                b.BroadcastAsync(buffer.Address, Size, root: 1, timeout));
+        }
+        Console.WriteLine("order done");
+    }
+
     private static unsafe void Copy(IDevice device, byte[] host, nint deviceAddress, bool toDevice)
     {
         fixed (byte* p = host)

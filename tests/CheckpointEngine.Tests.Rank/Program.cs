@@ -31,6 +31,7 @@ try
         "p2p-owner" => P2PScenario.Owner(world, timeout, args[1..]),
         "p2p-join" => P2PScenario.Join(world, timeout, args[1..]),
         "nccl" => NcclScenario.Run(world, timeout, args[1]),
+        "nccl-order" => NcclScenario.Order(world, timeout),
         "join" => Task.CompletedTask,
         _ => throw new ArgumentException($"unknown scenario '{scenario}'"),
     });

@@ -107,6 +107,33 @@ public sealed class FakeGpuTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// NCCL operations are submitted in the order they were called on a device, over all its communicators: a broadcast called after one
+    /// that waits for its group's previous broadcast is not submitted before it (see <c>NcclScenario.Order</c>), so one order fits both ranks'.
+    /// </summary>
+    [Fact]
+    public async Task Nccl_SubmitsInCallOrderAcrossCommunicators()
+    {
+        var order = Directory.CreateTempSubdirectory("ckpt-nccl-order-").FullName;
+        try
+        {
+            var env = FakeGpu.Environment(2);
+            env["FAKE_NCCL_ORDER_DIR"] = order;
+            var results = await RankCluster.RunAsync(2, ["nccl-order"], r => new Dictionary<string, string>(env) { ["LOCAL_RANK"] = r.ToString(System.Globalization.CultureInfo.InvariantCulture) },
+                deadline: TimeSpan.FromSeconds(90));
+            Assert.All(results, r => Assert.True(r.ExitCode == 0 && r.Line("order") == "order done", $"rank {r.Rank} exited {r.ExitCode}:\n{r.Output}"));
+            var logs = Directory.GetFiles(order, "*.log").Select(File.ReadAllLines).ToList();
+            Assert.Equal(2, logs.Count);
+            Assert.All(logs, l => Assert.Equal(3, l.Length)); // a1, a2, b1 (group creation submits nothing).
+            var cycle = FakeGpu.SubmissionCycle(order);
+            Assert.True(cycle is null, $"the ranks submitted in orders no one order fits: {cycle}\n{string.Join("\n--\n", logs.Select(l => string.Join("\n", l)))}");
+        }
+        finally
+        {
+            Directory.Delete(order, true);
+        }
+    }
+
     [Fact]
     public async Task GpuTraitTests_PassOnTheStandIns()
     {

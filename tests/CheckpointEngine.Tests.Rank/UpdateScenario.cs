@@ -16,7 +16,8 @@ using CheckpointEngine.Server;
 /// inference group (comma-separated; group g = ranks g·TP … g·TP+TP−1).
 /// Prints "update N ok BYTES SECONDS BUCKETS SLOTS", "network N BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS",
 /// "declarations N BYTES_OF_WANTS_RECEIVED", "path N in-place|in-staging|staged BYTES_STAGED", "gathered N BYTES_GATHERED_INTO_SLOTS" and "link N sent|received PEER_HOST BYTES SECONDS"
-/// per peer host per update, "received N BYTES_INTO_THE_DEVICE SCATTERED_BUCKETS" (counted by NCCL groups), or "update N failed MESSAGE" and goes on.
+/// per peer host per update, "received N BYTES_INTO_THE_DEVICE SCATTERED_BUCKETS" (counted by NCCL groups), "overlap N BUCKETS_MOVED_BEFORE_THE_LAST_ENDED IN_FLIGHT",
+/// or "update N failed MESSAGE" and goes on.
 /// TEST_CLASS_RELAYS=on|off sets UpdateOptions.ClassRelays (unset: auto), TEST_BUCKETS_IN_FLIGHT=N UpdateOptions.BucketsInFlight. With TEST_DEVICE=cuda the rank runs the CUDA backend (device LOCAL_RANK, NCCL; in tests the stand-ins). With TEST_TRACE_FILE, rank 0 writes each update's trace there
 /// (the update's number before the extension).
 /// </summary>
@@ -73,7 +74,7 @@ internal static class UpdateScenario
                 Console.WriteLine($"gathered {u} {report.BytesGathered}");
                 Console.WriteLine($"received {u} {report.BytesReceived} {report.ScatteredBuckets}");
                 // Buckets whose move began before the one before it had ended (several in flight).
-                Console.WriteLine($"overlap {u} {report.Buckets.Zip(report.Buckets.Skip(1)).Count(p => p.Second.BroadcastStart < p.First.BroadcastEnd)}");
+                Console.WriteLine($"overlap {u} {report.Buckets.Zip(report.Buckets.Skip(1)).Count(p => p.Second.BroadcastStart < p.First.BroadcastEnd)} {report.BucketsInFlight}");
                 foreach (var l in report.LinkTotals())
                 {
                     Console.WriteLine($"link {u} {(l.Sent ? "sent" : "received")} {l.PeerHost} {l.Bytes} {l.Busy.TotalSeconds:F6}");

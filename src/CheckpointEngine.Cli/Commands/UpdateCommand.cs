@@ -272,7 +272,7 @@ internal static class UpdateCommand
         {
             var gbps = r.BytesDelivered / Math.Max(r.Duration.TotalSeconds, 1e-9) / 1e9;
             stdout.WriteLine($"update ({method}): {ByteSize.Format(r.BytesDelivered)} in {r.Duration.TotalSeconds:F3} s ({gbps:F2} GB/s), " +
-                $"{r.Buckets.Count} buckets of up to {ByteSize.Format(r.BucketSize)} in {r.Slots} buffers; stage sums: stage {r.HostToDevice.TotalSeconds:F3} s, broadcast {r.Broadcast.TotalSeconds:F3} s, reload {r.Reload.TotalSeconds:F3} s");
+                $"{r.Buckets.Count} buckets of up to {ByteSize.Format(r.BucketSize)} in {r.Slots} buffers{(r.BucketsInFlight > 1 ? $", {r.BucketsInFlight} in flight" : "")}{(r.RelayedBuckets > 0 ? $", {r.RelayedBuckets} relayed" : "")}; stage sums: stage {r.HostToDevice.TotalSeconds:F3} s, broadcast {r.Broadcast.TotalSeconds:F3} s, reload {r.Reload.TotalSeconds:F3} s");
             if (r.P2PTransport is { } read)
             {
                 stdout.WriteLine($"update ({method}): read over {read}");

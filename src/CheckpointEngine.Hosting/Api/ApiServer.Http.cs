@@ -342,6 +342,7 @@ public sealed partial class ApiServer
         w.WriteNumber("buckets", report.Buckets.Count);
         w.WriteNumber("bucket_size", report.BucketSize);
         w.WriteNumber("slots", report.Slots);
+        w.WriteNumber("buckets_in_flight", report.BucketsInFlight);
         w.WriteStartObject("stages");
         w.WriteNumber("h2d_seconds", S(report.HostToDevice));
         w.WriteNumber("broadcast_seconds", S(report.Broadcast));

@@ -301,7 +301,7 @@ public sealed partial class ParameterServer
             var staged = direct is { Staged: false } ? 0 : steps.Select((s, k) => (s, k)).Where(x => x.s.Stager == group.Rank).Sum(x => wanted?[x.k]?.Sum(r => r.Length) ?? x.s.Bucket.Size);
             return new UpdateReport(name, Rank, sizing.BucketSize, sizing.Slots, delivered, clock.Elapsed, timings)
             {
-                BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0,
+                BytesStaged = staged, WorkerClasses = classes.Count, NetworkBytesReceived = network, RelayedBuckets = relaying?.Routes.Count(r => r is not null) ?? 0, BucketsInFlight = sizing.InFlight,
                 DeclarationBytes = listBytes, BytesReceived = received, ScatteredBuckets = scatter is null ? 0 : scatter.OneHost ? steps.Count : relaying?.Routes.Count(r => r is not null) ?? 0, InPlace = direct is { Staged: false }, ReadInStaging = direct is { Staged: true }, Links = links, BytesGathered = gathered,
             };
         }

@@ -51,6 +51,9 @@ public sealed record UpdateReport(
     /// <summary>Buckets whose parts went between hosts class by class (see <c>ClassRelay</c>) rather than whole through every host leader.</summary>
     public int RelayedBuckets { get; init; }
 
+    /// <summary>Relayed buckets that could move at once (see <see cref="UpdateOptions.BucketsInFlight"/>): as asked, or as the default picked.</summary>
+    public int BucketsInFlight { get; init; } = 1;
+
     /// <summary>How a P2P update read ("tcp" or "ucx"); null for a broadcast.</summary>
     public string? P2PTransport { get; init; }
 

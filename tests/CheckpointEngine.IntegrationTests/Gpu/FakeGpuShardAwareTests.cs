@@ -188,6 +188,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
             Assert.True(Field(r, "update 2 ok", 3) < Field(r, "update 1 ok", 3), r.Line("update 2 ok")); // The worker took only its shard.
             Assert.True(Field(r, "network 3 ", 3) > 1, r.Line("network 3 ")); // Relayed, from the third update on.
             Assert.Equal(Field(r, "update 2 ok", 3), Field(r, "update 3 ok", 3));
+            Assert.Equal((1, 1, 3), (Field(r, "overlap 1 ", 3), Field(r, "overlap 2 ", 3), Field(r, "overlap 3 ", 3))); // The report says what the default picked.
         }
         // A broadcast buffer more per bucket in flight beyond the first.
         Assert.All(results, r => Assert.True(Field(r, "update 3 ok", 6) == Field(r, "update 2 ok", 6) + 2, $"{r.Line("update 2 ok")} / {r.Line("update 3 ok")}"));

@@ -53,6 +53,7 @@ public sealed class ApiUpdateTests
         // Every bucket carries at least one tensor and at most bucket_size bytes.
         var buckets = report.GetProperty("buckets").GetInt32();
         var bucketSize = report.GetProperty("bucket_size").GetInt64();
+        Assert.Equal(1, report.GetProperty("buckets_in_flight").GetInt32()); // One host: nothing relayed, one at a time.
         Assert.InRange((long)buckets, Math.Max(1, (bytes + bucketSize - 1) / bucketSize), (long)tensors.Length);
         // Each stage runs one bucket at a time, so its sum lies within the update. The worker's reloads take real time; on one
         // host the worker reads the registered memory in place (nothing staged) and a one-rank broadcast sends nothing.

@@ -48,7 +48,8 @@ public sealed record BucketRoute(RouteKind Kind, int Node, long ScatterEgress, l
             var node = hostOf[b.Stager];
             var host = hosts.TryGetValue(node, out var h) ? h : hosts[node] = Host.Of(node, hostOf, classOf);
             var part = b.ShardBytes;
-            if (host.Relay is { } relay && !relay.Pays(Enumerable.Repeat(part, s.TensorParallel).ToArray(), b.Bytes, hostOf))
+            // Across nodes a bucket is broadcast whole (and cut) where classes do not relay, or where a relay would not pay.
+            if (host.Relay is { } relay && (!s.RelaysClasses || !relay.Pays(Enumerable.Repeat(part, s.TensorParallel).ToArray(), b.Bytes, hostOf)))
             {
                 return new BucketRoute(RouteKind.Broadcast, node, 0, 0, b.Bytes, 0, 0, [], [], 0);
             }

@@ -9,9 +9,10 @@ namespace CheckpointEngine.Simulation;
 /// </summary>
 /// <param name="FreeMemory">Free device memory per GPU for the update's buffers; null: the cluster's.</param>
 /// <param name="InFlight">Buckets in flight at once for <see cref="SimulatedDesign.ShardAware"/>; null: as the parameter server picks by default.</param>
+/// <param name="ClassRelays">Whether <see cref="SimulatedDesign.ShardAware"/> relays classes between nodes; null: as the parameter server picks on GPUs.</param>
 public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpus, int TensorParallel,
     SimulatedMethod Method = SimulatedMethod.Broadcast, SimulatedDesign Design = SimulatedDesign.Ours,
-    long? FreeMemory = null, long MaxBucketSize = Planning.BucketSizing.DefaultMaxBucketSize, int? InFlight = null)
+    long? FreeMemory = null, long MaxBucketSize = Planning.BucketSizing.DefaultMaxBucketSize, int? InFlight = null, bool? ClassRelays = null)
 {
     /// <summary>
     /// The buckets in flight that <see cref="SimulatedDesign.ShardAware"/> takes unless told, across nodes by broadcast (the GPU default once
@@ -29,6 +30,14 @@ public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpu
         _ => 1,
     };
 
+    /// <summary>
+    /// Whether classes relay their parts between nodes where it pays: in <see cref="SimulatedDesign.ShardAware"/> as the parameter server
+    /// decides on GPUs unless told (with several buckets in flight, or from <c>ParameterServer.GpuRelayHosts</c> nodes on; else a bucket
+    /// that crosses nodes is broadcast whole and cut), always in the pipelined what-if.
+    /// </summary>
+    public bool RelaysClasses => Design == SimulatedDesign.ShardAwarePipelined
+        || Design == SimulatedDesign.ShardAware && (ClassRelays ?? (Window > 1 || Cluster.Nodes(GroupRanks) >= Server.ParameterServer.GpuRelayHosts));
+
     /// <summary>Whether buckets move as <see cref="BucketRoute"/>s: scatter inside the stager's node, class relays between nodes.</summary>
     public bool Routed => Design is SimulatedDesign.ShardAware or SimulatedDesign.ShardAwarePipelined;
 
@@ -44,6 +53,7 @@ public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpu
         if (TensorParallel < 1 || TensorParallel > Gpus || Gpus % TensorParallel != 0) yield return $"--tp {TensorParallel} must divide --gpus {Gpus}";
         foreach (var p in Cluster.Problems()) yield return p;
         if (InFlight is { } w && (w < 1 || Design != SimulatedDesign.ShardAware)) yield return $"--in-flight {w}: takes a count of at least 1, with --design shard-aware only";
+        if (ClassRelays is not null && Design != SimulatedDesign.ShardAware) yield return "--class-relays: with --design shard-aware only";
         if (Model.Tensors.Count == 0) yield return $"model {Model.Name} has no tensors";
     }
 }

@@ -35,6 +35,12 @@ internal static class SimulateCommand
             DefaultValueFactory = _ => "ours",
         };
         var inFlight = new Option<int?>("--in-flight") { Description = $"buckets in flight at once for --design shard-aware (default: {Scenario.DefaultInFlight} across nodes by broadcast, as built; else 1)" };
+        var relays = new Option<string>("--class-relays")
+        {
+            Description = "for --design shard-aware: relay classes between nodes (on), never (off), or as the parameter server picks on GPUs (auto: with several in flight, or from 96 nodes)",
+            DefaultValueFactory = _ => "auto",
+        };
+        relays.AcceptOnlyFromAmong("auto", "on", "off");
         var json = new Option<bool>("--json") { Description = "print one JSON document" };
         var trace = new Option<string?>("--trace") { Description = $"write the simulated timeline as a Chrome/Perfetto trace (a process per node, named by its first rank; at most {MaxTraceNodes} nodes)" };
         var reproduce = new Option<bool>("--reproduce") { Description = "fit the cost model on the original's 8/16-GPU rows, predict its 256-GPU rows, and print every row with ours and shard-aware (by broadcast, as the first update with declarations, and as built)" };
@@ -47,7 +53,7 @@ internal static class SimulateCommand
         var nic = new Option<double?>("--nic-gbps") { Description = "override GB/s per NIC and direction" };
         var command = new Command("simulate", "Simulate an update on a GPU cluster with the real planner and a cost model calibrated on the original's published table.")
         {
-            model, cluster, gpus, tp, method, design, inFlight, json, trace, reproduce, perNode, free, maxBucket, h2d, nvlink, nics, nic,
+            model, cluster, gpus, tp, method, design, inFlight, relays, json, trace, reproduce, perNode, free, maxBucket, h2d, nvlink, nics, nic,
         };
         command.SetAction(result =>
         {
@@ -87,7 +93,8 @@ internal static class SimulateCommand
             };
             var scenario = new Scenario(inventory, spec, result.GetValue(gpus), result.GetValue(tp),
                 Parse<SimulatedMethod>(result.GetValue(method)!, "--method"), Parse<SimulatedDesign>(result.GetValue(design)!, "--design"),
-                MaxBucketSize: Size(result.GetValue(maxBucket), "--max-bucket-size") ?? Planning.BucketSizing.DefaultMaxBucketSize, InFlight: result.GetValue(inFlight));
+                MaxBucketSize: Size(result.GetValue(maxBucket), "--max-bucket-size") ?? Planning.BucketSizing.DefaultMaxBucketSize, InFlight: result.GetValue(inFlight),
+                ClassRelays: result.GetValue(relays) switch { "on" => true, "off" => false, _ => null });
             var outcome = UpdateSimulator.Run(SimulationPlan.Build(scenario), CostParameters.Calibrated);
             if (result.GetValue(json))
             {
@@ -115,7 +122,9 @@ internal static class SimulateCommand
             ? v
             : throw new CheckpointEngineException($"{option} {text}: expected one of {string.Join(", ", Enum.GetNames<T>().Select(Kebab))}");
 
-    private static string Kebab(string name) => string.Concat(name.Select((c, i) => i > 0 && char.IsUpper(c) ? "-" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
+    /// <summary>ShardAwareBroadcast as shard-aware-broadcast, P2P as p2p: a hyphen where a capital follows a small letter.</summary>
+    private static string Kebab(string name) =>
+        string.Concat(name.Select((c, i) => i > 0 && char.IsUpper(c) && char.IsLower(name[i - 1]) ? "-" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
 
     private static void WriteText(TextWriter w, SimulationResult r)
     {

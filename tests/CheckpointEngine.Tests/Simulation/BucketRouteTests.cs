@@ -10,8 +10,9 @@ public sealed class BucketRouteTests
     private static readonly ModelInventory Small = InventoryBuilder.Build("small", PresetSample.Fit(ModelPresets.KimiK2, 256L << 20, layers: 6, experts: 16));
     private static readonly long Free = (long)(Small.LargestTensor * 3.6 / 0.9);
 
-    private static SimulationPlan Plan(int gpus, int tp, SimulatedDesign design = SimulatedDesign.ShardAware, SimulatedMethod method = SimulatedMethod.Broadcast, int? inFlight = null) =>
-        SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, tp, method, design, Free, InFlight: inFlight));
+    private static SimulationPlan Plan(int gpus, int tp, SimulatedDesign design = SimulatedDesign.ShardAware, SimulatedMethod method = SimulatedMethod.Broadcast, int? inFlight = null,
+        bool? relays = null) =>
+        SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, tp, method, design, Free, InFlight: inFlight, ClassRelays: relays));
 
     [Fact]
     public void OneNode_NoRelay_EachGpuTakesInItsPart_TheStagerSendsTheOthers()
@@ -61,10 +62,15 @@ public sealed class BucketRouteTests
         Assert.Contains(plan.Routes!, r => r.Kind == RouteKind.ScatterAndRelay);
     }
 
+    /// <summary>
+    /// By P2P the receiving instance spans two nodes: as the parameter server decides on GPUs (one bucket in flight, under 96 nodes), each bucket
+    /// is broadcast whole and cut; with relays on, each class relays its part to the other node.
+    /// </summary>
     [Fact]
-    public void P2P_TheReceivingInstanceRelaysBetweenItsTwoNodes()
+    public void P2P_TheReceivingInstance_BroadcastsByDefault_RelaysBetweenItsTwoNodesWhenOn()
     {
-        var plan = Plan(32, 16, method: SimulatedMethod.P2P);
+        Assert.All(Plan(32, 16, method: SimulatedMethod.P2P).Routes!, r => Assert.Equal(RouteKind.Broadcast, r.Kind));
+        var plan = Plan(32, 16, method: SimulatedMethod.P2P, relays: true);
         Assert.All(plan.Buckets.Zip(plan.Routes!), x =>
         {
             var (b, r) = x;
@@ -93,6 +99,7 @@ public sealed class BucketRouteTests
     [Fact]
     public void InFlight_OnlyForShardAware_OneInsideANodeOrByP2P()
     {
+        Assert.Throws<CheckpointEngineException>(() => Plan(32, 16, SimulatedDesign.ShardAwareBroadcast, relays: true));
         Assert.Throws<CheckpointEngineException>(() => Plan(32, 16, SimulatedDesign.ShardAwarePipelined, inFlight: 2));
         Assert.Throws<CheckpointEngineException>(() => Plan(32, 16, SimulatedDesign.ShardAware, inFlight: 0));
         Assert.Equal(1, Plan(8, 8).Window);

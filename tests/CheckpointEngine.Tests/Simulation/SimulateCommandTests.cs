@@ -60,11 +60,20 @@ public sealed class SimulateCommandTests : IDisposable
     [InlineData("--model", "kimi-k2", "--design", "shard-aware-pipelined", "--in-flight", "3")]
     [InlineData("--model", "kimi-k2", "--design", "shard-aware", "--in-flight", "0")]
     [InlineData("--model", "kimi-k2", "--design", "shard-aware-concurrent")]
+    [InlineData("--model", "kimi-k2", "--design", "ours", "--class-relays", "on")]
     public void BadInput_IsOneLineNamingTheOption(params string[] args)
     {
         var (code, _, stderr) = Run(["simulate", .. args]);
         Assert.Equal(CkptEngineCli.BadInput, code);
         Assert.StartsWith("error: ", stderr, StringComparison.Ordinal);
         Assert.Single(stderr.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public void UnknownMethod_NamesTheMethodsAsTheyAreWritten()
+    {
+        var (code, _, stderr) = Run(["simulate", "--model", "kimi-k2", "--method", "multicast"]);
+        Assert.Equal(CkptEngineCli.BadInput, code);
+        Assert.Contains("--method multicast: expected one of broadcast, p2p", stderr, StringComparison.Ordinal);
     }
 }

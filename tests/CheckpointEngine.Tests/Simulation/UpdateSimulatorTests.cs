@@ -11,8 +11,8 @@ public sealed class UpdateSimulatorTests
     private static readonly long Free = (long)(Small.LargestTensor * 3.6 / 0.9);
 
     private static SimulationResult Run(SimulatedDesign design, SimulatedMethod method = SimulatedMethod.Broadcast, int gpus = 16, long? free = null, CostParameters? costs = null,
-        int tp = 8, int? inFlight = null) =>
-        UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, tp, method, design, free ?? Free, InFlight: inFlight)), costs ?? Costs);
+        int tp = 8, int? inFlight = null, bool? relays = null) =>
+        UpdateSimulator.Run(SimulationPlan.Build(new Scenario(Small, ClusterPresets.H20, gpus, tp, method, design, free ?? Free, InFlight: inFlight, ClassRelays: relays)), costs ?? Costs);
 
     [Theory]
     [InlineData(SimulatedDesign.Original, SimulatedMethod.Broadcast, 8, null)]
@@ -103,7 +103,7 @@ public sealed class UpdateSimulatorTests
 
     /// <summary>Instances of 16 GPUs over nodes of 8, two of them: every bucket is scattered on its stager's node, then relayed.</summary>
     private static SimulationResult Relayed(SimulatedDesign design, int? inFlight = null, CostParameters? costs = null) =>
-        Run(design, gpus: 32, tp: 16, inFlight: inFlight, costs: costs);
+        Run(design, gpus: 32, tp: 16, inFlight: inFlight, costs: costs, relays: design == SimulatedDesign.ShardAware ? true : null);
 
     [Fact]
     public void ShardAware_OneBucketAtATime_EachMovesByItsScatterThenItsRelays()

@@ -14,7 +14,7 @@ using CheckpointEngine.Server;
 /// workers, save the metas (rank 0), then keep serving P2P reads until METAS.done appears.
 /// "p2p-join URLS TP METAS [STARTED]": register nothing, load the metas, and P2P-update the own workers from the owners;
 /// with STARTED, each rank creates the file STARTED.RANK when its update triggers its worker (the reads follow at once);
-/// TEST_UPDATES of them (default 1), each printing "update U ok BYTES SECONDS BUCKETS over TRANSPORT" and
+/// TEST_UPDATES of them (default 1), each printing "update U ok BYTES SECONDS BUCKETS over TRANSPORT", "network U BYTES_FROM_OTHER_HOSTS RELAYED_BUCKETS" and
 /// "stages U setup S read S broadcast S reload S total S".
 /// </summary>
 internal static class P2PScenario
@@ -69,6 +69,7 @@ internal static class P2PScenario
                     options: new UpdateOptions { Timeout = timeout });
                 Console.WriteLine($"update {u} ok {report.BytesDelivered} {clock.Elapsed.TotalSeconds:F3} {report.Buckets.Count} over {report.P2PTransport}");
                 Console.WriteLine($"path {u} {(report.InPlace ? "in-place" : report.ReadInStaging ? "in-staging" : "staged")}");
+                Console.WriteLine($"network {u} {report.NetworkBytesReceived} {report.RelayedBuckets}");
                 // Where the time went: before the first bucket (setup), and each stage summed over buckets on this rank.
                 var setup = report.Buckets.Count == 0 ? report.Duration : report.Buckets.Min(b => b.HostToDeviceEnd > TimeSpan.Zero ? b.HostToDeviceStart : b.BroadcastStart);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -352,8 +352,8 @@ public sealed class UpdateEndToEndTests : IDisposable
     }
 
     private static Task<RankCluster.Result[]> RunWorld(int ranks, string[] args, Func<int, string> deviceId, Task? killWhen = null, string maxBucketGb = "0.0009765625",
-        string timeoutS = "30", string transport = P2PStores.Tcp, int updates = 1) =>
-        RankCluster.RunAsync(ranks, args, r => new Dictionary<string, string>
+        string timeoutS = "30", string transport = P2PStores.Tcp, int updates = 1, Func<int, string>? hostId = null) =>
+        RankCluster.RunAsync(ranks, args, r => new Dictionary<string, string>(hostId is null ? [] : [KeyValuePair.Create("CKPT_ENGINE_HOST_ID", hostId(r))])
         {
             ["TEST_UPDATES"] = updates.ToString(System.Globalization.CultureInfo.InvariantCulture),
             [P2PTransports.Variable] = transport,
@@ -396,10 +396,13 @@ public sealed class UpdateEndToEndTests : IDisposable
     /// <summary>
     /// A shard-aware join: the joining engine's shards (TP 2) declare their slices from its second update, so each joiner then reads
     /// its buckets from the owners and hands the other joiner only that joiner's part. Every shard holds exactly its slices, and each
-    /// worker took in less than the whole checkpoint it took the first time.
+    /// worker took in less than the whole checkpoint it took the first time. With the two joiners on two hosts, each joiner's class
+    /// relays its part of the buckets the other read to it.
     /// </summary>
-    [Fact]
-    public async Task Join_ShardAwareJoiners_EachShardHoldsItsSlices()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Join_ShardAwareJoiners_EachShardHoldsItsSlices(bool twoHosts)
     {
         var dir = WriteLayers();
         var metas = Path.Combine(_dir, "metas.json");
@@ -407,7 +410,8 @@ public sealed class UpdateEndToEndTests : IDisposable
         var joinerUrls = await StartWorkers(JoinerId, 2, 2, "--shard-by-tp");
         var owners = RunWorld(2, ["p2p-owner", dir, string.Join(',', ownerUrls), "2", metas], DeviceId);
         await RankCluster.WaitForFileAsync(metas, owners, "the owners saved their metas");
-        var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId, updates: 2);
+        var joiners = await RunWorld(2, ["p2p-join", string.Join(',', joinerUrls), "2", metas], JoinerId, updates: 2,
+            hostId: twoHosts ? r => $"e2e-{_id}-joiner-host{r}" : null);
         File.WriteAllText(metas + ".done", "");
         Assert.All(await owners, r => Assert.True(r.ExitCode == 0, $"owner {r.Rank}:\n{r.Output}"));
         long Bytes(RankCluster.Result r, int update) => long.Parse(r.Line($"update {update} ok").Split(' ')[3], System.Globalization.CultureInfo.InvariantCulture);
@@ -415,6 +419,8 @@ public sealed class UpdateEndToEndTests : IDisposable
         {
             Assert.True(r.ExitCode == 0 && r.Line("update 2 ").StartsWith("update 2 ok", StringComparison.Ordinal), $"joiner {r.Rank}:\n{r.Output}");
             Assert.True(Bytes(r, 2) < Bytes(r, 1) * 0.6, $"joiner {r.Rank}: {Bytes(r, 2)} of {Bytes(r, 1)} bytes in its declared update");
+            var network = r.Line("network 2 ").Split(' ');
+            Assert.True(twoHosts == (int.Parse(network[3], System.Globalization.CultureInfo.InvariantCulture) > 0), $"joiner {r.Rank}: {r.Line("network 2 ")}");
         }
         await ReferenceWorkers.AssertSlicesAssembleAsync(dir, joinerUrls);
     }

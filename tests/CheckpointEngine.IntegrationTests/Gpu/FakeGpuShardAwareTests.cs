@@ -45,7 +45,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     }
 
     /// <summary>The ranks on the stand-ins, rank r on GPU r; with two hosts, instance g's ranks on host g.</summary>
-    /// <param name="relays">UpdateOptions.ClassRelays: "on" (the tests' default, for the relays to run at two hosts), "off", or "auto" (on GPUs, from <c>ParameterServer.GpuRelayHosts</c> hosts).</param>
+    /// <param name="relays">UpdateOptions.ClassRelays: "on" (the tests' default, for the relays to run at two hosts), "off", or "auto" (on GPUs, with several buckets in flight or from <c>ParameterServer.GpuRelayHosts</c> hosts). inFlight 0: the default.</param>
     private Task<RankCluster.Result[]> RunRanks(int tp, int instances, int hosts, string dir, string[] urls, int updates, string timeoutS = "30", string relays = "on",
         params string[] extra) => RunRanks(tp, instances, hosts, dir, urls, updates, 1, timeoutS, relays, extra);
 

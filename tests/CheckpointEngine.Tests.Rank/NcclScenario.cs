@@ -49,8 +49,8 @@ internal static class NcclScenario
     /// <summary>
     /// The order NCCL operations are submitted in across a device's communicators: both ranks call broadcasts a1 and a2 on group a, then b1 on
     /// group b. Rank 0 calls all three at once, while a1 waits for rank 1 (so a2 waits for a1: one collective at a time per group); rank 1
-    /// comes later and calls a2 and b1 once a1 has run. Both must submit a1, a2, b1 (the stand-in logs it): had rank 0 submitted b1 while
-    /// a2 waited, the two ranks' orders would disagree.
+    /// starts only once rank 0 has made its calls (a barrier of the store), and calls a2 and b1 once a1 has run. Both must submit a1, a2, b1
+    /// (the stand-in logs it): had rank 0 submitted b1 while a2 waited, the two ranks' orders would disagree.
     /// </summary>
     public static async Task Order(World world, TimeSpan timeout)
     {
@@ -60,14 +60,16 @@ internal static class NcclScenario
         using var b = await backend.Group.CreateSubGroupAsync("b", [0, 1], timeout);
         if (world.Rank == 1)
         {
-            await Task.Delay(500);
+            await world.Group.BarrierAsync(timeout);
             await a.BroadcastAsync(buffer.Address, Size, root: 1, timeout);
             await Task.WhenAll(a.BroadcastAsync(buffer.Address, Size, root: 1, timeout), b.BroadcastAsync(buffer.Address, Size, root: 1, timeout));
         }
         else
         {
-            await Task.WhenAll(a.BroadcastAsync(buffer.Address, Size, root: 1, timeout), a.BroadcastAsync(buffer.Address, Size, root: 1, timeout),
-                b.BroadcastAsync(buffer.Address, Size, root: 1, timeout));
+            Task[] calls = [a.BroadcastAsync(buffer.Address, Size, root: 1, timeout), a.BroadcastAsync(buffer.Address, Size, root: 1, timeout),
+                b.BroadcastAsync(buffer.Address, Size, root: 1, timeout)];
+            await world.Group.BarrierAsync(timeout);
+            await Task.WhenAll(calls);
         }
         Console.WriteLine("order done");
     }

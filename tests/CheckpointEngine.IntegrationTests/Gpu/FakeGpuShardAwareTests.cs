@@ -69,6 +69,21 @@ public sealed class FakeGpuShardAwareTests : IDisposable
             return env;
         }, deadline: TimeSpan.FromMinutes(3));
 
+    /// <summary>The ranks started from now on log their NCCL submissions (see <see cref="FakeGpu.SubmissionCycle"/>) in the directory returned.</summary>
+    private string LogSubmissions()
+    {
+        var order = Directory.CreateDirectory(Path.Combine(_dir, "order")).FullName;
+        _env["FAKE_NCCL_ORDER_DIR"] = order;
+        return order;
+    }
+
+    /// <summary>Every rank submitted its NCCL operations in one order.</summary>
+    private static void AssertOneSubmissionOrder(string order)
+    {
+        var cycle = FakeGpu.SubmissionCycle(order);
+        Assert.True(cycle is null, $"no one order fits every rank's NCCL submissions: {cycle}");
+    }
+
     private static long Field(RankCluster.Result r, string prefix, int index) =>
         long.Parse(r.Line(prefix).Split(' ')[index], CultureInfo.InvariantCulture);
 
@@ -145,8 +160,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     {
         var dir = ReferenceWorkers.WriteLayers(_dir);
         var urls = await StartWorkers(4, 2, false);
-        var order = Directory.CreateDirectory(Path.Combine(_dir, "order")).FullName;
-        _env["FAKE_NCCL_ORDER_DIR"] = order;
+        var order = LogSubmissions();
         var results = await RunRanks(4, 2, 2, dir, urls, 3, 3, "30", "on");
         foreach (var r in results)
         {
@@ -158,8 +172,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
         Assert.Contains(results, r => Field(r, "overlap 2 ", 2) + Field(r, "overlap 3 ", 2) > 0);
         Assert.All(results, r => Assert.Equal(0, Field(r, "overlap 1 ", 2))); // Nothing declared: one bucket at a time, broadcast whole.
         Assert.Equal(8, Directory.GetFiles(order, "*.log").Length);
-        var cycle = FakeGpu.SubmissionCycle(order);
-        Assert.True(cycle is null, $"no one order fits every rank's NCCL submissions: {cycle}"); // Every rank submitted its NCCL operations in one order.
+        AssertOneSubmissionOrder(order);
         await ReferenceWorkers.AssertSlicesAssembleAsync(dir, urls);
         Assert.Empty(FakeGpu.Leftovers().Except(_before));
     }
@@ -176,8 +189,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
     {
         var dir = ReferenceWorkers.WriteLayers(_dir);
         var urls = await StartWorkers(2, 2, false);
-        var order = Directory.CreateDirectory(Path.Combine(_dir, "order")).FullName;
-        _env["FAKE_NCCL_ORDER_DIR"] = order;
+        var order = LogSubmissions();
         var results = await RunRanks(2, 2, 2, dir, urls, 3, 0, "30", "auto");
         foreach (var r in results)
         {
@@ -193,8 +205,7 @@ public sealed class FakeGpuShardAwareTests : IDisposable
         // A broadcast buffer more per bucket in flight beyond the first.
         Assert.All(results, r => Assert.True(Field(r, "update 3 ok", 6) == Field(r, "update 2 ok", 6) + 2, $"{r.Line("update 2 ok")} / {r.Line("update 3 ok")}"));
         Assert.Contains(results, r => Field(r, "overlap 3 ", 2) > 0);
-        var cycle = FakeGpu.SubmissionCycle(order);
-        Assert.True(cycle is null, $"no one order fits every rank's NCCL submissions: {cycle}");
+        AssertOneSubmissionOrder(order);
         await ReferenceWorkers.AssertSlicesAssembleAsync(dir, urls);
         Assert.Empty(FakeGpu.Leftovers().Except(_before));
     }

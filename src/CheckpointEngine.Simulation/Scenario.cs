@@ -36,7 +36,7 @@ public sealed record Scenario(ModelInventory Model, ClusterSpec Cluster, int Gpu
     /// that crosses nodes is broadcast whole and cut), always in the pipelined what-if.
     /// </summary>
     public bool RelaysClasses => Design == SimulatedDesign.ShardAwarePipelined
-        || Design == SimulatedDesign.ShardAware && (ClassRelays ?? (Window > 1 || Cluster.Nodes(GroupRanks) >= Server.ParameterServer.GpuRelayHosts));
+        || Design == SimulatedDesign.ShardAware && (ClassRelays ?? Server.ParameterServer.RelaysByDefault(hostBackend: false, Cluster.Nodes(GroupRanks), Window));
 
     /// <summary>Whether buckets move as <see cref="BucketRoute"/>s: scatter inside the stager's node, class relays between nodes.</summary>
     public bool Routed => Design is SimulatedDesign.ShardAware or SimulatedDesign.ShardAwarePipelined;

@@ -262,7 +262,7 @@ public sealed partial class ParameterServer
             {
                 _declaredAcrossHosts = declared && !Device.HostAccessible && hostCount > 1;
             }
-            var relay = declared && cuts && (options.ClassRelays ?? (Device.HostAccessible || hostCount >= GpuRelayHosts || sizing.InFlight > 1))
+            var relay = declared && cuts && (options.ClassRelays ?? RelaysByDefault(Device.HostAccessible, hostCount, sizing.InFlight))
                 ? await RelaysFor(group, members.Select(m => m.HostId).ToList(), classOf, steps, classBytes, device, timeout, ct).ConfigureAwait(false)
                 : null;
             using var ownedRelay = ReferenceEquals(relay, _relay) ? null : relay; // Groups of a P2P update's group go with it.
@@ -429,6 +429,9 @@ public sealed partial class ParameterServer
     /// 768 GPUs); below it, a whole-bucket broadcast ring is faster. Not yet measured on a GPU cluster.
     /// </summary>
     public const int GpuRelayHosts = 96;
+
+    /// <summary>Whether classes relay between hosts unless told (see <see cref="UpdateOptions.ClassRelays"/>): always on the host backend; on GPUs with several buckets in flight, or from <see cref="GpuRelayHosts"/> hosts.</summary>
+    public static bool RelaysByDefault(bool hostBackend, int hosts, int inFlight) => hostBackend || inFlight > 1 || hosts >= GpuRelayHosts;
 
     /// <summary>
     /// Relayed buckets in flight on GPUs by default, once the engines declare what they keep (see <see cref="UpdateOptions.BucketsInFlight"/>):
